@@ -1,0 +1,50 @@
+/**
+ * Build the C parts: the helper library and the test workload. `deno task build` rebuilds everything;
+ * `deno task build --if-stale` only what is missing or older than its source. Uses `$CC` or `cc`.
+ *
+ * @module
+ */
+
+const root = new URL("../", import.meta.url).pathname;
+const outDir = `${root}ffi/build`;
+
+interface Target {
+  out: string;
+  sources: string[];
+  flags: string[];
+}
+
+const targets: Target[] = [
+  { out: "libcryo_helper.so", sources: ["ffi/helper.c"], flags: ["-shared", "-fPIC"] },
+  { out: "cryo_target", sources: ["tests/fixtures/target.c"], flags: ["-pthread"] },
+];
+
+function mtime(path: string): number {
+  try {
+    return Deno.statSync(path).mtime?.getTime() ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
+const cc = Deno.env.get("CC") ?? "cc";
+const ifStale = Deno.args.includes("--if-stale");
+Deno.mkdirSync(outDir, { recursive: true });
+for (const t of targets) {
+  const out = `${outDir}/${t.out}`;
+  const sources = t.sources.map((s) => `${root}${s}`);
+  if (ifStale && mtime(out) !== 0 && sources.every((s) => mtime(s) <= mtime(out))) continue;
+  const args = ["-O2", "-g", "-Wall", "-Wextra", "-Werror", ...t.flags, "-o", out, ...sources];
+  let status: Deno.CommandStatus;
+  try {
+    status = await new Deno.Command(cc, { args, stdout: "inherit", stderr: "inherit" }).spawn().status;
+  } catch (e) {
+    console.error(`Cannot build ${t.out}: ${cc} not found (${(e as Error).message}); install a C compiler`);
+    Deno.exit(1);
+  }
+  if (!status.success) {
+    console.error(`Cannot build ${t.out}: ${cc} ${args.join(" ")} failed`);
+    Deno.exit(1);
+  }
+  console.error(`built ffi/build/${t.out}`);
+}

@@ -1,0 +1,65 @@
+/**
+ * The C helper's symbol table and its loader. Loaded once, lazily, on first use: `$CRYO_HELPER` if set, else the
+ * local build `ffi/build/libcryo_helper.so`; otherwise a {@link HelperNotFoundError} that lists what was tried
+ * and how to build it. Every helper function returns `-errno` on failure: pass results through `unwrap()`.
+ *
+ * @module
+ */
+
+import { HelperNotFoundError } from "../lib/errors.ts";
+import { int, long, ptr, uint } from "./types.ts";
+
+/** The ABI version this TypeScript expects; must equal `CRYO_HELPER_ABI` in helper.c. */
+export const HELPER_ABI = 1;
+
+const symbols = {
+  // int cryo_helper_abi(void);
+  cryo_helper_abi: { parameters: [], result: int },
+  // long cryo_syscall6(long nr, long a, long b, long c, long d, long e, long f);
+  cryo_syscall6: { parameters: [long, long, long, long, long, long, long], result: long },
+  // int cryo_futex_wait(uint32_t *word, uint32_t expected, long timeout_ns);  (blocks: on a pool thread)
+  cryo_futex_wait: { parameters: [ptr, uint, long], result: int, nonblocking: true },
+  // int cryo_futex_wake(uint32_t *word, int n);
+  cryo_futex_wake: { parameters: [ptr, int], result: int },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The helper's symbols. */
+export type HelperSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
+
+/** Where the helper is looked for, in order. */
+export function helperCandidates(): string[] {
+  const env = Deno.env.get("CRYO_HELPER");
+  if (env) return [env];
+  return [new URL("./build/libcryo_helper.so", import.meta.url).pathname];
+}
+
+let loaded: HelperSymbols | undefined;
+
+/**
+ * The helper's symbols, loading the library on first call.
+ *
+ * @throws {HelperNotFoundError} When no candidate loads, naming each path tried and how to build.
+ */
+export function helper(): HelperSymbols {
+  if (loaded) return loaded;
+  const tried: string[] = [];
+  for (const path of helperCandidates()) {
+    try {
+      const lib = Deno.dlopen(path, symbols);
+      const abi = lib.symbols.cryo_helper_abi();
+      if (abi !== HELPER_ABI) {
+        lib.close();
+        tried.push(`${path}: ABI ${abi}, expected ${HELPER_ABI} (rebuild it)`);
+        continue;
+      }
+      loaded = lib.symbols;
+      return loaded;
+    } catch (e) {
+      tried.push(`${path}: ${(e as Error).message.split("\n")[0]}`);
+    }
+  }
+  throw new HelperNotFoundError(
+    `Cannot load the cryo helper library; tried:\n  ${tried.join("\n  ")}\n` +
+      `Build it with \`deno task build\` (needs a C compiler), or set CRYO_HELPER to its path`,
+  );
+}

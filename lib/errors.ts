@@ -1,0 +1,93 @@
+/**
+ * The errors cryo throws that callers are expected to catch. Bad arguments are plain `TypeError` or
+ * `RangeError`; everything here names the file, the offset or address, and what was expected.
+ *
+ * @module
+ */
+
+/** Base class of every error cryo throws on purpose. */
+export class CryoError extends Error {
+  /**
+   * Create the error.
+   *
+   * @param message One sentence, sentence case, no trailing period.
+   * @param options Standard error options (`cause`).
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/**
+ * A system call failed. Carries the errno, its symbolic name and the call, e.g.
+ * `Cannot process_vm_readv pid 42 at 0x7f0000000000: EFAULT (Bad address)`.
+ */
+export class SystemError extends CryoError {
+  /** The errno value, e.g. `14`. */
+  readonly errno: number;
+  /** The errno name, e.g. `"EFAULT"`. */
+  readonly code: string;
+  /** The call that failed, e.g. `"process_vm_readv"`. */
+  readonly call: string;
+
+  /**
+   * Create the error from a failed call.
+   *
+   * @param call The name of the call that failed.
+   * @param errno The errno it reported.
+   * @param code The errno's symbolic name.
+   * @param description The errno's description (strerror).
+   * @param detail What the call was applied to (a pid, an address, a path).
+   */
+  constructor(call: string, errno: number, code: string, description: string, detail?: string) {
+    super(`Cannot ${call}${detail ? ` ${detail}` : ""}: ${code} (${description})`);
+    this.errno = errno;
+    this.code = code;
+    this.call = call;
+  }
+}
+
+/** An image is corrupt, truncated or of an unsupported kind. Names the file and the offset. */
+export class ImageError extends CryoError {
+  /** The image file, or `"-"` for a stream. */
+  readonly path: string;
+  /** The byte offset in the image where the problem was found, if known. */
+  readonly offset?: number;
+
+  /**
+   * Create the error.
+   *
+   * @param path The image file.
+   * @param offset The byte offset of the problem, or `undefined`.
+   * @param message What was expected and what was found.
+   */
+  constructor(path: string, offset: number | undefined, message: string) {
+    super(`Invalid image ${path}${offset === undefined ? "" : ` at offset ${offset}`}: ${message}`);
+    this.path = path;
+    this.offset = offset;
+  }
+}
+
+/** The destination of a load does not match what the image needs. Nothing was written. */
+export class LayoutMismatchError extends CryoError {
+  /** One line per difference, e.g. `0x7f..-0x7f.. rw-p: missing in target`. */
+  readonly differences: readonly string[];
+
+  /**
+   * Create the error.
+   *
+   * @param what Which destination was checked (e.g. `pid 42`).
+   * @param differences One line per difference.
+   */
+  constructor(what: string, differences: readonly string[]) {
+    super(
+      `Cannot load into ${what}: ${differences.length} region(s) differ from the image; nothing was written\n  ` +
+        differences.join("\n  "),
+    );
+    this.differences = differences;
+  }
+}
+
+/** The helper library could not be loaded. The message says what was tried and how to build it. */
+export class HelperNotFoundError extends CryoError {}
