@@ -7,7 +7,7 @@
  */
 
 import { HelperNotFoundError } from "../lib/errors.ts";
-import { int, long, ptr, uint } from "./types.ts";
+import { buf, int, long, ptr, size_t, uint } from "./types.ts";
 
 /** The ABI version this TypeScript expects; must equal `CRYO_HELPER_ABI` in helper.c. */
 export const HELPER_ABI = 1;
@@ -21,6 +21,8 @@ const symbols = {
   cryo_futex_wait: { parameters: [ptr, uint, long], result: int, nonblocking: true },
   // int cryo_futex_wake(uint32_t *word, int n);
   cryo_futex_wake: { parameters: [ptr, int], result: int },
+  // long cryo_zero_pages(const unsigned char *p, size_t len, size_t page, unsigned char *out);
+  cryo_zero_pages: { parameters: [ptr, size_t, size_t, buf], result: long },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The helper's symbols. */
