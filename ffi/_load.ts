@@ -1,0 +1,42 @@
+/**
+ * Load a system library once: an override environment variable, then the system's soname; otherwise a
+ * {@link CryoError} that lists what was tried, why each failed, and how to fix it.
+ *
+ * @module
+ */
+
+import { CryoError } from "../lib/errors.ts";
+
+/**
+ * Open `soname` (or the path in `$envVar`) with `symbols`.
+ *
+ * @param soname The library's soname, e.g. `libzstd.so.1`.
+ * @param envVar The environment variable that overrides the path, e.g. `CRYO_LIBZSTD`.
+ * @param symbols The symbol table.
+ * @param hint How to install the library, for the error.
+ * @returns The library's symbols.
+ * @throws {CryoError} When no candidate loads.
+ */
+export function loadSystemLibrary<S extends Deno.ForeignLibraryInterface>(
+  soname: string,
+  envVar: string,
+  symbols: S,
+  hint: string,
+): Deno.DynamicLibrary<S>["symbols"] {
+  let override: string | undefined;
+  try {
+    override = Deno.env.get(envVar);
+  } catch { /* no --allow-env: use the soname */ }
+  const candidates = override ? [override] : [soname];
+  const tried: string[] = [];
+  for (const path of candidates) {
+    try {
+      return Deno.dlopen(path, symbols).symbols;
+    } catch (e) {
+      tried.push(`${path}: ${(e as Error).message.split("\n")[0]}`);
+    }
+  }
+  throw new CryoError(
+    `Cannot load ${soname}; tried:\n  ${tried.join("\n  ")}\n${hint}, or set ${envVar} to its path`,
+  );
+}
