@@ -91,3 +91,31 @@ export class LayoutMismatchError extends CryoError {
 
 /** The helper library could not be loaded. The message says what was tried and how to build it. */
 export class HelperNotFoundError extends CryoError {}
+
+/**
+ * A `/proc/<pid>/maps` or `smaps` text could not be parsed. Names the source, the line number and the line,
+ * e.g. `Cannot parse /proc/42/maps line 3: bad perms "rw?p": "7f00-7f01 rw?p 0 00:00 0"`.
+ */
+export class MapsParseError extends CryoError {
+  /** Where the text came from, e.g. `/proc/42/maps`. */
+  readonly source: string;
+  /** The 1-based line number. */
+  readonly line: number;
+  /** The offending line. */
+  readonly text: string;
+
+  /**
+   * Create the error.
+   *
+   * @param source Where the text came from.
+   * @param line The 1-based line number.
+   * @param text The offending line.
+   * @param reason What is wrong with it.
+   */
+  constructor(source: string, line: number, text: string, reason: string) {
+    super(`Cannot parse ${source} line ${line}: ${reason}: ${JSON.stringify(text)}`);
+    this.source = source;
+    this.line = line;
+    this.text = text;
+  }
+}
