@@ -1,0 +1,113 @@
+/**
+ * The lz4 chunk codec over the system's liblz4. Level 1 is `LZ4_compress_default`; negative levels are the
+ * fast mode's acceleration (`-N` as `lz4 --fast=N`); 2-12 use LZ4HC. Large chunks run `nonblocking` on a pool
+ * thread, each with its own output buffer, so N encodes in flight use N cores. Incompressible chunks are detected
+ * by giving lz4 one byte less than the input as capacity: it returns 0 when the output does not fit.
+ *
+ * @module
+ */
+
+import type { Codec } from "../codec.ts";
+import { CryoError } from "../errors.ts";
+import { lz4 } from "../../ffi/lz4.ts";
+
+/** Chunks at least this large are (de)compressed on a pool thread; smaller ones inline. */
+const NONBLOCKING_MIN = 64 * 1024;
+
+/** `LZ4_MAX_INPUT_SIZE`. */
+const MAX_INPUT = 0x7e000000;
+
+interface Slot {
+  out: Uint8Array<ArrayBuffer>;
+  outPtr: Deno.PointerValue;
+}
+
+/** The lz4 codec (image codec id 2). */
+export class Lz4Codec implements Codec {
+  /** Image codec id. */
+  readonly id = 2;
+  /** `"lz4"`. */
+  readonly name = "lz4";
+  /** The level: 1 default, -1..-64 fast with that acceleration, 2..12 HC. */
+  readonly level: number;
+  readonly #free: Slot[] = [];
+
+  /**
+   * Create an lz4 codec.
+   *
+   * @param level 1 (default), -1..-64 (faster), or 2..12 (LZ4HC, slower and smaller).
+   * @throws {RangeError} When the level is out of range.
+   */
+  constructor(level = 1) {
+    if (!Number.isInteger(level) || level < -64 || level > 12 || level === 0) {
+      throw new RangeError(`Cannot use lz4 level ${level}: expected an integer from -64 to 12, not 0`);
+    }
+    this.level = level;
+    lz4();
+  }
+
+  /** The codec as `--compress` spells it, e.g. `lz4` or `lz4:9`. */
+  get spec(): string {
+    return this.level === 1 ? "lz4" : `lz4:${this.level}`;
+  }
+
+  /**
+   * Compress one chunk.
+   *
+   * @param src The chunk (at most 2,113,929,216 bytes); it must not change until the promise settles.
+   * @returns The lz4 block, or null when it would not be smaller than `src`.
+   * @throws {RangeError} When `src` is larger than lz4 accepts.
+   */
+  async encode(src: Uint8Array): Promise<Uint8Array | null> {
+    if (src.length > MAX_INPUT) {
+      throw new RangeError(`Cannot compress ${src.length} bytes with lz4: at most ${MAX_INPUT}`);
+    }
+    if (src.length < 2) return null;
+    const cap = src.length - 1;
+    let slot = this.#free.pop();
+    if (!slot || slot.out.length < cap) {
+      const out = new Uint8Array(cap);
+      slot = { out, outPtr: Deno.UnsafePointer.of(out) };
+    }
+    try {
+      const l = lz4();
+      const srcPtr = Deno.UnsafePointer.of(src);
+      const nb = src.length >= NONBLOCKING_MIN;
+      let n: number;
+      if (this.level >= 2) {
+        n = nb
+          ? await l.LZ4_compress_HC_nb(srcPtr, slot.outPtr, src.length, cap, this.level)
+          : l.LZ4_compress_HC(srcPtr, slot.outPtr, src.length, cap, this.level);
+      } else {
+        const accel = this.level === 1 ? 1 : -this.level;
+        n = nb
+          ? await l.LZ4_compress_fast_nb(srcPtr, slot.outPtr, src.length, cap, accel)
+          : l.LZ4_compress_fast(srcPtr, slot.outPtr, src.length, cap, accel);
+      }
+      return n <= 0 ? null : slot.out.slice(0, n);
+    } finally {
+      this.#free.push(slot);
+    }
+  }
+
+  /**
+   * Decompress one chunk straight into `dst`.
+   *
+   * @param src One lz4 block.
+   * @param dst Where the bytes go; the block must decode to exactly `dst.length` bytes.
+   * @throws {CryoError} When the block is malformed or decodes to another size.
+   */
+  async decode(src: Uint8Array, dst: Uint8Array): Promise<void> {
+    const l = lz4();
+    const args = [Deno.UnsafePointer.of(src), Deno.UnsafePointer.of(dst), src.length, dst.length] as const;
+    const n = dst.length >= NONBLOCKING_MIN
+      ? await l.LZ4_decompress_safe_nb(...args)
+      : l.LZ4_decompress_safe(...args);
+    if (n < 0) {
+      throw new CryoError(`Cannot decode ${src.length}-byte lz4 chunk: malformed at input byte ${-n - 1}`);
+    }
+    if (n !== dst.length) {
+      throw new CryoError(`Cannot decode ${src.length}-byte lz4 chunk: ${n} bytes, expected ${dst.length}`);
+    }
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * Spread chunk work over all cores with a deterministic output order. `ordered()` keeps at most `window` work
+ * items in flight (the codecs run large chunks as `nonblocking` FFI calls on pool threads, so N in flight use N
+ * cores) and yields their results in input order, whatever order they finish in.
+ *
+ * Buffer lifetime: an item's buffers are referenced by its work until the work settles; `ordered()` never
+ * abandons work in flight (on an error or an early `return` it waits for all of it before finishing), so once
+ * the generator is done every buffer handed to it may be reused or freed. A source that reuses buffers needs a
+ * ring of `window + 1`: the result being consumed plus `window` in flight.
+ *
+ * @module
+ */
+
+import type { Codec } from "../codec.ts";
+
+/**
+ * The default number of chunks in flight: one per core, plus one so a core never waits for the event loop.
+ *
+ * @returns The window size (at least 2).
+ */
+export function defaultWindow(): number {
+  return Math.max(2, (navigator.hardwareConcurrency || 1) + 1);
+}
+
+/**
+ * Run `work` over `items` with at most `window` in flight and yield the results in input order.
+ *
+ * @param items The inputs, pulled only when there is room in the window.
+ * @param work The work for one item (its index is the position in `items`).
+ * @param window How many items may be in flight (default {@link defaultWindow}).
+ * @returns The results, in the order of `items`.
+ * @throws {RangeError} When `window` is not a positive integer.
+ * @example Results come back in input order
+ * ```ts
+ * import { ordered } from "./pool.ts";
+ *
+ * const out: number[] = [];
+ * const slow = (n: number) => new Promise<number>((r) => setTimeout(() => r(n * 2), 10 - n));
+ * for await (const v of ordered([1, 2, 3, 4], slow, 3)) out.push(v);
+ * if (out.join() !== "2,4,6,8") throw new Error("out of order");
+ * ```
+ */
+export async function* ordered<T, R>(
+  items: Iterable<T> | AsyncIterable<T>,
+  work: (item: T, index: number) => Promise<R>,
+  window: number = defaultWindow(),
+): AsyncGenerator<R> {
+  if (!Number.isInteger(window) || window < 1) {
+    throw new RangeError(`Cannot run ${window} items in flight: expected a positive integer`);
+  }
+  const it = Symbol.asyncIterator in items
+    ? (items as AsyncIterable<T>)[Symbol.asyncIterator]()
+    : (items as Iterable<T>)[Symbol.iterator]();
+  const inFlight: Promise<R>[] = [];
+  let index = 0;
+  let exhausted = false;
+  try {
+    for (;;) {
+      while (!exhausted && inFlight.length < window) {
+        const next = await it.next();
+        if (next.done) {
+          exhausted = true;
+          break;
+        }
+        const p = work(next.value, index++);
+        p.catch(() => {}); // observed below, in order; never an unhandled rejection
+        inFlight.push(p);
+      }
+      const head = inFlight.shift();
+      if (head === undefined) return;
+      yield await head;
+    }
+  } finally {
+    await Promise.allSettled(inFlight);
+    if (!exhausted) await it.return?.();
+  }
+}
+
+/** One chunk after encoding: `encoded` is null when the chunk is stored raw. */
+export interface EncodedChunk<T> {
+  /** The item the chunk came from. */
+  item: T;
+  /** The chunk's bytes, as given. */
+  raw: Uint8Array;
+  /** The encoded bytes, or null when the encoding was not smaller. */
+  encoded: Uint8Array | null;
+}
+
+/**
+ * Encode chunks with `codec` on all cores, yielding them in input order.
+ *
+ * @param codec The codec.
+ * @param items The inputs; `bytes(item)` gives each one's chunk.
+ * @param bytes The chunk of one item; it must not change until that item is yielded.
+ * @param window How many chunks may be in flight (default {@link defaultWindow}).
+ * @returns The encoded chunks, in the order of `items`.
+ */
+export function encodeOrdered<T>(
+  codec: Codec,
+  items: Iterable<T> | AsyncIterable<T>,
+  bytes: (item: T) => Uint8Array,
+  window?: number,
+): AsyncGenerator<EncodedChunk<T>> {
+  return ordered(items, async (item) => {
+    const raw = bytes(item);
+    return { item, raw, encoded: await codec.encode(raw) };
+  }, window);
+}
