@@ -119,3 +119,9 @@ export class MapsParseError extends CryoError {
     this.text = text;
   }
 }
+
+/**
+ * An encryption key is missing, malformed, or does not open an image. Never carries the key or any part of it,
+ * e.g. `Cannot open image img.cryo: the key does not match the one it was sealed with`.
+ */
+export class KeyError extends CryoError {}
