@@ -1,0 +1,390 @@
+/**
+ * Which pages of a range hold data: the page state of any process, from its `/proc/<pid>/pagemap`.
+ *
+ * Two paths give identical {@link PageRun}s (runs of consecutive present-or-swapped pages):
+ * - `"scan"`: the `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7), where the kernel itself returns runs. The 96-byte
+ *   `pm_scan_arg` and 24-byte `page_region` are declared here (older headers lack them). Each call stops at
+ *   `walk_end` when its output vector is full; we loop from there and merge, since the last call can repeat a
+ *   2 MiB block already reported.
+ * - `"pagemap"`: `pread` of the 8-byte-per-page pagemap entries in chunks, decoded as `Uint32Array` high words
+ *   (no per-page bigint).
+ *
+ * Guard pages (`MADV_GUARD_INSTALL`) look "swapped" to the kernel; both paths leave them out.
+ *
+ * @module
+ */
+
+import { errno, hex, libc, open, PAGE_SIZE, systemError } from "../ffi/libc.ts";
+import { O } from "../ffi/constants.ts";
+import { procPath } from "./maps.ts";
+
+/** A run of consecutive pages that hold data: `[start, end)`, page aligned. */
+export interface PageRun {
+  /** First address. */
+  start: bigint;
+  /** One past the last address. */
+  end: bigint;
+}
+
+/** How {@link Pagemap.scan} finds pages: the `PAGEMAP_SCAN` ioctl or reading the pagemap file. */
+export type ScanMethod = "scan" | "pagemap";
+
+/** Options of {@link scanPages} and {@link Pagemap.scan}. */
+export interface ScanOptions {
+  /** `"scan"` (the ioctl) or `"pagemap"` (read the file); default: the ioctl when the kernel has it. */
+  method?: ScanMethod;
+  /**
+   * Only anonymous pages: for a private file mapping these are its private dirty (copied-on-write) pages;
+   * page-cache pages are left out. Default false.
+   */
+  anonOnly?: boolean;
+}
+
+/** Bits of {@link PageStates.flags}, one byte per page. */
+export const PAGE_STATE = {
+  /** In RAM. */
+  PRESENT: 1,
+  /** In swap (or another swap-type entry, e.g. a migration or uffd-wp marker). */
+  SWAPPED: 2,
+  /** A page-cache page (file-backed or shared anonymous), not a private anonymous page. */
+  FILE: 4,
+  /** Mapped by this process only. */
+  EXCLUSIVE: 8,
+  /** Write-protected by userfaultfd. */
+  UFFD_WP: 16,
+  /** A guard page (`MADV_GUARD_INSTALL`): no data. */
+  GUARD: 32,
+} as const;
+
+/** The state of each page of a range. */
+export interface PageStates {
+  /** Address of the first page. */
+  start: bigint;
+  /** The page size the flags count in. */
+  pageSize: number;
+  /** One byte per page, an OR of {@link PAGE_STATE} bits. */
+  flags: Uint8Array;
+}
+
+// linux/fs.h (6.7+): PAGEMAP_SCAN = _IOWR('f', 16, struct pm_scan_arg), 96 bytes.
+const PAGEMAP_SCAN = 0xc0606610n;
+const PM_SCAN_ARG_SIZE = 96n;
+const PAGE_IS_FILE = 1n << 2n;
+const PAGE_IS_PRESENT = 1n << 3n;
+const PAGE_IS_SWAPPED = 1n << 4n;
+const PAGE_IS_GUARD = 1n << 8n; // 6.14+; older kernels refuse it with EINVAL
+// pagemap entry bits, in the high 32-bit word of each little-endian 64-bit entry.
+const HI_PRESENT = 1 << 31;
+const HI_SWAPPED = 1 << 30;
+const HI_FILE = 1 << 29;
+const HI_GUARD = 1 << 26;
+const HI_UFFD_WP = 1 << 25;
+const HI_EXCLUSIVE = 1 << 24;
+// The top of the x86_64 (4-level) user address space: above it (e.g. [vsyscall]) no page is in the process's
+// page tables; the pagemap file reads as empty there and the ioctl refuses the range (EFAULT).
+const USER_TOP = 1n << 47n;
+
+const VEC_REGIONS = 512; // page_region entries per ioctl call
+const CHUNK_PAGES = 1 << 16; // pagemap entries per pread (512 KiB)
+const EINTR = 4;
+const ESRCH = 3;
+
+let guardKnown = true;
+let scanSupported: boolean | undefined;
+
+/**
+ * Whether this kernel has the `PAGEMAP_SCAN` ioctl (probed once, on this process's own pagemap).
+ *
+ * @returns True on Linux ≥ 6.7.
+ */
+export function pagemapScanSupported(): boolean {
+  if (scanSupported === undefined) {
+    using pm = Pagemap.open("self");
+    scanSupported = pm.probeScan();
+  }
+  return scanSupported;
+}
+
+function checkRange(start: bigint, end: bigint): void {
+  const page = BigInt(PAGE_SIZE);
+  if (typeof start !== "bigint" || typeof end !== "bigint") {
+    throw new TypeError("Cannot scan pages: start and end must be bigint addresses");
+  }
+  if (start % page !== 0n || end % page !== 0n || start < 0n || end < start) {
+    throw new RangeError(
+      `Cannot scan pages ${hex(start)}-${hex(end)}: expected a page-aligned range, start ≤ end`,
+    );
+  }
+}
+
+/** Append `[s, e)` to sorted runs, merging it into the last run when they touch or overlap. */
+function addRun(runs: PageRun[], s: bigint, e: bigint): void {
+  const last = runs.at(-1);
+  if (last && s <= last.end) {
+    if (e > last.end) last.end = e;
+  } else {
+    runs.push({ start: s, end: e });
+  }
+}
+
+/**
+ * An open `/proc/<pid>/pagemap`: scan as many ranges as needed with one fd. Disposable.
+ *
+ * @example
+ * ```ts
+ * import { Pagemap } from "./pagemap.ts";
+ * import { readRegions } from "./maps.ts";
+ * const heap = readRegions("self").find((r) => r.kind === "heap");
+ * using pm = Pagemap.open("self");
+ * if (heap && pm.scan(heap.start, heap.end).length === 0) throw new Error("an empty heap");
+ * ```
+ */
+export class Pagemap implements Disposable {
+  /** The pid, or `"self"`. */
+  readonly pid: number | "self";
+  /** The file, e.g. `/proc/42/pagemap`. */
+  readonly path: string;
+  #fd: number;
+  #arg = new BigUint64Array(12);
+  #vec = new BigUint64Array(3 * VEC_REGIONS);
+  #chunk = new Uint32Array(2 * CHUNK_PAGES);
+  #argPtr = Deno.UnsafePointer.of(this.#arg);
+  #chunkPtr = Deno.UnsafePointer.of(this.#chunk);
+  #vecAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#vec)));
+
+  private constructor(pid: number | "self", path: string, fd: number) {
+    this.pid = pid;
+    this.path = path;
+    this.#fd = fd;
+  }
+
+  /**
+   * Open the pagemap of `pid`.
+   *
+   * @param pid A pid, or `"self"`.
+   * @returns The open pagemap; close it (or `using` it) when done.
+   * @throws {SystemError} When it cannot be opened (ENOENT: no such pid; EACCES: not allowed), naming the file.
+   */
+  static open(pid: number | "self"): Pagemap {
+    const path = procPath(pid, "pagemap");
+    return new Pagemap(pid, path, open(path, O.RDONLY | O.CLOEXEC));
+  }
+
+  #checkOpen(): void {
+    if (this.#fd < 0) throw new TypeError(`Cannot use ${this.path}: it is closed`);
+  }
+
+  /** Whether the ioctl works on this fd (false when the kernel does not know it). */
+  probeScan(): boolean {
+    this.#checkOpen();
+    try {
+      this.#ioctlScan(0n, 0n, false);
+      return true;
+    } catch (e) {
+      if ((e as { code?: string }).code === "ENOTTY" || (e as { code?: string }).code === "EINVAL") {
+        return false;
+      }
+      throw e;
+    }
+  }
+
+  /** One PAGEMAP_SCAN call from `start` to `end`; returns the number of regions and sets walk_end. */
+  #ioctlScan(start: bigint, end: bigint, anonOnly: boolean): number {
+    const a = this.#arg;
+    for (;;) {
+      const excluded = (guardKnown ? PAGE_IS_GUARD : 0n) | (anonOnly ? PAGE_IS_FILE : 0n);
+      a[0] = PM_SCAN_ARG_SIZE;
+      a[1] = 0n; // flags
+      a[2] = start;
+      a[3] = end;
+      a[4] = 0n; // walk_end (out)
+      a[5] = this.#vecAddr;
+      a[6] = BigInt(VEC_REGIONS);
+      a[7] = 0n; // max_pages: no limit
+      a[8] = excluded; // category_inverted
+      a[9] = excluded; // category_mask: these must be absent
+      a[10] = PAGE_IS_PRESENT | PAGE_IS_SWAPPED; // category_anyof_mask
+      a[11] = PAGE_IS_PRESENT | PAGE_IS_SWAPPED; // return_mask
+      const n = libc.ioctl(this.#fd, PAGEMAP_SCAN, this.#argPtr);
+      if (n >= 0) return n;
+      const e = errno();
+      if (e === EINTR) continue;
+      if (e === 22 /* EINVAL */ && guardKnown) {
+        guardKnown = false; // a kernel before 6.14: no PAGE_IS_GUARD category
+        continue;
+      }
+      const exited = e === ESRCH ? ` (pid ${this.pid} exited)` : "";
+      throw systemError("ioctl PAGEMAP_SCAN", e, `${this.path} at ${hex(start)}${exited}`);
+    }
+  }
+
+  #scanIoctl(start: bigint, end: bigint, anonOnly: boolean): PageRun[] {
+    const runs: PageRun[] = [];
+    const vec = this.#vec;
+    let cur = start;
+    // Each call either fills the vector or reaches `end`, so the bound is generous.
+    for (let calls = 0; cur < end; calls++) {
+      if (calls > 1 + Number((end - start) / BigInt(PAGE_SIZE))) {
+        throw systemError("ioctl PAGEMAP_SCAN", 5, /* EIO */ `${this.path} at ${hex(cur)}: no progress`);
+      }
+      const n = this.#ioctlScan(cur, end, anonOnly);
+      for (let i = 0; i < n; i++) addRun(runs, vec[3 * i], vec[3 * i + 1]);
+      const walkEnd = this.#arg[4];
+      if (walkEnd <= cur) {
+        throw systemError(
+          "ioctl PAGEMAP_SCAN",
+          5, /* EIO */
+          `${this.path} at ${hex(cur)}: walk_end did not advance`,
+        );
+      }
+      cur = walkEnd;
+    }
+    return runs;
+  }
+
+  /**
+   * Read the pagemap entries of `[start, end)` chunk by chunk, calling `visit(hi, first, count)` with the high
+   * words of each chunk (`hi[2 * i + 1]` is page `first + i`'s high word).
+   */
+  #readEntries(
+    start: bigint,
+    end: bigint,
+    visit: (words: Uint32Array, first: number, count: number) => void,
+  ): void {
+    const page = BigInt(PAGE_SIZE);
+    const total = Number((end - start) / page);
+    let done = 0;
+    while (done < total) {
+      const count = Math.min(CHUNK_PAGES, total - done);
+      const addr = start + BigInt(done) * page;
+      const off = (addr / page) * 8n;
+      const n = Number(libc.pread(this.#fd, this.#chunkPtr, BigInt(count * 8), off));
+      if (n < 0) {
+        const e = errno();
+        if (e === EINTR) continue;
+        throw systemError("pread", e, `${this.path} at ${hex(addr)}`);
+      }
+      if (n === 0) {
+        if (addr >= USER_TOP) return; // beyond the user address space: no pages
+        throw systemError("pread", ESRCH, `${this.path} at ${hex(addr)} (pid ${this.pid} exited)`);
+      }
+      const got = Math.floor(n / 8);
+      visit(this.#chunk, done, got);
+      done += got;
+    }
+  }
+
+  #scanRead(start: bigint, end: bigint, anonOnly: boolean): PageRun[] {
+    const runs: PageRun[] = [];
+    const page = BigInt(PAGE_SIZE);
+    const reject = HI_GUARD | (anonOnly ? HI_FILE : 0);
+    let runStart = -1; // page index of the open run, or -1
+    const close = (endIndex: number) => {
+      addRun(runs, start + BigInt(runStart) * page, start + BigInt(endIndex) * page);
+      runStart = -1;
+    };
+    this.#readEntries(start, end, (words, first, count) => {
+      for (let i = 0; i < count; i++) {
+        const hi = words[2 * i + 1];
+        const data = (hi & (HI_PRESENT | HI_SWAPPED)) !== 0 && (hi & reject) === 0;
+        if (data) {
+          if (runStart < 0) runStart = first + i;
+        } else if (runStart >= 0) {
+          close(first + i);
+        }
+      }
+    });
+    if (runStart >= 0) close(Number((end - start) / page));
+    return runs;
+  }
+
+  /**
+   * The runs of pages in `[start, end)` that hold data (present or swapped).
+   *
+   * @param start First address, page aligned.
+   * @param end One past the last address, page aligned.
+   * @param opts The method (default: the ioctl when available) and `anonOnly`.
+   * @returns Sorted, disjoint, non-adjacent runs.
+   * @throws {SystemError} When the process exited (ESRCH) or the kernel refused, naming the file and address.
+   */
+  scan(start: bigint, end: bigint, opts: ScanOptions = {}): PageRun[] {
+    checkRange(start, end);
+    this.#checkOpen();
+    if (end > USER_TOP) end = USER_TOP;
+    if (start >= end) return [];
+    const method = opts.method ?? (pagemapScanSupported() ? "scan" : "pagemap");
+    if (method === "scan") return this.#scanIoctl(start, end, opts.anonOnly ?? false);
+    if (method === "pagemap") return this.#scanRead(start, end, opts.anonOnly ?? false);
+    throw new TypeError(
+      `Cannot scan pages with method ${JSON.stringify(method)}: expected "scan" or "pagemap"`,
+    );
+  }
+
+  /**
+   * The state of every page of `[start, end)`, from the pagemap file.
+   *
+   * @param start First address, page aligned.
+   * @param end One past the last address, page aligned.
+   * @returns One flags byte per page ({@link PAGE_STATE} bits).
+   * @throws {SystemError} When the process exited (ESRCH), naming the file and address.
+   */
+  states(start: bigint, end: bigint): PageStates {
+    checkRange(start, end);
+    this.#checkOpen();
+    const flags = new Uint8Array(Number((end - start) / BigInt(PAGE_SIZE)));
+    this.#readEntries(start, end, (words, first, count) => {
+      for (let i = 0; i < count; i++) {
+        const hi = words[2 * i + 1];
+        flags[first + i] = ((hi & HI_PRESENT) !== 0 ? PAGE_STATE.PRESENT : 0) |
+          ((hi & HI_SWAPPED) !== 0 ? PAGE_STATE.SWAPPED : 0) |
+          ((hi & HI_FILE) !== 0 ? PAGE_STATE.FILE : 0) |
+          ((hi & HI_EXCLUSIVE) !== 0 ? PAGE_STATE.EXCLUSIVE : 0) |
+          ((hi & HI_UFFD_WP) !== 0 ? PAGE_STATE.UFFD_WP : 0) |
+          ((hi & HI_GUARD) !== 0 ? PAGE_STATE.GUARD : 0);
+      }
+    });
+    return { start, pageSize: PAGE_SIZE, flags };
+  }
+
+  /** Close the fd. Idempotent. */
+  close(): void {
+    if (this.#fd < 0) return;
+    libc.close(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * The runs of pages of `pid` in `[start, end)` that hold data (present or swapped), with one pagemap fd
+ * opened for the call. To scan many regions, open a {@link Pagemap} once instead.
+ *
+ * @param pid A pid, or `"self"`.
+ * @param start First address, page aligned.
+ * @param end One past the last address, page aligned.
+ * @param opts The method (default: the ioctl when available) and `anonOnly`.
+ * @returns Sorted, disjoint, non-adjacent runs.
+ * @throws {SystemError} When the pid does not exist (ENOENT), may not be read (EACCES) or exited (ESRCH).
+ */
+export function scanPages(pid: number | "self", start: bigint, end: bigint, opts?: ScanOptions): PageRun[] {
+  using pm = Pagemap.open(pid);
+  return pm.scan(start, end, opts);
+}
+
+/**
+ * The state of every page of `pid` in `[start, end)`.
+ *
+ * @param pid A pid, or `"self"`.
+ * @param start First address, page aligned.
+ * @param end One past the last address, page aligned.
+ * @returns One flags byte per page ({@link PAGE_STATE} bits).
+ * @throws {SystemError} When the pid does not exist (ENOENT), may not be read (EACCES) or exited (ESRCH).
+ */
+export function pageStates(pid: number | "self", start: bigint, end: bigint): PageStates {
+  using pm = Pagemap.open(pid);
+  return pm.states(start, end);
+}
