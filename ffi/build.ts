@@ -17,6 +17,7 @@ interface Target {
 const targets: Target[] = [
   { out: "libcryo_helper.so", sources: ["ffi/helper.c"], flags: ["-shared", "-fPIC"] },
   { out: "cryo_target", sources: ["tests/fixtures/target.c"], flags: ["-pthread"] },
+  { out: "cryo_pipeline", sources: ["bench/pipeline.c"], flags: [] },
 ];
 
 function mtime(path: string): number {

@@ -1,0 +1,276 @@
+/**
+ * The end-to-end figures: checkpoint time and stop window, image size apparent and allocated, and rollback
+ * restore time, for cryo and, in the same run on the same target, the C pipeline and gdb's gcore. Workloads
+ * (full / --quick): 1 GiB / 64 MiB random, 1 GiB / 64 MiB text, 4 GiB / 256 MiB sparse (every 4th page
+ * resident). cryo's side (lib/checkpoint.ts, lib/restore.ts) is measured when those modules are in the tree.
+ *
+ * @module
+ */
+
+import { Target } from "../tests/_target.ts";
+import { fileSize, findGcore, gcore, pipelineDump, pipelineLoad, withStopWindow } from "./peers.ts";
+import { median } from "./stats.ts";
+import type { BenchOptions, BenchRow } from "./types.ts";
+
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+
+interface Workload {
+  label: string;
+  bytes: number;
+  kind: string;
+}
+
+type CryoOp = (pid: number, path: string, opts?: Record<string, unknown>) => Promise<unknown>;
+
+interface Samples {
+  [figure: string]: number[];
+}
+
+/**
+ * Measure the end-to-end figures.
+ *
+ * @param opts `quick` for the small workloads; `runs` repetitions of every figure.
+ * @returns The rows, grouped per workload.
+ */
+export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
+  const scale = opts.quick ? 64 * MiB : GiB;
+  const name = (n: number) => n >= GiB ? `${n / GiB} GiB` : `${n / MiB} MiB`;
+  const workloads: Workload[] = [
+    { label: `${name(scale)} random`, bytes: scale, kind: "random" },
+    { label: `${name(scale)} text`, bytes: scale, kind: "text" },
+    { label: `${name(4 * scale)} sparse, ${name(scale)} resident`, bytes: 4 * scale, kind: "stride:4" },
+  ];
+  const cryo = await loadCryo();
+  const dir = await Deno.makeTempDir({ dir: Deno.env.get("CRYO_BENCH_DIR"), prefix: "cryo-bench-" });
+  const rows: BenchRow[] = [];
+  try {
+    for (const w of workloads) rows.push(...await measure(w, opts, cryo, dir));
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+  return rows;
+}
+
+async function measure(
+  w: Workload,
+  opts: BenchOptions,
+  cryo: { checkpoint?: CryoOp; restore?: CryoOp; note: string },
+  dir: string,
+): Promise<BenchRow[]> {
+  const s: Samples = {};
+  const add = (k: string, v: number) => (s[k] ??= []).push(v);
+  const hasGcore = findGcore() !== null;
+  const target = Target.start();
+  try {
+    await target.cmd("heartbeat");
+    const addr = await target.map(w.bytes);
+    await target.fill(addr, w.bytes, w.kind, 1);
+    for (let run = 0; run < opts.runs; run++) {
+      const dump = `${dir}/pipeline.dump`;
+      const p = await withStopWindow(target, () => pipelineDump(target.pid, addr, w.bytes, dump));
+      const ps = await fileSize(dump);
+      add("pipe.ms", p.value.ms);
+      add("pipe.stop", p.stopMs);
+      add("pipe.bytes", p.value.bytes);
+      add("pipe.apparent", ps.apparent);
+      add("pipe.allocated", ps.allocated);
+      if (cryo.checkpoint) {
+        const image = `${dir}/bench.cryo`;
+        const c = await withStopWindow(target, async () => {
+          const t0 = performance.now();
+          await cryo.checkpoint!(target.pid, image);
+          return performance.now() - t0;
+        });
+        add("cryo.ms", c.value);
+        add("cryo.stop", c.stopMs);
+        const cs = await fileSize(image);
+        add("cryo.apparent", cs.apparent);
+        add("cryo.allocated", cs.allocated);
+        if (cryo.restore) {
+          const t1 = performance.now();
+          await cryo.restore(target.pid, image);
+          add("cryo.restore", performance.now() - t1);
+        }
+        await Deno.remove(image);
+      }
+      const l = await pipelineLoad(target.pid, addr, w.bytes, dump);
+      add("pipe.load", l.ms);
+      await Deno.remove(dump);
+      if (hasGcore) {
+        const g = await withStopWindow(target, () => gcore(target.pid, `${dir}/core`));
+        const gs = await fileSize(g.value.path);
+        add("gcore.ms", g.value.ms);
+        add("gcore.stop", g.stopMs);
+        add("gcore.apparent", gs.apparent);
+        add("gcore.allocated", gs.allocated);
+        await Deno.remove(g.value.path);
+      }
+      if (w.kind.startsWith("stride:")) {
+        // gdb reads every page through /proc/PID/mem, which maps the zero page into the holes (and a restore
+        // may fill them): map the region afresh so the next run sees the same resident set.
+        await target.cmd(`unmap 0x${addr.toString(16)} ${w.bytes}`);
+        await target.cmd(`mapat 0x${addr.toString(16)} ${w.bytes}`);
+        await target.fill(addr, w.bytes, w.kind, 1);
+      }
+    }
+  } finally {
+    await target.close();
+  }
+  return rowsOf(w, opts, s, hasGcore, cryo.note);
+}
+
+function rowsOf(
+  w: Workload,
+  opts: BenchOptions,
+  s: Samples,
+  hasGcore: boolean,
+  cryoNote: string,
+): BenchRow[] {
+  const group = `checkpoint ${w.label}`;
+  const full = !opts.quick;
+  const big = w.kind === "stride:4";
+  const rows: BenchRow[] = [];
+  const gcoreNote = hasGcore ? undefined : "gcore skipped: gdb is not installed (apt-get install gdb)";
+  rows.push({
+    group,
+    name: "C pipeline: checkpoint time",
+    samples: s["pipe.ms"],
+    unit: "ms",
+    note: [s["cryo.ms"] ? undefined : cryoNote, gcoreNote].filter(Boolean).join("; ") || undefined,
+  });
+  rows.push({ group, name: "C pipeline: stop window", samples: s["pipe.stop"], unit: "ms" });
+  rows.push({
+    group,
+    name: "C pipeline: image allocated",
+    samples: s["pipe.allocated"],
+    unit: "bytes",
+    baseline: "resident data",
+    baselineSamples: s["pipe.bytes"],
+  });
+  if (hasGcore) {
+    rows.push({
+      group,
+      name: "gcore: checkpoint time",
+      samples: s["gcore.ms"],
+      unit: "ms",
+      baseline: "C pipeline",
+      baselineSamples: s["pipe.ms"],
+    });
+    rows.push({
+      group,
+      name: "gcore: stop window",
+      samples: s["gcore.stop"],
+      unit: "ms",
+      baseline: "C pipeline",
+      baselineSamples: s["pipe.stop"],
+    });
+    rows.push({
+      group,
+      name: "gcore: image apparent",
+      samples: s["gcore.apparent"],
+      unit: "bytes",
+      baseline: "resident data",
+      baselineSamples: s["pipe.bytes"],
+    });
+    rows.push({
+      group,
+      name: "gcore: image allocated",
+      samples: s["gcore.allocated"],
+      unit: "bytes",
+      baseline: "resident data",
+      baselineSamples: s["pipe.bytes"],
+    });
+  }
+  if (s["cryo.ms"]) {
+    const limit = big ? 1000 : 500;
+    rows.push(judged({
+      group,
+      name: "cryo: checkpoint time",
+      samples: s["cryo.ms"],
+      unit: "ms",
+      baseline: "C pipeline",
+      baselineSamples: s["pipe.ms"],
+      goal: big ? "≤ 1000 ms" : `≤ 500 ms, ≥ 0.8× C pipeline's speed (ratio ≤ 1.25)`,
+    }, (m, r) => (!full || m <= limit) && (big || r <= 1.25)));
+    if (hasGcore && !big) {
+      rows.push(judged({
+        group,
+        name: "cryo: checkpoint time vs gcore",
+        samples: s["cryo.ms"],
+        unit: "ms",
+        baseline: "gcore",
+        baselineSamples: s["gcore.ms"],
+        goal: "≥ 2× gcore's speed (ratio ≤ 0.5)",
+      }, (_m, r) => r <= 0.5));
+    }
+    rows.push(judged({
+      group,
+      name: "cryo: stop window",
+      samples: s["cryo.stop"],
+      unit: "ms",
+      ...(hasGcore ? { baseline: "gcore", baselineSamples: s["gcore.stop"], goal: "≤ 0.5× gcore's" } : {}),
+    }, (_m, r) => !hasGcore || r <= 0.5));
+    rows.push({
+      group,
+      name: "cryo: image apparent",
+      samples: s["cryo.apparent"],
+      unit: "bytes",
+      baseline: "resident data",
+      baselineSamples: s["pipe.bytes"],
+    });
+    rows.push(judged({
+      group,
+      name: "cryo: image allocated",
+      samples: s["cryo.allocated"],
+      unit: "bytes",
+      baseline: "resident data",
+      baselineSamples: s["pipe.bytes"],
+      ...(big ? { goal: "≤ 1.02× resident data" } : {}),
+    }, (_m, r) => !big || r <= 1.02));
+  }
+  const rgroup = `rollback restore ${w.label}`;
+  rows.push({ group: rgroup, name: "C pipeline: load time", samples: s["pipe.load"], unit: "ms" });
+  if (s["cryo.restore"]) {
+    rows.push(judged({
+      group: rgroup,
+      name: "cryo: restore time",
+      samples: s["cryo.restore"],
+      unit: "ms",
+      baseline: "C pipeline",
+      baselineSamples: s["pipe.load"],
+      goal: w.kind === "random" ? "≤ 400 ms for 1 GiB" : undefined,
+    }, (m) => !full || w.kind !== "random" || m <= 400));
+  }
+  return rows;
+}
+
+/** Set `met` from the medians when the row has a goal; absolute limits are judged in the full suite only. */
+function judged(row: BenchRow, ok: (median: number, ratio: number) => boolean): BenchRow {
+  if (!row.goal) return row;
+  const m = median(row.samples);
+  const r = row.baselineSamples ? m / median(row.baselineSamples) : NaN;
+  return { ...row, met: ok(m, r) };
+}
+
+/** cryo's checkpoint and restore, when their modules are in the tree; a note says what is missing. */
+async function loadCryo(): Promise<{ checkpoint?: CryoOp; restore?: CryoOp; note: string }> {
+  const found: { checkpoint?: CryoOp; restore?: CryoOp } = {};
+  const missing: string[] = [];
+  for (const [file, fn] of [["checkpoint", "checkpoint"], ["restore", "restore"]] as const) {
+    const url = new URL(`../lib/${file}.ts`, import.meta.url);
+    try {
+      await Deno.stat(url);
+    } catch {
+      missing.push(`lib/${file}.ts`);
+      continue;
+    }
+    const mod = await import(url.href);
+    if (typeof mod[fn] !== "function") {
+      throw new Error(`Cannot bench cryo: lib/${file}.ts exports no ${fn}()`);
+    }
+    found[fn] = mod[fn] as CryoOp;
+  }
+  const note = missing.length ? `cryo not measured: ${missing.join(", ")} not in the tree yet` : "";
+  return { ...found, note };
+}
