@@ -10,8 +10,9 @@
 
 import { MapsParseError } from "./errors.ts";
 import { compareAddress, parsePerms, type Region, type RegionKind } from "./region.ts";
-import { errno, libc, open, systemError } from "../ffi/libc.ts";
-import { O } from "../ffi/constants.ts";
+import { systemError } from "../ffi/libc.ts";
+import { procPath, readProcText } from "./procfs.ts";
+import { markStacks, threadStacks } from "./stacks.ts";
 
 /** A region with the facts `/proc/<pid>/smaps` adds. Sizes are in bytes. */
 export interface SmapsRegion extends Region {
@@ -37,6 +38,11 @@ export interface SmapsRegion extends Region {
 export interface ReadRegionsOptions {
   /** Read `/proc/<pid>/smaps` instead of `maps` and return {@link SmapsRegion}s (slower: walks page tables). */
   smaps?: boolean;
+  /**
+   * Find the stacks of the process's blocked threads (from `/proc/<pid>/task/<tid>/syscall`) and mark their
+   * regions kind `"stack"`; without it only the main thread's `[stack]` is one.
+   */
+  stacks?: boolean;
 }
 
 // start-end perms offset major:minor inode [padding path]; the kernel prints at least one space after the inode.
@@ -215,62 +221,10 @@ export function parseSmaps(text: string, source = "smaps"): SmapsRegion[] {
 }
 
 /**
- * The path of a file under `/proc/<pid>/`, validating the pid.
- *
- * @param pid A positive pid, or `"self"`.
- * @param file The file name, e.g. `"maps"`.
- * @returns The path, e.g. `/proc/42/maps`.
- * @throws {TypeError} When `pid` is not `"self"` nor a positive integer.
- */
-export function procPath(pid: number | "self", file: string): string {
-  if (pid !== "self" && !(Number.isInteger(pid) && pid > 0 && pid <= 0x7fffffff)) {
-    throw new TypeError(`Cannot use pid ${String(pid)}: expected a positive integer or "self"`);
-  }
-  return `/proc/${pid}/${file}`;
-}
-
-/**
- * Read a whole `/proc` text file with libc, so a failure carries errno.
- *
- * @param path The file.
- * @returns Its text.
- * @throws {SystemError} When it cannot be opened or read, naming the file.
- */
-export function readProcText(path: string): string {
-  const fd = open(path, O.RDONLY | O.CLOEXEC);
-  try {
-    const chunks: Uint8Array[] = [];
-    let total = 0;
-    const chunk = new Uint8Array(1 << 16);
-    const p = Deno.UnsafePointer.of(chunk);
-    for (;;) {
-      const n = Number(libc.read(fd, p, BigInt(chunk.length)));
-      if (n < 0) {
-        const e = errno();
-        if (e === 4 /* EINTR */) continue;
-        throw systemError("read", e, path);
-      }
-      if (n === 0) break;
-      chunks.push(chunk.slice(0, n));
-      total += n;
-    }
-    const all = new Uint8Array(total);
-    let at = 0;
-    for (const c of chunks) {
-      all.set(c, at);
-      at += c.length;
-    }
-    return new TextDecoder().decode(all);
-  } finally {
-    libc.close(fd);
-  }
-}
-
-/**
  * The regions of a process, from `/proc/<pid>/maps` (or `smaps` with `{ smaps: true }`).
  *
  * @param pid A pid, or `"self"` for this process.
- * @param opts `smaps: true` to merge in the smaps facts.
+ * @param opts `smaps: true` to merge in the smaps facts; `stacks: true` to mark every blocked thread's stack.
  * @returns The regions, sorted by start.
  * @throws {SystemError} When the file cannot be read (ENOENT: no such pid; EACCES: not allowed), naming it.
  * @throws {SystemError} ESRCH when the file is empty (the process exited, or is a kernel thread).
@@ -294,5 +248,6 @@ export function readRegions(pid: number | "self", opts: ReadRegionsOptions = {})
       `${path} (pid ${pid} has no memory map: it exited or is a kernel thread)`,
     );
   }
-  return opts.smaps ? parseSmaps(text, path) : parseMaps(text, path);
+  const regions = opts.smaps ? parseSmaps(text, path) : parseMaps(text, path);
+  return opts.stacks ? markStacks(regions, threadStacks(pid, regions)) : regions;
 }

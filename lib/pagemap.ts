@@ -16,7 +16,7 @@
 
 import { errno, hex, libc, open, PAGE_SIZE, systemError } from "../ffi/libc.ts";
 import { O } from "../ffi/constants.ts";
-import { procPath } from "./maps.ts";
+import { procPath } from "./procfs.ts";
 
 /** A run of consecutive pages that hold data: `[start, end)`, page aligned. */
 export interface PageRun {
