@@ -1,0 +1,389 @@
+/**
+ * The image reader: `MemoryLoader.open()` reads the footer, checks bounds, reads the header and the index;
+ * `verify()` is the full verification pass; `checkTarget()` compares the destination; `load()` verifies,
+ * checks, then drives loading from the index (copy or map data, zero holes). Read access for `inspect`/`diff`:
+ * header, source, regions, records, sections, and a record's decoded bytes.
+ *
+ * @module
+ */
+
+import { MAP, O, PROT } from "../../ffi/constants.ts";
+import { errno, hex, libc, mmap, munmap, open, ptrOf, systemError } from "../../ffi/libc.ts";
+import { type Codec, raw } from "../codec.ts";
+import { CryoError, ImageError, LayoutMismatchError } from "../errors.ts";
+import { checksum } from "./checksum.ts";
+import { findRecord } from "./index.ts";
+import {
+  decodeFooter,
+  decodeHeaderBlock,
+  decodeIndex,
+  decodeSectionTable,
+  FIXED_HEADER_LENGTH,
+  type Footer,
+  FOOTER_LENGTH,
+  type HeaderFields,
+  type ImageRecord,
+  type ImageRegion,
+  KIND,
+  RECORD_FLAG,
+  type SectionEntry,
+  type SourceInfo,
+} from "./layout.ts";
+import { checkStructure, verifyImage } from "./verify.ts";
+import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
+import { clearRange, mapRun, protOf, RemoteWriter } from "./lazy.ts";
+
+/** What {@link MemoryLoader.load} did. */
+export interface LoadSummary {
+  /** Bytes copied (read from the image, or decoded). */
+  copiedBytes: number;
+  /** Bytes mapped straight from the image (lazy). */
+  mappedBytes: number;
+  /** Bytes of holes made zero. */
+  holeBytes: number;
+  /** Regions that were free and were mapped. */
+  mappedRegions: number;
+}
+
+/** An open image. Close it (or `using`) when done; lazily mapped memory stays valid after close. */
+export class MemoryLoader implements Disposable {
+  /** The image file. */
+  readonly path: string;
+  /** Its size. */
+  readonly fileSize: number;
+  /** The footer. */
+  readonly footer: Footer;
+  /** The fixed header's fields. */
+  readonly header: HeaderFields;
+  /** Where the image came from. */
+  readonly source: SourceInfo;
+  /** The region table. */
+  readonly regions: readonly ImageRegion[];
+  /** The index: records sorted by (segment, address). */
+  readonly records: readonly ImageRecord[];
+  /** The section table. */
+  readonly sections: readonly SectionEntry[];
+  #fd: number;
+  #base = 0n;
+  #verified = false;
+  readonly #codecs: Map<number, Codec>;
+
+  private constructor(path: string, fd: number, fileSize: number, codecs: readonly Codec[]) {
+    this.path = path;
+    this.#fd = fd;
+    this.fileSize = fileSize;
+    this.#codecs = new Map([[0, raw], ...codecs.map((c) => [c.id, c] as const)]);
+    if (fileSize < FIXED_HEADER_LENGTH + FOOTER_LENGTH) {
+      throw new ImageError(path, fileSize, `file of ${fileSize} bytes is too small to be an image`);
+    }
+    const footerAt = fileSize - FOOTER_LENGTH;
+    this.footer = decodeFooter(path, this.#pread(footerAt, FOOTER_LENGTH), footerAt);
+    const f = this.footer;
+    for (
+      const [what, at, len, field] of [
+        ["header block", 0, f.headerLength, 16],
+        ["index", f.indexOffset, f.indexLength, 48],
+        ["section table", f.sectionsOffset, f.sectionsLength, 72],
+      ] as const
+    ) {
+      if (at + len > footerAt) {
+        throw new ImageError(path, footerAt + field, `${what} [${at}, ${at + len}) lies outside the file`);
+      }
+    }
+    const h = decodeHeaderBlock(path, this.#pread(0, f.headerLength));
+    this.header = h.fields;
+    this.source = h.source;
+    this.regions = h.regions;
+    const index = this.#pread(f.indexOffset, f.indexLength);
+    if (checksum(index) !== f.indexChecksum) {
+      throw new ImageError(path, f.indexOffset, "index checksum mismatch");
+    }
+    this.records = decodeIndex(path, index, f.indexOffset);
+    const table = this.#pread(f.sectionsOffset, f.sectionsLength);
+    if (checksum(table) !== f.sectionsChecksum) {
+      throw new ImageError(path, f.sectionsOffset, "section table checksum mismatch");
+    }
+    this.sections = decodeSectionTable(path, table, f.sectionsOffset);
+    checkStructure({ ...this.#parts(), base: 0n });
+  }
+
+  /**
+   * Open an image: footer first, then bounds, then header and index (their checksums and order are checked;
+   * data is not read until {@link verify} or {@link load}).
+   *
+   * @param path The image file.
+   * @param opts `codecs`: codecs for compressed records (raw is always known).
+   * @returns The loader.
+   */
+  static open(path: string, opts: { codecs?: readonly Codec[] } = {}): Promise<MemoryLoader> {
+    const fd = open(path, O.RDONLY | O.CLOEXEC);
+    try {
+      const size = Deno.statSync(path).size;
+      return Promise.resolve(new MemoryLoader(path, fd, size, opts.codecs ?? []));
+    } catch (e) {
+      libc.close(fd);
+      throw e;
+    }
+  }
+
+  /** Whether {@link verify} has passed. */
+  get verified(): boolean {
+    return this.#verified;
+  }
+
+  /**
+   * The full verification pass (footer, header, bounds, index, padding, frames, every checksum). Throws
+   * {@link ImageError} naming the file and offset. Runs once; later calls return at once.
+   */
+  verify(): Promise<void> {
+    if (this.#verified) return Promise.resolve();
+    verifyImage(this.#parts());
+    this.#verified = true;
+    return Promise.resolve();
+  }
+
+  /**
+   * Compare the target with what the image needs; throw {@link LayoutMismatchError} listing every difference.
+   *
+   * @param target The destination.
+   * @returns The plan for each absolute region.
+   */
+  checkTarget(target: LoadTarget): RegionPlan[] {
+    const { differences, plan } = compareTarget(this.regions, this.records, target);
+    if (differences.length) throw new LayoutMismatchError(targetName(target), differences);
+    return plan;
+  }
+
+  /**
+   * The record containing `address` (in `segment`, 0 for absolute addresses), by binary search.
+   *
+   * @param address The address.
+   * @param segment The segment.
+   * @returns The record, or undefined.
+   */
+  findRecord(address: bigint, segment = 0): ImageRecord | undefined {
+    const i = findRecord(this.records, address, segment);
+    return i >= 0 ? this.records[i] : undefined;
+  }
+
+  /**
+   * A record's decoded bytes (zeros for a hole), its checksum checked.
+   *
+   * @param r A record of this image.
+   * @param dst Where to put them (its length must be `r.length`); a new buffer if omitted.
+   * @returns The bytes.
+   */
+  async readRecord(r: ImageRecord, dst: Uint8Array = new Uint8Array(r.length)): Promise<Uint8Array> {
+    if (dst.length !== r.length) throw new RangeError(`Cannot read ${r.length} bytes into ${dst.length}`);
+    if (r.kind === KIND.HOLE) {
+      dst.fill(0);
+      return dst;
+    }
+    const stored = this.#stored(r);
+    if (checksum(stored) !== r.checksum) {
+      throw new ImageError(this.path, r.fileOffset, "data checksum mismatch");
+    }
+    await this.#decode(r, stored, dst);
+    return dst;
+  }
+
+  /**
+   * A section's bytes, checksum checked.
+   *
+   * @param name The section's name.
+   * @returns The bytes, or undefined when there is no such section.
+   */
+  section(name: string): Uint8Array | undefined {
+    const s = this.sections.find((x) => x.name === name);
+    if (!s) return undefined;
+    const b = this.#pread(s.offset, s.length);
+    if (checksum(b) !== s.checksum) {
+      throw new ImageError(this.path, s.offset, `section "${name}" checksum mismatch`);
+    }
+    return b;
+  }
+
+  /**
+   * Load the image into `target`: verify (once), check the target (nothing is written on a mismatch), then
+   * for each record copy (or, for a lazy self target, map) the data and zero the holes.
+   *
+   * @param target The destination.
+   * @returns What was done.
+   */
+  async load(target: LoadTarget): Promise<LoadSummary> {
+    await this.verify();
+    this.#unmapView(); // so that our own mapping of the image is not mistaken for (or placed in) the target
+    const plan = this.checkTarget(target);
+    for (const r of this.records) {
+      if (r.flags & RECORD_FLAG.ENCRYPTED) {
+        throw new CryoError(`Cannot load ${this.path}: records are encrypted`);
+      }
+      if (!this.#codecs.has(r.codec)) {
+        throw new CryoError(`Cannot load ${this.path}: codec ${r.codec} not given`);
+      }
+    }
+    const summary: LoadSummary = { copiedBytes: 0, mappedBytes: 0, holeBytes: 0, mappedRegions: 0 };
+    const segBase = new Map<number, Uint8Array>();
+    this.regions.forEach((g, i) => {
+      const b = target.segments[g.path];
+      if (g.relocatable && b !== undefined) segBase.set(i + 1, segmentBytes(b));
+    });
+    for (const r of this.records) {
+      if (r.segment === 0) continue;
+      const buf = segBase.get(r.segment);
+      if (!buf) continue;
+      const dst = buf.subarray(Number(r.address), Number(r.address) + r.length);
+      await this.readRecord(r, dst);
+      if (r.kind === KIND.HOLE) summary.holeBytes += r.length;
+      else summary.copiedBytes += r.length;
+    }
+    if (target.kind === "segments") return summary;
+    if (target.kind === "pid") {
+      using remote = new RemoteWriter(target.pid);
+      for (const r of this.records) {
+        if (r.segment !== 0) continue;
+        if (r.kind === KIND.HOLE) {
+          remote.zero(r.address, r.length);
+          summary.holeBytes += r.length;
+        } else {
+          const stored = this.#stored(r);
+          if (r.codec === 0) remote.write(r.address, stored);
+          else remote.write(r.address, await this.readRecord(r));
+          summary.copiedBytes += r.length;
+        }
+      }
+      return summary;
+    }
+    return await this.#loadSelf(target, plan, summary);
+  }
+
+  async #loadSelf(target: LoadTarget, plan: RegionPlan[], summary: LoadSummary): Promise<LoadSummary> {
+    const fresh = plan.filter((p) => p.existing.length === 0);
+    for (const p of fresh) {
+      const len = p.region.end - p.region.start;
+      mmap(p.region.start, len, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS | MAP.FIXED_NOREPLACE);
+      summary.mappedRegions++;
+    }
+    const locked = plan.filter((p) => p.existing.length > 0 && !p.region.perms.write);
+    for (const p of locked) {
+      const len = p.region.end - p.region.start;
+      const prot = protOf(p.region.perms) | PROT.WRITE;
+      if (libc.mprotect(ptrOf(p.region.start), len, prot) !== 0) {
+        throw systemError("mprotect", errno(), `${len} bytes at ${hex(p.region.start)}`);
+      }
+    }
+    try {
+      for (const r of this.records) {
+        if (r.segment !== 0) continue;
+        const p = plan.find((x) => x.region.start <= r.address && r.address < x.region.end)!;
+        if (r.kind === KIND.HOLE) {
+          if (p.existing.length > 0) clearRange(r.address, r.length, p.existing);
+          summary.holeBytes += r.length;
+          continue;
+        }
+        if (target.lazy && r.codec === 0 && !p.region.perms.shared) {
+          const mapped = mapRun(
+            this.#fd,
+            r.fileOffset,
+            r.address,
+            r.length,
+            protOf(p.region.perms) | PROT.WRITE,
+          );
+          summary.mappedBytes += mapped;
+          if (mapped < r.length) {
+            this.#preadInto(r.address + BigInt(mapped), r.length - mapped, r.fileOffset + mapped);
+            summary.copiedBytes += r.length - mapped;
+          }
+          continue;
+        }
+        if (r.codec === 0) this.#preadInto(r.address, r.length, r.fileOffset);
+        else {
+          const dst = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(r.address)!, r.length));
+          await this.#decode(r, this.#stored(r), dst);
+        }
+        summary.copiedBytes += r.length;
+      }
+    } finally {
+      for (const p of [...fresh, ...locked]) {
+        const len = p.region.end - p.region.start;
+        libc.mprotect(ptrOf(p.region.start), len, protOf(p.region.perms));
+      }
+    }
+    return summary;
+  }
+
+  #unmapView(): void {
+    if (this.#base !== 0n) munmap(this.#base, BigInt(this.fileSize));
+    this.#base = 0n;
+  }
+
+  /** Close the file and unmap the verification mapping. Idempotent. */
+  close(): void {
+    this.#unmapView();
+    if (this.#fd >= 0) libc.close(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #parts() {
+    if (this.#fd < 0) throw new TypeError(`Cannot use the closed image ${this.path}`);
+    if (this.#base === 0n && this.header) {
+      this.#base = mmap(0n, BigInt(this.fileSize), PROT.READ, MAP.PRIVATE, this.#fd, 0n);
+    }
+    return {
+      path: this.path,
+      fileSize: this.fileSize,
+      footer: this.footer,
+      header: this.header,
+      regions: this.regions,
+      records: this.records,
+      sections: this.sections,
+      base: this.#base,
+    };
+  }
+
+  #stored(r: ImageRecord): Uint8Array {
+    const base = this.#parts().base;
+    if (r.storedLength === 0) return new Uint8Array(0);
+    return new Uint8Array(
+      Deno.UnsafePointerView.getArrayBuffer(ptrOf(base + BigInt(r.fileOffset))!, r.storedLength),
+    );
+  }
+
+  async #decode(r: ImageRecord, stored: Uint8Array, dst: Uint8Array): Promise<void> {
+    const codec = this.#codecs.get(r.codec);
+    if (!codec) {
+      throw new CryoError(
+        `Cannot decode ${this.path} record at ${hex(r.address)}: codec ${r.codec} not given`,
+      );
+    }
+    await codec.decode(stored, dst);
+    if (r.codec !== 0 && checksum(dst) !== r.decodedChecksum) {
+      throw new ImageError(
+        this.path,
+        r.fileOffset,
+        `decoded bytes of the record at ${hex(r.address)} do not match`,
+      );
+    }
+  }
+
+  #pread(offset: number, len: number): Uint8Array<ArrayBuffer> {
+    const b = new Uint8Array(len);
+    if (len) this.#preadInto(BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b))), len, offset);
+    return b;
+  }
+
+  #preadInto(addr: bigint, len: number, offset: number): void {
+    let done = 0;
+    while (done < len) {
+      const n = libc.pread(this.#fd, ptrOf(addr + BigInt(done)), BigInt(len - done), BigInt(offset + done));
+      if (n < 0n) throw systemError("pread", errno(), `${this.path} at offset ${offset + done}`);
+      if (n === 0n) throw new ImageError(this.path, offset + done, "unexpected end of file");
+      done += Number(n);
+    }
+  }
+}

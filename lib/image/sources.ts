@@ -1,0 +1,176 @@
+/**
+ * Memory sources a {@link MemoryPersister} stores from: this process (zero-copy), another pid
+ * (`process_vm_readv` into a reusable bounce buffer, batched iovecs), or an `ArrayBuffer`/`SharedArrayBuffer`
+ * as a relocatable named segment.
+ *
+ * @module
+ */
+
+import { errno, hex, libc, systemError } from "../../ffi/libc.ts";
+
+/** Where a persister reads memory from. */
+export interface MemorySource {
+  /** What kind of source this is. */
+  readonly kind: "self" | "pid" | "segment";
+  /** The source process (this process for a segment). */
+  readonly pid: number;
+  /** Whether all-zero pages become holes by default. */
+  readonly detectZeros: boolean;
+  /** For a segment: its name. */
+  readonly name?: string;
+  /** For a segment: its byte length. */
+  readonly length?: number;
+  /** Bytes one {@link MemorySource.read} may copy (the bounce buffer); Infinity for direct sources. */
+  readonly window: number;
+  /**
+   * The local address of `[addr, addr + len)` when it can be read in place, else null.
+   *
+   * @param addr Source address (offset for a segment).
+   * @param len Bytes.
+   * @returns A local address, or null.
+   */
+  direct(addr: bigint, len: number): bigint | null;
+  /**
+   * Copy `[addr, addr + len)` (at most `window` bytes) into local memory and return where it is.
+   *
+   * @param addr Source address.
+   * @param len Bytes.
+   * @returns The local address of the copy (valid until the next read).
+   */
+  read(addr: bigint, len: number): bigint;
+}
+
+/**
+ * This process: bytes are written straight from memory (`write(fd, ptr, len)`), never copied.
+ *
+ * @param opts `detectZeros` (default true): turn all-zero pages into holes.
+ * @returns The source.
+ */
+export function selfSource(opts: { detectZeros?: boolean } = {}): MemorySource {
+  return {
+    kind: "self",
+    pid: Deno.pid,
+    detectZeros: opts.detectZeros ?? true,
+    window: Infinity,
+    direct: (addr) => addr,
+    read: (addr) => addr,
+  };
+}
+
+/**
+ * Another process, read with `process_vm_readv` into a reusable bounce buffer, in batches of iovecs of at
+ * most 1 MiB each (the kernel handles up to 1024 per call).
+ *
+ * @param pid The process (it should be frozen while it is stored).
+ * @param opts `detectZeros` (default true); `bufferSize` of the bounce buffer (default 16 MiB).
+ * @returns The source.
+ */
+export function pidSource(
+  pid: number,
+  opts: { detectZeros?: boolean; bufferSize?: number } = {},
+): MemorySource {
+  if (!Number.isInteger(pid) || pid <= 0) throw new RangeError(`Cannot read pid ${pid}: not a process id`);
+  const size = opts.bufferSize ?? 16 << 20;
+  if (size < 4096 || size % 4096 !== 0) throw new RangeError(`Cannot use a bounce buffer of ${size} bytes`);
+  let bounce: Uint8Array<ArrayBuffer> | undefined;
+  let bounceAddr = 0n;
+  return {
+    kind: "pid",
+    pid,
+    detectZeros: opts.detectZeros ?? true,
+    window: size,
+    direct: () => null,
+    read(addr, len) {
+      if (len > size) {
+        throw new RangeError(`Cannot read ${len} bytes: more than the ${size}-byte bounce buffer`);
+      }
+      if (!bounce) {
+        bounce = new Uint8Array(size);
+        bounceAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bounce)));
+      }
+      transferRemote("process_vm_readv", pid, bounceAddr, addr, len);
+      return bounceAddr;
+    },
+  };
+}
+
+/**
+ * A relocatable named segment: an `ArrayBuffer` or `SharedArrayBuffer` (or a view of one), stored by offset
+ * and loaded into any caller-supplied buffer of the same length. Declare it in the persister's `segments`.
+ *
+ * @param name The segment's name (1-255 bytes of UTF-8, unique in an image).
+ * @param buffer The bytes; they must stay alive and unchanged until the persister is finalized.
+ * @param opts `detectZeros` (default false).
+ * @returns The source.
+ */
+export function segmentSource(
+  name: string,
+  buffer: ArrayBuffer | SharedArrayBuffer | ArrayBufferView,
+  opts: { detectZeros?: boolean } = {},
+): MemorySource {
+  const bytes = ArrayBuffer.isView(buffer)
+    ? new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength)
+    : new Uint8Array(buffer);
+  const n = new TextEncoder().encode(name).length;
+  if (n === 0 || n > 255) throw new RangeError(`Cannot name a segment "${name}": 1-255 bytes expected`);
+  const base = bytes.length ? BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes))) : 0n;
+  const at = (addr: bigint, len: number) => {
+    if (addr < 0n || addr + BigInt(len) > BigInt(bytes.length)) {
+      throw new RangeError(
+        `Cannot read ${len} bytes at ${addr} of segment "${name}" (${bytes.length} bytes)`,
+      );
+    }
+    return base + addr;
+  };
+  return {
+    kind: "segment",
+    pid: Deno.pid,
+    name,
+    length: bytes.length,
+    detectZeros: opts.detectZeros ?? false,
+    window: Infinity,
+    direct: at,
+    read: at,
+  };
+}
+
+const PIECE = 1 << 20;
+const liov = new BigUint64Array(2 * 1024);
+const riov = new BigUint64Array(2 * 1024);
+
+/**
+ * Copy `len` bytes between local memory and process `pid` with `process_vm_readv`/`process_vm_writev`,
+ * in batches of up to 1024 iovecs of 1 MiB, resuming after partial transfers.
+ *
+ * @param call Which direction.
+ * @param pid The other process.
+ * @param local Local address.
+ * @param remote Address in `pid`.
+ * @param len Bytes.
+ * @throws {SystemError} With the failing remote address (EFAULT for unmapped or, on write, read-only pages).
+ */
+export function transferRemote(
+  call: "process_vm_readv" | "process_vm_writev",
+  pid: number,
+  local: bigint,
+  remote: bigint,
+  len: number,
+): void {
+  let done = 0;
+  while (done < len) {
+    let n = 0, batch = 0;
+    while (done + batch < len && n < 1024) {
+      const l = Math.min(PIECE, len - done - batch);
+      liov[2 * n] = local + BigInt(done + batch);
+      liov[2 * n + 1] = BigInt(l);
+      riov[2 * n] = remote + BigInt(done + batch);
+      riov[2 * n + 1] = BigInt(l);
+      batch += l;
+      n++;
+    }
+    const got = libc[call](pid, liov, BigInt(n), riov, BigInt(n), 0n);
+    if (got < 0n) throw systemError(call, errno(), `pid ${pid} at ${hex(remote + BigInt(done))}`);
+    if (got === 0n) throw systemError(call, 14, `pid ${pid} at ${hex(remote + BigInt(done))}`);
+    done += Number(got);
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * Helpers for the image tests: an anonymous mapping with its exact region, memory views and checksums.
+ *
+ * @module
+ */
+
+import { MAP, PROT } from "../ffi/constants.ts";
+import { mmap, munmap, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
+import type { Region } from "../lib/region.ts";
+import { checksumAt } from "../lib/image/checksum.ts";
+
+/** An anonymous private rw- mapping owned by a test. */
+export class Mapping implements Disposable {
+  readonly addr: bigint;
+  readonly len: number;
+  #mapped = true;
+  constructor(len: number, at = 0n) {
+    this.len = len;
+    this.addr = mmap(at, BigInt(len), PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
+  }
+  /** The region exactly covering the mapping (the kernel may merge it with a neighbour in maps). */
+  get region(): Region {
+    return regionAt(this.addr, this.len);
+  }
+  /** A view of `len` bytes at `off`. */
+  bytes(off = 0, len = this.len - off): Uint8Array {
+    return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(this.addr + BigInt(off))!, len));
+  }
+  /** XXH3 of the whole mapping. */
+  sum(): bigint {
+    return checksumAt(this.addr, BigInt(this.len));
+  }
+  unmap(): void {
+    if (this.#mapped) munmap(this.addr, BigInt(this.len));
+    this.#mapped = false;
+  }
+  [Symbol.dispose](): void {
+    this.unmap();
+  }
+}
+
+/** An anonymous private rw- region. */
+export function regionAt(start: bigint, len: number, perms = "rw-p"): Region {
+  return {
+    start,
+    end: start + BigInt(len),
+    perms: {
+      read: perms[0] === "r",
+      write: perms[1] === "w",
+      exec: perms[2] === "x",
+      shared: perms[3] === "s",
+    },
+    offset: 0n,
+    device: "00:00",
+    inode: 0n,
+    path: "",
+    kind: "anonymous",
+  };
+}
+
+/** Fill `b` with pseudo-random bytes (seeded, fast). */
+export function fillRandom(b: Uint8Array, seed = 1): void {
+  const w = new Uint32Array(b.buffer, b.byteOffset, b.byteLength >>> 2);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < w.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    w[i] = s;
+  }
+  for (let i = w.length * 4; i < b.length; i++) b[i] = i & 0xff;
+}
+
+/** Resident anonymous bytes of this process, from /proc/self/smaps_rollup. */
+export function rssAnon(): number {
+  const m = /^Anonymous:\s+(\d+) kB/m.exec(Deno.readTextFileSync("/proc/self/smaps_rollup"));
+  return Number(m![1]) * 1024;
+}
+
+/** A temporary directory, removed on dispose. */
+export async function tempDir(): Promise<AsyncDisposable & { path: string }> {
+  const path = await Deno.makeTempDir({ prefix: "cryo-image-" });
+  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
+}
+
+export { PAGE_SIZE };
