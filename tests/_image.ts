@@ -7,7 +7,7 @@
 import { MAP, PROT } from "../ffi/constants.ts";
 import { mmap, munmap, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
 import type { Region } from "../lib/region.ts";
-import { checksumAt } from "../lib/image/checksum.ts";
+import { checksum, checksumAt } from "../lib/image/checksum.ts";
 
 /** An anonymous private rw- mapping owned by a test. */
 export class Mapping implements Disposable {
@@ -84,3 +84,21 @@ export async function tempDir(): Promise<AsyncDisposable & { path: string }> {
 }
 
 export { PAGE_SIZE };
+
+/**
+ * Recompute the header, index and footer checksums of an image in memory (after a test changed a field), so
+ * that only the semantic change is left to detect.
+ */
+export function reseal(b: Uint8Array): void {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const f = b.length - 128;
+  const headerLength = Number(v.getBigUint64(f + 16, true));
+  v.setBigUint64(120, 0n, true);
+  const h = checksum(b.subarray(0, headerLength));
+  v.setBigUint64(120, h, true);
+  v.setBigUint64(f + 24, h, true);
+  const indexOffset = Number(v.getBigUint64(f + 48, true));
+  const indexLength = Number(v.getBigUint64(f + 56, true));
+  v.setBigUint64(f + 64, checksum(b.subarray(indexOffset, indexOffset + indexLength)), true);
+  v.setBigUint64(f + 120, checksum(b.subarray(f, f + 120)), true);
+}
