@@ -23,6 +23,33 @@ const symbols = {
   cryo_futex_wake: { parameters: [ptr, int], result: int },
   // long cryo_zero_pages(const unsigned char *p, size_t len, size_t page, unsigned char *out);
   cryo_zero_pages: { parameters: [ptr, size_t, size_t, buf], result: long },
+  // long cryo_freeze(pid_t pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns, int32_t *info);
+  // (synchronous on purpose: ptrace belongs to the calling thread)
+  cryo_freeze: { parameters: [int, buf, buf, int, long, buf], result: long },
+  // long cryo_thaw(pid_t pid, const int32_t *tids, const int32_t *sigs, int n, long timeout_ns);
+  cryo_thaw: { parameters: [int, buf, buf, int, long], result: long },
+  // void *cryo_safepoint_new(void);
+  cryo_safepoint_new: { parameters: [], result: ptr },
+  // int cryo_safepoint_free(void *sp);
+  cryo_safepoint_free: { parameters: [ptr], result: int },
+  // int cryo_safepoint_register(void *sp, const char *name);
+  cryo_safepoint_register: { parameters: [ptr, buf], result: int },
+  // int cryo_safepoint_unregister(void *sp, int slot);
+  cryo_safepoint_unregister: { parameters: [ptr, int], result: int },
+  // int cryo_safepoint_poll(void *sp, int slot);  (parks the calling thread: native threads call it, not JS)
+  cryo_safepoint_poll: { parameters: [ptr, int], result: int },
+  // int cryo_safepoint_request(void *sp);
+  cryo_safepoint_request: { parameters: [ptr], result: int },
+  // int cryo_safepoint_release(void *sp);
+  cryo_safepoint_release: { parameters: [ptr], result: int },
+  // void *cryo_test_thread_start(void *sp, int depth, uint32_t seed);  (test-only)
+  cryo_test_thread_start: { parameters: [ptr, int, uint], result: ptr },
+  // long cryo_test_thread_join(void *handle, long timeout_ns);  (test-only; blocks: on a pool thread)
+  cryo_test_thread_join: { parameters: [ptr, long], result: long, nonblocking: true },
+  // long cryo_rseq_area(void);
+  cryo_rseq_area: { parameters: [], result: long },
+  // long cryo_rseq_self(const int32_t *tids, int n, void *out, long timeout_ns);
+  cryo_rseq_self: { parameters: [buf, int, buf, long], result: long },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The helper's symbols. */

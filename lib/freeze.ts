@@ -1,0 +1,258 @@
+/**
+ * Freeze another process: seize and interrupt every thread with ptrace, catching threads born meanwhile, and
+ * record each thread's registers and rseq configuration while it stands still; thaw detaches them all.
+ *
+ * ptrace belongs to the thread that attached, so everything here is synchronous: the freeze loop runs in one
+ * helper call on the calling thread, and register reads, writes and the detach must come from that same thread
+ * (they throw if they do not). Wait statuses are consumed exactly once, inside the helper.
+ *
+ * @module
+ */
+
+import { CryoError, SystemError } from "./errors.ts";
+import { readThreadState, type Registers, type ThreadState, writeRegisters } from "./threads.ts";
+import { helper } from "../ffi/helper.ts";
+import { libc, systemError, unwrap } from "../ffi/libc.ts";
+
+const ESRCH = 3;
+const EPERM = 1;
+const ENOSPC = 28;
+const ETIMEDOUT = 110;
+
+/** Options of {@link freeze}. */
+export interface FreezeOptions {
+  /** How long every thread may take to stop, in milliseconds (default 2000). */
+  timeoutMs?: number;
+  /** Record registers and rseq of every thread while frozen (default true). */
+  registers?: boolean;
+}
+
+const live = new Set<Frozen>();
+
+/** A frozen process: every thread stopped under ptrace by this thread. Disposing it thaws it. */
+export class Frozen implements Disposable {
+  /** The frozen process. */
+  readonly pid: number;
+  /** The frozen thread ids, leader first when it is among them. */
+  readonly tids: readonly number[];
+  /** Each thread's registers and rseq configuration, recorded while frozen (empty with `registers: false`). */
+  readonly threads: readonly ThreadState[];
+  /** How long the freeze took, in milliseconds (seize to every thread stopped and recorded). */
+  readonly freezeMs: number;
+  readonly #tracer: number;
+  readonly #tids: Int32Array<ArrayBuffer>;
+  readonly #sigs: Int32Array<ArrayBuffer>;
+  #thawed = false;
+
+  /** @internal Use {@link freeze}. */
+  constructor(
+    pid: number,
+    tids: Int32Array<ArrayBuffer>,
+    sigs: Int32Array<ArrayBuffer>,
+    tracer: number,
+    threads: ThreadState[],
+    freezeMs: number,
+  ) {
+    this.pid = pid;
+    this.#tids = tids;
+    this.#sigs = sigs;
+    this.#tracer = tracer;
+    this.tids = [...tids];
+    this.threads = threads;
+    this.freezeMs = freezeMs;
+    live.add(this);
+  }
+
+  /** Whether {@link thaw} has run. */
+  get thawed(): boolean {
+    return this.#thawed;
+  }
+
+  #sameThread(what: string): void {
+    const me = libc.gettid();
+    if (me !== this.#tracer) {
+      throw new CryoError(
+        `Cannot ${what} pid ${this.pid} from thread ${me}: thread ${this.#tracer} froze it and ptrace belongs to it`,
+      );
+    }
+  }
+
+  /**
+   * Put registers back into one frozen thread (`PTRACE_SETREGSET`, general then FP/vector).
+   *
+   * @param tid One of {@link tids}.
+   * @param regs Registers as recorded in {@link threads} (possibly changed with `setRegister`).
+   * @throws {RangeError} When `tid` is not frozen here or the registers have the wrong size.
+   * @throws {SystemError} When the kernel refuses them.
+   */
+  setRegisters(tid: number, regs: Registers): void {
+    if (this.#thawed) throw new CryoError(`Cannot set registers of tid ${tid}: pid ${this.pid} is thawed`);
+    if (!this.tids.includes(tid)) throw new RangeError(`Cannot set registers of tid ${tid}: not frozen here`);
+    this.#sameThread("set registers of");
+    writeRegisters(tid, regs);
+  }
+
+  /**
+   * Detach every thread, handing back any signal that arrived while frozen. Idempotent, and safe to call from
+   * a signal listener on the thread that froze. Threads that died meanwhile are reaped.
+   *
+   * @returns How many threads were detached alive (0 on a second call).
+   * @throws {CryoError} When called from another thread than the one that froze (nothing is changed).
+   */
+  thaw(): number {
+    if (this.#thawed) return 0;
+    this.#sameThread("thaw");
+    this.#thawed = true;
+    live.delete(this);
+    const r = helper().cryo_thaw(this.pid, this.#tids, this.#sigs, this.#tids.length, 1_000_000_000n);
+    return Number(unwrap(r, "thaw", `pid ${this.pid}`));
+  }
+
+  /** Same as {@link thaw}. */
+  [Symbol.dispose](): void {
+    this.thaw();
+  }
+}
+
+/**
+ * Thaw every process this thread has frozen and not yet thawed: for an exit path (SIGINT, SIGTERM, an uncaught
+ * error) where the `Frozen` objects are out of reach.
+ *
+ * @returns How many processes were thawed.
+ */
+export function thawAll(): number {
+  let n = 0;
+  const me = libc.gettid();
+  for (const f of [...live]) {
+    try {
+      f.thaw();
+      n++;
+    } catch (e) {
+      if (libc.gettid() !== me) throw e;
+      // Another thread froze it: leave it to that thread (its exit detaches it anyway).
+    }
+  }
+  return n;
+}
+
+function readStatusField(pid: number, tid: number, field: string): string | undefined {
+  try {
+    const text = Deno.readTextFileSync(tid > 0 ? `/proc/${pid}/task/${tid}/status` : `/proc/${pid}/status`);
+    return text.match(new RegExp(`^${field}:\\s*(.*)$`, "m"))?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Why ptrace said EPERM: already traced (naming the tracer), not root, or Yama. */
+function whyNotPermitted(pid: number, tid: number): string {
+  const tracer = Number(readStatusField(pid, tid, "TracerPid") ?? readStatusField(pid, 0, "TracerPid") ?? 0);
+  if (tracer) {
+    const tgid = Number(readStatusField(tracer, 0, "Tgid") ?? tracer);
+    return `already traced by pid ${tgid}${tgid === tracer ? "" : ` (thread ${tracer})`}`;
+  }
+  let yama = -1;
+  try {
+    yama = Number(Deno.readTextFileSync("/proc/sys/kernel/yama/ptrace_scope").trim());
+  } catch { /* no Yama */ }
+  const uid = Deno.uid() ?? -1;
+  if (yama === 3) return "Yama ptrace_scope is 3: no process may be traced";
+  const targetUid = Number(readStatusField(pid, 0, "Uid")?.split(/\s+/)[0] ?? -1);
+  if (uid !== 0 && targetUid !== uid) {
+    return `not root (uid ${uid}) and the process belongs to uid ${targetUid}`;
+  }
+  if (uid !== 0 && yama >= 1) {
+    return `Yama ptrace_scope is ${yama}: only descendants (or a PR_SET_PTRACER grant) may be traced without root`;
+  }
+  if (uid !== 0) return `not root (uid ${uid}) and lacking CAP_SYS_PTRACE (or the process is not dumpable)`;
+  return "the kernel refused (another user namespace, or the process is exiting)";
+}
+
+/**
+ * Freeze every thread of `pid`: `PTRACE_SEIZE` (with `PTRACE_O_TRACECLONE`) and `PTRACE_INTERRUPT` each thread
+ * of `/proc/<pid>/task`, repeating until a scan finds no new thread; threads that exit meanwhile are dropped.
+ * Then record each thread's registers and rseq configuration. Call it on the thread that will thaw.
+ *
+ * @example Freeze, read the stack pointers, thaw on every path
+ * ```ts ignore
+ * import { freeze } from "./lib/freeze.ts";
+ * import { register } from "./lib/threads.ts";
+ *
+ * using frozen = freeze(pid);
+ * for (const t of frozen.threads) console.log(t.tid, register(t, "rsp"));
+ * ```
+ *
+ * @param pid The process to freeze (not this one: park its threads instead).
+ * @param opts Timeout and whether to record registers.
+ * @returns The frozen process; dispose or `thaw()` it.
+ * @throws {RangeError} When `pid` is not a positive integer or is this process.
+ * @throws {SystemError} ESRCH when there is no such process or it exited during the freeze; EPERM saying why
+ *   (already traced by another pid, not root, Yama); ETIMEDOUT when a thread would not stop. Nothing is left
+ *   attached.
+ */
+export function freeze(pid: number, opts: FreezeOptions = {}): Frozen {
+  if (!Number.isSafeInteger(pid) || pid <= 0) throw new RangeError(`Cannot freeze pid ${pid}: not a pid`);
+  if (pid === Deno.pid) {
+    throw new RangeError(`Cannot freeze pid ${pid}: it is this process; park its threads`);
+  }
+  const timeoutMs = opts.timeoutMs ?? 2000;
+  if (!(timeoutMs > 0)) {
+    throw new RangeError(`Cannot freeze pid ${pid}: timeout ${timeoutMs} ms is not positive`);
+  }
+  const h = helper();
+  const started = performance.now();
+  let max = 256;
+  try {
+    max = Math.max(256, 2 * Deno.readDirSync(`/proc/${pid}/task`).toArray().length + 64);
+  } catch { /* the helper reports ESRCH */ }
+  for (;;) {
+    const tids = new Int32Array(max);
+    const sigs = new Int32Array(max);
+    const info = new Int32Array(4);
+    const r = Number(h.cryo_freeze(pid, tids, sigs, max, BigInt(Math.round(timeoutMs * 1e6)), info));
+    if (r === -ENOSPC && info[2] > max) {
+      max = info[2] * 2;
+      continue;
+    }
+    if (r < 0) throw freezeError(pid, -r, info, timeoutMs);
+    const tracer = libc.gettid();
+    const frozenTids = tids.slice(0, r);
+    const frozenSigs = sigs.slice(0, r);
+    const leader = frozenTids.indexOf(pid);
+    if (leader > 0) {
+      frozenTids.copyWithin(1, 0, leader);
+      frozenTids[0] = pid;
+      const s = frozenSigs[leader];
+      frozenSigs.copyWithin(1, 0, leader);
+      frozenSigs[0] = s;
+    }
+    const threads: ThreadState[] = [];
+    if (opts.registers ?? true) {
+      try {
+        for (const tid of frozenTids) threads.push(readThreadState(tid));
+      } catch (e) {
+        h.cryo_thaw(pid, frozenTids, frozenSigs, frozenTids.length, 1_000_000_000n);
+        const gone = (readStatusField(pid, 0, "State") ?? "Z").startsWith("Z");
+        if (e instanceof SystemError && e.code === "ESRCH" && gone) throw exitedError(pid);
+        throw e;
+      }
+    }
+    return new Frozen(pid, frozenTids, frozenSigs, tracer, threads, performance.now() - started);
+  }
+}
+
+function exitedError(pid: number): SystemError {
+  return systemError("freeze", ESRCH, `pid ${pid}: the process exited during the freeze`);
+}
+
+function freezeError(pid: number, e: number, info: Int32Array, timeoutMs: number): SystemError {
+  if (e === ESRCH && info[0] === 2) {
+    return systemError("freeze", ESRCH, `pid ${pid}: the process has exited (zombie)`);
+  }
+  if (e === ESRCH) return info[0] ? exitedError(pid) : systemError("freeze", ESRCH, `pid ${pid}`);
+  if (e === EPERM) return systemError("freeze", EPERM, `pid ${pid} (${whyNotPermitted(pid, info[1])})`);
+  if (e === ETIMEDOUT) {
+    return systemError("freeze", ETIMEDOUT, `pid ${pid}: a thread did not stop within ${timeoutMs} ms`);
+  }
+  return systemError("freeze", e, `pid ${pid}${info[1] ? ` (tid ${info[1]})` : ""}`);
+}
