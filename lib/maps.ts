@@ -237,6 +237,13 @@ export function parseSmaps(text: string, source = "smaps"): SmapsRegion[] {
  * ```
  */
 export function readRegions(pid: number | "self", opts: ReadRegionsOptions & { smaps: true }): SmapsRegion[];
+/**
+ * The regions of a process, from `/proc/<pid>/maps` (or `smaps` with `{ smaps: true }`).
+ *
+ * @param pid A pid, or `"self"` for this process.
+ * @param opts `smaps: true` to merge in the smaps facts; `stacks: true` to mark every blocked thread's stack.
+ * @returns The regions, sorted by start.
+ */
 export function readRegions(pid: number | "self", opts?: ReadRegionsOptions): Region[];
 export function readRegions(pid: number | "self", opts: ReadRegionsOptions = {}): Region[] {
   const path = procPath(pid, opts.smaps ? "smaps" : "maps");

@@ -179,9 +179,11 @@ function byDefault(r: Region, shared: boolean): Omit<Decision, "region"> {
  * ```ts
  * import { classify } from "./policy.ts";
  * import { parseMaps } from "./maps.ts";
- * const [cage, heap] = classify(parseMaps(
+ * const decisions = classify(parseMaps(
  *   "164400000000-164800000000 ---p 00000000 00:00 0\n5600000000-5600021000 rw-p 00000000 00:00 0 [heap]\n",
  * ));
+ * const cage = decisions.find((d) => d.region.kind === "anonymous")!;
+ * const heap = decisions.find((d) => d.region.kind === "heap")!;
  * if (cage.persist || cage.reason !== "PROT_NONE reservation: no data" || !heap.persist) throw new Error();
  * ```
  */

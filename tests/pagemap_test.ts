@@ -62,6 +62,9 @@ Deno.test("scanPages() reports exactly the written pages of a child's 64 MiB, by
   for (const method of methods) {
     assertEquals(scanPages(target.pid, addr, addr + BigInt(bytes), { method }), expected, method);
   }
+  using pm = Pagemap.open(target.pid);
+  const pairs = pm.runs(addr, addr + BigInt(bytes)); // the typed form: [start, end, start, end, …]
+  assertEquals([...pairs], expected.flatMap((r) => [r.start, r.end]));
   // A sub-range that starts and ends inside runs.
   const sub = expectedRuns(addr, pages, (i) => i >= 9 && i < 4001 && (i % 4 === 0 || i === 9));
   for (const method of methods) {
