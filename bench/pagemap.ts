@@ -211,14 +211,18 @@ function zeroRows(opts: BenchOptions): BenchRow[] {
     const cmp: number[] = [];
     const zp = ptrOf(zeroPage);
     const len = BigInt(PAGE_SIZE);
+    const memcmpPages = () => {
+      for (let p = 0; p < pages; p++) {
+        memcmpOut[p] = libc.memcmp(ptrOf(addr + BigInt(p * PAGE_SIZE)), zp, len) === 0 ? 1 : 0;
+      }
+    };
+    findZeroPages(addr, bytes, PAGE_SIZE, helperOut); // warm-up (JIT, caches), not measured
+    jsZeroPages(words, PAGE_SIZE / 4, jsOut);
+    memcmpPages();
     for (let i = 0; i < opts.runs; i++) {
       helper.push(gibps(time(() => findZeroPages(addr, bytes, PAGE_SIZE, helperOut))));
       js.push(gibps(time(() => jsZeroPages(words, PAGE_SIZE / 4, jsOut))));
-      cmp.push(gibps(time(() => {
-        for (let p = 0; p < pages; p++) {
-          memcmpOut[p] = libc.memcmp(ptrOf(addr + BigInt(p * PAGE_SIZE)), zp, len) === 0 ? 1 : 0;
-        }
-      })));
+      cmp.push(gibps(time(memcmpPages)));
     }
     for (let p = 0; p < pages; p++) {
       if (helperOut[p] !== jsOut[p] || memcmpOut[p] !== jsOut[p]) {
