@@ -215,7 +215,7 @@ export class Pagemap implements Disposable {
   probeScan(): boolean {
     this.#checkOpen();
     try {
-      this.#ioctlScan(0n, 0n, false);
+      this.#ioctlScan(0n, BigInt(PAGE_SIZE), false); // the first page: never mapped, a cheap walk
       return true;
     } catch (e) {
       if ((e as { code?: string }).code === "ENOTTY" || (e as { code?: string }).code === "EINVAL") {
