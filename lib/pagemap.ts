@@ -308,6 +308,7 @@ export class Pagemap implements Disposable {
         throw systemError("pread", ESRCH, `${this.path} at ${hex(addr)} (pid ${this.pid} exited)`);
       }
       const got = Math.floor(n / 8);
+      if (got === 0) throw systemError("pread", 5, /* EIO */ `${this.path} at ${hex(addr)}: a partial entry`);
       visit(this.#chunk, done, got);
       done += got;
     }
