@@ -1,0 +1,161 @@
+/**
+ * Checkpoint another process: freeze it, persist every persistable region (sparse: only the pages that hold
+ * data, all-zero pages as holes), record its threads' registers and rseq, thaw it. The target is thawed on
+ * every path, including errors and an aborted signal; a failed checkpoint leaves no file at the path.
+ *
+ * @module
+ */
+
+import { CryoError } from "./errors.ts";
+import { freeze } from "./freeze.ts";
+import { readRegions } from "./maps.ts";
+import { classify, type Decision, type PolicyOptions } from "./policy.ts";
+import { scanPages } from "./pagemap.ts";
+import { markStacks, threadStacks } from "./stacks.ts";
+import { encodeThreads } from "./threads.ts";
+import type { Codec } from "./codec.ts";
+import { MemoryPersister } from "./image/persister.ts";
+import { pidSource } from "./image/sources.ts";
+import type { Region } from "./region.ts";
+import { type Progress, silentProgress } from "./cli/progress.ts";
+
+/** Options of {@link checkpoint}. */
+export interface CheckpointOptions extends PolicyOptions {
+  /** fsync the image before it is renamed into place (default true). */
+  fsync?: boolean;
+  /** Leave the target stopped (SIGSTOP, resume it with SIGCONT) after the checkpoint (default false). */
+  leaveStopped?: boolean;
+  /** Record registers and rseq of every thread (default true). */
+  registers?: boolean;
+  /** The codec of data chunks (default raw). */
+  codec?: Codec;
+  /** Decoded bytes per compressed record. */
+  chunkSize?: number;
+  /** How long the freeze may take, in milliseconds. */
+  freezeTimeoutMs?: number;
+  /** Receives bytes persisted. */
+  progress?: Progress;
+  /** Abort the checkpoint (the target is thawed, nothing is left at the path). */
+  signal?: AbortSignal;
+}
+
+/** What {@link checkpoint} did. */
+export interface CheckpointResult {
+  /** The image path. */
+  path: string;
+  /** The process. */
+  pid: number;
+  /** Regions persisted. */
+  regions: number;
+  /** Regions excluded, each with the policy's reason. */
+  excluded: { start: bigint; end: bigint; path: string; reason: string }[];
+  /** Threads frozen (and recorded, with `registers`). */
+  threads: number;
+  /** Bytes of data persisted (decoded). */
+  dataBytes: number;
+  /** Bytes of holes (unpopulated or all-zero). */
+  holeBytes: number;
+  /** Index records. */
+  records: number;
+  /** The image's size in bytes. */
+  imageBytes: number;
+  /** Disk space the image takes (blocks × 512), 0 for a stream. */
+  allocatedBytes: number;
+  /** How long the target was stopped, in milliseconds. */
+  stoppedMs: number;
+  /** How long the whole checkpoint took, in milliseconds. */
+  totalMs: number;
+}
+
+/** The persistable regions of `pid` with the policy's decisions (for `cryo regions` and checkpoint). */
+export function regionDecisions(pid: number, opts: PolicyOptions = {}): Decision<Region>[] {
+  const regions = readRegions(pid, { smaps: true });
+  return classify(markStacks(regions, threadStacks(pid, regions)), opts);
+}
+
+/**
+ * Checkpoint process `pid` into the image at `path` (`"-"` writes to stdout).
+ *
+ * @param pid The process (not this one).
+ * @param path The image path.
+ * @param opts Policy filters, codec, fsync, progress and abort.
+ * @returns What was persisted and how long the target was stopped.
+ * @throws {SystemError} When the process cannot be frozen or read (ESRCH, EPERM).
+ */
+export async function checkpoint(
+  pid: number,
+  path: string,
+  opts: CheckpointOptions = {},
+): Promise<CheckpointResult> {
+  const started = performance.now();
+  const progress = opts.progress ?? silentProgress;
+  opts.signal?.throwIfAborted();
+  const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
+  const frozenAt = performance.now() - frozen.freezeMs;
+  let persister: MemoryPersister | undefined;
+  try {
+    const decisions = regionDecisions(pid, opts);
+    const kept = decisions.filter((d) => d.persist);
+    persister = await MemoryPersister.create(path, {
+      source: pidSource(pid),
+      regions: kept.map((d) => d.region),
+      codec: opts.codec,
+      chunkSize: opts.chunkSize,
+      fsync: opts.fsync ?? true,
+    });
+    const plans = kept.map((d) => ({
+      region: d.region,
+      runs: scanPages(pid, d.region.start, d.region.end, { anonOnly: d.pages === "anon" }),
+    }));
+    progress.total(plans.reduce((n, p) => n + p.runs.reduce((m, r) => m + Number(r.end - r.start), 0), 0));
+    for (const { region, runs } of plans) {
+      let at = region.start;
+      for (const run of runs) {
+        opts.signal?.throwIfAborted();
+        if (run.start > at) await persister.storeGap(at, run.start - at);
+        await persister.store(run.start, run.end - run.start);
+        progress.advance(Number(run.end - run.start));
+        at = run.end;
+      }
+      if (region.end > at) await persister.storeGap(at, region.end - at);
+    }
+    if (frozen.threads.length) persister.addSection("threads", encodeThreads(frozen.threads));
+    opts.signal?.throwIfAborted();
+    // Every byte is read: the target may run while the index is written and the file is synced.
+    if (opts.leaveStopped) Deno.kill(pid, "SIGSTOP");
+    frozen.thaw();
+    const stoppedMs = performance.now() - frozenAt;
+    const summary = await persister.finalize();
+    persister = undefined;
+    let allocatedBytes = 0;
+    if (path !== "-") allocatedBytes = (Deno.statSync(path).blocks ?? 0) * 512;
+    return {
+      path,
+      pid,
+      regions: kept.length,
+      excluded: decisions.filter((d) => !d.persist).map((d) => ({
+        start: d.region.start,
+        end: d.region.end,
+        path: d.region.path,
+        reason: d.reason,
+      })),
+      threads: frozen.tids.length,
+      dataBytes: summary.dataBytes,
+      holeBytes: summary.holeBytes,
+      records: summary.records,
+      imageBytes: summary.fileSize,
+      allocatedBytes,
+      stoppedMs,
+      totalMs: performance.now() - started,
+    };
+  } catch (e) {
+    if (persister) await persister.abort();
+    if (opts.signal?.aborted && !(e instanceof CryoError && e === opts.signal.reason)) {
+      throw opts.signal.reason;
+    }
+    throw e;
+  } finally {
+    frozen.thaw();
+    progress.done();
+  }
+}
