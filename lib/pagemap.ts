@@ -3,7 +3,7 @@
  *
  * Two paths give identical {@link PageRun}s (runs of consecutive present-or-swapped pages):
  * - `"scan"`: the `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7), where the kernel itself returns runs. The 96-byte
- *   `pm_scan_arg` and 24-byte `page_region` are declared here (older headers lack them). Each call stops at
+ *   `pm_scan_arg` and 24-byte `page_region` are declared in lib/pagescan.ts (older headers lack them). Each call stops at
  *   `walk_end` when its output vector is full; we loop from there and merge, since the last call can repeat a
  *   2 MiB block already reported.
  * - `"pagemap"`: `pread` of the 8-byte-per-page pagemap entries in chunks, decoded as `Uint32Array` high words
@@ -17,14 +17,10 @@
 import { errno, hex, libc, open, PAGE_SIZE, systemError } from "../ffi/libc.ts";
 import { O } from "../ffi/constants.ts";
 import { procPath } from "./procfs.ts";
+import { PagemapScan } from "./pagescan.ts";
+import { type PageRun, RunBuilder, toRuns } from "./runs.ts";
 
-/** A run of consecutive pages that hold data: `[start, end)`, page aligned. */
-export interface PageRun {
-  /** First address. */
-  start: bigint;
-  /** One past the last address. */
-  end: bigint;
-}
+export type { PageRun } from "./runs.ts";
 
 /** How {@link Pagemap.scan} finds pages: the `PAGEMAP_SCAN` ioctl or reading the pagemap file. */
 export type ScanMethod = "scan" | "pagemap";
@@ -66,13 +62,6 @@ export interface PageStates {
   flags: Uint8Array;
 }
 
-// linux/fs.h (6.7+): PAGEMAP_SCAN = _IOWR('f', 16, struct pm_scan_arg), 96 bytes.
-const PAGEMAP_SCAN = 0xc0606610n;
-const PM_SCAN_ARG_SIZE = 96n;
-const PAGE_IS_FILE = 1n << 2n;
-const PAGE_IS_PRESENT = 1n << 3n;
-const PAGE_IS_SWAPPED = 1n << 4n;
-const PAGE_IS_GUARD = 1n << 8n; // 6.14+; older kernels refuse it with EINVAL
 // pagemap entry bits, in the high 32-bit word of each little-endian 64-bit entry.
 const HI_PRESENT = 1 << 31;
 const HI_SWAPPED = 1 << 30;
@@ -84,12 +73,10 @@ const HI_EXCLUSIVE = 1 << 24;
 // page tables; the pagemap file reads as empty there and the ioctl refuses the range (EFAULT).
 const USER_TOP = 1n << 47n;
 
-const VEC_REGIONS = 4096; // page_region entries per ioctl call (96 KiB)
 const CHUNK_PAGES = 1 << 16; // pagemap entries per pread (512 KiB)
 const EINTR = 4;
 const ESRCH = 3;
 
-let guardKnown = true;
 let scanSupported: boolean | undefined;
 
 /**
@@ -118,52 +105,6 @@ function checkRange(start: bigint, end: bigint): void {
 }
 
 /**
- * Sorted runs built from addresses held as numbers (user addresses are below 2^47, exact in a double), merging a
- * run into the last one when they touch or overlap. Output: a `BigUint64Array` of `[start, end)` pairs, written
- * through a `Uint32Array` view so no bigint is created per run.
- */
-class RunBuilder {
-  #pairs = new Float64Array(256);
-  #n = 0; // numbers used (2 per run)
-
-  add(s: number, e: number): void {
-    const p = this.#pairs;
-    const n = this.#n;
-    if (n > 0 && s <= p[n - 1]) {
-      if (e > p[n - 1]) p[n - 1] = e;
-      return;
-    }
-    if (n === p.length) {
-      const bigger = new Float64Array(p.length * 2);
-      bigger.set(p);
-      this.#pairs = bigger;
-    }
-    this.#pairs[n] = s;
-    this.#pairs[n + 1] = e;
-    this.#n = n + 2;
-  }
-
-  finish(): BigUint64Array {
-    const out = new BigUint64Array(this.#n);
-    const w = new Uint32Array(out.buffer);
-    for (let k = 0; k < this.#n; k++) {
-      const x = this.#pairs[k];
-      const hi = Math.floor(x / 4294967296);
-      w[2 * k] = x - hi * 4294967296;
-      w[2 * k + 1] = hi;
-    }
-    return out;
-  }
-}
-
-/** `PageRun` objects from `[start, end)` pairs. */
-function toRuns(pairs: BigUint64Array): PageRun[] {
-  const runs = new Array<PageRun>(pairs.length / 2);
-  for (let k = 0; k < runs.length; k++) runs[k] = { start: pairs[2 * k], end: pairs[2 * k + 1] };
-  return runs;
-}
-
-/**
  * An open `/proc/<pid>/pagemap`: scan as many ranges as needed with one fd. Disposable.
  *
  * @example
@@ -181,13 +122,9 @@ export class Pagemap implements Disposable {
   /** The file, e.g. `/proc/42/pagemap`. */
   readonly path: string;
   #fd: number;
-  #arg = new BigUint64Array(12);
-  #vec = new BigUint64Array(3 * VEC_REGIONS);
+  #scanner = new PagemapScan();
   #chunk = new Uint32Array(2 * CHUNK_PAGES);
-  #argPtr = Deno.UnsafePointer.of(this.#arg);
   #chunkPtr = Deno.UnsafePointer.of(this.#chunk);
-  #vec32 = new Uint32Array(this.#vec.buffer);
-  #vecAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#vec)));
 
   private constructor(pid: number | "self", path: string, fd: number) {
     this.pid = pid;
@@ -215,7 +152,7 @@ export class Pagemap implements Disposable {
   probeScan(): boolean {
     this.#checkOpen();
     try {
-      this.#ioctlScan(0n, BigInt(PAGE_SIZE), false); // the first page: never mapped, a cheap walk
+      this.#scanner.call(this.#fd, 0n, BigInt(PAGE_SIZE), false, this.path, this.pid); // a cheap walk
       return true;
     } catch (e) {
       if ((e as { code?: string }).code === "ENOTTY" || (e as { code?: string }).code === "EINVAL") {
@@ -223,62 +160,6 @@ export class Pagemap implements Disposable {
       }
       throw e;
     }
-  }
-
-  /** One PAGEMAP_SCAN call from `start` to `end`; returns the number of regions and sets walk_end. */
-  #ioctlScan(start: bigint, end: bigint, anonOnly: boolean): number {
-    const a = this.#arg;
-    for (;;) {
-      const excluded = (guardKnown ? PAGE_IS_GUARD : 0n) | (anonOnly ? PAGE_IS_FILE : 0n);
-      a[0] = PM_SCAN_ARG_SIZE;
-      a[1] = 0n; // flags
-      a[2] = start;
-      a[3] = end;
-      a[4] = 0n; // walk_end (out)
-      a[5] = this.#vecAddr;
-      a[6] = BigInt(VEC_REGIONS);
-      a[7] = 0n; // max_pages: no limit
-      a[8] = excluded; // category_inverted
-      a[9] = excluded; // category_mask: these must be absent
-      a[10] = PAGE_IS_PRESENT | PAGE_IS_SWAPPED; // category_anyof_mask
-      a[11] = PAGE_IS_PRESENT | PAGE_IS_SWAPPED; // return_mask
-      const n = libc.ioctl(this.#fd, PAGEMAP_SCAN, this.#argPtr);
-      if (n >= 0) return n;
-      const e = errno();
-      if (e === EINTR) continue;
-      if (e === 22 /* EINVAL */ && guardKnown) {
-        guardKnown = false; // a kernel before 6.14: no PAGE_IS_GUARD category
-        continue;
-      }
-      const exited = e === ESRCH ? ` (pid ${this.pid} exited)` : "";
-      throw systemError("ioctl PAGEMAP_SCAN", e, `${this.path} at ${hex(start)}${exited}`);
-    }
-  }
-
-  #scanIoctl(start: bigint, end: bigint, anonOnly: boolean): BigUint64Array {
-    const runs = new RunBuilder();
-    const v = this.#vec32;
-    let cur = start;
-    // Each call either fills the vector or reaches `end`, so the bound is generous.
-    for (let calls = 0; cur < end; calls++) {
-      if (calls > 1 + Number((end - start) / BigInt(PAGE_SIZE))) {
-        throw systemError("ioctl PAGEMAP_SCAN", 5, /* EIO */ `${this.path} at ${hex(cur)}: no progress`);
-      }
-      const n = this.#ioctlScan(cur, end, anonOnly);
-      for (let i = 0, k = 0; i < n; i++, k += 6) {
-        runs.add(v[k] + v[k + 1] * 4294967296, v[k + 2] + v[k + 3] * 4294967296);
-      }
-      const walkEnd = this.#arg[4];
-      if (walkEnd <= cur) {
-        throw systemError(
-          "ioctl PAGEMAP_SCAN",
-          5, /* EIO */
-          `${this.path} at ${hex(cur)}: walk_end did not advance`,
-        );
-      }
-      cur = walkEnd;
-    }
-    return runs.finish();
   }
 
   /**
@@ -350,7 +231,9 @@ export class Pagemap implements Disposable {
     if (end > USER_TOP) end = USER_TOP;
     if (start >= end) return new BigUint64Array(0);
     const method = opts.method ?? (pagemapScanSupported() ? "scan" : "pagemap");
-    if (method === "scan") return this.#scanIoctl(start, end, opts.anonOnly ?? false);
+    if (method === "scan") {
+      return this.#scanner.runs(this.#fd, start, end, opts.anonOnly ?? false, this.path, this.pid);
+    }
     if (method === "pagemap") return this.#scanRead(start, end, opts.anonOnly ?? false);
     throw new TypeError(
       `Cannot scan pages with method ${JSON.stringify(method)}: expected "scan" or "pagemap"`,
