@@ -2,8 +2,8 @@
  * Which pages of a range hold data: the page state of any process, from its `/proc/<pid>/pagemap`.
  *
  * Two paths give identical {@link PageRun}s (runs of consecutive present-or-swapped pages):
- * - `"scan"`: the `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7), where the kernel itself returns runs. The 96-byte
- *   `pm_scan_arg` and 24-byte `page_region` are declared in lib/pagescan.ts (older headers lack them). Each call stops at
+ * - `"scan"`: the `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7), where the kernel itself returns runs (lib/pagescan.ts
+ *   declares its 96-byte `pm_scan_arg` and 24-byte `page_region`; older headers lack them). Each call stops at
  *   `walk_end` when its output vector is full; we loop from there and merge, since the last call can repeat a
  *   2 MiB block already reported.
  * - `"pagemap"`: `pread` of the 8-byte-per-page pagemap entries in chunks, decoded as `Uint32Array` high words
