@@ -45,7 +45,9 @@ export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
   const dir = await Deno.makeTempDir({ dir: Deno.env.get("CRYO_BENCH_DIR"), prefix: "cryo-bench-" });
   const rows: BenchRow[] = [];
   try {
-    for (const w of workloads) rows.push(...await measure(w, opts, cryo, dir));
+    for (const [i, w] of workloads.entries()) {
+      rows.push(...await measure(w, opts, i === 0 ? cryo : { ...cryo, note: "" }, dir));
+    }
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
@@ -75,6 +77,8 @@ async function measure(
       add("pipe.bytes", p.value.bytes);
       add("pipe.apparent", ps.apparent);
       add("pipe.allocated", ps.allocated);
+      // The same dump to /dev/null: what reading the target alone costs (the rest is writing the file).
+      add("pipe.read", (await pipelineDump(target.pid, addr, w.bytes, "/dev/null")).ms);
       if (cryo.checkpoint) {
         const image = `${dir}/bench.cryo`;
         const c = await withStopWindow(target, async () => {
@@ -138,6 +142,14 @@ function rowsOf(
     samples: s["pipe.ms"],
     unit: "ms",
     note: [s["cryo.ms"] ? undefined : cryoNote, gcoreNote].filter(Boolean).join("; ") || undefined,
+  });
+  rows.push({
+    group,
+    name: "C pipeline: reading only (to /dev/null)",
+    samples: s["pipe.read"],
+    unit: "ms",
+    baseline: "C pipeline",
+    baselineSamples: s["pipe.ms"],
   });
   rows.push({ group, name: "C pipeline: stop window", samples: s["pipe.stop"], unit: "ms" });
   rows.push({

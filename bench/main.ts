@@ -4,7 +4,8 @@
  * Imports every benchmark module listed in {@link MODULES} that is in the tree (a missing one is skipped with a
  * note), runs each, prints its rows as min/median and the ratio to the baseline measured in the same run, and
  * writes `BENCHMARKS.md` and `BENCHMARKS.json` with the machine's description: to `docs/` for the full suite,
- * to `bench/out/` for `--quick` (so CI's small run never overwrites the published figures), or to `--out DIR`.
+ * to `bench/out/` for `--quick` or `--only` (so CI's small run or a partial run never overwrites the published
+ * figures), or to `--out DIR`.
  * Images go to a temporary directory under `--dir` (default `$CRYO_BENCH_DIR` or the system's temp dir).
  * Exits 1 when a module failed, 2 on bad arguments.
  *
@@ -90,7 +91,9 @@ async function main(): Promise<number> {
     usage(`Cannot run the benchmarks: --runs ${values.runs} is not ≥ 1`);
   }
   const opts: BenchOptions = { quick: values.quick, runs };
-  const outDir = values.out ?? new URL(values.quick ? "./out/" : "../docs/", import.meta.url).pathname;
+  // Only the full, unfiltered suite publishes to docs/; a quick or partial run goes to bench/out/.
+  const outDir = values.out ??
+    new URL(values.quick || only ? "./out/" : "../docs/", import.meta.url).pathname;
   const scratch = values.dir ?? Deno.env.get("CRYO_BENCH_DIR") ?? Deno.env.get("TMPDIR") ?? "/tmp";
   Deno.env.set("CRYO_BENCH_DIR", scratch);
 

@@ -179,6 +179,13 @@ export function markdown(report: Report): string {
     "measured in the same run on the same target (for times, below 1 is faster than the baseline). A stop " +
     "window is the longest gap of the target's 1 ms heartbeat thread while the operation ran.",
     "",
+    "Run it with `deno task bench` (full suite, a few minutes, writes docs/BENCHMARKS.md and .json), " +
+    "`deno task bench --quick` (small sizes, under a minute, writes bench/out/; CI runs it), " +
+    "`--only checkpoint,freeze` (some modules), `--runs N`, `--out DIR`, `--dir DIR` (where images are " +
+    "written; default `$CRYO_BENCH_DIR` or /tmp). Baselines: the C pipeline (bench/pipeline.c: pagemap, then " +
+    "process_vm_readv → write in 8 MiB batches under SIGSTOP; pread → process_vm_writev to load) and gdb's " +
+    "`gcore`.",
+    "",
     "## Machine",
     "",
     "| | |",
@@ -212,6 +219,23 @@ export function markdown(report: Report): string {
         : `${s.name}: failed: ${s.error}`
     ),
   ];
+  const goals = report.rows.filter((r) => r.goal);
+  if (goals.length) {
+    lines.push(
+      "",
+      "## Goals",
+      "",
+      "| group | figure | goal | median | ratio | met |",
+      "|---|---|---|---|---|---|",
+    );
+    for (const r of goals) {
+      const ratio = r.ratio === undefined ? "" : `${r.ratio.toFixed(2)}×`;
+      const met = r.met === undefined ? "not judged" : r.met ? "yes" : "NO";
+      lines.push(
+        `| ${[r.group, r.name, r.goal!, formatValue(r.median, r.unit), ratio, met].map(md).join(" | ")} |`,
+      );
+    }
+  }
   if (notes.length) lines.push("", "## Notes", "", ...notes.map((n) => `- ${md(n)}`));
   lines.push(
     "",

@@ -3,7 +3,7 @@ import { Target } from "./_target.ts";
 import { median, min, ratio, summarize } from "../bench/stats.ts";
 import { fileSize, pipelineDump, pipelineLoad, withStopWindow } from "../bench/peers.ts";
 import { checkRows, MODULES } from "../bench/main.ts";
-import { formatValue } from "../bench/report.ts";
+import { formatValue, markdown } from "../bench/report.ts";
 import type { Report } from "../bench/report.ts";
 
 const MiB = 2 ** 20;
@@ -44,6 +44,52 @@ Deno.test("`formatValue()` prints each unit for people", () => {
   assertEquals(formatValue(64 * MiB, "bytes"), "64.0 MiB");
   assertEquals(formatValue(4 * 2 ** 30, "bytes"), "4.000 GiB");
   assertEquals(formatValue(5.126, "GiB/s"), "5.13 GiB/s");
+});
+
+Deno.test("`markdown()` lists missed goals and modules that did not run", () => {
+  const row = summarize({
+    group: "checkpoint 1 GiB random",
+    name: "cryo: checkpoint time",
+    unit: "ms",
+    samples: [600, 700, 650],
+    baseline: "C pipeline",
+    baselineSamples: [400, 500, 450],
+    goal: "≤ 500 ms",
+    met: false,
+    note: "bounded by | reading",
+  });
+  const text = markdown({
+    date: "2026-01-01T00:00:00Z",
+    quick: false,
+    runs: 3,
+    machine: {
+      cpu: "CPU X",
+      cores: 2,
+      memory: 2 ** 34,
+      kernel: "6.18",
+      deno: "deno 2",
+      gdb: "absent",
+      scratch: "/tmp",
+    },
+    modules: [{ name: "checkpoint", status: "ran", seconds: 1 }, {
+      name: "freeze",
+      status: "absent",
+      seconds: 0,
+    }],
+    rows: [row],
+  });
+  assertMatch(text, /\| CPU \| CPU X \|/);
+  assertMatch(text, /\| memory \| 16\.0 GiB \|/);
+  assertMatch(
+    text,
+    /\| cryo: checkpoint time \| 600\.0 ms \| 650\.0 ms \| C pipeline \| 450\.0 ms \| 1\.44× \| ≤ 500 ms \| NO \|/,
+  );
+  assertMatch(
+    text,
+    /## Goals\n[^#]*\| checkpoint 1 GiB random \| cryo: checkpoint time \| ≤ 500 ms \| 650\.0 ms \| 1\.44× \| NO \|/,
+  );
+  assertMatch(text, /- checkpoint 1 GiB random, cryo: checkpoint time: bounded by \\\| reading/);
+  assertMatch(text, /- freeze: not measured, bench\/freeze\.ts is not in the tree yet/);
 });
 
 Deno.test("`checkRows()` refuses rows without finite samples or with an unknown unit", () => {
