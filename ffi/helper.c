@@ -385,7 +385,8 @@ struct cryo_safepoint {
   uint32_t state;       // the futex word: 1 while a park is requested, else 0
   uint32_t generation;  // bumped by every request
   uint32_t magic, slots;
-  uint8_t pad[48];
+  uint32_t page;  // the page size, for readers that have no sysconf
+  uint8_t pad[44];
   struct cryo_sp_slot slot[CRYO_SP_SLOTS];
 };
 
@@ -396,6 +397,7 @@ void *cryo_safepoint_new(void) {
   struct cryo_safepoint *s = p;
   s->magic = CRYO_SP_MAGIC;
   s->slots = CRYO_SP_SLOTS;
+  s->page = (uint32_t)sysconf(_SC_PAGESIZE);
   return p;
 }
 

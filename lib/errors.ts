@@ -125,3 +125,24 @@ export class MapsParseError extends CryoError {
  * e.g. `Cannot open image img.cryo: the key does not match the one it was sealed with`.
  */
 export class KeyError extends CryoError {}
+
+/** Threads did not reach the safepoint in time; nobody was left parked. */
+export class SafepointTimeoutError extends CryoError {
+  /** The names of the threads that did not arrive. */
+  readonly missing: readonly string[];
+
+  /**
+   * Create the error.
+   *
+   * @param timeoutMs The timeout that expired.
+   * @param total How many threads were expected.
+   * @param missing The names of those that did not arrive.
+   */
+  constructor(timeoutMs: number, total: number, missing: readonly string[]) {
+    super(
+      `Cannot park: ${missing.length} of ${total} thread(s) did not reach the safepoint within ${timeoutMs} ms: ` +
+        missing.join(", "),
+    );
+    this.missing = missing;
+  }
+}
