@@ -177,7 +177,10 @@ export function markdown(report: Report): string {
     }\` on ${report.date}. Each figure is the min ` +
     `and median of ${report.runs} run(s); the ratio is the figure's median over its baseline's median, both ` +
     "measured in the same run on the same target (for times, below 1 is faster than the baseline). A stop " +
-    "window is the longest gap of the target's 1 ms heartbeat thread while the operation ran.",
+    "window is the longest gap of the target's 1 ms heartbeat thread while the operation ran." +
+    (report.quick
+      ? " This is the --quick suite: goals in absolute time (set for 1 GiB) are not judged."
+      : ""),
     "",
     "Run it with `deno task bench` (full suite, a few minutes, writes docs/BENCHMARKS.md and .json), " +
     "`deno task bench --quick` (small sizes, under a minute, writes bench/out/; CI runs it), " +
