@@ -18,7 +18,12 @@ import { ptrOf } from "../ffi/libc.ts";
  * @returns One byte per page: 1 when the page is all zero, else 0.
  */
 export function findZeroPages(addr: bigint, len: number, pageSize: number, out?: Uint8Array): Uint8Array {
-  if (len % pageSize !== 0) throw new RangeError(`Cannot scan ${len} bytes: not a multiple of ${pageSize}`);
+  if (!Number.isInteger(pageSize) || pageSize < 64 || pageSize % 64 !== 0) {
+    throw new RangeError(`Cannot scan with page size ${pageSize}: expected a positive multiple of 64`);
+  }
+  if (!Number.isInteger(len) || len < 0 || len % pageSize !== 0) {
+    throw new RangeError(`Cannot scan ${len} bytes: not a multiple of ${pageSize}`);
+  }
   const pages = len / pageSize;
   const result = out && out.length >= pages ? out.subarray(0, pages) : new Uint8Array(pages);
   if (pages > 0) helper().cryo_zero_pages(ptrOf(addr), BigInt(len), BigInt(pageSize), result);

@@ -6,44 +6,31 @@
  * @module
  */
 
+import { LineChild } from "../lib/child.ts";
+
 const binary = new URL("../ffi/build/cryo_target", import.meta.url).pathname;
 
 /** A running cryo_target child. */
-export class Target {
-  readonly pid: number;
-  readonly #child: Deno.ChildProcess;
-  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
-  readonly #lines: AsyncIterator<string>;
-  #closed = false;
+export class Target implements AsyncDisposable {
+  readonly #child: LineChild;
 
-  private constructor(child: Deno.ChildProcess) {
+  private constructor(child: LineChild) {
     this.#child = child;
-    this.pid = child.pid;
-    this.#writer = child.stdin.getWriter();
-    this.#lines = lineReader(child.stdout);
+  }
+
+  /** The child's pid. */
+  get pid(): number {
+    return this.#child.pid;
   }
 
   /** Start a target child. */
   static start(): Target {
-    const child = new Deno.Command(binary, { stdin: "piped", stdout: "piped", stderr: "inherit" }).spawn();
-    return new Target(child);
+    return new Target(LineChild.spawn(binary));
   }
 
   /** Send one command; resolves with the answer after "ok " (throws on "err" or a bounded timeout). */
-  async cmd(line: string, timeoutMs = 60_000): Promise<string> {
-    await this.#writer.write(new TextEncoder().encode(line + "\n"));
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`target ${this.pid}: no answer to "${line}"`)), timeoutMs);
-    });
-    try {
-      const next = await Promise.race([this.#lines.next(), timeout]);
-      if (next.done) throw new Error(`target ${this.pid} exited during "${line}"`);
-      if (!next.value.startsWith("ok")) throw new Error(`target ${this.pid}: "${line}" -> ${next.value}`);
-      return next.value.slice(3);
-    } finally {
-      clearTimeout(timer);
-    }
+  cmd(line: string, timeoutMs = 60_000): Promise<string> {
+    return this.#child.request(line, timeoutMs);
   }
 
   /** Map `bytes` of anonymous private memory; returns its address. */
@@ -62,33 +49,12 @@ export class Target {
   }
 
   /** Kill the child by pid (SIGKILL) and reap it. Idempotent. */
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    try {
-      Deno.kill(this.pid, "SIGKILL");
-    } catch { /* already gone */ }
-    try {
-      await this.#writer.close();
-    } catch { /* pipe closed */ }
-    await this.#child.status;
-    await this.#child.stdout.cancel().catch(() => {});
+  close(): Promise<void> {
+    return this.#child.close();
   }
 
   /** Same as {@link close}. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
-  }
-}
-
-async function* lineReader(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
-  let pending = "";
-  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-    pending += chunk;
-    let nl: number;
-    while ((nl = pending.indexOf("\n")) >= 0) {
-      yield pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
-    }
   }
 }

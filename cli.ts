@@ -1,0 +1,25 @@
+/**
+ * The cryo command line: `deno run -A cli.ts <command> [options]`. `--help` lists the commands.
+ *
+ * @module
+ */
+
+import { main } from "./lib/cli/main.ts";
+import { checkpointCommand } from "./lib/cli/commands/checkpoint.ts";
+import { restoreCommand } from "./lib/cli/commands/restore.ts";
+import { diffCommand, inspectCommand, verifyCommand } from "./lib/cli/commands/image.ts";
+import { regionsCommand } from "./lib/cli/commands/regions.ts";
+import { demoCommand } from "./lib/cli/commands/demo.ts";
+
+if (import.meta.main) {
+  const code = await main([
+    checkpointCommand,
+    restoreCommand,
+    inspectCommand,
+    verifyCommand,
+    diffCommand,
+    regionsCommand,
+    demoCommand,
+  ], Deno.args);
+  Deno.exit(code);
+}

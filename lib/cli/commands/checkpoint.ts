@@ -1,0 +1,116 @@
+/**
+ * `cryo checkpoint --pid P -o IMAGE`.
+ *
+ * @module
+ */
+
+import { checkpoint } from "../../checkpoint.ts";
+import type { RegionFilter } from "../../policy.ts";
+import type { RegionKind } from "../../region.ts";
+import { parse, parsePid, parseRange } from "../args.ts";
+import { humanBytes, humanDuration } from "../format.ts";
+import { toJson } from "../json.ts";
+import { type Command, out, UsageError } from "../main.ts";
+import { progressBar } from "../progress.ts";
+
+const KINDS: RegionKind[] = [
+  "anonymous",
+  "heap",
+  "stack",
+  "file",
+  "deleted",
+  "named",
+  "vdso",
+  "vvar",
+  "vsyscall",
+  "special",
+];
+
+/** Parse one `--include`/`--exclude` value: `range:START-END`, `kind:K`, `path:GLOB`, or `START-END`. */
+export function parseFilter(value: string): RegionFilter {
+  const [key, ...rest] = value.split(":");
+  const arg = rest.join(":");
+  if (key === "range") return { range: parseRange(arg) };
+  if (key === "kind") {
+    if (!KINDS.includes(arg as RegionKind)) {
+      throw new UsageError(`unknown region kind "${arg}"; one of ${KINDS.join(", ")}`);
+    }
+    return { kind: arg as RegionKind };
+  }
+  if (key === "path") return { path: arg };
+  if (/^(0x)?[0-9a-fA-F]+-/.test(value)) return { range: parseRange(value) };
+  throw new UsageError(`a filter is range:START-END, kind:KIND or path:GLOB, got "${value}"`);
+}
+
+/** The region filter options shared by checkpoint and regions. */
+export const filterOptions = {
+  include: { type: "string", multiple: true },
+  exclude: { type: "string", multiple: true },
+  shared: { type: "boolean" },
+} as const;
+
+export const checkpointCommand: Command = {
+  name: "checkpoint",
+  summary: "freeze a process, persist its memory into an image, thaw it",
+  help: `cryo checkpoint --pid PID -o IMAGE [options]
+
+Freezes every thread of PID (ptrace), persists every persistable region sparsely (pages never populated and
+all-zero pages become holes), records each thread's registers and rseq, and thaws it. The image is written to
+a temporary file (mode 0600), fsynced and renamed; on any error or Ctrl-C nothing is left at IMAGE.
+
+options:
+  --pid PID             the process to checkpoint (root or CAP_SYS_PTRACE)
+  -o, --output IMAGE    the image to write
+  --include FILTER      also persist regions the policy skips: range:START-END, kind:KIND, path:GLOB
+  --exclude FILTER      never persist these regions (wins over --include)
+  --shared              persist shared mappings too
+  --no-registers        do not record thread registers
+  --no-fsync            do not fsync the image (faster, not crash safe)
+  --leave-stopped       leave the process stopped (SIGSTOP) afterwards; resume it with kill -CONT
+  --json                print the result as JSON
+  -q, --quiet           no progress bar
+
+examples:
+  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo
+  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --exclude path:'*.so*' --json`,
+  async run(ctx) {
+    const { values, positionals } = parse(ctx.args, {
+      pid: { type: "string" },
+      output: { type: "string", short: "o" },
+      ...filterOptions,
+      "no-registers": { type: "boolean" },
+      "no-fsync": { type: "boolean" },
+      "leave-stopped": { type: "boolean" },
+      json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
+    });
+    if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+    const pid = parsePid(values.pid);
+    if (!values.output) throw new UsageError("-o IMAGE is required");
+    const result = await checkpoint(pid, values.output, {
+      include: (values.include ?? []).map(parseFilter),
+      exclude: (values.exclude ?? []).map(parseFilter),
+      shared: values.shared,
+      registers: !values["no-registers"],
+      fsync: !values["no-fsync"],
+      leaveStopped: values["leave-stopped"],
+      progress: progressBar("checkpoint", values.quiet || values.json),
+      signal: ctx.signal,
+    });
+    if (values.json) {
+      out(toJson(result));
+      return 0;
+    }
+    out(
+      `checkpoint of pid ${pid} -> ${result.path}\n` +
+        `  regions   ${result.regions} persisted, ${result.excluded.length} excluded (\`cryo regions --pid ${pid}\` says why)\n` +
+        `  threads   ${result.threads}\n` +
+        `  data      ${humanBytes(result.dataBytes)} in ${result.records} records, holes ${
+          humanBytes(result.holeBytes)
+        }\n` +
+        `  image     ${humanBytes(result.imageBytes)} (${humanBytes(result.allocatedBytes)} on disk)\n` +
+        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
+    );
+    return 0;
+  },
+};

@@ -1,0 +1,78 @@
+/**
+ * `cryo regions --pid P`: the memory map with what a checkpoint would persist, and why not.
+ *
+ * @module
+ */
+
+import { regionDecisions } from "../../checkpoint.ts";
+import { permsString } from "../../region.ts";
+import { parse, parsePid } from "../args.ts";
+import { humanBytes, table } from "../format.ts";
+import { toJson } from "../json.ts";
+import { type Command, out, UsageError } from "../main.ts";
+import { filterOptions, parseFilter } from "./checkpoint.ts";
+
+const hex = (n: bigint) => `0x${n.toString(16)}`;
+
+export const regionsCommand: Command = {
+  name: "regions",
+  summary: "list a process's regions: what a checkpoint persists, and why not",
+  help: `cryo regions --pid PID [--include F] [--exclude F] [--shared] [--json]
+
+Reads /proc/PID/maps and smaps and applies the persistability policy: private writable memory is persisted;
+vdso, vvar, vsyscall, PROT_NONE reservations, MADV_DONTDUMP, I/O and PFN mappings never are; shared mappings
+only with --shared; private file mappings only for their copied-on-write pages. Each line says why.
+Filters as for checkpoint. Needs no ptrace (the process is not frozen).
+
+examples:
+  deno run -A cli.ts regions --pid 4242
+  deno run -A cli.ts regions --pid 4242 --include kind:file --json`,
+  run(ctx) {
+    const { values, positionals } = parse(ctx.args, {
+      pid: { type: "string" },
+      ...filterOptions,
+      json: { type: "boolean" },
+    });
+    if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+    const pid = parsePid(values.pid);
+    const decisions = regionDecisions(pid, {
+      include: (values.include ?? []).map(parseFilter),
+      exclude: (values.exclude ?? []).map(parseFilter),
+      shared: values.shared,
+    });
+    if (values.json) {
+      out(
+        toJson(
+          decisions.map((d) => ({
+            ...d.region,
+            perms: permsString(d.region.perms),
+            persist: d.persist,
+            reason: d.reason,
+            pages: d.pages,
+          })),
+        ),
+      );
+      return Promise.resolve(0);
+    }
+    const kept = decisions.filter((d) => d.persist);
+    const size = (ds: typeof decisions) => ds.reduce((n, d) => n + Number(d.region.end - d.region.start), 0);
+    out(table([
+      ["range", "perms", "size", "kind", "persist", "why", "path"],
+      ...decisions.map((d) => [
+        `${hex(d.region.start)}-${hex(d.region.end)}`,
+        permsString(d.region.perms),
+        humanBytes(d.region.end - d.region.start),
+        d.region.kind,
+        d.persist ? (d.pages === "anon" ? "cow" : "yes") : "no",
+        d.reason,
+        d.region.path,
+      ]),
+    ]));
+    out(
+      `\n${kept.length} of ${decisions.length} regions persisted (${
+        humanBytes(size(kept))
+      } of address space)`,
+    );
+    return Promise.resolve(0);
+  },
+};

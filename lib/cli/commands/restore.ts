@@ -1,0 +1,67 @@
+/**
+ * `cryo restore --pid P IMAGE`.
+ *
+ * @module
+ */
+
+import { restore } from "../../restore.ts";
+import { onePositional, parse, parsePid } from "../args.ts";
+import { humanBytes, humanDuration } from "../format.ts";
+import { toJson } from "../json.ts";
+import { type Command, out } from "../main.ts";
+import { progressBar } from "../progress.ts";
+
+export const restoreCommand: Command = {
+  name: "restore",
+  summary: "roll a live process back to an image",
+  help: `cryo restore --pid PID IMAGE [options]
+
+Verifies IMAGE completely, freezes PID, checks that every region in the image is still mapped in PID with the
+same protection (a region that grew is fine; one that shrank or vanished is refused, listing them), writes the
+memory back (holes become zero), puts each thread's registers back, and thaws PID. Nothing is written unless
+the image verified and the layout matched.
+
+options:
+  --pid PID          the process to roll back (root or CAP_SYS_PTRACE)
+  --no-registers     restore memory only, not thread registers
+  --dry-run          verify and check, report what would be written, write nothing
+  --json             print the result as JSON
+  -q, --quiet        no progress bar
+
+examples:
+  deno run -A cli.ts restore --pid 4242 app.cryo
+  deno run -A cli.ts restore --pid 4242 --dry-run app.cryo`,
+  async run(ctx) {
+    const { values, positionals } = parse(ctx.args, {
+      pid: { type: "string" },
+      "no-registers": { type: "boolean" },
+      "dry-run": { type: "boolean" },
+      json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
+    });
+    const pid = parsePid(values.pid);
+    const image = onePositional(positionals, "IMAGE");
+    const result = await restore(pid, image, {
+      registers: !values["no-registers"],
+      dryRun: values["dry-run"],
+      progress: progressBar("restore", values.quiet || values.json),
+      signal: ctx.signal,
+    });
+    if (values.json) {
+      out(toJson(result));
+      return 0;
+    }
+    const verb = result.dryRun ? "would write" : "wrote";
+    out(
+      `${result.dryRun ? "dry run: " : ""}restore of pid ${pid} from ${image}\n` +
+        `  regions   ${result.regions} checked, layout matches\n` +
+        `  memory    ${verb} ${humanBytes(result.dataBytes)} of data, zeroed holes of ${
+          humanBytes(result.holeBytes)
+        }\n` +
+        `  threads   ${result.dryRun ? "-" : `${result.threadsRestored} registers restored`}` +
+        (result.threadsGone.length ? `, ${result.threadsGone.length} recorded threads gone` : "") + "\n" +
+        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
+    );
+    return 0;
+  },
+};

@@ -1,0 +1,217 @@
+/**
+ * What an image holds, as plain data: header, source, region table, totals, sections and (optionally) every
+ * record. And `verify()`: the full verification pass as a typed result.
+ *
+ * @module
+ */
+
+import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "./image/layout.ts";
+import { MemoryLoader } from "./image/loader.ts";
+import { permsString } from "./region.ts";
+import type { Codec } from "./codec.ts";
+import { ImageError } from "./errors.ts";
+
+/** One region of {@link ImageInfo}. */
+export interface InspectRegion {
+  /** First address (or 0 for a named segment). */
+  start: bigint;
+  /** One past the last address (or the segment's length). */
+  end: bigint;
+  /** `rwxp` as maps prints it. */
+  perms: string;
+  /** Region kind (anonymous, heap, stack, …). */
+  kind: string;
+  /** Path or pseudo-path. */
+  path: string;
+  /** Whether it is a relocatable named segment. */
+  relocatable: boolean;
+  /** Data bytes the image holds for it. */
+  dataBytes: number;
+  /** Hole bytes the image records for it. */
+  holeBytes: number;
+}
+
+/** One record of {@link ImageInfo}. */
+export interface InspectRecord {
+  /** Address (or offset in a segment). */
+  address: bigint;
+  /** Decoded bytes. */
+  length: number;
+  /** `data` or `hole`. */
+  kind: "data" | "hole";
+  /** Codec name. */
+  codec: string;
+  /** Bytes in the file. */
+  storedLength: number;
+  /** Offset in the file (0 for a hole). */
+  fileOffset: number;
+  /** Whether the record is encrypted. */
+  encrypted: boolean;
+  /** 1-based segment, 0 for absolute. */
+  segment: number;
+}
+
+/** What {@link inspect} reports. */
+export interface ImageInfo {
+  /** The image file. */
+  path: string;
+  /** Its size in bytes. */
+  fileBytes: number;
+  /** The disk space it takes (blocks × 512). */
+  allocatedBytes: number;
+  /** Format version. */
+  version: number;
+  /** Page size. */
+  pageSize: number;
+  /** Architecture name. */
+  arch: string;
+  /** Names of the required features in use. */
+  requiredFeatures: string[];
+  /** Names of the optional features in use. */
+  optionalFeatures: string[];
+  /** Where the image came from. */
+  source: { pid: number; time: string; commandLine: string[]; kernelRelease: string; bootId: string };
+  /** The region table, with per-region totals. */
+  regions: InspectRegion[];
+  /** Totals over the index. */
+  totals: {
+    records: number;
+    dataRecords: number;
+    holeRecords: number;
+    dataBytes: number;
+    holeBytes: number;
+    storedBytes: number;
+  };
+  /** Sections by name with their sizes. */
+  sections: { name: string; bytes: number }[];
+  /** Every record, when asked for. */
+  records?: InspectRecord[];
+}
+
+const CODECS = ["raw", "zstd", "lz4"];
+
+function featureNames(bits: bigint, names: Record<string, bigint>): string[] {
+  const out = Object.entries(names).filter(([, b]) => (bits & b) !== 0n).map(([n]) => n.toLowerCase());
+  let known = 0n;
+  for (const b of Object.values(names)) known |= b;
+  for (let i = 0n; i < 64n; i++) if ((bits & ~known & (1n << i)) !== 0n) out.push(`bit${i}`);
+  return out;
+}
+
+/**
+ * Describe the image at `path` without reading its data (header, index and section table are checked).
+ *
+ * @param path The image.
+ * @param opts `records`: include every record.
+ * @returns The description.
+ * @throws {ImageError} When the structure is damaged (`verify` gives the full account).
+ */
+export async function inspect(path: string, opts: { records?: boolean } = {}): Promise<ImageInfo> {
+  using loader = await MemoryLoader.open(path);
+  const stat = Deno.statSync(path);
+  const regions: InspectRegion[] = loader.regions.map((g) => ({
+    start: g.start,
+    end: g.end,
+    perms: permsString(g.perms),
+    kind: g.kind,
+    path: g.path,
+    relocatable: g.relocatable,
+    dataBytes: 0,
+    holeBytes: 0,
+  }));
+  const totals = { records: 0, dataRecords: 0, holeRecords: 0, dataBytes: 0, holeBytes: 0, storedBytes: 0 };
+  const absolute = regions.map((g, i) => ({ g, i })).filter(({ g }) => !g.relocatable);
+  let cursor = 0;
+  for (const r of loader.records) {
+    totals.records++;
+    const data = r.kind === KIND.DATA;
+    if (data) {
+      totals.dataRecords++;
+      totals.dataBytes += r.length;
+      totals.storedBytes += r.storedLength;
+    } else {
+      totals.holeRecords++;
+      totals.holeBytes += r.length;
+    }
+    let g: InspectRegion | undefined;
+    if (r.segment > 0) g = regions[r.segment - 1];
+    else {
+      // Records and absolute regions are both in address order: advance a cursor.
+      while (cursor < absolute.length && absolute[cursor].g.end <= r.address) cursor++;
+      g = absolute[cursor]?.g;
+    }
+    if (g) {
+      if (data) g.dataBytes += r.length;
+      else g.holeBytes += r.length;
+    }
+  }
+  return {
+    path,
+    fileBytes: loader.fileSize,
+    allocatedBytes: (stat.blocks ?? 0) * 512,
+    version: loader.header.version,
+    pageSize: loader.header.pageSize,
+    arch: loader.header.arch === ARCH_X86_64 ? "x86_64" : `e_machine ${loader.header.arch}`,
+    requiredFeatures: featureNames(loader.header.requiredFeatures, REQUIRED),
+    optionalFeatures: featureNames(loader.header.optionalFeatures, OPTIONAL),
+    source: {
+      pid: loader.source.pid,
+      time: new Date(loader.source.timeMs).toISOString(),
+      commandLine: loader.source.commandLine,
+      kernelRelease: loader.source.kernelRelease,
+      bootId: loader.source.bootId,
+    },
+    regions,
+    totals,
+    sections: loader.sections.map((s) => ({ name: s.name, bytes: s.length })),
+    records: opts.records
+      ? loader.records.map((r) => ({
+        address: r.address,
+        length: r.length,
+        kind: r.kind === KIND.DATA ? "data" : "hole",
+        codec: CODECS[r.codec] ?? `codec ${r.codec}`,
+        storedLength: r.storedLength,
+        fileOffset: r.fileOffset,
+        encrypted: (r.flags & 1) !== 0,
+        segment: r.segment,
+      }))
+      : undefined,
+  };
+}
+
+/** What {@link verify} found. */
+export interface VerifyResult {
+  /** The image. */
+  path: string;
+  /** Whether every check passed. */
+  ok: boolean;
+  /** The first problem, naming the offset and what was expected (absent when ok). */
+  problem?: string;
+  /** Bytes of the file checked. */
+  bytes: number;
+  /** How long verification took, in milliseconds. */
+  ms: number;
+}
+
+/**
+ * Verify the image at `path` completely: footer, header, bounds, index, frames, every checksum.
+ *
+ * @param path The image.
+ * @param opts `codecs` for compressed records.
+ * @returns `ok`, or the first problem found.
+ */
+export async function verify(path: string, opts: { codecs?: readonly Codec[] } = {}): Promise<VerifyResult> {
+  const started = performance.now();
+  let bytes = 0;
+  try {
+    using loader = await MemoryLoader.open(path, opts);
+    bytes = loader.fileSize;
+    await loader.verify();
+    return { path, ok: true, bytes, ms: performance.now() - started };
+  } catch (e) {
+    if (e instanceof ImageError) {
+      return { path, ok: false, problem: e.message, bytes, ms: performance.now() - started };
+    }
+    throw e;
+  }
+}
