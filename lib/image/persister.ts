@@ -197,7 +197,6 @@ export class MemoryPersister implements AsyncDisposable {
         const local = source.direct(a, w) ?? source.read(a, w);
         if (detect) await this.#storeDetecting(local, a, w, segment);
         else await this.#data(local, a, w, segment);
-        if (source.window !== Infinity) await this.#closeOpen(); // the bounce buffer is reused
         off += w;
       }
     });
