@@ -192,11 +192,7 @@ export class Cursor {
   /** The read position, relative to the bytes. */
   pos = 0;
   /** Make a cursor over `bytes`, which lie at `base` in the file `path`. */
-  constructor(
-    readonly path: string,
-    readonly bytes: Uint8Array,
-    readonly base = 0,
-  ) {
+  constructor(readonly path: string, readonly bytes: Uint8Array, readonly base = 0) {
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }
   /** Throw unless `n` more bytes are available. */
@@ -243,9 +239,7 @@ export class Cursor {
   size(what: string): number {
     const at = this.pos;
     const v = this.u64();
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
-      throw this.error(`${what} ${v} is too large`, at);
-    }
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw this.error(`${what} ${v} is too large`, at);
     return Number(v);
   }
   /** Read `n` bytes (a view, not a copy). */
@@ -324,10 +318,7 @@ export class Writer {
  * @returns The header block and its decoded fields.
  */
 export function encodeHeaderBlock(
-  f: Pick<
-    HeaderFields,
-    "requiredFeatures" | "optionalFeatures" | "pageSize" | "arch"
-  >,
+  f: Pick<HeaderFields, "requiredFeatures" | "optionalFeatures" | "pageSize" | "arch">,
   source: SourceInfo,
   regions: readonly ImageRegion[],
 ): { bytes: Uint8Array<ArrayBuffer>; fields: HeaderFields } {
@@ -337,13 +328,7 @@ export function encodeHeaderBlock(
   w.u32(source.pid);
   w.u32(0);
   w.u64(BigInt(Math.trunc(source.timeMs)));
-  for (
-    const s of [
-      source.commandLine.join("\0"),
-      source.kernelRelease,
-      source.bootId,
-    ]
-  ) {
+  for (const s of [source.commandLine.join("\0"), source.kernelRelease, source.bootId]) {
     const b = enc.encode(s);
     w.u32(b.length);
     w.bytes(b);
@@ -354,18 +339,13 @@ export function encodeHeaderBlock(
   for (const r of regions) {
     const device = enc.encode(r.device);
     const path = enc.encode(r.path);
-    if (device.length > 255) {
-      throw new RangeError(
-        `Cannot encode region: device "${r.device}" too long`,
-      );
-    }
+    if (device.length > 255) throw new RangeError(`Cannot encode region: device "${r.device}" too long`);
     w.u64(r.start);
     w.u64(r.end);
     w.u64(r.offset);
     w.u64(r.inode);
     w.u8(
-      (r.perms.read ? 1 : 0) | (r.perms.write ? 2 : 0) |
-        (r.perms.exec ? 4 : 0) | (r.perms.shared ? 8 : 0),
+      (r.perms.read ? 1 : 0) | (r.perms.write ? 2 : 0) | (r.perms.exec ? 4 : 0) | (r.perms.shared ? 8 : 0),
     );
     w.u8(Math.max(0, KINDS.indexOf(r.kind)));
     w.u8(r.relocatable ? REGION_FLAG.RELOCATABLE : 0);
@@ -413,22 +393,13 @@ export function encodeHeaderBlock(
  * @param bytes At least the first 128 bytes of the image.
  * @returns The fields.
  */
-export function decodeFixedHeader(
-  path: string,
-  bytes: Uint8Array,
-): HeaderFields {
+export function decodeFixedHeader(path: string, bytes: Uint8Array): HeaderFields {
   const c = new Cursor(path, bytes);
   c.need(FIXED_HEADER_LENGTH, "fixed header");
-  if (c.u64() !== HEADER_MAGIC) {
-    throw c.error("bad header magic (not a cryo image)", 0);
-  }
+  if (c.u64() !== HEADER_MAGIC) throw c.error("bad header magic (not a cryo image)", 0);
   const version = c.u32();
-  if (version !== FORMAT_VERSION) {
-    throw c.error(`unsupported format version ${version} (expected 1)`, 8);
-  }
-  if (c.u32() !== FIXED_HEADER_LENGTH) {
-    throw c.error(`fixed header length is not ${FIXED_HEADER_LENGTH}`, 12);
-  }
+  if (version !== FORMAT_VERSION) throw c.error(`unsupported format version ${version} (expected 1)`, 8);
+  if (c.u32() !== FIXED_HEADER_LENGTH) throw c.error(`fixed header length is not ${FIXED_HEADER_LENGTH}`, 12);
   const requiredFeatures = c.u64();
   const optionalFeatures = c.u64();
   const pageSize = c.u32();
@@ -439,18 +410,13 @@ export function decodeFixedHeader(
   const regionsOffset = c.size("regions offset");
   const regionsLength = c.size("regions length");
   const regionCount = c.u32();
-  for (let i = 84; i < 120; i++) {
-    if (bytes[i] !== 0) throw c.error("non-zero reserved header byte", i);
-  }
+  for (let i = 84; i < 120; i++) if (bytes[i] !== 0) throw c.error("non-zero reserved header byte", i);
   c.pos = 120;
   const headerChecksum = c.u64();
   const unknown = requiredFeatures & ~KNOWN_REQUIRED;
   if (unknown !== 0n) {
     const bit = unknown.toString(2).length - 1;
-    throw c.error(
-      `unknown required feature bit ${bit} (this reader knows bits 0-1)`,
-      16,
-    );
+    throw c.error(`unknown required feature bit ${bit} (this reader knows bits 0-1)`, 16);
   }
   return {
     version,
@@ -488,29 +454,17 @@ export function decodeHeaderBlock(
   new DataView(copy.buffer).setBigUint64(120, 0n, true);
   const sum = checksum(copy);
   if (sum !== fields.headerChecksum) {
-    throw c.error(
-      `header checksum ${sum.toString(16)} != ${
-        fields.headerChecksum.toString(16)
-      }`,
-      120,
-    );
+    throw c.error(`header checksum ${sum.toString(16)} != ${fields.headerChecksum.toString(16)}`, 120);
   }
-  if (fields.sourceOffset !== FIXED_HEADER_LENGTH) {
-    throw c.error("source block is not at 128", 48);
-  }
+  if (fields.sourceOffset !== FIXED_HEADER_LENGTH) throw c.error("source block is not at 128", 48);
   c.pos = fields.sourceOffset;
   const pid = c.u32();
   if (c.u32() !== 0) throw c.error("non-zero reserved source field", c.pos - 4);
   const timeMs = c.size("time");
   const strings: string[] = [];
-  for (let i = 0; i < 3; i++) {
-    strings.push(dec.decode(c.bytesOf(c.u32(), "source string")));
-  }
+  for (let i = 0; i < 3; i++) strings.push(dec.decode(c.bytesOf(c.u32(), "source string")));
   c.pad8();
-  if (
-    c.pos !== fields.sourceOffset + fields.sourceLength ||
-    c.pos !== fields.regionsOffset
-  ) {
+  if (c.pos !== fields.sourceOffset + fields.sourceLength || c.pos !== fields.regionsOffset) {
     throw c.error("source block length disagrees with the header", 56);
   }
   const regions: ImageRegion[] = [];
@@ -539,19 +493,11 @@ export function decodeHeaderBlock(
       device,
       path: rpath,
       kind: KINDS[kind],
-      perms: {
-        read: (p & 1) !== 0,
-        write: (p & 2) !== 0,
-        exec: (p & 4) !== 0,
-        shared: (p & 8) !== 0,
-      },
+      perms: { read: (p & 1) !== 0, write: (p & 2) !== 0, exec: (p & 4) !== 0, shared: (p & 8) !== 0 },
       relocatable: flags === 1,
     });
   }
-  if (
-    c.pos !== block.length ||
-    c.pos - fields.regionsOffset !== fields.regionsLength
-  ) {
+  if (c.pos !== block.length || c.pos - fields.regionsOffset !== fields.regionsLength) {
     throw c.error("region table length disagrees with the header", 72);
   }
   const source = {
@@ -571,10 +517,7 @@ export function decodeHeaderBlock(
  * @param end Whether this is the END frame.
  * @returns 64 bytes.
  */
-export function encodeFrame(
-  r: ImageRecord,
-  end = false,
-): Uint8Array<ArrayBuffer> {
+export function encodeFrame(r: ImageRecord, end = false): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(FRAME_LENGTH);
   const v = new DataView(b.buffer);
   v.setUint32(0, end ? END_MAGIC : FRAME_MAGIC, true);
@@ -607,16 +550,10 @@ export function decodeFrame(
   const c = new Cursor(path, b, offset);
   c.need(FRAME_LENGTH, "frame header");
   const magic = c.u32();
-  if (magic !== FRAME_MAGIC && magic !== END_MAGIC) {
-    throw c.error("bad frame magic", 0);
-  }
+  if (magic !== FRAME_MAGIC && magic !== END_MAGIC) throw c.error("bad frame magic", 0);
   const sum = checksum(b.subarray(0, 56));
-  if (sum !== c.view.getBigUint64(56, true)) {
-    throw c.error("frame header checksum mismatch", 56);
-  }
-  if (c.view.getUint32(52, true) !== 0) {
-    throw c.error("non-zero reserved frame field", 52);
-  }
+  if (sum !== c.view.getBigUint64(56, true)) throw c.error("frame header checksum mismatch", 56);
+  if (c.view.getUint32(52, true) !== 0) throw c.error("non-zero reserved frame field", 52);
   const kind = c.u8(), codec = c.u8(), flags = c.u16();
   const address = c.u64();
   const length = c.size("frame length");
@@ -642,9 +579,7 @@ export function decodeFrame(
  * @param records The records, in index order.
  * @returns `records.length * 64` bytes.
  */
-export function encodeIndex(
-  records: readonly ImageRecord[],
-): Uint8Array<ArrayBuffer> {
+export function encodeIndex(records: readonly ImageRecord[]): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(records.length * RECORD_LENGTH);
   const v = new DataView(b.buffer);
   records.forEach((r, i) => {
@@ -671,15 +606,9 @@ export function encodeIndex(
  * @param offset Where they lie in the file.
  * @returns The records.
  */
-export function decodeIndex(
-  path: string,
-  b: Uint8Array,
-  offset: number,
-): ImageRecord[] {
+export function decodeIndex(path: string, b: Uint8Array, offset: number): ImageRecord[] {
   const c = new Cursor(path, b, offset);
-  if (b.length % RECORD_LENGTH !== 0) {
-    throw c.error(`index length ${b.length} is not a multiple of 64`, 0);
-  }
+  if (b.length % RECORD_LENGTH !== 0) throw c.error(`index length ${b.length} is not a multiple of 64`, 0);
   const out: ImageRecord[] = [];
   while (c.pos < b.length) {
     const at = c.pos;
@@ -695,12 +624,7 @@ export function decodeIndex(
       flags: c.u16(),
       segment: c.u32(),
     };
-    if (c.u64() !== 0n) {
-      throw c.error(
-        `non-zero reserved field in record ${at / RECORD_LENGTH}`,
-        at + 56,
-      );
-    }
+    if (c.u64() !== 0n) throw c.error(`non-zero reserved field in record ${at / RECORD_LENGTH}`, at + 56);
     out.push(r);
   }
   return out;
@@ -712,9 +636,7 @@ export function decodeIndex(
  * @param sections The entries.
  * @returns The table bytes.
  */
-export function encodeSectionTable(
-  sections: readonly SectionEntry[],
-): Uint8Array<ArrayBuffer> {
+export function encodeSectionTable(sections: readonly SectionEntry[]): Uint8Array<ArrayBuffer> {
   const w = new Writer();
   w.u32(sections.length);
   w.u32(0);
@@ -739,32 +661,20 @@ export function encodeSectionTable(
  * @param offset Where they lie in the file.
  * @returns The entries.
  */
-export function decodeSectionTable(
-  path: string,
-  b: Uint8Array,
-  offset: number,
-): SectionEntry[] {
+export function decodeSectionTable(path: string, b: Uint8Array, offset: number): SectionEntry[] {
   const c = new Cursor(path, b, offset);
   const count = c.u32();
   if (c.u32() !== 0) throw c.error("non-zero reserved section table field", 4);
   const out: SectionEntry[] = [];
   for (let i = 0; i < count; i++) {
     const at = c.pos;
-    const s = {
-      offset: c.size("section offset"),
-      length: c.size("section length"),
-      checksum: c.u64(),
-    };
+    const s = { offset: c.size("section offset"), length: c.size("section length"), checksum: c.u64() };
     const n = c.u32();
-    if (c.u32() !== 0 || n === 0 || n > 255) {
-      throw c.error(`bad section entry ${i}`, at);
-    }
+    if (c.u32() !== 0 || n === 0 || n > 255) throw c.error(`bad section entry ${i}`, at);
     out.push({ name: dec.decode(c.bytesOf(n, "section name")), ...s });
     c.pad8();
   }
-  if (c.pos !== b.length) {
-    throw c.error("section table length disagrees with its entries", c.pos);
-  }
+  if (c.pos !== b.length) throw c.error("section table length disagrees with its entries", c.pos);
   return out;
 }
 
@@ -808,24 +718,14 @@ export function encodeFooter(f: Footer): Uint8Array<ArrayBuffer> {
  * @param offset Where they lie.
  * @returns The fields.
  */
-export function decodeFooter(
-  path: string,
-  b: Uint8Array,
-  offset: number,
-): Footer {
+export function decodeFooter(path: string, b: Uint8Array, offset: number): Footer {
   const c = new Cursor(path, b, offset);
   c.need(FOOTER_LENGTH, "footer");
-  if (c.u64() !== FOOTER_MAGIC) {
-    throw c.error("bad footer magic (not a cryo image, or truncated)", 0);
-  }
-  if (c.u32() !== FORMAT_VERSION) {
-    throw c.error("unsupported footer version", 8);
-  }
+  if (c.u64() !== FOOTER_MAGIC) throw c.error("bad footer magic (not a cryo image, or truncated)", 0);
+  if (c.u32() !== FORMAT_VERSION) throw c.error("unsupported footer version", 8);
   if (c.u32() !== FOOTER_LENGTH) throw c.error("footer length is not 128", 12);
   const sum = checksum(b.subarray(0, 120));
-  if (sum !== c.view.getBigUint64(120, true)) {
-    throw c.error("footer checksum mismatch", 120);
-  }
+  if (sum !== c.view.getBigUint64(120, true)) throw c.error("footer checksum mismatch", 120);
   return {
     headerLength: c.size("header length"),
     headerChecksum: c.u64(),
