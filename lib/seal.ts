@@ -160,14 +160,15 @@ export async function keyFromEnv(name: string): Promise<SealKey> {
 }
 
 /**
- * The additional authenticated data of one chunk: binds it to its place in the image.
+ * The additional authenticated data of one chunk: binds it to its place in the image and to the image's header.
  *
- * @param index The record's position in the index (0-based).
+ * @param index The record's ordinal among the image's data records (0-based, file order = index order).
  * @param address The record's address (or offset in its segment).
  * @param length The decoded length.
  * @param codec The codec id the plaintext is encoded with.
  * @param segment The record's segment (0 = absolute address).
- * @returns 40 bytes: `"cryochnk" | index u64 | address u64 | length u64 | segment u32 | codec u8 | 0 0 0`.
+ * @param header The SHA-256 of the image's header block (32 bytes), or omitted.
+ * @returns `"cryochnk" | index u64 | address u64 | length u64 | segment u32 | codec u8 | 0 0 0 | header`.
  */
 export function chunkAad(
   index: number,
@@ -175,8 +176,9 @@ export function chunkAad(
   length: number,
   codec: number,
   segment = 0,
+  header?: Uint8Array,
 ): Uint8Array {
-  const aad = new Uint8Array(40);
+  const aad = new Uint8Array(40 + (header?.length ?? 0));
   aad.set(enc.encode("cryochnk"));
   const v = new DataView(aad.buffer);
   v.setBigUint64(8, BigInt(index), true);
@@ -184,6 +186,7 @@ export function chunkAad(
   v.setBigUint64(24, BigInt(length), true);
   v.setUint32(32, segment, true);
   v.setUint8(36, codec);
+  if (header) aad.set(header, 40);
   return aad;
 }
 

@@ -315,12 +315,14 @@ export class Writer {
  * @param f Fields other than the computed offsets, lengths and checksum.
  * @param source Where the image comes from.
  * @param regions The region table.
+ * @param sealParams For an ENCRYPTED image, the 32 seal parameters written at bytes 84..116 (lib/image/sealing.ts).
  * @returns The header block and its decoded fields.
  */
 export function encodeHeaderBlock(
   f: Pick<HeaderFields, "requiredFeatures" | "optionalFeatures" | "pageSize" | "arch">,
   source: SourceInfo,
   regions: readonly ImageRegion[],
+  sealParams?: Uint8Array,
 ): { bytes: Uint8Array<ArrayBuffer>; fields: HeaderFields } {
   const w = new Writer();
   for (let i = 0; i < FIXED_HEADER_LENGTH; i++) w.u8(0);
@@ -381,6 +383,7 @@ export function encodeHeaderBlock(
   v.setBigUint64(64, BigInt(regionsOffset), true);
   v.setBigUint64(72, BigInt(fields.regionsLength), true);
   v.setUint32(80, regions.length, true);
+  if (sealParams) bytes.set(sealParams.subarray(0, 32), 84);
   fields.headerChecksum = checksum(bytes);
   v.setBigUint64(120, fields.headerChecksum, true);
   return { bytes, fields };
@@ -410,7 +413,10 @@ export function decodeFixedHeader(path: string, bytes: Uint8Array): HeaderFields
   const regionsOffset = c.size("regions offset");
   const regionsLength = c.size("regions length");
   const regionCount = c.u32();
-  for (let i = 84; i < 120; i++) if (bytes[i] !== 0) throw c.error("non-zero reserved header byte", i);
+  const sealed = (requiredFeatures & REQUIRED.ENCRYPTED) !== 0n; // bytes 84..116 hold the seal parameters
+  for (let i = sealed ? 116 : 84; i < 120; i++) {
+    if (bytes[i] !== 0) throw c.error("non-zero reserved header byte", i);
+  }
   c.pos = 120;
   const headerChecksum = c.u64();
   const unknown = requiredFeatures & ~KNOWN_REQUIRED;

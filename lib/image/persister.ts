@@ -27,11 +27,15 @@ import {
   type ImageRegion,
   KIND,
   OPTIONAL,
+  RECORD_FLAG,
   REQUIRED,
   type SectionEntry,
   type SourceInfo,
 } from "./layout.ts";
 import { type MemorySource, selfSource } from "./sources.ts";
+import { ordered } from "../codecs/pool.ts";
+import { chunkAad, type Sealer } from "../seal.ts";
+import { headerDigest, metadataMac, SEAL_SECTION } from "./sealing.ts";
 
 /** Options of {@link MemoryPersister.create}. */
 export interface PersisterOptions {
@@ -49,6 +53,10 @@ export interface PersisterOptions {
   chunkSize?: number;
   /** fsync the file and its directory before the rename (default true). */
   fsync?: boolean;
+  /** Encrypt every chunk with this sealer (AES-256-GCM; lib/seal.ts), making an ENCRYPTED image. */
+  sealer?: Sealer;
+  /** Chunks encoded (and sealed) at once, on pool threads (default: cores + 1). */
+  window?: number;
 }
 
 /** What {@link MemoryPersister.finalize} wrote. */
@@ -101,6 +109,8 @@ export class MemoryPersister implements AsyncDisposable {
   #sections = new Map<string, Uint8Array>();
   #done = false;
   #zeroScratch = new Uint8Array(0);
+  #digest: Promise<Uint8Array> | undefined;
+  #ordinal = 0;
 
   private constructor(
     path: string,
@@ -247,6 +257,15 @@ export class MemoryPersister implements AsyncDisposable {
       if (problem) throw new RangeError(`Cannot finalize: ${problem.message}`);
       const indexOffset = frameDataOffset(this.#pos, PAGE_SIZE);
       const index = encodeIndex(records);
+      if (this.#opts.sealer) {
+        const others = [...this.#sections].filter(([n]) => n !== SEAL_SECTION).map(([name, data]) => ({
+          name,
+          data,
+        }));
+        const mac = await metadataMac(this.#opts.sealer, await this.#digest!, index, others);
+        this.#sections.delete(SEAL_SECTION);
+        this.#sections.set(SEAL_SECTION, mac);
+      }
       const entries: SectionEntry[] = [];
       let at = indexOffset + index.length;
       for (const [name, data] of this.#sections) {
@@ -326,14 +345,17 @@ export class MemoryPersister implements AsyncDisposable {
     if (!this.#regions) this.setRegions([]);
     const { bytes, fields } = encodeHeaderBlock(
       {
-        requiredFeatures: this.#codec.id !== 0 ? REQUIRED.CODEC : 0n,
+        requiredFeatures: (this.#codec.id !== 0 ? REQUIRED.CODEC : 0n) |
+          (this.#opts.sealer ? REQUIRED.ENCRYPTED : 0n),
         optionalFeatures: (this.#opts.detectZeros ?? this.#source.detectZeros) ? OPTIONAL.ZERO_DETECTED : 0n,
         pageSize: PAGE_SIZE,
         arch: ARCH_X86_64,
       },
       sourceInfo(this.#source.pid),
       this.#regions!,
+      this.#opts.sealer?.params,
     );
+    if (this.#opts.sealer) this.#digest = headerDigest(bytes);
     this.#headerFields = fields;
     this.#write(bytes);
     this.#headerWritten = true;
@@ -402,7 +424,7 @@ export class MemoryPersister implements AsyncDisposable {
   }
 
   async #data(local: bigint, addr: bigint, len: number, segment: number): Promise<void> {
-    if (this.#codec.id !== 0) return await this.#encoded(local, addr, len, segment);
+    if (this.#codec.id !== 0 || this.#opts.sealer) return await this.#encoded(local, addr, len, segment);
     if (!this.#seekable) {
       await this.#closeOpen();
       const sum = checksumAt(local, BigInt(len));
@@ -435,21 +457,38 @@ export class MemoryPersister implements AsyncDisposable {
 
   async #encoded(local: bigint, addr: bigint, len: number, segment: number): Promise<void> {
     await this.#closeOpen();
-    for (let off = 0; off < len; off += this.#chunkSize) {
+    const sealer = this.#opts.sealer;
+    const digest = sealer ? await this.#digest! : undefined;
+    const offsets: number[] = [];
+    for (let off = 0; off < len; off += this.#chunkSize) offsets.push(off);
+    // Encode (and seal) on pool threads, `window` chunks at once; frames are written in input order.
+    const work = async (off: number, i: number) => {
       const n = Math.min(this.#chunkSize, len - off);
       const p = local + BigInt(off);
       const src = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(p)!, n));
       const decoded = checksumAt(p, BigInt(n));
-      const enc = await this.#codec.encode(src);
+      let enc = await this.#codec.encode(src);
+      if (enc !== null && enc.length >= n) enc = null;
+      const codec = enc === null ? 0 : this.#codec.id;
       const a = addr + BigInt(off);
-      if (enc === null || enc.length >= n) {
-        this.#frame(dataRecord(a, n, segment, 0, n, decoded, decoded));
-        this.#writeAt(p, n);
+      if (!sealer) return { off, n, a, codec, enc, decoded };
+      const sealed = await sealer.seal(enc ?? src, chunkAad(this.#ordinal + i, a, n, codec, segment, digest));
+      return { off, n, a, codec, enc: sealed, decoded: 0n };
+    };
+    const first = this.#ordinal;
+    for await (const c of ordered(offsets, work, this.#opts.window)) {
+      const flags = sealer ? RECORD_FLAG.ENCRYPTED : 0;
+      if (c.enc === null) {
+        this.#frame(dataRecord(c.a, c.n, segment, 0, c.n, c.decoded, c.decoded));
+        this.#writeAt(local + BigInt(c.off), c.n);
       } else {
-        this.#frame(dataRecord(a, n, segment, this.#codec.id, enc.length, checksum(enc), decoded));
-        this.#write(enc);
+        const r = dataRecord(c.a, c.n, segment, c.codec, c.enc.length, checksum(c.enc), c.decoded);
+        r.flags = flags;
+        this.#frame(r);
+        this.#write(c.enc);
       }
     }
+    this.#ordinal = first + offsets.length;
   }
 
   /** Write a complete record's frame header (streams, codecs) and register the record. */

@@ -1,0 +1,531 @@
+/**
+ * Streaming restore and verify: read an image sequentially from a non-seekable input (a pipe, stdin) without
+ * an index up front. The header block is read and checked first, and the target's layout is compared with the
+ * header's region table before the first chunk; then each frame is read, checked (frame header, order,
+ * bounds, checksum, authentication when encrypted, decoded checksum) and only then written; the tail (index,
+ * sections, footer) is checked against the frames seen, and only then are holes zeroed. A stream that ends
+ * early is refused, and nothing after the last verified chunk has been written.
+ *
+ * @module
+ */
+
+import { hex, PAGE_SIZE } from "../../ffi/libc.ts";
+import type { Codec } from "../codec.ts";
+import { codecForId } from "../codecs/select.ts";
+import { ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
+import { chunkAad, Sealer, type SealKey } from "../seal.ts";
+import { checksum } from "./checksum.ts";
+import { compareRecord, indexProblem, recordEnd } from "./index.ts";
+import {
+  alignUp,
+  ARCH_X86_64,
+  decodeFixedHeader,
+  decodeFooter,
+  decodeFrame,
+  decodeHeaderBlock,
+  decodeIndex,
+  decodeSectionTable,
+  FIXED_HEADER_LENGTH,
+  FOOTER_LENGTH,
+  FRAME_LENGTH,
+  frameDataOffset,
+  type HeaderFields,
+  type ImageRecord,
+  type ImageRegion,
+  KIND,
+  RECORD_FLAG,
+  REQUIRED,
+  type SectionEntry,
+  type SourceInfo,
+} from "./layout.ts";
+import { covered } from "./persister.ts";
+import { checkMetadataMac, headerDigest, sealParamsOf } from "./sealing.ts";
+import { compareTarget, type LoadTarget, targetName } from "./targets.ts";
+import { type ChunkSink, openSink } from "./sink.ts";
+
+/** Options of {@link loadStream} and {@link verifyStream}. */
+export interface StreamOptions {
+  /** The key, required for an encrypted image. */
+  key?: SealKey;
+  /** Codecs for compressed records (default: the built-in raw, zstd and lz4). */
+  codecs?: readonly Codec[];
+  /** The name of the input in messages (default `"-"`). */
+  path?: string;
+  /** Called after each chunk has been verified and written, with its record. */
+  onChunk?: (record: ImageRecord) => void;
+}
+
+/** What a streamed load or verify read and did. */
+export interface StreamSummary {
+  /** The fixed header's fields. */
+  header: HeaderFields;
+  /** Where the image came from. */
+  source: SourceInfo;
+  /** The region table. */
+  regions: readonly ImageRegion[];
+  /** The index, from the tail. */
+  records: readonly ImageRecord[];
+  /** The section table. */
+  sections: readonly SectionEntry[];
+  /** Bytes read from the input (the image's size). */
+  bytesRead: number;
+  /** Data records verified (and written, when loading). */
+  chunks: number;
+  /** Decoded bytes of data records. */
+  dataBytes: number;
+  /** Bytes of holes (zeroed, when loading). */
+  holeBytes: number;
+  /** Whether the image was encrypted. */
+  encrypted: boolean;
+}
+
+/** The input of a streamed load: a byte stream, or `"-"` for stdin. */
+export type StreamInput = ReadableStream<Uint8Array> | "-";
+
+/** Largest tail (index, sections, footer) accepted from a stream. */
+const MAX_TAIL = 1 << 30;
+/** Largest record accepted from a stream: its checksum covers it whole, so it is read whole before use. */
+const MAX_CHUNK = 2 ** 31;
+
+/** Exact reads from a byte stream, tracking the offset; a short stream is an {@link ImageError}. */
+class Input {
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  #buf: Uint8Array = new Uint8Array(0);
+  #at = 0;
+  offset = 0;
+  constructor(stream: ReadableStream<Uint8Array>, readonly path: string) {
+    this.#reader = stream.getReader();
+  }
+  /** Exactly `n` bytes (a fresh buffer, or `into`). */
+  async read(n: number, what: string, into = new Uint8Array(n)): Promise<Uint8Array> {
+    let got = 0;
+    while (got < n) {
+      if (this.#at === this.#buf.length) {
+        const { value, done } = await this.#reader.read();
+        if (done) {
+          throw new ImageError(
+            this.path,
+            this.offset,
+            `stream ended in the ${what}: ${n - got} more bytes expected`,
+          );
+        }
+        this.#buf = value;
+        this.#at = 0;
+      }
+      const k = Math.min(n - got, this.#buf.length - this.#at);
+      into.set(this.#buf.subarray(this.#at, this.#at + k), got);
+      this.#at += k;
+      got += k;
+      this.offset += k;
+    }
+    return into;
+  }
+  /** Consume `n` bytes that must be zero. */
+  async zeros(n: number, what: string): Promise<void> {
+    const chunk = new Uint8Array(Math.min(n, 1 << 16));
+    for (let left = n; left > 0;) {
+      const k = Math.min(left, chunk.length);
+      const at = this.offset;
+      const b = await this.read(k, what, chunk.subarray(0, k));
+      const i = b.findIndex((x) => x !== 0);
+      if (i >= 0) throw new ImageError(this.path, at + i, `non-zero byte in ${what}`);
+      left -= k;
+    }
+  }
+  /** Whether the stream has ended (no byte left). */
+  async atEnd(): Promise<boolean> {
+    while (this.#at === this.#buf.length) {
+      const { value, done } = await this.#reader.read();
+      if (done) return true;
+      this.#buf = value;
+      this.#at = 0;
+    }
+    return false;
+  }
+  async close(): Promise<void> {
+    await this.#reader.cancel().catch(() => {});
+  }
+}
+
+function inputOf(input: StreamInput): ReadableStream<Uint8Array> {
+  return input === "-" ? Deno.stdin.readable : input;
+}
+
+/**
+ * Verify an image read sequentially from a stream, writing nothing.
+ *
+ * @param input The image bytes, or `"-"` for stdin.
+ * @param opts The key (for an encrypted image), codecs, the input's name.
+ * @returns What was read.
+ * @throws {ImageError} At the first problem, naming the input and the offset.
+ * @throws {KeyError} When the image is encrypted and the key is missing or wrong.
+ */
+export function verifyStream(input: StreamInput, opts: StreamOptions = {}): Promise<StreamSummary> {
+  return readStream(inputOf(input), undefined, opts);
+}
+
+/**
+ * Restore an image read sequentially from a stream into `target`. The target's layout is checked from the
+ * header's region table before the first chunk ({@link LayoutMismatchError}, nothing written); each chunk is
+ * verified before it is written; holes are zeroed once the tail has been verified.
+ *
+ * @param input The image bytes, or `"-"` for stdin.
+ * @param target The destination (`pidTarget(pid)` for another process, which should be frozen).
+ * @param opts The key (for an encrypted image), codecs, the input's name, a per-chunk callback.
+ * @returns What was read and written.
+ * @throws {ImageError} At the first problem; chunks before it were written, nothing after it.
+ * @throws {KeyError} When the image is encrypted and the key is missing or wrong (nothing written).
+ * @throws {LayoutMismatchError} When the target does not match (nothing written).
+ */
+export function loadStream(
+  input: StreamInput,
+  target: LoadTarget,
+  opts: StreamOptions = {},
+): Promise<StreamSummary> {
+  return readStream(inputOf(input), target, opts);
+}
+
+async function readStream(
+  stream: ReadableStream<Uint8Array>,
+  target: LoadTarget | undefined,
+  opts: StreamOptions,
+): Promise<StreamSummary> {
+  const path = opts.path ?? "-";
+  const input = new Input(stream, path);
+  let sink: ChunkSink | undefined;
+  try {
+    // 1. The header block, checked.
+    const fixed = await input.read(FIXED_HEADER_LENGTH, "fixed header");
+    const f0 = decodeFixedHeader(path, fixed);
+    if (f0.headerLength < FIXED_HEADER_LENGTH || f0.headerLength > MAX_TAIL) {
+      throw new ImageError(path, 40, `header length ${f0.headerLength} is out of range`);
+    }
+    const block = new Uint8Array(f0.headerLength);
+    block.set(fixed);
+    await input.read(
+      f0.headerLength - FIXED_HEADER_LENGTH,
+      "header block",
+      block.subarray(FIXED_HEADER_LENGTH),
+    );
+    const h = decodeHeaderBlock(path, block);
+    const header = h.fields;
+    if (header.pageSize !== PAGE_SIZE) {
+      throw new ImageError(path, 32, `page size ${header.pageSize}, this system's is ${PAGE_SIZE}`);
+    }
+    if (header.arch !== ARCH_X86_64) {
+      throw new ImageError(path, 36, `architecture ${header.arch} is not x86_64`);
+    }
+    // 2. The key, before anything else.
+    const encrypted = (header.requiredFeatures & REQUIRED.ENCRYPTED) !== 0n;
+    let sealer: Sealer | undefined;
+    let digest: Uint8Array | undefined;
+    if (encrypted) {
+      if (!opts.key) {
+        throw new KeyError(
+          `Cannot read image ${path}: it is encrypted; give its key with --key-file or --key-env`,
+        );
+      }
+      sealer = await Sealer.open(opts.key, sealParamsOf(block), path);
+      digest = await headerDigest(block);
+    }
+    // 3. The target's layout, from the header's region table, before the first chunk.
+    if (target) {
+      const { differences, plan } = compareTarget(h.regions, [], target);
+      if (differences.length) throw new LayoutMismatchError(targetName(target), differences);
+      sink = openSink(target, plan, h.regions);
+    }
+    // 4. Frames, each verified before it is written.
+    const codecs = new Map<number, Codec>((opts.codecs ?? []).map((c) => [c.id, c]));
+    const frames: ImageRecord[] = [];
+    let pos = header.headerLength;
+    const scratch = { buf: new Uint8Array(0) };
+    let endFrame: ImageRecord | undefined;
+    for (;;) {
+      const frameAt = frameDataOffset(pos, header.pageSize) - FRAME_LENGTH;
+      await input.zeros(frameAt - pos, "padding");
+      const { record: r, end } = decodeFrame(path, await input.read(FRAME_LENGTH, "frame header"), frameAt);
+      if (end) {
+        endFrame = r;
+        pos = r.fileOffset;
+        break;
+      }
+      checkFrame(path, frameAt, r, header, h.regions, frames[frames.length - 1], encrypted);
+      const codec = r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec);
+      if (r.codec !== 0 && !codec) throw new ImageError(path, frameAt + 5, `unknown codec ${r.codec}`);
+      const decoded = await readChunk(input, r, frames.length, codec, sealer, digest, scratch);
+      sink?.write(r, 0, decoded);
+      frames.push(r);
+      opts.onChunk?.(r);
+      pos = r.fileOffset + r.storedLength;
+    }
+    // 5. The tail, checked against the frames seen.
+    const tailAt = pos;
+    if (
+      endFrame.storedLength < FOOTER_LENGTH || endFrame.storedLength > MAX_TAIL || endFrame.address ||
+      endFrame.length || endFrame.kind || endFrame.codec || endFrame.flags || endFrame.checksum ||
+      endFrame.decodedChecksum || endFrame.segment
+    ) throw new ImageError(path, tailAt - FRAME_LENGTH, "bad END frame");
+    const tail = await input.read(endFrame.storedLength, "index and footer");
+    if (!await input.atEnd()) throw new ImageError(path, input.offset, "bytes after the footer");
+    const fileSize = tailAt + tail.length;
+    const footerAt = fileSize - FOOTER_LENGTH;
+    const footer = decodeFooter(path, tail.subarray(tail.length - FOOTER_LENGTH), footerAt);
+    const part = (at: number, len: number, what: string, field: number) => {
+      if (at < tailAt || at + len > footerAt) {
+        throw new ImageError(path, footerAt + field, `${what} [${at}, ${at + len}) lies outside the tail`);
+      }
+      return tail.subarray(at - tailAt, at - tailAt + len);
+    };
+    if (footer.fileSize !== fileSize) {
+      throw new ImageError(
+        path,
+        footerAt + 104,
+        `stream of ${fileSize} bytes, the footer says ${footer.fileSize}`,
+      );
+    }
+    if (footer.headerChecksum !== header.headerChecksum || footer.headerLength !== header.headerLength) {
+      throw new ImageError(path, footerAt + 24, "header checksum or length differs from the footer's copy");
+    }
+    if (footer.indexOffset !== tailAt) {
+      throw new ImageError(path, footerAt + 48, "index is not after the END frame");
+    }
+    const indexBytes = part(footer.indexOffset, footer.indexLength, "index", 48);
+    if (checksum(indexBytes) !== footer.indexChecksum) {
+      throw new ImageError(path, footer.indexOffset, "index checksum mismatch");
+    }
+    const records = decodeIndex(path, indexBytes, footer.indexOffset);
+    if (records.length !== footer.recordCount) {
+      throw new ImageError(
+        path,
+        footerAt + 96,
+        `${records.length} records, the footer says ${footer.recordCount}`,
+      );
+    }
+    const problem = indexProblem(records);
+    if (problem) throw new ImageError(path, footer.indexOffset + problem.at * 64, problem.message);
+    const table = part(footer.sectionsOffset, footer.sectionsLength, "section table", 72);
+    if (checksum(table) !== footer.sectionsChecksum) {
+      throw new ImageError(path, footer.sectionsOffset, "section table checksum mismatch");
+    }
+    const sections = decodeSectionTable(path, table, footer.sectionsOffset);
+    const blobs = sections.map((s) => {
+      const data = part(s.offset, s.length, `section "${s.name}"`, 72);
+      if (checksum(data) !== s.checksum) {
+        throw new ImageError(path, s.offset, `section "${s.name}" checksum mismatch`);
+      }
+      return { name: s.name, data, offset: s.offset };
+    });
+    checkTailLayout(path, tail, tailAt, footer, sections);
+    if (sealer) await checkMetadataMac(sealer, path, digest!, indexBytes, blobs);
+    matchIndex(path, footer.indexOffset, records, frames, h.regions);
+    // 6. Holes, now that the index is known to be good.
+    let holeBytes = 0;
+    for (const r of records) {
+      if (r.kind !== KIND.HOLE) continue;
+      sink?.zero(r);
+      holeBytes += r.length;
+    }
+    const dataBytes = frames.reduce((n, r) => n + r.length, 0);
+    if (footer.dataBytes !== dataBytes) {
+      throw new ImageError(
+        path,
+        footerAt + 112,
+        `${dataBytes} data bytes, the footer says ${footer.dataBytes}`,
+      );
+    }
+    return {
+      header,
+      source: h.source,
+      regions: h.regions,
+      records,
+      sections,
+      bytesRead: fileSize,
+      chunks: frames.length,
+      dataBytes,
+      holeBytes,
+      encrypted,
+    };
+  } finally {
+    sink?.close();
+    await input.close();
+  }
+}
+
+/** Read one chunk's stored bytes and verify them: checksum, authentication (sealed), decoding, decoded checksum. */
+async function readChunk(
+  input: Input,
+  r: ImageRecord,
+  ordinal: number,
+  codec: Codec | undefined,
+  sealer: Sealer | undefined,
+  digest: Uint8Array | undefined,
+  scratch: { buf: Uint8Array },
+): Promise<Uint8Array> {
+  const path = input.path;
+  if (r.storedLength > MAX_CHUNK || r.length > MAX_CHUNK) {
+    throw new ImageError(
+      path,
+      r.fileOffset - FRAME_LENGTH + 16,
+      `chunk of ${r.length} bytes is too large for a stream`,
+    );
+  }
+  const stored = await input.read(r.storedLength, "chunk data");
+  if (checksum(stored) !== r.checksum) {
+    throw new ImageError(path, r.fileOffset, `data checksum mismatch for the record at ${hex(r.address)}`);
+  }
+  const plain = sealer
+    ? await sealer.open(
+      stored,
+      chunkAad(ordinal, r.address, r.length, r.codec, r.segment, digest),
+      path,
+      r.fileOffset,
+    )
+    : stored;
+  if (!codec) {
+    if (plain.length !== r.length) {
+      throw new ImageError(path, r.fileOffset, `raw record holds ${plain.length} of ${r.length} bytes`);
+    }
+    return plain;
+  }
+  if (scratch.buf.length < r.length) scratch.buf = new Uint8Array(r.length);
+  const decoded = scratch.buf.subarray(0, r.length);
+  try {
+    await codec.decode(plain, decoded);
+  } catch (e) {
+    throw new ImageError(path, r.fileOffset, `record at ${hex(r.address)}: ${(e as Error).message}`);
+  }
+  if (!sealer && checksum(decoded) !== r.decodedChecksum) {
+    throw new ImageError(path, r.fileOffset, `decoded bytes of the record at ${hex(r.address)} do not match`);
+  }
+  return decoded;
+}
+
+function checkFrame(
+  path: string,
+  at: number,
+  r: ImageRecord,
+  h: HeaderFields,
+  regions: readonly ImageRegion[],
+  prev: ImageRecord | undefined,
+  encrypted: boolean,
+): void {
+  const bad = (m: string) => new ImageError(path, at, `frame of the record at ${hex(r.address)}: ${m}`);
+  if (r.kind !== KIND.DATA) throw bad(`kind ${r.kind} is not data`);
+  if (r.length <= 0) throw bad("empty");
+  if (r.flags & ~RECORD_FLAG.ENCRYPTED) throw bad(`unknown flags 0x${r.flags.toString(16)}`);
+  if (encrypted !== ((r.flags & RECORD_FLAG.ENCRYPTED) !== 0)) {
+    throw bad(
+      encrypted ? "not encrypted in an encrypted image" : "encrypted, but the header lacks ENCRYPTED",
+    );
+  }
+  if (r.codec > 2) throw bad(`unknown codec ${r.codec}`);
+  if (r.codec !== 0 && !(h.requiredFeatures & REQUIRED.CODEC)) {
+    throw bad("compressed, but the header lacks CODEC");
+  }
+  if (r.codec === 0 && !encrypted && (r.storedLength !== r.length || r.checksum !== r.decodedChecksum)) {
+    throw bad("raw record with a stored length or checksum that differs");
+  }
+  if (r.segment !== 0) {
+    const g = regions[r.segment - 1];
+    if (!g || !g.relocatable) throw bad(`segment ${r.segment} is not a relocatable region`);
+    if (recordEnd(r) > g.end) throw bad(`runs past the end of segment "${g.path}"`);
+  } else if (!covered(regions, r.address, recordEnd(r))) {
+    throw bad("not inside the image's regions");
+  }
+  if (prev && (compareRecord(prev, r) >= 0 || (prev.segment === r.segment && recordEnd(prev) > r.address))) {
+    throw bad(`out of order or overlapping (after ${hex(prev.address)})`);
+  }
+}
+
+/** The tail holds exactly: index, section blobs (8 aligned, zero padded), section table, footer. */
+function checkTailLayout(
+  path: string,
+  tail: Uint8Array,
+  tailAt: number,
+  footer: { indexOffset: number; indexLength: number; sectionsOffset: number; sectionsLength: number },
+  sections: readonly SectionEntry[],
+): void {
+  let at = footer.indexOffset + footer.indexLength;
+  for (const s of sections) {
+    if (s.offset !== at) throw new ImageError(path, at, `expected section "${s.name}" here`);
+    const next = alignUp(s.offset + s.length, 8);
+    const pad = tail.subarray(s.offset + s.length - tailAt, next - tailAt);
+    const i = pad.findIndex((b) => b !== 0);
+    if (i >= 0) throw new ImageError(path, s.offset + s.length + i, "non-zero byte in section padding");
+    at = next;
+  }
+  if (at !== footer.sectionsOffset) throw new ImageError(path, at, "expected the section table here");
+  if (footer.sectionsOffset + footer.sectionsLength !== tailAt + tail.length - FOOTER_LENGTH) {
+    throw new ImageError(
+      path,
+      footer.sectionsOffset + footer.sectionsLength,
+      "unaccounted bytes before the footer",
+    );
+  }
+}
+
+/** The index's data records must be exactly the frames seen; holes must lie inside the regions. */
+function matchIndex(
+  path: string,
+  indexAt: number,
+  records: readonly ImageRecord[],
+  frames: readonly ImageRecord[],
+  regions: readonly ImageRegion[],
+): void {
+  let k = 0;
+  records.forEach((r, i) => {
+    const at = indexAt + i * 64;
+    if (r.kind === KIND.HOLE) {
+      if (r.fileOffset || r.storedLength || r.checksum || r.decodedChecksum || r.codec || r.flags) {
+        throw new ImageError(path, at, `record ${i}: a hole with file data`);
+      }
+      const g = r.segment ? regions[r.segment - 1] : undefined;
+      if (r.segment ? !g?.relocatable || recordEnd(r) > g.end : !covered(regions, r.address, recordEnd(r))) {
+        throw new ImageError(
+          path,
+          at,
+          `record ${i}: hole at ${hex(r.address)} is not inside the image's regions`,
+        );
+      }
+      return;
+    }
+    const f = frames[k++];
+    if (
+      !f || f.address !== r.address || f.length !== r.length || f.kind !== r.kind || f.codec !== r.codec ||
+      f.flags !== r.flags || f.storedLength !== r.storedLength || f.checksum !== r.checksum ||
+      f.decodedChecksum !== r.decodedChecksum || f.segment !== r.segment || f.fileOffset !== r.fileOffset
+    ) throw new ImageError(path, at, `record ${i} at ${hex(r.address)} disagrees with the frames read`);
+  });
+  if (k !== frames.length) {
+    throw new ImageError(path, indexAt, `${frames.length - k} frame(s) missing from the index`);
+  }
+}
+
+/**
+ * Open an image file as a byte stream for {@link loadStream}/{@link verifyStream}; `"-"` is stdin.
+ *
+ * @param path The image file, or `"-"`.
+ * @returns The stream (read sequentially, once).
+ */
+export async function openInput(path: string): Promise<ReadableStream<Uint8Array>> {
+  if (path === "-") return Deno.stdin.readable;
+  return (await Deno.open(path, { read: true })).readable;
+}
+
+/**
+ * Restore an encrypted image file: a full verification pass (every chunk authenticated, the index and sections
+ * too), then the load, so nothing is written into memory unless the whole image is good.
+ *
+ * @param path The image file.
+ * @param target The destination.
+ * @param opts The key, codecs.
+ * @returns What the load read and wrote.
+ */
+export async function loadVerified(
+  path: string,
+  target: LoadTarget,
+  opts: StreamOptions = {},
+): Promise<StreamSummary> {
+  await verifyStream(await openInput(path), { ...opts, path, onChunk: undefined });
+  return await loadStream(await openInput(path), target, { ...opts, path });
+}
