@@ -6,6 +6,7 @@ import { selfTarget } from "../lib/image/targets.ts";
 import { releaseMemory } from "../lib/image/lazy.ts";
 import { KIND } from "../lib/image/layout.ts";
 import { munmap } from "../ffi/libc.ts";
+import { parseCodec } from "../lib/codecs/select.ts";
 
 const MiB = 1 << 20;
 
@@ -73,5 +74,27 @@ Deno.test("releaseMemory() after a persist drops RSS and load() brings the bytes
   using img = await MemoryLoader.open(path);
   await img.load(selfTarget());
   assert(rssAnon() - rss1 >= 60 * MiB);
+  assertEquals(m.sum(), before);
+});
+
+Deno.test("MemoryPersister with a zstd codec stores compressible chunks encoded and loads them back byte-exact", async () => {
+  await using dir = await tempDir();
+  using m = new Mapping(8 * MiB);
+  const text = new TextEncoder().encode("the memory of a process is persisted page by page; ");
+  const b = m.bytes(0, 4 * MiB);
+  for (let i = 0; i < b.length; i++) b[i] = text[i % text.length];
+  fillRandom(m.bytes(4 * MiB, MiB), 8); // incompressible: stays raw
+  const before = m.sum();
+  const path = `${dir.path}/z.img`;
+  const codec = parseCodec("zstd:3");
+  const p = await MemoryPersister.create(path, { regions: [m.region], codec, chunkSize: MiB });
+  await p.store(m.addr, m.len);
+  const s = await p.finalize();
+  assert(s.storedBytes < 2 * MiB, `${s.storedBytes} bytes stored`);
+  m.bytes().fill(0x33);
+  using img = await MemoryLoader.open(path);
+  assertEquals(img.records.filter((r) => r.codec === 1).length, 4);
+  assertEquals(img.records.filter((r) => r.kind === KIND.DATA && r.codec === 0).length, 1);
+  await img.load(selfTarget());
   assertEquals(m.sum(), before);
 });

@@ -10,6 +10,7 @@
 import { MAP, O, PROT } from "../../ffi/constants.ts";
 import { errno, hex, libc, mmap, munmap, open, ptrOf, systemError } from "../../ffi/libc.ts";
 import { type Codec, raw } from "../codec.ts";
+import { codecForId } from "../codecs/select.ts";
 import { CryoError, ImageError, LayoutMismatchError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
 import { findRecord } from "./index.ts";
@@ -73,6 +74,10 @@ export class MemoryLoader implements Disposable {
     this.#fd = fd;
     this.fileSize = fileSize;
     this.#codecs = new Map([[0, raw], ...codecs.map((c) => [c.id, c] as const)]);
+    for (const id of [1, 2]) {
+      const c = this.#codecs.get(id) ?? codecForId(id);
+      if (c) this.#codecs.set(id, c);
+    }
     if (fileSize < FIXED_HEADER_LENGTH + FOOTER_LENGTH) {
       throw new ImageError(path, fileSize, `file of ${fileSize} bytes is too small to be an image`);
     }
@@ -112,7 +117,7 @@ export class MemoryLoader implements Disposable {
    * data is not read until {@link verify} or {@link load}).
    *
    * @param path The image file.
-   * @param opts `codecs`: codecs for compressed records (raw is always known).
+   * @param opts `codecs`: codecs for compressed records (default: raw, zstd and lz4 from lib/codecs).
    * @returns The loader.
    */
   static open(path: string, opts: { codecs?: readonly Codec[] } = {}): Promise<MemoryLoader> {
