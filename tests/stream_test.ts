@@ -330,3 +330,50 @@ Deno.test("two encrypted checkpoints of the same memory share no nonce", async (
   assertEquals(count, 8);
   assertEquals(nonces.size, 8);
 });
+
+Deno.test("`restoreStream()` rolls a child back from a checkpoint streamed through stdout and stdin", async () => {
+  await using t = Target.start();
+  const len = 3 * MiB;
+  const addr = await t.map(len);
+  await t.fill(addr, len, "text", 8);
+  const want = await t.sum(addr, len);
+  const url = (p: string) => JSON.stringify(new URL(p, import.meta.url).href);
+  const run = (script: string, stdin: "piped" | "null") =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--ext=ts", script, String(t.pid)],
+      stdin,
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  const writer = run(
+    `import { checkpoint } from ${url("../lib/checkpoint.ts")};
+     import { ZstdCodec } from ${url("../lib/codecs/zstd.ts")};
+     await checkpoint(Number(Deno.args[0]), "-", { codec: new ZstdCodec(1) });`,
+    "null",
+  );
+  const out = await writer.output();
+  assert(out.success, new TextDecoder().decode(out.stderr));
+  const image = out.stdout;
+  await t.fill(addr, len, "random", 9);
+  assert(await t.sum(addr, len) !== want);
+  const reader = run(
+    `import { restoreStream } from ${url("../lib/restore_stream.ts")};
+     const r = await restoreStream(Number(Deno.args[0]), "-");
+     console.log(JSON.stringify({ data: r.dataBytes, threads: r.threadsRestored }));`,
+    "piped",
+  );
+  try {
+    const w = reader.stdin.getWriter();
+    await w.write(image);
+    await w.close();
+    const res = await reader.output();
+    assert(res.success, new TextDecoder().decode(res.stderr));
+    const r = JSON.parse(new TextDecoder().decode(res.stdout));
+    assert(r.data >= len && r.threads === 1, JSON.stringify(r));
+    assertEquals(await t.sum(addr, len), want);
+  } finally {
+    try {
+      reader.kill("SIGKILL");
+    } catch { /* exited */ }
+  }
+});

@@ -67,6 +67,8 @@ export interface StreamSummary {
   records: readonly ImageRecord[];
   /** The section table. */
   sections: readonly SectionEntry[];
+  /** Each section's bytes (checksummed; authenticated when encrypted), by name. */
+  sectionBytes: ReadonlyMap<string, Uint8Array>;
   /** Bytes read from the input (the image's size). */
   bytesRead: number;
   /** Data records verified (and written, when loading). */
@@ -339,6 +341,7 @@ async function readStream(
       regions: h.regions,
       records,
       sections,
+      sectionBytes: new Map(blobs.map((b) => [b.name, b.data])),
       bytesRead: fileSize,
       chunks: frames.length,
       dataBytes,
