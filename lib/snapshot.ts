@@ -1,0 +1,92 @@
+/**
+ * Snapshots for test suites: checkpoint a child process under test once, run a case, roll the child back before
+ * the next one. The image lives in a private temporary directory and is removed on dispose.
+ *
+ * @module
+ */
+
+import { checkpoint, type CheckpointOptions, type CheckpointResult } from "./checkpoint.ts";
+import { restore, type RestoreOptions, type RestoreResult } from "./restore.ts";
+
+/** A checkpoint of a process that it can be rolled back to, any number of times. */
+export class Snapshot implements AsyncDisposable {
+  /** The process. */
+  readonly pid: number;
+  /** The image file. */
+  readonly path: string;
+  /** What the checkpoint persisted. */
+  readonly taken: CheckpointResult;
+  readonly #dir: string;
+  #closed = false;
+
+  private constructor(pid: number, dir: string, path: string, taken: CheckpointResult) {
+    this.pid = pid;
+    this.#dir = dir;
+    this.path = path;
+    this.taken = taken;
+  }
+
+  /** @internal Use {@link snapshot}. */
+  static async take(pid: number, opts: CheckpointOptions = {}): Promise<Snapshot> {
+    const dir = await Deno.makeTempDir({ prefix: "cryo-snapshot-" });
+    const path = `${dir}/${pid}.cryo`;
+    try {
+      const taken = await checkpoint(pid, path, { fsync: false, ...opts });
+      return new Snapshot(pid, dir, path, taken);
+    } catch (e) {
+      await Deno.remove(dir, { recursive: true });
+      throw e;
+    }
+  }
+
+  /**
+   * Roll the process back to the snapshot: memory and (by default) registers.
+   *
+   * @param opts Restore options (registers, codecs).
+   * @returns What was written.
+   */
+  rollback(opts: RestoreOptions = {}): Promise<RestoreResult> {
+    if (this.#closed) throw new Error(`Cannot roll back pid ${this.pid}: the snapshot is closed`);
+    return restore(this.pid, this.path, opts);
+  }
+
+  /** Remove the image. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/**
+ * Take a snapshot of process `pid` (a child under test): `await using snap = await snapshot(pid)`, then
+ * `await snap.rollback()` before each case. Images are written without fsync (they are scratch).
+ *
+ * @param pid The process (not this one).
+ * @param opts Checkpoint options (filters, registers).
+ * @returns The snapshot; dispose it to remove the image.
+ *
+ * @example Roll a child back between cases
+ * ```ts ignore
+ * import { snapshot } from "./mod.ts";
+ *
+ * const child = new Deno.Command("./server", { stdin: "piped" }).spawn();
+ * try {
+ *   await using snap = await snapshot(child.pid);
+ *   // … case 1 changes the child …
+ *   await snap.rollback();
+ *   // … case 2 starts from the same state …
+ * } finally {
+ *   child.kill("SIGKILL");
+ *   await child.status;
+ * }
+ * ```
+ */
+export function snapshot(pid: number, opts: CheckpointOptions = {}): Promise<Snapshot> {
+  return Snapshot.take(pid, opts);
+}

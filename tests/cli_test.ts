@@ -1,0 +1,196 @@
+import { assert, assertEquals, assertMatch } from "./_assert.ts";
+import { Target } from "./_target.ts";
+
+const cli = new URL("../cli.ts", import.meta.url).pathname;
+const decoder = new TextDecoder();
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function cryo(...args: string[]): Promise<Run> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, ...args],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+}
+
+function statusOf(pid: number): { state: string; tracer: number } {
+  const text = Deno.readTextFileSync(`/proc/${pid}/status`);
+  return {
+    state: /^State:\s+(\S)/m.exec(text)![1],
+    tracer: Number(/^TracerPid:\s+(\d+)/m.exec(text)![1]),
+  };
+}
+
+const hex = (n: bigint) => `0x${n.toString(16)}`;
+
+Deno.test("cryo checkpoint and restore roll a child back and the child's own check passes", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(32 << 20);
+    await target.fill(a, 8 << 20, "random", 5);
+    await target.fill(a + (16n << 20n), 8 << 20, "stride:4", 6);
+    const before = await target.sum(a, 32 << 20);
+    const cp = await cryo("checkpoint", "--pid", String(target.pid), "-o", `${dir}/a.cryo`);
+    assertEquals(cp.code, 0, cp.stderr);
+    assertMatch(cp.stdout, /checkpoint of pid \d+ -> .*a\.cryo\n {2}regions/);
+    assertEquals((await Deno.stat(`${dir}/a.cryo`)).mode! & 0o777, 0o600);
+    await target.fill(a, 32 << 20, "text", 9);
+    assert((await target.sum(a, 32 << 20)) !== before);
+    const rs = await cryo("restore", "--pid", String(target.pid), `${dir}/a.cryo`);
+    assertEquals(rs.code, 0, rs.stderr);
+    assertEquals(await target.sum(a, 32 << 20), before);
+    const st = statusOf(target.pid);
+    assertEquals(st.tracer, 0);
+    assert(st.state === "S" || st.state === "R", `state ${st.state}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cryo restore refuses an image whose region vanished and leaves the child's memory unchanged", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(4 << 20);
+    const b = await target.map(4 << 20);
+    await target.fill(a, 4 << 20, "random", 1);
+    await target.fill(b, 4 << 20, "random", 2);
+    assertEquals((await cryo("checkpoint", "--pid", String(target.pid), "-o", `${dir}/a.cryo`)).code, 0);
+    await target.cmd(`unmap ${hex(b)} ${4 << 20}`);
+    await target.fill(a, 4 << 20, "text", 3);
+    const changed = await target.sum(a, 4 << 20);
+    const rs = await cryo("restore", "--pid", String(target.pid), `${dir}/a.cryo`);
+    assertEquals(rs.code, 1);
+    assertMatch(rs.stderr, /region\(s\) differ from the image; nothing was written/);
+    // The two mappings may have merged into one VMA: then it is "only partly mapped" rather than "missing".
+    const m = /\n {2}(0x[0-9a-f]+)-(0x[0-9a-f]+) rw-p: (missing|only partly mapped) in target/.exec(
+      rs.stderr,
+    );
+    assert(m, rs.stderr);
+    assert(BigInt(m[1]) <= b && BigInt(m[2]) >= b + (4n << 20n), `the listed range covers ${hex(b)}`);
+    assertMatch(rs.stderr, /hint: /);
+    assert(!rs.stderr.includes("    at "), "no stack trace without --debug");
+    assertEquals(await target.sum(a, 4 << 20), changed);
+    assertEquals(statusOf(target.pid).tracer, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cryo verify exits 0 on a sound image, 1 on a corrupted one naming the offset, 2 on usage errors", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(1 << 20);
+    await target.fill(a, 1 << 20, "random", 4);
+    assertEquals(
+      (await cryo("checkpoint", "--pid", String(target.pid), "-o", `${dir}/a.cryo`, "-q")).code,
+      0,
+    );
+    const ok = await cryo("verify", `${dir}/a.cryo`);
+    assertEquals(ok.code, 0, ok.stderr);
+    assertMatch(ok.stdout, /: sound \(/);
+    // Flip one bit in the middle of the data.
+    const bytes = await Deno.readFile(`${dir}/a.cryo`);
+    bytes[bytes.length >> 1] ^= 0x10;
+    await Deno.writeFile(`${dir}/bad.cryo`, bytes);
+    const bad = await cryo("verify", `${dir}/bad.cryo`);
+    assertEquals(bad.code, 1);
+    assertMatch(bad.stderr, /bad\.cryo: DAMAGED: Invalid image .*bad\.cryo at offset \d+: /);
+    assertEquals((await cryo("verify")).code, 2);
+    assertEquals((await cryo("verify", "--bogus", `${dir}/a.cryo`)).code, 2);
+    assertEquals((await cryo("nonsense")).code, 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cryo --json outputs parse for checkpoint, restore, inspect, verify, diff and regions", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(2 << 20);
+    await target.fill(a, 1 << 20, "random", 8);
+    const pid = String(target.pid);
+    const cp = JSON.parse((await cryo("checkpoint", "--pid", pid, "-o", `${dir}/a.cryo`, "--json")).stdout);
+    assertEquals(cp.pid, target.pid);
+    assert(cp.dataBytes >= 1 << 20 && cp.holeBytes >= 1 << 20, JSON.stringify(cp));
+    await target.cmd(`poke ${hex(a)} 42`);
+    assertEquals((await cryo("checkpoint", "--pid", pid, "-o", `${dir}/b.cryo`, "-q")).code, 0);
+    const info = JSON.parse((await cryo("inspect", `${dir}/a.cryo`, "--records", "--json")).stdout);
+    assertEquals(info.source.pid, target.pid);
+    assertEquals(info.totals.records, info.records.length);
+    assert(info.regions.some((g: { start: string }) => BigInt(g.start) <= a), "the mapping is in the table");
+    assertEquals(JSON.parse((await cryo("verify", `${dir}/a.cryo`, "--json")).stdout).ok, true);
+    const d = JSON.parse((await cryo("diff", `${dir}/a.cryo`, `${dir}/b.cryo`, "--json")).stdout);
+    assert(
+      d.runs.some((r: { start: string; kind: string }) => BigInt(r.start) === a && r.kind === "changed"),
+      JSON.stringify(d.runs),
+    );
+    const regions = JSON.parse((await cryo("regions", "--pid", pid, "--json")).stdout);
+    assert(regions.some((g: { kind: string; persist: boolean }) => g.kind === "vdso" && !g.persist));
+    const dry = JSON.parse(
+      (await cryo("restore", "--pid", pid, "--dry-run", `${dir}/a.cryo`, "--json")).stdout,
+    );
+    assertEquals(dry.dryRun, true);
+    assertEquals(await target.cmd(`peek ${hex(a)}`), "2a", "a dry run writes nothing");
+    const rs = JSON.parse((await cryo("restore", "--pid", pid, `${dir}/a.cryo`, "--json")).stdout);
+    assertEquals(rs.dryRun, false);
+    assert((await target.cmd(`peek ${hex(a)}`)) !== "2a", "the real restore wrote the word back");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cryo checkpoint interrupted by SIGINT thaws the target and leaves no image", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(768 << 20);
+    await target.fill(a, 768 << 20, "random", 2);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", cli, "checkpoint", "--pid", String(target.pid), "-o", `${dir}/a.cryo`],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    // Wait (bounded) until the temporary image exists, then interrupt.
+    let seen = false;
+    for (let i = 0; i < 2000 && !seen; i++) {
+      seen = [...Deno.readDirSync(dir)].length > 0;
+      if (!seen) await new Promise((r) => setTimeout(r, 5));
+    }
+    assert(seen, "the checkpoint started writing");
+    child.kill("SIGINT");
+    const out = await child.output();
+    const stderr = decoder.decode(out.stderr);
+    assertEquals(out.code, 130, stderr);
+    assertMatch(stderr, /SIGINT received/);
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), [], "no image, no temporary file");
+    assertEquals(statusOf(target.pid).tracer, 0);
+    assertEquals(await target.cmd("pid"), String(target.pid), "the target runs");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cryo with a pid that does not exist says so in one line with a hint", async () => {
+  const r = await cryo("checkpoint", "--pid", "4194000", "-o", "/tmp/never.cryo");
+  assertEquals(r.code, 1);
+  assertMatch(r.stderr, /^cryo checkpoint: .*4194000.*\nhint: /);
+  assert(!r.stderr.includes("    at "));
+});
+
+Deno.test("cryo demo runs to completion", async () => {
+  const r = await cryo("demo");
+  assertEquals(r.code, 0, r.stdout + r.stderr);
+  assertMatch(r.stdout, /== the checkpoint's state/);
+  assertMatch(r.stdout, /demo passed/);
+});
