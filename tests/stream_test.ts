@@ -377,3 +377,22 @@ Deno.test("`restoreStream()` rolls a child back from a checkpoint streamed throu
     } catch { /* exited */ }
   }
 });
+
+Deno.test("`MemoryLoader` opens and checks an encrypted image without the key but refuses its contents", async () => {
+  const key = await newKey();
+  const { image, close } = await smallSealed(key);
+  await close();
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/e.cryo`;
+    await Deno.writeFile(path, image);
+    using img = await MemoryLoader.open(path);
+    await img.verify(); // structure and checksums of the stored bytes
+    assertEquals([img.records.length, img.sections.map((s) => s.name)], [5, ["threads", "seal"]]);
+    const data = img.records.find((r) => r.kind === KIND.DATA)!;
+    await assertRejects(() => img.readRecord(data), KeyError, "encrypted");
+    await assertRejects(() => img.load(pidTarget(Deno.pid)), Error);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -11,7 +11,7 @@ import { MAP, O, PROT } from "../../ffi/constants.ts";
 import { errno, hex, libc, mmap, munmap, open, ptrOf, systemError } from "../../ffi/libc.ts";
 import { type Codec, raw } from "../codec.ts";
 import { codecForId } from "../codecs/select.ts";
-import { CryoError, ImageError, LayoutMismatchError } from "../errors.ts";
+import { CryoError, ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
 import { findRecord } from "./index.ts";
 import {
@@ -183,6 +183,10 @@ export class MemoryLoader implements Disposable {
     if (r.kind === KIND.HOLE) {
       dst.fill(0);
       return dst;
+    }
+    if (r.flags & RECORD_FLAG.ENCRYPTED) {
+      const at = hex(r.address);
+      throw new KeyError(`Cannot read ${this.path} at ${at}: the record is encrypted (read it with the key)`);
     }
     const stored = this.#stored(r);
     if (checksum(stored) !== r.checksum) {
