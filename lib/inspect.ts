@@ -7,6 +7,7 @@
 
 import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "./image/layout.ts";
 import { MemoryLoader } from "./image/loader.ts";
+import type { ImageSummary } from "./image/persister.ts";
 import { permsString } from "./region.ts";
 import type { Codec } from "./codec.ts";
 import { ImageError } from "./errors.ts";
@@ -74,14 +75,7 @@ export interface ImageInfo {
   /** The region table, with per-region totals. */
   regions: InspectRegion[];
   /** Totals over the index. */
-  totals: {
-    records: number;
-    dataRecords: number;
-    holeRecords: number;
-    dataBytes: number;
-    holeBytes: number;
-    storedBytes: number;
-  };
+  totals: Omit<ImageSummary, "path" | "fileSize">;
   /** Sections by name with their sizes. */
   sections: { name: string; bytes: number }[];
   /** Every record, when asked for. */

@@ -5,18 +5,22 @@
  * @module
  */
 
+/** Every region kind, in the order the image's region table numbers them. */
+export const REGION_KINDS = [
+  "anonymous",
+  "heap",
+  "stack",
+  "file",
+  "deleted",
+  "named",
+  "vdso",
+  "vvar",
+  "vsyscall",
+  "special",
+] as const;
+
 /** What a region is, from its path in `/proc/<pid>/maps`. */
-export type RegionKind =
-  | "anonymous"
-  | "heap"
-  | "stack"
-  | "file"
-  | "deleted"
-  | "named"
-  | "vdso"
-  | "vvar"
-  | "vsyscall"
-  | "special";
+export type RegionKind = typeof REGION_KINDS[number];
 
 /** Protection and sharing of a region, as the `rwxp`/`rwxs` column of maps says. */
 export interface Perms {

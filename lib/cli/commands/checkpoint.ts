@@ -6,25 +6,12 @@
 
 import { checkpoint } from "../../checkpoint.ts";
 import type { RegionFilter } from "../../policy.ts";
-import type { RegionKind } from "../../region.ts";
+import { REGION_KINDS, type RegionKind } from "../../region.ts";
 import { parse, parsePid, parseRange } from "../args.ts";
 import { humanBytes, humanDuration } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { progressBar } from "../progress.ts";
-
-const KINDS: RegionKind[] = [
-  "anonymous",
-  "heap",
-  "stack",
-  "file",
-  "deleted",
-  "named",
-  "vdso",
-  "vvar",
-  "vsyscall",
-  "special",
-];
 
 /** Parse one `--include`/`--exclude` value: `range:START-END`, `kind:K`, `path:GLOB`, or `START-END`. */
 export function parseFilter(value: string): RegionFilter {
@@ -32,8 +19,8 @@ export function parseFilter(value: string): RegionFilter {
   const arg = rest.join(":");
   if (key === "range") return { range: parseRange(arg) };
   if (key === "kind") {
-    if (!KINDS.includes(arg as RegionKind)) {
-      throw new UsageError(`unknown region kind "${arg}"; one of ${KINDS.join(", ")}`);
+    if (!(REGION_KINDS as readonly string[]).includes(arg)) {
+      throw new UsageError(`unknown region kind "${arg}"; one of ${REGION_KINDS.join(", ")}`);
     }
     return { kind: arg as RegionKind };
   }
