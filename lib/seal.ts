@@ -369,3 +369,20 @@ export class Sealer {
     return await crypto.subtle.verify("HMAC", this.#hmac, bytes(tag), bytes(data));
   }
 }
+
+/**
+ * The key the CLI options name: `--key-file PATH` or `--key-env NAME` (at most one), or none.
+ *
+ * @param opts `keyFile` and/or `keyEnv` as given.
+ * @returns The key, or undefined when neither option is given.
+ * @throws {TypeError} When both are given.
+ * @throws {KeyError} When the file or variable does not hold a key.
+ */
+export async function loadKey(opts: { keyFile?: string; keyEnv?: string }): Promise<SealKey | undefined> {
+  if (opts.keyFile !== undefined && opts.keyEnv !== undefined) {
+    throw new TypeError("Cannot use both --key-file and --key-env: give one");
+  }
+  if (opts.keyFile !== undefined) return await keyFromFile(opts.keyFile);
+  if (opts.keyEnv !== undefined) return await keyFromEnv(opts.keyEnv);
+  return undefined;
+}

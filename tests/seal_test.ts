@@ -7,6 +7,7 @@ import {
   chunkAad,
   keyFromEnv,
   keyFromFile,
+  loadKey,
   NONCE_SIZE,
   SEAL_OVERHEAD,
   SEAL_PARAMS_SIZE,
@@ -188,4 +189,17 @@ Deno.test("`keyFromEnv()` reads 64 hex characters from the variable the user nam
   await assertRejects(() => keyFromEnv(name), KeyError, "not set");
   await assertRejects(() => keyFromEnv("A=B"), TypeError);
   await assertRejects(() => SealKey.fromBytes(new Uint8Array(31)), RangeError);
+});
+
+Deno.test("`loadKey()` takes one of --key-file and --key-env, or neither", async () => {
+  assertEquals(await loadKey({}), undefined);
+  await assertRejects(() => loadKey({ keyFile: "a", keyEnv: "B" }), TypeError, "give one");
+  await assertRejects(() => loadKey({ keyFile: "/nonexistent/cryo.key" }), KeyError, "/nonexistent/cryo.key");
+  const name = `CRYO_LOADKEY_TEST_${Deno.pid}`;
+  Deno.env.set(name, "ab".repeat(32));
+  try {
+    assertEquals(String(await loadKey({ keyEnv: name })), `SealKey(environment variable ${name})`);
+  } finally {
+    Deno.env.delete(name);
+  }
 });
