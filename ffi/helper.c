@@ -140,10 +140,28 @@ static int cryo_task_exited(int pid, int tid) {
 enum { CRYO_T_SEIZED = 1, CRYO_T_STOPPED = 2, CRYO_T_GONE = 3 };
 
 // The threads of one freeze: tid, the signal to hand back at detach, and where each one stands.
+// struct sched_attr (SCHED_ATTR_SIZE_VER1), declared here: glibc's headers lack it.
+struct cryo_sched_attr {
+  uint32_t size, sched_policy;
+  uint64_t sched_flags;
+  int32_t sched_nice;
+  uint32_t sched_priority;
+  uint64_t sched_runtime, sched_deadline, sched_period;
+  uint32_t sched_util_min, sched_util_max;
+};
+
+// A thread briefly made SCHED_FIFO so it reaches its stop now, and the attributes to give back.
+struct cryo_boost {
+  int32_t tid;
+  struct cryo_sched_attr saved;
+};
+
 struct cryo_frz {
   int pid, n, cap, self_parent, leader_gone;
   int32_t *tids, *sigs;
-  uint8_t *st;
+  uint8_t *st, *boosted;
+  struct cryo_boost *boost;
+  int nboost;
 };
 
 static int cryo_frz_find(struct cryo_frz *f, int tid) {
@@ -159,14 +177,62 @@ static int cryo_frz_add(struct cryo_frz *f, int tid, uint8_t state) {
     if (t) f->tids = t;
     if (s) f->sigs = s;
     uint8_t *st = s ? realloc(f->st, cap) : 0;
-    if (!st) return -ENOMEM;
-    f->st = st;
+    if (st) f->st = st;
+    uint8_t *boosted = st ? realloc(f->boosted, cap) : 0;
+    if (boosted) f->boosted = boosted;
+    struct cryo_boost *boost = boosted ? realloc(f->boost, cap * sizeof *boost) : 0;
+    if (!boost) return -ENOMEM;
+    f->boost = boost;
     f->cap = cap;
   }
   f->tids[f->n] = tid;
   f->sigs[f->n] = 0;
   f->st[f->n] = state;
+  f->boosted[f->n] = 0;
   return f->n++;
+}
+
+// A runnable thread that is not on a CPU reaches its stop only when the scheduler gets to it; among hundreds
+// of spinning threads on two cores that takes its turn in a long queue. Make each thread still running
+// SCHED_FIFO (priority 1) so it is scheduled now and stops at once; its attributes are given back while it is
+// stopped (cryo_frz_unboost), before it runs user code again. Best effort: without CAP_SYS_NICE nothing changes.
+static void cryo_frz_boost(struct cryo_frz *f) {
+  for (int i = 0; i < f->n; i++) {
+    if (f->st[i] != CRYO_T_SEIZED || f->boosted[i]) continue;
+    f->boosted[i] = 1;
+    struct cryo_boost *b = &f->boost[f->nboost];
+    memset(b, 0, sizeof *b);
+    if (syscall(SYS_sched_getattr, f->tids[i], &b->saved, sizeof b->saved, 0)) continue;
+    if (b->saved.sched_policy != SCHED_OTHER && b->saved.sched_policy != SCHED_BATCH) continue;
+    struct cryo_sched_attr fifo = {.size = sizeof fifo, .sched_policy = SCHED_FIFO, .sched_priority = 1};
+    if (syscall(SYS_sched_setattr, f->tids[i], &fifo, 0)) continue;
+    b->tid = f->tids[i];
+    f->nboost++;
+  }
+}
+
+// Run the calling thread SCHED_FIFO (priority 1) for a moment: while it seizes or detaches hundreds of threads,
+// the ones already running would otherwise preempt it again and again. Returns 1 when it changed anything.
+static int cryo_self_boost(struct cryo_sched_attr *saved) {
+  memset(saved, 0, sizeof *saved);
+  if (syscall(SYS_sched_getattr, 0, saved, sizeof *saved, 0)) return 0;
+  if (saved->sched_policy != SCHED_OTHER && saved->sched_policy != SCHED_BATCH) return 0;
+  struct cryo_sched_attr fifo = {.size = sizeof fifo, .sched_policy = SCHED_FIFO, .sched_priority = 1};
+  return syscall(SYS_sched_setattr, 0, &fifo, 0) == 0;
+}
+
+static void cryo_self_unboost(struct cryo_sched_attr *saved, int boosted) {
+  if (!boosted) return;
+  saved->size = sizeof *saved;
+  syscall(SYS_sched_setattr, 0, saved, 0);
+}
+
+static void cryo_frz_unboost(struct cryo_frz *f) {
+  for (int i = 0; i < f->nboost; i++) {
+    f->boost[i].saved.size = sizeof f->boost[i].saved;
+    syscall(SYS_sched_setattr, f->boost[i].tid, &f->boost[i].saved, 0);  // ESRCH when it died: fine
+  }
+  f->nboost = 0;
 }
 
 // Consume at most one wait status of thread i (never the same stop twice). Returns 1 on a state change.
@@ -215,6 +281,7 @@ static int cryo_frz_consume(struct cryo_frz *f, int i) {
 static int cryo_frz_release(struct cryo_frz *f, long timeout_ns) {
   uint64_t deadline = cryo_now_ns() + (uint64_t)timeout_ns;
   int detached = 0;
+  cryo_frz_unboost(f);  // a boosted thread still running may run user code after its detach: restore it first
   for (;;) {
     int pending = 0;
     for (int i = 0; i < f->n; i++) {
@@ -239,6 +306,8 @@ static void cryo_frz_free(struct cryo_frz *f) {
   free(f->tids);
   free(f->sigs);
   free(f->st);
+  free(f->boosted);
+  free(f->boost);
 }
 
 // Freeze every thread of pid: PTRACE_SEIZE (with PTRACE_O_TRACECLONE) + PTRACE_INTERRUPT each tid of
@@ -246,8 +315,9 @@ static void cryo_frz_free(struct cryo_frz *f) {
 // max tids and the signal to hand back to each at detach. info[0] = 1 when some thread had been attached (the
 // process exited during the freeze, rather than not existing), 2 when it was a zombie already, info[1] = the tid a ptrace call failed on,
 // info[2] = the thread count when it exceeds max. Returns the count or -errno (-ENOSPC: max too small);
-// on failure nothing is left attached. Call from one thread: later ptrace calls must come from it too.
-long cryo_freeze(int pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns, int32_t *info) {
+// on failure nothing is left attached. boost: make threads that do not stop at once SCHED_FIFO until they stop
+// (see cryo_frz_boost), and run SCHED_FIFO meanwhile (cryo_self_boost). Call from one thread: later ptrace calls must come from it too.
+long cryo_freeze(int pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns, int32_t *info, int boost) {
   char path[64];
   struct cryo_frz f;
   memset(&f, 0, sizeof f);
@@ -256,6 +326,8 @@ long cryo_freeze(int pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns
   f.self_parent = cryo_status_field(pid, 0, "PPid") == getpid();
   uint64_t deadline = cryo_now_ns() + (uint64_t)timeout_ns;
   long err = 0, self = syscall(SYS_gettid);
+  struct cryo_sched_attr saved;
+  int self_boosted = boost ? cryo_self_boost(&saved) : 0;
   snprintf(path, sizeof path, "/proc/%d/task", pid);
   for (;;) {
     int added = 0;
@@ -309,6 +381,7 @@ long cryo_freeze(int pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns
       // Now and then look at the stopped ones too: a stopped tracee only dies of SIGKILL, which takes the whole
       // process, and its zombie must be reaped by us before the leader's exit is reported. Its stop was
       // consumed already, so this wait can only return that new exit.
+      if (boost && !progress) cryo_frz_boost(&f);
       if (!progress && ++idle % 16 == 0) {
         for (int i = 0; i < f.n; i++)
           if (f.st[i] == CRYO_T_STOPPED && cryo_frz_consume(&f, i) && f.st[i] == CRYO_T_GONE) f.leader_gone = 1;
@@ -326,6 +399,7 @@ long cryo_freeze(int pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns
     }
     if (!added) break;
   }
+  cryo_frz_unboost(&f);
   int n = 0;
   for (int i = 0; i < f.n; i++) n += f.st[i] == CRYO_T_STOPPED;
   if (n > max) {
@@ -341,17 +415,21 @@ long cryo_freeze(int pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns
     n++;
   }
   cryo_frz_free(&f);
+  cryo_self_unboost(&saved, self_boosted);
   return n;
 fail:
   if (!info[0]) info[0] = f.n > 0;
   cryo_frz_release(&f, 1000000000L);
   cryo_frz_free(&f);
+  cryo_self_unboost(&saved, self_boosted);
   return err;
 }
 
 // Thaw what cryo_freeze froze: PTRACE_DETACH each tid (handing back its pending signal); threads that died
-// meanwhile are reaped (bounded by timeout_ns). Returns how many threads were detached alive, or -errno.
-long cryo_thaw(int pid, const int32_t *tids, const int32_t *sigs, int n, long timeout_ns) {
+// meanwhile are reaped (bounded by timeout_ns). boost: run SCHED_FIFO meanwhile (see cryo_self_boost).
+// Returns how many threads were detached alive, or -errno.
+long cryo_thaw(int pid, const int32_t *tids, const int32_t *sigs, int n, long timeout_ns, int boost) {
+  struct cryo_sched_attr saved;
   struct cryo_frz f;
   memset(&f, 0, sizeof f);
   f.pid = pid;
@@ -363,7 +441,9 @@ long cryo_thaw(int pid, const int32_t *tids, const int32_t *sigs, int n, long ti
     }
     f.sigs[i] = sigs[i];
   }
+  int self_boosted = boost ? cryo_self_boost(&saved) : 0;  // threads resumed early must not preempt the rest
   long r = cryo_frz_release(&f, timeout_ns);
+  cryo_self_unboost(&saved, self_boosted);
   cryo_frz_free(&f);
   return r;
 }

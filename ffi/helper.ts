@@ -23,11 +23,11 @@ const symbols = {
   cryo_futex_wake: { parameters: [ptr, int], result: int },
   // long cryo_zero_pages(const unsigned char *p, size_t len, size_t page, unsigned char *out);
   cryo_zero_pages: { parameters: [ptr, size_t, size_t, buf], result: long },
-  // long cryo_freeze(pid_t pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns, int32_t *info);
-  // (synchronous on purpose: ptrace belongs to the calling thread)
-  cryo_freeze: { parameters: [int, buf, buf, int, long, buf], result: long },
-  // long cryo_thaw(pid_t pid, const int32_t *tids, const int32_t *sigs, int n, long timeout_ns);
-  cryo_thaw: { parameters: [int, buf, buf, int, long], result: long },
+  // long cryo_freeze(pid_t pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns, int32_t *info,
+  //                  int boost);  (synchronous on purpose: ptrace belongs to the calling thread)
+  cryo_freeze: { parameters: [int, buf, buf, int, long, buf, int], result: long },
+  // long cryo_thaw(pid_t pid, const int32_t *tids, const int32_t *sigs, int n, long timeout_ns, int boost);
+  cryo_thaw: { parameters: [int, buf, buf, int, long, int], result: long },
   // void *cryo_safepoint_new(void);
   cryo_safepoint_new: { parameters: [], result: ptr },
   // int cryo_safepoint_free(void *sp);

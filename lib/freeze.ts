@@ -25,6 +25,13 @@ export interface FreezeOptions {
   timeoutMs?: number;
   /** Record registers and rseq of every thread while frozen (default true). */
   registers?: boolean;
+  /**
+   * Make threads that do not stop at once `SCHED_FIFO` until they stop, then give their scheduling attributes
+   * back before they run again, and run the freeze and thaw loops `SCHED_FIFO` too (default true; needs
+   * CAP_SYS_NICE, else it changes nothing). Without it, each of hundreds of spinning threads on few cores waits
+   * for its turn in the run queue before it can stop, and resumed threads preempt the thaw loop.
+   */
+  boost?: boolean;
 }
 
 const live = new Set<Frozen>();
@@ -42,6 +49,7 @@ export class Frozen implements Disposable {
   readonly #tracer: number;
   readonly #tids: Int32Array<ArrayBuffer>;
   readonly #sigs: Int32Array<ArrayBuffer>;
+  readonly #boost: number;
   #thawed = false;
 
   /** @internal Use {@link freeze}. */
@@ -52,8 +60,10 @@ export class Frozen implements Disposable {
     tracer: number,
     threads: ThreadState[],
     freezeMs: number,
+    boost: number,
   ) {
     this.pid = pid;
+    this.#boost = boost;
     this.#tids = tids;
     this.#sigs = sigs;
     this.#tracer = tracer;
@@ -104,7 +114,14 @@ export class Frozen implements Disposable {
     this.#sameThread("thaw");
     this.#thawed = true;
     live.delete(this);
-    const r = helper().cryo_thaw(this.pid, this.#tids, this.#sigs, this.#tids.length, 1_000_000_000n);
+    const r = helper().cryo_thaw(
+      this.pid,
+      this.#tids,
+      this.#sigs,
+      this.#tids.length,
+      1_000_000_000n,
+      this.#boost,
+    );
     return Number(unwrap(r, "thaw", `pid ${this.pid}`));
   }
 
@@ -209,7 +226,8 @@ export function freeze(pid: number, opts: FreezeOptions = {}): Frozen {
     const tids = new Int32Array(max);
     const sigs = new Int32Array(max);
     const info = new Int32Array(4);
-    const r = Number(h.cryo_freeze(pid, tids, sigs, max, BigInt(Math.round(timeoutMs * 1e6)), info));
+    const boost = opts.boost ?? true ? 1 : 0;
+    const r = Number(h.cryo_freeze(pid, tids, sigs, max, BigInt(Math.round(timeoutMs * 1e6)), info, boost));
     if (r === -ENOSPC && info[2] > max) {
       max = info[2] * 2;
       continue;
@@ -231,13 +249,13 @@ export function freeze(pid: number, opts: FreezeOptions = {}): Frozen {
       try {
         for (const tid of frozenTids) threads.push(readThreadState(tid));
       } catch (e) {
-        h.cryo_thaw(pid, frozenTids, frozenSigs, frozenTids.length, 1_000_000_000n);
+        h.cryo_thaw(pid, frozenTids, frozenSigs, frozenTids.length, 1_000_000_000n, boost);
         const gone = (readStatusField(pid, 0, "State") ?? "Z").startsWith("Z");
         if (e instanceof SystemError && e.code === "ESRCH" && gone) throw exitedError(pid);
         throw e;
       }
     }
-    return new Frozen(pid, frozenTids, frozenSigs, tracer, threads, performance.now() - started);
+    return new Frozen(pid, frozenTids, frozenSigs, tracer, threads, performance.now() - started, boost);
   }
 }
 

@@ -27,6 +27,23 @@ function taskStatus(pid: number, tid: number): { state: string; tracer: number }
   };
 }
 
+/** A thread's scheduling policy (0: SCHED_OTHER, 1: SCHED_FIFO) and nice value, by sched_getattr. */
+function schedOf(tid: number): { policy: number; nice: number } {
+  const attr = new Uint8Array(56);
+  const r = libc.syscall(
+    315n,
+    BigInt(tid),
+    BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(attr))),
+    56n,
+    0n,
+    0n,
+    0n,
+  );
+  assertEquals(r, 0n, `sched_getattr of tid ${tid}`);
+  const v = new DataView(attr.buffer);
+  return { policy: v.getUint32(4, true), nice: v.getInt32(16, true) };
+}
+
 async function until(what: string, cond: () => boolean, ms = 5000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!cond()) {
@@ -48,6 +65,9 @@ Deno.test("freeze() stops all 8 counting threads for 200 ms, records their regis
     assertEquals([...frozen.tids].sort((a, b) => a - b), all);
     assertEquals(frozen.tids[0], target.pid);
     for (const tid of all) assertEquals(taskStatus(target.pid, tid), { state: "t", tracer: libc.gettid() });
+    // Threads boosted to reach their stop have their scheduling given back while stopped; ours too.
+    for (const tid of all) assertEquals(schedOf(tid), { policy: 0, nice: 0 }, `tid ${tid}`);
+    assertEquals(schedOf(libc.gettid()).policy, 0);
     const before = readWords(target.pid, counters, 8, 8);
     await sleep(200);
     assertEquals(readWords(target.pid, counters, 8, 8), before);
