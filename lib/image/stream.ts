@@ -15,9 +15,8 @@ import { codecForId } from "../codecs/select.ts";
 import { ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
 import { chunkAad, Sealer, type SealKey } from "../seal.ts";
 import { checksum } from "./checksum.ts";
-import { compareRecord, indexProblem, recordEnd } from "./index.ts";
+import { indexProblem } from "./index.ts";
 import {
-  alignUp,
   ARCH_X86_64,
   decodeFixedHeader,
   decodeFooter,
@@ -33,15 +32,17 @@ import {
   type ImageRecord,
   type ImageRegion,
   KIND,
-  RECORD_FLAG,
   REQUIRED,
   type SectionEntry,
   type SourceInfo,
 } from "./layout.ts";
-import { covered } from "./persister.ts";
 import { checkMetadataMac, headerDigest, sealParamsOf } from "./sealing.ts";
+import { Input, openInput } from "./stream_input.ts";
+import { checkFrame, checkTailLayout, matchIndex } from "./stream_checks.ts";
 import { compareTarget, type LoadTarget, targetName } from "./targets.ts";
 import { type ChunkSink, openSink } from "./sink.ts";
+
+export { openInput };
 
 /** Options of {@link loadStream} and {@link verifyStream}. */
 export interface StreamOptions {
@@ -88,66 +89,6 @@ export type StreamInput = ReadableStream<Uint8Array> | "-";
 const MAX_TAIL = 1 << 30;
 /** Largest record accepted from a stream: its checksum covers it whole, so it is read whole before use. */
 const MAX_CHUNK = 2 ** 31;
-
-/** Exact reads from a byte stream, tracking the offset; a short stream is an {@link ImageError}. */
-class Input {
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
-  #buf: Uint8Array = new Uint8Array(0);
-  #at = 0;
-  offset = 0;
-  constructor(stream: ReadableStream<Uint8Array>, readonly path: string) {
-    this.#reader = stream.getReader();
-  }
-  /** Exactly `n` bytes (a fresh buffer, or `into`). */
-  async read(n: number, what: string, into = new Uint8Array(n)): Promise<Uint8Array> {
-    let got = 0;
-    while (got < n) {
-      if (this.#at === this.#buf.length) {
-        const { value, done } = await this.#reader.read();
-        if (done) {
-          throw new ImageError(
-            this.path,
-            this.offset,
-            `stream ended in the ${what}: ${n - got} more bytes expected`,
-          );
-        }
-        this.#buf = value;
-        this.#at = 0;
-      }
-      const k = Math.min(n - got, this.#buf.length - this.#at);
-      into.set(this.#buf.subarray(this.#at, this.#at + k), got);
-      this.#at += k;
-      got += k;
-      this.offset += k;
-    }
-    return into;
-  }
-  /** Consume `n` bytes that must be zero. */
-  async zeros(n: number, what: string): Promise<void> {
-    const chunk = new Uint8Array(Math.min(n, 1 << 16));
-    for (let left = n; left > 0;) {
-      const k = Math.min(left, chunk.length);
-      const at = this.offset;
-      const b = await this.read(k, what, chunk.subarray(0, k));
-      const i = b.findIndex((x) => x !== 0);
-      if (i >= 0) throw new ImageError(this.path, at + i, `non-zero byte in ${what}`);
-      left -= k;
-    }
-  }
-  /** Whether the stream has ended (no byte left). */
-  async atEnd(): Promise<boolean> {
-    while (this.#at === this.#buf.length) {
-      const { value, done } = await this.#reader.read();
-      if (done) return true;
-      this.#buf = value;
-      this.#at = 0;
-    }
-    return false;
-  }
-  async close(): Promise<void> {
-    await this.#reader.cancel().catch(() => {});
-  }
-}
 
 function inputOf(input: StreamInput): ReadableStream<Uint8Array> {
   return input === "-" ? Deno.stdin.readable : input;
@@ -401,118 +342,6 @@ async function readChunk(
     throw new ImageError(path, r.fileOffset, `decoded bytes of the record at ${hex(r.address)} do not match`);
   }
   return decoded;
-}
-
-function checkFrame(
-  path: string,
-  at: number,
-  r: ImageRecord,
-  h: HeaderFields,
-  regions: readonly ImageRegion[],
-  prev: ImageRecord | undefined,
-  encrypted: boolean,
-): void {
-  const bad = (m: string) => new ImageError(path, at, `frame of the record at ${hex(r.address)}: ${m}`);
-  if (r.kind !== KIND.DATA) throw bad(`kind ${r.kind} is not data`);
-  if (r.length <= 0) throw bad("empty");
-  if (r.flags & ~RECORD_FLAG.ENCRYPTED) throw bad(`unknown flags 0x${r.flags.toString(16)}`);
-  if (encrypted !== ((r.flags & RECORD_FLAG.ENCRYPTED) !== 0)) {
-    throw bad(
-      encrypted ? "not encrypted in an encrypted image" : "encrypted, but the header lacks ENCRYPTED",
-    );
-  }
-  if (r.codec > 2) throw bad(`unknown codec ${r.codec}`);
-  if (r.codec !== 0 && !(h.requiredFeatures & REQUIRED.CODEC)) {
-    throw bad("compressed, but the header lacks CODEC");
-  }
-  if (r.codec === 0 && !encrypted && (r.storedLength !== r.length || r.checksum !== r.decodedChecksum)) {
-    throw bad("raw record with a stored length or checksum that differs");
-  }
-  if (r.segment !== 0) {
-    const g = regions[r.segment - 1];
-    if (!g || !g.relocatable) throw bad(`segment ${r.segment} is not a relocatable region`);
-    if (recordEnd(r) > g.end) throw bad(`runs past the end of segment "${g.path}"`);
-  } else if (!covered(regions, r.address, recordEnd(r))) {
-    throw bad("not inside the image's regions");
-  }
-  if (prev && (compareRecord(prev, r) >= 0 || (prev.segment === r.segment && recordEnd(prev) > r.address))) {
-    throw bad(`out of order or overlapping (after ${hex(prev.address)})`);
-  }
-}
-
-/** The tail holds exactly: index, section blobs (8 aligned, zero padded), section table, footer. */
-function checkTailLayout(
-  path: string,
-  tail: Uint8Array,
-  tailAt: number,
-  footer: { indexOffset: number; indexLength: number; sectionsOffset: number; sectionsLength: number },
-  sections: readonly SectionEntry[],
-): void {
-  let at = footer.indexOffset + footer.indexLength;
-  for (const s of sections) {
-    if (s.offset !== at) throw new ImageError(path, at, `expected section "${s.name}" here`);
-    const next = alignUp(s.offset + s.length, 8);
-    const pad = tail.subarray(s.offset + s.length - tailAt, next - tailAt);
-    const i = pad.findIndex((b) => b !== 0);
-    if (i >= 0) throw new ImageError(path, s.offset + s.length + i, "non-zero byte in section padding");
-    at = next;
-  }
-  if (at !== footer.sectionsOffset) throw new ImageError(path, at, "expected the section table here");
-  if (footer.sectionsOffset + footer.sectionsLength !== tailAt + tail.length - FOOTER_LENGTH) {
-    throw new ImageError(
-      path,
-      footer.sectionsOffset + footer.sectionsLength,
-      "unaccounted bytes before the footer",
-    );
-  }
-}
-
-/** The index's data records must be exactly the frames seen; holes must lie inside the regions. */
-function matchIndex(
-  path: string,
-  indexAt: number,
-  records: readonly ImageRecord[],
-  frames: readonly ImageRecord[],
-  regions: readonly ImageRegion[],
-): void {
-  let k = 0;
-  records.forEach((r, i) => {
-    const at = indexAt + i * 64;
-    if (r.kind === KIND.HOLE) {
-      if (r.fileOffset || r.storedLength || r.checksum || r.decodedChecksum || r.codec || r.flags) {
-        throw new ImageError(path, at, `record ${i}: a hole with file data`);
-      }
-      const g = r.segment ? regions[r.segment - 1] : undefined;
-      if (r.segment ? !g?.relocatable || recordEnd(r) > g.end : !covered(regions, r.address, recordEnd(r))) {
-        throw new ImageError(
-          path,
-          at,
-          `record ${i}: hole at ${hex(r.address)} is not inside the image's regions`,
-        );
-      }
-      return;
-    }
-    const f = frames[k++];
-    if (
-      !f || f.address !== r.address || f.length !== r.length || f.kind !== r.kind || f.codec !== r.codec ||
-      f.flags !== r.flags || f.storedLength !== r.storedLength || f.checksum !== r.checksum ||
-      f.decodedChecksum !== r.decodedChecksum || f.segment !== r.segment || f.fileOffset !== r.fileOffset
-    ) throw new ImageError(path, at, `record ${i} at ${hex(r.address)} disagrees with the frames read`);
-  });
-  if (k !== frames.length) {
-    throw new ImageError(path, indexAt, `${frames.length - k} frame(s) missing from the index`);
-  }
-}
-
-/**
- * Open an image file as a byte stream for {@link loadStream}/{@link verifyStream}; `"-"` is stdin.
- *
- * @param path The image file, or `"-"`.
- * @returns The stream (read sequentially, once).
- */
-export async function openInput(path: string): Promise<ReadableStream<Uint8Array>> {
-  if (path === "-") return Deno.stdin.readable;
-  return (await Deno.open(path, { read: true })).readable;
 }
 
 /**

@@ -1,0 +1,150 @@
+/**
+ * The checks of the streaming reader that need no data: a frame header against the header and the previous
+ * frame (order, bounds, flags), the tail's layout, and the index against the frames read.
+ *
+ * @module
+ */
+
+import { hex } from "../../ffi/libc.ts";
+import { ImageError } from "../errors.ts";
+import { compareRecord, recordEnd } from "./index.ts";
+import {
+  alignUp,
+  FOOTER_LENGTH,
+  type HeaderFields,
+  type ImageRecord,
+  type ImageRegion,
+  KIND,
+  RECORD_FLAG,
+  REQUIRED,
+  type SectionEntry,
+} from "./layout.ts";
+import { covered } from "./persister.ts";
+
+/**
+ * Check a frame header before its data is read.
+ *
+ * @param path The input, for errors.
+ * @param at The frame's offset.
+ * @param r The frame's record.
+ * @param h The image's header.
+ * @param regions The region table.
+ * @param prev The previous frame's record.
+ * @param encrypted Whether the image is encrypted.
+ */
+export function checkFrame(
+  path: string,
+  at: number,
+  r: ImageRecord,
+  h: HeaderFields,
+  regions: readonly ImageRegion[],
+  prev: ImageRecord | undefined,
+  encrypted: boolean,
+): void {
+  const bad = (m: string) => new ImageError(path, at, `frame of the record at ${hex(r.address)}: ${m}`);
+  if (r.kind !== KIND.DATA) throw bad(`kind ${r.kind} is not data`);
+  if (r.length <= 0) throw bad("empty");
+  if (r.flags & ~RECORD_FLAG.ENCRYPTED) throw bad(`unknown flags 0x${r.flags.toString(16)}`);
+  if (encrypted !== ((r.flags & RECORD_FLAG.ENCRYPTED) !== 0)) {
+    throw bad(
+      encrypted ? "not encrypted in an encrypted image" : "encrypted, but the header lacks ENCRYPTED",
+    );
+  }
+  if (r.codec > 2) throw bad(`unknown codec ${r.codec}`);
+  if (r.codec !== 0 && !(h.requiredFeatures & REQUIRED.CODEC)) {
+    throw bad("compressed, but the header lacks CODEC");
+  }
+  if (r.codec === 0 && !encrypted && (r.storedLength !== r.length || r.checksum !== r.decodedChecksum)) {
+    throw bad("raw record with a stored length or checksum that differs");
+  }
+  if (r.segment !== 0) {
+    const g = regions[r.segment - 1];
+    if (!g || !g.relocatable) throw bad(`segment ${r.segment} is not a relocatable region`);
+    if (recordEnd(r) > g.end) throw bad(`runs past the end of segment "${g.path}"`);
+  } else if (!covered(regions, r.address, recordEnd(r))) {
+    throw bad("not inside the image's regions");
+  }
+  if (prev && (compareRecord(prev, r) >= 0 || (prev.segment === r.segment && recordEnd(prev) > r.address))) {
+    throw bad(`out of order or overlapping (after ${hex(prev.address)})`);
+  }
+}
+
+/**
+ * The tail holds exactly: index, section blobs (8 aligned, zero padded), section table, footer.
+ *
+ * @param path The input, for errors.
+ * @param tail The tail's bytes.
+ * @param tailAt Its offset.
+ * @param footer The footer's offsets and lengths.
+ * @param sections The section table.
+ */
+export function checkTailLayout(
+  path: string,
+  tail: Uint8Array,
+  tailAt: number,
+  footer: { indexOffset: number; indexLength: number; sectionsOffset: number; sectionsLength: number },
+  sections: readonly SectionEntry[],
+): void {
+  let at = footer.indexOffset + footer.indexLength;
+  for (const s of sections) {
+    if (s.offset !== at) throw new ImageError(path, at, `expected section "${s.name}" here`);
+    const next = alignUp(s.offset + s.length, 8);
+    const pad = tail.subarray(s.offset + s.length - tailAt, next - tailAt);
+    const i = pad.findIndex((b) => b !== 0);
+    if (i >= 0) throw new ImageError(path, s.offset + s.length + i, "non-zero byte in section padding");
+    at = next;
+  }
+  if (at !== footer.sectionsOffset) throw new ImageError(path, at, "expected the section table here");
+  if (footer.sectionsOffset + footer.sectionsLength !== tailAt + tail.length - FOOTER_LENGTH) {
+    throw new ImageError(
+      path,
+      footer.sectionsOffset + footer.sectionsLength,
+      "unaccounted bytes before the footer",
+    );
+  }
+}
+
+/**
+ * The index's data records must be exactly the frames seen; holes must lie inside the regions.
+ *
+ * @param path The input, for errors.
+ * @param indexAt The index's offset.
+ * @param records The index.
+ * @param frames The frames read, in order.
+ * @param regions The region table.
+ */
+export function matchIndex(
+  path: string,
+  indexAt: number,
+  records: readonly ImageRecord[],
+  frames: readonly ImageRecord[],
+  regions: readonly ImageRegion[],
+): void {
+  let k = 0;
+  records.forEach((r, i) => {
+    const at = indexAt + i * 64;
+    if (r.kind === KIND.HOLE) {
+      if (r.fileOffset || r.storedLength || r.checksum || r.decodedChecksum || r.codec || r.flags) {
+        throw new ImageError(path, at, `record ${i}: a hole with file data`);
+      }
+      const g = r.segment ? regions[r.segment - 1] : undefined;
+      if (r.segment ? !g?.relocatable || recordEnd(r) > g.end : !covered(regions, r.address, recordEnd(r))) {
+        throw new ImageError(
+          path,
+          at,
+          `record ${i}: hole at ${hex(r.address)} is not inside the image's regions`,
+        );
+      }
+      return;
+    }
+    const f = frames[k++];
+    if (
+      !f || f.address !== r.address || f.length !== r.length || f.kind !== r.kind || f.codec !== r.codec ||
+      f.flags !== r.flags || f.storedLength !== r.storedLength || f.checksum !== r.checksum ||
+      f.decodedChecksum !== r.decodedChecksum || f.segment !== r.segment || f.fileOffset !== r.fileOffset
+    ) throw new ImageError(path, at, `record ${i} at ${hex(r.address)} disagrees with the frames read`);
+  });
+  if (k !== frames.length) {
+    throw new ImageError(path, indexAt, `${frames.length - k} frame(s) missing from the index`);
+  }
+}
