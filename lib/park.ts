@@ -19,8 +19,6 @@
  */
 
 import { CryoError, SafepointTimeoutError } from "./errors.ts";
-
-export { SafepointTimeoutError } from "./errors.ts";
 import { helper } from "../ffi/helper.ts";
 
 // Control words (Int32Array over the SharedArrayBuffer).

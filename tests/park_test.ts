@@ -6,7 +6,8 @@ import { releaseMemory } from "../lib/image/lazy.ts";
 import { MemoryPersister } from "../lib/image/persister.ts";
 import { selfTarget } from "../lib/image/targets.ts";
 import { readRegions } from "../lib/maps.ts";
-import { releasableStack, Safepoint, type SafepointHandle, SafepointTimeoutError } from "../lib/park.ts";
+import { SafepointTimeoutError } from "../lib/errors.ts";
+import { releasableStack, Safepoint, type SafepointHandle } from "../lib/park.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const workerUrl = new URL("./fixtures/park_worker.ts", import.meta.url);
