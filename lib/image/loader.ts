@@ -11,6 +11,7 @@ import { MAP, O, PROT } from "../../ffi/constants.ts";
 import { errno, hex, libc, mmap, munmap, open, ptrOf, systemError } from "../../ffi/libc.ts";
 import { type Codec, raw } from "../codec.ts";
 import { codecForId } from "../codecs/select.ts";
+import { ordered } from "../codecs/pool.ts";
 import { CryoError, ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
 import { findRecord } from "./index.ts";
@@ -249,15 +250,15 @@ export class MemoryLoader implements Disposable {
     if (target.kind === "segments") return summary;
     if (target.kind === "pid") {
       using remote = new RemoteWriter(target.pid);
-      for (const r of this.records) {
-        if (r.segment !== 0) continue;
+      // Compressed records are decoded on pool threads, a window at a time, and written in index order.
+      const decode = async (r: ImageRecord) =>
+        [r, r.kind === KIND.DATA && r.codec !== 0 ? await this.readRecord(r) : undefined] as const;
+      for await (const [r, decoded] of ordered(this.records.filter((r) => r.segment === 0), decode)) {
         if (r.kind === KIND.HOLE) {
           remote.zero(r.address, r.length);
           summary.holeBytes += r.length;
         } else {
-          const stored = this.#stored(r);
-          if (r.codec === 0) remote.write(r.address, stored);
-          else remote.write(r.address, await this.readRecord(r));
+          remote.write(r.address, decoded ?? this.#stored(r));
           summary.copiedBytes += r.length;
         }
       }
