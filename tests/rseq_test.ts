@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "./_assert.ts";
-import { libc } from "../ffi/libc.ts";
+import { addrOf, libc, processVmRead } from "../ffi/libc.ts";
 import { freeze } from "../lib/freeze.ts";
 import { readSelfRseq, rseqAreaOfThisThread } from "../lib/rseq.ts";
 import { register } from "../lib/threads.ts";
@@ -40,6 +40,13 @@ Deno.test("readSelfRseq() leaves out a thread that does not exist", () => {
 Deno.test("freeze() reads the rseq configuration of every thread of a child", async () => {
   await using target = Target.start();
   await target.cmd("threads 3");
+  // A thread registers rseq as it starts: wait until all three run (their counters move).
+  const counters = BigInt(await target.cmd("counteraddr"));
+  const words = new BigUint64Array(3 * 8);
+  for (let i = 0; i < 5000 && !(words[0] && words[8] && words[16]); i++) {
+    processVmRead(target.pid, addrOf(Deno.UnsafePointer.of(words)), counters, BigInt(words.byteLength));
+    await new Promise((r) => setTimeout(r, 1));
+  }
   using frozen = freeze(target.pid);
   assertEquals(frozen.threads.length, 4);
   for (const t of frozen.threads) {
