@@ -13,7 +13,15 @@
  */
 
 import { parseArgs } from "node:util";
-import { describeMachine, json, markdown, type ModuleStatus, type Report, textTable } from "./report.ts";
+import {
+  describeMachine,
+  json,
+  loadAverage,
+  markdown,
+  type ModuleStatus,
+  type Report,
+  textTable,
+} from "./report.ts";
 import { summarize, type SummaryRow } from "./stats.ts";
 import type { BenchOptions, BenchRow } from "./types.ts";
 
@@ -135,6 +143,7 @@ async function main(): Promise<number> {
     report.modules.push(status);
   }
 
+  report.machine.load += `, ${await loadAverage()} at the end`;
   await Deno.mkdir(outDir, { recursive: true });
   const mdPath = `${outDir.replace(/\/$/, "")}/BENCHMARKS.md`;
   const jsonPath = `${outDir.replace(/\/$/, "")}/BENCHMARKS.json`;

@@ -30,7 +30,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BATCH (8u << 20)
+#ifndef BATCH
+#define BATCH (8u << 20)  // bytes per process_vm_readv / write (-DBATCH=... to experiment)
+#endif
 #define MAX_IOV 1024
 #define MAGIC 0x455049504f595243ull  // "CRYOPIPE" little-endian
 

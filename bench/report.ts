@@ -23,6 +23,8 @@ export interface Machine {
   gdb: string;
   /** The directory images were written to and its file system type. */
   scratch: string;
+  /** The 1-minute load average when the run started and when it ended (other work on the machine). */
+  load: string;
 }
 
 /** How one benchmark module fared. */
@@ -79,7 +81,17 @@ export async function describeMachine(scratch: string): Promise<Machine> {
     deno: `deno ${Deno.version.deno} (V8 ${Deno.version.v8}, TypeScript ${Deno.version.typescript})`,
     gdb,
     scratch: `${scratch} (${await fsType(scratch)})`,
+    load: `${await loadAverage()} at the start`,
   };
+}
+
+/**
+ * The 1-minute load average, from /proc/loadavg.
+ *
+ * @returns The figure as text, e.g. `"0.52"`, or `"unknown"`.
+ */
+export async function loadAverage(): Promise<string> {
+  return (await Deno.readTextFile("/proc/loadavg").catch(() => "unknown")).split(" ")[0].trim();
 }
 
 /** The file system type of the mount holding `path`, from /proc/mounts (longest matching mount point). */
@@ -200,6 +212,7 @@ export function markdown(report: Report): string {
     `| Deno | ${md(m.deno)} |`,
     `| gdb | ${md(m.gdb)} |`,
     `| images written to | ${md(m.scratch)} |`,
+    `| load average (1 min) | ${md(m.load)} |`,
     `| date | ${report.date} |`,
     "",
     "## Results",

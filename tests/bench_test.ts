@@ -70,6 +70,7 @@ Deno.test("`markdown()` lists missed goals and modules that did not run", () => 
       deno: "deno 2",
       gdb: "absent",
       scratch: "/tmp",
+      load: "0.5",
     },
     modules: [{ name: "checkpoint", status: "ran", seconds: 1 }, {
       name: "freeze",
