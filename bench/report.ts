@@ -199,7 +199,7 @@ export function markdown(report: Report): string {
     "`--only checkpoint,freeze` (some modules), `--runs N`, `--out DIR`, `--dir DIR` (where images are " +
     "written; default `$CRYO_BENCH_DIR` or /tmp). Baselines: the C pipeline (bench/pipeline.c: pagemap, then " +
     "process_vm_readv → write in 8 MiB batches under SIGSTOP; pread → process_vm_writev to load) and gdb's " +
-    "`gcore`.",
+    "`gcore`. docs/BENCHMARKING.md explains each figure and what bounds the goals that are missed.",
     "",
     "## Machine",
     "",
