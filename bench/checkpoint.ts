@@ -12,6 +12,8 @@ import { fileSize, findGcore, gcore, pipelineDump, pipelineLoad, withStopWindow 
 import { median } from "./stats.ts";
 import type { BenchOptions, BenchRow } from "./types.ts";
 
+export type { BenchOptions, BenchRow };
+
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
 

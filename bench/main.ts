@@ -25,6 +25,8 @@ import {
 import { summarize, type SummaryRow } from "./stats.ts";
 import type { BenchOptions, BenchRow } from "./types.ts";
 
+export type { BenchOptions, BenchRow, SummaryRow };
+
 /** The benchmark modules, in the order they run: bench/NAME.ts, each exporting `bench(opts)`. */
 export const MODULES = ["checkpoint", "pagemap", "image", "freeze", "compress"] as const;
 

@@ -9,6 +9,8 @@
 
 import type { Target } from "../tests/_target.ts";
 
+export type { Target };
+
 const pipelineBinary = new URL("../ffi/build/cryo_pipeline", import.meta.url).pathname;
 
 /** What one run of the C pipeline reported. */

@@ -7,6 +7,8 @@
 
 import type { BenchRow } from "./types.ts";
 
+export type { BenchRow };
+
 /** A row with its summary figures, as the report prints and stores it. */
 export interface SummaryRow extends BenchRow {
   /** Smallest sample. */
