@@ -5,7 +5,7 @@
  * - persist from a child pid (`process_vm_readv` + XXH3 + write) vs `process_vm_readv` + `write()`;
  * - verify (every checksum, padding and frame) in GiB/s vs a plain `pread()` of the file;
  * - eager load (verify + copy into existing memory) vs a plain `pread()` into the same memory;
- * - lazy load (map the verified image) in ms;
+ * - lazy load (map the verified image over released memory) in ms;
  * - the image's allocated size against its data size, for a sparse mapping (every 8th page resident).
  *
  * Persist figures use `fsync: false` (page cache), as does the baseline.
@@ -20,6 +20,7 @@ import { MemoryPersister } from "../lib/image/persister.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
 import { pidSource, transferRemote } from "../lib/image/sources.ts";
 import { selfTarget } from "../lib/image/targets.ts";
+import { releaseMemory } from "../lib/image/lazy.ts";
 import type { Region } from "../lib/region.ts";
 import { median } from "./stats.ts";
 import type { BenchOptions, BenchRow } from "./types.ts";
@@ -108,52 +109,40 @@ export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
     const child = await target.map(size);
     await target.fill(child, size, "random", 3);
     for (let run = 0; run < opts.runs; run++) {
-      await settle();
-      add(
-        "write",
-        await ms(() => {
-          const fd = open(plain, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC);
-          writeAll(fd, addr, size);
-          close(fd);
-        }),
-      );
-      await Deno.remove(plain);
-      await Deno.remove(img).catch(() => {}); // like the baseline, write a new file (no rename over an old one)
-      await settle();
-      add(
-        "persist",
-        await ms(async () => {
-          const p = await MemoryPersister.create(img, { regions: [region(addr, size)], fsync: false });
-          await p.store(addr, size);
-          await p.finalize();
-        }),
-      );
-      await settle();
-      add(
-        "pid.write",
-        await ms(() => {
-          const fd = open(plain, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC);
-          for (let off = 0; off < size; off += bounce.length) {
-            transferRemote("process_vm_readv", target.pid, bounceAddr, child + BigInt(off), bounce.length);
-            writeAll(fd, bounceAddr, bounce.length);
-          }
-          close(fd);
-        }),
-      );
-      await settle();
-      add(
-        "pid.persist",
-        await ms(async () => {
-          const p = await MemoryPersister.create(pidImg, {
-            source: pidSource(target.pid),
-            regions: [region(child, size)],
-            fsync: false,
-          });
-          await p.store(child, size);
-          await p.finalize();
-        }),
-      );
+      // Each figure and its baseline write a new file after a sync; odd runs measure cryo first.
+      const pair = async (first: [string, () => unknown], second: [string, () => unknown]) => {
+        for (const [key, fn] of run % 2 ? [second, first] : [first, second]) {
+          await Deno.remove(key.endsWith("write") ? plain : key === "persist" ? img : pidImg).catch(() => {});
+          await settle();
+          add(key, await ms(fn));
+        }
+      };
+      await pair(["pid.write", () => {
+        const fd = open(plain, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC);
+        for (let off = 0; off < size; off += bounce.length) {
+          transferRemote("process_vm_readv", target.pid, bounceAddr, child + BigInt(off), bounce.length);
+          writeAll(fd, bounceAddr, bounce.length);
+        }
+        close(fd);
+      }], ["pid.persist", async () => {
+        const p = await MemoryPersister.create(pidImg, {
+          source: pidSource(target.pid),
+          regions: [region(child, size)],
+          fsync: false,
+        });
+        await p.store(child, size);
+        await p.finalize();
+      }]);
       await Deno.remove(pidImg);
+      await pair(["write", () => {
+        const fd = open(plain, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC);
+        writeAll(fd, addr, size);
+        close(fd);
+      }], ["persist", async () => {
+        const p = await MemoryPersister.create(img, { regions: [region(addr, size)], fsync: false });
+        await p.store(addr, size);
+        await p.finalize();
+      }]);
       add(
         "pread",
         await ms(() => {
@@ -189,6 +178,7 @@ export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
     for (let run = 0; run < opts.runs; run++) {
       using l = await MemoryLoader.open(img);
       await l.verify();
+      releaseMemory(addr, size); // release-and-reload: the memory was released after the persist
       add("lazy", await ms(() => l.load(selfTarget({ lazy: true }))));
     }
     // Sparse: every 8th page resident.
