@@ -11,7 +11,7 @@ import { MAP, O, PROT } from "../../ffi/constants.ts";
 import { errno, hex, libc, mmap, munmap, open, ptrOf, systemError } from "../../ffi/libc.ts";
 import { type Codec, raw } from "../codec.ts";
 import { codecForId } from "../codecs/select.ts";
-import { ordered } from "../codecs/pool.ts";
+import { defaultWindow, ordered } from "../codecs/pool.ts";
 import { CryoError, ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
 import { findRecord } from "./index.ts";
@@ -250,10 +250,18 @@ export class MemoryLoader implements Disposable {
     if (target.kind === "segments") return summary;
     if (target.kind === "pid") {
       using remote = new RemoteWriter(target.pid);
-      // Compressed records are decoded on pool threads, a window at a time, and written in index order.
-      const decode = async (r: ImageRecord) =>
-        [r, r.kind === KIND.DATA && r.codec !== 0 ? await this.readRecord(r) : undefined] as const;
-      for await (const [r, decoded] of ordered(this.records.filter((r) => r.segment === 0), decode)) {
+      // Compressed records are decoded on pool threads, a window at a time, and written in index order, into a
+      // ring of window + 1 buffers (the one being written, and those in flight).
+      const window = defaultWindow();
+      const ring: Uint8Array[] = [];
+      let started = 0;
+      const decode = async (r: ImageRecord) => {
+        if (r.kind !== KIND.DATA || r.codec === 0) return [r, undefined] as const;
+        const slot = started++ % (window + 1);
+        if (!(ring[slot]?.length >= r.length)) ring[slot] = new Uint8Array(r.length);
+        return [r, await this.readRecord(r, ring[slot].subarray(0, r.length))] as const;
+      };
+      for await (const [r, decoded] of ordered(this.records.filter((r) => r.segment === 0), decode, window)) {
         if (r.kind === KIND.HOLE) {
           remote.zero(r.address, r.length);
           summary.holeBytes += r.length;

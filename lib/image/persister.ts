@@ -10,7 +10,7 @@ import { check, close, cstr, errno, hex, libc, open, PAGE_SIZE, ptrOf, systemErr
 import { type Codec, raw } from "../codec.ts";
 import type { Region } from "../region.ts";
 import { findZeroPages } from "../zero.ts";
-import { checksum, checksumAt, Checksummer } from "./checksum.ts";
+import { checksum, checksumAt, checksumAtAsync, Checksummer } from "./checksum.ts";
 import { compareRecord, indexProblem, recordEnd } from "./index.ts";
 import {
   alignUp,
@@ -466,14 +466,17 @@ export class MemoryPersister implements AsyncDisposable {
       const n = Math.min(this.#chunkSize, len - off);
       const p = local + BigInt(off);
       const src = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(p)!, n));
-      const decoded = checksumAt(p, BigInt(n));
-      let enc = await this.#codec.encode(src);
+      const [decoded, encoded] = await Promise.all([
+        sealer ? 0n : checksumAtAsync(p, BigInt(n)), // on a pool thread too; a sealed record keeps no plain checksum
+        this.#codec.encode(src),
+      ]);
+      let enc = encoded;
       if (enc !== null && enc.length >= n) enc = null;
       const codec = enc === null ? 0 : this.#codec.id;
       const a = addr + BigInt(off);
       if (!sealer) return { off, n, a, codec, enc, decoded };
       const sealed = await sealer.seal(enc ?? src, chunkAad(this.#ordinal + i, a, n, codec, segment, digest));
-      return { off, n, a, codec, enc: sealed, decoded: 0n };
+      return { off, n, a, codec, enc: sealed, decoded };
     };
     const first = this.#ordinal;
     for await (const c of ordered(offsets, work, this.#opts.window)) {
