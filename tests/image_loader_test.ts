@@ -69,7 +69,7 @@ Deno.test("MemoryLoader.load() with a lazy target maps raw runs straight from th
   await again.verify();
 });
 
-Deno.test("MemoryPersister keeps a mostly empty mapping sparse on disk", async () => {
+Deno.test("MemoryPersister.store() keeps a mostly empty mapping sparse on disk", async () => {
   await using dir = await tempDir();
   using m = new Mapping(256 * MiB);
   const runs = 10;

@@ -114,7 +114,7 @@ Deno.test("MemoryPersister.create() writes a verifiable image to a pipe (zero pa
   assertEquals(m.sum(), before);
 });
 
-Deno.test("MemoryPersister round-trips random layouts of data, zero and untouched pages", async () => {
+Deno.test("MemoryPersister.store() round-trips random layouts of data, zero and untouched pages", async () => {
   await using dir = await tempDir();
   const pages = 48;
   await fc.assert(
