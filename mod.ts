@@ -81,6 +81,7 @@ export { readSelfRseq, type SelfRseq } from "./lib/rseq.ts";
 // The image.
 export { type ImageSummary, MemoryPersister, type PersisterOptions } from "./lib/image/persister.ts";
 export { type LoadSummary, MemoryLoader } from "./lib/image/loader.ts";
+export { releaseMemory } from "./lib/image/lazy.ts";
 export type {
   Footer,
   HeaderFields,
