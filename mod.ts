@@ -48,7 +48,14 @@ export { diff, type DiffResult, type DiffRun } from "./lib/diff.ts";
 export { Snapshot, snapshot } from "./lib/snapshot.ts";
 
 // Regions and pages.
-export { compareAddress, type Perms, permsString, type Region, type RegionKind } from "./lib/region.ts";
+export {
+  compareAddress,
+  type Perms,
+  permsString,
+  type Region,
+  REGION_KINDS,
+  type RegionKind,
+} from "./lib/region.ts";
 export { parseMaps, parseSmaps, readRegions, type ReadRegionsOptions, type SmapsRegion } from "./lib/maps.ts";
 export { classify, type Decision, type PolicyOptions, type RegionFilter } from "./lib/policy.ts";
 export {
