@@ -459,6 +459,8 @@ struct cryo_sp_slot {
   uint32_t pad;
   uint64_t sp, stack_lo, stack_hi;  // SP while parked; the stack below the page where it registered
   char name[24];
+  uint64_t sigmask;  // the thread's signal mask, saved while it is parked with every signal blocked
+  uint8_t spare[56];
 };
 
 struct cryo_safepoint {
@@ -526,15 +528,28 @@ int cryo_safepoint_unregister(void *sp, int slot) {
   return 0;
 }
 
-// Poll from a registered native thread: when a park is requested, record SP, announce arrival and wait on the
-// futex until released. The wait is an inline system call, so nothing is pushed below this frame; the one
-// thing under SP is the 128-byte red zone, which is why the page holding SP and the one below stay mapped.
-// Returns 1 when it parked, 0 when no park was requested.
+// Every signal but glibc's internal SIGCANCEL (32) and SIGSETXID (33): setuid() in a threaded process waits
+// for every thread to handle SIGSETXID, so blocking it could hang the process.
+static const uint64_t cryo_all_signals = ~((1ull << 31) | (1ull << 32));
+
+// Poll from a registered native thread: when a park is requested, block every signal (so no handler runs on
+// this stack while parts of it are released: a signal frame with XSAVE state can outgrow a page), record SP,
+// announce arrival and wait on the futex until released. The wait is an inline system call, so nothing is
+// pushed below this frame; the one thing under SP is the 128-byte red zone, which is why the page holding SP
+// and the one below stay mapped. The saved mask lives in the slot, not on the stack. Returns 1 when it parked,
+// 0 when no park was requested.
 int cryo_safepoint_poll(void *sp, int slot) {
   struct cryo_safepoint *s = sp;
   if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == 0) return 0;
   struct cryo_sp_slot *me = &s->slot[slot];
   uint32_t gen = __atomic_load_n(&s->generation, __ATOMIC_ACQUIRE);
+  long mret;
+  register long r10m __asm__("r10") = 8;
+  __asm__ volatile("syscall"  // rt_sigprocmask(SIG_BLOCK, all, &me->sigmask, 8)
+                   : "=a"(mret)
+                   : "0"((long)SYS_rt_sigprocmask), "D"(0L), "S"(&cryo_all_signals), "d"(&me->sigmask), "r"(r10m)
+                   : "rcx", "r11", "memory");
+  (void)mret;
   uint64_t rsp;
   __asm__ volatile("mov %%rsp, %0" : "=r"(rsp));
   me->sp = rsp;
@@ -550,6 +565,11 @@ int cryo_safepoint_poll(void *sp, int slot) {
     (void)ret;
   }
   __atomic_store_n(&me->arrived, 0, __ATOMIC_RELEASE);
+  register long r10u __asm__("r10") = 8;
+  __asm__ volatile("syscall"  // rt_sigprocmask(SIG_SETMASK, &me->sigmask, NULL, 8)
+                   : "=a"(mret)
+                   : "0"((long)SYS_rt_sigprocmask), "D"(2L), "S"(&me->sigmask), "d"(0L), "r"(r10u)
+                   : "rcx", "r11", "memory");
   return 1;
 }
 

@@ -28,9 +28,9 @@ const ARRIVALS = 2; // bumped (and notified) by every Worker arrival
 const SLOTS = 8; // then per Worker slot: [registered, arrived generation]
 const MAX_WORKERS = 256;
 
-// The helper's native safepoint (see ffi/helper.c): a 64-byte header, then 64-byte slots.
+// The helper's native safepoint (see ffi/helper.c): a 64-byte header, then 128-byte slots.
 const NATIVE_HEADER = 64;
-const NATIVE_SLOT = 64;
+const NATIVE_SLOT = 128;
 
 /** What a Worker needs to take part in a safepoint; post it to the Worker (it is structured-cloneable). */
 export interface SafepointHandle {

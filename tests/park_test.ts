@@ -151,9 +151,19 @@ function expectedFold(depth: number, seed: number): number {
   return h;
 }
 
-function rss(): number {
-  const kb = Deno.readTextFileSync("/proc/self/smaps_rollup").match(/^Rss:\s+(\d+) kB/m)![1];
-  return Number(kb) * 1024;
+/** The resident bytes of the mapping that starts at `start`, from /proc/self/smaps (not disturbed by other
+ * threads' allocations, unlike the process total). */
+function vmaRss(start: bigint): number {
+  const text = Deno.readTextFileSync("/proc/self/smaps");
+  const at = text.search(new RegExp(`^${start.toString(16)}-`, "m"));
+  assert(at >= 0, `no mapping at 0x${start.toString(16)}`);
+  return Number(text.slice(at).match(/^Rss:\s+(\d+) kB/m)![1]) * 1024;
+}
+
+function view(r: { start: bigint; end: bigint }): Uint8Array {
+  return new Uint8Array(
+    Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(r.start)!, Number(r.end - r.start)),
+  );
 }
 
 Deno.test("Safepoint.park() parks a native thread deep in a recursion; its stack is persisted, released and loaded back", async () => {
@@ -167,12 +177,19 @@ Deno.test("Safepoint.park() parks a native thread deep in a recursion; its stack
   try {
     assertEquals(safepoint.nativeThreads().map((t) => t.name), ["cryo-test-thread"]);
     const parked = await safepoint.park({ timeoutMs: 10_000 });
+    let safetyNet: { range: { start: bigint; end: bigint }; bytes: Uint8Array }[] = [];
+    let loadedBack = false;
+    let dropped = 0;
     try {
       assertEquals(parked.threads.length, 1);
       const t = parked.threads[0];
       assert(t.stackLow < t.sp && t.sp < t.stackHigh, "SP outside the stack bounds");
       // ~3 MiB of live frames above SP.
       assert(t.stackHigh - t.sp > BigInt(depth * 1024), `only ${t.stackHigh - t.sp} bytes above SP`);
+      // Parked, it runs no signal handler on its stack: every signal is blocked but SIGKILL,
+      // SIGSTOP (which cannot be) and glibc's SIGCANCEL/SIGSETXID.
+      const status = Deno.readTextFileSync(`/proc/self/task/${t.tid}/status`);
+      assertEquals(status.match(/^SigBlk:\s*(\S+)/m)?.[1], "fffffffe7ffbfeff");
       const ranges = releasableStack(t, parked.pageSize);
       const page = BigInt(parked.pageSize);
       const spPage = t.sp & ~(page - 1n);
@@ -186,17 +203,23 @@ Deno.test("Safepoint.park() parks a native thread deep in a recursion; its stack
       const summary = await persister.finalize();
       assert(summary.dataBytes >= depth * 1024, `persisted ${summary.dataBytes} bytes`);
 
-      const before = rss();
+      // A safety net, so that a failing assertion below cannot let the thread run on a released stack.
+      safetyNet = ranges.map((r) => ({ range: r, bytes: view(r).slice() }));
+
+      const before = vmaRss(stack.start);
       for (const r of ranges) releaseMemory(r.start, r.end - r.start);
-      const dropped = before - rss();
-      assert(dropped >= depth * 1024 * 0.9, `RSS dropped by ${dropped} bytes only`);
+      dropped = before - vmaRss(stack.start);
 
       using img = await MemoryLoader.open(path);
       const loaded = await img.load(selfTarget());
+      loadedBack = true;
       assertEquals(loaded.copiedBytes, summary.dataBytes);
+      assert(vmaRss(stack.start) - (before - dropped) >= depth * 1024, "the stack is not resident again");
     } finally {
+      if (!loadedBack) { for (const { range, bytes } of safetyNet) view(range).set(bytes); }
       parked.unpark();
     }
+    assert(dropped >= depth * 1024, `RSS of the stack dropped by ${dropped} bytes only`);
     const result = await h.cryo_test_thread_join(thread, 10_000_000_000n);
     joined = true;
     assertEquals(Number(unwrap(result, "cryo_test_thread_join")), expectedFold(depth, seed));
