@@ -246,3 +246,19 @@ Deno.test("thawAll() called from a signal listener thaws every frozen process", 
     frozen.thaw();
   }
 });
+
+Deno.test("Frozen.thaw() of a child killed while frozen reaps its threads and leaves nothing attached", async () => {
+  const target = Target.start();
+  try {
+    await target.cmd("threads 4");
+    const frozen = freeze(target.pid);
+    Deno.kill(target.pid, "SIGKILL");
+    const started = performance.now();
+    assertEquals(frozen.thaw(), 0);
+    assert(performance.now() - started < 1500, "thaw took too long");
+    const reaped = await Promise.race([target.close().then(() => true), sleep(5000).then(() => false)]);
+    assert(reaped, `pid ${target.pid} could not be reaped: something is still attached`);
+  } finally {
+    await target.close();
+  }
+});
