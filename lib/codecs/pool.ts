@@ -14,12 +14,13 @@
 import type { Codec } from "../codec.ts";
 
 /**
- * The default number of chunks in flight: one per core, plus one so a core never waits for the event loop.
+ * The default number of chunks in flight: two per core, plus two, so that the cores stay busy while the main
+ * thread reads memory and writes the image (measured on 2 cores: a few per cent faster than cores + 1).
  *
- * @returns The window size (at least 2).
+ * @returns The window size (at least 4).
  */
 export function defaultWindow(): number {
-  return Math.max(2, (navigator.hardwareConcurrency || 1) + 1);
+  return 2 * (navigator.hardwareConcurrency || 1) + 2;
 }
 
 /**

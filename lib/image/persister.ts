@@ -55,7 +55,7 @@ export interface PersisterOptions {
   fsync?: boolean;
   /** Encrypt every chunk with this sealer (AES-256-GCM; lib/seal.ts), making an ENCRYPTED image. */
   sealer?: Sealer;
-  /** Chunks encoded (and sealed) at once, on pool threads (default: cores + 1). */
+  /** Chunks encoded (and sealed) at once, on pool threads (default: 2 × cores + 2). */
   window?: number;
 }
 
