@@ -181,26 +181,46 @@ async function readStream(
     const codecs = new Map<number, Codec>((opts.codecs ?? []).map((c) => [c.id, c]));
     const frames: ImageRecord[] = [];
     let pos = header.headerLength;
-    const scratch = { buf: new Uint8Array(0) };
     let endFrame: ImageRecord | undefined;
-    for (;;) {
-      const frameAt = frameDataOffset(pos, header.pageSize) - FRAME_LENGTH;
-      await input.zeros(frameAt - pos, "padding");
-      const { record: r, end } = decodeFrame(path, await input.read(FRAME_LENGTH, "frame header"), frameAt);
-      if (end) {
-        endFrame = r;
-        pos = r.fileOffset;
-        break;
+    // One chunk is authenticated and decoded (on pool threads) while the next is read; writes stay in order,
+    // each after its chunk verified, and none after a chunk that failed. Decoded chunks use a ring of two.
+    const ring = [{ buf: new Uint8Array(0) }, { buf: new Uint8Array(0) }];
+    let pending: Promise<void> = Promise.resolve();
+    try {
+      for (;;) {
+        const frameAt = frameDataOffset(pos, header.pageSize) - FRAME_LENGTH;
+        await input.zeros(frameAt - pos, "padding");
+        const { record: r, end } = decodeFrame(path, await input.read(FRAME_LENGTH, "frame header"), frameAt);
+        if (end) {
+          endFrame = r;
+          pos = r.fileOffset;
+          break;
+        }
+        checkFrame(path, frameAt, r, header, h.regions, frames[frames.length - 1], encrypted);
+        const codec = r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec);
+        if (r.codec !== 0 && !codec) throw new ImageError(path, frameAt + 5, `unknown codec ${r.codec}`);
+        const stored = await readStored(input, r);
+        const ordinal = frames.length;
+        frames.push(r);
+        const job = openChunk(path, r, stored, ordinal, codec, sealer, digest, ring[ordinal % 2]);
+        job.catch(() => {}); // observed through `pending`
+        const previous = pending;
+        pending = (async () => {
+          await previous;
+          const decoded = await job;
+          sink?.write(r, 0, decoded);
+          opts.onChunk?.(r);
+        })();
+        pending.catch(() => {}); // observed below
+        await previous; // the chunk before this one is written (or failed): its ring slot is free again
+        pos = r.fileOffset + r.storedLength;
       }
-      checkFrame(path, frameAt, r, header, h.regions, frames[frames.length - 1], encrypted);
-      const codec = r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec);
-      if (r.codec !== 0 && !codec) throw new ImageError(path, frameAt + 5, `unknown codec ${r.codec}`);
-      const decoded = await readChunk(input, r, frames.length, codec, sealer, digest, scratch);
-      sink?.write(r, 0, decoded);
-      frames.push(r);
-      opts.onChunk?.(r);
-      pos = r.fileOffset + r.storedLength;
+      await pending;
+    } catch (e) {
+      await pending.catch(() => {}); // nothing may still be writing when the sink closes
+      throw e;
     }
+    if (!endFrame) throw new ImageError(path, pos, "no END frame");
     // 5. The tail, checked against the frames seen.
     const tailAt = pos;
     if (
@@ -295,28 +315,37 @@ async function readStream(
   }
 }
 
-/** Read one chunk's stored bytes and verify them: checksum, authentication (sealed), decoding, decoded checksum. */
-async function readChunk(
-  input: Input,
-  r: ImageRecord,
-  ordinal: number,
-  codec: Codec | undefined,
-  sealer: Sealer | undefined,
-  digest: Uint8Array | undefined,
-  scratch: { buf: Uint8Array },
-): Promise<Uint8Array> {
-  const path = input.path;
+/** Read one chunk's stored bytes and check their checksum. */
+async function readStored(input: Input, r: ImageRecord): Promise<Uint8Array> {
   if (r.storedLength > MAX_CHUNK || r.length > MAX_CHUNK) {
     throw new ImageError(
-      path,
+      input.path,
       r.fileOffset - FRAME_LENGTH + 16,
       `chunk of ${r.length} bytes is too large for a stream`,
     );
   }
   const stored = await input.read(r.storedLength, "chunk data");
   if (checksum(stored) !== r.checksum) {
-    throw new ImageError(path, r.fileOffset, `data checksum mismatch for the record at ${hex(r.address)}`);
+    throw new ImageError(
+      input.path,
+      r.fileOffset,
+      `data checksum mismatch for the record at ${hex(r.address)}`,
+    );
   }
+  return stored;
+}
+
+/** Authenticate (sealed) and decode one chunk, and check its decoded checksum; the decoded bytes. */
+async function openChunk(
+  path: string,
+  r: ImageRecord,
+  stored: Uint8Array,
+  ordinal: number,
+  codec: Codec | undefined,
+  sealer: Sealer | undefined,
+  digest: Uint8Array | undefined,
+  scratch: { buf: Uint8Array },
+): Promise<Uint8Array> {
   const plain = sealer
     ? await sealer.open(
       stored,
