@@ -46,6 +46,8 @@ const symbols = {
   pread: { parameters: [int, ptr, size_t, off_t], result: ssize_t },
   // ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset);
   pwrite: { parameters: [int, ptr, size_t, off_t], result: ssize_t },
+  // ssize_t writev(int fd, const struct iovec *iov, int iovcnt);
+  writev: { parameters: [int, buf, int], result: ssize_t },
   // off_t lseek(int fd, off_t offset, int whence);
   lseek: { parameters: [int, off_t, int], result: off_t },
   // int fsync(int fd);
