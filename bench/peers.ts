@@ -178,7 +178,8 @@ export async function withStopWindow<T>(
   target: Target,
   op: () => Promise<T>,
 ): Promise<{ value: T; stopMs: number }> {
-  await target.cmd("maxgap"); // reset
+  await target.cmd("maxgap"); // resets the gap, but only after answering: a stop right then could be wiped
+  await target.cmd("pid"); // so wait for the next answer, which the target gives after the reset is done
   const value = await op();
   // The heartbeat thread records a gap when it next wakes after the target resumes: give it a few periods.
   await new Promise((resolve) => setTimeout(resolve, 5));
