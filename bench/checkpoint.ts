@@ -81,6 +81,10 @@ async function measure(
       add("pipe.allocated", ps.allocated);
       // The same dump to /dev/null: what reading the target alone costs (the rest is writing the file).
       add("pipe.read", (await pipelineDump(target.pid, addr, w.bytes, "/dev/null")).ms);
+      add("pipe.load", (await pipelineLoad(target.pid, addr, w.bytes, dump)).ms);
+      // Each writer starts with no other image in the page cache: deleting a file drops its dirty pages, so one
+      // writer's pending writeback does not slow the next one down.
+      await Deno.remove(dump);
       if (cryo.checkpoint) {
         const image = `${dir}/bench.cryo`;
         const c = await withStopWindow(target, async () => {
@@ -103,9 +107,6 @@ async function measure(
         }
         await Deno.remove(image);
       }
-      const l = await pipelineLoad(target.pid, addr, w.bytes, dump);
-      add("pipe.load", l.ms);
-      await Deno.remove(dump);
       if (hasGcore) {
         const g = await withStopWindow(target, () => gcore(target.pid, `${dir}/core`));
         const gs = await fileSize(g.value.path);
