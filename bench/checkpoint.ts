@@ -70,7 +70,16 @@ async function measure(
     await target.cmd("heartbeat");
     const addr = await target.map(w.bytes);
     await target.fill(addr, w.bytes, w.kind, 1);
-    for (let run = 0; run < opts.runs; run++) {
+    const sparse = w.kind.startsWith("stride:");
+    // gdb reads every page through /proc/PID/mem, which maps the zero page into the holes, and a restore may
+    // fill them: map the sparse region afresh after those, so every measurement sees the same resident set.
+    const reprepare = async () => {
+      if (!sparse) return;
+      await target.cmd(`unmap 0x${addr.toString(16)} ${w.bytes}`);
+      await target.cmd(`mapat 0x${addr.toString(16)} ${w.bytes}`);
+      await target.fill(addr, w.bytes, w.kind, 1);
+    };
+    const pipeline = async () => {
       const dump = `${dir}/pipeline.dump`;
       const p = await withStopWindow(target, () => pipelineDump(target.pid, addr, w.bytes, dump));
       const ps = await fileSize(dump);
@@ -82,30 +91,43 @@ async function measure(
       // The same dump to /dev/null: what reading the target alone costs (the rest is writing the file).
       add("pipe.read", (await pipelineDump(target.pid, addr, w.bytes, "/dev/null")).ms);
       add("pipe.load", (await pipelineLoad(target.pid, addr, w.bytes, dump)).ms);
-      // Each writer starts with no other image in the page cache: deleting a file drops its dirty pages, so one
-      // writer's pending writeback does not slow the next one down.
+      // Each writer starts with no other image in the page cache: deleting a file drops its dirty pages, so
+      // one writer's pending writeback does not slow the next one down.
       await Deno.remove(dump);
-      if (cryo.checkpoint) {
-        const image = `${dir}/bench.cryo`;
-        const c = await withStopWindow(target, async () => {
-          const t0 = performance.now();
-          const result = await cryo.checkpoint!(target.pid, image, { fsync: false }); // to page cache, as the baselines
-          const ms = performance.now() - t0;
-          const records = (result as { records?: unknown } | undefined)?.records;
-          if (typeof records === "number") add("cryo.records", records);
-          return ms;
-        });
-        add("cryo.ms", c.value);
-        add("cryo.stop", c.stopMs);
-        const cs = await fileSize(image);
-        add("cryo.apparent", cs.apparent);
-        add("cryo.allocated", cs.allocated);
-        if (cryo.restore) {
-          const t1 = performance.now();
-          await cryo.restore(target.pid, image);
-          add("cryo.restore", performance.now() - t1);
-        }
-        await Deno.remove(image);
+    };
+    const checkpointAndRestore = async () => {
+      if (!cryo.checkpoint) return;
+      const image = `${dir}/bench.cryo`;
+      const c = await withStopWindow(target, async () => {
+        const t0 = performance.now();
+        const result = await cryo.checkpoint!(target.pid, image, { fsync: false }); // to page cache, as the baselines
+        const ms = performance.now() - t0;
+        const records = (result as { records?: unknown } | undefined)?.records;
+        if (typeof records === "number") add("cryo.records", records);
+        return ms;
+      });
+      add("cryo.ms", c.value);
+      add("cryo.stop", c.stopMs);
+      const cs = await fileSize(image);
+      add("cryo.apparent", cs.apparent);
+      add("cryo.allocated", cs.allocated);
+      if (cryo.restore) {
+        const t1 = performance.now();
+        await cryo.restore(target.pid, image);
+        add("cryo.restore", performance.now() - t1);
+      }
+      await Deno.remove(image);
+      await reprepare();
+    };
+    for (let run = 0; run < opts.runs; run++) {
+      // cryo and the pipeline take turns going first: the page cache pages a writer gets are warmer or colder
+      // depending on what ran just before (first touch of memory costs microseconds per page here).
+      if (run % 2 === 0) {
+        await pipeline();
+        await checkpointAndRestore();
+      } else {
+        await checkpointAndRestore();
+        await pipeline();
       }
       if (hasGcore) {
         const g = await withStopWindow(target, () => gcore(target.pid, `${dir}/core`));
@@ -115,13 +137,7 @@ async function measure(
         add("gcore.apparent", gs.apparent);
         add("gcore.allocated", gs.allocated);
         await Deno.remove(g.value.path);
-      }
-      if (w.kind.startsWith("stride:")) {
-        // gdb reads every page through /proc/PID/mem, which maps the zero page into the holes (and a restore
-        // may fill them): map the region afresh so the next run sees the same resident set.
-        await target.cmd(`unmap 0x${addr.toString(16)} ${w.bytes}`);
-        await target.cmd(`mapat 0x${addr.toString(16)} ${w.bytes}`);
-        await target.fill(addr, w.bytes, w.kind, 1);
+        await reprepare();
       }
     }
   } finally {
