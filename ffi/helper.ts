@@ -23,6 +23,8 @@ const symbols = {
   cryo_futex_wake: { parameters: [ptr, int], result: int },
   // long cryo_zero_pages(const unsigned char *p, size_t len, size_t page, unsigned char *out);
   cryo_zero_pages: { parameters: [ptr, size_t, size_t, buf], result: long },
+  // long cryo_checksums(const uint64_t *iov, size_t n, uint64_t *out);  (XXH3-64 of each (address, length))
+  cryo_checksums: { parameters: [buf, size_t, buf], result: long },
   // long cryo_freeze(pid_t pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns, int32_t *info,
   //                  int boost);  (synchronous on purpose: ptrace belongs to the calling thread)
   cryo_freeze: { parameters: [int, buf, buf, int, long, buf, int], result: long },

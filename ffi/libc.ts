@@ -48,6 +48,8 @@ const symbols = {
   pwrite: { parameters: [int, ptr, size_t, off_t], result: ssize_t },
   // ssize_t writev(int fd, const struct iovec *iov, int iovcnt);
   writev: { parameters: [int, buf, int], result: ssize_t },
+  // ssize_t writev(int fd, const struct iovec *iov, int iovcnt);  (on a pool thread: errno is not readable)
+  writev_nb: { name: "writev", parameters: [int, buf, int], result: ssize_t, nonblocking: true },
   // off_t lseek(int fd, off_t offset, int whence);
   lseek: { parameters: [int, off_t, int], result: off_t },
   // int fsync(int fd);

@@ -10,7 +10,7 @@ import { CryoError } from "./errors.ts";
 import { freeze } from "./freeze.ts";
 import { readRegions } from "./maps.ts";
 import { classify, type Decision, type PolicyOptions } from "./policy.ts";
-import { scanPages } from "./pagemap.ts";
+import { Pagemap } from "./pagemap.ts";
 import { markStacks, threadStacks } from "./stacks.ts";
 import { encodeThreads } from "./threads.ts";
 import type { Codec } from "./codec.ts";
@@ -103,21 +103,20 @@ export async function checkpoint(
       chunkSize: opts.chunkSize,
       fsync: opts.fsync ?? true,
     });
-    const plans = kept.map((d) => ({
-      region: d.region,
-      runs: scanPages(pid, d.region.start, d.region.end, { anonOnly: d.pages === "anon" }),
-    }));
-    progress.total(plans.reduce((n, p) => n + p.runs.reduce((m, r) => m + Number(r.end - r.start), 0), 0));
-    for (const { region, runs } of plans) {
-      let at = region.start;
-      for (const run of runs) {
-        opts.signal?.throwIfAborted();
-        if (run.start > at) await persister.storeGap(at, run.start - at);
-        await persister.store(run.start, run.end - run.start);
-        progress.advance(Number(run.end - run.start));
-        at = run.end;
-      }
-      if (region.end > at) await persister.storeGap(at, region.end - at);
+    const plans = (() => {
+      using pm = Pagemap.open(pid);
+      return kept.map((d) => {
+        const runs = pm.runs(d.region.start, d.region.end, { anonOnly: d.pages === "anon" });
+        let bytes = 0;
+        for (let i = 0; i < runs.length; i += 2) bytes += Number(runs[i + 1] - runs[i]);
+        return { region: d.region, runs, bytes };
+      });
+    })();
+    progress.total(plans.reduce((n, p) => n + p.bytes, 0));
+    for (const { region, runs, bytes } of plans) {
+      opts.signal?.throwIfAborted();
+      await persister.storeRuns(runs, { start: region.start, end: region.end, signal: opts.signal });
+      progress.advance(bytes);
     }
     if (frozen.threads.length) persister.addSection("threads", encodeThreads(frozen.threads));
     opts.signal?.throwIfAborted();

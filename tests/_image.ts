@@ -8,6 +8,16 @@ import { MAP, PROT } from "../ffi/constants.ts";
 import { mmap, munmap, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
 import type { Region } from "../lib/region.ts";
 import { checksum, checksumAt } from "../lib/image/checksum.ts";
+import type { ImageRecord } from "../lib/image/layout.ts";
+import {
+  decodeDirectory,
+  decodeFrameHeader,
+  decodeTable,
+  encodeFrameHeader,
+  encodeTable,
+  ENTRY_LENGTH,
+  layoutFrame,
+} from "../lib/image/frames.ts";
 
 /** An anonymous private rw- mapping owned by a test. */
 export class Mapping implements Disposable {
@@ -101,4 +111,36 @@ export function reseal(b: Uint8Array): void {
   const indexLength = Number(v.getBigUint64(f + 56, true));
   v.setBigUint64(f + 64, checksum(b.subarray(indexOffset, indexOffset + indexLength)), true);
   v.setBigUint64(f + 120, checksum(b.subarray(f, f + 120)), true);
+}
+
+/**
+ * Rewrite frame `k` of an image in memory: `edit` may reorder or change its records (and their stored bytes),
+ * keeping their total size; the table, frame header, directory entry and footer are re-encoded with good
+ * checksums, so that only the semantic change is left to detect.
+ */
+export function rewriteFrame(
+  b: Uint8Array,
+  k: number,
+  edit: (records: ImageRecord[], data: Uint8Array[]) => void,
+): void {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const f = b.length - 128;
+  const indexOffset = Number(v.getBigUint64(f + 48, true));
+  const pageSize = v.getUint32(32, true);
+  const d = decodeDirectory("t", b.subarray(indexOffset + 48 * k, indexOffset + 48 * (k + 1)), 0)[0];
+  const fr = decodeFrameHeader("t", b.subarray(d.offset, d.offset + 64), d.offset);
+  const tableAt = d.offset + 64;
+  const records = decodeTable("t", fr, b.subarray(tableAt, tableAt + fr.count * ENTRY_LENGTH), pageSize);
+  const first = records[0].fileOffset, end = first + fr.dataLength;
+  const data = records.map((r) => b.slice(r.fileOffset, r.fileOffset + r.storedLength));
+  edit(records, data);
+  b.fill(0, first, end);
+  layoutFrame(fr, records, pageSize);
+  records.forEach((r, i) => b.set(data[i], r.fileOffset));
+  const table = encodeTable(records);
+  fr.tableChecksum = checksum(table);
+  b.set(table, tableAt);
+  b.set(encodeFrameHeader(fr), d.offset);
+  v.setBigUint64(indexOffset + 48 * k + 32, fr.frameChecksum, true);
+  reseal(b);
 }

@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
-import { fillRandom, PAGE_SIZE, reseal, tempDir } from "./_image.ts";
+import { fillRandom, PAGE_SIZE, reseal, rewriteFrame, tempDir } from "./_image.ts";
 import { MemoryPersister } from "../lib/image/persister.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
 import { segmentSource } from "../lib/image/sources.ts";
@@ -67,26 +67,31 @@ Deno.test("MemoryLoader.open() refuses an image truncated at any page boundary o
   }
 });
 
-Deno.test("MemoryLoader.open() refuses an index out of order or overlapping, even with good checksums", async () => {
+Deno.test("MemoryLoader.open() refuses records out of order or overlapping, even with good checksums", async () => {
   await using dir = await tempDir();
   const good = await smallImage(`${dir.path}/good.img`);
   const v = new DataView(good.buffer);
   const f = good.length - 128;
-  const indexOffset = Number(v.getBigUint64(f + 48, true));
-  assertEquals(Number(v.getBigUint64(f + 96, true)), 3);
-  // Swap records 0 and 1.
+  assertEquals(Number(v.getBigUint64(f + 96, true)), 1, "one frame");
+  // Move record 1 before record 0.
   const swapped = good.slice();
-  swapped.set(good.subarray(indexOffset, indexOffset + 64), indexOffset + 64);
-  swapped.set(good.subarray(indexOffset + 64, indexOffset + 128), indexOffset);
-  reseal(swapped);
+  rewriteFrame(swapped, 0, (r) => void (r[1].address = 0n));
   await Deno.writeFile(`${dir.path}/swapped.img`, swapped);
   await assertRejects(() => verifyFile(`${dir.path}/swapped.img`), ImageError, "out of order");
   // Make record 1 start inside record 0.
   const overlapping = good.slice();
-  new DataView(overlapping.buffer).setBigUint64(indexOffset + 64, 100n, true);
-  reseal(overlapping);
+  rewriteFrame(overlapping, 0, (r) => void (r[1].address = 100n));
   await Deno.writeFile(`${dir.path}/overlap.img`, overlapping);
-  await assertRejects(() => verifyFile(`${dir.path}/overlap.img`), ImageError, "overlaps");
+  await assertRejects(() => verifyFile(`${dir.path}/overlap.img`), ImageError, "overlapping");
+  // Make record 1 end past the frame's range.
+  const past = good.slice();
+  rewriteFrame(past, 0, (r) => void (r[1].address = 8200n));
+  await Deno.writeFile(`${dir.path}/past.img`, past);
+  await assertRejects(() => verifyFile(`${dir.path}/past.img`), ImageError, "runs past the frame's range");
+  // The same frame, rewritten unchanged, is still good.
+  const same = good.slice();
+  rewriteFrame(same, 0, () => {});
+  assertEquals(same, good);
 });
 
 Deno.test("MemoryLoader.open() refuses an unknown required feature by name and ignores an unknown optional one", async () => {

@@ -15,7 +15,7 @@ import { checksum } from "./checksum.ts";
 export const FORMAT_VERSION = 1;
 /** Bytes of the fixed header at offset 0. */
 export const FIXED_HEADER_LENGTH = 128;
-/** Bytes of a frame header (right before each data record's page-aligned data). */
+/** Bytes of a frame header (lib/image/frames.ts). */
 export const FRAME_LENGTH = 64;
 /** Bytes of one index record. */
 export const RECORD_LENGTH = 64;
@@ -25,7 +25,7 @@ export const FOOTER_LENGTH = 128;
 export const HEADER_MAGIC = 0x00474d494f595243n;
 /** `CRYOFOOT` as a little-endian u64. */
 export const FOOTER_MAGIC = 0x544f4f464f595243n;
-/** `CRYR`: frame header of a data record. */
+/** `CRYR`: a frame header. */
 export const FRAME_MAGIC = 0x52595243;
 /** `CRYE`: the END frame. */
 export const END_MAGIC = 0x45595243;
@@ -140,7 +140,7 @@ export interface Footer {
   regionsOffset: number;
   /** Bytes of the region table. */
   regionsLength: number;
-  /** Offset of the index (page aligned). */
+  /** Offset of the index (the frame directory). */
   indexOffset: number;
   /** Bytes of the index. */
   indexLength: number;
@@ -152,8 +152,8 @@ export interface Footer {
   sectionsLength: number;
   /** XXH3-64 of the section table. */
   sectionsChecksum: bigint;
-  /** Index records. */
-  recordCount: number;
+  /** Frames (directory entries). */
+  frameCount: number;
   /** Bytes of the whole file. */
   fileSize: number;
   /** Sum of the lengths of data records. */
@@ -517,69 +517,6 @@ export function decodeHeaderBlock(
 }
 
 /**
- * Encode a frame header (or, with `end`, the END frame whose `storedLength` is the tail's length).
- *
- * @param r The record (fileOffset is implied by the frame's position).
- * @param end Whether this is the END frame.
- * @returns 64 bytes.
- */
-export function encodeFrame(r: ImageRecord, end = false): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(FRAME_LENGTH);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, end ? END_MAGIC : FRAME_MAGIC, true);
-  v.setUint8(4, r.kind);
-  v.setUint8(5, r.codec);
-  v.setUint16(6, r.flags, true);
-  v.setBigUint64(8, r.address, true);
-  v.setBigUint64(16, BigInt(r.length), true);
-  v.setBigUint64(24, BigInt(r.storedLength), true);
-  v.setBigUint64(32, r.checksum, true);
-  v.setBigUint64(40, r.decodedChecksum, true);
-  v.setUint32(48, r.segment, true);
-  v.setBigUint64(56, checksum(b.subarray(0, 56)), true);
-  return b;
-}
-
-/**
- * Decode and check a frame header at `offset`.
- *
- * @param path The image, for errors.
- * @param b The 64 bytes.
- * @param offset Where they lie in the file.
- * @returns The record (fileOffset = offset + 64) and whether it is the END frame.
- */
-export function decodeFrame(
-  path: string,
-  b: Uint8Array,
-  offset: number,
-): { record: ImageRecord; end: boolean } {
-  const c = new Cursor(path, b, offset);
-  c.need(FRAME_LENGTH, "frame header");
-  const magic = c.u32();
-  if (magic !== FRAME_MAGIC && magic !== END_MAGIC) throw c.error("bad frame magic", 0);
-  const sum = checksum(b.subarray(0, 56));
-  if (sum !== c.view.getBigUint64(56, true)) throw c.error("frame header checksum mismatch", 56);
-  if (c.view.getUint32(52, true) !== 0) throw c.error("non-zero reserved frame field", 52);
-  const kind = c.u8(), codec = c.u8(), flags = c.u16();
-  const address = c.u64();
-  const length = c.size("frame length");
-  const storedLength = c.size("frame stored length");
-  const record: ImageRecord = {
-    address,
-    length,
-    kind,
-    codec,
-    flags,
-    fileOffset: offset + FRAME_LENGTH,
-    storedLength,
-    checksum: c.u64(),
-    decodedChecksum: c.u64(),
-    segment: c.u32(),
-  };
-  return { record, end: magic === END_MAGIC };
-}
-
-/**
  * Encode index records.
  *
  * @param records The records, in index order.
@@ -707,7 +644,7 @@ export function encodeFooter(f: Footer): Uint8Array<ArrayBuffer> {
       f.sectionsOffset,
       f.sectionsLength,
       f.sectionsChecksum,
-      f.recordCount,
+      f.frameCount,
       f.fileSize,
       f.dataBytes,
     ]
@@ -743,7 +680,7 @@ export function decodeFooter(path: string, b: Uint8Array, offset: number): Foote
     sectionsOffset: c.size("sections offset"),
     sectionsLength: c.size("sections length"),
     sectionsChecksum: c.u64(),
-    recordCount: c.size("record count"),
+    frameCount: c.size("frame count"),
     fileSize: c.size("file size"),
     dataBytes: c.size("data bytes"),
   };

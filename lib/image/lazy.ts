@@ -14,6 +14,30 @@ import { SystemError } from "../errors.ts";
 import type { Perms, Region } from "../region.ts";
 import { findZeroPages } from "../zero.ts";
 import { transferRemote } from "./sources.ts";
+import { Pagemap } from "../pagemap.ts";
+
+/**
+ * Whether every region that overlaps `[start, end)` is private anonymous memory, where a page that is not
+ * present reads as zero (so zeroing may skip it).
+ *
+ * @param regions Regions (an image's region table, or the target's).
+ * @param start First address.
+ * @param end One past the last.
+ * @returns True when some region overlaps and all that do are private and anonymous.
+ */
+export function anonymousRange(
+  regions: readonly (Region & { relocatable?: boolean })[],
+  start: bigint,
+  end: bigint,
+): boolean {
+  let any = false;
+  for (const g of regions) {
+    if (g.relocatable || g.end <= start || g.start >= end) continue;
+    if (g.inode !== 0n || g.perms.shared || g.kind === "file" || g.kind === "deleted") return false;
+    any = true;
+  }
+  return any;
+}
 
 /**
  * The mmap protection bits of region perms.
@@ -90,6 +114,7 @@ const zerosAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ZEROS)))
 /** Writes another process's memory: `process_vm_writev`, falling back to `/proc/<pid>/mem` (read-only pages). */
 export class RemoteWriter implements Disposable {
   #mem = -1;
+  #pagemap: Pagemap | undefined;
   #bounce: Uint8Array<ArrayBuffer> | undefined;
   #zero = new Uint8Array(0);
 
@@ -109,12 +134,27 @@ export class RemoteWriter implements Disposable {
 
   /**
    * Make `[addr, addr + len)` read as zero, writing only pages that are not zero already (so never-populated
-   * pages stay unpopulated).
+   * pages stay unpopulated). In private anonymous memory (`anonymous`), only the pages the process's pagemap
+   * shows present or swapped are read at all: a page never populated reads as zero already.
    *
    * @param addr Remote address.
    * @param len Bytes.
+   * @param anonymous Whether the range is private anonymous memory (see {@link anonymousRange}).
    */
-  zero(addr: bigint, len: number): void {
+  zero(addr: bigint, len: number, anonymous = false): void {
+    const page = BigInt(PAGE_SIZE);
+    const end = addr + BigInt(len);
+    const a = ((addr + page - 1n) / page) * page, e = (end / page) * page;
+    if (!anonymous || a >= e) return this.#zeroScan(addr, len);
+    if (a > addr) this.#zeroScan(addr, Number(a - addr));
+    this.#pagemap ??= Pagemap.open(this.pid);
+    const runs = this.#pagemap.runs(a, e);
+    for (let i = 0; i < runs.length; i += 2) this.#zeroScan(runs[i], Number(runs[i + 1] - runs[i]));
+    if (end > e) this.#zeroScan(e, Number(end - e));
+  }
+
+  /** Read `[addr, addr + len)` and write zeros over its pages that are not zero. */
+  #zeroScan(addr: bigint, len: number): void {
     const size = 16 << 20;
     this.#bounce ??= new Uint8Array(size);
     const local = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#bounce)));
@@ -168,10 +208,12 @@ export class RemoteWriter implements Disposable {
     }
   }
 
-  /** Close `/proc/<pid>/mem`. Idempotent. */
+  /** Close `/proc/<pid>/mem` and the pagemap. Idempotent. */
   close(): void {
     if (this.#mem >= 0) libc.close(this.#mem);
     this.#mem = -1;
+    this.#pagemap?.close();
+    this.#pagemap = undefined;
   }
 
   /** Same as {@link close}. */

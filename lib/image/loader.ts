@@ -14,15 +14,15 @@ import { codecForId } from "../codecs/select.ts";
 import { defaultWindow, ordered } from "../codecs/pool.ts";
 import { CryoError, ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
-import { findRecord } from "./index.ts";
+import { findRecord, recordEnd } from "./index.ts";
 import {
   decodeFooter,
   decodeHeaderBlock,
-  decodeIndex,
   decodeSectionTable,
   FIXED_HEADER_LENGTH,
   type Footer,
   FOOTER_LENGTH,
+  FRAME_LENGTH,
   type HeaderFields,
   type ImageRecord,
   type ImageRegion,
@@ -33,7 +33,20 @@ import {
 } from "./layout.ts";
 import { checkStructure, verifyImage } from "./verify.ts";
 import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
-import { clearRange, mapRun, protOf, RemoteWriter } from "./lazy.ts";
+import { anonymousRange, clearRange, mapRun, protOf, RemoteWriter } from "./lazy.ts";
+import {
+  addFrameRecords,
+  decodeDirectory,
+  decodeFrameHeader,
+  decodeTable,
+  DIRECTORY_ENTRY_LENGTH,
+  ENTRY_LENGTH,
+  type FrameInfo,
+  sameFrame,
+} from "./frames.ts";
+
+/** Raw runs shorter than this are copied, not mapped, by a lazy load (each mapping costs a VMA). */
+export const LAZY_MAP_MIN = 64 << 10;
 
 /** What {@link MemoryLoader.load} did. */
 export interface LoadSummary {
@@ -61,7 +74,9 @@ export class MemoryLoader implements Disposable {
   readonly source: SourceInfo;
   /** The region table. */
   readonly regions: readonly ImageRegion[];
-  /** The index: records sorted by (segment, address). */
+  /** The frame directory (the index), in file order. */
+  readonly frames: readonly FrameInfo[];
+  /** The records the frames describe (data and holes), sorted by (segment, address). */
   readonly records: readonly ImageRecord[];
   /** The section table. */
   readonly sections: readonly SectionEntry[];
@@ -104,7 +119,8 @@ export class MemoryLoader implements Disposable {
     if (checksum(index) !== f.indexChecksum) {
       throw new ImageError(path, f.indexOffset, "index checksum mismatch");
     }
-    this.records = decodeIndex(path, index, f.indexOffset);
+    this.frames = decodeDirectory(path, index, f.indexOffset);
+    this.records = this.#readFrames();
     const table = this.#pread(f.sectionsOffset, f.sectionsLength);
     if (checksum(table) !== f.sectionsChecksum) {
       throw new ImageError(path, f.sectionsOffset, "section table checksum mismatch");
@@ -130,6 +146,30 @@ export class MemoryLoader implements Disposable {
       libc.close(fd);
       throw e;
     }
+  }
+
+  /** Each frame's header (equal to its directory entry) and table (checksum checked): the records. */
+  #readFrames(): ImageRecord[] {
+    const records: ImageRecord[] = [];
+    const limit = this.footer.indexOffset - FRAME_LENGTH;
+    this.frames.forEach((d, i) => {
+      const at = this.footer.indexOffset + i * DIRECTORY_ENTRY_LENGTH;
+      const len = FRAME_LENGTH + d.count * ENTRY_LENGTH;
+      if (d.offset + len > limit || d.count > 1024) {
+        throw new ImageError(this.path, at, `frame ${i} at ${d.offset} lies outside the data area`);
+      }
+      const block = this.#pread(d.offset, len);
+      const fr = decodeFrameHeader(this.path, block.subarray(0, FRAME_LENGTH), d.offset);
+      if (!sameFrame(fr, d)) {
+        throw new ImageError(this.path, d.offset, "frame header disagrees with its directory entry");
+      }
+      const table = block.subarray(FRAME_LENGTH);
+      if (checksum(table) !== fr.tableChecksum) {
+        throw new ImageError(this.path, d.offset + FRAME_LENGTH, "frame table checksum mismatch");
+      }
+      addFrameRecords(records, fr, decodeTable(this.path, fr, table, this.header.pageSize));
+    });
+    return records;
   }
 
   /** Whether {@link verify} has passed. */
@@ -263,7 +303,7 @@ export class MemoryLoader implements Disposable {
       };
       for await (const [r, decoded] of ordered(this.records.filter((r) => r.segment === 0), decode, window)) {
         if (r.kind === KIND.HOLE) {
-          remote.zero(r.address, r.length);
+          remote.zero(r.address, r.length, anonymousRange(this.regions, r.address, recordEnd(r)));
           summary.holeBytes += r.length;
         } else {
           remote.write(r.address, decoded ?? this.#stored(r));
@@ -299,7 +339,7 @@ export class MemoryLoader implements Disposable {
           summary.holeBytes += r.length;
           continue;
         }
-        if (target.lazy && r.codec === 0 && !p.region.perms.shared) {
+        if (target.lazy && r.codec === 0 && !p.region.perms.shared && r.length >= LAZY_MAP_MIN) {
           const mapped = mapRun(
             this.#fd,
             r.fileOffset,
@@ -358,6 +398,7 @@ export class MemoryLoader implements Disposable {
       footer: this.footer,
       header: this.header,
       regions: this.regions,
+      frames: this.frames,
       records: this.records,
       sections: this.sections,
       base: this.#base,

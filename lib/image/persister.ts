@@ -5,24 +5,33 @@
  * @module
  */
 
-import { O, SEEK } from "../../ffi/constants.ts";
-import { check, close, cstr, errno, hex, libc, open, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
+import { O } from "../../ffi/constants.ts";
+import {
+  addrOf,
+  check,
+  close,
+  cstr,
+  errno,
+  hex,
+  libc,
+  open,
+  PAGE_SIZE,
+  ptrOf,
+  systemError,
+} from "../../ffi/libc.ts";
 import { type Codec, raw } from "../codec.ts";
 import type { Region } from "../region.ts";
 import { findZeroPages } from "../zero.ts";
-import { checksum, checksumAt, checksumAtAsync, Checksummer } from "./checksum.ts";
+import { checksum, checksumAt, checksumAtAsync, checksumsAt } from "./checksum.ts";
 import { compareRecord, indexProblem, recordEnd } from "./index.ts";
 import {
   alignUp,
   ARCH_X86_64,
   encodeFooter,
-  encodeFrame,
   encodeHeaderBlock,
-  encodeIndex,
   encodeSectionTable,
   FOOTER_LENGTH,
   FRAME_LENGTH,
-  frameDataOffset,
   type ImageRecord,
   type ImageRegion,
   KIND,
@@ -32,7 +41,16 @@ import {
   type SectionEntry,
   type SourceInfo,
 } from "./layout.ts";
-import { type MemorySource, selfSource } from "./sources.ts";
+import { gatherRemote, type MemorySource, selfSource } from "./sources.ts";
+import {
+  encodeDirectory,
+  encodeFrameHeader,
+  encodeTable,
+  type FrameInfo,
+  layoutFrame,
+  MAX_FRAME_DATA,
+  MAX_FRAME_RECORDS,
+} from "./frames.ts";
 import { ordered } from "../codecs/pool.ts";
 import { chunkAad, type Sealer } from "../seal.ts";
 import { headerDigest, metadataMac, SEAL_SECTION } from "./sealing.ts";
@@ -79,13 +97,22 @@ export interface ImageSummary {
   storedBytes: number;
 }
 
-interface OpenRecord {
-  record: ImageRecord;
-  frameOffset: number;
-  hasher: Checksummer;
+/** The frame being filled: its range so far, its records and where their stored bytes are. */
+interface OpenFrame {
+  segment: number;
+  start: bigint;
+  end: bigint;
+  records: ImageRecord[];
+  ptrs: bigint[];
+  keep: Uint8Array[];
+  stored: number;
+  /** Records (from the first) whose data was copied into `keep` by `#settle()`. */
+  owned: number;
 }
 
 const ZEROS = new Uint8Array(PAGE_SIZE);
+const ZEROS_ADDR = addrOf(Deno.UnsafePointer.of(ZEROS));
+const IOV_MAX = 1024;
 
 /** Writes one image. Create with {@link MemoryPersister.create}; always `finalize()` or `abort()`. */
 export class MemoryPersister implements AsyncDisposable {
@@ -93,7 +120,6 @@ export class MemoryPersister implements AsyncDisposable {
   readonly #temp: string | undefined;
   #fd: number;
   readonly #ownsFd: boolean;
-  readonly #seekable: boolean;
   readonly #source: MemorySource;
   readonly #segments: MemorySource[];
   readonly #opts: PersisterOptions;
@@ -104,8 +130,17 @@ export class MemoryPersister implements AsyncDisposable {
   #headerWritten = false;
   #records: ImageRecord[] = [];
   #lastEnd = new Map<number, bigint>();
-  #open: OpenRecord | undefined;
-  #hasher: Checksummer | undefined;
+  #frame: OpenFrame | undefined;
+  #frames: FrameInfo[] = [];
+  #tables: Uint8Array[] = [];
+  #iov = new BigUint64Array(2 * IOV_MAX);
+  #iovCount = 0;
+  #spareIov: BigUint64Array<ArrayBuffer> | undefined;
+  #second: Uint8Array<ArrayBuffer> | undefined;
+  #pieces = new BigUint64Array(2 * 4096);
+  #pieceAddr = new BigUint64Array(4096);
+  #sums = new BigUint64Array(4096);
+  #keep: Uint8Array[] = [];
   #sections = new Map<string, Uint8Array>();
   #done = false;
   #zeroScratch = new Uint8Array(0);
@@ -134,7 +169,6 @@ export class MemoryPersister implements AsyncDisposable {
     for (const s of this.#segments) {
       if (s.kind !== "segment") throw new TypeError("Cannot use a non-segment source in `segments`");
     }
-    this.#seekable = libc.lseek(fd, 0n, SEEK.CUR) >= 0n;
     if (opts.regions || this.#segments.length) this.setRegions(opts.regions ?? []);
   }
 
@@ -200,15 +234,8 @@ export class MemoryPersister implements AsyncDisposable {
     const segment = this.#claim(addr, n, source, "store");
     await this.#guard(async () => {
       this.#writeHeader();
-      const detect = this.#opts.detectZeros ?? source.detectZeros;
-      for (let off = 0; off < n;) {
-        const w = Math.min(n - off, source.window);
-        const a = addr + BigInt(off);
-        const local = source.direct(a, w) ?? source.read(a, w);
-        if (detect) await this.#storeDetecting(local, a, w, segment);
-        else await this.#data(local, a, w, segment);
-        off += w;
-      }
+      await this.#storeRange(addr, n, segment, source);
+      this.#settle();
     });
   }
 
@@ -222,9 +249,65 @@ export class MemoryPersister implements AsyncDisposable {
   async storeGap(addr: bigint, len: number | bigint, segment?: MemorySource): Promise<void> {
     const n = Number(len);
     const seg = this.#claim(addr, n, segment, "store gap");
+    await this.#guard(() => {
+      this.#writeHeader();
+      this.#hole(addr, n, seg);
+      return Promise.resolve();
+    });
+  }
+
+  /**
+   * Persist many runs of one source and record the gaps between them, within `[start, end)`, as holes: the
+   * vectored form of {@link store} and {@link storeGap}. From another process, runs are copied into the bounce
+   * buffer with `process_vm_readv` (up to 1024 iovecs a call), zero pages are found in bulk, and each frame of
+   * up to 1024 records is written with one `writev`.
+   *
+   * @param runs Sorted, disjoint runs: `{ start, end }` objects or `[start0, end0, start1, end1, …]`.
+   * @param opts `start`/`end` of the range (default: the first run's start, the last run's end); `source`
+   *   (default: the persister's); `signal` to abort between batches.
+   */
+  async storeRuns(
+    runs: BigUint64Array | readonly { start: bigint; end: bigint }[],
+    opts: { start?: bigint; end?: bigint; source?: MemorySource; signal?: AbortSignal } = {},
+  ): Promise<void> {
+    const pairs = runs instanceof BigUint64Array
+      ? runs
+      : BigUint64Array.from(runs.flatMap((r) => [r.start, r.end]));
+    if (pairs.length % 2 !== 0) throw new RangeError("Cannot store runs: an odd number of run bounds");
+    const count = pairs.length / 2;
+    const start = opts.start ?? (count ? pairs[0] : undefined);
+    const end = opts.end ?? (count ? pairs[pairs.length - 1] : undefined);
+    if (start === undefined || end === undefined) return;
+    let at = start;
+    for (let i = 0; i < count; i++) {
+      if (pairs[2 * i] < at || pairs[2 * i + 1] <= pairs[2 * i]) {
+        throw new RangeError(
+          `Cannot store runs: run ${i} at ${hex(pairs[2 * i])} is empty, out of order or outside the range`,
+        );
+      }
+      at = pairs[2 * i + 1];
+    }
+    if (end < at) throw new RangeError(`Cannot store runs: range ends at ${hex(end)}, before the last run`);
+    const source = opts.source ?? this.#source;
+    const segment = this.#claim(start, Number(end - start), source, "store runs");
     await this.#guard(async () => {
       this.#writeHeader();
-      await this.#hole(addr, n, seg);
+      const page = BigInt(PAGE_SIZE);
+      const aligned = pairs.every((x) => x % page === 0n);
+      let at = start;
+      if (source.bounce && aligned && this.#codec.id === 0 && !this.#opts.sealer) {
+        at = await this.#gatherRuns(pairs, at, segment, source, opts.signal);
+      } else {
+        for (let i = 0; i < count; i++) {
+          opts.signal?.throwIfAborted();
+          const s = pairs[2 * i], e = pairs[2 * i + 1];
+          if (s > at) this.#hole(at, Number(s - at), segment);
+          await this.#storeRange(s, Number(e - s), segment, source);
+          at = e;
+        }
+      }
+      if (end > at) this.#hole(at, Number(end - at), segment);
+      this.#settle();
     });
   }
 
@@ -251,18 +334,24 @@ export class MemoryPersister implements AsyncDisposable {
     this.#live();
     return await this.#guard(async () => {
       this.#writeHeader();
-      await this.#closeOpen();
+      this.#flush();
       const records = [...this.#records].sort(compareRecord);
       const problem = indexProblem(records);
       if (problem) throw new RangeError(`Cannot finalize: ${problem.message}`);
-      const indexOffset = frameDataOffset(this.#pos, PAGE_SIZE);
-      const index = encodeIndex(records);
+      const endAt = alignUp(this.#pos, 8);
+      const indexOffset = endAt + FRAME_LENGTH;
+      const index = encodeDirectory(this.#frames);
       if (this.#opts.sealer) {
         const others = [...this.#sections].filter(([n]) => n !== SEAL_SECTION).map(([name, data]) => ({
           name,
           data,
         }));
-        const mac = await metadataMac(this.#opts.sealer, await this.#digest!, index, others);
+        const mac = await metadataMac(
+          this.#opts.sealer,
+          await this.#digest!,
+          concat([index, ...this.#tables]),
+          others,
+        );
         this.#sections.delete(SEAL_SECTION);
         this.#sections.set(SEAL_SECTION, mac);
       }
@@ -291,15 +380,26 @@ export class MemoryPersister implements AsyncDisposable {
         sectionsOffset: at,
         sectionsLength: table.length,
         sectionsChecksum: checksum(table),
-        recordCount: records.length,
+        frameCount: this.#frames.length,
         fileSize,
         dataBytes: data.reduce((s, r) => s + r.length, 0),
       });
       tail.set(footer, tail.length - FOOTER_LENGTH);
-      const end = encodeFrame(emptyRecord(tail.length), true);
-      this.#skipTo(indexOffset - FRAME_LENGTH);
-      this.#write(end);
-      this.#write(tail);
+      const end: FrameInfo = {
+        offset: endAt,
+        isEnd: true,
+        count: 0,
+        segment: 0,
+        start: 0n,
+        end: 0n,
+        dataLength: tail.length,
+        tableChecksum: 0n,
+        frameChecksum: 0n,
+      };
+      this.#queueZeros(endAt);
+      this.#queue(encodeFrameHeader(end));
+      this.#queue(tail);
+      this.#drain();
       if (this.#temp !== undefined) {
         if (this.#opts.fsync ?? true) check(libc.fsync(this.#fd), "fsync", this.#temp);
         close(this.#fd);
@@ -308,7 +408,6 @@ export class MemoryPersister implements AsyncDisposable {
         if (this.#opts.fsync ?? true) syncDir(this.#path);
       }
       this.#done = true;
-      this.#hasher?.close();
       return {
         path: this.#path,
         fileSize,
@@ -326,7 +425,6 @@ export class MemoryPersister implements AsyncDisposable {
   abort(): Promise<void> {
     if (this.#done) return Promise.resolve();
     this.#done = true;
-    this.#hasher?.close();
     if (this.#fd >= 0 && this.#ownsFd) libc.close(this.#fd);
     this.#fd = -1;
     if (this.#temp !== undefined) libc.unlink(cstr(this.#temp));
@@ -357,7 +455,8 @@ export class MemoryPersister implements AsyncDisposable {
     );
     if (this.#opts.sealer) this.#digest = headerDigest(bytes);
     this.#headerFields = fields;
-    this.#write(bytes);
+    this.#queue(bytes);
+    this.#drain();
     this.#headerWritten = true;
   }
 
@@ -404,6 +503,119 @@ export class MemoryPersister implements AsyncDisposable {
     return segment;
   }
 
+  /** Store `[addr, addr + n)` window by window: zero pages become holes, data becomes records. */
+  async #storeRange(addr: bigint, n: number, segment: number, source: MemorySource): Promise<void> {
+    const detect = this.#opts.detectZeros ?? source.detectZeros;
+    for (let off = 0; off < n;) {
+      const w = Math.min(n - off, source.window);
+      const a = addr + BigInt(off);
+      let local = source.direct(a, w);
+      if (local === null) {
+        this.#flush(); // the open frame may point into the bounce buffer the read reuses
+        this.#drain();
+        local = source.read(a, w);
+      }
+      if (detect) await this.#storeDetecting(local, a, w, segment);
+      else await this.#data(local, a, w, segment);
+      off += w;
+    }
+  }
+
+  /**
+   * Copy runs of a pid source into a bounce buffer a batch at a time and store them (raw images), with holes
+   * from `at` on between them; each batch is written on a pool thread while the next is read into the other
+   * buffer. Returns where the last run ends.
+   */
+  async #gatherRuns(
+    pairs: BigUint64Array,
+    at: bigint,
+    segment: number,
+    source: MemorySource,
+    signal?: AbortSignal,
+  ): Promise<bigint> {
+    this.#second ??= new Uint8Array(source.window);
+    const buffers = [source.bounce!(), addrOf(Deno.UnsafePointer.of(this.#second))];
+    const detect = this.#opts.detectZeros ?? source.detectZeros;
+    const cursor = { i: 0, off: 0n };
+    const count = pairs.length / 2;
+    let writing: Promise<void> = Promise.resolve();
+    try {
+      for (let k = 0; cursor.i < count; k++) {
+        signal?.throwIfAborted();
+        const local = buffers[k % 2]; // its last write finished before the previous batch's began
+        let i = cursor.i, off = cursor.off;
+        const got = gatherRemote(source.pid, local, source.window, pairs, cursor);
+        const pages = got / PAGE_SIZE;
+        if (detect) {
+          if (this.#zeroScratch.length < pages) this.#zeroScratch = new Uint8Array(pages);
+          findZeroPages(local, got, PAGE_SIZE, this.#zeroScratch);
+        }
+        // The batch's data pieces (non-zero page runs, at most a frame's data each), their checksums in one
+        // native call, then records, with holes for the gaps and zero pages between them.
+        let np = 0;
+        const piece = (ptr: bigint, addr: bigint, len: number) => {
+          for (let o = 0; o < len; o += MAX_FRAME_DATA) {
+            if (2 * np === this.#pieces.length) this.#growPieces();
+            const l = Math.min(MAX_FRAME_DATA, len - o);
+            this.#pieces[2 * np] = ptr + BigInt(o);
+            this.#pieces[2 * np + 1] = BigInt(l);
+            this.#pieceAddr[np++] = addr + BigInt(o);
+          }
+        };
+        const zero = this.#zeroScratch;
+        for (let b = 0; b < got;) {
+          const s = pairs[2 * i] + off;
+          const len = Math.min(Number(pairs[2 * i + 1] - s), got - b);
+          if (!detect) piece(local + BigInt(b), s, len);
+          else {
+            const first = b / PAGE_SIZE, pages = len / PAGE_SIZE;
+            for (let p = 0; p < pages;) {
+              let q = p;
+              while (q < pages && zero[first + q]) q++;
+              p = q;
+              while (q < pages && !zero[first + q]) q++;
+              if (q > p) {
+                piece(local + BigInt(b + p * PAGE_SIZE), s + BigInt(p * PAGE_SIZE), (q - p) * PAGE_SIZE);
+              }
+              p = q;
+            }
+          }
+          b += len;
+          off += BigInt(len);
+          if (pairs[2 * i] + off === pairs[2 * i + 1]) {
+            i++;
+            off = 0n;
+          }
+        }
+        if (this.#sums.length < np) this.#sums = new BigUint64Array(this.#pieceAddr.length);
+        checksumsAt(this.#pieces, np, this.#sums);
+        for (let k = 0; k < np; k++) {
+          const a = this.#pieceAddr[k], n = Number(this.#pieces[2 * k + 1]), sum = this.#sums[k];
+          if (a > at) this.#hole(at, Number(a - at), segment);
+          this.#append(dataRecord(a, n, segment, 0, n, sum, sum), this.#pieces[2 * k]);
+          at = a + BigInt(n);
+        }
+        this.#flush();
+        await writing;
+        writing = this.#drainAsync();
+      }
+      await writing;
+    } catch (e) {
+      await writing.catch(() => {}); // no write may still use the fd or the buffers
+      throw e;
+    }
+    return at;
+  }
+
+  #growPieces(): void {
+    const pieces = new BigUint64Array(2 * this.#pieces.length);
+    pieces.set(this.#pieces);
+    this.#pieces = pieces;
+    const addr = new BigUint64Array(this.#pieceAddr.length * 2);
+    addr.set(this.#pieceAddr);
+    this.#pieceAddr = addr;
+  }
+
   async #storeDetecting(local: bigint, addr: bigint, len: number, segment: number): Promise<void> {
     const pages = Math.floor(len / PAGE_SIZE);
     if (this.#zeroScratch.length < pages) this.#zeroScratch = new Uint8Array(pages);
@@ -413,7 +625,7 @@ export class MemoryPersister implements AsyncDisposable {
       let j = i;
       while (j < pages && zero[j] === zero[i]) j++;
       const off = i * PAGE_SIZE, l = (j - i) * PAGE_SIZE;
-      if (zero[i]) await this.#hole(addr + BigInt(off), l, segment);
+      if (zero[i]) this.#hole(addr + BigInt(off), l, segment);
       else await this.#data(local + BigInt(off), addr + BigInt(off), l, segment);
       i = j;
     }
@@ -425,43 +637,25 @@ export class MemoryPersister implements AsyncDisposable {
 
   async #data(local: bigint, addr: bigint, len: number, segment: number): Promise<void> {
     if (this.#codec.id !== 0 || this.#opts.sealer) return await this.#encoded(local, addr, len, segment);
-    if (!this.#seekable) {
-      await this.#closeOpen();
-      const sum = checksumAt(local, BigInt(len));
-      const r = dataRecord(addr, len, segment, 0, len, sum, sum);
-      this.#frame(r);
-      this.#writeAt(local, len);
-      return;
+    this.#raw(local, addr, len, segment);
+  }
+
+  /** Raw records of `[addr, addr + len)` at `local`, at most a frame's data each. */
+  #raw(local: bigint, addr: bigint, len: number, segment: number): void {
+    for (let off = 0; off < len; off += MAX_FRAME_DATA) {
+      const n = Math.min(MAX_FRAME_DATA, len - off);
+      const p = local + BigInt(off);
+      const sum = checksumAt(p, BigInt(n));
+      this.#append(dataRecord(addr + BigInt(off), n, segment, 0, n, sum, sum), p);
     }
-    const o = this.#open;
-    if (!o || o.record.segment !== segment || recordEnd(o.record) !== addr) {
-      await this.#closeOpen();
-      const dataOffset = frameDataOffset(this.#pos, PAGE_SIZE);
-      this.#skipTo(dataOffset);
-      this.#hasher ??= new Checksummer();
-      const record = dataRecord(addr, 0, segment, 0, 0, 0n, 0n);
-      record.fileOffset = dataOffset;
-      this.#records.push(record);
-      this.#open = { record, frameOffset: dataOffset - FRAME_LENGTH, hasher: this.#hasher.reset() };
-    }
-    const open = this.#open!;
-    const hashing = open.hasher.updateAtAsync(local, BigInt(len)); // overlaps with the write below
-    try {
-      this.#writeAt(local, len);
-    } finally {
-      await hashing;
-    }
-    open.record.length += len;
-    open.record.storedLength += len;
   }
 
   async #encoded(local: bigint, addr: bigint, len: number, segment: number): Promise<void> {
-    await this.#closeOpen();
     const sealer = this.#opts.sealer;
     const digest = sealer ? await this.#digest! : undefined;
     const offsets: number[] = [];
     for (let off = 0; off < len; off += this.#chunkSize) offsets.push(off);
-    // Encode (and seal) on pool threads, `window` chunks at once; frames are written in input order.
+    // Encode (and seal) on pool threads, `window` chunks at once; records are added in input order.
     const work = async (off: number, i: number) => {
       const n = Math.min(this.#chunkSize, len - off);
       const p = local + BigInt(off);
@@ -480,102 +674,199 @@ export class MemoryPersister implements AsyncDisposable {
     };
     const first = this.#ordinal;
     for await (const c of ordered(offsets, work, this.#opts.window)) {
-      const flags = sealer ? RECORD_FLAG.ENCRYPTED : 0;
       if (c.enc === null) {
-        this.#frame(dataRecord(c.a, c.n, segment, 0, c.n, c.decoded, c.decoded));
-        this.#writeAt(local + BigInt(c.off), c.n);
+        this.#append(dataRecord(c.a, c.n, segment, 0, c.n, c.decoded, c.decoded), local + BigInt(c.off));
       } else {
         const r = dataRecord(c.a, c.n, segment, c.codec, c.enc.length, checksum(c.enc), c.decoded);
-        r.flags = flags;
-        this.#frame(r);
-        this.#write(c.enc);
+        r.flags = sealer ? RECORD_FLAG.ENCRYPTED : 0;
+        this.#append(r, addrOf(Deno.UnsafePointer.of(c.enc)), c.enc);
       }
     }
     this.#ordinal = first + offsets.length;
   }
 
-  /** Write a complete record's frame header (streams, codecs) and register the record. */
-  #frame(r: ImageRecord): void {
-    const dataOffset = frameDataOffset(this.#pos, PAGE_SIZE);
-    this.#skipTo(dataOffset - FRAME_LENGTH);
-    this.#write(encodeFrame(r));
-    r.fileOffset = dataOffset;
+  /** The open frame, if its range ends at `addr` in `segment`; else flush it and open one at `addr`. */
+  #cover(segment: number, addr: bigint): OpenFrame {
+    const f = this.#frame;
+    if (f && f.segment === segment && f.end === addr) return f;
+    this.#flush();
+    this.#frame = { segment, start: addr, end: addr, records: [], ptrs: [], keep: [], stored: 0, owned: 0 };
+    return this.#frame;
+  }
+
+  /** Add a data record whose stored bytes are at `ptr` (kept alive by `keep`) to the open frame. */
+  #append(r: ImageRecord, ptr: bigint, keep?: Uint8Array): void {
+    let f = this.#cover(r.segment, r.address);
+    if (
+      f.records.length >= MAX_FRAME_RECORDS ||
+      (f.records.length && f.stored + r.storedLength > MAX_FRAME_DATA)
+    ) {
+      this.#flush();
+      f = this.#cover(r.segment, r.address);
+    }
+    f.records.push(r);
+    f.ptrs.push(ptr);
+    if (keep) f.keep.push(keep);
+    f.stored += r.storedLength;
+    f.end = r.address + BigInt(r.length);
     this.#records.push(r);
   }
 
-  async #hole(addr: bigint, len: number, segment: number): Promise<void> {
-    await this.#closeOpen();
+  #hole(addr: bigint, len: number, segment: number): void {
+    const f = this.#cover(segment, addr);
+    f.end = addr + BigInt(len);
     const last = this.#records[this.#records.length - 1];
     if (last && last.kind === KIND.HOLE && last.segment === segment && recordEnd(last) === addr) {
       last.length += len;
       return;
     }
-    this.#records.push({ ...emptyRecord(0), address: addr, length: len, kind: KIND.HOLE, segment });
+    this.#records.push(dataRecord(addr, len, segment, 0, 0, 0n, 0n));
+    this.#records[this.#records.length - 1].kind = KIND.HOLE;
   }
 
-  #closeOpen(): Promise<void> {
-    const o = this.#open;
-    if (!o) return Promise.resolve();
-    this.#open = undefined;
-    o.record.checksum = o.record.decodedChecksum = o.hasher.digest();
-    const frame = encodeFrame(o.record);
-    const n = libc.pwrite(
-      this.#fd,
-      Deno.UnsafePointer.of(frame),
-      BigInt(frame.length),
-      BigInt(o.frameOffset),
-    );
-    if (n !== BigInt(frame.length)) {
-      throw systemError("pwrite", n < 0n ? errno() : 5, `${this.#path} frame header`);
+  /** Write the open frame: zero padding, header, table, then each record's padding and data (writev). */
+  #flush(): void {
+    const f = this.#frame;
+    if (!f) return;
+    this.#frame = undefined;
+    if (f.end === f.start) return;
+    const info: FrameInfo = {
+      offset: alignUp(this.#pos, 8),
+      isEnd: false,
+      count: f.records.length,
+      segment: f.segment,
+      start: f.start,
+      end: f.end,
+      dataLength: 0,
+      tableChecksum: 0n,
+      frameChecksum: 0n,
+    };
+    info.dataLength = layoutFrame(info, f.records, PAGE_SIZE).dataLength;
+    const table = encodeTable(f.records);
+    info.tableChecksum = checksum(table);
+    const header = encodeFrameHeader(info);
+    this.#queueZeros(info.offset);
+    this.#queue(header);
+    this.#queue(table);
+    f.records.forEach((r, i) => {
+      this.#queueZeros(r.fileOffset);
+      this.#queueAt(f.ptrs[i], r.storedLength);
+    });
+    this.#keep.push(...f.keep);
+    this.#frames.push(info);
+    if (this.#opts.sealer) this.#tables.push(table);
+  }
+
+  /**
+   * End of a store call: write what is queued, and copy the open frame's data into memory of our own (it may
+   * point into the caller's memory or a bounce buffer), so the image holds the bytes as they were stored.
+   */
+  #settle(): void {
+    this.#drain();
+    const f = this.#frame;
+    if (!f || f.owned === f.records.length) return;
+    let total = 0;
+    for (let i = f.owned; i < f.records.length; i++) total += f.records[i].storedLength;
+    const copy = new Uint8Array(total);
+    let at = addrOf(Deno.UnsafePointer.of(copy));
+    for (let i = f.owned; i < f.records.length; i++) {
+      const n = f.records[i].storedLength;
+      libc.memcpy(ptrOf(at), ptrOf(f.ptrs[i]), BigInt(n));
+      f.ptrs[i] = at;
+      at += BigInt(n);
     }
-    return Promise.resolve();
+    f.keep.push(copy);
+    f.owned = f.records.length;
   }
 
-  #skipTo(offset: number): void {
-    if (offset < this.#pos) throw new RangeError(`Cannot seek back from ${this.#pos} to ${offset}`);
-    if (this.#seekable) {
-      if (offset > this.#pos) check(libc.lseek(this.#fd, BigInt(offset), SEEK.SET), "lseek", this.#path);
-      this.#pos = offset;
-      return;
+  #queueZeros(to: number): void {
+    if (to < this.#pos) throw new RangeError(`Cannot seek back from ${this.#pos} to ${to}`);
+    for (let n = to - this.#pos; n > 0; n -= ZEROS.length) {
+      this.#queueAt(ZEROS_ADDR, Math.min(n, ZEROS.length));
     }
-    while (this.#pos < offset) this.#write(ZEROS.subarray(0, Math.min(ZEROS.length, offset - this.#pos)));
   }
 
-  #write(bytes: Uint8Array): void {
+  #queue(bytes: Uint8Array): void {
     if (bytes.length) {
-      this.#writeAt(BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes))), bytes.length);
+      this.#keep.push(bytes);
+      this.#queueAt(addrOf(Deno.UnsafePointer.of(bytes)), bytes.length);
     }
   }
 
-  #writeAt(addr: bigint, len: number): void {
-    let done = 0;
-    while (done < len) {
-      const n = libc.write(this.#fd, ptrOf(addr + BigInt(done)), BigInt(Math.min(len - done, 1 << 30)));
-      if (n < 0n) {
-        const e = errno();
-        if (e === 4 /* EINTR */) continue;
-        throw systemError("write", e, `${this.#path} at offset ${this.#pos}`);
+  /**
+   * Queue `len` bytes at `ptr` for the next write, merging with the previous iovec when contiguous. `#pos` is
+   * where the file will end once the queue is written.
+   */
+  #queueAt(ptr: bigint, len: number): void {
+    if (len === 0) return;
+    const n = this.#iovCount;
+    if (n > 0 && this.#iov[2 * n - 2] + this.#iov[2 * n - 1] === ptr && ptr !== ZEROS_ADDR) {
+      this.#iov[2 * n - 1] += BigInt(len);
+    } else {
+      if (2 * n === this.#iov.length) {
+        const grown = new BigUint64Array(2 * this.#iov.length);
+        grown.set(this.#iov);
+        this.#iov = grown;
       }
-      if (n === 0n) throw systemError("write", 28, /* ENOSPC */ `${this.#path} at offset ${this.#pos}`);
-      done += Number(n);
-      this.#pos += Number(n);
+      this.#iovCount++;
+      this.#iov[2 * n] = ptr;
+      this.#iov[2 * n + 1] = BigInt(len);
+    }
+    this.#pos += len;
+  }
+
+  /** Take the queue (iovecs and the buffers they point into) for writing. */
+  #takeQueue(): { iov: BigUint64Array<ArrayBuffer>; count: number; keep: Uint8Array[] } {
+    const q = { iov: this.#iov, count: this.#iovCount, keep: this.#keep };
+    this.#iov = this.#spareIov ?? new BigUint64Array(2 * IOV_MAX);
+    this.#spareIov = undefined;
+    this.#iovCount = 0;
+    this.#keep = [];
+    return q;
+  }
+
+  /** Write every queued iovec now (writev, at most 1024 a call, resuming after partial writes). */
+  #drain(): void {
+    const q = this.#takeQueue();
+    for (let i = 0; i < q.count;) i = this.#advance(q.iov, i, this.#writevNow(q.iov, i, q.count));
+    this.#spareIov = q.iov;
+  }
+
+  /** Write every queued iovec on a pool thread; the caller awaits it before queueing into reused memory. */
+  async #drainAsync(): Promise<void> {
+    const q = this.#takeQueue();
+    for (let i = 0; i < q.count;) {
+      let n = await libc.writev_nb(this.#fd, q.iov.subarray(2 * i), Math.min(q.count - i, IOV_MAX));
+      if (n <= 0n) n = this.#writevNow(q.iov, i, q.count); // errno is not readable on a pool thread: retry here
+      i = this.#advance(q.iov, i, n);
+    }
+    this.#spareIov = q.iov;
+  }
+
+  #writevNow(iov: BigUint64Array, i: number, count: number): bigint {
+    for (;;) {
+      const n = libc.writev(this.#fd, iov.subarray(2 * i), Math.min(count - i, IOV_MAX));
+      if (n > 0n) return n;
+      const e = n < 0n ? errno() : 28; /* ENOSPC */
+      if (e === 4 /* EINTR */) continue;
+      throw systemError("writev", e, `${this.#path} (${this.#pos} bytes when written)`);
     }
   }
-}
 
-function emptyRecord(storedLength: number): ImageRecord {
-  return {
-    address: 0n,
-    length: 0,
-    kind: KIND.DATA,
-    fileOffset: 0,
-    storedLength,
-    checksum: 0n,
-    decodedChecksum: 0n,
-    codec: 0,
-    flags: 0,
-    segment: 0,
-  };
+  /** Skip `n` written bytes of the iovecs from `i`; returns the first iovec not fully written. */
+  #advance(iov: BigUint64Array, i: number, n: bigint): number {
+    while (n > 0n) {
+      if (n >= iov[2 * i + 1]) {
+        n -= iov[2 * i + 1];
+        i++;
+      } else {
+        iov[2 * i] += n;
+        iov[2 * i + 1] -= n;
+        n = 0n;
+      }
+    }
+    return i;
+  }
 }
 
 function dataRecord(
@@ -587,7 +878,18 @@ function dataRecord(
   sum: bigint,
   decodedChecksum: bigint,
 ): ImageRecord {
-  return { ...emptyRecord(storedLength), address, length, segment, codec, checksum: sum, decodedChecksum };
+  return {
+    address,
+    length,
+    kind: KIND.DATA,
+    fileOffset: 0,
+    storedLength,
+    checksum: sum,
+    decodedChecksum,
+    codec,
+    flags: 0,
+    segment,
+  };
 }
 
 /**
@@ -630,6 +932,16 @@ function sourceInfo(pid: number): SourceInfo {
     kernelRelease: readOr("/proc/sys/kernel/osrelease", "").trim(),
     bootId: readOr("/proc/sys/kernel/random/boot_id", "").trim(),
   };
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 function syncDir(path: string): void {

@@ -9,7 +9,7 @@
 import { MAP, PROT } from "../../ffi/constants.ts";
 import { errno, hex, libc, mmap, ptrOf, systemError } from "../../ffi/libc.ts";
 import type { ImageRecord, ImageRegion } from "./layout.ts";
-import { clearRange, protOf, RemoteWriter } from "./lazy.ts";
+import { anonymousRange, clearRange, protOf, RemoteWriter } from "./lazy.ts";
 import { type LoadTarget, type RegionPlan, segmentBytes } from "./targets.ts";
 
 /** Writes verified chunks and zeroes holes in a load target. */
@@ -56,7 +56,9 @@ export function openSink(
         if (r.segment === 0) remote.write(r.address + BigInt(off), bytes);
       },
       zero(r) {
-        if (r.segment === 0) remote.zero(r.address, r.length);
+        if (r.segment === 0) {
+          remote.zero(r.address, r.length, anonymousRange(regions, r.address, r.address + BigInt(r.length)));
+        }
       },
       close: () => remote.close(),
     };

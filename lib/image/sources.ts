@@ -38,6 +38,8 @@ export interface MemorySource {
    * @returns The local address of the copy (valid until the next read).
    */
   read(addr: bigint, len: number): bigint;
+  /** For a pid source: the local address of its bounce buffer (`window` bytes), allocated on first use. */
+  bounce?(): bigint;
 }
 
 /**
@@ -80,15 +82,18 @@ export function pidSource(
     detectZeros: opts.detectZeros ?? true,
     window: size,
     direct: () => null,
-    read(addr, len) {
-      if (len > size) {
-        throw new RangeError(`Cannot read ${len} bytes: more than the ${size}-byte bounce buffer`);
-      }
+    bounce() {
       if (!bounce) {
         bounce = new Uint8Array(size);
         bounceAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bounce)));
       }
-      transferRemote("process_vm_readv", pid, bounceAddr, addr, len);
+      return bounceAddr;
+    },
+    read(addr, len) {
+      if (len > size) {
+        throw new RangeError(`Cannot read ${len} bytes: more than the ${size}-byte bounce buffer`);
+      }
+      transferRemote("process_vm_readv", pid, this.bounce!(), addr, len);
       return bounceAddr;
     },
   };
@@ -173,4 +178,68 @@ export function transferRemote(
     if (got === 0n) throw systemError(call, 14, `pid ${pid} at ${hex(remote + BigInt(done))}`);
     done += Number(got);
   }
+}
+
+const gatherLocal = new BigUint64Array(2);
+
+/**
+ * Copy runs of process `pid` back to back into local memory with `process_vm_readv`, up to 1024 remote iovecs a
+ * call, until `capacity` bytes are copied or the runs end; resumes after partial transfers.
+ *
+ * @param pid The other process.
+ * @param local Local address of at least `capacity` bytes.
+ * @param capacity Bytes to copy at most.
+ * @param runs `[start0, end0, start1, end1, …]` remote runs.
+ * @param cursor Where to start (run index, offset in it); advanced past what was copied.
+ * @returns Bytes copied: run after run from the cursor, a run split where `capacity` ends.
+ * @throws {SystemError} With the failing remote address (EFAULT for an unmapped page).
+ */
+export function gatherRemote(
+  pid: number,
+  local: bigint,
+  capacity: number,
+  runs: BigUint64Array,
+  cursor: { i: number; off: bigint },
+): number {
+  const count = runs.length / 2;
+  let filled = 0;
+  while (filled < capacity && cursor.i < count) {
+    let n = 0, want = 0, i = cursor.i, off = cursor.off;
+    while (n < 1024 && i < count && filled + want < capacity) {
+      const s = runs[2 * i] + off;
+      const len = Math.min(Number(runs[2 * i + 1] - s), capacity - filled - want);
+      riov[2 * n] = s;
+      riov[2 * n + 1] = BigInt(len);
+      want += len;
+      n++;
+      if (s + BigInt(len) === runs[2 * i + 1]) {
+        i++;
+        off = 0n;
+      } else off += BigInt(len);
+    }
+    gatherLocal[0] = local + BigInt(filled);
+    gatherLocal[1] = BigInt(want);
+    const got = Number(libc.process_vm_readv(pid, gatherLocal, 1n, riov, BigInt(n), 0n));
+    const at = runs[2 * cursor.i] + cursor.off;
+    if (got < 0) throw systemError("process_vm_readv", errno(), `pid ${pid} at ${hex(at)}`);
+    if (got === 0) throw systemError("process_vm_readv", 14, `pid ${pid} at ${hex(at)}`);
+    if (got === want) {
+      cursor.i = i;
+      cursor.off = off;
+    } else {
+      for (let left = BigInt(got); left > 0n;) {
+        const rest = runs[2 * cursor.i + 1] - runs[2 * cursor.i] - cursor.off;
+        if (left >= rest) {
+          left -= rest;
+          cursor.i++;
+          cursor.off = 0n;
+        } else {
+          cursor.off += left;
+          left = 0n;
+        }
+      }
+    }
+    filled += got;
+  }
+  return filled;
 }

@@ -17,17 +17,15 @@ import { chunkAad, Sealer, type SealKey } from "../seal.ts";
 import { checksum } from "./checksum.ts";
 import { indexProblem } from "./index.ts";
 import {
+  alignUp,
   ARCH_X86_64,
   decodeFixedHeader,
   decodeFooter,
-  decodeFrame,
   decodeHeaderBlock,
-  decodeIndex,
   decodeSectionTable,
   FIXED_HEADER_LENGTH,
   FOOTER_LENGTH,
   FRAME_LENGTH,
-  frameDataOffset,
   type HeaderFields,
   type ImageRecord,
   type ImageRegion,
@@ -38,7 +36,17 @@ import {
 } from "./layout.ts";
 import { checkMetadataMac, headerDigest, sealParamsOf } from "./sealing.ts";
 import { Input, openInput } from "./stream_input.ts";
-import { checkFrame, checkTailLayout, matchIndex } from "./stream_checks.ts";
+import { checkFrame, checkFrameRange, checkTailLayout } from "./stream_checks.ts";
+import {
+  addFrameRecords,
+  decodeDirectory,
+  decodeFrameHeader,
+  decodeTable,
+  DIRECTORY_ENTRY_LENGTH,
+  ENTRY_LENGTH,
+  type FrameInfo,
+  sameFrame,
+} from "./frames.ts";
 import { compareTarget, type LoadTarget, targetName } from "./targets.ts";
 import { type ChunkSink, openSink } from "./sink.ts";
 
@@ -179,41 +187,57 @@ async function readStream(
     }
     // 4. Frames, each verified before it is written.
     const codecs = new Map<number, Codec>((opts.codecs ?? []).map((c) => [c.id, c]));
-    const frames: ImageRecord[] = [];
+    const frames: ImageRecord[] = []; // data records, in file order
+    const frameInfos: FrameInfo[] = [];
+    const tables: Uint8Array[] = [];
+    const records: ImageRecord[] = []; // data and holes, from the frames
     let pos = header.headerLength;
-    let endFrame: ImageRecord | undefined;
+    let endFrame: FrameInfo | undefined;
     // One chunk is authenticated and decoded (on pool threads) while the next is read; writes stay in order,
     // each after its chunk verified, and none after a chunk that failed. Decoded chunks use a ring of two.
     const ring = [{ buf: new Uint8Array(0) }, { buf: new Uint8Array(0) }];
     let pending: Promise<void> = Promise.resolve();
     try {
       for (;;) {
-        const frameAt = frameDataOffset(pos, header.pageSize) - FRAME_LENGTH;
+        const frameAt = alignUp(pos, 8);
         await input.zeros(frameAt - pos, "padding");
-        const { record: r, end } = decodeFrame(path, await input.read(FRAME_LENGTH, "frame header"), frameAt);
-        if (end) {
-          endFrame = r;
-          pos = r.fileOffset;
+        const fh = decodeFrameHeader(path, await input.read(FRAME_LENGTH, "frame header"), frameAt);
+        if (fh.isEnd) {
+          endFrame = fh;
+          pos = frameAt + FRAME_LENGTH;
           break;
         }
-        checkFrame(path, frameAt, r, header, h.regions, frames[frames.length - 1], encrypted);
-        const codec = r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec);
-        if (r.codec !== 0 && !codec) throw new ImageError(path, frameAt + 5, `unknown codec ${r.codec}`);
-        const stored = await readStored(input, r);
-        const ordinal = frames.length;
-        frames.push(r);
-        const job = openChunk(path, r, stored, ordinal, codec, sealer, digest, ring[ordinal % 2]);
-        job.catch(() => {}); // observed through `pending`
-        const previous = pending;
-        pending = (async () => {
-          await previous;
-          const decoded = await job;
-          sink?.write(r, 0, decoded);
-          opts.onChunk?.(r);
-        })();
-        pending.catch(() => {}); // observed below
-        await previous; // the chunk before this one is written (or failed): its ring slot is free again
-        pos = r.fileOffset + r.storedLength;
+        checkFrameRange(path, frameAt, fh, frameInfos[frameInfos.length - 1], h.regions);
+        const table = await input.read(fh.count * ENTRY_LENGTH, "frame table");
+        if (checksum(table) !== fh.tableChecksum) {
+          throw new ImageError(path, frameAt + FRAME_LENGTH, "frame table checksum mismatch");
+        }
+        const data = decodeTable(path, fh, table, header.pageSize);
+        pos = frameAt + FRAME_LENGTH + table.length;
+        for (const r of data) {
+          checkFrame(path, frameAt, r, header, h.regions, frames[frames.length - 1], encrypted);
+          const codec = r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec);
+          if (r.codec !== 0 && !codec) throw new ImageError(path, frameAt, `unknown codec ${r.codec}`);
+          await input.zeros(r.fileOffset - pos, "padding");
+          const stored = await readStored(input, r);
+          const ordinal = frames.length;
+          frames.push(r);
+          const job = openChunk(path, r, stored, ordinal, codec, sealer, digest, ring[ordinal % 2]);
+          job.catch(() => {}); // observed through `pending`
+          const previous = pending;
+          pending = (async () => {
+            await previous;
+            const decoded = await job;
+            sink?.write(r, 0, decoded);
+            opts.onChunk?.(r);
+          })();
+          pending.catch(() => {}); // observed below
+          await previous; // the chunk before this one is written (or failed): its ring slot is free again
+          pos = r.fileOffset + r.storedLength;
+        }
+        frameInfos.push(fh);
+        if (sealer) tables.push(table);
+        addFrameRecords(records, fh, data);
       }
       await pending;
     } catch (e) {
@@ -223,12 +247,10 @@ async function readStream(
     if (!endFrame) throw new ImageError(path, pos, "no END frame");
     // 5. The tail, checked against the frames seen.
     const tailAt = pos;
-    if (
-      endFrame.storedLength < FOOTER_LENGTH || endFrame.storedLength > MAX_TAIL || endFrame.address ||
-      endFrame.length || endFrame.kind || endFrame.codec || endFrame.flags || endFrame.checksum ||
-      endFrame.decodedChecksum || endFrame.segment
-    ) throw new ImageError(path, tailAt - FRAME_LENGTH, "bad END frame");
-    const tail = await input.read(endFrame.storedLength, "index and footer");
+    if (endFrame.dataLength < FOOTER_LENGTH || endFrame.dataLength > MAX_TAIL) {
+      throw new ImageError(path, tailAt - FRAME_LENGTH, "bad END frame");
+    }
+    const tail = await input.read(endFrame.dataLength, "index and footer");
     if (!await input.atEnd()) throw new ImageError(path, input.offset, "bytes after the footer");
     const fileSize = tailAt + tail.length;
     const footerAt = fileSize - FOOTER_LENGTH;
@@ -256,16 +278,29 @@ async function readStream(
     if (checksum(indexBytes) !== footer.indexChecksum) {
       throw new ImageError(path, footer.indexOffset, "index checksum mismatch");
     }
-    const records = decodeIndex(path, indexBytes, footer.indexOffset);
-    if (records.length !== footer.recordCount) {
+    const directory = decodeDirectory(path, indexBytes, footer.indexOffset);
+    if (directory.length !== footer.frameCount) {
       throw new ImageError(
         path,
         footerAt + 96,
-        `${records.length} records, the footer says ${footer.recordCount}`,
+        `${directory.length} frames, the footer says ${footer.frameCount}`,
+      );
+    }
+    directory.forEach((d, i) => {
+      if (!frameInfos[i] || !sameFrame(d, frameInfos[i])) {
+        const at = footer.indexOffset + i * DIRECTORY_ENTRY_LENGTH;
+        throw new ImageError(path, at, `directory entry ${i} disagrees with the frames read`);
+      }
+    });
+    if (frameInfos.length !== directory.length) {
+      throw new ImageError(
+        path,
+        footer.indexOffset,
+        `${frameInfos.length - directory.length} frame(s) missing from the index`,
       );
     }
     const problem = indexProblem(records);
-    if (problem) throw new ImageError(path, footer.indexOffset + problem.at * 64, problem.message);
+    if (problem) throw new ImageError(path, footer.indexOffset, problem.message);
     const table = part(footer.sectionsOffset, footer.sectionsLength, "section table", 72);
     if (checksum(table) !== footer.sectionsChecksum) {
       throw new ImageError(path, footer.sectionsOffset, "section table checksum mismatch");
@@ -279,8 +314,7 @@ async function readStream(
       return { name: s.name, data, offset: s.offset };
     });
     checkTailLayout(path, tail, tailAt, footer, sections);
-    if (sealer) await checkMetadataMac(sealer, path, digest!, indexBytes, blobs);
-    matchIndex(path, footer.indexOffset, records, frames, h.regions);
+    if (sealer) await checkMetadataMac(sealer, path, digest!, concatBytes([indexBytes, ...tables]), blobs);
     // 6. Holes, now that the index is known to be good.
     let holeBytes = 0;
     for (const r of records) {
@@ -313,6 +347,16 @@ async function readStream(
     sink?.close();
     await input.close();
   }
+}
+
+function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 /** Read one chunk's stored bytes and check their checksum. */

@@ -8,6 +8,7 @@
 import { hex } from "../../ffi/libc.ts";
 import { ImageError } from "../errors.ts";
 import { compareRecord, recordEnd } from "./index.ts";
+import type { FrameInfo } from "./frames.ts";
 import {
   alignUp,
   FOOTER_LENGTH,
@@ -105,46 +106,32 @@ export function checkTailLayout(
 }
 
 /**
- * The index's data records must be exactly the frames seen; holes must lie inside the regions.
+ * Check a frame's covered range before its table is read: after the previous frame in `(segment, start)` order
+ * without overlap, inside the image's regions (or its relocatable segment).
  *
- * @param path The input, for errors.
- * @param indexAt The index's offset.
- * @param records The index.
- * @param frames The frames read, in order.
+ * @param path The image, for errors.
+ * @param at The frame's offset.
+ * @param f The frame.
+ * @param prev The previous frame.
  * @param regions The region table.
  */
-export function matchIndex(
+export function checkFrameRange(
   path: string,
-  indexAt: number,
-  records: readonly ImageRecord[],
-  frames: readonly ImageRecord[],
+  at: number,
+  f: FrameInfo,
+  prev: FrameInfo | undefined,
   regions: readonly ImageRegion[],
 ): void {
-  let k = 0;
-  records.forEach((r, i) => {
-    const at = indexAt + i * 64;
-    if (r.kind === KIND.HOLE) {
-      if (r.fileOffset || r.storedLength || r.checksum || r.decodedChecksum || r.codec || r.flags) {
-        throw new ImageError(path, at, `record ${i}: a hole with file data`);
-      }
-      const g = r.segment ? regions[r.segment - 1] : undefined;
-      if (r.segment ? !g?.relocatable || recordEnd(r) > g.end : !covered(regions, r.address, recordEnd(r))) {
-        throw new ImageError(
-          path,
-          at,
-          `record ${i}: hole at ${hex(r.address)} is not inside the image's regions`,
-        );
-      }
-      return;
-    }
-    const f = frames[k++];
-    if (
-      !f || f.address !== r.address || f.length !== r.length || f.kind !== r.kind || f.codec !== r.codec ||
-      f.flags !== r.flags || f.storedLength !== r.storedLength || f.checksum !== r.checksum ||
-      f.decodedChecksum !== r.decodedChecksum || f.segment !== r.segment || f.fileOffset !== r.fileOffset
-    ) throw new ImageError(path, at, `record ${i} at ${hex(r.address)} disagrees with the frames read`);
-  });
-  if (k !== frames.length) {
-    throw new ImageError(path, indexAt, `${frames.length - k} frame(s) missing from the index`);
+  const bad = (m: string) => new ImageError(path, at, `frame of ${hex(f.start)}-${hex(f.end)}: ${m}`);
+  if (f.end <= f.start) throw bad("covers no bytes");
+  if (f.segment !== 0) {
+    const g = regions[f.segment - 1];
+    if (!g || !g.relocatable) throw bad(`segment ${f.segment} is not a relocatable region`);
+    if (f.end > g.end) throw bad(`runs past the end of segment "${g.path}"`);
+  } else if (!covered(regions, f.start, f.end)) {
+    throw bad("not inside the image's regions");
+  }
+  if (prev && (prev.segment > f.segment || (prev.segment === f.segment && prev.end > f.start))) {
+    throw bad(`out of order or overlapping (after ${hex(prev.start)})`);
   }
 }

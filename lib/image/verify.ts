@@ -12,22 +12,29 @@ import { checksumAt } from "./checksum.ts";
 import { indexProblem, recordEnd } from "./index.ts";
 import {
   alignUp,
-  decodeFrame,
   decodeHeaderBlock,
   type Footer,
   FOOTER_LENGTH,
   FRAME_LENGTH,
-  frameDataOffset,
   type HeaderFields,
   type ImageRecord,
   type ImageRegion,
   KIND,
   RECORD_FLAG,
-  RECORD_LENGTH,
   REQUIRED,
   type SectionEntry,
 } from "./layout.ts";
 import { covered } from "./persister.ts";
+import {
+  decodeFrameHeader,
+  decodeTable,
+  DIRECTORY_ENTRY_LENGTH,
+  ENTRY_LENGTH,
+  type FrameInfo,
+  sameFrame,
+  tableEnd,
+} from "./frames.ts";
+import { checkFrameRange } from "./stream_checks.ts";
 
 /** What the verifier needs of an opened image. */
 export interface ImageParts {
@@ -41,7 +48,9 @@ export interface ImageParts {
   header: HeaderFields;
   /** The region table. */
   regions: readonly ImageRegion[];
-  /** The index. */
+  /** The frame directory (the index). */
+  frames: readonly FrameInfo[];
+  /** The records (data and holes) the frames describe. */
   records: readonly ImageRecord[];
   /** The section table. */
   sections: readonly SectionEntry[];
@@ -104,8 +113,8 @@ export function checkStructure(p: ImageParts): void {
   inFile(p, 0, f.headerLength, "header block", footerAt + 16);
   inFile(p, f.indexOffset, f.indexLength, "index", footerAt + 48);
   inFile(p, f.sectionsOffset, f.sectionsLength, "section table", footerAt + 72);
-  if (f.indexLength !== f.recordCount * RECORD_LENGTH) {
-    throw new ImageError(p.path, footerAt + 56, `index length ${f.indexLength} != ${f.recordCount} records`);
+  if (f.indexLength !== f.frameCount * DIRECTORY_ENTRY_LENGTH || p.frames.length !== f.frameCount) {
+    throw new ImageError(p.path, footerAt + 56, `index length ${f.indexLength} != ${f.frameCount} frames`);
   }
   const h = p.header;
   if (h.headerChecksum !== f.headerChecksum || h.headerLength !== f.headerLength) {
@@ -116,10 +125,17 @@ export function checkStructure(p: ImageParts): void {
   }
   const indexAt = f.indexOffset;
   const dataEnd = indexAt - FRAME_LENGTH;
+  p.frames.forEach((fr, i) => {
+    const at = indexAt + i * DIRECTORY_ENTRY_LENGTH;
+    if (fr.offset < h.headerLength || tableEnd(fr) + fr.dataLength > dataEnd) {
+      throw new ImageError(p.path, at, `frame ${i} at ${fr.offset} lies outside the data area`);
+    }
+    checkFrameRange(p.path, at, fr, p.frames[i - 1], p.regions);
+  });
   const problem = indexProblem(p.records);
-  if (problem) throw new ImageError(p.path, indexAt + problem.at * RECORD_LENGTH, problem.message);
+  if (problem) throw new ImageError(p.path, indexAt, problem.message);
   p.records.forEach((r, i) => {
-    const at = indexAt + i * RECORD_LENGTH;
+    const at = r.fileOffset || indexAt;
     const bad = (m: string) => new ImageError(p.path, at, `record ${i} at ${hex(r.address)}: ${m}`);
     if (r.kind !== KIND.DATA && r.kind !== KIND.HOLE) throw bad(`unknown kind ${r.kind}`);
     if (r.flags & ~RECORD_FLAG.ENCRYPTED) throw bad(`unknown flags 0x${r.flags.toString(16)}`);
@@ -143,7 +159,9 @@ export function checkStructure(p: ImageParts): void {
       }
       return;
     }
-    if (r.fileOffset % h.pageSize !== 0) throw bad(`data offset ${r.fileOffset} not page aligned`);
+    if (r.codec === 0 && r.flags === 0 && r.fileOffset % h.pageSize !== 0) {
+      throw bad(`raw data offset ${r.fileOffset} not page aligned`);
+    }
     if (r.fileOffset < h.headerLength + FRAME_LENGTH || r.fileOffset + r.storedLength > dataEnd) {
       throw bad(`data [${r.fileOffset}, ${r.fileOffset + r.storedLength}) outside the data area`);
     }
@@ -167,48 +185,50 @@ export function verifyImage(p: ImageParts): void {
   if (sumAt(p, f.indexOffset, f.indexLength) !== f.indexChecksum) {
     throw new ImageError(p.path, f.indexOffset, "index checksum mismatch");
   }
-  // Walk the data area in file order: zero padding, a frame header that matches its record, the data.
-  const data = p.records.filter((r) => r.kind === KIND.DATA).sort((a, b) => a.fileOffset - b.fileOffset);
+  // Walk the data area in file order: zero padding, each frame (header equal to its directory entry, table,
+  // each record's padding and data), the END frame.
   let pos = f.headerLength;
-  for (const r of data) {
-    const frameAt = frameDataOffset(pos, p.header.pageSize) - FRAME_LENGTH;
-    if (r.fileOffset - FRAME_LENGTH !== frameAt) {
-      throw new ImageError(p.path, frameAt, `expected the frame of the record at ${hex(r.address)} here`);
+  for (const d of p.frames) {
+    const frameAt = alignUp(pos, 8);
+    if (d.offset !== frameAt) {
+      throw new ImageError(p.path, frameAt, `expected the frame of ${hex(d.start)} here`);
     }
     expectZero(p, pos, frameAt - pos, "padding");
-    const { record: fr, end } = decodeFrame(p.path, view(p, frameAt, FRAME_LENGTH), frameAt);
-    if (
-      end || fr.address !== r.address || fr.length !== r.length || fr.kind !== r.kind ||
-      fr.codec !== r.codec ||
-      fr.flags !== r.flags || fr.storedLength !== r.storedLength || fr.checksum !== r.checksum ||
-      fr.decodedChecksum !== r.decodedChecksum || fr.segment !== r.segment
-    ) {
+    const fr = decodeFrameHeader(p.path, view(p, frameAt, FRAME_LENGTH), frameAt);
+    if (!sameFrame(fr, d)) {
       throw new ImageError(
         p.path,
         frameAt,
-        `frame header disagrees with the index record at ${hex(r.address)}`,
+        `frame header disagrees with its directory entry (${hex(d.start)})`,
       );
     }
-    if (sumAt(p, r.fileOffset, r.storedLength) !== r.checksum) {
-      throw new ImageError(
-        p.path,
-        r.fileOffset,
-        `data checksum mismatch for the record at ${hex(r.address)}`,
-      );
+    const tableAt = frameAt + FRAME_LENGTH;
+    inFile(p, tableAt, fr.count * ENTRY_LENGTH, "frame table", frameAt);
+    if (sumAt(p, tableAt, fr.count * ENTRY_LENGTH) !== fr.tableChecksum) {
+      throw new ImageError(p.path, tableAt, "frame table checksum mismatch");
     }
-    pos = r.fileOffset + r.storedLength;
+    pos = tableEnd(fr);
+    for (const r of decodeTable(p.path, fr, view(p, tableAt, fr.count * ENTRY_LENGTH), p.header.pageSize)) {
+      expectZero(p, pos, r.fileOffset - pos, "padding");
+      if (sumAt(p, r.fileOffset, r.storedLength) !== r.checksum) {
+        throw new ImageError(
+          p.path,
+          r.fileOffset,
+          `data checksum mismatch for the record at ${hex(r.address)}`,
+        );
+      }
+      pos = r.fileOffset + r.storedLength;
+    }
   }
-  const endAt = frameDataOffset(pos, p.header.pageSize) - FRAME_LENGTH;
+  const endAt = alignUp(pos, 8);
   if (endAt !== f.indexOffset - FRAME_LENGTH) {
     throw new ImageError(p.path, endAt, "expected the END frame here");
   }
   expectZero(p, pos, endAt - pos, "padding");
-  const { record: endFrame, end } = decodeFrame(p.path, view(p, endAt, FRAME_LENGTH), endAt);
-  if (
-    !end || endFrame.storedLength !== p.fileSize - f.indexOffset || endFrame.address || endFrame.length ||
-    endFrame.kind || endFrame.codec || endFrame.flags || endFrame.checksum || endFrame.decodedChecksum ||
-    endFrame.segment
-  ) throw new ImageError(p.path, endAt, "bad END frame");
+  const endFrame = decodeFrameHeader(p.path, view(p, endAt, FRAME_LENGTH), endAt);
+  if (!endFrame.isEnd || endFrame.dataLength !== p.fileSize - f.indexOffset) {
+    throw new ImageError(p.path, endAt, "bad END frame");
+  }
   // The tail: index, section blobs (8 aligned), section table, footer; nothing else.
   let at = f.indexOffset + f.indexLength;
   for (const s of p.sections) {
