@@ -97,6 +97,7 @@ export type {
   SectionEntry,
   SourceInfo,
 } from "./lib/image/layout.ts";
+export type { FrameInfo } from "./lib/image/frames.ts";
 export { type MemorySource, pidSource, segmentSource, selfSource } from "./lib/image/sources.ts";
 export {
   type LoadTarget,
