@@ -31,6 +31,13 @@ const symbols = {
   // ssize_t process_vm_readv(pid_t pid, const struct iovec *local_iov, unsigned long liovcnt,
   //                          const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
   process_vm_readv: { parameters: [pid_t, buf, ulong, buf, ulong, ulong], result: ssize_t },
+  // process_vm_readv on a pool thread (errno is not readable: retry synchronously for it)
+  process_vm_readv_nb: {
+    name: "process_vm_readv",
+    parameters: [pid_t, buf, ulong, buf, ulong, ulong],
+    result: ssize_t,
+    nonblocking: true,
+  },
   // ssize_t process_vm_writev(pid_t pid, const struct iovec *local_iov, unsigned long liovcnt,
   //                           const struct iovec *remote_iov, unsigned long riovcnt, unsigned long flags);
   process_vm_writev: { parameters: [pid_t, buf, ulong, buf, ulong, ulong], result: ssize_t },
