@@ -220,7 +220,7 @@ function rowsOf(
     const limit = big ? 1000 : 500;
     const records = s["cryo.records"] ? median(s["cryo.records"]) : undefined;
     const perRecord = records && records >= 1000
-      ? ` ${(median(s["cryo.ms"]) * 1000 / records).toFixed(1)} µs per record`
+      ? `, ${(median(s["cryo.ms"]) * 1000 / records).toFixed(1)} µs per record`
       : "";
     rows.push(judged({
       group,
@@ -232,7 +232,7 @@ function rowsOf(
       goal: big ? "≤ 1000 ms" : `≤ 500 ms, ≥ 0.8× C pipeline's speed (ratio ≤ 1.25)`,
       note: `the C pipeline reads the target in ${median(s["pipe.read"]).toFixed(0)} ms of its ` +
         `${median(s["pipe.ms"]).toFixed(0)} ms (the rest is write() to the page cache)` +
-        (records ? `; cryo wrote ${records} index records,${perRecord}` : ""),
+        (records ? `; cryo wrote ${records} index records${perRecord}` : ""),
     }, (m, r) => big ? (full ? m <= limit : undefined) : (!full || m <= limit) && r <= 1.25));
     if (hasGcore) {
       rows.push(judged({
