@@ -803,3 +803,109 @@ long cryo_checksums(const uint64_t *iov, size_t n, uint64_t *out) {
   for (size_t i = 0; i < n; i++) out[i] = xxh3((const void *)(uintptr_t)iov[2 * i], (size_t)iov[2 * i + 1]);
   return (long)n;
 }
+
+// ---- The vectored store's batch (issue 9): read runs of another process into a buffer, find its non-zero
+// pages and checksum them, all on one (pool) thread. ----
+#include <sys/uio.h>
+
+// Copy runs of `pid` (`runs`: start/end pairs, `nruns` of them) back to back into `local` with
+// process_vm_readv, up to 1024 iovecs a call, from run cursor[0] at offset cursor[1], until `capacity` bytes are
+// copied or the runs end; the cursor is advanced past the copy. Then split the copy into pieces: runs of
+// non-zero pages (every page when !detect; lengths are page multiples), each at most `max_piece` bytes, as
+// triples (local address, length, remote address) in `pieces` (room for `max_pieces`), with the XXH3 of each
+// in `sums`. *npieces receives the piece count. Returns the bytes copied, or -errno (EFAULT: an unmapped page
+// at the cursor; ENOSPC: too many pieces; ENOENT: no libxxhash).
+long cryo_gather(int pid, unsigned char *local, size_t capacity, const uint64_t *runs, size_t nruns,
+                 uint64_t *cursor, size_t page, int detect, size_t max_piece, uint64_t *pieces,
+                 uint64_t *sums, size_t max_pieces, uint64_t *npieces) {
+  struct iovec liov, riov[1024];
+  uint64_t first_run = cursor[0], first_off = cursor[1];
+  size_t filled = 0;
+  while (filled < capacity && cursor[0] < nruns) {
+    size_t n = 0, want = 0;
+    uint64_t i = cursor[0], off = cursor[1];
+    while (n < 1024 && i < nruns && filled + want < capacity) {
+      uint64_t s = runs[2 * i] + off;
+      uint64_t len = runs[2 * i + 1] - s;
+      if (len > capacity - filled - want) len = capacity - filled - want;
+      riov[n].iov_base = (void *)(uintptr_t)s;
+      riov[n].iov_len = len;
+      want += len;
+      n++;
+      if (s + len == runs[2 * i + 1]) {
+        i++;
+        off = 0;
+      } else {
+        off += len;
+      }
+    }
+    liov.iov_base = local + filled;
+    liov.iov_len = want;
+    ssize_t got = process_vm_readv(pid, &liov, 1, riov, n, 0);
+    if (got < 0) return -errno;
+    if (got == 0) return -EFAULT;
+    if ((size_t)got == want) {
+      cursor[0] = i;
+      cursor[1] = off;
+    } else {
+      for (uint64_t left = (uint64_t)got; left > 0;) {
+        uint64_t rest = runs[2 * cursor[0] + 1] - runs[2 * cursor[0]] - cursor[1];
+        if (left >= rest) {
+          left -= rest;
+          cursor[0]++;
+          cursor[1] = 0;
+        } else {
+          cursor[1] += left;
+          left = 0;
+        }
+      }
+    }
+    filled += (size_t)got;
+  }
+  static cryo_xxh3_fn xxh3;
+  if (!xxh3) {
+    void *lib = dlopen("libxxhash.so.0", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return -ENOENT;
+    xxh3 = (cryo_xxh3_fn)dlsym(lib, "XXH3_64bits");
+    if (!xxh3) return -ENOENT;
+  }
+  size_t np = 0, b = 0;
+  uint64_t i = first_run, off = first_off;
+  while (b < filled) {
+    uint64_t s = runs[2 * i] + off;
+    size_t len = runs[2 * i + 1] - s;
+    if (len > filled - b) len = filled - b;
+    for (size_t p = 0; p < len;) {
+      if (detect) {
+        unsigned char z;
+        while (p < len && (cryo_zero_pages(local + b + p, page, page, &z), z)) p += page;
+      }
+      size_t q = p;
+      if (detect) {
+        unsigned char z;
+        while (q < len && (cryo_zero_pages(local + b + q, page, page, &z), !z)) q += page;
+      } else {
+        q = len;
+      }
+      for (size_t o = p; o < q;) {
+        size_t l = q - o < max_piece ? q - o : max_piece;
+        if (np == max_pieces) return -ENOSPC;
+        pieces[3 * np] = (uint64_t)(uintptr_t)(local + b + o);
+        pieces[3 * np + 1] = l;
+        pieces[3 * np + 2] = s + o;
+        sums[np] = xxh3(local + b + o, l);
+        np++;
+        o += l;
+      }
+      p = q;
+    }
+    b += len;
+    off += len;
+    if (runs[2 * i] + off == runs[2 * i + 1]) {
+      i++;
+      off = 0;
+    }
+  }
+  *npieces = np;
+  return (long)filled;
+}

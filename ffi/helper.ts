@@ -25,6 +25,14 @@ const symbols = {
   cryo_zero_pages: { parameters: [ptr, size_t, size_t, buf], result: long },
   // long cryo_checksums(const uint64_t *iov, size_t n, uint64_t *out);  (XXH3-64 of each (address, length))
   cryo_checksums: { parameters: [buf, size_t, buf], result: long },
+  // long cryo_gather(int pid, unsigned char *local, size_t capacity, const uint64_t *runs, size_t nruns,
+  //                  uint64_t *cursor, size_t page, int detect, size_t max_piece, uint64_t *pieces,
+  //                  uint64_t *sums, size_t max_pieces, uint64_t *npieces);  (on a pool thread; -errno)
+  cryo_gather: {
+    parameters: [int, ptr, size_t, buf, size_t, buf, size_t, int, size_t, buf, buf, size_t, buf],
+    result: long,
+    nonblocking: true,
+  },
   // long cryo_freeze(pid_t pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns, int32_t *info,
   //                  int boost);  (synchronous on purpose: ptrace belongs to the calling thread)
   cryo_freeze: { parameters: [int, buf, buf, int, long, buf, int], result: long },

@@ -6,8 +6,7 @@
  */
 
 import { xxhash } from "../../ffi/xxhash.ts";
-import { ptrOf, unwrap } from "../../ffi/libc.ts";
-import { helper } from "../../ffi/helper.ts";
+import { ptrOf } from "../../ffi/libc.ts";
 
 /**
  * XXH3-64 of `len` bytes of this process's memory at `addr`.
@@ -107,20 +106,4 @@ export class Checksummer implements Disposable {
     if (this.#state === null) throw new TypeError("Cannot use a closed Checksummer");
     return this.#state;
   }
-}
-
-/**
- * XXH3-64 of many pieces of this process's memory in one native call.
- *
- * @param iov `[address0, length0, address1, length1, …]` of readable memory.
- * @param n How many pieces (at most `iov.length / 2`).
- * @param out Receives the checksums (at least `n` entries).
- * @returns `out`.
- */
-export function checksumsAt(iov: BigUint64Array, n: number, out: BigUint64Array): BigUint64Array {
-  if (2 * n > iov.length || n > out.length) {
-    throw new RangeError(`Cannot checksum ${n} pieces: arrays too short`);
-  }
-  if (n > 0) unwrap(helper().cryo_checksums(iov, BigInt(n), out), "cryo_checksums");
-  return out;
 }

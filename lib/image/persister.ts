@@ -22,8 +22,7 @@ import {
 import { type Codec, raw } from "../codec.ts";
 import type { Region } from "../region.ts";
 import { findZeroPages } from "../zero.ts";
-import { checksum, checksumAt, checksumAtAsync, checksumsAt } from "./checksum.ts";
-import { compareRecord, indexProblem, recordEnd } from "./index.ts";
+import { checksum, checksumAt, checksumAtAsync } from "./checksum.ts";
 import {
   alignUp,
   ARCH_X86_64,
@@ -41,7 +40,8 @@ import {
   type SectionEntry,
   type SourceInfo,
 } from "./layout.ts";
-import { gatherRemote, type MemorySource, selfSource } from "./sources.ts";
+import { type MemorySource, selfSource } from "./sources.ts";
+import { helper } from "../../ffi/helper.ts";
 import {
   encodeDirectory,
   encodeFrameHeader,
@@ -128,7 +128,11 @@ export class MemoryPersister implements AsyncDisposable {
   #regions: ImageRegion[] | undefined;
   #pos = 0;
   #headerWritten = false;
-  #records: ImageRecord[] = [];
+  /** Totals of the records stored so far, and the last one (a hole may extend it). */
+  #totals = { records: 0, dataRecords: 0, dataBytes: 0, holeBytes: 0, storedBytes: 0 };
+  #lastKind = -1;
+  #lastSegment = -1;
+  #lastHoleEnd = -1n;
   #lastEnd = new Map<number, bigint>();
   #frame: OpenFrame | undefined;
   #frames: FrameInfo[] = [];
@@ -136,10 +140,7 @@ export class MemoryPersister implements AsyncDisposable {
   #iov = new BigUint64Array(2 * IOV_MAX);
   #iovCount = 0;
   #spareIov: BigUint64Array<ArrayBuffer> | undefined;
-  #second: Uint8Array<ArrayBuffer> | undefined;
-  #pieces = new BigUint64Array(2 * 4096);
-  #pieceAddr = new BigUint64Array(4096);
-  #sums = new BigUint64Array(4096);
+  #spare: Uint8Array<ArrayBuffer>[] = [];
   #keep: Uint8Array[] = [];
   #sections = new Map<string, Uint8Array>();
   #done = false;
@@ -335,9 +336,6 @@ export class MemoryPersister implements AsyncDisposable {
     return await this.#guard(async () => {
       this.#writeHeader();
       this.#flush();
-      const records = [...this.#records].sort(compareRecord);
-      const problem = indexProblem(records);
-      if (problem) throw new RangeError(`Cannot finalize: ${problem.message}`);
       const endAt = alignUp(this.#pos, 8);
       const indexOffset = endAt + FRAME_LENGTH;
       const index = encodeDirectory(this.#frames);
@@ -368,7 +366,7 @@ export class MemoryPersister implements AsyncDisposable {
       for (const e of entries) tail.set(this.#sections.get(e.name)!, e.offset - indexOffset);
       tail.set(table, at - indexOffset);
       const header = this.#headerFields!;
-      const data = records.filter((r) => r.kind === KIND.DATA);
+      const t = this.#totals;
       const footer = encodeFooter({
         headerLength: header.headerLength,
         headerChecksum: header.headerChecksum,
@@ -382,7 +380,7 @@ export class MemoryPersister implements AsyncDisposable {
         sectionsChecksum: checksum(table),
         frameCount: this.#frames.length,
         fileSize,
-        dataBytes: data.reduce((s, r) => s + r.length, 0),
+        dataBytes: t.dataBytes,
       });
       tail.set(footer, tail.length - FOOTER_LENGTH);
       const end: FrameInfo = {
@@ -411,12 +409,12 @@ export class MemoryPersister implements AsyncDisposable {
       return {
         path: this.#path,
         fileSize,
-        records: records.length,
-        dataRecords: data.length,
-        holeRecords: records.length - data.length,
-        dataBytes: data.reduce((s, r) => s + r.length, 0),
-        holeBytes: records.reduce((s, r) => s + (r.kind === KIND.HOLE ? r.length : 0), 0),
-        storedBytes: data.reduce((s, r) => s + r.storedLength, 0),
+        records: t.records,
+        dataRecords: t.dataRecords,
+        holeRecords: t.records - t.dataRecords,
+        dataBytes: t.dataBytes,
+        holeBytes: t.holeBytes,
+        storedBytes: t.storedBytes,
       };
     });
   }
@@ -522,9 +520,10 @@ export class MemoryPersister implements AsyncDisposable {
   }
 
   /**
-   * Copy runs of a pid source into a bounce buffer a batch at a time and store them (raw images), with holes
-   * from `at` on between them; each batch is written on a pool thread while the next is read into the other
-   * buffer. Returns where the last run ends.
+   * Store runs of a pid source (raw images), with holes from `at` on between them and for zero pages. Three
+   * buffers: batch k + 1 is read, zero-scanned and checksummed in C on a pool thread (`cryo_gather`) while
+   * batch k's records and frames are made here and batch k - 1 is written on another; a buffer is read into
+   * again only after its write has finished. Returns where the last data ends.
    */
   async #gatherRuns(
     pairs: BigUint64Array,
@@ -533,67 +532,55 @@ export class MemoryPersister implements AsyncDisposable {
     source: MemorySource,
     signal?: AbortSignal,
   ): Promise<bigint> {
-    this.#second ??= new Uint8Array(source.window);
-    const buffers = [source.bounce!(), addrOf(Deno.UnsafePointer.of(this.#second))];
-    const detect = this.#opts.detectZeros ?? source.detectZeros;
-    const cursor = { i: 0, off: 0n };
-    const count = pairs.length / 2;
+    const window = source.window;
+    if (this.#spare.length === 0) this.#spare = [new Uint8Array(window), new Uint8Array(window)];
+    const buffers = [source.bounce!(), ...this.#spare.map((b) => addrOf(Deno.UnsafePointer.of(b)))];
+    const detect = (this.#opts.detectZeros ?? source.detectZeros) ? 1 : 0;
+    const maxPieces = Math.ceil(window / PAGE_SIZE);
+    const sets = [0, 1].map(() => ({
+      pieces: new BigUint64Array(3 * maxPieces),
+      sums: new BigUint64Array(maxPieces),
+      count: new BigUint64Array(1),
+    }));
+    const cursor = new BigUint64Array(2);
+    const count = BigInt(pairs.length / 2);
+    const read = async (k: number) => {
+      const set = sets[k % 2];
+      const got = await helper().cryo_gather(
+        source.pid,
+        ptrOf(buffers[k % 3]),
+        BigInt(window),
+        pairs,
+        count,
+        cursor,
+        BigInt(PAGE_SIZE),
+        detect,
+        BigInt(MAX_FRAME_DATA),
+        set.pieces,
+        set.sums,
+        BigInt(maxPieces),
+        set.count,
+      );
+      if (got < 0n) {
+        const i = Number(cursor[0]);
+        const where = i < pairs.length / 2 ? hex(pairs[2 * i] + cursor[1]) : "the end";
+        throw systemError("process_vm_readv", Number(-got), `pid ${source.pid} at ${where}`);
+      }
+      return set;
+    };
+    let next = count > 0n ? read(0) : undefined;
     let writing: Promise<void> = Promise.resolve();
     try {
-      for (let k = 0; cursor.i < count; k++) {
+      for (let k = 0; next; k++) {
         signal?.throwIfAborted();
-        const local = buffers[k % 2]; // its last write finished before the previous batch's began
-        let i = cursor.i, off = cursor.off;
-        const got = gatherRemote(source.pid, local, source.window, pairs, cursor);
-        const pages = got / PAGE_SIZE;
-        if (detect) {
-          if (this.#zeroScratch.length < pages) this.#zeroScratch = new Uint8Array(pages);
-          findZeroPages(local, got, PAGE_SIZE, this.#zeroScratch);
-        }
-        // The batch's data pieces (non-zero page runs, at most a frame's data each), their checksums in one
-        // native call, then records, with holes for the gaps and zero pages between them.
-        let np = 0;
-        const piece = (ptr: bigint, addr: bigint, len: number) => {
-          for (let o = 0; o < len; o += MAX_FRAME_DATA) {
-            if (2 * np === this.#pieces.length) this.#growPieces();
-            const l = Math.min(MAX_FRAME_DATA, len - o);
-            this.#pieces[2 * np] = ptr + BigInt(o);
-            this.#pieces[2 * np + 1] = BigInt(l);
-            this.#pieceAddr[np++] = addr + BigInt(o);
-          }
-        };
-        const zero = this.#zeroScratch;
-        for (let b = 0; b < got;) {
-          const s = pairs[2 * i] + off;
-          const len = Math.min(Number(pairs[2 * i + 1] - s), got - b);
-          if (!detect) piece(local + BigInt(b), s, len);
-          else {
-            const first = b / PAGE_SIZE, pages = len / PAGE_SIZE;
-            for (let p = 0; p < pages;) {
-              let q = p;
-              while (q < pages && zero[first + q]) q++;
-              p = q;
-              while (q < pages && !zero[first + q]) q++;
-              if (q > p) {
-                piece(local + BigInt(b + p * PAGE_SIZE), s + BigInt(p * PAGE_SIZE), (q - p) * PAGE_SIZE);
-              }
-              p = q;
-            }
-          }
-          b += len;
-          off += BigInt(len);
-          if (pairs[2 * i] + off === pairs[2 * i + 1]) {
-            i++;
-            off = 0n;
-          }
-        }
-        if (this.#sums.length < np) this.#sums = new BigUint64Array(this.#pieceAddr.length);
-        checksumsAt(this.#pieces, np, this.#sums);
-        for (let k = 0; k < np; k++) {
-          const a = this.#pieceAddr[k], n = Number(this.#pieces[2 * k + 1]), sum = this.#sums[k];
+        const { pieces, sums, count: n } = await next;
+        next = cursor[0] < count ? read(k + 1) : undefined; // into the buffer of batch k - 2, written already
+        next?.catch(() => {}); // observed when awaited
+        for (let j = 0, np = Number(n[0]); j < np; j++) {
+          const a = pieces[3 * j + 2], len = Number(pieces[3 * j + 1]), sum = sums[j];
           if (a > at) this.#hole(at, Number(a - at), segment);
-          this.#append(dataRecord(a, n, segment, 0, n, sum, sum), this.#pieces[2 * k]);
-          at = a + BigInt(n);
+          this.#append(dataRecord(a, len, segment, 0, len, sum, sum), pieces[3 * j]);
+          at = a + BigInt(len);
         }
         this.#flush();
         await writing;
@@ -601,19 +588,11 @@ export class MemoryPersister implements AsyncDisposable {
       }
       await writing;
     } catch (e) {
-      await writing.catch(() => {}); // no write may still use the fd or the buffers
+      await writing.catch(() => {}); // no write or read may still use the fd or the buffers
+      await next?.catch(() => {});
       throw e;
     }
     return at;
-  }
-
-  #growPieces(): void {
-    const pieces = new BigUint64Array(2 * this.#pieces.length);
-    pieces.set(this.#pieces);
-    this.#pieces = pieces;
-    const addr = new BigUint64Array(this.#pieceAddr.length * 2);
-    addr.set(this.#pieceAddr);
-    this.#pieceAddr = addr;
   }
 
   async #storeDetecting(local: bigint, addr: bigint, len: number, segment: number): Promise<void> {
@@ -709,19 +688,24 @@ export class MemoryPersister implements AsyncDisposable {
     if (keep) f.keep.push(keep);
     f.stored += r.storedLength;
     f.end = r.address + BigInt(r.length);
-    this.#records.push(r);
+    const t = this.#totals;
+    t.records++;
+    t.dataRecords++;
+    t.dataBytes += r.length;
+    t.storedBytes += r.storedLength;
+    this.#lastKind = KIND.DATA;
   }
 
   #hole(addr: bigint, len: number, segment: number): void {
     const f = this.#cover(segment, addr);
     f.end = addr + BigInt(len);
-    const last = this.#records[this.#records.length - 1];
-    if (last && last.kind === KIND.HOLE && last.segment === segment && recordEnd(last) === addr) {
-      last.length += len;
-      return;
+    this.#totals.holeBytes += len;
+    if (this.#lastKind !== KIND.HOLE || this.#lastSegment !== segment || this.#lastHoleEnd !== addr) {
+      this.#totals.records++;
     }
-    this.#records.push(dataRecord(addr, len, segment, 0, 0, 0n, 0n));
-    this.#records[this.#records.length - 1].kind = KIND.HOLE;
+    this.#lastKind = KIND.HOLE;
+    this.#lastSegment = segment;
+    this.#lastHoleEnd = f.end;
   }
 
   /** Write the open frame: zero padding, header, table, then each record's padding and data (writev). */
