@@ -1,6 +1,8 @@
 /**
- * The image writer: `store()` persists runs from a memory source, `storeGap()` records holes, `finalize()`
- * writes the END frame, index, sections and footer, fsyncs and renames into place. See docs/FORMAT.md.
+ * The image writer: `store()` persists runs from a memory source, `storeRuns()` many runs of one source at once
+ * (the vectored store: batched `process_vm_readv`, zero pages and checksums found in C, one `writev` per
+ * frame), `storeGap()` records holes, `finalize()` writes the END frame, the frame directory, sections and
+ * footer, fsyncs and renames into place. Records go out in batched frames (docs/FORMAT.md).
  *
  * @module
  */
