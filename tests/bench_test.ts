@@ -224,3 +224,37 @@ Deno.test("bench/main.ts refuses an unknown module and names the known ones", as
   assertMatch(err, /Cannot run the benchmarks: no module nosuch/);
   assert(err.includes(MODULES.join(", ")), err);
 });
+
+Deno.test("bench/main.ts without gdb on PATH skips the gcore rows with a note", async () => {
+  const out = await Deno.makeTempDir({ prefix: "cryo-bench-out-" });
+  try {
+    const run = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        runner,
+        "--quick",
+        "--only",
+        "checkpoint",
+        "--runs",
+        "1",
+        "--out",
+        out,
+        "--dir",
+        out,
+      ],
+      env: { PATH: "/nonexistent" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert(run.success, new TextDecoder().decode(run.stderr));
+    const report: Report = JSON.parse(await Deno.readTextFile(`${out}/BENCHMARKS.json`));
+    assertEquals(report.machine.gdb, "absent");
+    assertEquals(report.rows.filter((r) => r.name.startsWith("gcore") || r.baseline === "gcore").length, 0);
+    const noted = report.rows.filter((r) => r.note?.includes("gcore skipped: gdb is not installed"));
+    assertEquals(noted.length, 3); // one per workload
+    assert(report.rows.some((r) => r.name === "C pipeline: checkpoint time"), "the pipeline still ran");
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
