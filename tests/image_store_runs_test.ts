@@ -57,6 +57,20 @@ Deno.test("`storeRuns()` stores a child's sparse region byte-exact, gaps and zer
   assertEquals(await b.sum(addr, len), await a.sum(addr, len));
   const streamed = await verifyStream(await (await Deno.open(path)).readable);
   assertEquals([streamed.chunks, streamed.holeBytes], [4096, len - 16 * MiB]);
+  // 64 batches of 256 KiB through the minimum of three buffers: each is reused only after its write.
+  const small = await MemoryPersister.create(`${dir.path}/small.cryo`, {
+    source: pidSource(a.pid, { bufferSize: 256 << 10 }),
+    regions: [regionAt(addr, len)],
+    writeBehind: 0,
+    fsync: false,
+  });
+  await small.storeRuns(runs, { start: addr, end: addr + BigInt(len) });
+  await small.finalize();
+  using again = await MemoryLoader.open(`${dir.path}/small.cryo`);
+  await again.verify();
+  const view = (img: MemoryLoader) => img.records.map((r) => [r.address, r.length, r.kind, r.checksum]);
+  assertEquals(view(again), view(img));
+  assert(again.frames.length >= 64, `${again.frames.length} frames`);
 });
 
 Deno.test("`storeRuns()` of this process writes the same records and frames as `store()` and `storeGap()` per run", async () => {

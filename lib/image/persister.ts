@@ -77,6 +77,12 @@ export interface PersisterOptions {
   sealer?: Sealer;
   /** Chunks encoded (and sealed) at once, on pool threads (default: 2 × cores + 2). */
   window?: number;
+  /**
+   * Bytes read by `storeRuns()` from a pid source that may wait in memory for their write (default 256 MiB, at
+   * least three bounce buffers): the calls return once the memory is read, and a checkpoint's stop window
+   * does not wait for a slow disk until this much is pending. `finalize()` waits for every write.
+   */
+  writeBehind?: number;
 }
 
 /** What {@link MemoryPersister.finalize} wrote. */
@@ -142,7 +148,11 @@ export class MemoryPersister implements AsyncDisposable {
   #iov = new BigUint64Array(2 * IOV_MAX);
   #iovCount = 0;
   #spareIov: BigUint64Array<ArrayBuffer> | undefined;
-  #spare: Uint8Array<ArrayBuffer>[] = [];
+  /** Bounce buffers of `storeRuns()` (slot 0: the pid source's), each free once its last write finished. */
+  #pool: { addr: bigint; buffer?: Uint8Array; free: Promise<void> }[] = [];
+  #slot = 0;
+  /** The chain of writes in flight (each starts when the one before has finished). */
+  #writing: Promise<void> = Promise.resolve();
   #keep: Uint8Array[] = [];
   #sections = new Map<string, Uint8Array>();
   #done = false;
@@ -237,8 +247,9 @@ export class MemoryPersister implements AsyncDisposable {
     const segment = this.#claim(addr, n, source, "store");
     await this.#guard(async () => {
       this.#writeHeader();
+      await this.#writing; // the bounce buffer and the queue are ours again
       await this.#storeRange(addr, n, segment, source);
-      this.#settle();
+      await this.#settle();
     });
   }
 
@@ -301,6 +312,7 @@ export class MemoryPersister implements AsyncDisposable {
       if (source.bounce && aligned && this.#codec.id === 0 && !this.#opts.sealer) {
         at = await this.#gatherRuns(pairs, at, segment, source, opts.signal);
       } else {
+        await this.#writing;
         for (let i = 0; i < count; i++) {
           opts.signal?.throwIfAborted();
           const s = pairs[2 * i], e = pairs[2 * i + 1];
@@ -310,7 +322,7 @@ export class MemoryPersister implements AsyncDisposable {
         }
       }
       if (end > at) this.#hole(at, Number(end - at), segment);
-      this.#settle();
+      await this.#settle();
     });
   }
 
@@ -337,6 +349,8 @@ export class MemoryPersister implements AsyncDisposable {
     this.#live();
     return await this.#guard(async () => {
       this.#writeHeader();
+      await this.#writing; // every write of storeRuns() has finished
+      this.#pool = [];
       this.#flush();
       const endAt = alignUp(this.#pos, 8);
       const indexOffset = endAt + FRAME_LENGTH;
@@ -422,13 +436,14 @@ export class MemoryPersister implements AsyncDisposable {
   }
 
   /** Stop writing and remove the temporary file. Idempotent; does nothing after a successful finalize. */
-  abort(): Promise<void> {
-    if (this.#done) return Promise.resolve();
+  async abort(): Promise<void> {
+    if (this.#done) return;
     this.#done = true;
+    await this.#writing.catch(() => {}); // no write may still use the fd
+    this.#pool = [];
     if (this.#fd >= 0 && this.#ownsFd) libc.close(this.#fd);
     this.#fd = -1;
     if (this.#temp !== undefined) libc.unlink(cstr(this.#temp));
-    return Promise.resolve();
   }
 
   /** Same as {@link abort}. */
@@ -535,8 +550,8 @@ export class MemoryPersister implements AsyncDisposable {
     signal?: AbortSignal,
   ): Promise<bigint> {
     const window = source.window;
-    if (this.#spare.length === 0) this.#spare = [new Uint8Array(window), new Uint8Array(window)];
-    const buffers = [source.bounce!(), ...this.#spare.map((b) => addrOf(Deno.UnsafePointer.of(b)))];
+    const slots = Math.max(3, Math.floor((this.#opts.writeBehind ?? 256 << 20) / window));
+    if (this.#pool.length === 0) this.#pool.push({ addr: source.bounce!(), free: Promise.resolve() });
     const detect = (this.#opts.detectZeros ?? source.detectZeros) ? 1 : 0;
     const maxPieces = Math.ceil(window / PAGE_SIZE);
     const sets = [0, 1].map(() => ({
@@ -546,11 +561,16 @@ export class MemoryPersister implements AsyncDisposable {
     }));
     const cursor = new BigUint64Array(2);
     const count = BigInt(pairs.length / 2);
-    const read = async (k: number) => {
+    const read = async (k: number, slot: number) => {
+      if (!this.#pool[slot]) {
+        const buffer = new Uint8Array(window);
+        this.#pool[slot] = { addr: addrOf(Deno.UnsafePointer.of(buffer)), buffer, free: Promise.resolve() };
+      }
+      await this.#pool[slot].free; // its last write has finished
       const set = sets[k % 2];
       const got = await helper().cryo_gather(
         source.pid,
-        ptrOf(buffers[k % 3]),
+        ptrOf(this.#pool[slot].addr),
         BigInt(window),
         pairs,
         count,
@@ -570,14 +590,23 @@ export class MemoryPersister implements AsyncDisposable {
       }
       return set;
     };
-    let next = count > 0n ? read(0) : undefined;
-    let writing: Promise<void> = Promise.resolve();
+    const nextSlot = () => {
+      const slot = this.#slot;
+      this.#slot = (this.#slot + 1) % slots;
+      return slot;
+    };
+    let slot = nextSlot();
+    let next = count > 0n ? read(0, slot) : undefined;
     try {
       for (let k = 0; next; k++) {
         signal?.throwIfAborted();
         const { pieces, sums, count: n } = await next;
-        next = cursor[0] < count ? read(k + 1) : undefined; // into the buffer of batch k - 2, written already
-        next?.catch(() => {}); // observed when awaited
+        const current = slot;
+        if (cursor[0] < count) {
+          slot = nextSlot();
+          next = read(k + 1, slot); // on a pool thread, while this batch becomes records
+          next.catch(() => {}); // observed when awaited
+        } else next = undefined;
         for (let j = 0, np = Number(n[0]); j < np; j++) {
           const a = pieces[3 * j + 2], len = Number(pieces[3 * j + 1]), sum = sums[j];
           if (a > at) this.#hole(at, Number(a - at), segment);
@@ -585,12 +614,10 @@ export class MemoryPersister implements AsyncDisposable {
           at = a + BigInt(len);
         }
         this.#flush();
-        await writing;
-        writing = this.#drainAsync();
+        this.#pool[current].free = this.#writeBehind();
       }
-      await writing;
     } catch (e) {
-      await writing.catch(() => {}); // no write or read may still use the fd or the buffers
+      await this.#writing.catch(() => {}); // no write or read may still use the fd or the buffers
       await next?.catch(() => {});
       throw e;
     }
@@ -747,8 +774,11 @@ export class MemoryPersister implements AsyncDisposable {
    * End of a store call: write what is queued, and copy the open frame's data into memory of our own (it may
    * point into the caller's memory or a bounce buffer), so the image holds the bytes as they were stored.
    */
-  #settle(): void {
-    this.#drain();
+  async #settle(): Promise<void> {
+    if (this.#iovCount) {
+      await this.#writing;
+      this.#drain();
+    }
     const f = this.#frame;
     if (!f || f.owned === f.records.length) return;
     let total = 0;
@@ -813,14 +843,27 @@ export class MemoryPersister implements AsyncDisposable {
 
   /** Write every queued iovec now (writev, at most 1024 a call, resuming after partial writes). */
   #drain(): void {
+    if (this.#iovCount === 0) return;
     const q = this.#takeQueue();
     for (let i = 0; i < q.count;) i = this.#advance(q.iov, i, this.#writevNow(q.iov, i, q.count));
     this.#spareIov = q.iov;
   }
 
-  /** Write every queued iovec on a pool thread; the caller awaits it before queueing into reused memory. */
-  async #drainAsync(): Promise<void> {
+  /**
+   * Write every queued iovec on a pool thread, after the writes already in flight; the returned promise (also
+   * the new `#writing`) settles when they are written, and the memory they point into may be reused.
+   */
+  #writeBehind(): Promise<void> {
     const q = this.#takeQueue();
+    const done = this.#writing.then(() => this.#writeQueue(q));
+    done.catch(() => {}); // observed through `#writing` by the next call, finalize() or abort()
+    this.#writing = done;
+    return done;
+  }
+
+  async #writeQueue(
+    q: { iov: BigUint64Array<ArrayBuffer>; count: number; keep: Uint8Array[] },
+  ): Promise<void> {
     for (let i = 0; i < q.count;) {
       let n = await libc.writev_nb(this.#fd, q.iov.subarray(2 * i), Math.min(q.count - i, IOV_MAX));
       if (n <= 0n) n = this.#writevNow(q.iov, i, q.count); // errno is not readable on a pool thread: retry here
