@@ -78,9 +78,10 @@ export interface PersisterOptions {
   /** Chunks encoded (and sealed) at once, on pool threads (default: 2 × cores + 2). */
   window?: number;
   /**
-   * Bytes read by `storeRuns()` from a pid source that may wait in memory for their write (default 256 MiB, at
-   * least three bounce buffers): the calls return once the memory is read, and a checkpoint's stop window
-   * does not wait for a slow disk until this much is pending. `finalize()` waits for every write.
+   * Bytes read by `storeRuns()` from a pid source that may wait in memory for their write (default 1 GiB, at
+   * least three bounce buffers; buffers are added only while the writes fall behind the reads): the calls
+   * return once the memory is read, so a checkpoint's stop window does not wait for a slow disk until this much
+   * is pending. `finalize()` waits for every write.
    */
   writeBehind?: number;
 }
@@ -149,8 +150,8 @@ export class MemoryPersister implements AsyncDisposable {
   #iovCount = 0;
   #spareIov: BigUint64Array<ArrayBuffer> | undefined;
   /** Bounce buffers of `storeRuns()` (slot 0: the pid source's), each free once its last write finished. */
-  #pool: { addr: bigint; buffer?: Uint8Array; free: Promise<void> }[] = [];
-  #slot = 0;
+  #pool: { addr: bigint; buffer?: Uint8Array; busy: boolean; free: Promise<void> }[] = [];
+  #oldest = 0;
   /** The chain of writes in flight (each starts when the one before has finished). */
   #writing: Promise<void> = Promise.resolve();
   #keep: Uint8Array[] = [];
@@ -537,10 +538,11 @@ export class MemoryPersister implements AsyncDisposable {
   }
 
   /**
-   * Store runs of a pid source (raw images), with holes from `at` on between them and for zero pages. Three
-   * buffers: batch k + 1 is read, zero-scanned and checksummed in C on a pool thread (`cryo_gather`) while
-   * batch k's records and frames are made here and batch k - 1 is written on another; a buffer is read into
-   * again only after its write has finished. Returns where the last data ends.
+   * Store runs of a pid source (raw images), with holes from `at` on between them and for zero pages. Batch
+   * k + 1 is read, zero-scanned and checksummed in C on a pool thread (`cryo_gather`) while batch k's records
+   * and frames are made here and earlier batches are written on another (write-behind, up to `writeBehind`
+   * bytes of bounce buffers); a buffer is read into again only after its write has finished. Returns where the
+   * last data ends.
    */
   async #gatherRuns(
     pairs: BigUint64Array,
@@ -550,8 +552,10 @@ export class MemoryPersister implements AsyncDisposable {
     signal?: AbortSignal,
   ): Promise<bigint> {
     const window = source.window;
-    const slots = Math.max(3, Math.floor((this.#opts.writeBehind ?? 256 << 20) / window));
-    if (this.#pool.length === 0) this.#pool.push({ addr: source.bounce!(), free: Promise.resolve() });
+    const slots = Math.max(3, Math.floor((this.#opts.writeBehind ?? 1 << 30) / window));
+    if (this.#pool.length === 0) {
+      this.#pool.push({ addr: source.bounce!(), busy: false, free: Promise.resolve() });
+    }
     const detect = (this.#opts.detectZeros ?? source.detectZeros) ? 1 : 0;
     const maxPieces = Math.ceil(window / PAGE_SIZE);
     const sets = [0, 1].map(() => ({
@@ -562,10 +566,6 @@ export class MemoryPersister implements AsyncDisposable {
     const cursor = new BigUint64Array(2);
     const count = BigInt(pairs.length / 2);
     const read = async (k: number, slot: number) => {
-      if (!this.#pool[slot]) {
-        const buffer = new Uint8Array(window);
-        this.#pool[slot] = { addr: addrOf(Deno.UnsafePointer.of(buffer)), buffer, free: Promise.resolve() };
-      }
       await this.#pool[slot].free; // its last write has finished
       const set = sets[k % 2];
       const got = await helper().cryo_gather(
@@ -590,9 +590,20 @@ export class MemoryPersister implements AsyncDisposable {
       }
       return set;
     };
-    const nextSlot = () => {
-      const slot = this.#slot;
-      this.#slot = (this.#slot + 1) % slots;
+    // A free buffer if there is one, else a new one while fewer than `slots`, else the one written longest ago:
+    // memory grows only while the writes fall behind the reads.
+    const nextSlot = (current = -1) => {
+      let slot = this.#pool.findIndex((b) => !b.busy);
+      if (slot < 0 && this.#pool.length < slots) {
+        const buffer = new Uint8Array(window);
+        const addr = addrOf(Deno.UnsafePointer.of(buffer));
+        slot = this.#pool.push({ addr, buffer, busy: false, free: Promise.resolve() }) - 1;
+      }
+      while (slot < 0 || slot === current) { // never the buffer whose batch is being made into records
+        slot = this.#oldest;
+        this.#oldest = (this.#oldest + 1) % this.#pool.length;
+      }
+      this.#pool[slot].busy = true;
       return slot;
     };
     let slot = nextSlot();
@@ -603,7 +614,7 @@ export class MemoryPersister implements AsyncDisposable {
         const { pieces, sums, count: n } = await next;
         const current = slot;
         if (cursor[0] < count) {
-          slot = nextSlot();
+          slot = nextSlot(current);
           next = read(k + 1, slot); // on a pool thread, while this batch becomes records
           next.catch(() => {}); // observed when awaited
         } else next = undefined;
@@ -614,7 +625,9 @@ export class MemoryPersister implements AsyncDisposable {
           at = a + BigInt(len);
         }
         this.#flush();
-        this.#pool[current].free = this.#writeBehind();
+        const b = this.#pool[current], free = this.#writeBehind();
+        b.free = free;
+        free.then(() => b.free === free && (b.busy = false), () => {});
       }
     } catch (e) {
       await this.#writing.catch(() => {}); // no write or read may still use the fd or the buffers
