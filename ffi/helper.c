@@ -790,9 +790,9 @@ long cryo_rseq_self(const int32_t *tids, int n, void *out, long timeout_ns) {
 
 typedef unsigned long long (*cryo_xxh3_fn)(const void *p, size_t len);
 
-// out[i] = XXH3_64bits(iov[2i], iov[2i+1]) for i < n (libxxhash.so.0, loaded on first use). Returns n, or
-// -ENOENT when the library or the symbol is missing.
-long cryo_checksums(const uint64_t *iov, size_t n, uint64_t *out) {
+// out[i] = XXH3_64bits(iov[stride * i], iov[stride * i + 1]) for i < n (libxxhash.so.0, loaded on first
+// use). Returns n, or -ENOENT when the library or the symbol is missing.
+long cryo_checksums(const uint64_t *iov, size_t n, size_t stride, uint64_t *out) {
   static cryo_xxh3_fn xxh3;
   if (!xxh3) {
     void *lib = dlopen("libxxhash.so.0", RTLD_NOW | RTLD_LOCAL);
@@ -800,7 +800,9 @@ long cryo_checksums(const uint64_t *iov, size_t n, uint64_t *out) {
     xxh3 = (cryo_xxh3_fn)dlsym(lib, "XXH3_64bits");
     if (!xxh3) return -ENOENT;
   }
-  for (size_t i = 0; i < n; i++) out[i] = xxh3((const void *)(uintptr_t)iov[2 * i], (size_t)iov[2 * i + 1]);
+  for (size_t i = 0; i < n; i++) {
+    out[i] = xxh3((const void *)(uintptr_t)iov[stride * i], (size_t)iov[stride * i + 1]);
+  }
   return (long)n;
 }
 
@@ -813,7 +815,7 @@ long cryo_checksums(const uint64_t *iov, size_t n, uint64_t *out) {
 // copied or the runs end; the cursor is advanced past the copy. Then split the copy into pieces: runs of
 // non-zero pages (every page when !detect; lengths are page multiples), each at most `max_piece` bytes, as
 // triples (local address, length, remote address) in `pieces` (room for `max_pieces`), with the XXH3 of each
-// in `sums`. *npieces receives the piece count. Returns the bytes copied, or -errno (EFAULT: an unmapped page
+// in `sums` unless it is NULL (cryo_checksums(pieces, n, 3, sums) computes them later). *npieces receives the piece count. Returns the bytes copied, or -errno (EFAULT: an unmapped page
 // at the cursor; ENOSPC: too many pieces; ENOENT: no libxxhash).
 long cryo_gather(int pid, unsigned char *local, size_t capacity, const uint64_t *runs, size_t nruns,
                  uint64_t *cursor, size_t page, int detect, size_t max_piece, uint64_t *pieces,
@@ -863,7 +865,7 @@ long cryo_gather(int pid, unsigned char *local, size_t capacity, const uint64_t 
     filled += (size_t)got;
   }
   static cryo_xxh3_fn xxh3;
-  if (!xxh3) {
+  if (!xxh3 && sums) {
     void *lib = dlopen("libxxhash.so.0", RTLD_NOW | RTLD_LOCAL);
     if (!lib) return -ENOENT;
     xxh3 = (cryo_xxh3_fn)dlsym(lib, "XXH3_64bits");
@@ -893,7 +895,7 @@ long cryo_gather(int pid, unsigned char *local, size_t capacity, const uint64_t 
         pieces[3 * np] = (uint64_t)(uintptr_t)(local + b + o);
         pieces[3 * np + 1] = l;
         pieces[3 * np + 2] = s + o;
-        sums[np] = xxh3(local + b + o, l);
+        if (sums) sums[np] = xxh3(local + b + o, l);
         np++;
         o += l;
       }

@@ -23,8 +23,9 @@ const symbols = {
   cryo_futex_wake: { parameters: [ptr, int], result: int },
   // long cryo_zero_pages(const unsigned char *p, size_t len, size_t page, unsigned char *out);
   cryo_zero_pages: { parameters: [ptr, size_t, size_t, buf], result: long },
-  // long cryo_checksums(const uint64_t *iov, size_t n, uint64_t *out);  (XXH3-64 of each (address, length))
-  cryo_checksums: { parameters: [buf, size_t, buf], result: long },
+  // long cryo_checksums(const uint64_t *iov, size_t n, size_t stride, uint64_t *out);
+  //   (XXH3-64 of each (address, length) at iov[stride * i])
+  cryo_checksums: { parameters: [buf, size_t, size_t, buf], result: long },
   // long cryo_gather(int pid, unsigned char *local, size_t capacity, const uint64_t *runs, size_t nruns,
   //                  uint64_t *cursor, size_t page, int detect, size_t max_piece, uint64_t *pieces,
   //                  uint64_t *sums, size_t max_pieces, uint64_t *npieces);  (on a pool thread; -errno)

@@ -20,6 +20,7 @@ import {
   PAGE_SIZE,
   ptrOf,
   systemError,
+  unwrap,
 } from "../../ffi/libc.ts";
 import { type Codec, raw } from "../codec.ts";
 import type { Region } from "../region.ts";
@@ -579,7 +580,7 @@ export class MemoryPersister implements AsyncDisposable {
         detect,
         BigInt(MAX_FRAME_DATA),
         set.pieces,
-        set.sums,
+        null, // checksummed below, on this thread, while the next batch is read
         BigInt(maxPieces),
         set.count,
       );
@@ -612,6 +613,7 @@ export class MemoryPersister implements AsyncDisposable {
       for (let k = 0; next; k++) {
         signal?.throwIfAborted();
         const { pieces, sums, count: n } = await next;
+        unwrap(helper().cryo_checksums(pieces, n[0], 3n, sums), "cryo_checksums");
         const current = slot;
         if (cursor[0] < count) {
           slot = nextSlot(current);
