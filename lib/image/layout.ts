@@ -1,6 +1,7 @@
 /**
- * The byte layout of image format v1 (docs/FORMAT.md): constants, and encoders/decoders of the header block,
- * frame headers, index records, section table and footer, over `DataView` with explicit little-endian.
+ * The byte layout of image format v1 (docs/FORMAT.md): constants, the record type, and encoders/decoders of the
+ * header block, section table and footer, over `DataView` with explicit little-endian (frames, their tables and
+ * the frame directory: lib/image/frames.ts).
  * Decoders check every length against the bytes they were given and throw {@link ImageError} naming the file
  * and offset.
  *
@@ -17,8 +18,6 @@ export const FORMAT_VERSION = 1;
 export const FIXED_HEADER_LENGTH = 128;
 /** Bytes of a frame header (lib/image/frames.ts). */
 export const FRAME_LENGTH = 64;
-/** Bytes of one index record. */
-export const RECORD_LENGTH = 64;
 /** Bytes of the footer at the end of the file. */
 export const FOOTER_LENGTH = 128;
 /** `CRYOIMG\0` as a little-endian u64. */
@@ -58,7 +57,7 @@ const KINDS: RegionKind[] = [
   "special",
 ];
 
-/** One index record: a data run or a hole. */
+/** One record: a data run (a frame's table entry) or a hole (uncovered bytes of a frame's range). */
 export interface ImageRecord {
   /** First address (or offset in a relocatable segment). */
   address: bigint;
@@ -514,63 +513,6 @@ export function decodeHeaderBlock(
     bootId: strings[2],
   };
   return { fields, source, regions };
-}
-
-/**
- * Encode index records.
- *
- * @param records The records, in index order.
- * @returns `records.length * 64` bytes.
- */
-export function encodeIndex(records: readonly ImageRecord[]): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(records.length * RECORD_LENGTH);
-  const v = new DataView(b.buffer);
-  records.forEach((r, i) => {
-    const o = i * RECORD_LENGTH;
-    v.setBigUint64(o, r.address, true);
-    v.setBigUint64(o + 8, BigInt(r.length), true);
-    v.setBigUint64(o + 16, BigInt(r.fileOffset), true);
-    v.setBigUint64(o + 24, BigInt(r.storedLength), true);
-    v.setBigUint64(o + 32, r.checksum, true);
-    v.setBigUint64(o + 40, r.decodedChecksum, true);
-    v.setUint8(o + 48, r.kind);
-    v.setUint8(o + 49, r.codec);
-    v.setUint16(o + 50, r.flags, true);
-    v.setUint32(o + 52, r.segment, true);
-  });
-  return b;
-}
-
-/**
- * Decode index records (fields only; order and bounds are checked by the index and the verifier).
- *
- * @param path The image, for errors.
- * @param b The index bytes.
- * @param offset Where they lie in the file.
- * @returns The records.
- */
-export function decodeIndex(path: string, b: Uint8Array, offset: number): ImageRecord[] {
-  const c = new Cursor(path, b, offset);
-  if (b.length % RECORD_LENGTH !== 0) throw c.error(`index length ${b.length} is not a multiple of 64`, 0);
-  const out: ImageRecord[] = [];
-  while (c.pos < b.length) {
-    const at = c.pos;
-    const r: ImageRecord = {
-      address: c.u64(),
-      length: c.size("record length"),
-      fileOffset: c.size("record offset"),
-      storedLength: c.size("record stored length"),
-      checksum: c.u64(),
-      decodedChecksum: c.u64(),
-      kind: c.u8(),
-      codec: c.u8(),
-      flags: c.u16(),
-      segment: c.u32(),
-    };
-    if (c.u64() !== 0n) throw c.error(`non-zero reserved field in record ${at / RECORD_LENGTH}`, at + 56);
-    out.push(r);
-  }
-  return out;
 }
 
 /**
