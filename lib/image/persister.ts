@@ -529,7 +529,14 @@ export class MemoryPersister implements AsyncDisposable {
       let local = source.direct(a, w);
       if (local === null) {
         this.#flush(); // the open frame may point into the bounce buffer the read reuses
-        this.#drain();
+        if (this.#codec.id !== 0 || this.#opts.sealer) {
+          // Encoded chunks (and raw ones, copied by #encoded) are our own buffers: this window's writes run
+          // behind, on a pool thread, while the next window is read and encoded; one window in flight at most.
+          await this.#writing;
+          this.#writeBehind();
+        } else {
+          this.#drain();
+        }
         local = source.read(a, w);
       }
       if (detect) await this.#storeDetecting(local, a, w, segment);
@@ -698,7 +705,10 @@ export class MemoryPersister implements AsyncDisposable {
     const first = this.#ordinal;
     for await (const c of ordered(offsets, work, this.#opts.window)) {
       if (c.enc === null) {
-        this.#append(dataRecord(c.a, c.n, segment, 0, c.n, c.decoded, c.decoded), local + BigInt(c.off));
+        const copy = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(local + BigInt(c.off))!, c.n))
+          .slice();
+        const r = dataRecord(c.a, c.n, segment, 0, c.n, c.decoded, c.decoded);
+        this.#append(r, addrOf(Deno.UnsafePointer.of(copy)), copy); // a copy: the source may be a bounce buffer
       } else {
         const r = dataRecord(c.a, c.n, segment, c.codec, c.enc.length, checksum(c.enc), c.decoded);
         r.flags = sealer ? RECORD_FLAG.ENCRYPTED : 0;
