@@ -14,6 +14,7 @@ import { Pagemap } from "./pagemap.ts";
 import { markStacks, threadStacks } from "./stacks.ts";
 import { encodeThreads } from "./threads.ts";
 import type { Codec } from "./codec.ts";
+import type { Sealer } from "./seal.ts";
 import { MemoryPersister } from "./image/persister.ts";
 import { pidSource } from "./image/sources.ts";
 import type { Region } from "./region.ts";
@@ -31,6 +32,8 @@ export interface CheckpointOptions extends PolicyOptions {
   codec?: Codec;
   /** Decoded bytes per compressed record. */
   chunkSize?: number;
+  /** Encrypt every chunk (AES-256-GCM) and authenticate the metadata: `await Sealer.create(key)`. */
+  sealer?: Sealer;
   /** How long the freeze may take, in milliseconds. */
   freezeTimeoutMs?: number;
   /** Receives bytes persisted. */
@@ -101,6 +104,7 @@ export async function checkpoint(
       regions: kept.map((d) => d.region),
       codec: opts.codec,
       chunkSize: opts.chunkSize,
+      sealer: opts.sealer,
       fsync: opts.fsync ?? true,
     });
     const plans = (() => {

@@ -11,6 +11,9 @@ import type { ImageSummary } from "./image/persister.ts";
 import { permsString } from "./region.ts";
 import type { Codec } from "./codec.ts";
 import { ImageError } from "./errors.ts";
+import { openInput, verifyStream } from "./image/stream.ts";
+import { isEncrypted } from "./restore.ts";
+import type { SealKey } from "./seal.ts";
 
 /** One region of {@link ImageInfo}. */
 export interface InspectRegion {
@@ -70,6 +73,8 @@ export interface ImageInfo {
   requiredFeatures: string[];
   /** Names of the optional features in use. */
   optionalFeatures: string[];
+  /** Whether the records are encrypted: sizes and layout are shown, contents need the key. */
+  encrypted: boolean;
   /** Where the image came from. */
   source: { pid: number; time: string; commandLine: string[]; kernelRelease: string; bootId: string };
   /** The region table, with per-region totals. */
@@ -148,6 +153,7 @@ export async function inspect(path: string, opts: { records?: boolean } = {}): P
     arch: loader.header.arch === ARCH_X86_64 ? "x86_64" : `e_machine ${loader.header.arch}`,
     requiredFeatures: featureNames(loader.header.requiredFeatures, REQUIRED),
     optionalFeatures: featureNames(loader.header.optionalFeatures, OPTIONAL),
+    encrypted: isEncrypted(loader),
     source: {
       pid: loader.source.pid,
       time: new Date(loader.source.timeMs).toISOString(),
@@ -181,6 +187,8 @@ export interface VerifyResult {
   ok: boolean;
   /** The first problem, naming the offset and what was expected (absent when ok). */
   problem?: string;
+  /** For an encrypted image: whether its chunks were also authenticated with the key (else checksums only). */
+  authenticated: boolean;
   /** Bytes of the file checked. */
   bytes: number;
   /** How long verification took, in milliseconds. */
@@ -194,17 +202,39 @@ export interface VerifyResult {
  * @param opts `codecs` for compressed records.
  * @returns `ok`, or the first problem found.
  */
-export async function verify(path: string, opts: { codecs?: readonly Codec[] } = {}): Promise<VerifyResult> {
+export async function verify(
+  path: string,
+  opts: { codecs?: readonly Codec[]; key?: SealKey } = {},
+): Promise<VerifyResult> {
   const started = performance.now();
   let bytes = 0;
   try {
+    if (path === "-") {
+      const s = await verifyStream("-", { ...opts, path: "stdin" });
+      return {
+        path,
+        ok: true,
+        authenticated: s.encrypted,
+        bytes: s.bytesRead,
+        ms: performance.now() - started,
+      };
+    }
     using loader = await MemoryLoader.open(path, opts);
     bytes = loader.fileSize;
     await loader.verify();
-    return { path, ok: true, bytes, ms: performance.now() - started };
+    const encrypted = isEncrypted(loader);
+    if (encrypted && opts.key) await verifyStream(await openInput(path), { ...opts, path });
+    return { path, ok: true, authenticated: encrypted && !!opts.key, bytes, ms: performance.now() - started };
   } catch (e) {
     if (e instanceof ImageError) {
-      return { path, ok: false, problem: e.message, bytes, ms: performance.now() - started };
+      return {
+        path,
+        ok: false,
+        problem: e.message,
+        authenticated: false,
+        bytes,
+        ms: performance.now() - started,
+      };
     }
     throw e;
   }

@@ -12,7 +12,10 @@ import { decodeThreads } from "./threads.ts";
 import type { Codec } from "./codec.ts";
 import { MemoryLoader } from "./image/loader.ts";
 import { pidTarget } from "./image/targets.ts";
-import { KIND } from "./image/layout.ts";
+import { KIND, REQUIRED } from "./image/layout.ts";
+import { openInput, verifyStream } from "./image/stream.ts";
+import { restoreStream } from "./restore_stream.ts";
+import type { SealKey } from "./seal.ts";
 import { type Progress, silentProgress } from "./cli/progress.ts";
 
 /** Options of {@link restore}. */
@@ -23,6 +26,8 @@ export interface RestoreOptions {
   dryRun?: boolean;
   /** Codecs the image may use beyond raw. */
   codecs?: readonly Codec[];
+  /** The key of an encrypted image (`keyFromFile`/`keyFromEnv`). */
+  key?: SealKey;
   /** How long the freeze may take, in milliseconds. */
   freezeTimeoutMs?: number;
   /** Receives bytes restored. */
@@ -68,8 +73,17 @@ export interface RestoreResult {
 export async function restore(pid: number, path: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   const started = performance.now();
   const progress = opts.progress ?? silentProgress;
+  if (path === "-") {
+    if (opts.dryRun) throw new TypeError("Cannot dry-run a restore from a stream: it can be read only once");
+    return await restoreStream(pid, path, opts);
+  }
   using loader = await MemoryLoader.open(path, { codecs: opts.codecs });
   await loader.verify();
+  if (isEncrypted(loader)) {
+    // Encrypted records are authenticated and decrypted by the stream reader (the whole file first).
+    if (!opts.dryRun) return await restoreStream(pid, path, opts);
+    await verifyStream(await openInput(path), { key: opts.key, codecs: opts.codecs, path });
+  }
   opts.signal?.throwIfAborted();
   const target = pidTarget(pid);
   const threadsBytes = opts.registers === false ? undefined : loader.section("threads");
@@ -114,4 +128,9 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     frozen.thaw();
     progress.done();
   }
+}
+
+/** Whether the image's records are encrypted (they need the key to be read). */
+export function isEncrypted(loader: MemoryLoader): boolean {
+  return (loader.header.requiredFeatures & REQUIRED.ENCRYPTED) !== 0n;
 }

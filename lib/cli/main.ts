@@ -5,7 +5,14 @@
  * @module
  */
 
-import { CryoError, HelperNotFoundError, ImageError, LayoutMismatchError, SystemError } from "../errors.ts";
+import {
+  CryoError,
+  HelperNotFoundError,
+  ImageError,
+  KeyError,
+  LayoutMismatchError,
+  SystemError,
+} from "../errors.ts";
 
 /** A command's context: its arguments, an abort signal raised by SIGINT/SIGTERM, and output flags. */
 export interface CommandContext {
@@ -51,6 +58,9 @@ function hintFor(e: unknown): string | undefined {
     return "hint: the target's memory map no longer matches the image; `cryo regions --pid PID` shows it";
   }
   if (e instanceof HelperNotFoundError) return "hint: run `deno task build`";
+  if (e instanceof KeyError) {
+    return "hint: give the key the image was written with: --key-file FILE or --key-env NAME";
+  }
   return undefined;
 }
 

@@ -12,6 +12,8 @@ import { humanBytes, humanDuration } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { progressBar } from "../progress.ts";
+import { keyFrom, keyOptions, parseCodecOption } from "../secure.ts";
+import { Sealer } from "../../seal.ts";
 
 /** Parse one `--include`/`--exclude` value: `range:START-END`, `kind:K`, `path:GLOB`, or `START-END`. */
 export function parseFilter(value: string): RegionFilter {
@@ -47,10 +49,14 @@ a temporary file (mode 0600), fsynced and renamed; on any error or Ctrl-C nothin
 
 options:
   --pid PID             the process to checkpoint (root or CAP_SYS_PTRACE)
-  -o, --output IMAGE    the image to write
+  -o, --output IMAGE    the image to write; - writes it to stdout (the summary then goes to stderr)
   --include FILTER      also persist regions the policy skips: range:START-END, kind:KIND, path:GLOB
   --exclude FILTER      never persist these regions (wins over --include)
   --shared              persist shared mappings too
+  --compress CODEC      compress each chunk: zstd[:LEVEL] (1-22, default 3), lz4[:LEVEL], or raw (default);
+                        all cores, incompressible chunks stored raw
+  --key-file FILE       encrypt each chunk with AES-256-GCM, key from FILE (32 bytes, or 64 hex characters)
+  --key-env NAME        the same, key from the environment variable NAME (never from the command line)
   --no-registers        do not record thread registers
   --no-fsync            do not fsync the image (faster, not crash safe)
   --leave-stopped       leave the process stopped (SIGSTOP) afterwards; resume it with kill -CONT
@@ -59,12 +65,16 @@ options:
 
 examples:
   deno run -A cli.ts checkpoint --pid 4242 -o app.cryo
-  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --exclude path:'*.so*' --json`,
+  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --exclude path:'*.so*' --json
+  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --compress zstd:1 --key-file app.key
+  deno run -A cli.ts checkpoint --pid 4242 -o - | ssh host deno run -A cli.ts restore --pid 99 -`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       pid: { type: "string" },
       output: { type: "string", short: "o" },
       ...filterOptions,
+      compress: { type: "string" },
+      ...keyOptions,
       "no-registers": { type: "boolean" },
       "no-fsync": { type: "boolean" },
       "leave-stopped": { type: "boolean" },
@@ -74,7 +84,11 @@ examples:
     if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
     const pid = parsePid(values.pid);
     if (!values.output) throw new UsageError("-o IMAGE is required");
+    const codec = values.compress === undefined ? undefined : parseCodecOption(values.compress);
+    const key = await keyFrom(values);
     const result = await checkpoint(pid, values.output, {
+      codec,
+      sealer: key ? await Sealer.create(key) : undefined,
       include: (values.include ?? []).map(parseFilter),
       exclude: (values.exclude ?? []).map(parseFilter),
       shared: values.shared,
@@ -84,18 +98,21 @@ examples:
       progress: progressBar("checkpoint", values.quiet || values.json),
       signal: ctx.signal,
     });
+    // With the image on stdout, everything else goes to stderr.
+    const print = values.output === "-" ? (text: string) => console.error(text) : out;
     if (values.json) {
-      out(toJson(result));
+      print(toJson(result));
       return 0;
     }
-    out(
+    print(
       `checkpoint of pid ${pid} -> ${result.path}\n` +
         `  regions   ${result.regions} persisted, ${result.excluded.length} excluded (\`cryo regions --pid ${pid}\` says why)\n` +
         `  threads   ${result.threads}\n` +
         `  data      ${humanBytes(result.dataBytes)} in ${result.records} records, holes ${
           humanBytes(result.holeBytes)
         }\n` +
-        `  image     ${humanBytes(result.imageBytes)} (${humanBytes(result.allocatedBytes)} on disk)\n` +
+        `  image     ${humanBytes(result.imageBytes)}` +
+        (values.output === "-" ? " (streamed)\n" : ` (${humanBytes(result.allocatedBytes)} on disk)\n`) +
         `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
     );
     return 0;

@@ -10,6 +10,7 @@ import { onePositional, parse } from "../args.ts";
 import { humanBytes, humanDuration, humanRate, table } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
+import { keyFrom, keyOptions } from "../secure.ts";
 
 const hex = (n: bigint) => `0x${n.toString(16)}`;
 
@@ -53,6 +54,11 @@ examples:
       }), ` +
       `holes ${humanBytes(t.holeBytes)} in ${t.holeRecords} records`,
       `sections  ${info.sections.map((s) => `${s.name} (${humanBytes(s.bytes)})`).join(", ") || "none"}`,
+      ...(info.encrypted
+        ? [
+          "encrypted the records and sections are AES-256-GCM: sizes and layout are shown, contents need the key",
+        ]
+        : []),
       "",
       `regions (${info.regions.length}):`,
       table([
@@ -93,19 +99,22 @@ export const verifyCommand: Command = {
 
 Verifies the whole image: footer, header, bounds of every offset and length, index order and overlap, the
 frames between records, and every checksum. Exit status 0 when sound, 1 when not (saying where and what),
-2 on a usage error.
+2 on a usage error. IMAGE may be - (stdin). For an encrypted image, the checksums are checked without the key;
+with --key-file F or --key-env NAME every chunk and the metadata are also authenticated.
 
 examples:
-  deno run -A cli.ts verify app.cryo && echo sound`,
+  deno run -A cli.ts verify app.cryo && echo sound
+  deno run -A cli.ts verify --key-file app.key app.cryo`,
   async run(ctx) {
-    const { values, positionals } = parse(ctx.args, { json: { type: "boolean" } });
+    const { values, positionals } = parse(ctx.args, { json: { type: "boolean" }, ...keyOptions });
     const path = onePositional(positionals, "IMAGE");
-    const result = await verify(path);
+    const result = await verify(path, { key: await keyFrom(values) });
     if (values.json) out(toJson(result));
     else if (result.ok) {
       out(
         `${path}: sound (${humanBytes(result.bytes)} checked in ${humanDuration(result.ms)}, ` +
-          `${humanRate(result.bytes, result.ms)})`,
+          `${humanRate(result.bytes, result.ms)})` +
+          (result.authenticated ? "; every chunk authenticated with the key" : ""),
       );
     } else console.error(`${path}: DAMAGED: ${result.problem}`);
     return result.ok ? 0 : 1;

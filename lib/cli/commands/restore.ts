@@ -10,6 +10,7 @@ import { humanBytes, humanDuration } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out } from "../main.ts";
 import { progressBar } from "../progress.ts";
+import { keyFrom, keyOptions } from "../secure.ts";
 
 export const restoreCommand: Command = {
   name: "restore",
@@ -21,8 +22,14 @@ same protection (a region that grew is fine; one that shrank or vanished is refu
 memory back (holes become zero), puts each thread's registers back, and thaws PID. Nothing is written unless
 the image verified and the layout matched.
 
+IMAGE may be - to read the image from stdin (e.g. piped from \`cryo checkpoint -o -\` on another host): the
+layout is checked from its header before the first chunk, and each chunk is verified (and, when encrypted,
+authenticated) before it is written; a stream that turns out damaged part-way leaves the chunks before the
+damage written, and fails. Encrypted image files are authenticated in full before anything is written.
+
 options:
   --pid PID          the process to roll back (root or CAP_SYS_PTRACE)
+  --key-file FILE    the key of an encrypted image (or --key-env NAME)
   --no-registers     restore memory only, not thread registers
   --dry-run          verify and check, report what would be written, write nothing
   --json             print the result as JSON
@@ -30,10 +37,13 @@ options:
 
 examples:
   deno run -A cli.ts restore --pid 4242 app.cryo
-  deno run -A cli.ts restore --pid 4242 --dry-run app.cryo`,
+  deno run -A cli.ts restore --pid 4242 --dry-run app.cryo
+  deno run -A cli.ts restore --pid 4242 --key-env APP_KEY app.cryo
+  ssh host deno run -A cli.ts checkpoint --pid 77 -o - | deno run -A cli.ts restore --pid 4242 -`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       pid: { type: "string" },
+      ...keyOptions,
       "no-registers": { type: "boolean" },
       "dry-run": { type: "boolean" },
       json: { type: "boolean" },
@@ -42,6 +52,7 @@ examples:
     const pid = parsePid(values.pid);
     const image = onePositional(positionals, "IMAGE");
     const result = await restore(pid, image, {
+      key: await keyFrom(values),
       registers: !values["no-registers"],
       dryRun: values["dry-run"],
       progress: progressBar("restore", values.quiet || values.json),

@@ -1,0 +1,137 @@
+import { assert, assertEquals, assertMatch } from "./_assert.ts";
+import { Target } from "./_target.ts";
+
+const cli = new URL("../cli.ts", import.meta.url).pathname;
+const decoder = new TextDecoder();
+
+function cryo(args: string[], env: Record<string, string> = {}) {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", ...env },
+  }).output().then((o) => ({
+    code: o.code,
+    stdout: decoder.decode(o.stdout),
+    stderr: decoder.decode(o.stderr),
+  }));
+}
+
+Deno.test("cryo checkpoint --compress zstd --key-file round-trips through restore, and the key is required", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const key = crypto.getRandomValues(new Uint8Array(32));
+    await Deno.writeFile(`${dir}/k`, key, { mode: 0o600 });
+    const hexKey = [...crypto.getRandomValues(new Uint8Array(32))].map((b) =>
+      b.toString(16).padStart(2, "0")
+    );
+    const a = await target.map(8 << 20);
+    await target.fill(a, 8 << 20, "text", 3);
+    const before = await target.sum(a, 8 << 20);
+    const pid = String(target.pid);
+    const cp = await cryo([
+      "checkpoint",
+      "--pid",
+      pid,
+      "-o",
+      `${dir}/a.cryo`,
+      "--compress",
+      "zstd:1",
+      "--key-file",
+      `${dir}/k`,
+    ]);
+    assertEquals(cp.code, 0, cp.stderr);
+    const info = await cryo(["inspect", `${dir}/a.cryo`]);
+    assertMatch(info.stdout, /required \[codec, encrypted\]/);
+    assertMatch(info.stdout, /contents need the key/);
+    assert(!info.stdout.includes("process is persisted"), "no plaintext in inspect");
+    // The text the target wrote is not in the image file.
+    const file = await Deno.readFile(`${dir}/a.cryo`);
+    assert(
+      !decoder.decode(file).includes("checkpoint image index"),
+      "the image holds no plaintext of the memory",
+    );
+
+    await target.fill(a, 8 << 20, "random", 4);
+    const changed = await target.sum(a, 8 << 20);
+    const nokey = await cryo(["restore", "--pid", pid, `${dir}/a.cryo`]);
+    assertEquals(nokey.code, 1);
+    assertMatch(nokey.stderr, /hint: give the key the image was written with/);
+    const wrong = await cryo(["restore", "--pid", pid, "--key-env", "K", `${dir}/a.cryo`], {
+      K: hexKey.join(""),
+    });
+    assertEquals(wrong.code, 1);
+    assertEquals(await target.sum(a, 8 << 20), changed, "a refused restore writes nothing");
+    const bad = await cryo(["verify", "--key-env", "K", `${dir}/a.cryo`], { K: hexKey.join("") });
+    assertEquals(bad.code, 1);
+
+    const good = await cryo(["verify", "--key-file", `${dir}/k`, `${dir}/a.cryo`]);
+    assertEquals(good.code, 0, good.stderr);
+    assertMatch(good.stdout, /every chunk authenticated with the key/);
+    const rs = await cryo(["restore", "--pid", pid, "--key-file", `${dir}/k`, `${dir}/a.cryo`]);
+    assertEquals(rs.code, 0, rs.stderr);
+    assertEquals(await target.sum(a, 8 << 20), before);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cryo checkpoint -o - piped into cryo restore - rolls a child back", async () => {
+  await using target = Target.start();
+  const a = await target.map(16 << 20);
+  await target.fill(a, 16 << 20, "stride:3", 5);
+  const before = await target.sum(a, 16 << 20);
+  const pid = String(target.pid);
+  // Take the checkpoint into a pipe held open by the restorer, after the memory has changed: the restore then
+  // has real work to do. The checkpoint's summary goes to stderr, stdout carries only the image.
+  const checkpointer = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, "checkpoint", "--pid", pid, "-o", "-", "--compress", "lz4"],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const image = new Uint8Array(await new Response(checkpointer.stdout).arrayBuffer());
+  const cp = await checkpointer.output().catch(() => undefined);
+  const status = await checkpointer.status;
+  assert(status.success, cp ? decoder.decode(cp.stderr) : "checkpoint failed");
+  await target.fill(a, 16 << 20, "text", 6);
+  const restorer = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, "restore", "--pid", pid, "-"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const w = restorer.stdin.getWriter();
+  await w.write(image);
+  await w.close();
+  const out = await restorer.output();
+  assertEquals(out.code, 0, decoder.decode(out.stderr));
+  assertEquals(await target.sum(a, 16 << 20), before);
+
+  // verify - reads an image from stdin too.
+  const verifier = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, "verify", "-"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const vw = verifier.stdin.getWriter();
+  await vw.write(image);
+  await vw.close();
+  const v = await verifier.output();
+  assertEquals(v.code, 0, decoder.decode(v.stderr));
+
+  // A truncated stream is refused.
+  const truncated = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, "verify", "-"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const tw = truncated.stdin.getWriter();
+  await tw.write(image.subarray(0, image.length >> 1));
+  await tw.close();
+  const t = await truncated.output();
+  assertEquals(t.code, 1, decoder.decode(t.stdout));
+});
