@@ -20,7 +20,11 @@ import { type Progress, silentProgress } from "./cli/progress.ts";
 
 /** Options of {@link restore}. */
 export interface RestoreOptions {
-  /** Put the recorded registers back into threads that still exist (default true). */
+  /**
+   * Put the recorded registers back into threads that still exist (default true). Without them a thread resumes
+   * with its current registers on memory (its stack included) rolled back to the checkpoint: only safe when
+   * every thread is where it was then, or the image holds none of their stacks.
+   */
   registers?: boolean;
   /** Verify and check the layout, report what would be written, write nothing (default false). */
   dryRun?: boolean;

@@ -30,7 +30,9 @@ damage written, and fails. Encrypted image files are authenticated in full befor
 options:
   --pid PID          the process to roll back (root or CAP_SYS_PTRACE)
   --key-file FILE    the key of an encrypted image (or --key-env NAME)
-  --no-registers     restore memory only, not thread registers
+  --no-registers     restore memory only, not thread registers. Unsafe unless every thread is where it was at
+                     the checkpoint (or the image holds none of their stacks): a thread resumed with today's
+                     registers on a stack rolled back to then may crash
   --dry-run          verify and check, report what would be written, write nothing
   --json             print the result as JSON
   -q, --quiet        no progress bar
