@@ -9,7 +9,7 @@
  */
 
 import { ImageError } from "../errors.ts";
-import type { Region, RegionKind } from "../region.ts";
+import { type Region, REGION_KINDS, type RegionKind } from "../region.ts";
 import { checksum } from "./checksum.ts";
 
 /** Format version written and read. */
@@ -44,18 +44,7 @@ export const RECORD_FLAG = { ENCRYPTED: 1 } as const;
 /** Region table flag bits. */
 export const REGION_FLAG = { RELOCATABLE: 1 } as const;
 
-const KINDS: RegionKind[] = [
-  "anonymous",
-  "heap",
-  "stack",
-  "file",
-  "deleted",
-  "named",
-  "vdso",
-  "vvar",
-  "vsyscall",
-  "special",
-];
+const KINDS: readonly RegionKind[] = REGION_KINDS;
 
 /** One record: a data run (a frame's table entry) or a hole (uncovered bytes of a frame's range). */
 export interface ImageRecord {
