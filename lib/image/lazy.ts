@@ -9,8 +9,9 @@
  */
 
 import { MADV, MAP, O, PROT } from "../../ffi/constants.ts";
-import { errno, hex, libc, mmap, open, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
-import { SystemError } from "../errors.ts";
+import { cstr, errno, hex, libc, mmap, open, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
+import { CryoError, SystemError } from "../errors.ts";
+import { readRegions } from "../maps.ts";
 import type { Perms, Region } from "../region.ts";
 import { findZeroPages } from "../zero.ts";
 import { transferRemote } from "./sources.ts";
@@ -81,17 +82,18 @@ export function clearRange(addr: bigint, len: number, existing: readonly Region[
   for (const m of existing) {
     const s = m.start > addr ? m.start : addr;
     const e = m.end < end ? m.end : end;
-    if (s >= e) continue;
-    const anon = !m.perms.shared && (m.inode === 0n);
-    const as = anon ? ((s + page - 1n) / page) * page : e;
-    const ae = anon ? (e / page) * page : e;
-    if (as < ae) {
+    if (s >= e || m.perms.shared) continue; // a hole in shared memory is what the shared object holds: untouched
+    const anon = m.inode === 0n;
+    const as = ((s + page - 1n) / page) * page;
+    const ae = (e / page) * page;
+    // MADV_DONTNEED frees private anonymous pages (they read as zero) and drops the copied-on-write pages of a
+    // private file mapping (they read the file again): either way the range reads as it did at the checkpoint.
+    const dropped = as < ae && libc.madvise(ptrOf(as), ae - as, MADV.DONTNEED) === 0;
+    if (!anon) continue; // partial pages of a file mapping: holes are page aligned, never partial
+    if (dropped) {
       libc.memset(ptrOf(s), 0, as - s);
-      libc.madvise(ptrOf(as), ae - as, MADV.DONTNEED) === 0 || libc.memset(ptrOf(as), 0, ae - as);
       libc.memset(ptrOf(ae), 0, e - ae);
-    } else {
-      libc.memset(ptrOf(s), 0, e - s);
-    }
+    } else libc.memset(ptrOf(s), 0, e - s);
   }
 }
 
@@ -117,6 +119,8 @@ export class RemoteWriter implements Disposable {
   #pagemap: Pagemap | undefined;
   #bounce: Uint8Array<ArrayBuffer> | undefined;
   #zero = new Uint8Array(0);
+  #maps: Region[] | undefined;
+  #files = new Map<string, number>();
 
   /** Write process `pid`. */
   constructor(readonly pid: number) {}
@@ -151,6 +155,76 @@ export class RemoteWriter implements Disposable {
     const runs = this.#pagemap.runs(a, e);
     for (let i = 0; i < runs.length; i += 2) this.#zeroScan(runs[i], Number(runs[i + 1] - runs[i]));
     if (end > e) this.#zeroScan(e, Number(end - e));
+  }
+
+  /**
+   * Make the hole `[addr, addr + len)` read as it did at the checkpoint: zero in private anonymous memory; the
+   * file's contents in a private file mapping ({@link fileContents}); a shared mapping is left as its object
+   * holds it (it was never the process's alone to roll back).
+   *
+   * @param addr Remote address.
+   * @param len Bytes.
+   * @param regions The image's region table.
+   */
+  hole(addr: bigint, len: number, regions: readonly (Region & { relocatable?: boolean })[]): void {
+    const g = regions.find((x) => !x.relocatable && x.start <= addr && addr < x.end);
+    if (g && (g.perms.shared || g.inode !== 0n || g.kind === "file" || g.kind === "deleted")) {
+      if (!g.perms.shared) this.fileContents(addr, len, g);
+      return;
+    }
+    this.zero(addr, len, anonymousRange(regions, addr, addr + BigInt(len)));
+  }
+
+  /**
+   * Give the pages of `[addr, addr + len)` in a private file mapping the file's contents again where the process
+   * wrote them since (they are anonymous now); the others read the file already and are left alone. The file is
+   * read through `/proc/<pid>/map_files/`, so it is the very object mapped (a deleted file too).
+   *
+   * @param addr Remote address, page aligned.
+   * @param len Bytes, a multiple of the page size.
+   * @param region The image's region the range lies in (its start and file offset place the range in the file).
+   */
+  fileContents(addr: bigint, len: number, region: Region): void {
+    this.#pagemap ??= Pagemap.open(this.pid);
+    const runs = this.#pagemap.runs(addr, addr + BigInt(len), { anonOnly: true });
+    if (runs.length === 0) return;
+    const fd = this.#mappedFile(addr);
+    const size = 16 << 20;
+    this.#bounce ??= new Uint8Array(size);
+    const local = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#bounce)));
+    for (let i = 0; i < runs.length; i += 2) {
+      for (let a = runs[i]; a < runs[i + 1];) {
+        const n = Math.min(size, Number(runs[i + 1] - a));
+        const at = region.offset + (a - region.start);
+        let got = 0;
+        while (got < n) { // past the file's end a mapping reads as zero
+          const r = Number(libc.pread(fd, ptrOf(local + BigInt(got)), BigInt(n - got), at + BigInt(got)));
+          if (r < 0) throw systemError("pread", errno(), `the file mapped at ${hex(a)} in pid ${this.pid}`);
+          if (r === 0) break;
+          got += r;
+        }
+        if (got < n) libc.memset(ptrOf(local + BigInt(got)), 0, BigInt(n - got));
+        this.#writeAt(a, local, n);
+        a += BigInt(n);
+      }
+    }
+  }
+
+  /** An fd of the file mapped at `addr` in the process, from `/proc/<pid>/map_files/` (cached per mapping). */
+  #mappedFile(addr: bigint): number {
+    this.#maps ??= readRegions(this.pid);
+    const m = this.#maps.find((r) => r.start <= addr && addr < r.end);
+    if (!m) {
+      throw new CryoError(`Cannot restore the file contents at ${hex(addr)} in pid ${this.pid}: not mapped`);
+    }
+    const path = `/proc/${this.pid}/map_files/${m.start.toString(16)}-${m.end.toString(16)}`;
+    let fd = this.#files.get(path);
+    if (fd === undefined) {
+      fd = libc.open(cstr(path), O.RDONLY | O.CLOEXEC, 0);
+      if (fd < 0) throw systemError("open", errno(), path);
+      this.#files.set(path, fd);
+    }
+    return fd;
   }
 
   /** Read `[addr, addr + len)` and write zeros over its pages that are not zero. */
@@ -211,6 +285,8 @@ export class RemoteWriter implements Disposable {
   /** Close `/proc/<pid>/mem` and the pagemap. Idempotent. */
   close(): void {
     if (this.#mem >= 0) libc.close(this.#mem);
+    for (const fd of this.#files.values()) libc.close(fd);
+    this.#files.clear();
     this.#mem = -1;
     this.#pagemap?.close();
     this.#pagemap = undefined;

@@ -14,7 +14,7 @@ import { codecForId } from "../codecs/select.ts";
 import { defaultWindow, ordered } from "../codecs/pool.ts";
 import { CryoError, ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
-import { findRecord, recordEnd } from "./index.ts";
+import { findRecord } from "./index.ts";
 import {
   decodeFooter,
   decodeHeaderBlock,
@@ -33,7 +33,7 @@ import {
 } from "./layout.ts";
 import { checkStructure, verifyImage } from "./verify.ts";
 import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
-import { anonymousRange, clearRange, mapRun, protOf, RemoteWriter } from "./lazy.ts";
+import { clearRange, mapRun, protOf, RemoteWriter } from "./lazy.ts";
 import {
   addFrameRecords,
   decodeDirectory,
@@ -303,7 +303,7 @@ export class MemoryLoader implements Disposable {
       };
       for await (const [r, decoded] of ordered(this.records.filter((r) => r.segment === 0), decode, window)) {
         if (r.kind === KIND.HOLE) {
-          remote.zero(r.address, r.length, anonymousRange(this.regions, r.address, recordEnd(r)));
+          remote.hole(r.address, r.length, this.regions);
           summary.holeBytes += r.length;
         } else {
           remote.write(r.address, decoded ?? this.#stored(r));

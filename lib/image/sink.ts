@@ -9,7 +9,7 @@
 import { MAP, PROT } from "../../ffi/constants.ts";
 import { errno, hex, libc, mmap, ptrOf, systemError } from "../../ffi/libc.ts";
 import type { ImageRecord, ImageRegion } from "./layout.ts";
-import { anonymousRange, clearRange, protOf, RemoteWriter } from "./lazy.ts";
+import { clearRange, protOf, RemoteWriter } from "./lazy.ts";
 import { type LoadTarget, type RegionPlan, segmentBytes } from "./targets.ts";
 
 /** Writes verified chunks and zeroes holes in a load target. */
@@ -57,7 +57,7 @@ export function openSink(
       },
       zero(r) {
         if (r.segment === 0) {
-          remote.zero(r.address, r.length, anonymousRange(regions, r.address, r.address + BigInt(r.length)));
+          remote.hole(r.address, r.length, regions);
         }
       },
       close: () => remote.close(),
