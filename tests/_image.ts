@@ -4,6 +4,7 @@
  * @module
  */
 
+import { readRegions } from "../lib/maps.ts";
 import { MAP, PROT } from "../ffi/constants.ts";
 import { mmap, munmap, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
 import type { Region } from "../lib/region.ts";
@@ -85,6 +86,16 @@ export function fillRandom(b: Uint8Array, seed = 1): void {
 export function rssAnon(): number {
   const m = /^Anonymous:\s+(\d+) kB/m.exec(Deno.readTextFileSync("/proc/self/smaps_rollup"));
   return Number(m![1]) * 1024;
+}
+
+/**
+ * Resident bytes of the one mapping at `addr`, from /proc/self/smaps: unlike the process-wide total, other
+ * tests running in this process (deno test --parallel) do not move it.
+ */
+export function rssOf(addr: bigint): number {
+  const r = readRegions("self", { smaps: true }).find((x) => x.start <= addr && addr < x.end);
+  if (!r) throw new Error(`nothing mapped at 0x${addr.toString(16)}`);
+  return r.rss;
 }
 
 /** A temporary directory, removed on dispose. */
