@@ -111,6 +111,10 @@ export function releaseMemory(addr: bigint, len: number | bigint): void {
 }
 
 const ZEROS = new Uint8Array(1 << 20);
+const IOV_BATCH = 1024; // UIO_MAXIOV
+
+/** A region of an image's region table, as far as loading needs it. */
+type ImageRegionLike = Region & { relocatable?: boolean };
 const zerosAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ZEROS)));
 
 /** Writes another process's memory: `process_vm_writev`, falling back to `/proc/<pid>/mem` (read-only pages). */
@@ -121,6 +125,9 @@ export class RemoteWriter implements Disposable {
   #zero = new Uint8Array(0);
   #maps: Region[] | undefined;
   #files = new Map<string, number>();
+  #liov = new BigUint64Array(2 * IOV_BATCH);
+  #riov = new BigUint64Array(2 * IOV_BATCH);
+  #queued = 0;
 
   /** Write process `pid`. */
   constructor(readonly pid: number) {}
@@ -166,7 +173,7 @@ export class RemoteWriter implements Disposable {
    * @param len Bytes.
    * @param regions The image's region table.
    */
-  hole(addr: bigint, len: number, regions: readonly (Region & { relocatable?: boolean })[]): void {
+  hole(addr: bigint, len: number, regions: readonly ImageRegionLike[]): void {
     const g = regions.find((x) => !x.relocatable && x.start <= addr && addr < x.end);
     if (g && (g.perms.shared || g.inode !== 0n || g.kind === "file" || g.kind === "deleted")) {
       if (!g.perms.shared) this.fileContents(addr, len, g);
@@ -187,25 +194,121 @@ export class RemoteWriter implements Disposable {
   fileContents(addr: bigint, len: number, region: Region): void {
     this.#pagemap ??= Pagemap.open(this.pid);
     const runs = this.#pagemap.runs(addr, addr + BigInt(len), { anonOnly: true });
-    if (runs.length === 0) return;
-    const fd = this.#mappedFile(addr);
+    for (let i = 0; i < runs.length; i += 2) this.#fileRange(runs[i], runs[i + 1], region);
+  }
+
+  /** Write the file's contents over `[a, e)` of a private file mapping (see {@link fileContents}). */
+  #fileRange(a: bigint, e: bigint, region: Region): void {
+    const fd = this.#mappedFile(a);
     const size = 16 << 20;
     this.#bounce ??= new Uint8Array(size);
     const local = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#bounce)));
-    for (let i = 0; i < runs.length; i += 2) {
-      for (let a = runs[i]; a < runs[i + 1];) {
-        const n = Math.min(size, Number(runs[i + 1] - a));
-        const at = region.offset + (a - region.start);
-        let got = 0;
-        while (got < n) { // past the file's end a mapping reads as zero
-          const r = Number(libc.pread(fd, ptrOf(local + BigInt(got)), BigInt(n - got), at + BigInt(got)));
-          if (r < 0) throw systemError("pread", errno(), `the file mapped at ${hex(a)} in pid ${this.pid}`);
-          if (r === 0) break;
-          got += r;
+    while (a < e) {
+      const n = Math.min(size, Number(e - a));
+      const at = region.offset + (a - region.start);
+      let got = 0;
+      while (got < n) { // past the file's end a mapping reads as zero
+        const r = Number(libc.pread(fd, ptrOf(local + BigInt(got)), BigInt(n - got), at + BigInt(got)));
+        if (r < 0) throw systemError("pread", errno(), `the file mapped at ${hex(a)} in pid ${this.pid}`);
+        if (r === 0) break;
+        got += r;
+      }
+      if (got < n) libc.memset(ptrOf(local + BigInt(got)), 0, BigInt(n - got));
+      this.#writeAt(a, local, n);
+      a += BigInt(n);
+    }
+  }
+
+  /**
+   * Make many holes read as they did at the checkpoint (as {@link hole} does one), with one pagemap scan per
+   * region rather than one per hole: only the pages the process has now (anonymous ones, in a file mapping)
+   * inside a hole are touched.
+   *
+   * @param holes Holes sorted by address, not overlapping.
+   * @param regions The image's region table.
+   */
+  holes(holes: readonly { address: bigint; length: number }[], regions: readonly ImageRegionLike[]): void {
+    const absolute = regions.filter((g) => !g.relocatable).sort((x, y) => (x.start < y.start ? -1 : 1));
+    let h = 0;
+    for (const g of absolute) {
+      while (h < holes.length && holes[h].address < g.start) {
+        this.#zeroScan(holes[h].address, holes[h].length); // outside every region: read and compare
+        h++;
+      }
+      const first = h;
+      while (h < holes.length && holes[h].address < g.end) h++;
+      if (h === first || g.perms.shared) continue; // a shared mapping's holes are its object's: untouched
+      const file = g.inode !== 0n || g.kind === "file" || g.kind === "deleted";
+      this.#pagemap ??= Pagemap.open(this.pid);
+      const runs = this.#pagemap.runs(g.start, g.end, { anonOnly: file });
+      // Intersect the holes with the pages the process has (both sorted): two cursors.
+      let r = 0;
+      for (let k = first; k < h; k++) {
+        const hs = holes[k].address, he = hs + BigInt(holes[k].length);
+        while (r < runs.length && runs[r + 1] <= hs) r += 2;
+        for (let q = r; q < runs.length && runs[q] < he; q += 2) {
+          const a = runs[q] > hs ? runs[q] : hs, e = runs[q + 1] < he ? runs[q + 1] : he;
+          if (file) this.#fileRange(a, e, g);
+          else this.#zeroScan(a, Number(e - a));
         }
-        if (got < n) libc.memset(ptrOf(local + BigInt(got)), 0, BigInt(n - got));
-        this.#writeAt(a, local, n);
-        a += BigInt(n);
+      }
+    }
+    for (; h < holes.length; h++) this.#zeroScan(holes[h].address, holes[h].length);
+  }
+
+  /**
+   * Queue a write of `len` bytes from local memory (which must stay valid until {@link flush}) to `addr`;
+   * queued writes go out up to 1024 at a time in one `process_vm_writev`.
+   *
+   * @param addr Remote address.
+   * @param local Local address.
+   * @param len Bytes.
+   */
+  queue(addr: bigint, local: bigint, len: number): void {
+    if (len === 0) return;
+    const n = this.#queued++;
+    this.#liov[2 * n] = local;
+    this.#liov[2 * n + 1] = BigInt(len);
+    this.#riov[2 * n] = addr;
+    this.#riov[2 * n + 1] = BigInt(len);
+    if (this.#queued === IOV_BATCH) this.flush();
+  }
+
+  /** Write every queued write. A piece the kernel refuses (a read-only page) goes through `/proc/<pid>/mem`. */
+  flush(): void {
+    const count = this.#queued;
+    this.#queued = 0;
+    for (let i = 0; i < count;) {
+      const n = BigInt(count - i);
+      let got = libc.process_vm_writev(
+        this.pid,
+        this.#liov.subarray(2 * i),
+        n,
+        this.#riov.subarray(2 * i),
+        n,
+        0n,
+      );
+      if (got <= 0n) {
+        const e = got < 0n ? errno() : 14;
+        if (e !== 14 /* EFAULT */) {
+          throw systemError("process_vm_writev", e, `pid ${this.pid} at ${hex(this.#riov[2 * i])}`);
+        }
+        this.#writeAt(this.#riov[2 * i], this.#liov[2 * i], Number(this.#liov[2 * i + 1]));
+        i++;
+        continue;
+      }
+      while (got > 0n) { // skip what was written; a partly written piece continues where it stopped
+        const l = this.#liov[2 * i + 1];
+        if (got >= l) {
+          got -= l;
+          i++;
+        } else {
+          for (const iov of [this.#liov, this.#riov]) {
+            iov[2 * i] += got;
+            iov[2 * i + 1] -= got;
+          }
+          got = 0n;
+        }
       }
     }
   }

@@ -301,15 +301,28 @@ export class MemoryLoader implements Disposable {
         if (!(ring[slot]?.length >= r.length)) ring[slot] = new Uint8Array(r.length);
         return [r, await this.readRecord(r, ring[slot].subarray(0, r.length))] as const;
       };
-      for await (const [r, decoded] of ordered(this.records.filter((r) => r.segment === 0), decode, window)) {
+      const holes: ImageRecord[] = [];
+      const absolute = this.records.filter((r) => r.segment === 0);
+      const base = this.#parts().base;
+      const put = (r: ImageRecord, decoded: Uint8Array | undefined) => {
         if (r.kind === KIND.HOLE) {
-          remote.hole(r.address, r.length, this.regions);
+          holes.push(r);
           summary.holeBytes += r.length;
-        } else {
-          remote.write(r.address, decoded ?? this.#stored(r));
-          summary.copiedBytes += r.length;
+          return;
         }
+        // Raw data is a view of the mapped image, valid until close: batched. Decoded data sits in a ring
+        // buffer that is reused: written now.
+        if (decoded) remote.write(r.address, decoded);
+        else remote.queue(r.address, base + BigInt(r.fileOffset), r.length);
+        summary.copiedBytes += r.length;
+      };
+      if (absolute.some((r) => r.codec !== 0)) {
+        for await (const [r, decoded] of ordered(absolute, decode, window)) put(r, decoded);
+      } else {
+        for (const r of absolute) put(r, undefined); // nothing to decode: no pipeline per record
       }
+      remote.flush();
+      remote.holes(holes, this.regions);
       return summary;
     }
     return await this.#loadSelf(target, plan, summary);
