@@ -33,7 +33,8 @@ import {
 } from "./layout.ts";
 import { checkStructure, verifyImage } from "./verify.ts";
 import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
-import { clearRange, mapRun, protOf, RemoteWriter } from "./lazy.ts";
+import { clearRange, mapRun, protOf } from "./lazy.ts";
+import { RemoteWriter } from "./remote.ts";
 import {
   addFrameRecords,
   decodeDirectory,

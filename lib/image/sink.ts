@@ -9,7 +9,8 @@
 import { MAP, PROT } from "../../ffi/constants.ts";
 import { errno, hex, libc, mmap, ptrOf, systemError } from "../../ffi/libc.ts";
 import type { ImageRecord, ImageRegion } from "./layout.ts";
-import { clearRange, protOf, RemoteWriter } from "./lazy.ts";
+import { clearRange, protOf } from "./lazy.ts";
+import { RemoteWriter } from "./remote.ts";
 import { type LoadTarget, type RegionPlan, segmentBytes } from "./targets.ts";
 
 /** Writes verified chunks and zeroes holes in a load target. */

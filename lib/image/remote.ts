@@ -1,0 +1,331 @@
+/**
+ * Writing another process's memory for a load: {@link RemoteWriter} copies data with `process_vm_writev`
+ * (batched, falling back to `/proc/<pid>/mem` for pages the process cannot write) and makes holes read as
+ * they did at the checkpoint: zero in private anonymous memory, the file's contents in a private file mapping,
+ * untouched in a shared one.
+ *
+ * @module
+ */
+
+import { O } from "../../ffi/constants.ts";
+import { cstr, errno, hex, libc, open, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
+import { CryoError, SystemError } from "../errors.ts";
+import { readRegions } from "../maps.ts";
+import type { Region } from "../region.ts";
+import { findZeroPages } from "../zero.ts";
+import { transferRemote } from "./sources.ts";
+import { Pagemap } from "../pagemap.ts";
+
+/**
+ * Whether every region that overlaps `[start, end)` is private anonymous memory, where a page that is not
+ * present reads as zero (so zeroing may skip it).
+ *
+ * @param regions Regions (an image's region table, or the target's).
+ * @param start First address.
+ * @param end One past the last.
+ * @returns True when some region overlaps and all that do are private and anonymous.
+ */
+export function anonymousRange(
+  regions: readonly (Region & { relocatable?: boolean })[],
+  start: bigint,
+  end: bigint,
+): boolean {
+  let any = false;
+  for (const g of regions) {
+    if (g.relocatable || g.end <= start || g.start >= end) continue;
+    if (g.inode !== 0n || g.perms.shared || g.kind === "file" || g.kind === "deleted") return false;
+    any = true;
+  }
+  return any;
+}
+
+const ZEROS = new Uint8Array(1 << 20);
+const IOV_BATCH = 1024; // UIO_MAXIOV
+
+/** A region of an image's region table, as far as loading needs it. */
+type ImageRegionLike = Region & { relocatable?: boolean };
+const zerosAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ZEROS)));
+
+/** Writes another process's memory: `process_vm_writev`, falling back to `/proc/<pid>/mem` (read-only pages). */
+export class RemoteWriter implements Disposable {
+  #mem = -1;
+  #pagemap: Pagemap | undefined;
+  #bounce: Uint8Array<ArrayBuffer> | undefined;
+  #zero = new Uint8Array(0);
+  #maps: Region[] | undefined;
+  #files = new Map<string, number>();
+  #liov = new BigUint64Array(2 * IOV_BATCH);
+  #riov = new BigUint64Array(2 * IOV_BATCH);
+  #queued = 0;
+
+  /** Write process `pid`. */
+  constructor(readonly pid: number) {}
+
+  /**
+   * Write `bytes` at `addr` in the process.
+   *
+   * @param addr Remote address.
+   * @param bytes Local bytes (e.g. a view of the mapped image).
+   */
+  write(addr: bigint, bytes: Uint8Array): void {
+    if (bytes.length === 0) return;
+    this.#writeAt(addr, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes))), bytes.length);
+  }
+
+  /**
+   * Make `[addr, addr + len)` read as zero, writing only pages that are not zero already (so never-populated
+   * pages stay unpopulated). In private anonymous memory (`anonymous`), only the pages the process's pagemap
+   * shows present or swapped are read at all: a page never populated reads as zero already.
+   *
+   * @param addr Remote address.
+   * @param len Bytes.
+   * @param anonymous Whether the range is private anonymous memory (see {@link anonymousRange}).
+   */
+  zero(addr: bigint, len: number, anonymous = false): void {
+    const page = BigInt(PAGE_SIZE);
+    const end = addr + BigInt(len);
+    const a = ((addr + page - 1n) / page) * page, e = (end / page) * page;
+    if (!anonymous || a >= e) return this.#zeroScan(addr, len);
+    if (a > addr) this.#zeroScan(addr, Number(a - addr));
+    this.#pagemap ??= Pagemap.open(this.pid);
+    const runs = this.#pagemap.runs(a, e);
+    for (let i = 0; i < runs.length; i += 2) this.#zeroScan(runs[i], Number(runs[i + 1] - runs[i]));
+    if (end > e) this.#zeroScan(e, Number(end - e));
+  }
+
+  /**
+   * Make the hole `[addr, addr + len)` read as it did at the checkpoint: zero in private anonymous memory; the
+   * file's contents in a private file mapping ({@link fileContents}); a shared mapping is left as its object
+   * holds it (it was never the process's alone to roll back).
+   *
+   * @param addr Remote address.
+   * @param len Bytes.
+   * @param regions The image's region table.
+   */
+  hole(addr: bigint, len: number, regions: readonly ImageRegionLike[]): void {
+    const g = regions.find((x) => !x.relocatable && x.start <= addr && addr < x.end);
+    if (g && (g.perms.shared || g.inode !== 0n || g.kind === "file" || g.kind === "deleted")) {
+      if (!g.perms.shared) this.fileContents(addr, len, g);
+      return;
+    }
+    this.zero(addr, len, anonymousRange(regions, addr, addr + BigInt(len)));
+  }
+
+  /**
+   * Give the pages of `[addr, addr + len)` in a private file mapping the file's contents again where the process
+   * wrote them since (they are anonymous now); the others read the file already and are left alone. The file is
+   * read through `/proc/<pid>/map_files/`, so it is the very object mapped (a deleted file too).
+   *
+   * @param addr Remote address, page aligned.
+   * @param len Bytes, a multiple of the page size.
+   * @param region The image's region the range lies in (its start and file offset place the range in the file).
+   */
+  fileContents(addr: bigint, len: number, region: Region): void {
+    this.#pagemap ??= Pagemap.open(this.pid);
+    const runs = this.#pagemap.runs(addr, addr + BigInt(len), { anonOnly: true });
+    for (let i = 0; i < runs.length; i += 2) this.#fileRange(runs[i], runs[i + 1], region);
+  }
+
+  /** Write the file's contents over `[a, e)` of a private file mapping (see {@link fileContents}). */
+  #fileRange(a: bigint, e: bigint, region: Region): void {
+    const fd = this.#mappedFile(a);
+    const size = 16 << 20;
+    this.#bounce ??= new Uint8Array(size);
+    const local = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#bounce)));
+    while (a < e) {
+      const n = Math.min(size, Number(e - a));
+      const at = region.offset + (a - region.start);
+      let got = 0;
+      while (got < n) { // past the file's end a mapping reads as zero
+        const r = Number(libc.pread(fd, ptrOf(local + BigInt(got)), BigInt(n - got), at + BigInt(got)));
+        if (r < 0) throw systemError("pread", errno(), `the file mapped at ${hex(a)} in pid ${this.pid}`);
+        if (r === 0) break;
+        got += r;
+      }
+      if (got < n) libc.memset(ptrOf(local + BigInt(got)), 0, BigInt(n - got));
+      this.#writeAt(a, local, n);
+      a += BigInt(n);
+    }
+  }
+
+  /**
+   * Make many holes read as they did at the checkpoint (as {@link hole} does one), with one pagemap scan per
+   * region rather than one per hole: only the pages the process has now (anonymous ones, in a file mapping)
+   * inside a hole are touched.
+   *
+   * @param holes Holes sorted by address, not overlapping.
+   * @param regions The image's region table.
+   */
+  holes(holes: readonly { address: bigint; length: number }[], regions: readonly ImageRegionLike[]): void {
+    const absolute = regions.filter((g) => !g.relocatable).sort((x, y) => (x.start < y.start ? -1 : 1));
+    let h = 0;
+    for (const g of absolute) {
+      while (h < holes.length && holes[h].address < g.start) {
+        this.#zeroScan(holes[h].address, holes[h].length); // outside every region: read and compare
+        h++;
+      }
+      const first = h;
+      while (h < holes.length && holes[h].address < g.end) h++;
+      if (h === first || g.perms.shared) continue; // a shared mapping's holes are its object's: untouched
+      const file = g.inode !== 0n || g.kind === "file" || g.kind === "deleted";
+      this.#pagemap ??= Pagemap.open(this.pid);
+      const runs = this.#pagemap.runs(g.start, g.end, { anonOnly: file });
+      // Intersect the holes with the pages the process has (both sorted): two cursors.
+      let r = 0;
+      for (let k = first; k < h; k++) {
+        const hs = holes[k].address, he = hs + BigInt(holes[k].length);
+        while (r < runs.length && runs[r + 1] <= hs) r += 2;
+        for (let q = r; q < runs.length && runs[q] < he; q += 2) {
+          const a = runs[q] > hs ? runs[q] : hs, e = runs[q + 1] < he ? runs[q + 1] : he;
+          if (file) this.#fileRange(a, e, g);
+          else this.#zeroScan(a, Number(e - a));
+        }
+      }
+    }
+    for (; h < holes.length; h++) this.#zeroScan(holes[h].address, holes[h].length);
+  }
+
+  /**
+   * Queue a write of `len` bytes from local memory (which must stay valid until {@link flush}) to `addr`;
+   * queued writes go out up to 1024 at a time in one `process_vm_writev`.
+   *
+   * @param addr Remote address.
+   * @param local Local address.
+   * @param len Bytes.
+   */
+  queue(addr: bigint, local: bigint, len: number): void {
+    if (len === 0) return;
+    const n = this.#queued++;
+    this.#liov[2 * n] = local;
+    this.#liov[2 * n + 1] = BigInt(len);
+    this.#riov[2 * n] = addr;
+    this.#riov[2 * n + 1] = BigInt(len);
+    if (this.#queued === IOV_BATCH) this.flush();
+  }
+
+  /** Write every queued write. A piece the kernel refuses (a read-only page) goes through `/proc/<pid>/mem`. */
+  flush(): void {
+    const count = this.#queued;
+    this.#queued = 0;
+    for (let i = 0; i < count;) {
+      const n = BigInt(count - i);
+      let got = libc.process_vm_writev(
+        this.pid,
+        this.#liov.subarray(2 * i),
+        n,
+        this.#riov.subarray(2 * i),
+        n,
+        0n,
+      );
+      if (got <= 0n) {
+        const e = got < 0n ? errno() : 14;
+        if (e !== 14 /* EFAULT */) {
+          throw systemError("process_vm_writev", e, `pid ${this.pid} at ${hex(this.#riov[2 * i])}`);
+        }
+        this.#writeAt(this.#riov[2 * i], this.#liov[2 * i], Number(this.#liov[2 * i + 1]));
+        i++;
+        continue;
+      }
+      while (got > 0n) { // skip what was written; a partly written piece continues where it stopped
+        const l = this.#liov[2 * i + 1];
+        if (got >= l) {
+          got -= l;
+          i++;
+        } else {
+          for (const iov of [this.#liov, this.#riov]) {
+            iov[2 * i] += got;
+            iov[2 * i + 1] -= got;
+          }
+          got = 0n;
+        }
+      }
+    }
+  }
+
+  /** An fd of the file mapped at `addr` in the process, from `/proc/<pid>/map_files/` (cached per mapping). */
+  #mappedFile(addr: bigint): number {
+    this.#maps ??= readRegions(this.pid);
+    const m = this.#maps.find((r) => r.start <= addr && addr < r.end);
+    if (!m) {
+      throw new CryoError(`Cannot restore the file contents at ${hex(addr)} in pid ${this.pid}: not mapped`);
+    }
+    const path = `/proc/${this.pid}/map_files/${m.start.toString(16)}-${m.end.toString(16)}`;
+    let fd = this.#files.get(path);
+    if (fd === undefined) {
+      fd = libc.open(cstr(path), O.RDONLY | O.CLOEXEC, 0);
+      if (fd < 0) throw systemError("open", errno(), path);
+      this.#files.set(path, fd);
+    }
+    return fd;
+  }
+
+  /** Read `[addr, addr + len)` and write zeros over its pages that are not zero. */
+  #zeroScan(addr: bigint, len: number): void {
+    const size = 16 << 20;
+    this.#bounce ??= new Uint8Array(size);
+    const local = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#bounce)));
+    for (let off = 0; off < len; off += size) {
+      const n = Math.min(size, len - off);
+      const a = addr + BigInt(off);
+      transferRemote("process_vm_readv", this.pid, local, a, n);
+      const pages = Math.floor(n / PAGE_SIZE);
+      if (this.#zero.length < pages) this.#zero = new Uint8Array(pages);
+      const z = findZeroPages(local, pages * PAGE_SIZE, PAGE_SIZE, this.#zero);
+      for (let i = 0; i < pages;) {
+        let j = i;
+        while (j < pages && z[j] === z[i]) j++;
+        if (!z[i]) this.#writeZeros(a + BigInt(i * PAGE_SIZE), (j - i) * PAGE_SIZE);
+        i = j;
+      }
+      if (n > pages * PAGE_SIZE) this.#writeZeros(a + BigInt(pages * PAGE_SIZE), n - pages * PAGE_SIZE);
+    }
+  }
+
+  #writeZeros(addr: bigint, len: number): void {
+    for (let off = 0; off < len; off += ZEROS.length) {
+      this.#writeAt(addr + BigInt(off), zerosAddr, Math.min(ZEROS.length, len - off));
+    }
+  }
+
+  #writeAt(remote: bigint, local: bigint, len: number): void {
+    try {
+      transferRemote("process_vm_writev", this.pid, local, remote, len);
+      return;
+    } catch (e) {
+      if (!(e instanceof SystemError) || e.code !== "EFAULT") throw e;
+    }
+    if (this.#mem < 0) this.#mem = open(`/proc/${this.pid}/mem`, O.RDWR | O.CLOEXEC);
+    let done = 0;
+    while (done < len) {
+      const n = libc.pwrite(
+        this.#mem,
+        ptrOf(local + BigInt(done)),
+        BigInt(len - done),
+        remote + BigInt(done),
+      );
+      if (n <= 0n) {
+        throw systemError(
+          "pwrite",
+          n < 0n ? errno() : 5,
+          `/proc/${this.pid}/mem at ${hex(remote + BigInt(done))}`,
+        );
+      }
+      done += Number(n);
+    }
+  }
+
+  /** Close `/proc/<pid>/mem` and the pagemap. Idempotent. */
+  close(): void {
+    if (this.#mem >= 0) libc.close(this.#mem);
+    for (const fd of this.#files.values()) libc.close(fd);
+    this.#files.clear();
+    this.#mem = -1;
+    this.#pagemap?.close();
+    this.#pagemap = undefined;
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
