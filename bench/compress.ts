@@ -7,6 +7,7 @@
  * @module
  */
 
+import { withStopWindow } from "./peers.ts";
 import { Target } from "../tests/_target.ts";
 import { checkpoint } from "../lib/checkpoint.ts";
 import { restore } from "../lib/restore.ts";
@@ -44,21 +45,28 @@ export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
   const bytes = opts.quick ? 64 * MiB : GiB;
   const label = bytes >= GiB ? `${bytes / GiB} GiB` : `${bytes / MiB} MiB`;
   const dir = await Deno.makeTempDir({ dir: Deno.env.get("CRYO_BENCH_DIR"), prefix: "cryo-compress-" });
-  const samples = new Map<string, { ckpt: number[]; ratio: number[]; restore: number[] }>();
+  const samples = new Map<string, { ckpt: number[]; stop: number[]; ratio: number[]; restore: number[] }>();
   const target = Target.start();
   try {
+    await target.cmd("heartbeat"); // its longest gap is the stop window
     const addr = await target.map(bytes);
     await target.fill(addr, bytes, "text", 1);
     const want = await target.sum(addr, bytes);
     const decoders = [new ZstdCodec(1), new Lz4Codec()];
     for (let run = 0; run < opts.runs; run++) {
       for (const c of CONFIGS) {
-        const s = samples.get(c.name) ?? { ckpt: [], ratio: [], restore: [] };
+        const s = samples.get(c.name) ?? { ckpt: [], stop: [], ratio: [], restore: [] };
         samples.set(c.name, s);
         const path = `${dir}/${c.name}.cryo`;
-        const t0 = performance.now();
-        const r = await checkpoint(target.pid, path, { codec: c.codec?.(), fsync: false });
-        s.ckpt.push(performance.now() - t0);
+        let ms = 0;
+        const { value: r, stopMs } = await withStopWindow(target, async () => {
+          const t0 = performance.now();
+          const result = await checkpoint(target.pid, path, { codec: c.codec?.(), fsync: false });
+          ms = performance.now() - t0;
+          return result;
+        });
+        s.ckpt.push(ms);
+        s.stop.push(stopMs);
         s.ratio.push(r.dataBytes / r.imageBytes);
         await target.fill(addr, 4 * MiB, "zero"); // so the restore has something to put back
         const t1 = performance.now();
@@ -79,6 +87,7 @@ export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
   const base = samples.get("uncompressed")!;
   const rows: BenchRow[] = [
     { group, name: "uncompressed: checkpoint time", samples: base.ckpt, unit: "ms" },
+    { group, name: "uncompressed: stop window", samples: base.stop, unit: "ms" },
     { group, name: "uncompressed: restore time", samples: base.restore, unit: "ms" },
   ];
   for (const c of CONFIGS.slice(1)) {
@@ -98,6 +107,15 @@ export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
         : {}),
     });
     rows.push({ group, name: `${c.name}: ratio`, samples: s.ratio, unit: "ratio" });
+    rows.push({
+      group,
+      name: `${c.name}: stop window`,
+      samples: s.stop,
+      unit: "ms",
+      baseline: "uncompressed",
+      baselineSamples: base.stop,
+      note: "the target is stopped only while a raw image is taken; it is compressed after the thaw",
+    });
     rows.push({
       group,
       name: `${c.name}: restore time`,

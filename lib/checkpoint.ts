@@ -13,10 +13,12 @@ import { classify, type Decision, type PolicyOptions } from "./policy.ts";
 import { Pagemap } from "./pagemap.ts";
 import { markStacks, threadStacks } from "./stacks.ts";
 import { encodeThreads } from "./threads.ts";
-import type { Codec } from "./codec.ts";
+import { type Codec, raw } from "./codec.ts";
 import type { Sealer } from "./seal.ts";
-import { MemoryPersister } from "./image/persister.ts";
-import { pidSource } from "./image/sources.ts";
+import { type ImageSummary, MemoryPersister } from "./image/persister.ts";
+import { MemoryLoader } from "./image/loader.ts";
+import { KIND } from "./image/layout.ts";
+import { imageSource, pidSource } from "./image/sources.ts";
 import type { Region } from "./region.ts";
 import { type Progress, silentProgress } from "./cli/progress.ts";
 
@@ -90,6 +92,58 @@ export async function checkpoint(
   path: string,
   opts: CheckpointOptions = {},
 ): Promise<CheckpointResult> {
+  if ((opts.codec ?? raw).id === 0 && !opts.sealer) return await persistPid(pid, path, opts);
+  // Compressing or encrypting runs at a few hundred MiB/s: done while the target is stopped, it would pace the
+  // reads. So take a raw image first (the target is stopped only to read it), then transcode it.
+  const started = performance.now();
+  const dir = path === "-" ? undefined : path.slice(0, path.lastIndexOf("/") + 1) || ".";
+  const rawPath = await Deno.makeTempFile({ dir, prefix: ".cryo-", suffix: ".raw" });
+  try {
+    const taken = await persistPid(pid, rawPath, {
+      ...opts,
+      codec: undefined,
+      sealer: undefined,
+      fsync: false,
+    });
+    opts.signal?.throwIfAborted();
+    const summary = await transcode(rawPath, path, opts);
+    const allocatedBytes = path === "-" ? 0 : (Deno.statSync(path).blocks ?? 0) * 512;
+    return {
+      ...taken,
+      path,
+      records: summary.records,
+      imageBytes: summary.fileSize,
+      allocatedBytes,
+      totalMs: performance.now() - started,
+    };
+  } finally {
+    await Deno.remove(rawPath).catch(() => {});
+  }
+}
+
+/** Write the raw image at `rawPath` again at `path` with the options' codec and sealer. */
+async function transcode(rawPath: string, path: string, opts: CheckpointOptions): Promise<ImageSummary> {
+  using loader = await MemoryLoader.open(rawPath);
+  const source = imageSource(loader);
+  await using persister = await MemoryPersister.create(path, {
+    source,
+    regions: loader.regions,
+    codec: opts.codec,
+    chunkSize: opts.chunkSize,
+    sealer: opts.sealer,
+    fsync: opts.fsync ?? true,
+  });
+  for (const r of loader.records) {
+    opts.signal?.throwIfAborted();
+    if (r.kind === KIND.HOLE) await persister.storeGap(r.address, r.length);
+    else await persister.store(r.address, r.length);
+  }
+  for (const s of loader.sections) persister.addSection(s.name, loader.section(s.name)!);
+  return await persister.finalize();
+}
+
+/** Checkpoint `pid` into a raw image (or one encoded while the target is stopped, when called so). */
+async function persistPid(pid: number, path: string, opts: CheckpointOptions): Promise<CheckpointResult> {
   const started = performance.now();
   const progress = opts.progress ?? silentProgress;
   opts.signal?.throwIfAborted();

@@ -43,6 +43,8 @@ Deno.test("cryo checkpoint --compress zstd --key-file round-trips through restor
       `${dir}/k`,
     ]);
     assertEquals(cp.code, 0, cp.stderr);
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assertEquals(names, ["a.cryo", "k"], "the raw image it was transcoded from is gone");
     const info = await cryo(["inspect", `${dir}/a.cryo`]);
     assertMatch(info.stdout, /required \[codec, encrypted\]/);
     assertMatch(info.stdout, /contents need the key/);

@@ -202,6 +202,18 @@ export class MemoryLoader implements Disposable {
   }
 
   /**
+   * The stored bytes of a data record, zero-copy: a view of the mapped image, valid until {@link close}. For a
+   * raw record these are its decoded bytes too. Not checked against the record's checksum: {@link verify} first,
+   * or use {@link readRecord}.
+   *
+   * @param r A record of this image.
+   * @returns The view.
+   */
+  storedBytes(r: ImageRecord): Uint8Array {
+    return this.#stored(r);
+  }
+
+  /**
    * The record containing `address` (in `segment`, 0 for absolute addresses), by binary search.
    *
    * @param address The address.

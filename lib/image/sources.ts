@@ -7,11 +7,12 @@
  */
 
 import { errno, hex, libc, systemError } from "../../ffi/libc.ts";
+import { type ImageRecord, KIND } from "./layout.ts";
 
 /** Where a persister reads memory from. */
 export interface MemorySource {
   /** What kind of source this is. */
-  readonly kind: "self" | "pid" | "segment";
+  readonly kind: "self" | "pid" | "segment" | "image";
   /** The source process (this process for a segment). */
   readonly pid: number;
   /** Whether all-zero pages become holes by default. */
@@ -178,4 +179,37 @@ export function transferRemote(
     if (got === 0n) throw systemError(call, 14, `pid ${pid} at ${hex(remote + BigInt(done))}`);
     done += Number(got);
   }
+}
+
+/**
+ * Another image's records, read in place from its mapping: to write an image again with another codec or
+ * key (a compressed checkpoint is taken raw, so the target is stopped only for the reading, then transcoded).
+ * Every stored range must lie inside one raw data record.
+ *
+ * @param loader The open (and, unless it was just written by this process, verified) raw image.
+ * @returns The source; valid while the loader is open.
+ */
+export function imageSource(loader: {
+  source: { pid: number };
+  findRecord(address: bigint): ImageRecord | undefined;
+  storedBytes(r: ImageRecord): Uint8Array;
+}): MemorySource {
+  const at = (addr: bigint, len: number) => {
+    const r = loader.findRecord(addr);
+    if (!r || r.kind !== KIND.DATA || r.codec !== 0 || addr + BigInt(len) > r.address + BigInt(r.length)) {
+      throw new RangeError(
+        `Cannot read ${len} bytes at ${hex(addr)} of the image: not inside one raw data record`,
+      );
+    }
+    return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(loader.storedBytes(r)))) +
+      (addr - r.address);
+  };
+  return {
+    kind: "image",
+    pid: loader.source.pid,
+    detectZeros: false, // its zero pages are holes already
+    window: Infinity,
+    direct: at,
+    read: at,
+  };
 }
