@@ -1,0 +1,226 @@
+/**
+ * Frame building for the image writer: data records and holes join the open frame while they continue its
+ * range; a full frame, or one the next record does not continue, is laid out (header, table, page-aligned data)
+ * and queued for writing. Keeps the totals of the records and the frame directory's entries.
+ *
+ * @module
+ */
+
+import { addrOf, libc, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
+import { checksum } from "./checksum.ts";
+import {
+  encodeFrameHeader,
+  encodeTable,
+  type FrameInfo,
+  layoutFrame,
+  MAX_FRAME_DATA,
+  MAX_FRAME_RECORDS,
+} from "./frames.ts";
+import { alignUp, type ImageRecord, KIND } from "./layout.ts";
+import type { WriteQueue } from "./write_queue.ts";
+
+/** The frame being filled: its range so far, its records and where their stored bytes are. */
+interface OpenFrame {
+  segment: number;
+  start: bigint;
+  end: bigint;
+  records: ImageRecord[];
+  ptrs: bigint[];
+  keep: Uint8Array[];
+  stored: number;
+  /** Records (from the first) whose data was copied into `keep` by `settle()`. */
+  owned: number;
+}
+
+/** Totals of the records stored so far. */
+export interface RecordTotals {
+  /** Index records (data records, and holes merged with the hole they continue). */
+  records: number;
+  /** Data records. */
+  dataRecords: number;
+  /** Decoded bytes of data records. */
+  dataBytes: number;
+  /** Bytes of holes. */
+  holeBytes: number;
+  /** Bytes of data as stored (after the codec). */
+  storedBytes: number;
+}
+
+/** Builds the frames of one image and queues each for writing once it is complete. */
+export class FrameWriter {
+  readonly #queue: WriteQueue;
+  readonly #keepTables: boolean;
+  #frame: OpenFrame | undefined;
+  /** The directory entries of the frames queued so far. */
+  readonly frames: FrameInfo[] = [];
+  /** The tables of the frames queued so far (kept for a sealed image's metadata MAC). */
+  readonly tables: Uint8Array[] = [];
+  /** Totals of the records stored so far. */
+  readonly totals: RecordTotals = { records: 0, dataRecords: 0, dataBytes: 0, holeBytes: 0, storedBytes: 0 };
+  /** The last record (a hole may extend it). */
+  #lastKind = -1;
+  #lastSegment = -1;
+  #lastHoleEnd = -1n;
+
+  /**
+   * Make the frame writer of one image.
+   *
+   * @param queue Where complete frames are queued.
+   * @param keepTables Keep each frame's table in `tables` (sealed images).
+   */
+  constructor(queue: WriteQueue, keepTables: boolean) {
+    this.#queue = queue;
+    this.#keepTables = keepTables;
+  }
+
+  /**
+   * Add a data record whose stored bytes are at `ptr` (kept alive by `keep`) to the open frame.
+   *
+   * @param r The record (its file offset is set when the frame is laid out).
+   * @param ptr Where its stored bytes are.
+   * @param keep The buffer holding them, if ours.
+   */
+  append(r: ImageRecord, ptr: bigint, keep?: Uint8Array): void {
+    let f = this.#cover(r.segment, r.address);
+    if (
+      f.records.length >= MAX_FRAME_RECORDS ||
+      (f.records.length && f.stored + r.storedLength > MAX_FRAME_DATA)
+    ) {
+      this.flush();
+      f = this.#cover(r.segment, r.address);
+    }
+    f.records.push(r);
+    f.ptrs.push(ptr);
+    if (keep) f.keep.push(keep);
+    f.stored += r.storedLength;
+    f.end = r.address + BigInt(r.length);
+    const t = this.totals;
+    t.records++;
+    t.dataRecords++;
+    t.dataBytes += r.length;
+    t.storedBytes += r.storedLength;
+    this.#lastKind = KIND.DATA;
+  }
+
+  /**
+   * Record a hole: the open frame's range grows over it without data.
+   *
+   * @param addr First address (offset, for a segment).
+   * @param len Bytes.
+   * @param segment Its segment (0 for absolute addresses).
+   */
+  hole(addr: bigint, len: number, segment: number): void {
+    const f = this.#cover(segment, addr);
+    f.end = addr + BigInt(len);
+    this.totals.holeBytes += len;
+    if (this.#lastKind !== KIND.HOLE || this.#lastSegment !== segment || this.#lastHoleEnd !== addr) {
+      this.totals.records++;
+    }
+    this.#lastKind = KIND.HOLE;
+    this.#lastSegment = segment;
+    this.#lastHoleEnd = f.end;
+  }
+
+  /** Queue the open frame: zero padding, header, table, then each record's padding and data. */
+  flush(): void {
+    const f = this.#frame;
+    if (!f) return;
+    this.#frame = undefined;
+    if (f.end === f.start) return;
+    const q = this.#queue;
+    const info: FrameInfo = {
+      offset: alignUp(q.pos, 8),
+      isEnd: false,
+      count: f.records.length,
+      segment: f.segment,
+      start: f.start,
+      end: f.end,
+      dataLength: 0,
+      tableChecksum: 0n,
+      frameChecksum: 0n,
+    };
+    info.dataLength = layoutFrame(info, f.records, PAGE_SIZE).dataLength;
+    const table = encodeTable(f.records);
+    info.tableChecksum = checksum(table);
+    const header = encodeFrameHeader(info);
+    q.zerosTo(info.offset);
+    q.bytes(header);
+    q.bytes(table);
+    f.records.forEach((r, i) => {
+      q.zerosTo(r.fileOffset);
+      q.at(f.ptrs[i], r.storedLength);
+    });
+    q.keep(f.keep);
+    this.frames.push(info);
+    if (this.#keepTables) this.tables.push(table);
+  }
+
+  /**
+   * End of a store call: write what is queued, and copy the open frame's data into memory of our own (it may
+   * point into the caller's memory or a bounce buffer), so the image holds the bytes as they were stored.
+   */
+  async settle(): Promise<void> {
+    if (this.#queue.pending) {
+      await this.#queue.writing;
+      this.#queue.drain();
+    }
+    const f = this.#frame;
+    if (!f || f.owned === f.records.length) return;
+    let total = 0;
+    for (let i = f.owned; i < f.records.length; i++) total += f.records[i].storedLength;
+    const copy = new Uint8Array(total);
+    let at = addrOf(Deno.UnsafePointer.of(copy));
+    for (let i = f.owned; i < f.records.length; i++) {
+      const n = f.records[i].storedLength;
+      libc.memcpy(ptrOf(at), ptrOf(f.ptrs[i]), BigInt(n));
+      f.ptrs[i] = at;
+      at += BigInt(n);
+    }
+    f.keep.push(copy);
+    f.owned = f.records.length;
+  }
+
+  /** The open frame, if its range ends at `addr` in `segment`; else flush it and open one at `addr`. */
+  #cover(segment: number, addr: bigint): OpenFrame {
+    const f = this.#frame;
+    if (f && f.segment === segment && f.end === addr) return f;
+    this.flush();
+    this.#frame = { segment, start: addr, end: addr, records: [], ptrs: [], keep: [], stored: 0, owned: 0 };
+    return this.#frame;
+  }
+}
+
+/**
+ * A data record, its file offset to be laid out.
+ *
+ * @param address First address (offset, for a segment).
+ * @param length Decoded bytes.
+ * @param segment Its segment (0 for absolute addresses).
+ * @param codec Codec id (0 raw).
+ * @param storedLength Bytes in the file.
+ * @param sum Checksum of the stored bytes.
+ * @param decodedChecksum Checksum of the decoded bytes.
+ * @returns The record.
+ */
+export function dataRecord(
+  address: bigint,
+  length: number,
+  segment: number,
+  codec: number,
+  storedLength: number,
+  sum: bigint,
+  decodedChecksum: bigint,
+): ImageRecord {
+  return {
+    address,
+    length,
+    kind: KIND.DATA,
+    fileOffset: 0,
+    storedLength,
+    checksum: sum,
+    decodedChecksum,
+    codec,
+    flags: 0,
+    segment,
+  };
+}
