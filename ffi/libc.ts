@@ -243,3 +243,17 @@ export function open(path: string, flags: number, mode = 0o600): number {
 export function close(fd: number): void {
   check(libc.close(fd), "close", `fd ${fd}`);
 }
+
+/**
+ * An anonymous file in memory (`memfd_create`, close-on-exec): seekable and mappable, never on a disk.
+ *
+ * @param name Its name in `/proc/self/fd` (for debugging only).
+ * @returns The fd.
+ */
+export function memfdCreate(name: string): number {
+  const nameBuf = cstr(name);
+  const addr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(nameBuf)));
+  const fd = Number(libc.syscall(319n, /* memfd_create */ addr, 1n, /* MFD_CLOEXEC */ 0n, 0n, 0n, 0n));
+  if (fd < 0) throw systemError("memfd_create", errno(), name);
+  return fd;
+}

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { close, memfdCreate } from "../ffi/libc.ts";
 import { CryoError } from "./errors.ts";
 import { freeze } from "./freeze.ts";
 import { readRegions } from "./maps.ts";
@@ -95,16 +96,17 @@ export async function checkpoint(
   if ((opts.codec ?? raw).id === 0 && !opts.sealer) return await persistPid(pid, path, opts);
   // Compressing or encrypting runs at a few hundred MiB/s: done while the target is stopped, it would pace the
   // reads. So take a raw image first (the target is stopped only to read it), then transcode it.
+  // An image to be encrypted is taken in memory (a memfd), so that no plaintext of the target's memory ever
+  // reaches a disk; one only to be compressed is taken next to the output (or in TMPDIR for a stream).
   const started = performance.now();
+  const memfd = opts.sealer ? memfdCreate("cryo-raw-image") : -1;
   const dir = path === "-" ? undefined : path.slice(0, path.lastIndexOf("/") + 1) || ".";
-  const rawPath = await Deno.makeTempFile({ dir, prefix: ".cryo-", suffix: ".raw" });
+  const rawPath = memfd >= 0
+    ? `/proc/self/fd/${memfd}`
+    : await Deno.makeTempFile({ dir, prefix: ".cryo-", suffix: ".raw" });
   try {
-    const taken = await persistPid(pid, rawPath, {
-      ...opts,
-      codec: undefined,
-      sealer: undefined,
-      fsync: false,
-    });
+    const rawOpts = { ...opts, codec: undefined, sealer: undefined, fsync: false };
+    const taken = await persistPid(pid, memfd >= 0 ? { fd: memfd } : rawPath, rawOpts);
     opts.signal?.throwIfAborted();
     const summary = await transcode(rawPath, path, opts);
     const allocatedBytes = path === "-" ? 0 : (Deno.statSync(path).blocks ?? 0) * 512;
@@ -117,7 +119,8 @@ export async function checkpoint(
       totalMs: performance.now() - started,
     };
   } finally {
-    await Deno.remove(rawPath).catch(() => {});
+    if (memfd >= 0) close(memfd);
+    else await Deno.remove(rawPath).catch(() => {});
   }
 }
 
@@ -143,7 +146,12 @@ async function transcode(rawPath: string, path: string, opts: CheckpointOptions)
 }
 
 /** Checkpoint `pid` into a raw image (or one encoded while the target is stopped, when called so). */
-async function persistPid(pid: number, path: string, opts: CheckpointOptions): Promise<CheckpointResult> {
+async function persistPid(
+  pid: number,
+  out: string | { fd: number },
+  opts: CheckpointOptions,
+): Promise<CheckpointResult> {
+  const path = typeof out === "string" ? out : `fd ${out.fd}`;
   const started = performance.now();
   const progress = opts.progress ?? silentProgress;
   opts.signal?.throwIfAborted();
@@ -153,7 +161,7 @@ async function persistPid(pid: number, path: string, opts: CheckpointOptions): P
   try {
     const decisions = regionDecisions(pid, opts);
     const kept = decisions.filter((d) => d.persist);
-    persister = await MemoryPersister.create(path, {
+    persister = await MemoryPersister.create(out, {
       source: pidSource(pid),
       regions: kept.map((d) => d.region),
       codec: opts.codec,
@@ -185,7 +193,7 @@ async function persistPid(pid: number, path: string, opts: CheckpointOptions): P
     const summary = await persister.finalize();
     persister = undefined;
     let allocatedBytes = 0;
-    if (path !== "-") allocatedBytes = (Deno.statSync(path).blocks ?? 0) * 512;
+    if (typeof out === "string" && out !== "-") allocatedBytes = (Deno.statSync(out).blocks ?? 0) * 512;
     return {
       path,
       pid,
