@@ -1,8 +1,10 @@
 /**
- * The image writer: `store()` persists runs from a memory source, `storeRuns()` many runs of one source at once
- * (the vectored store: batched `process_vm_readv`, zero pages and checksums found in C, one `writev` per
- * frame), `storeGap()` records holes, `finalize()` writes the END frame, the frame directory, sections and
- * footer, fsyncs and renames into place. Records go out in batched frames (docs/FORMAT.md).
+ * The image writer, `MemoryPersister`: `store()` persists runs from a memory source, `storeRuns()` many runs of
+ * one source at once (the vectored store), `storeGap()` records holes, `finalize()` writes the tail, fsyncs and
+ * renames into place. It owns the parts that do the work: the region table and what a store may claim
+ * (region_table.ts), the data path from bytes to records (chunks.ts), the batched gathering of a pid source
+ * (gather.ts), frame building (frame_writer.ts), the write queue (write_queue.ts) and the tail (tail.ts).
+ * Records go out in batched frames (docs/FORMAT.md).
  *
  * @module
  */
@@ -12,28 +14,17 @@ import { check, close, cstr, hex, libc, open, PAGE_SIZE } from "../../ffi/libc.t
 import { type Codec, raw } from "../codec.ts";
 import type { Region } from "../region.ts";
 import type { Sealer } from "../seal.ts";
-import { checksum } from "./checksum.ts";
 import { ChunkWriter } from "./chunks.ts";
 import { FrameWriter } from "./frame_writer.ts";
-import { encodeDirectory, encodeFrameHeader, type FrameInfo } from "./frames.ts";
 import { BouncePool } from "./gather.ts";
-import {
-  alignUp,
-  ARCH_X86_64,
-  encodeFooter,
-  encodeHeaderBlock,
-  encodeSectionTable,
-  FOOTER_LENGTH,
-  FRAME_LENGTH,
-  type ImageRegion,
-  OPTIONAL,
-  REQUIRED,
-  type SectionEntry,
-  type SourceInfo,
-} from "./layout.ts";
-import { headerDigest, metadataMac, SEAL_SECTION } from "./sealing.ts";
+import { ARCH_X86_64, encodeHeaderBlock, OPTIONAL, REQUIRED, type SourceInfo } from "./layout.ts";
+import { headerDigest } from "./sealing.ts";
 import { type MemorySource, selfSource } from "./sources.ts";
+import { encodeTail } from "./tail.ts";
 import { WriteQueue } from "./write_queue.ts";
+import { RegionTable } from "./region_table.ts";
+
+export { covered } from "./region_table.ts";
 
 /** Options of {@link MemoryPersister.create}. */
 export interface PersisterOptions {
@@ -91,12 +82,10 @@ export class MemoryPersister implements AsyncDisposable {
   #fd: number;
   readonly #ownsFd: boolean;
   readonly #source: MemorySource;
-  readonly #segments: MemorySource[];
   readonly #opts: PersisterOptions;
   readonly #codec: Codec;
-  #regions: ImageRegion[] | undefined;
+  readonly #table: RegionTable;
   #headerWritten = false;
-  #lastEnd = new Map<number, bigint>();
   readonly #queue: WriteQueue;
   readonly #frames: FrameWriter;
   readonly #chunks: ChunkWriter;
@@ -118,7 +107,6 @@ export class MemoryPersister implements AsyncDisposable {
     this.#ownsFd = ownsFd;
     this.#opts = opts;
     this.#source = opts.source ?? selfSource();
-    this.#segments = [...(opts.segments ?? [])];
     this.#codec = opts.codec ?? raw;
     const chunkSize = opts.chunkSize ?? 1 << 20;
     if (!Number.isInteger(chunkSize) || chunkSize <= 0) {
@@ -132,10 +120,9 @@ export class MemoryPersister implements AsyncDisposable {
       sealer: opts.sealer,
       window: opts.window,
     });
-    for (const s of this.#segments) {
-      if (s.kind !== "segment") throw new TypeError("Cannot use a non-segment source in `segments`");
-    }
-    if (opts.regions || this.#segments.length) this.setRegions(opts.regions ?? []);
+    const segments = [...(opts.segments ?? [])];
+    this.#table = new RegionTable(segments);
+    if (opts.regions || segments.length) this.setRegions(opts.regions ?? []);
   }
 
   /**
@@ -172,19 +159,7 @@ export class MemoryPersister implements AsyncDisposable {
    */
   setRegions(regions: readonly Region[]): void {
     if (this.#headerWritten) throw new TypeError("Cannot set regions after the header was written");
-    const abs = regions.map((r) => ({ ...r, perms: { ...r.perms }, relocatable: false }));
-    const segs = this.#segments.map((s) => ({
-      start: 0n,
-      end: BigInt(s.length!),
-      perms: { read: true, write: true, exec: false, shared: false },
-      offset: 0n,
-      device: "00:00",
-      inode: 0n,
-      path: s.name!,
-      kind: "named" as const,
-      relocatable: true,
-    }));
-    this.#regions = [...abs, ...segs];
+    this.#table.set(regions);
   }
 
   /**
@@ -309,67 +284,20 @@ export class MemoryPersister implements AsyncDisposable {
       await this.#queue.writing; // every write of storeRuns() has finished
       this.#pool.clear();
       this.#frames.flush();
-      const endAt = alignUp(this.#queue.pos, 8);
-      const indexOffset = endAt + FRAME_LENGTH;
-      const index = encodeDirectory(this.#frames.frames);
-      if (this.#opts.sealer) {
-        const others = [...this.#sections].filter(([n]) => n !== SEAL_SECTION).map(([name, data]) => ({
-          name,
-          data,
-        }));
-        const mac = await metadataMac(
-          this.#opts.sealer,
-          await this.#chunks.digest!,
-          concat([index, ...this.#frames.tables]),
-          others,
-        );
-        this.#sections.delete(SEAL_SECTION);
-        this.#sections.set(SEAL_SECTION, mac);
-      }
-      const entries: SectionEntry[] = [];
-      let at = indexOffset + index.length;
-      for (const [name, data] of this.#sections) {
-        entries.push({ name, offset: at, length: data.length, checksum: checksum(data) });
-        at = alignUp(at + data.length, 8);
-      }
-      const table = encodeSectionTable(entries);
-      const fileSize = at + table.length + FOOTER_LENGTH;
-      const tail = new Uint8Array(fileSize - indexOffset);
-      tail.set(index, 0);
-      for (const e of entries) tail.set(this.#sections.get(e.name)!, e.offset - indexOffset);
-      tail.set(table, at - indexOffset);
-      const header = this.#headerFields!;
       const t = this.#frames.totals;
-      const footer = encodeFooter({
-        headerLength: header.headerLength,
-        headerChecksum: header.headerChecksum,
-        regionsOffset: header.regionsOffset,
-        regionsLength: header.regionsLength,
-        indexOffset,
-        indexLength: index.length,
-        indexChecksum: checksum(index),
-        sectionsOffset: at,
-        sectionsLength: table.length,
-        sectionsChecksum: checksum(table),
-        frameCount: this.#frames.frames.length,
-        fileSize,
+      const sealer = this.#opts.sealer;
+      const { offset, frameHeader, data, fileSize } = await encodeTail({
+        pos: this.#queue.pos,
+        frames: this.#frames.frames,
+        tables: this.#frames.tables,
+        sections: this.#sections,
+        header: this.#headerFields!,
         dataBytes: t.dataBytes,
+        seal: sealer ? { sealer, digest: await this.#chunks.digest! } : undefined,
       });
-      tail.set(footer, tail.length - FOOTER_LENGTH);
-      const end: FrameInfo = {
-        offset: endAt,
-        isEnd: true,
-        count: 0,
-        segment: 0,
-        start: 0n,
-        end: 0n,
-        dataLength: tail.length,
-        tableChecksum: 0n,
-        frameChecksum: 0n,
-      };
-      this.#queue.zerosTo(endAt);
-      this.#queue.bytes(encodeFrameHeader(end));
-      this.#queue.bytes(tail);
+      this.#queue.zerosTo(offset);
+      this.#queue.bytes(frameHeader);
+      this.#queue.bytes(data);
       this.#queue.drain();
       if (this.#temp !== undefined) {
         if (this.#opts.fsync ?? true) check(libc.fsync(this.#fd), "fsync", this.#temp);
@@ -412,7 +340,7 @@ export class MemoryPersister implements AsyncDisposable {
 
   #writeHeader(): void {
     if (this.#headerWritten) return;
-    if (!this.#regions) this.setRegions([]);
+    if (!this.#table.regions) this.setRegions([]);
     const { bytes, fields } = encodeHeaderBlock(
       {
         requiredFeatures: (this.#codec.id !== 0 ? REQUIRED.CODEC : 0n) |
@@ -422,7 +350,7 @@ export class MemoryPersister implements AsyncDisposable {
         arch: ARCH_X86_64,
       },
       sourceInfo(this.#source.pid),
-      this.#regions!,
+      this.#table.regions!,
       this.#opts.sealer?.params,
     );
     if (this.#opts.sealer) this.#chunks.digest = headerDigest(bytes);
@@ -445,34 +373,9 @@ export class MemoryPersister implements AsyncDisposable {
     }
   }
 
-  #segmentOf(source: MemorySource): number {
-    if (source.kind !== "segment") return 0;
-    const i = this.#segments.indexOf(source);
-    if (i < 0) throw new TypeError(`Cannot store segment "${source.name}": not declared in \`segments\``);
-    return (this.#regions?.length ?? 0) - this.#segments.length + i + 1;
-  }
-
   #claim(addr: bigint, n: number, source: MemorySource | undefined, what: string): number {
     this.#live();
-    if (!this.#regions) {
-      throw new TypeError(`Cannot ${what}: no region table (pass \`regions\` or call setRegions())`);
-    }
-    const segment = source ? this.#segmentOf(source) : 0;
-    if (typeof addr !== "bigint") throw new TypeError(`Cannot ${what}: address must be a bigint`);
-    if (!Number.isSafeInteger(n) || n <= 0) throw new RangeError(`Cannot ${what} ${n} bytes at ${hex(addr)}`);
-    const end = addr + BigInt(n);
-    if (addr < 0n || end > 1n << 64n) throw new RangeError(`Cannot ${what} at ${hex(addr)}: outside 64 bits`);
-    const last = this.#lastEnd.get(segment);
-    if (last !== undefined && addr < last) {
-      throw new RangeError(
-        `Cannot ${what} at ${hex(addr)}: out of order or overlapping (previous ends at ${hex(last)})`,
-      );
-    }
-    if (segment === 0 && !covered(this.#regions, addr, end)) {
-      throw new RangeError(`Cannot ${what} ${hex(addr)}-${hex(end)}: not inside the image's regions`);
-    }
-    this.#lastEnd.set(segment, end);
-    return segment;
+    return this.#table.claim(addr, n, source, what);
   }
 
   /** Store `[addr, addr + n)` window by window: zero pages become holes, data becomes records. */
@@ -501,29 +404,6 @@ export class MemoryPersister implements AsyncDisposable {
   }
 }
 
-/**
- * Whether `[start, end)` is covered by `regions` (absolute ones), allowing adjacent regions.
- *
- * @param regions The regions.
- * @param start First address.
- * @param end One past the last.
- * @returns True when every byte is inside some region.
- */
-export function covered(regions: readonly ImageRegion[], start: bigint, end: bigint): boolean {
-  let at = start;
-  const abs = regions.filter((r) => !r.relocatable);
-  for (let progress = true; at < end && progress;) {
-    progress = false;
-    for (const r of abs) {
-      if (r.start <= at && at < r.end) {
-        at = r.end;
-        progress = true;
-      }
-    }
-  }
-  return at >= end;
-}
-
 function readOr(path: string, fallback: string): string {
   try {
     return Deno.readTextFileSync(path);
@@ -541,16 +421,6 @@ function sourceInfo(pid: number): SourceInfo {
     kernelRelease: readOr("/proc/sys/kernel/osrelease", "").trim(),
     bootId: readOr("/proc/sys/kernel/random/boot_id", "").trim(),
   };
-}
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 function syncDir(path: string): void {
