@@ -1,0 +1,80 @@
+/**
+ * The constants and record types of image format v1 (docs/FORMAT.md): lengths, magics, feature and flag bits,
+ * record kinds, the record and region types, and the alignment rules.
+ *
+ * @module
+ */
+
+import type { Region } from "../region.ts";
+
+/** Format version written and read. */
+export const FORMAT_VERSION = 1;
+/** Bytes of the fixed header at offset 0. */
+export const FIXED_HEADER_LENGTH = 128;
+/** Bytes of a frame header (lib/image/frames.ts). */
+export const FRAME_LENGTH = 64;
+/** Bytes of the footer at the end of the file. */
+export const FOOTER_LENGTH = 128;
+/** `CRYOIMG\0` as a little-endian u64. */
+export const HEADER_MAGIC = 0x00474d494f595243n;
+/** `CRYOFOOT` as a little-endian u64. */
+export const FOOTER_MAGIC = 0x544f4f464f595243n;
+/** `CRYR`: a frame header. */
+export const FRAME_MAGIC = 0x52595243;
+/** `CRYE`: the END frame. */
+export const END_MAGIC = 0x45595243;
+/** ELF e_machine of x86_64. */
+export const ARCH_X86_64 = 62;
+
+/** Required feature bits: a reader refuses an image with one it does not know. */
+export const REQUIRED = { CODEC: 1n, ENCRYPTED: 2n } as const;
+/** The required feature bits this reader knows. */
+export const KNOWN_REQUIRED = REQUIRED.CODEC | REQUIRED.ENCRYPTED;
+/** Optional feature bits: unknown ones are ignored. */
+export const OPTIONAL = { ZERO_DETECTED: 1n } as const;
+/** Record kinds. */
+export const KIND = { DATA: 0, HOLE: 1 } as const;
+/** Record flag bits. */
+export const RECORD_FLAG = { ENCRYPTED: 1 } as const;
+/** Region table flag bits. */
+export const REGION_FLAG = { RELOCATABLE: 1 } as const;
+
+/** One record: a data run (a frame's table entry) or a hole (uncovered bytes of a frame's range). */
+export interface ImageRecord {
+  /** First address (or offset in a relocatable segment). */
+  address: bigint;
+  /** Decoded bytes. */
+  length: number;
+  /** {@link KIND}: 0 data, 1 hole. */
+  kind: number;
+  /** File offset of the data (page aligned); 0 for a hole. */
+  fileOffset: number;
+  /** Bytes in the file; 0 for a hole. */
+  storedLength: number;
+  /** XXH3-64 of the stored bytes; 0n for a hole. */
+  checksum: bigint;
+  /** XXH3-64 of the decoded bytes; 0n for a hole. */
+  decodedChecksum: bigint;
+  /** Codec id: 0 raw, 1 zstd, 2 lz4. */
+  codec: number;
+  /** {@link RECORD_FLAG} bits. */
+  flags: number;
+  /** 0 for an absolute address, else the 1-based region table entry of a relocatable segment. */
+  segment: number;
+}
+
+/** A region of the image's region table: a {@link Region}, or a relocatable named segment. */
+export interface ImageRegion extends Region {
+  /** A named segment (start 0, end its length), not a place in memory. */
+  relocatable: boolean;
+}
+
+/** Round `x` up to a multiple of `a`. */
+export function alignUp(x: number, a: number): number {
+  return Math.ceil(x / a) * a;
+}
+
+/** Where the data of a frame starting at `pos` begins: `align(pos + 64, pageSize)`. */
+export function frameDataOffset(pos: number, pageSize: number): number {
+  return alignUp(pos + FRAME_LENGTH, pageSize);
+}

@@ -1,0 +1,273 @@
+/**
+ * The header block of image format v1 (docs/FORMAT.md): the fixed header, the source block and the region
+ * table, with the block's checksum; encoded, and decoded with every length checked.
+ *
+ * @module
+ */
+
+import { REGION_KINDS, type RegionKind } from "../region.ts";
+import { checksum } from "./checksum.ts";
+import { Cursor, Writer } from "./cursor.ts";
+import {
+  FIXED_HEADER_LENGTH,
+  FORMAT_VERSION,
+  HEADER_MAGIC,
+  type ImageRegion,
+  KNOWN_REQUIRED,
+  REGION_FLAG,
+  REQUIRED,
+} from "./format.ts";
+
+const KINDS: readonly RegionKind[] = REGION_KINDS;
+
+/** Where the image came from. */
+export interface SourceInfo {
+  /** Process id (0 for none). */
+  pid: number;
+  /** When it was written, ms since the Unix epoch. */
+  timeMs: number;
+  /** The source's command line. */
+  commandLine: string[];
+  /** Kernel release (`uname -r`). */
+  kernelRelease: string;
+  /** `/proc/sys/kernel/random/boot_id`. */
+  bootId: string;
+}
+
+/** The fixed header's fields. */
+export interface HeaderFields {
+  /** Format version. */
+  version: number;
+  /** Required feature bits. */
+  requiredFeatures: bigint;
+  /** Optional feature bits. */
+  optionalFeatures: bigint;
+  /** Page size. */
+  pageSize: number;
+  /** ELF e_machine. */
+  arch: number;
+  /** Bytes of the header block. */
+  headerLength: number;
+  /** Offset of the source block. */
+  sourceOffset: number;
+  /** Bytes of the source block. */
+  sourceLength: number;
+  /** Offset of the region table. */
+  regionsOffset: number;
+  /** Bytes of the region table. */
+  regionsLength: number;
+  /** Entries in the region table. */
+  regionCount: number;
+  /** XXH3-64 of the header block with this field zero. */
+  headerChecksum: bigint;
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder("utf-8", { fatal: false });
+
+/**
+ * Encode the header block: fixed header, source, region table, with its checksum.
+ *
+ * @param f Fields other than the computed offsets, lengths and checksum.
+ * @param source Where the image comes from.
+ * @param regions The region table.
+ * @param sealParams For an ENCRYPTED image, the 32 seal parameters written at bytes 84..116 (lib/image/sealing.ts).
+ * @returns The header block and its decoded fields.
+ */
+export function encodeHeaderBlock(
+  f: Pick<HeaderFields, "requiredFeatures" | "optionalFeatures" | "pageSize" | "arch">,
+  source: SourceInfo,
+  regions: readonly ImageRegion[],
+  sealParams?: Uint8Array,
+): { bytes: Uint8Array<ArrayBuffer>; fields: HeaderFields } {
+  const w = new Writer();
+  for (let i = 0; i < FIXED_HEADER_LENGTH; i++) w.u8(0);
+  const sourceOffset = w.pos;
+  w.u32(source.pid);
+  w.u32(0);
+  w.u64(BigInt(Math.trunc(source.timeMs)));
+  for (const s of [source.commandLine.join("\0"), source.kernelRelease, source.bootId]) {
+    const b = enc.encode(s);
+    w.u32(b.length);
+    w.bytes(b);
+  }
+  w.pad8();
+  const sourceLength = w.pos - sourceOffset;
+  const regionsOffset = w.pos;
+  for (const r of regions) {
+    const device = enc.encode(r.device);
+    const path = enc.encode(r.path);
+    if (device.length > 255) throw new RangeError(`Cannot encode region: device "${r.device}" too long`);
+    w.u64(r.start);
+    w.u64(r.end);
+    w.u64(r.offset);
+    w.u64(r.inode);
+    w.u8(
+      (r.perms.read ? 1 : 0) | (r.perms.write ? 2 : 0) | (r.perms.exec ? 4 : 0) | (r.perms.shared ? 8 : 0),
+    );
+    w.u8(Math.max(0, KINDS.indexOf(r.kind)));
+    w.u8(r.relocatable ? REGION_FLAG.RELOCATABLE : 0);
+    w.u8(device.length);
+    w.u32(path.length);
+    w.bytes(device);
+    w.bytes(path);
+    w.pad8();
+  }
+  const bytes = w.done();
+  const fields: HeaderFields = {
+    version: FORMAT_VERSION,
+    ...f,
+    headerLength: bytes.length,
+    sourceOffset,
+    sourceLength,
+    regionsOffset,
+    regionsLength: bytes.length - regionsOffset,
+    regionCount: regions.length,
+    headerChecksum: 0n,
+  };
+  const v = new DataView(bytes.buffer);
+  v.setBigUint64(0, HEADER_MAGIC, true);
+  v.setUint32(8, FORMAT_VERSION, true);
+  v.setUint32(12, FIXED_HEADER_LENGTH, true);
+  v.setBigUint64(16, f.requiredFeatures, true);
+  v.setBigUint64(24, f.optionalFeatures, true);
+  v.setUint32(32, f.pageSize, true);
+  v.setUint32(36, f.arch, true);
+  v.setBigUint64(40, BigInt(bytes.length), true);
+  v.setBigUint64(48, BigInt(sourceOffset), true);
+  v.setBigUint64(56, BigInt(sourceLength), true);
+  v.setBigUint64(64, BigInt(regionsOffset), true);
+  v.setBigUint64(72, BigInt(fields.regionsLength), true);
+  v.setUint32(80, regions.length, true);
+  if (sealParams) bytes.set(sealParams.subarray(0, 32), 84);
+  fields.headerChecksum = checksum(bytes);
+  v.setBigUint64(120, fields.headerChecksum, true);
+  return { bytes, fields };
+}
+
+/**
+ * Decode the fixed header (magic, version and lengths checked; not the checksum).
+ *
+ * @param path The image, for errors.
+ * @param bytes At least the first 128 bytes of the image.
+ * @returns The fields.
+ */
+export function decodeFixedHeader(path: string, bytes: Uint8Array): HeaderFields {
+  const c = new Cursor(path, bytes);
+  c.need(FIXED_HEADER_LENGTH, "fixed header");
+  if (c.u64() !== HEADER_MAGIC) throw c.error("bad header magic (not a cryo image)", 0);
+  const version = c.u32();
+  if (version !== FORMAT_VERSION) throw c.error(`unsupported format version ${version} (expected 1)`, 8);
+  if (c.u32() !== FIXED_HEADER_LENGTH) throw c.error(`fixed header length is not ${FIXED_HEADER_LENGTH}`, 12);
+  const requiredFeatures = c.u64();
+  const optionalFeatures = c.u64();
+  const pageSize = c.u32();
+  const arch = c.u32();
+  const headerLength = c.size("header length");
+  const sourceOffset = c.size("source offset");
+  const sourceLength = c.size("source length");
+  const regionsOffset = c.size("regions offset");
+  const regionsLength = c.size("regions length");
+  const regionCount = c.u32();
+  const sealed = (requiredFeatures & REQUIRED.ENCRYPTED) !== 0n; // bytes 84..116 hold the seal parameters
+  for (let i = sealed ? 116 : 84; i < 120; i++) {
+    if (bytes[i] !== 0) throw c.error("non-zero reserved header byte", i);
+  }
+  c.pos = 120;
+  const headerChecksum = c.u64();
+  const unknown = requiredFeatures & ~KNOWN_REQUIRED;
+  if (unknown !== 0n) {
+    const bit = unknown.toString(2).length - 1;
+    throw c.error(`unknown required feature bit ${bit} (this reader knows bits 0-1)`, 16);
+  }
+  return {
+    version,
+    requiredFeatures,
+    optionalFeatures,
+    pageSize,
+    arch,
+    headerLength,
+    sourceOffset,
+    sourceLength,
+    regionsOffset,
+    regionsLength,
+    regionCount,
+    headerChecksum,
+  };
+}
+
+/**
+ * Check a whole header block: checksum, layout of source and region table, zero padding. Decodes both.
+ *
+ * @param path The image, for errors.
+ * @param block The header block (`headerLength` bytes from offset 0).
+ * @returns The fields, the source and the regions.
+ */
+export function decodeHeaderBlock(
+  path: string,
+  block: Uint8Array,
+): { fields: HeaderFields; source: SourceInfo; regions: ImageRegion[] } {
+  const fields = decodeFixedHeader(path, block);
+  const c = new Cursor(path, block);
+  if (fields.headerLength !== block.length) {
+    throw c.error(`header length ${fields.headerLength} mismatch`, 40);
+  }
+  const copy = block.slice();
+  new DataView(copy.buffer).setBigUint64(120, 0n, true);
+  const sum = checksum(copy);
+  if (sum !== fields.headerChecksum) {
+    throw c.error(`header checksum ${sum.toString(16)} != ${fields.headerChecksum.toString(16)}`, 120);
+  }
+  if (fields.sourceOffset !== FIXED_HEADER_LENGTH) throw c.error("source block is not at 128", 48);
+  c.pos = fields.sourceOffset;
+  const pid = c.u32();
+  if (c.u32() !== 0) throw c.error("non-zero reserved source field", c.pos - 4);
+  const timeMs = c.size("time");
+  const strings: string[] = [];
+  for (let i = 0; i < 3; i++) strings.push(dec.decode(c.bytesOf(c.u32(), "source string")));
+  c.pad8();
+  if (c.pos !== fields.sourceOffset + fields.sourceLength || c.pos !== fields.regionsOffset) {
+    throw c.error("source block length disagrees with the header", 56);
+  }
+  const regions: ImageRegion[] = [];
+  for (let i = 0; i < fields.regionCount; i++) {
+    const at = c.pos;
+    const start = c.u64();
+    const end = c.u64();
+    const offset = c.u64();
+    const inode = c.u64();
+    const p = c.u8();
+    const kind = c.u8();
+    const flags = c.u8();
+    const deviceLength = c.u8();
+    const pathLength = c.u32();
+    if (p > 15 || kind >= KINDS.length || flags > 1 || end < start) {
+      throw c.error(`bad region entry ${i}`, at);
+    }
+    const device = dec.decode(c.bytesOf(deviceLength, "region device"));
+    const rpath = dec.decode(c.bytesOf(pathLength, "region path"));
+    c.pad8();
+    regions.push({
+      start,
+      end,
+      offset,
+      inode,
+      device,
+      path: rpath,
+      kind: KINDS[kind],
+      perms: { read: (p & 1) !== 0, write: (p & 2) !== 0, exec: (p & 4) !== 0, shared: (p & 8) !== 0 },
+      relocatable: flags === 1,
+    });
+  }
+  if (c.pos !== block.length || c.pos - fields.regionsOffset !== fields.regionsLength) {
+    throw c.error("region table length disagrees with the header", 72);
+  }
+  const source = {
+    pid,
+    timeMs,
+    commandLine: strings[0].split("\0"),
+    kernelRelease: strings[1],
+    bootId: strings[2],
+  };
+  return { fields, source, regions };
+}
