@@ -23,6 +23,8 @@ const GiB = 2 ** 30;
 interface Config {
   name: string;
   codec?: () => Codec;
+  /** Encode while the target is stopped (fastest in all) rather than after the thaw (shortest stop). */
+  whileStopped?: boolean;
   /** Full-size goal: checkpoint time in ms, and the least ratio. */
   goalMs?: number;
   goalRatio?: number;
@@ -30,9 +32,18 @@ interface Config {
 
 const CONFIGS: Config[] = [
   { name: "uncompressed" },
-  { name: "zstd-1", codec: () => new ZstdCodec(1), goalMs: 2700, goalRatio: 4 },
+  { name: "zstd-1", codec: () => new ZstdCodec(1) },
   { name: "zstd-3", codec: () => new ZstdCodec(3) },
-  { name: "lz4", codec: () => new Lz4Codec(), goalMs: 1200 },
+  { name: "lz4", codec: () => new Lz4Codec() },
+  // The goals are for the time of the whole checkpoint: encoding while stopped is the mode for that.
+  {
+    name: "zstd-1 while stopped",
+    codec: () => new ZstdCodec(1),
+    whileStopped: true,
+    goalMs: 2700,
+    goalRatio: 4,
+  },
+  { name: "lz4 while stopped", codec: () => new Lz4Codec(), whileStopped: true, goalMs: 1200 },
 ];
 
 /**
@@ -61,7 +72,11 @@ export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
         let ms = 0;
         const { value: r, stopMs } = await withStopWindow(target, async () => {
           const t0 = performance.now();
-          const result = await checkpoint(target.pid, path, { codec: c.codec?.(), fsync: false });
+          const result = await checkpoint(target.pid, path, {
+            codec: c.codec?.(),
+            encodeWhileStopped: c.whileStopped,
+            fsync: false,
+          });
           ms = performance.now() - t0;
           return result;
         });
@@ -114,7 +129,9 @@ export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
       unit: "ms",
       baseline: "uncompressed",
       baselineSamples: base.stop,
-      note: "the target is stopped only while a raw image is taken; it is compressed after the thaw",
+      note: c.whileStopped
+        ? "encoded while the target is stopped: the fastest checkpoint, the longest stop"
+        : "the target is stopped only while a raw image is taken; it is compressed after the thaw",
     });
     rows.push({
       group,

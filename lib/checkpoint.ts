@@ -37,6 +37,12 @@ export interface CheckpointOptions extends PolicyOptions {
   chunkSize?: number;
   /** Encrypt every chunk (AES-256-GCM) and authenticate the metadata: `await Sealer.create(key)`. */
   sealer?: Sealer;
+  /**
+   * With a codec or sealer: encode while the target is stopped, the fastest checkpoint in all, but the target
+   * stays stopped while every chunk is encoded. By default (false) a raw image is taken first and encoded after
+   * the thaw, so the target is stopped only to read it.
+   */
+  encodeWhileStopped?: boolean;
   /** How long the freeze may take, in milliseconds. */
   freezeTimeoutMs?: number;
   /** Receives bytes persisted. */
@@ -93,7 +99,9 @@ export async function checkpoint(
   path: string,
   opts: CheckpointOptions = {},
 ): Promise<CheckpointResult> {
-  if ((opts.codec ?? raw).id === 0 && !opts.sealer) return await persistPid(pid, path, opts);
+  if (((opts.codec ?? raw).id === 0 && !opts.sealer) || opts.encodeWhileStopped) {
+    return await persistPid(pid, path, opts);
+  }
   // Compressing or encrypting runs at a few hundred MiB/s: done while the target is stopped, it would pace the
   // reads. So take a raw image first (the target is stopped only to read it), then transcode it.
   // An image to be encrypted is taken in memory (a memfd), so that no plaintext of the target's memory ever

@@ -137,3 +137,32 @@ Deno.test("cryo checkpoint -o - piped into cryo restore - rolls a child back", a
   const t = await truncated.output();
   assertEquals(t.code, 1, decoder.decode(t.stdout));
 });
+
+Deno.test("cryo checkpoint --encode-while-stopped writes an image that restores like the default one", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(8 << 20);
+    await target.fill(a, 8 << 20, "text", 7);
+    const before = await target.sum(a, 8 << 20);
+    const pid = String(target.pid);
+    const cp = await cryo([
+      "checkpoint",
+      "--pid",
+      pid,
+      "-o",
+      `${dir}/w.cryo`,
+      "--compress",
+      "lz4",
+      "--encode-while-stopped",
+    ]);
+    assertEquals(cp.code, 0, cp.stderr);
+    assertMatch((await cryo(["inspect", `${dir}/w.cryo`])).stdout, /required \[codec\]/);
+    await target.fill(a, 8 << 20, "random", 8);
+    const rs = await cryo(["restore", "--pid", pid, `${dir}/w.cryo`]);
+    assertEquals(rs.code, 0, rs.stderr);
+    assertEquals(await target.sum(a, 8 << 20), before);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -57,6 +57,9 @@ options:
                         all cores, incompressible chunks stored raw
   --key-file FILE       encrypt each chunk with AES-256-GCM, key from FILE (32 bytes, or 64 hex characters)
   --key-env NAME        the same, key from the environment variable NAME (never from the command line)
+  --encode-while-stopped  with --compress or a key: encode while the target is stopped (the fastest
+                        checkpoint in all; by default a raw image is taken and encoded after the thaw, so the
+                        target is stopped only to read its memory)
   --no-registers        do not record thread registers
   --no-fsync            do not fsync the image (faster, not crash safe)
   --leave-stopped       leave the process stopped (SIGSTOP) afterwards; resume it with kill -CONT
@@ -75,6 +78,7 @@ examples:
       ...filterOptions,
       compress: { type: "string" },
       ...keyOptions,
+      "encode-while-stopped": { type: "boolean" },
       "no-registers": { type: "boolean" },
       "no-fsync": { type: "boolean" },
       "leave-stopped": { type: "boolean" },
@@ -89,6 +93,7 @@ examples:
     const result = await checkpoint(pid, values.output, {
       codec,
       sealer: key ? await Sealer.create(key) : undefined,
+      encodeWhileStopped: values["encode-while-stopped"],
       include: (values.include ?? []).map(parseFilter),
       exclude: (values.exclude ?? []).map(parseFilter),
       shared: values.shared,
