@@ -4,18 +4,22 @@ import { Target } from "./_target.ts";
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 const decoder = new TextDecoder();
 
-function cryo(args: string[], env: Record<string, string> = {}) {
-  return new Deno.Command(Deno.execPath(), {
+/** Run the CLI; `stdin` bytes are piped to it (else it gets none). */
+async function cryo(args: string[], env: Record<string, string> = {}, stdin?: Uint8Array) {
+  const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", cli, ...args],
-    stdin: "null",
+    stdin: stdin ? "piped" : "null",
     stdout: "piped",
     stderr: "piped",
     env: { NO_COLOR: "1", ...env },
-  }).output().then((o) => ({
-    code: o.code,
-    stdout: decoder.decode(o.stdout),
-    stderr: decoder.decode(o.stderr),
-  }));
+  }).spawn();
+  if (stdin) {
+    const w = child.stdin.getWriter();
+    await w.write(stdin);
+    await w.close();
+  }
+  const o = await child.output();
+  return { code: o.code, stdout: decoder.decode(o.stdout), stderr: decoder.decode(o.stderr) };
 }
 
 Deno.test("cryo checkpoint --compress zstd --key-file round-trips through restore, and the key is required", async () => {
@@ -98,44 +102,15 @@ Deno.test("cryo checkpoint -o - piped into cryo restore - rolls a child back", a
   const status = await checkpointer.status;
   assert(status.success, cp ? decoder.decode(cp.stderr) : "checkpoint failed");
   await target.fill(a, 16 << 20, "text", 6);
-  const restorer = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", cli, "restore", "--pid", pid, "-"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = restorer.stdin.getWriter();
-  await w.write(image);
-  await w.close();
-  const out = await restorer.output();
-  assertEquals(out.code, 0, decoder.decode(out.stderr));
+  const rs = await cryo(["restore", "--pid", pid, "-"], {}, image);
+  assertEquals(rs.code, 0, rs.stderr);
   assertEquals(await target.sum(a, 16 << 20), before);
 
-  // verify - reads an image from stdin too.
-  const verifier = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", cli, "verify", "-"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const vw = verifier.stdin.getWriter();
-  await vw.write(image);
-  await vw.close();
-  const v = await verifier.output();
-  assertEquals(v.code, 0, decoder.decode(v.stderr));
-
-  // A truncated stream is refused.
-  const truncated = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", cli, "verify", "-"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const tw = truncated.stdin.getWriter();
-  await tw.write(image.subarray(0, image.length >> 1));
-  await tw.close();
-  const t = await truncated.output();
-  assertEquals(t.code, 1, decoder.decode(t.stdout));
+  // verify - reads an image from stdin too; a truncated stream is refused.
+  const v = await cryo(["verify", "-"], {}, image);
+  assertEquals(v.code, 0, v.stderr);
+  const t = await cryo(["verify", "-"], {}, image.subarray(0, image.length >> 1));
+  assertEquals(t.code, 1, t.stdout);
 });
 
 Deno.test("cryo checkpoint --encode-while-stopped writes an image that restores like the default one", async () => {
