@@ -14,6 +14,7 @@
  * @module
  */
 
+import { concatBytes } from "./cursor.ts";
 import { ImageError } from "../errors.ts";
 import { MAC_SIZE, SEAL_PARAMS_SIZE, type Sealer } from "../seal.ts";
 
@@ -54,13 +55,7 @@ function metadata(
     const name = enc.encode(s.name);
     parts.push(u64(name.length), name, u64(s.data.length), s.data);
   }
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 function u64(n: number): Uint8Array {

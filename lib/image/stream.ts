@@ -36,6 +36,7 @@ import {
 } from "./layout.ts";
 import { checkMetadataMac, headerDigest, sealParamsOf } from "./sealing.ts";
 import { Input, openInput } from "./stream_input.ts";
+import { concatBytes } from "./cursor.ts";
 import { checkFrame, checkFrameRange, checkTailLayout } from "./stream_checks.ts";
 import {
   addFrameRecords,
@@ -347,16 +348,6 @@ async function readStream(
     sink?.close();
     await input.close();
   }
-}
-
-function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** Read one chunk's stored bytes and check their checksum. */

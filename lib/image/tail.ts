@@ -5,6 +5,7 @@
  * @module
  */
 
+import { concatBytes } from "./cursor.ts";
 import type { Sealer } from "../seal.ts";
 import { checksum } from "./checksum.ts";
 import { encodeDirectory, encodeFrameHeader, type FrameInfo } from "./frames.ts";
@@ -68,7 +69,7 @@ export async function encodeTail(input: TailInput): Promise<Tail> {
     const mac = await metadataMac(
       input.seal.sealer,
       input.seal.digest,
-      concat([index, ...input.tables]),
+      concatBytes([index, ...input.tables]),
       others,
     );
     sections.delete(SEAL_SECTION);
@@ -114,14 +115,4 @@ export async function encodeTail(input: TailInput): Promise<Tail> {
     frameChecksum: 0n,
   };
   return { offset: endAt, frameHeader: encodeFrameHeader(end), data: tail, fileSize };
-}
-
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
