@@ -144,10 +144,19 @@ async function transcode(rawPath: string, path: string, opts: CheckpointOptions)
     sealer: opts.sealer,
     fsync: opts.fsync ?? true,
   });
-  for (const r of loader.records) {
-    opts.signal?.throwIfAborted();
-    if (r.kind === KIND.HOLE) await persister.storeGap(r.address, r.length);
-    else await persister.store(r.address, r.length);
+  const progress = opts.progress ?? silentProgress;
+  progress.phase?.(opts.sealer ? "encrypt" : "compress", loader.footer.dataBytes);
+  try {
+    for (const r of loader.records) {
+      opts.signal?.throwIfAborted();
+      if (r.kind === KIND.HOLE) await persister.storeGap(r.address, r.length);
+      else {
+        await persister.store(r.address, r.length);
+        progress.advance(r.length);
+      }
+    }
+  } finally {
+    progress.done();
   }
   for (const s of loader.sections) persister.addSection(s.name, loader.section(s.name)!);
   return await persister.finalize();
@@ -187,10 +196,14 @@ async function persistPid(
       });
     })();
     progress.total(plans.reduce((n, p) => n + p.bytes, 0));
-    for (const { region, runs, bytes } of plans) {
+    for (const { region, runs } of plans) {
       opts.signal?.throwIfAborted();
-      await persister.storeRuns(runs, { start: region.start, end: region.end, signal: opts.signal });
-      progress.advance(bytes);
+      await persister.storeRuns(runs, {
+        start: region.start,
+        end: region.end,
+        signal: opts.signal,
+        progress: (n) => progress.advance(n),
+      });
     }
     if (frozen.threads.length) persister.addSection("threads", encodeThreads(frozen.threads));
     opts.signal?.throwIfAborted();

@@ -15,6 +15,8 @@ export interface Progress {
   advance(bytes: number): void;
   /** Erase the bar. */
   done(): void;
+  /** Start a new phase of the work (e.g. `encode` after `checkpoint`): a new label and total, nothing done yet. */
+  phase?(label: string, total: number): void;
 }
 
 /** A progress sink that draws nothing. */
@@ -27,10 +29,11 @@ export const silentProgress: Progress = { total() {}, advance() {}, done() {} };
  * @param quiet Draw nothing.
  * @param delayMs Draw only after this long.
  */
-export function progressBar(label: string, quiet = false, delayMs = 300): Progress {
+export function progressBar(initialLabel: string, quiet = false, delayMs = 300): Progress {
   if (quiet || !Deno.stderr.isTerminal()) return silentProgress;
   const enc = new TextEncoder();
-  const started = performance.now();
+  let label = initialLabel;
+  let started = performance.now();
   let total = 0;
   let done = 0;
   let drawn = false;
@@ -61,6 +64,13 @@ export function progressBar(label: string, quiet = false, delayMs = 300): Progre
     },
     done() {
       if (drawn) Deno.stderr.writeSync(enc.encode("\r\x1b[2K"));
+      drawn = false;
+    },
+    phase(next, bytes) {
+      label = next;
+      total = bytes;
+      done = 0;
+      started = performance.now() - delayMs; // a phase of work already under way draws at once
     },
   };
 }

@@ -52,9 +52,10 @@ export class BouncePool {
     source: MemorySource,
     frames: FrameWriter,
     queue: WriteQueue,
-    opts: { detect: boolean; writeBehind?: number; signal?: AbortSignal },
+    opts: { detect: boolean; writeBehind?: number; signal?: AbortSignal; progress?: (bytes: number) => void },
   ): Promise<bigint> {
     const signal = opts.signal;
+    const done = { run: 0, off: 0n }; // where the progress reported so far ends
     const window = source.window;
     const slots = Math.max(3, Math.floor((opts.writeBehind ?? 1 << 30) / window));
     if (this.#slots.length === 0) {
@@ -117,6 +118,19 @@ export class BouncePool {
         signal?.throwIfAborted();
         const { pieces, sums, count: n } = await next;
         unwrap(helper().cryo_checksums(pieces, n[0], 3n, sums), "cryo_checksums");
+        if (opts.progress) { // the bytes of runs read so far; the cursor is still until the next read starts
+          const [run, off] = [Number(cursor[0]), cursor[1]];
+          let bytes = 0n;
+          for (; done.run < run && done.run < pairs.length / 2; done.run++) {
+            bytes += pairs[2 * done.run + 1] - pairs[2 * done.run] - done.off;
+            done.off = 0n;
+          }
+          if (done.run < pairs.length / 2) {
+            bytes += off - done.off;
+            done.off = off;
+          }
+          opts.progress(Number(bytes));
+        }
         const current = slot;
         if (cursor[0] < count) {
           slot = nextSlot(current);

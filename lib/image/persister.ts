@@ -206,11 +206,18 @@ export class MemoryPersister implements AsyncDisposable {
    *
    * @param runs Sorted, disjoint runs: `{ start, end }` objects or `[start0, end0, start1, end1, …]`.
    * @param opts `start`/`end` of the range (default: the first run's start, the last run's end); `source`
-   *   (default: the persister's); `signal` to abort between batches.
+   *   (default: the persister's); `signal` to abort between batches; `progress`, called with the bytes of runs
+   *   stored as each batch is read.
    */
   async storeRuns(
     runs: BigUint64Array | readonly { start: bigint; end: bigint }[],
-    opts: { start?: bigint; end?: bigint; source?: MemorySource; signal?: AbortSignal } = {},
+    opts: {
+      start?: bigint;
+      end?: bigint;
+      source?: MemorySource;
+      signal?: AbortSignal;
+      progress?: (bytes: number) => void;
+    } = {},
   ): Promise<void> {
     const pairs = runs instanceof BigUint64Array
       ? runs
@@ -242,6 +249,7 @@ export class MemoryPersister implements AsyncDisposable {
           detect: this.#opts.detectZeros ?? source.detectZeros,
           writeBehind: this.#opts.writeBehind,
           signal: opts.signal,
+          progress: opts.progress,
         });
       } else {
         await this.#queue.writing;
@@ -249,7 +257,7 @@ export class MemoryPersister implements AsyncDisposable {
           opts.signal?.throwIfAborted();
           const s = pairs[2 * i], e = pairs[2 * i + 1];
           if (s > at) this.#frames.hole(at, Number(s - at), segment);
-          await this.#storeRange(s, Number(e - s), segment, source);
+          await this.#storeRange(s, Number(e - s), segment, source, opts.progress);
           at = e;
         }
       }
@@ -379,7 +387,13 @@ export class MemoryPersister implements AsyncDisposable {
   }
 
   /** Store `[addr, addr + n)` window by window: zero pages become holes, data becomes records. */
-  async #storeRange(addr: bigint, n: number, segment: number, source: MemorySource): Promise<void> {
+  async #storeRange(
+    addr: bigint,
+    n: number,
+    segment: number,
+    source: MemorySource,
+    progress?: (bytes: number) => void,
+  ): Promise<void> {
     const detect = this.#opts.detectZeros ?? source.detectZeros;
     for (let off = 0; off < n;) {
       const w = Math.min(n - off, source.window);
@@ -400,6 +414,7 @@ export class MemoryPersister implements AsyncDisposable {
       if (detect) await this.#chunks.storeDetecting(local, a, w, segment);
       else await this.#chunks.data(local, a, w, segment);
       off += w;
+      progress?.(w);
     }
   }
 }
