@@ -12,7 +12,6 @@ import { permsString } from "./region.ts";
 import type { Codec } from "./codec.ts";
 import { ImageError } from "./errors.ts";
 import { openInput, verifyStream } from "./image/stream.ts";
-import { isEncrypted } from "./restore.ts";
 import type { SealKey } from "./seal.ts";
 
 /** One region of {@link ImageInfo}. */
@@ -153,7 +152,7 @@ export async function inspect(path: string, opts: { records?: boolean } = {}): P
     arch: loader.header.arch === ARCH_X86_64 ? "x86_64" : `e_machine ${loader.header.arch}`,
     requiredFeatures: featureNames(loader.header.requiredFeatures, REQUIRED),
     optionalFeatures: featureNames(loader.header.optionalFeatures, OPTIONAL),
-    encrypted: isEncrypted(loader),
+    encrypted: loader.encrypted,
     source: {
       pid: loader.source.pid,
       time: new Date(loader.source.timeMs).toISOString(),
@@ -222,7 +221,7 @@ export async function verify(
     using loader = await MemoryLoader.open(path, opts);
     bytes = loader.fileSize;
     await loader.verify();
-    const encrypted = isEncrypted(loader);
+    const encrypted = loader.encrypted;
     if (encrypted && opts.key) await verifyStream(await openInput(path), { ...opts, path });
     return { path, ok: true, authenticated: encrypted && !!opts.key, bytes, ms: performance.now() - started };
   } catch (e) {

@@ -12,7 +12,7 @@ import { decodeThreads } from "./threads.ts";
 import type { Codec } from "./codec.ts";
 import { MemoryLoader } from "./image/loader.ts";
 import { pidTarget } from "./image/targets.ts";
-import { KIND, REQUIRED } from "./image/layout.ts";
+import { KIND } from "./image/layout.ts";
 import { openInput, verifyStream } from "./image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
 import type { SealKey } from "./seal.ts";
@@ -83,7 +83,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
   }
   using loader = await MemoryLoader.open(path, { codecs: opts.codecs });
   await loader.verify();
-  if (isEncrypted(loader)) {
+  if (loader.encrypted) {
     // Encrypted records are authenticated and decrypted by the stream reader (the whole file first).
     if (!opts.dryRun) return await restoreStream(pid, path, opts);
     await verifyStream(await openInput(path), { key: opts.key, codecs: opts.codecs, path });
@@ -132,9 +132,4 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     frozen.thaw();
     progress.done();
   }
-}
-
-/** Whether the image's records are encrypted (they need the key to be read). */
-export function isEncrypted(loader: MemoryLoader): boolean {
-  return (loader.header.requiredFeatures & REQUIRED.ENCRYPTED) !== 0n;
 }

@@ -28,6 +28,7 @@ import {
   type ImageRegion,
   KIND,
   RECORD_FLAG,
+  REQUIRED,
   type SectionEntry,
   type SourceInfo,
 } from "./layout.ts";
@@ -171,6 +172,11 @@ export class MemoryLoader implements Disposable {
       addFrameRecords(records, fr, decodeTable(this.path, fr, table, this.header.pageSize));
     });
     return records;
+  }
+
+  /** Whether the records are encrypted (their contents need the key: see lib/image/stream.ts). */
+  get encrypted(): boolean {
+    return (this.header.requiredFeatures & REQUIRED.ENCRYPTED) !== 0n;
   }
 
   /** Whether {@link verify} has passed. */
