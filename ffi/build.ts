@@ -14,8 +14,34 @@ interface Target {
   flags: string[];
 }
 
+/** The helper's C sources: `ffi/helper.c` (while it exists) and every `ffi/helper/*.c`, one concern each. */
+function helperSources(): string[] {
+  const out: string[] = [];
+  try {
+    Deno.statSync(`${root}ffi/helper.c`);
+    out.push("ffi/helper.c");
+  } catch { /* split into ffi/helper/ */ }
+  try {
+    for (const e of Deno.readDirSync(`${root}ffi/helper`)) {
+      if (e.isFile && e.name.endsWith(".c")) out.push(`ffi/helper/${e.name}`);
+    }
+  } catch { /* no folder yet */ }
+  return out.sort();
+}
+
+/** Headers the C sources share (a change to one rebuilds everything). */
+function headers(): string[] {
+  try {
+    return [...Deno.readDirSync(`${root}ffi/helper`)].filter((e) => e.name.endsWith(".h")).map((e) =>
+      `ffi/helper/${e.name}`
+    );
+  } catch {
+    return [];
+  }
+}
+
 const targets: Target[] = [
-  { out: "libcryo_helper.so", sources: ["ffi/helper.c"], flags: ["-shared", "-fPIC"] },
+  { out: "libcryo_helper.so", sources: helperSources(), flags: ["-shared", "-fPIC"] },
   { out: "cryo_target", sources: ["tests/fixtures/target.c"], flags: ["-pthread"] },
   { out: "cryo_pipeline", sources: ["bench/pipeline.c"], flags: [] },
 ];
@@ -34,7 +60,8 @@ Deno.mkdirSync(outDir, { recursive: true });
 for (const t of targets) {
   const out = `${outDir}/${t.out}`;
   const sources = t.sources.map((s) => `${root}${s}`);
-  if (ifStale && mtime(out) !== 0 && sources.every((s) => mtime(s) <= mtime(out))) continue;
+  const deps = [...sources, ...headers().map((h) => `${root}${h}`)];
+  if (ifStale && mtime(out) !== 0 && deps.every((s) => mtime(s) <= mtime(out))) continue;
   const args = ["-O2", "-g", "-Wall", "-Wextra", "-Werror", ...t.flags, "-o", out, ...sources];
   let status: Deno.CommandStatus;
   try {
