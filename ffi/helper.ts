@@ -61,6 +61,9 @@ const symbols = {
   cryo_rseq_area: { parameters: [], result: long },
   // long cryo_rseq_self(const int32_t *tids, int n, void *out, long timeout_ns);
   cryo_rseq_self: { parameters: [buf, int, buf, long], result: long },
+  // long cryo_hold_release(int tid, int sig, long timeout_ns, int32_t *delivered);
+  //   (synchronous on purpose: ptrace belongs to the calling thread)
+  cryo_hold_release: { parameters: [int, int, long, buf], result: long },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The helper's symbols. */

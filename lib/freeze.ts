@@ -12,7 +12,7 @@
 import { CryoError, SystemError } from "./errors.ts";
 import { readThreadState, type Registers, type ThreadState, writeRegisters } from "./threads.ts";
 import { helper } from "../ffi/helper.ts";
-import { libc, systemError, unwrap } from "../ffi/libc.ts";
+import { errno, libc, systemError, unwrap } from "../ffi/libc.ts";
 
 const ESRCH = 3;
 const EPERM = 1;
@@ -51,6 +51,7 @@ export class Frozen implements Disposable {
   readonly #sigs: Int32Array<ArrayBuffer>;
   readonly #boost: number;
   #thawed = false;
+  #held = false;
 
   /** @internal Use {@link freeze}. */
   constructor(
@@ -102,16 +103,68 @@ export class Frozen implements Disposable {
     writeRegisters(tid, regs);
   }
 
+  /** Whether {@link hold} is in force. */
+  get held(): boolean {
+    return this.#held;
+  }
+
+  /**
+   * Back the ptrace freeze with a stop that outlives this process: send the target SIGSTOP while every thread
+   * is in a ptrace stop, so that the signal stays pending. If cryo dies (even by SIGKILL), the kernel detaches
+   * the threads and the first to run takes the SIGSTOP before any user code: the whole process stays stopped
+   * (state `T`) until it is recovered and sent SIGCONT. {@link thaw} takes the SIGSTOP back first (it is never
+   * delivered), so a normal thaw leaves no trace. Idempotent.
+   *
+   * @throws {SystemError} When the signal cannot be sent.
+   */
+  hold(): void {
+    if (this.#thawed) throw new CryoError(`Cannot hold pid ${this.pid}: it is thawed`);
+    if (this.#held) return;
+    this.#sameThread("hold");
+    if (libc.kill(this.pid, 19 /* SIGSTOP */) !== 0) {
+      throw systemError("kill", errno(), `SIGSTOP to pid ${this.pid}`);
+    }
+    this.#held = true;
+  }
+
+  /** Take the pending SIGSTOP of {@link hold} back: one thread runs until it stops to take it, suppressed. */
+  #release(): void {
+    const delivered = new Int32Array(1);
+    for (let i = 0; i < this.#tids.length; i++) {
+      const r = Number(helper().cryo_hold_release(this.#tids[i], this.#sigs[i], 1_000_000_000n, delivered));
+      if (r === 0) {
+        this.#sigs[i] = 0; // detached with 0: the SIGSTOP is suppressed (any earlier signal was delivered)
+        this.#held = false;
+        return;
+      }
+      if (r !== -ESRCH) {
+        throw systemError("ptrace", -r, `taking back the SIGSTOP of pid ${this.pid} (tid ${this.#tids[i]})`);
+      }
+    }
+    // Every thread died: nothing is left to stop.
+    this.#held = false;
+  }
+
   /**
    * Detach every thread, handing back any signal that arrived while frozen. Idempotent, and safe to call from
-   * a signal listener on the thread that froze. Threads that died meanwhile are reaped.
+   * a signal listener on the thread that froze. Threads that died meanwhile are reaped. A {@link hold} is
+   * taken back first, unless `keepHeld` is set: then the process stays stopped after the detach.
    *
+   * @param keepHeld Leave a {@link hold} in force: the process stays stopped (for a later recovery).
    * @returns How many threads were detached alive (0 on a second call).
    * @throws {CryoError} When called from another thread than the one that froze (nothing is changed).
    */
-  thaw(): number {
+  thaw(keepHeld = false): number {
     if (this.#thawed) return 0;
     this.#sameThread("thaw");
+    let failed: unknown;
+    if (this.#held && !keepHeld) {
+      try {
+        this.#release();
+      } catch (e) {
+        failed = e; // detach anyway: the process then stays stopped by the SIGSTOP, which is safe
+      }
+    }
     this.#thawed = true;
     live.delete(this);
     const r = helper().cryo_thaw(
@@ -122,7 +175,9 @@ export class Frozen implements Disposable {
       1_000_000_000n,
       this.#boost,
     );
-    return Number(unwrap(r, "thaw", `pid ${this.pid}`));
+    const n = Number(unwrap(r, "thaw", `pid ${this.pid}`));
+    if (failed) throw failed;
+    return n;
   }
 
   /** Same as {@link thaw}. */
