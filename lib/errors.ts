@@ -146,3 +146,21 @@ export class SafepointTimeoutError extends CryoError {
     this.missing = missing;
   }
 }
+
+/** A restore that failed and could not be undone either: the target is left stopped for recovery. */
+export class RestoreIncompleteError extends CryoError {
+  /** The process, left stopped (state T). */
+  readonly pid: number;
+
+  /**
+   * A restore of `pid` that could not be finished or undone.
+   *
+   * @param pid The process.
+   * @param message What failed, and how to recover.
+   * @param options The cause.
+   */
+  constructor(pid: number, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.pid = pid;
+  }
+}

@@ -6,6 +6,7 @@
  */
 
 import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "./image/layout.ts";
+import { requireSealed } from "./image/sealing.ts";
 import { MemoryLoader } from "./image/loader.ts";
 import type { ImageSummary } from "./image/persister.ts";
 import { permsString } from "./region.ts";
@@ -222,6 +223,7 @@ export async function verify(
     bytes = loader.fileSize;
     await loader.verify();
     const encrypted = loader.encrypted;
+    requireSealed(encrypted, opts.key, path); // a key means only a sealed image is sound
     if (encrypted && opts.key) await verifyStream(await openInput(path), { ...opts, path });
     return { path, ok: true, authenticated: encrypted && !!opts.key, bytes, ms: performance.now() - started };
   } catch (e) {

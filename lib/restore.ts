@@ -1,13 +1,18 @@
 /**
- * Restore (roll back) a live process to an image: verify the image, freeze the process, check that every image
- * region is still mapped with the same protection (a region that grew is fine; one that shrank or vanished is
- * a refusal listing them), write the memory back, put the threads' registers back, thaw. Nothing is written
- * into the process unless the image verified and the layout matched; the process is thawed on every path.
+ * Restore (roll back) a live process to an image: verify the image (every record decoded), freeze the process,
+ * check that every image region is still mapped with the same protection (a region that grew is fine; one that
+ * shrank or vanished is a refusal listing them) and that its threads are those of the checkpoint, then write
+ * registers and memory back all or nothing (lib/restore_commit.ts: held by a stop that outlives cryo, every
+ * overwritten byte journaled, undone on any failure or abort), thaw. A key means the image must be encrypted.
  *
  * @module
  */
 
 import { freeze } from "./freeze.ts";
+import { CryoError } from "./errors.ts";
+import { readMarker } from "./recovery.ts";
+import { commitRestore, refuseThreadChanges, threadChanges } from "./restore_commit.ts";
+import { requireSealed } from "./image/sealing.ts";
 import { decodeThreads } from "./threads.ts";
 import type { Codec } from "./codec.ts";
 import { MemoryLoader } from "./image/loader.ts";
@@ -36,8 +41,19 @@ export interface RestoreOptions {
   freezeTimeoutMs?: number;
   /** Receives bytes restored. */
   progress?: Progress;
-  /** Abort before anything is written (the target is thawed). */
+  /** Abort: before the write phase nothing is done; during it, everything written is undone. */
   signal?: AbortSignal;
+  /**
+   * Go ahead although threads were born or ended since the checkpoint (default false: refused, because a
+   * thread born since runs on memory rolled back to before it existed). Registers go back into the threads
+   * that still exist; the others are reported in the result.
+   */
+  allowThreadChanges?: boolean;
+  /**
+   * Finish a restore of `pid` that an earlier cryo left when it was killed (the target was left stopped): the
+   * image is the one that restore recorded (`path` may be empty or the same path). The target is resumed.
+   */
+  recover?: boolean;
 }
 
 /** What {@link restore} did (or, with `dryRun`, would do). */
@@ -58,6 +74,12 @@ export interface RestoreResult {
   threadsRestored: number;
   /** Thread ids recorded in the image that no longer exist (their registers were not restored). */
   threadsGone: number[];
+  /** Thread ids of the target that the image does not know (only with `allowThreadChanges`). */
+  threadsBorn: number[];
+  /** Bytes of the target saved in the undo journal before they were overwritten. */
+  journalBytes: number;
+  /** Whether this finished a restore that an earlier, killed cryo had left (the target was resumed). */
+  recovered: boolean;
   /** How long the target was stopped, in milliseconds (0 for a dry run that did not freeze). */
   stoppedMs: number;
   /** How long the whole restore took, in milliseconds. */
@@ -72,34 +94,54 @@ export interface RestoreResult {
  * @param opts Registers, dry run, codecs, progress, abort.
  * @returns What was written.
  * @throws {ImageError} When the image does not verify (nothing written).
- * @throws {LayoutMismatchError} When the process's regions no longer match (nothing written).
+ * @throws {KeyError} When a key is given and the image is not encrypted, or the other way round (nothing
+ *   written).
+ * @throws {LayoutMismatchError} When the process's regions no longer match, or its threads changed (nothing
+ *   written).
+ * @throws {RestoreIncompleteError} When the write failed and could not be undone: the target is left stopped
+ *   for `recover`.
  */
 export async function restore(pid: number, path: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   const started = performance.now();
   const progress = opts.progress ?? silentProgress;
+  if (opts.recover) {
+    const marker = readMarker(pid);
+    if (!marker) {
+      throw new CryoError(`Cannot recover pid ${pid}: no interrupted restore of this process is recorded`);
+    }
+    if (path && path !== marker.image) {
+      throw new CryoError(
+        `Cannot recover pid ${pid} from ${path}: the interrupted restore was from ${marker.image}`,
+      );
+    }
+    path = marker.image;
+  }
   if (path === "-") {
     if (opts.dryRun) throw new TypeError("Cannot dry-run a restore from a stream: it can be read only once");
+    if (opts.recover) throw new CryoError(`Cannot recover pid ${pid}: the interrupted restore read a stream`);
     return await restoreStream(pid, path, opts);
   }
   using loader = await MemoryLoader.open(path, { codecs: opts.codecs });
   await loader.verify();
+  requireSealed(loader.encrypted, opts.key, path);
   if (loader.encrypted) {
     // Encrypted records are authenticated and decrypted by the stream reader (the whole file first).
     if (!opts.dryRun) return await restoreStream(pid, path, opts);
     await verifyStream(await openInput(path), { key: opts.key, codecs: opts.codecs, path });
   }
   opts.signal?.throwIfAborted();
-  const target = pidTarget(pid);
-  const threadsBytes = opts.registers === false ? undefined : loader.section("threads");
-  const threads = threadsBytes ? decodeThreads(threadsBytes, path) : [];
+  const threadsBytes = loader.section("threads");
+  const recorded = threadsBytes ? decodeThreads(threadsBytes, path) : [];
+  const threads = opts.registers === false ? [] : recorded;
   const absolute = loader.records.filter((r) => r.segment === 0);
   const dataBytes = absolute.reduce((n, r) => n + (r.kind === KIND.DATA ? r.length : 0), 0);
   const holeBytes = absolute.reduce((n, r) => n + (r.kind === KIND.HOLE ? r.length : 0), 0);
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
   try {
-    const plan = loader.checkTarget(target);
-    const gone = threads.filter((t) => !frozen.tids.includes(t.tid)).map((t) => t.tid);
+    const plan = loader.checkTarget(pidTarget(pid));
+    const changes = threadChanges(recorded, frozen.tids);
+    if (threadsBytes && !opts.allowThreadChanges) refuseThreadChanges(pid, changes);
     const result: RestoreResult = {
       pid,
       path,
@@ -108,21 +150,25 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       dataBytes,
       holeBytes,
       threadsRestored: 0,
-      threadsGone: gone,
+      threadsGone: changes.gone,
+      threadsBorn: changes.born,
+      journalBytes: 0,
+      recovered: false,
       stoppedMs: 0,
       totalMs: 0,
     };
     if (!opts.dryRun) {
-      opts.signal?.throwIfAborted();
       progress.total(dataBytes);
-      const summary = await loader.load(target);
-      progress.advance(summary.copiedBytes);
-      result.holeBytes = summary.holeBytes;
-      for (const t of threads) {
-        if (gone.includes(t.tid)) continue;
-        frozen.setRegisters(t.tid, t);
-        result.threadsRestored++;
-      }
+      const done = await commitRestore(frozen, path, async ({ target, setThreads }) => {
+        setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
+        const summary = await loader.load(target);
+        progress.advance(summary.copiedBytes);
+        return summary;
+      }, opts.signal);
+      result.holeBytes = done.value.holeBytes;
+      result.threadsRestored = done.threadsRestored;
+      result.journalBytes = done.journalBytes;
+      result.recovered = done.recovered;
     }
     frozen.thaw();
     result.stoppedMs = performance.now() - frozenAt;

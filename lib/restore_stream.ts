@@ -1,53 +1,60 @@
 /**
  * Restore a live process from a streamed or encrypted image: `cryo restore --pid P -` (stdin) and restores of
  * encrypted image files. Like {@link restore}, the process is frozen, its layout is checked against the
- * image's region table before anything is written, registers are put back and it is thawed on every path.
+ * image's region table before anything is written, and the write phase is all or nothing
+ * (lib/restore_commit.ts): every byte overwritten is journaled first and put back on any failure.
  *
- * From a stream, each chunk is verified (and, when encrypted, authenticated) before it is written, but a
- * stream cannot be read twice: a stream that turns out truncated or damaged part-way leaves the chunks before
- * the damage written (and the process thawed, its holes not zeroed, registers not restored), and the call
- * throws. From a file, the whole image is verified first, so nothing is written unless all of it is good.
+ * From a file, the whole image is verified (every chunk authenticated and decoded) first, its threads checked
+ * against the target's and registers put back before memory. From a stream, which can be read only once, each
+ * chunk is verified before it is written and the journal is what makes it all or nothing: a stream that turns
+ * out truncated or damaged part-way, a threads section that does not fit the target or the kernel refuses,
+ * or an abort, undoes every chunk written so far. The journal costs one read of the target's overwritten
+ * bytes and one write of them to an unlinked temporary file (see lib/journal.ts).
  *
  * @module
  */
 
 import { freeze } from "./freeze.ts";
-import { decodeThreads } from "./threads.ts";
+import { decodeThreads, type ThreadState } from "./threads.ts";
 import type { Codec } from "./codec.ts";
 import type { SealKey } from "./seal.ts";
-import { pidTarget } from "./image/targets.ts";
 import { loadStream, openInput, verifyStream } from "./image/stream.ts";
+import { commitRestore, refuseThreadChanges, threadChanges } from "./restore_commit.ts";
 import type { RestoreResult } from "./restore.ts";
 import { type Progress, silentProgress } from "./cli/progress.ts";
 
 /** Options of {@link restoreStream}. */
 export interface StreamRestoreOptions {
-  /** The key of an encrypted image (`keyFromFile`/`keyFromEnv`). */
+  /** The key of an encrypted image (`keyFromFile`/`keyFromEnv`); given, the image must be encrypted. */
   key?: SealKey;
   /** Codecs beyond the built-in raw, zstd and lz4. */
   codecs?: readonly Codec[];
   /** Put the recorded registers back into threads that still exist (default true). */
   registers?: boolean;
+  /** Go ahead although threads were born or ended since the checkpoint (default false: refused). */
+  allowThreadChanges?: boolean;
   /** How long the freeze may take, in milliseconds. */
   freezeTimeoutMs?: number;
   /** Receives bytes restored. */
   progress?: Progress;
-  /** Abort: before the freeze nothing is done; during a stream, the next chunk is not written. */
+  /** Abort: before the freeze nothing is done; during the write, everything written is undone. */
   signal?: AbortSignal;
 }
 
 /**
  * Roll process `pid` back to the image read from `input`: a file (verified in full first) or `"-"` (stdin,
- * verified chunk by chunk).
+ * verified chunk by chunk, journaled so that a failure part-way undoes it).
  *
  * @param pid The process (not this one).
  * @param input The image file, or `"-"` for stdin.
  * @param opts Key, codecs, registers, progress, abort.
  * @returns What was written.
- * @throws {KeyError} When the image is encrypted and the key is missing or wrong (nothing written).
- * @throws {LayoutMismatchError} When the process's regions do not match (nothing written).
- * @throws {ImageError} When the image is damaged or truncated (from a file: nothing written; from a stream:
- *   nothing after the last verified chunk).
+ * @throws {KeyError} When the image is encrypted and the key is missing or wrong, or a key was given for an
+ *   image that is not encrypted (nothing written).
+ * @throws {LayoutMismatchError} When the process's regions or threads do not match (nothing written; from a
+ *   stream, a thread mismatch is found at its end and everything written is undone).
+ * @throws {ImageError} When the image is damaged or truncated (nothing is left written).
+ * @throws {RestoreIncompleteError} When undoing failed too: the target is left stopped for recovery.
  */
 export async function restoreStream(
   pid: number,
@@ -57,30 +64,42 @@ export async function restoreStream(
   const started = performance.now();
   const progress = opts.progress ?? silentProgress;
   const streamOpts = { key: opts.key, codecs: opts.codecs, path: input };
-  if (input !== "-") await verifyStream(await openInput(input), streamOpts);
+  let known: ThreadState[] | undefined; // from a file's verification pass, before anything is written
+  if (input !== "-") {
+    const v = await verifyStream(await openInput(input), streamOpts); // a key means it must be sealed
+    const bytes = v.sectionBytes.get("threads");
+    known = bytes ? decodeThreads(bytes, input) : [];
+  }
   opts.signal?.throwIfAborted();
-  const stream = await openInput(input);
+  // An abort must not wait for the next byte of a stream that may never come: it errors the stream.
+  const opened = await openInput(input);
+  const stream = opts.signal ? opened.pipeThrough(new TransformStream(), { signal: opts.signal }) : opened;
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
+  const checkThreads = (threads: readonly ThreadState[], present: boolean) => {
+    const changes = threadChanges(threads, frozen.tids);
+    if (present && !opts.allowThreadChanges) refuseThreadChanges(pid, changes);
+    return changes;
+  };
   try {
-    const s = await loadStream(stream, pidTarget(pid), {
-      ...streamOpts,
-      onChunk: (r) => {
-        progress.advance(r.length);
-        opts.signal?.throwIfAborted();
-      },
-    });
-    const threadsBytes = opts.registers === false ? undefined : s.sectionBytes.get("threads");
-    const threads = threadsBytes ? decodeThreads(threadsBytes, input) : [];
-    const gone = threads.filter((t) => !frozen.tids.includes(t.tid)).map((t) => t.tid);
-    let threadsRestored = 0;
-    for (const t of threads) {
-      if (gone.includes(t.tid)) continue;
-      frozen.setRegisters(t.tid, t);
-      threadsRestored++;
-    }
+    if (known) checkThreads(known, known.length > 0);
+    const done = await commitRestore(frozen, input, async ({ target, setThreads }) => {
+      if (known && opts.registers !== false) setThreads(known); // first: refused registers fail before memory
+      const s = await loadStream(stream, target, {
+        ...streamOpts,
+        onChunk: (r) => {
+          progress.advance(r.length);
+          opts.signal?.throwIfAborted();
+        },
+      });
+      const bytes = s.sectionBytes.get("threads");
+      const threads = known ?? (bytes ? decodeThreads(bytes, input) : []);
+      const changes = checkThreads(threads, bytes !== undefined);
+      if (!known && opts.registers !== false) setThreads(threads);
+      return { s, changes };
+    }, opts.signal);
     frozen.thaw();
-    const stoppedMs = performance.now() - frozenAt;
+    const { s, changes } = done.value;
     return {
       pid,
       path: input,
@@ -88,9 +107,12 @@ export async function restoreStream(
       regions: s.regions.filter((g) => !g.relocatable).length,
       dataBytes: s.dataBytes,
       holeBytes: s.holeBytes,
-      threadsRestored,
-      threadsGone: gone,
-      stoppedMs,
+      threadsRestored: done.threadsRestored,
+      threadsGone: changes.gone,
+      threadsBorn: changes.born,
+      journalBytes: done.journalBytes,
+      recovered: done.recovered,
+      stoppedMs: performance.now() - frozenAt,
       totalMs: performance.now() - started,
     };
   } finally {

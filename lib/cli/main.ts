@@ -11,6 +11,7 @@ import {
   ImageError,
   KeyError,
   LayoutMismatchError,
+  RestoreIncompleteError,
   SystemError,
 } from "../errors.ts";
 
@@ -112,7 +113,7 @@ export async function main(commands: Command[], argv: string[]): Promise<number>
       console.error(`cryo ${name}: ${e.message}\n(see \`cryo ${name} --help\`)`);
       return 2;
     }
-    if (controller.signal.aborted) {
+    if (controller.signal.aborted && !(e instanceof RestoreIncompleteError)) {
       console.error(`cryo ${name}: interrupted; nothing was left half-done`);
       if (debug) console.error(e);
       return 130;

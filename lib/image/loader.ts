@@ -308,7 +308,7 @@ export class MemoryLoader implements Disposable {
     }
     if (target.kind === "segments") return summary;
     if (target.kind === "pid") {
-      using remote = new RemoteWriter(target.pid);
+      using remote = new RemoteWriter(target.pid, target.journal);
       // Compressed records are decoded on pool threads, a window at a time, and written in index order, into a
       // ring of window + 1 buffers (the one being written, and those in flight).
       const window = defaultWindow();

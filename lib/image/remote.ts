@@ -15,6 +15,7 @@ import type { Region } from "../region.ts";
 import { findZeroPages } from "../zero.ts";
 import { transferRemote } from "./sources.ts";
 import { Pagemap } from "../pagemap.ts";
+import type { RestoreJournal } from "../journal.ts";
 
 /**
  * Whether every region that overlaps `[start, end)` is private anonymous memory, where a page that is not
@@ -58,8 +59,13 @@ export class RemoteWriter implements Disposable {
   #riov = new BigUint64Array(2 * IOV_BATCH);
   #queued = 0;
 
-  /** Write process `pid`. */
-  constructor(readonly pid: number) {}
+  /**
+   * Write process `pid`.
+   *
+   * @param pid The process.
+   * @param journal Where every byte about to be overwritten is saved first (a restore's undo record).
+   */
+  constructor(readonly pid: number, readonly journal?: RestoreJournal) {}
 
   /**
    * Write `bytes` at `addr` in the process.
@@ -207,6 +213,7 @@ export class RemoteWriter implements Disposable {
   flush(): void {
     const count = this.#queued;
     this.#queued = 0;
+    if (count) this.journal?.saveMany(this.#riov, count);
     for (let i = 0; i < count;) {
       const n = BigInt(count - i);
       let got = libc.process_vm_writev(
@@ -288,6 +295,7 @@ export class RemoteWriter implements Disposable {
   }
 
   #writeAt(remote: bigint, local: bigint, len: number): void {
+    this.journal?.save(remote, len);
     try {
       transferRemote("process_vm_writev", this.pid, local, remote, len);
       return;

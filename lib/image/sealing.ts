@@ -15,7 +15,7 @@
  */
 
 import { concatBytes } from "./cursor.ts";
-import { ImageError } from "../errors.ts";
+import { ImageError, KeyError } from "../errors.ts";
 import { MAC_SIZE, SEAL_PARAMS_SIZE, type Sealer } from "../seal.ts";
 
 /** Name of the section holding the metadata MAC. */
@@ -104,5 +104,25 @@ export async function checkMetadataMac(
     seal.data.length !== MAC_SIZE || !await sealer.verifyMac(metadata(digest, index, sections), seal.data)
   ) {
     throw new ImageError(path, seal.offset, "index or sections fail authentication: they were modified");
+  }
+}
+
+/**
+ * A key means the image must be sealed: refuse a downgrade (an image replaced by a plaintext one would
+ * otherwise be written into the target, or called sound, with nobody noticing). A sealed image without its key
+ * is refused where its contents are needed (the stream reader). Whether an
+ * image is sealed is its header's ENCRYPTED bit, which the header digest binds into every chunk's additional
+ * data and the metadata MAC, so it cannot be stripped from a sealed image.
+ *
+ * @param encrypted Whether the image's header says ENCRYPTED.
+ * @param key The key the caller gave.
+ * @param path The image, for the message.
+ * @throws {KeyError} When a key is given and the image is not sealed.
+ */
+export function requireSealed(encrypted: boolean, key: unknown, path: string): void {
+  if (key && !encrypted) {
+    throw new KeyError(
+      `Cannot use image ${path}: a key was given but the image is not encrypted (a key means only a sealed image is accepted)`,
+    );
   }
 }

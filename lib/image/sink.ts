@@ -51,7 +51,7 @@ export function openSink(
     return { write: segmentWrite, zero: segmentZero, close() {} };
   }
   if (target.kind === "pid") {
-    const remote = new RemoteWriter(target.pid);
+    const remote = new RemoteWriter(target.pid, target.journal);
     return {
       write(r, off, bytes) {
         if (r.segment === 0) remote.write(r.address + BigInt(off), bytes);

@@ -34,7 +34,7 @@ import {
   type SectionEntry,
   type SourceInfo,
 } from "./layout.ts";
-import { checkMetadataMac, headerDigest, sealParamsOf } from "./sealing.ts";
+import { checkMetadataMac, headerDigest, requireSealed, sealParamsOf } from "./sealing.ts";
 import { Input, openInput } from "./stream_input.ts";
 import { concatBytes } from "./cursor.ts";
 import { checkFrame, checkFrameRange, checkTailLayout } from "./stream_checks.ts";
@@ -169,6 +169,7 @@ async function readStream(
     }
     // 2. The key, before anything else.
     const encrypted = (header.requiredFeatures & REQUIRED.ENCRYPTED) !== 0n;
+    requireSealed(encrypted, opts.key, path);
     let sealer: Sealer | undefined;
     let digest: Uint8Array | undefined;
     if (encrypted) {

@@ -10,6 +10,7 @@ import { hex } from "../../ffi/libc.ts";
 import { readRegions } from "../maps.ts";
 import { permsString, type Region } from "../region.ts";
 import type { ImageRecord, ImageRegion } from "./layout.ts";
+import type { RestoreJournal } from "../journal.ts";
 
 /** Bytes a segment can be loaded into. */
 export type SegmentBuffer = ArrayBuffer | SharedArrayBuffer | ArrayBufferView;
@@ -26,6 +27,8 @@ export interface LoadTarget {
   readonly lazy: boolean;
   /** Buffers for the image's relocatable segments, by name. */
   readonly segments: Readonly<Record<string, SegmentBuffer>>;
+  /** Another process only: where every byte is saved before it is overwritten (a restore's undo record). */
+  readonly journal?: RestoreJournal;
 }
 
 /**
@@ -52,13 +55,14 @@ export function selfTarget(
  * cannot write (read-only ones). Its regions must already exist.
  *
  * @param pid The process.
+ * @param opts `journal`: save every byte before it is overwritten, so that the load can be undone.
  * @returns The target.
  */
-export function pidTarget(pid: number): LoadTarget {
+export function pidTarget(pid: number, opts: { journal?: RestoreJournal } = {}): LoadTarget {
   if (!Number.isInteger(pid) || pid <= 0) {
     throw new RangeError(`Cannot load into pid ${pid}: not a process id`);
   }
-  return { kind: "pid", pid, map: false, lazy: false, segments: {} };
+  return { kind: "pid", pid, map: false, lazy: false, segments: {}, journal: opts.journal };
 }
 
 /**

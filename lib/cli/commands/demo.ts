@@ -61,11 +61,20 @@ options:
       out(`   ${describe(changed)}`);
 
       step(4, "restore: freeze it again, verify the image, write its memory and registers back, thaw");
-      const rs = await restore(child.pid, image, { signal: ctx.signal });
+      // Deno's runtime starts and ends pool threads by itself: the demo accepts a changed thread set (a
+      // restore refuses it by default) and says what changed.
+      const rs = await restore(child.pid, image, { signal: ctx.signal, allowThreadChanges: true });
       out(
         `   wrote ${humanBytes(rs.dataBytes)}, made ${humanBytes(rs.holeBytes)} of holes read as zero, ` +
-          `${rs.threadsRestored} threads' registers; stopped ${humanDuration(rs.stoppedMs)}`,
+          `${rs.threadsRestored} threads' registers; stopped ${humanDuration(rs.stoppedMs)}; ` +
+          `all or nothing (${humanBytes(rs.journalBytes)} journaled)`,
       );
+      if (rs.threadsBorn.length || rs.threadsGone.length) {
+        out(
+          `   threads changed since the checkpoint (Deno's pool): ${rs.threadsBorn.length} born, ` +
+            `${rs.threadsGone.length} ended`,
+        );
+      }
 
       step(5, "its state after the rollback");
       const back = (await child.request("state", 10_000)).replace(/ arena_addr=\S+/, "");

@@ -17,15 +17,20 @@ export const restoreCommand: Command = {
   summary: "roll a live process back to an image",
   help: `cryo restore --pid PID IMAGE [options]
 
-Verifies IMAGE completely, freezes PID, checks that every region in the image is still mapped in PID with the
-same protection (a region that grew is fine; one that shrank or vanished is refused, listing them), writes the
-memory back (holes become zero), puts each thread's registers back, and thaws PID. Nothing is written unless
-the image verified and the layout matched.
+Verifies IMAGE completely (every record decoded), freezes PID, checks that every region in the image is still
+mapped in PID with the same protection (a region that grew is fine; one that shrank or vanished is refused,
+listing them) and that PID's threads are those of the checkpoint, puts each thread's registers back, writes the
+memory back (holes become zero), and thaws PID.
+
+All or nothing: while it writes, PID is held by a stop that outlives cryo, and every byte and register set
+overwritten is saved in an undo journal (an unlinked 0600 file in $CRYO_JOURNAL_DIR, $TMPDIR or /var/tmp);
+any failure, Ctrl-C or SIGTERM puts PID back exactly as it was. If cryo is killed (SIGKILL) while writing,
+PID stays stopped (state T) and \`cryo restore --recover --pid PID\` (or the same restore again) finishes it
+and resumes PID. A key means the image must be encrypted: a plaintext image is refused.
 
 IMAGE may be - to read the image from stdin (e.g. piped from \`cryo checkpoint -o -\` on another host): the
 layout is checked from its header before the first chunk, and each chunk is verified (and, when encrypted,
-authenticated) before it is written; a stream that turns out damaged part-way leaves the chunks before the
-damage written, and fails. Encrypted image files are authenticated in full before anything is written.
+authenticated) before it is written; a stream that turns out damaged part-way is undone from the journal.
 
 options:
   --pid PID          the process to roll back (root or CAP_SYS_PTRACE)
@@ -34,6 +39,9 @@ options:
                      the checkpoint (or the image holds none of their stacks): a thread resumed with today's
                      registers on a stack rolled back to then may crash
   --dry-run          verify and check, report what would be written, write nothing
+  --allow-thread-changes  go ahead although threads were born or ended since the checkpoint (refused by
+                     default: a thread born since would run on memory rolled back to before it existed)
+  --recover          finish a restore that a killed cryo left (PID stopped); IMAGE may be omitted
   --json             print the result as JSON
   -q, --quiet        no progress bar
 
@@ -41,21 +49,26 @@ examples:
   deno run -A cli.ts restore --pid 4242 app.cryo
   deno run -A cli.ts restore --pid 4242 --dry-run app.cryo
   deno run -A cli.ts restore --pid 4242 --key-env APP_KEY app.cryo
+  deno run -A cli.ts restore --recover --pid 4242
   ssh host deno run -A cli.ts checkpoint --pid 77 -o - | deno run -A cli.ts restore --pid 4242 -`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       pid: { type: "string" },
       ...keyOptions,
       "no-registers": { type: "boolean" },
+      "allow-thread-changes": { type: "boolean" },
+      recover: { type: "boolean" },
       "dry-run": { type: "boolean" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
     const pid = parsePid(values.pid);
-    const image = onePositional(positionals, "IMAGE");
+    const image = values.recover && positionals.length === 0 ? "" : onePositional(positionals, "IMAGE");
     const result = await restore(pid, image, {
       key: await keyFrom(values),
       registers: !values["no-registers"],
+      allowThreadChanges: values["allow-thread-changes"],
+      recover: values.recover,
       dryRun: values["dry-run"],
       progress: progressBar("restore", values.quiet || values.json),
       signal: ctx.signal,
@@ -66,13 +79,15 @@ examples:
     }
     const verb = result.dryRun ? "would write" : "wrote";
     out(
-      `${result.dryRun ? "dry run: " : ""}restore of pid ${pid} from ${image}\n` +
+      `${result.dryRun ? "dry run: " : ""}restore of pid ${pid} from ${result.path}` +
+        (result.recovered ? " (finished an interrupted restore; the process was resumed)" : "") + "\n" +
         `  regions   ${result.regions} checked, layout matches\n` +
         `  memory    ${verb} ${humanBytes(result.dataBytes)} of data, zeroed holes of ${
           humanBytes(result.holeBytes)
         }\n` +
         `  threads   ${result.dryRun ? "-" : `${result.threadsRestored} registers restored`}` +
-        (result.threadsGone.length ? `, ${result.threadsGone.length} recorded threads gone` : "") + "\n" +
+        (result.threadsGone.length ? `, ${result.threadsGone.length} recorded threads gone` : "") +
+        (result.threadsBorn.length ? `, ${result.threadsBorn.length} born since` : "") + "\n" +
         `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
     );
     return 0;

@@ -1,0 +1,116 @@
+/**
+ * The record of a restore in progress, for recovery after cryo itself was killed. While a restore writes, the
+ * target is held stopped by a pending SIGSTOP (see `Frozen.hold`) and this small marker names the target (pid
+ * and start time, so a reused pid is not mistaken for it) and the image. Should cryo die by SIGKILL, the
+ * target stays stopped, and `cryo restore --recover --pid P` (or the same restore run again) reads the marker,
+ * writes the whole image again (a restore is idempotent), puts registers back and sends SIGCONT.
+ *
+ * Markers live in a directory only their user can enter: `/run/cryo` for root, else
+ * `$XDG_RUNTIME_DIR/cryo` (or `/tmp/cryo-UID`), mode 0700; a marker that is not a regular 0600 file of this
+ * user is ignored.
+ *
+ * @module
+ */
+
+import { CryoError } from "./errors.ts";
+
+/** What a marker records. */
+export interface RestoreMarker {
+  /** The target. */
+  pid: number;
+  /** Its start time (field 22 of `/proc/PID/stat`, clock ticks since boot). */
+  startTime: string;
+  /** The image being restored (an absolute path; `-` for a stream). */
+  image: string;
+  /** When the write phase began (Unix ms). */
+  time: number;
+}
+
+/** The directory markers live in. */
+export function markerDir(): string {
+  const uid = Deno.uid() ?? 0;
+  if (uid === 0) return "/run/cryo";
+  const runtime = Deno.env.get("XDG_RUNTIME_DIR");
+  return runtime ? `${runtime}/cryo` : `/tmp/cryo-${uid}`;
+}
+
+function markerPath(pid: number): string {
+  return `${markerDir()}/restore-${pid}.json`;
+}
+
+/**
+ * The start time of `pid` (field 22 of `/proc/PID/stat`), which tells a process from a later one with the
+ * same pid.
+ *
+ * @param pid The process.
+ * @returns The field, as text.
+ * @throws {CryoError} When the process does not exist.
+ */
+export function startTimeOf(pid: number): string {
+  let stat: string;
+  try {
+    stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  } catch {
+    throw new CryoError(`Cannot read /proc/${pid}/stat: no such process`);
+  }
+  // The command name (field 2) may hold spaces and parentheses: count fields after its last ")".
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return fields[22 - 3];
+}
+
+/**
+ * Record that a restore of `pid` from `image` is writing.
+ *
+ * @param pid The target.
+ * @param image The image (made absolute).
+ */
+export function writeMarker(pid: number, image: string): void {
+  const dir = markerDir();
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = Deno.statSync(dir);
+  if (st.uid !== (Deno.uid() ?? 0) || ((st.mode ?? 0) & 0o077) !== 0) {
+    throw new CryoError(`Cannot record the restore in ${dir}: it is not a private directory of this user`);
+  }
+  const abs = image === "-" || image.startsWith("/") ? image : `${Deno.cwd()}/${image}`;
+  const marker: RestoreMarker = { pid, startTime: startTimeOf(pid), image: abs, time: Date.now() };
+  const tmp = `${markerPath(pid)}.${Deno.pid}`;
+  Deno.writeTextFileSync(tmp, JSON.stringify(marker) + "\n", { mode: 0o600 });
+  Deno.renameSync(tmp, markerPath(pid));
+}
+
+/**
+ * The marker of an interrupted restore of `pid`, if one names this very process (same start time).
+ *
+ * @param pid The target.
+ * @returns The marker, or undefined.
+ */
+export function readMarker(pid: number): RestoreMarker | undefined {
+  const path = markerPath(pid);
+  let text: string;
+  try {
+    const st = Deno.lstatSync(path);
+    if (!st.isFile || st.uid !== (Deno.uid() ?? 0) || ((st.mode ?? 0) & 0o077) !== 0) return undefined;
+    text = Deno.readTextFileSync(path);
+  } catch {
+    return undefined;
+  }
+  try {
+    const m = JSON.parse(text) as RestoreMarker;
+    if (m.pid !== pid || typeof m.image !== "string") return undefined;
+    if (m.startTime !== startTimeOf(pid)) return undefined; // another process has this pid now
+    return m;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Remove the marker of `pid` (the restore finished or was undone). Idempotent.
+ *
+ * @param pid The target.
+ */
+export function removeMarker(pid: number): void {
+  try {
+    Deno.removeSync(markerPath(pid));
+  } catch { /* none */ }
+}

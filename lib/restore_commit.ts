@@ -1,0 +1,159 @@
+/**
+ * The write phase of a restore, all or nothing. Everything that can be checked has been checked before it
+ * starts (the image verified and decoded, the layout and the thread set compared); what can still fail (a
+ * register set the kernel refuses, a stream that breaks part-way, SIGINT or SIGTERM, a target that dies) is
+ * undone:
+ *
+ * 1. the target, already frozen, is **held** by a pending SIGSTOP (`Frozen.hold`) and a marker names it and
+ *    the image (lib/recovery.ts): if cryo is killed from here on, the target stays stopped, never runs
+ *    half-written, and `cryo restore --recover --pid P` finishes the restore;
+ * 2. every byte and register set about to be overwritten is saved in the undo **journal** first
+ *    (lib/journal.ts);
+ * 3. on any failure the journal is played back, the hold taken back and the target thawed exactly as it was;
+ *    on success the journal is dropped, the hold taken back and the target thawed.
+ *
+ * @module
+ */
+
+import { LayoutMismatchError, RestoreIncompleteError } from "./errors.ts";
+import type { Frozen } from "./freeze.ts";
+import { RestoreJournal } from "./journal.ts";
+import { readMarker, removeMarker, writeMarker } from "./recovery.ts";
+import { readThreadState, type ThreadState } from "./threads.ts";
+import { type LoadTarget, pidTarget } from "./image/targets.ts";
+import { libc } from "../ffi/libc.ts";
+
+const SIGCONT = 18;
+
+/** What the thread set of a target looks like against an image's threads section. */
+export interface ThreadChanges {
+  /** Threads recorded in the image that no longer exist. */
+  gone: number[];
+  /** Threads of the target the image does not know (born since the checkpoint). */
+  born: number[];
+}
+
+/**
+ * Compare the image's threads with the frozen target's.
+ *
+ * @param threads The image's threads section, decoded.
+ * @param tids The target's threads.
+ * @returns What differs.
+ */
+export function threadChanges(threads: readonly ThreadState[], tids: readonly number[]): ThreadChanges {
+  const recorded = new Set(threads.map((t) => t.tid));
+  const live = new Set(tids);
+  return {
+    gone: threads.filter((t) => !live.has(t.tid)).map((t) => t.tid),
+    born: tids.filter((t) => !recorded.has(t)),
+  };
+}
+
+/**
+ * Refuse a rollback whose thread set changed since the checkpoint: a thread born since would run on memory
+ * rolled back to before it existed (its own bookkeeping, e.g. glibc's list of stacks, gone from under it), and
+ * a thread that ended would be remembered by memory that outlived it. Both make the target crash later.
+ *
+ * @param pid The target.
+ * @param changes The difference ({@link threadChanges}).
+ * @throws {LayoutMismatchError} Listing each thread, unless nothing changed.
+ */
+export function refuseThreadChanges(pid: number, changes: ThreadChanges): void {
+  const differences = [
+    ...changes.born.map((t) =>
+      `thread ${t} was born since the checkpoint (it would run on memory rolled back to before it existed)`
+    ),
+    ...changes.gone.map((t) =>
+      `thread ${t} of the checkpoint has ended (its memory would be restored without it)`
+    ),
+  ];
+  if (differences.length) throw new LayoutMismatchError(`pid ${pid}'s threads`, differences);
+}
+
+/** What {@link commitRestore} did. */
+export interface CommitSummary<T> {
+  /** The write function's result. */
+  value: T;
+  /** Threads whose registers were put back. */
+  threadsRestored: number;
+  /** Bytes the journal saved (what was overwritten). */
+  journalBytes: number;
+  /** Whether this finished a restore that an earlier, killed cryo left (the target was then resumed). */
+  recovered: boolean;
+}
+
+/** What the write function is given. */
+export interface CommitContext {
+  /** Write into this target: every byte goes through the journal. */
+  target: LoadTarget;
+  /** Put these threads' registers back (saving the current ones first); threads that are gone are skipped. */
+  setThreads(threads: readonly ThreadState[]): void;
+}
+
+/**
+ * Run the write phase of a restore into the frozen `frozen`, all or nothing (see the module doc). The caller
+ * thaws `frozen` in a `finally` as always; on success it has been thawed here already.
+ *
+ * @param frozen The frozen target.
+ * @param image The image's path (for the recovery marker), or `-`.
+ * @param write Writes memory and registers through the context.
+ * @param signal Aborts: checked after the write, so an abort undoes everything.
+ * @returns What was done.
+ * @throws The write's error, after the target was put back as it was.
+ * @throws {RestoreIncompleteError} When putting it back failed too: the target is left stopped.
+ */
+export async function commitRestore<T>(
+  frozen: Frozen,
+  image: string,
+  write: (ctx: CommitContext) => Promise<T>,
+  signal?: AbortSignal,
+): Promise<CommitSummary<T>> {
+  const pid = frozen.pid;
+  const recovered = readMarker(pid) !== undefined;
+  signal?.throwIfAborted();
+  frozen.hold();
+  writeMarker(pid, image);
+  using journal = new RestoreJournal(pid);
+  let threadsRestored = 0;
+  const live = new Set(frozen.tids);
+  const ctx: CommitContext = {
+    target: pidTarget(pid, { journal }),
+    setThreads(threads) {
+      for (const t of threads) {
+        if (!live.has(t.tid)) continue;
+        journal.saveRegisters(t.tid, readThreadState(t.tid));
+        frozen.setRegisters(t.tid, t);
+        threadsRestored++;
+      }
+    },
+  };
+  let value: T;
+  try {
+    value = await write(ctx);
+    signal?.throwIfAborted();
+  } catch (e) {
+    try {
+      journal.undo((tid, regs) => frozen.setRegisters(tid, regs));
+    } catch (undoError) {
+      frozen.thaw(true); // stays stopped by the hold; the marker stays for --recover
+      throw new RestoreIncompleteError(
+        pid,
+        `Cannot restore pid ${pid}: ${(e as Error).message}; putting it back failed too (${
+          (undoError as Error).message
+        }): it is left stopped; run \`cryo restore --recover --pid ${pid}\` to finish the restore`,
+        { cause: e },
+      );
+    }
+    if (recovered) {
+      frozen.thaw(true); // it was left half-written by a killed restore: it stays stopped, for --recover
+    } else {
+      frozen.thaw();
+      removeMarker(pid);
+    }
+    throw e;
+  }
+  frozen.thaw();
+  if (recovered) libc.kill(pid, SIGCONT); // stopped since the killed restore: let it run again
+  removeMarker(pid);
+  return { value, threadsRestored, journalBytes: journal.bytes, recovered };
+}

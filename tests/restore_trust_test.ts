@@ -1,0 +1,218 @@
+import { assert, assertEquals, assertRejects } from "./_assert.ts";
+import { Target } from "./_target.ts";
+import { checkpoint } from "../lib/checkpoint.ts";
+import { restore } from "../lib/restore.ts";
+import { verify } from "../lib/inspect.ts";
+import { KeyError, LayoutMismatchError } from "../lib/errors.ts";
+import { Sealer, SealKey } from "../lib/seal.ts";
+import { markerDir } from "../lib/recovery.ts";
+import type { Progress } from "../lib/cli/progress.ts";
+
+const cli = new URL("../cli.ts", import.meta.url).pathname;
+const MiB = 1 << 20;
+
+/** The one-letter state of `pid` (R, S, T, t …). */
+function state(pid: number): string {
+  return Deno.readTextFileSync(`/proc/${pid}/status`).match(/^State:\s+(\S)/m)?.[1] ?? "?";
+}
+
+async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+Deno.test("restore() with a key refuses a plaintext image put in place of the sealed one (no downgrade)", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const key = await SealKey.fromBytes(crypto.getRandomValues(new Uint8Array(32)));
+    const a = await target.map(4 * MiB);
+    await target.fill(a, 4 * MiB, "random", 1);
+    await checkpoint(target.pid, `${dir}/sealed.cryo`, { fsync: false, sealer: await Sealer.create(key) });
+    await target.fill(a, 4 * MiB, "random", 2);
+    await checkpoint(target.pid, `${dir}/plain.cryo`, { fsync: false }); // the attacker's image
+    await Deno.rename(`${dir}/plain.cryo`, `${dir}/sealed.cryo`);
+    await target.fill(a, 4 * MiB, "random", 3);
+    const now = await target.sum(a, 4 * MiB);
+    await assertRejects(() => restore(target.pid, `${dir}/sealed.cryo`, { key }), KeyError, "not encrypted");
+    await assertRejects(
+      () => restore(target.pid, `${dir}/sealed.cryo`, { key, dryRun: true }),
+      KeyError,
+      "not encrypted",
+    );
+    await assertRejects(() => verify(`${dir}/sealed.cryo`, { key }), KeyError, "not encrypted");
+    assertEquals(await target.sum(a, 4 * MiB), now, "nothing was written");
+    assertEquals(state(target.pid) === "T" || state(target.pid) === "t", false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore() that is aborted after writing puts memory and registers back exactly as they were", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(32 * MiB);
+    await target.fill(a, 32 * MiB, "random", 1);
+    await target.fill(a + BigInt(8 * MiB), 4 * MiB, "zero");
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    await target.fill(a, 32 * MiB, "text", 2); // everything differs now, the zero MiBs included
+    const before = await target.sum(a, 32 * MiB);
+    const controller = new AbortController();
+    const progress: Progress = {
+      total() {},
+      advance() {
+        controller.abort(new Error("interrupted in the test")); // after the memory was written
+      },
+      done() {},
+    };
+    await assertRejects(
+      () => restore(target.pid, `${dir}/a.cryo`, { signal: controller.signal, progress }),
+      Error,
+      "interrupted in the test",
+    );
+    assertEquals(await target.sum(a, 32 * MiB), before, "every written byte was put back");
+    assertEquals(await target.cmd("pid"), String(target.pid), "registers back: it runs on");
+    assertEquals(state(target.pid) === "T", false);
+    const r = await restore(target.pid, `${dir}/a.cryo`); // and the real restore still works after
+    assert(r.journalBytes >= 32 * MiB, `journaled ${r.journalBytes}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore() refuses a target whose threads changed since the checkpoint, writing nothing", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(MiB);
+    await target.fill(a, MiB, "random", 1);
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    await target.fill(a, MiB, "random", 2);
+    await target.cmd("threads 2"); // born since the checkpoint
+    const now = await target.sum(a, MiB);
+    const e = await assertRejects(() => restore(target.pid, `${dir}/a.cryo`), LayoutMismatchError);
+    assertEquals(e.differences.length, 2);
+    assert(e.differences.every((d) => d.includes("born since the checkpoint")), e.differences.join("; "));
+    assertEquals(await target.sum(a, MiB), now, "nothing was written");
+    const r = await restore(target.pid, `${dir}/a.cryo`, { allowThreadChanges: true, registers: false });
+    assertEquals(r.threadsBorn.length, 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+function bounded<T>(p: Promise<T>, what: string, ms = 60_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/** Start `cryo restore --pid P -` with its stdin open, feed it `head` bytes, and return the running child. */
+function streamRestore(pid: number): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, "restore", "--pid", String(pid), "-q", "-"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+}
+
+async function halfRestore(target: Target, image: string): Promise<Deno.ChildProcess> {
+  const bytes = await Deno.readFile(image);
+  const child = streamRestore(target.pid);
+  const w = child.stdin.getWriter();
+  await w.write(bytes.subarray(0, Math.floor(bytes.length * 0.6))); // the write phase begins, then waits
+  w.releaseLock();
+  const marker = `${markerDir()}/restore-${target.pid}.json`;
+  await until("the restore's write phase", () => {
+    try {
+      Deno.statSync(marker);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  return child;
+}
+
+Deno.test("cryo restore - interrupted by SIGTERM part-way puts the target back and thaws it", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  let child: Deno.ChildProcess | undefined;
+  try {
+    const a = await target.map(16 * MiB);
+    await target.fill(a, 16 * MiB, "random", 1);
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    await target.fill(a, 16 * MiB, "random", 2);
+    const before = await target.sum(a, 16 * MiB);
+    child = await halfRestore(target, `${dir}/a.cryo`);
+    Deno.kill(child.pid, "SIGTERM");
+    const out = await bounded(child.output(), "cryo to exit after SIGTERM");
+    assertEquals(out.code, 130, new TextDecoder().decode(out.stderr));
+    assertEquals(await target.sum(a, 16 * MiB), before, "the chunks written before the signal were undone");
+    assertEquals(state(target.pid) === "T", false);
+  } finally {
+    if (child) {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+      await child.status;
+    }
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cryo restore killed by SIGKILL part-way leaves the target stopped; the restore run again finishes it", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  let child: Deno.ChildProcess | undefined;
+  try {
+    const a = await target.map(16 * MiB);
+    await target.fill(a, 16 * MiB, "random", 1);
+    const want = await target.sum(a, 16 * MiB);
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    await target.fill(a, 16 * MiB, "random", 2);
+    child = await halfRestore(target, `${dir}/a.cryo`);
+    child.kill("SIGKILL");
+    await child.status;
+    await until("group stop", () => state(target.pid) === "T", 5000);
+    const again = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", cli, "restore", "--recover", "--pid", String(target.pid), "-q", `${dir}/a.cryo`],
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).output();
+    // The killed restore read a stream: --recover names the image to finish it from.
+    assertEquals(again.code, 1);
+    assert(new TextDecoder().decode(again.stderr).includes("interrupted restore was from -"));
+    const rerun = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", cli, "restore", "--pid", String(target.pid), "-q", `${dir}/a.cryo`],
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).output();
+    const text = new TextDecoder().decode(rerun.stdout) + new TextDecoder().decode(rerun.stderr);
+    assertEquals(rerun.code, 0, text);
+    assert(text.includes("finished an interrupted restore"), text);
+    await until("the target to run again", () => state(target.pid) !== "T", 5000);
+    assertEquals(await target.sum(a, 16 * MiB), want, "the restore was finished");
+  } finally {
+    if (child) {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+      await child.status;
+      await child.stdin.abort().catch(() => {});
+    }
+    await Deno.remove(dir, { recursive: true });
+  }
+});
