@@ -11,7 +11,7 @@
  * @module
  */
 
-import { libc } from "../ffi/libc.ts";
+import { helper } from "../ffi/helper.ts";
 import { freeze } from "../lib/freeze.ts";
 import { Target } from "../tests/_target.ts";
 import { median } from "./stats.ts";
@@ -30,14 +30,15 @@ async function atFifo<T>(fn: () => Promise<T>): Promise<{ ok: boolean; value: T 
   v.setUint32(4, 1, true); // SCHED_FIFO
   v.setUint32(20, 1, true); // priority 1
   const ptr = (b: Uint8Array) => BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b)));
-  const got = libc.syscall(SYS_sched_getattr, 0n, ptr(saved), 56n, 0n, 0n, 0n);
-  const ok = got === 0n && libc.syscall(SYS_sched_setattr, 0n, ptr(fifo), 0n, 0n, 0n, 0n) === 0n;
+  const { cryo_syscall6: syscall } = helper(); // -errno on failure
+  const got = syscall(SYS_sched_getattr, 0n, ptr(saved), 56n, 0n, 0n, 0n);
+  const ok = got === 0n && syscall(SYS_sched_setattr, 0n, ptr(fifo), 0n, 0n, 0n, 0n) === 0n;
   try {
     return { ok, value: await fn() };
   } finally {
     if (ok) {
       new DataView(saved.buffer).setUint32(0, 56, true);
-      libc.syscall(SYS_sched_setattr, 0n, ptr(saved), 0n, 0n, 0n, 0n);
+      syscall(SYS_sched_setattr, 0n, ptr(saved), 0n, 0n, 0n, 0n);
     }
   }
 }

@@ -1,5 +1,6 @@
 /**
- * Build the C parts: the helper library and the test workload. `deno task build` rebuilds everything;
+ * Build the C parts: the helper library, the test workload and fixtures, and the benchmark's C pipeline.
+ * `deno task build` rebuilds everything;
  * `deno task build --if-stale` only what is missing or older than its source. Uses `$CC` or `cc`.
  *
  * @module
@@ -11,21 +12,22 @@ const outDir = `${root}ffi/build`;
 interface Target {
   out: string;
   sources: string[];
+  /** Flags before `-o` (compile and link options). */
   flags: string[];
+  /** Flags after the sources (libraries to link). */
+  libs?: string[];
+  /** Other files whose change makes `out` stale (besides its sources and the shared headers). */
+  deps?: string[];
 }
 
-/** The helper's C sources: `ffi/helper.c` (while it exists) and every `ffi/helper/*.c`, one concern each. */
+/** The helper's C sources: every `ffi/helper/*.c`, one concern each (docs/NATIVE.md). */
 function helperSources(): string[] {
   const out: string[] = [];
-  try {
-    Deno.statSync(`${root}ffi/helper.c`);
-    out.push("ffi/helper.c");
-  } catch { /* split into ffi/helper/ */ }
   try {
     for (const e of Deno.readDirSync(`${root}ffi/helper`)) {
       if (e.isFile && e.name.endsWith(".c")) out.push(`ffi/helper/${e.name}`);
     }
-  } catch { /* no folder yet */ }
+  } catch { /* no folder: the build fails with the compiler's message */ }
   return out.sort();
 }
 
@@ -42,6 +44,14 @@ function headers(): string[] {
 
 const targets: Target[] = [
   { out: "libcryo_helper.so", sources: helperSources(), flags: ["-shared", "-fPIC"] },
+  // A test fixture (a native thread that parks on a helper safepoint), linked against the helper built above.
+  {
+    out: "libcryo_test_thread.so",
+    sources: ["tests/fixtures/test_thread.c"],
+    flags: ["-shared", "-fPIC", "-pthread", "-Wl,-z,now", "-Wl,-rpath,$ORIGIN"],
+    libs: [`-L${outDir}`, "-l:libcryo_helper.so"],
+    deps: ["ffi/build/libcryo_helper.so"],
+  },
   { out: "cryo_target", sources: ["tests/fixtures/target.c"], flags: ["-pthread"] },
   { out: "cryo_pipeline", sources: ["bench/pipeline.c"], flags: [] },
 ];
@@ -60,9 +70,20 @@ Deno.mkdirSync(outDir, { recursive: true });
 for (const t of targets) {
   const out = `${outDir}/${t.out}`;
   const sources = t.sources.map((s) => `${root}${s}`);
-  const deps = [...sources, ...headers().map((h) => `${root}${h}`)];
+  const deps = [...t.sources, ...headers(), ...(t.deps ?? [])].map((d) => `${root}${d}`);
   if (ifStale && mtime(out) !== 0 && deps.every((s) => mtime(s) <= mtime(out))) continue;
-  const args = ["-O2", "-g", "-Wall", "-Wextra", "-Werror", ...t.flags, "-o", out, ...sources];
+  const args = [
+    "-O2",
+    "-g",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    ...t.flags,
+    "-o",
+    out,
+    ...sources,
+    ...(t.libs ?? []),
+  ];
   let status: Deno.CommandStatus;
   try {
     status = await new Deno.Command(cc, { args, stdout: "inherit", stderr: "inherit" }).spawn().status;

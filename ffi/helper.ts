@@ -2,6 +2,7 @@
  * The C helper's symbol table and its loader. Loaded once, lazily, on first use: `$CRYO_HELPER` if set, else the
  * local build `ffi/build/libcryo_helper.so`; otherwise a {@link HelperNotFoundError} that lists what was tried
  * and how to build it. Every helper function returns `-errno` on failure: pass results through `unwrap()`.
+ * The C sources are `ffi/helper/*.c`, one concern each; `docs/NATIVE.md` says what lives there and why.
  *
  * @module
  */
@@ -9,13 +10,14 @@
 import { HelperNotFoundError } from "../lib/errors.ts";
 import { buf, int, long, ptr, size_t, uint } from "./types.ts";
 
-/** The ABI version this TypeScript expects; must equal `CRYO_HELPER_ABI` in helper.c. */
-export const HELPER_ABI = 1;
+/** The ABI version this TypeScript expects; must equal `CRYO_HELPER_ABI` in ffi/helper/helper.h. */
+export const HELPER_ABI = 2;
 
 const symbols = {
   // int cryo_helper_abi(void);
   cryo_helper_abi: { parameters: [], result: int },
   // long cryo_syscall6(long nr, long a, long b, long c, long d, long e, long f);
+  //   (for system calls glibc has no wrapper for; -errno, never -1 with errno)
   cryo_syscall6: { parameters: [long, long, long, long, long, long, long], result: long },
   // int cryo_futex_wait(uint32_t *word, uint32_t expected, long timeout_ns);  (blocks: on a pool thread)
   cryo_futex_wait: { parameters: [ptr, uint, long], result: int, nonblocking: true },
@@ -39,7 +41,7 @@ const symbols = {
   cryo_freeze: { parameters: [int, buf, buf, int, long, buf, int], result: long },
   // long cryo_thaw(pid_t pid, const int32_t *tids, const int32_t *sigs, int n, long timeout_ns, int boost);
   cryo_thaw: { parameters: [int, buf, buf, int, long, int], result: long },
-  // void *cryo_safepoint_new(void);
+  // void *cryo_safepoint_new(void);  (NULL when mmap fails)
   cryo_safepoint_new: { parameters: [], result: ptr },
   // int cryo_safepoint_free(void *sp);
   cryo_safepoint_free: { parameters: [ptr], result: int },
@@ -53,10 +55,6 @@ const symbols = {
   cryo_safepoint_request: { parameters: [ptr], result: int },
   // int cryo_safepoint_release(void *sp);
   cryo_safepoint_release: { parameters: [ptr], result: int },
-  // void *cryo_test_thread_start(void *sp, int depth, uint32_t seed);  (test-only)
-  cryo_test_thread_start: { parameters: [ptr, int, uint], result: ptr },
-  // long cryo_test_thread_join(void *handle, long timeout_ns);  (test-only; blocks: on a pool thread)
-  cryo_test_thread_join: { parameters: [ptr, long], result: long, nonblocking: true },
   // long cryo_rseq_area(void);
   cryo_rseq_area: { parameters: [], result: long },
   // long cryo_rseq_self(const int32_t *tids, int n, void *out, long timeout_ns);

@@ -4,7 +4,8 @@
  *
  * errno is read with `__errno_location()` right after the failing call, on the same thread: calls here are
  * synchronous (not `nonblocking`), so nothing runs in between. The `nonblocking` variants (`waitpid_nb`) run on
- * a pool thread and must not rely on errno; the wrappers say so where it matters.
+ * a pool thread and must not rely on errno; the wrappers say so where it matters. A system call that glibc has
+ * no wrapper for is not bound here: it goes through the helper's `cryo_syscall6`, which returns `-errno`.
  *
  * @module
  */
@@ -45,6 +46,8 @@ const symbols = {
   open: { parameters: [buf, int, uint], result: int },
   // int close(int fd);
   close: { parameters: [int], result: int },
+  // int memfd_create(const char *name, unsigned int flags);
+  memfd_create: { parameters: [buf, uint], result: int },
   // ssize_t read(int fd, void *buf, size_t count);
   read: { parameters: [int, ptr, size_t], result: ssize_t },
   // ssize_t write(int fd, const void *buf, size_t count);
@@ -75,8 +78,6 @@ const symbols = {
   memcpy: { parameters: [ptr, ptr, size_t], result: ptr },
   // void *memset(void *s, int c, size_t n);
   memset: { parameters: [ptr, int, size_t], result: ptr },
-  // long syscall(long number, ...);  (six register arguments on x86_64)
-  syscall: { parameters: [long, long, long, long, long, long, long], result: long },
   // int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
   prctl: { parameters: [int, ulong, ulong, ulong, ulong], result: int },
   // int kill(pid_t pid, int sig);
@@ -251,9 +252,5 @@ export function close(fd: number): void {
  * @returns The fd.
  */
 export function memfdCreate(name: string): number {
-  const nameBuf = cstr(name);
-  const addr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(nameBuf)));
-  const fd = Number(libc.syscall(319n, /* memfd_create */ addr, 1n, /* MFD_CLOEXEC */ 0n, 0n, 0n, 0n));
-  if (fd < 0) throw systemError("memfd_create", errno(), name);
-  return fd;
+  return check(libc.memfd_create(cstr(name), 1 /* MFD_CLOEXEC */), "memfd_create", name);
 }

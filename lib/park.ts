@@ -28,7 +28,7 @@ const ARRIVALS = 2; // bumped (and notified) by every Worker arrival
 const SLOTS = 8; // then per Worker slot: [registered, arrived generation]
 const MAX_WORKERS = 256;
 
-// The helper's native safepoint (see ffi/helper.c): a 64-byte header, then 128-byte slots.
+// The helper's native safepoint (see ffi/helper/safepoint.c): a 64-byte header, then 128-byte slots.
 const NATIVE_HEADER = 64;
 const NATIVE_SLOT = 128;
 

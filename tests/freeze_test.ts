@@ -1,4 +1,5 @@
 import { assert, assertEquals, assertMatch, assertThrows } from "./_assert.ts";
+import { helper } from "../ffi/helper.ts";
 import { addrOf, libc, processVmRead } from "../ffi/libc.ts";
 import { SystemError } from "../lib/errors.ts";
 import { freeze, thawAll } from "../lib/freeze.ts";
@@ -30,8 +31,8 @@ function taskStatus(pid: number, tid: number): { state: string; tracer: number }
 /** A thread's scheduling policy (0: SCHED_OTHER, 1: SCHED_FIFO) and nice value, by sched_getattr. */
 function schedOf(tid: number): { policy: number; nice: number } {
   const attr = new Uint8Array(56);
-  const r = libc.syscall(
-    315n,
+  const r = helper().cryo_syscall6(
+    315n, // sched_getattr
     BigInt(tid),
     BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(attr))),
     56n,

@@ -1,5 +1,4 @@
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
-import { helper } from "../ffi/helper.ts";
 import { unwrap } from "../ffi/libc.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
 import { releaseMemory } from "../lib/image/lazy.ts";
@@ -8,6 +7,7 @@ import { selfTarget } from "../lib/image/targets.ts";
 import { readRegions } from "../lib/maps.ts";
 import { SafepointTimeoutError } from "../lib/errors.ts";
 import { releasableStack, Safepoint, type SafepointHandle } from "../lib/park.ts";
+import { testThread } from "./_test_thread.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const workerUrl = new URL("./fixtures/park_worker.ts", import.meta.url);
@@ -169,7 +169,7 @@ function view(r: { start: bigint; end: bigint }): Uint8Array {
 Deno.test("Safepoint.park() parks a native thread deep in a recursion; its stack is persisted, released and loaded back", async () => {
   using safepoint = new Safepoint();
   const depth = 3000, seed = 0x5eed;
-  const h = helper();
+  const h = testThread();
   const thread = h.cryo_test_thread_start(safepoint.native, depth, seed);
   assert(thread !== null, "the test thread did not start");
   let joined = false;
