@@ -13,6 +13,7 @@ import {
   LayoutMismatchError,
   SystemError,
 } from "../errors.ts";
+import { printable } from "./format.ts";
 
 /** A command's context: its arguments, an abort signal raised by SIGINT/SIGTERM, and output flags. */
 export interface CommandContext {
@@ -86,7 +87,7 @@ export async function main(commands: Command[], argv: string[]): Promise<number>
   }
   const command = commands.find((c) => c.name === name);
   if (!command) {
-    console.error(`cryo: unknown command "${name}"\n\n${usage(commands)}`);
+    console.error(`cryo: unknown command "${printable(name)}"\n\n${usage(commands)}`);
     return 2;
   }
   if (args.includes("--help") || args.includes("-h")) {
@@ -109,19 +110,20 @@ export async function main(commands: Command[], argv: string[]): Promise<number>
     return controller.signal.aborted ? 130 : code;
   } catch (e) {
     if (e instanceof UsageError) {
-      console.error(`cryo ${name}: ${e.message}\n(see \`cryo ${name} --help\`)`);
+      console.error(`cryo ${name}: ${printable(e.message, { lines: true })}\n(see \`cryo ${name} --help\`)`);
       return 2;
     }
     if (controller.signal.aborted) {
       console.error(`cryo ${name}: interrupted; nothing was left half-done`);
-      if (debug) console.error(e);
+      if (debug) console.error(printable(String(e instanceof Error ? e.stack : e), { lines: true }));
       return 130;
     }
-    const message = e instanceof Error ? e.message : String(e);
+    // Messages quote paths, command lines and region names from targets and images: escape them.
+    const message = printable(e instanceof Error ? e.message : String(e), { lines: true });
     console.error(`cryo ${name}: ${e instanceof CryoError ? "" : "internal error: "}${message}`);
     const hint = hintFor(e);
     if (hint) console.error(hint);
-    if (debug) console.error(e instanceof Error ? e.stack : e);
+    if (debug) console.error(printable(String(e instanceof Error ? e.stack : e), { lines: true }));
     else if (!(e instanceof CryoError)) console.error("(run with --debug for the stack trace)");
     return 1;
   } finally {

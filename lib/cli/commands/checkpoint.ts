@@ -8,7 +8,7 @@ import { checkpoint } from "../../checkpoint.ts";
 import type { RegionFilter } from "../../policy.ts";
 import { REGION_KINDS, type RegionKind } from "../../region.ts";
 import { parse, parsePid, parseRange } from "../args.ts";
-import { humanBytes, humanDuration } from "../format.ts";
+import { humanBytes, humanDuration, printable } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { progressBar } from "../progress.ts";
@@ -110,7 +110,7 @@ examples:
       return 0;
     }
     print(
-      `checkpoint of pid ${pid} -> ${result.path}\n` +
+      `checkpoint of pid ${pid} -> ${printable(result.path)}\n` +
         `  regions   ${result.regions} persisted, ${result.excluded.length} excluded (\`cryo regions --pid ${pid}\` says why)\n` +
         `  threads   ${result.threads}\n` +
         `  data      ${humanBytes(result.dataBytes)} in ${result.records} records, holes ${

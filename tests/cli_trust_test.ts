@@ -1,0 +1,125 @@
+/**
+ * Issue 18 (trust): what the CLI prints from targets and images, key files, streaming to stdout, and what a
+ * killed checkpoint leaves behind. Every child (target or CLI) is spawned here and killed by its pid.
+ */
+
+import { assert, assertEquals, assertMatch } from "./_assert.ts";
+import { Mapping, regionAt, tempDir } from "./_image.ts";
+import { LineChild } from "../lib/child.ts";
+import { printable } from "../lib/cli/format.ts";
+import { toJson } from "../lib/cli/json.ts";
+import { MemoryPersister } from "../lib/image/persister.ts";
+import { MemoryLoader } from "../lib/image/loader.ts";
+
+const cli = new URL("../cli.ts", import.meta.url).pathname;
+const targetBinary = new URL("../ffi/build/cryo_target", import.meta.url).pathname;
+const decoder = new TextDecoder();
+
+/** Run the CLI to completion. */
+async function cryo(args: string[], env: Record<string, string> = {}) {
+  const o = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", ...env },
+  }).output();
+  return { code: o.code, stdout: decoder.decode(o.stdout), stderr: decoder.decode(o.stderr) };
+}
+
+// deno-lint-ignore no-control-regex -- the test looks for control characters
+const CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f]/;
+
+function assertNoControl(text: string, what: string): void {
+  const m = CONTROL.exec(text);
+  assert(!m, `${what} prints control character ${JSON.stringify(m?.[0])}: ${JSON.stringify(text)}`);
+}
+
+Deno.test("printable() escapes C0, DEL, C1 and lone surrogates, and keeps the rest", () => {
+  assertEquals(printable("a\x1b[31mb\x07"), "a\\x1b[31mb\\x07");
+  assertEquals(printable("\x00\x7f\u0085\u009b"), "\\x00\\x7f\\u0085\\u009b");
+  assertEquals(printable("x\ud800y\udc00z"), "x\\ud800y\\udc00z");
+  assertEquals(printable("é 😀 ≤ \ufffd"), "é 😀 ≤ \ufffd", "printable text, pairs and U+FFFD stay");
+  assertEquals(printable("a\nb\tc"), "a\\x0ab\\x09c");
+  assertEquals(printable("a\nb\tc", { lines: true }), "a\nb\\x09c");
+  const once = printable("\x1b]0;t\x07\u009b");
+  assertEquals(printable(once), once, "idempotent");
+});
+
+Deno.test("toJson() escapes DEL and C1 as well as what JSON.stringify escapes, and round-trips", () => {
+  const value = { s: "a\x1b[31m\x07\x7f\u009b\ud800" };
+  const text = toJson(value);
+  assertNoControl(text, "toJson");
+  assertEquals(JSON.parse(text), value);
+});
+
+Deno.test("cryo inspect and regions escape a target's command line and a mapped file's name", async () => {
+  await using dir = await tempDir();
+  const evilArgs = ["\x1b[31mred", "bell\x07", "c1\u009b2J"];
+  const file = `${dir.path}/map\x1b[2J\x07.bin`;
+  await Deno.writeFile(file, new Uint8Array(1 << 20).fill(7));
+  await using target = LineChild.spawn(targetBinary, evilArgs);
+  const addr = BigInt(await target.request(`mapfile ${file} ${1 << 20}`));
+  await target.request(`fill 0x${addr.toString(16)} ${1 << 20} random 3`);
+  const pid = String(target.pid);
+  const image = `${dir.path}/a.cryo`;
+  const cp = await cryo(["checkpoint", "--pid", pid, "-o", image]);
+  assertEquals(cp.code, 0, cp.stderr);
+
+  const info = await cryo(["inspect", image]);
+  assertEquals(info.code, 0, info.stderr);
+  assertNoControl(info.stdout, "inspect");
+  assert(info.stdout.includes("\\x1b[31mred bell\\x07 c1\\u009b2J"), info.stdout);
+  assert(info.stdout.includes("map\\x1b[2J\\x07.bin"), info.stdout);
+
+  const json = await cryo(["inspect", image, "--json"]);
+  assertNoControl(json.stdout, "inspect --json");
+  const parsed = JSON.parse(json.stdout);
+  assertEquals(parsed.source.commandLine, [targetBinary, ...evilArgs], "JSON keeps the exact strings");
+  assert(parsed.regions.some((g: { path: string }) => g.path === file));
+
+  const regions = await cryo(["regions", "--pid", pid]);
+  assertEquals(regions.code, 0, regions.stderr);
+  assertNoControl(regions.stdout, "regions");
+  assert(regions.stdout.includes("map\\x1b[2J\\x07.bin"), regions.stdout);
+
+  // An error that quotes the image's path.
+  const bad = await cryo(["inspect", `${dir.path}/none\x1b[31m.cryo`]);
+  assertEquals(bad.code, 1);
+  assertNoControl(bad.stderr, "an error message");
+  assertMatch(bad.stderr, /none\\x1b\[31m\.cryo/);
+});
+
+Deno.test("cryo inspect and verify escape control bytes in an image's region path and section name", async () => {
+  await using dir = await tempDir();
+  using m = new Mapping(16 << 12);
+  m.bytes().fill(9);
+  const image = `${dir.path}/evil.cryo`;
+  const region = { ...regionAt(m.addr, m.len), path: "/x\x1b]0;owned\x07\u009b\x7f", kind: "file" as const };
+  const section = "notes\x1b[8m";
+  {
+    await using p = await MemoryPersister.create(image, { regions: [region], fsync: false });
+    await p.store(m.addr, m.len);
+    p.addSection(section, new Uint8Array([1, 2, 3, 4]));
+    await p.finalize();
+  }
+  const info = await cryo(["inspect", image]);
+  assertEquals(info.code, 0, info.stderr);
+  assertNoControl(info.stdout, "inspect");
+  assert(info.stdout.includes("/x\\x1b]0;owned\\x07\\u009b\\x7f"), info.stdout);
+  assert(info.stdout.includes("notes\\x1b[8m"), info.stdout);
+
+  // Damage the section: verify's message quotes its name.
+  let offset: number;
+  {
+    using loader = await MemoryLoader.open(image);
+    offset = loader.sections.find((s) => s.name === section)!.offset;
+  }
+  const bytes = await Deno.readFile(image);
+  bytes[offset] ^= 0xff;
+  await Deno.writeFile(image, bytes);
+  const v = await cryo(["verify", image]);
+  assertEquals(v.code, 1, v.stdout + v.stderr);
+  assertNoControl(v.stderr, "verify");
+  assertMatch(v.stderr, /DAMAGED: .*section "notes\\x1b\[8m" checksum mismatch/);
+});
