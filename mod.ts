@@ -111,7 +111,7 @@ export { type Codec, raw } from "./lib/codec.ts";
 export { parseCodec } from "./lib/codecs/select.ts";
 export { ZstdCodec } from "./lib/codecs/zstd.ts";
 export { Lz4Codec } from "./lib/codecs/lz4.ts";
-export { keyFromEnv, keyFromFile, Sealer, SealKey } from "./lib/seal.ts";
+export { type KeyFileOptions, keyFromEnv, keyFromFile, Sealer, SealKey } from "./lib/seal.ts";
 export { type Progress, progressBar, silentProgress } from "./lib/cli/progress.ts";
 
 // Errors.
@@ -120,6 +120,7 @@ export {
   HelperNotFoundError,
   ImageError,
   KeyError,
+  KeyFileError,
   LayoutMismatchError,
   MapsParseError,
   SafepointTimeoutError,

@@ -123,3 +123,69 @@ Deno.test("cryo inspect and verify escape control bytes in an image's region pat
   assertNoControl(v.stderr, "verify");
   assertMatch(v.stderr, /DAMAGED: .*section "notes\\x1b\[8m" checksum mismatch/);
 });
+
+Deno.test("cryo checkpoint warns about a key file others may read, and --strict refuses it before freezing", async () => {
+  await using dir = await tempDir();
+  await using target = LineChild.spawn(targetBinary);
+  const key = `${dir.path}/app.key`;
+  await Deno.writeFile(key, crypto.getRandomValues(new Uint8Array(32)));
+  await Deno.chmod(key, 0o644);
+  const pid = String(target.pid);
+  const warned = await cryo(["checkpoint", "--pid", pid, "-o", `${dir.path}/a.cryo`, "--key-file", key]);
+  assertEquals(warned.code, 0, warned.stderr);
+  assert(
+    warned.stderr.startsWith(
+      `cryo: warning: key file ${key} is open to group or others (mode 0644); run \`chmod 600 ${key}\`\n`,
+    ),
+    warned.stderr,
+  );
+  const strict = await cryo([
+    "checkpoint",
+    "--pid",
+    pid,
+    "-o",
+    `${dir.path}/b.cryo`,
+    "--key-file",
+    key,
+    "--strict",
+  ]);
+  assertEquals(strict.code, 1, strict.stderr);
+  assertEquals(
+    strict.stderr,
+    `cryo checkpoint: Cannot load key from file ${key}: group or others have access to it (mode 0644)\n` +
+      `hint: run \`chmod 600 ${key}\` (--strict refuses a key file others may read)\n`,
+  );
+  assertEquals([...Deno.readDirSync(dir.path)].map((e) => e.name).sort(), ["a.cryo", "app.key"]);
+  const verify = await cryo(["verify", "--strict", "--key-file", key, `${dir.path}/a.cryo`]);
+  assertEquals(verify.code, 1);
+  assertMatch(verify.stderr, /group or others have access to it \(mode 0644\)/);
+  await Deno.chmod(key, 0o600);
+  const quiet = await cryo(["verify", "--strict", "--key-file", key, `${dir.path}/a.cryo`]);
+  assertEquals(quiet.code, 0, quiet.stderr);
+  assertEquals(quiet.stderr, "", "no warning for mode 0600");
+});
+
+Deno.test("cryo checkpoint refuses a key file that is not a regular file (a FIFO is not opened)", async () => {
+  await using dir = await tempDir();
+  await using target = LineChild.spawn(targetBinary);
+  const fifo = `${dir.path}/key.fifo`;
+  assert((await new Deno.Command("mkfifo", { args: ["-m", "600", fifo] }).output()).success, "mkfifo");
+  const r = await cryo([
+    "checkpoint",
+    "--pid",
+    String(target.pid),
+    "-o",
+    `${dir.path}/a.cryo`,
+    "--key-file",
+    fifo,
+  ]);
+  assertEquals(r.code, 1, r.stderr);
+  assertEquals(
+    r.stderr,
+    `cryo checkpoint: Cannot load key from file ${fifo}: it is a FIFO, not a regular file\n` +
+      "hint: give a regular file holding the key (32 bytes or 64 hex characters), or --key-env NAME\n",
+  );
+  const d = await cryo(["verify", "--key-file", dir.path, "-"]);
+  assertEquals(d.code, 1);
+  assertMatch(d.stderr, /it is a directory, not a regular file/);
+});

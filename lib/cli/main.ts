@@ -10,6 +10,7 @@ import {
   HelperNotFoundError,
   ImageError,
   KeyError,
+  KeyFileError,
   LayoutMismatchError,
   SystemError,
 } from "../errors.ts";
@@ -59,6 +60,11 @@ function hintFor(e: unknown): string | undefined {
     return "hint: the target's memory map no longer matches the image; `cryo regions --pid PID` shows it";
   }
   if (e instanceof HelperNotFoundError) return "hint: run `deno task build`";
+  if (e instanceof KeyFileError) {
+    return e.mode === undefined
+      ? "hint: give a regular file holding the key (32 bytes or 64 hex characters), or --key-env NAME"
+      : `hint: run \`chmod 600 ${printable(e.path)}\` (--strict refuses a key file others may read)`;
+  }
   if (e instanceof KeyError) {
     return "hint: give the key the image was written with: --key-file FILE or --key-env NAME";
   }

@@ -57,6 +57,8 @@ options:
                         all cores, incompressible chunks stored raw
   --key-file FILE       encrypt each chunk with AES-256-GCM, key from FILE (32 bytes, or 64 hex characters)
   --key-env NAME        the same, key from the environment variable NAME (never from the command line)
+  --strict              refuse a key file that group or others have access to (else: a warning, and the
+                        file must be a regular file either way; \`chmod 600 FILE\`)
   --encode-while-stopped  with --compress or a key: encode while the target is stopped (the fastest
                         checkpoint in all; by default a raw image is taken and encoded after the thaw, so the
                         target is stopped only to read its memory)

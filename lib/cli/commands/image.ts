@@ -95,12 +95,17 @@ examples:
 export const verifyCommand: Command = {
   name: "verify",
   summary: "check every byte of an image (exit 0 sound, 1 damaged)",
-  help: `cryo verify IMAGE [--json]
+  help: `cryo verify IMAGE [--key-file FILE | --key-env NAME] [--strict] [--json]
 
 Verifies the whole image: footer, header, bounds of every offset and length, index order and overlap, the
 frames between records, and every checksum. Exit status 0 when sound, 1 when not (saying where and what),
 2 on a usage error. IMAGE may be - (stdin). For an encrypted image, the checksums are checked without the key;
 with --key-file F or --key-env NAME every chunk and the metadata are also authenticated.
+
+options:
+  --key-file FILE   the key of an encrypted image (or --key-env NAME): every chunk is authenticated too
+  --strict          refuse a key file that group or others have access to (else: a warning)
+  --json            print the result as JSON
 
 examples:
   deno run -A cli.ts verify app.cryo && echo sound
