@@ -189,3 +189,123 @@ Deno.test("cryo checkpoint refuses a key file that is not a regular file (a FIFO
   assertEquals(d.code, 1);
   assertMatch(d.stderr, /it is a directory, not a regular file/);
 });
+
+/** Spawn the CLI; the caller drains its output and kills it by pid in a `finally`. */
+function spawnCryo(args: string[], opts: { command?: string; prefix?: string[] } = {}): Deno.ChildProcess {
+  return new Deno.Command(opts.command ?? Deno.execPath(), {
+    args: [...(opts.prefix ?? []), ...(opts.command ? [Deno.execPath()] : []), "run", "-A", cli, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+}
+
+function kill(child: Deno.ChildProcess): void {
+  try {
+    Deno.kill(child.pid, "SIGKILL");
+  } catch { /* already gone */ }
+}
+
+function stateOf(pid: number): string {
+  return /^State:\s+(\S)/m.exec(Deno.readTextFileSync(`/proc/${pid}/status`))![1];
+}
+
+Deno.test("cryo checkpoint -o - refuses a terminal on stdout and suggests a pipe or a file", async () => {
+  await using target = LineChild.spawn(targetBinary);
+  // `script` gives the CLI a pseudo-terminal as stdout.
+  const line = [Deno.execPath(), "run", "-A", cli, "checkpoint", "--pid", String(target.pid), "-o", "-"]
+    .map((a) => `'${a}'`).join(" ");
+  const child = new Deno.Command("script", {
+    args: ["-qec", line, "/dev/null"],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  try {
+    const o = await child.output();
+    const text = decoder.decode(o.stdout) + decoder.decode(o.stderr);
+    assertEquals(o.code, 2, text);
+    assertMatch(
+      text,
+      /cryo checkpoint: -o - writes the binary image to stdout, which is a terminal: pipe it/,
+    );
+    assertMatch(text, /or write a file \(-o IMAGE\)/);
+    assertEquals(stateOf(target.pid) === "t" || stateOf(target.pid) === "T", false, "never frozen");
+  } finally {
+    kill(child);
+  }
+});
+
+Deno.test("cryo checkpoint -o - that fails part-way says the stream is incomplete, and verify - refuses it", async () => {
+  await using target = LineChild.spawn(targetBinary);
+  const a = BigInt(await target.request(`map ${64 << 20}`));
+  await target.request(`fill 0x${a.toString(16)} ${64 << 20} random 5`);
+  const pid = String(target.pid);
+  // The reader closes the pipe after the first 256 KiB: the writer gets EPIPE.
+  const child = spawnCryo(["checkpoint", "--pid", pid, "-o", "-"]);
+  const stderr = child.stderr.pipeThrough(new TextDecoderStream());
+  let errText = "";
+  const errDone = (async () => {
+    for await (const s of stderr) errText += s;
+  })();
+  const got: Uint8Array[] = [];
+  let n = 0;
+  try {
+    const reader = child.stdout.getReader();
+    while (n < 256 << 10) {
+      const r = await reader.read();
+      if (r.done) break;
+      got.push(r.value);
+      n += r.value.length;
+    }
+    await reader.cancel();
+    const status = await child.status;
+    await errDone;
+    assertEquals(status.code, 1, errText);
+    assertMatch(errText, /EPIPE.* \(the image on stdout is incomplete and its reader will refuse it\)\n/);
+    assertMatch(errText, /\nhint: the reader of stdout closed it before the end\n$/);
+    assert(!/nothing was left|removed/.test(errText), errText);
+  } finally {
+    kill(child);
+  }
+  const partial = new Uint8Array(n);
+  let at = 0;
+  for (const b of got) partial.set(b, (at += b.length) - b.length);
+  const verify = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", cli, "verify", "-"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  try {
+    const w = verify.stdin.getWriter();
+    await w.write(partial);
+    await w.close();
+    const o = await verify.output();
+    assertEquals(o.code, 1, "the reader refuses the incomplete stream");
+  } finally {
+    kill(verify);
+  }
+
+  // A full device: nothing went out, and the hint does not claim a disk.
+  const full = spawnCryo(["checkpoint", "--pid", pid, "-o", "-", "--compress", "lz4"], {
+    command: "sh",
+    prefix: ["-c", 'exec "$@" >/dev/full', "sh"],
+  });
+  try {
+    const o = await full.output();
+    const text = decoder.decode(o.stderr);
+    assertEquals(o.code, 1, text);
+    assertMatch(text, /ENOSPC.* \(the image on stdout is incomplete and its reader will refuse it\)\n/);
+    assertMatch(text, /\nhint: the file system or device stdout writes to is full\n$/);
+  } finally {
+    kill(full);
+  }
+  for (let i = 0; i < 200 && stateOf(target.pid).toLowerCase() === "t"; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert(stateOf(target.pid).toLowerCase() !== "t", "the target runs");
+  assertEquals(await target.request("pid"), pid);
+});

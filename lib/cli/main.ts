@@ -22,6 +22,11 @@ export interface CommandContext {
   args: string[];
   /** Aborted on SIGINT or SIGTERM; long operations check it and clean up. */
   signal: AbortSignal;
+  /**
+   * Set by a command that writes an image to stdout: bytes of it may have gone out when it fails, so the errors
+   * say that the stream is incomplete (its reader refuses it) rather than that nothing was left.
+   */
+  imageOnStdout?: boolean;
 }
 
 /** One CLI command. */
@@ -44,14 +49,22 @@ export function out(text: string): void {
   console.log(text);
 }
 
-function hintFor(e: unknown): string | undefined {
+/** What a failed command that wrote an image to stdout adds to its error. */
+const INCOMPLETE = "the image on stdout is incomplete and its reader will refuse it";
+
+function hintFor(e: unknown, ctx: CommandContext): string | undefined {
   if (e instanceof SystemError) {
     if (e.code === "EPERM" || e.code === "EACCES") {
       return "hint: freezing or writing another process needs root or CAP_SYS_PTRACE (and Yama ptrace_scope ≤ 1)";
     }
     if (e.code === "ESRCH") return "hint: is the pid right? `ps -p PID` shows whether it is alive";
     if (e.code === "ENOENT") return "hint: check the path";
-    if (e.code === "ENOSPC") return "hint: the disk is full; nothing was left at the image path";
+    if (e.code === "ENOSPC") {
+      return ctx.imageOnStdout
+        ? "hint: the file system or device stdout writes to is full"
+        : "hint: the disk is full; nothing was left at the image path";
+    }
+    if (e.code === "EPIPE" && ctx.imageOnStdout) return "hint: the reader of stdout closed it before the end";
   }
   if (e instanceof ImageError) {
     return "hint: `cryo verify IMAGE` checks the whole image and says where it is damaged";
@@ -101,9 +114,14 @@ export async function main(commands: Command[], argv: string[]): Promise<number>
     return 0;
   }
   const controller = new AbortController();
+  const ctx: CommandContext = { args: args.slice(1), signal: controller.signal };
   const onSignal = (sig: Deno.Signal) => () => {
     if (controller.signal.aborted) return;
-    console.error(`cryo: ${sig} received; stopping (the target will be thawed, a partial image removed)`);
+    console.error(
+      `cryo: ${sig} received; stopping (the target will be thawed, ${
+        ctx.imageOnStdout ? INCOMPLETE : "a partial image removed"
+      })`,
+    );
     controller.abort(new CryoError(`Interrupted by ${sig}`));
   };
   const handlers: [Deno.Signal, () => void][] = [["SIGINT", onSignal("SIGINT")], [
@@ -112,7 +130,7 @@ export async function main(commands: Command[], argv: string[]): Promise<number>
   ]];
   for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
   try {
-    const code = await command.run({ args: args.slice(1), signal: controller.signal });
+    const code = await command.run(ctx);
     return controller.signal.aborted ? 130 : code;
   } catch (e) {
     if (e instanceof UsageError) {
@@ -120,14 +138,19 @@ export async function main(commands: Command[], argv: string[]): Promise<number>
       return 2;
     }
     if (controller.signal.aborted) {
-      console.error(`cryo ${name}: interrupted; nothing was left half-done`);
+      console.error(
+        `cryo ${name}: interrupted; ${ctx.imageOnStdout ? INCOMPLETE : "nothing was left half-done"}`,
+      );
       if (debug) console.error(printable(String(e instanceof Error ? e.stack : e), { lines: true }));
       return 130;
     }
     // Messages quote paths, command lines and region names from targets and images: escape them.
     const message = printable(e instanceof Error ? e.message : String(e), { lines: true });
-    console.error(`cryo ${name}: ${e instanceof CryoError ? "" : "internal error: "}${message}`);
-    const hint = hintFor(e);
+    console.error(
+      `cryo ${name}: ${e instanceof CryoError ? "" : "internal error: "}${message}` +
+        (ctx.imageOnStdout ? ` (${INCOMPLETE})` : ""),
+    );
+    const hint = hintFor(e, ctx);
     if (hint) console.error(hint);
     if (debug) console.error(printable(String(e instanceof Error ? e.stack : e), { lines: true }));
     else if (!(e instanceof CryoError)) console.error("(run with --debug for the stack trace)");

@@ -45,11 +45,13 @@ export const checkpointCommand: Command = {
 
 Freezes every thread of PID (ptrace), persists every persistable region sparsely (pages never populated and
 all-zero pages become holes), records each thread's registers and rseq, and thaws it. The image is written to
-a temporary file (mode 0600), fsynced and renamed; on any error or Ctrl-C nothing is left at IMAGE.
+a temporary file (mode 0600), fsynced and renamed; on any error or Ctrl-C nothing is left at IMAGE. With
+-o -, a failure leaves the stream on stdout incomplete, and its reader (restore -, verify -) refuses it.
 
 options:
   --pid PID             the process to checkpoint (root or CAP_SYS_PTRACE)
-  -o, --output IMAGE    the image to write; - writes it to stdout (the summary then goes to stderr)
+  -o, --output IMAGE    the image to write; - writes it to stdout (the summary then goes to stderr), which
+                        must not be a terminal: a pipe or a file
   --include FILTER      also persist regions the policy skips: range:START-END, kind:KIND, path:GLOB
   --exclude FILTER      never persist these regions (wins over --include)
   --shared              persist shared mappings too
@@ -90,8 +92,15 @@ examples:
     if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
     const pid = parsePid(values.pid);
     if (!values.output) throw new UsageError("-o IMAGE is required");
+    if (values.output === "-" && Deno.stdout.isTerminal()) {
+      throw new UsageError(
+        "-o - writes the binary image to stdout, which is a terminal: pipe it (-o - | cryo restore --pid PID -) " +
+          "or write a file (-o IMAGE)",
+      );
+    }
     const codec = values.compress === undefined ? undefined : parseCodecOption(values.compress);
     const key = await keyFrom(values);
+    ctx.imageOnStdout = values.output === "-";
     const result = await checkpoint(pid, values.output, {
       codec,
       sealer: key ? await Sealer.create(key) : undefined,
