@@ -309,3 +309,65 @@ Deno.test("cryo checkpoint -o - that fails part-way says the stream is incomplet
   assert(stateOf(target.pid).toLowerCase() !== "t", "the target runs");
   assertEquals(await target.request("pid"), pid);
 });
+
+Deno.test("cryo checkpoint killed (SIGKILL) at random moments leaves a complete image or nothing, and the target runs", async () => {
+  await using dir = await tempDir();
+  await using keys = await tempDir();
+  const key = `${keys.path}/k`;
+  await Deno.writeFile(key, crypto.getRandomValues(new Uint8Array(32)), { mode: 0o600 });
+  await using target = LineChild.spawn(targetBinary);
+  const a = BigInt(await target.request(`map ${96 << 20}`));
+  await target.request(`fill 0x${a.toString(16)} ${48 << 20} random 7`);
+  await target.request(`fill 0x${(a + (48n << 20n)).toString(16)} ${48 << 20} text 8`);
+  const pid = String(target.pid);
+  const image = `${dir.path}/a.cryo`;
+  const modes: [string, string[], number][] = [
+    ["raw", [], 4],
+    ["zstd", ["--compress", "zstd:1"], 4],
+    ["encrypted", ["--compress", "lz4", "--key-file", key], 3],
+  ];
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  let kills = 0, complete = 0;
+  for (const [mode, extra, rounds] of modes) {
+    // One run to the end says how long a checkpoint takes; the kills are spread over that time.
+    const t0 = performance.now();
+    const full = await cryo(["checkpoint", "--pid", pid, "-o", image, "-q", ...extra]);
+    const took = performance.now() - t0;
+    assertEquals(full.code, 0, full.stderr);
+    Deno.removeSync(image);
+    for (let round = 0; round < rounds; round++) {
+      const delay = ((round + Math.random()) / rounds) * took * 1.1;
+      const child = spawnCryo(["checkpoint", "--pid", pid, "-o", image, "-q", ...extra]);
+      try {
+        await sleep(delay);
+        kill(child);
+        await child.output();
+      } finally {
+        kill(child);
+      }
+      kills++;
+      const left = names(dir.path);
+      const what = `${mode} killed after ${delay.toFixed(0)} of ${took.toFixed(0)} ms`;
+      assert(left.length === 0 || (left.length === 1 && left[0] === "a.cryo"), `${what}: left ${left}`);
+      if (left.length) {
+        const v = await cryo(["verify", ...(mode === "encrypted" ? ["--key-file", key] : []), image]);
+        assertEquals(v.code, 0, `${what}: the image left verifies: ${v.stderr}`);
+        Deno.removeSync(image);
+        complete++;
+      }
+      // The target is thawed by the kernel when its tracer dies: bounded wait, then it must answer.
+      let state = stateOf(target.pid);
+      for (let i = 0; i < 200 && (state === "t" || state === "T"); i++) {
+        await sleep(10);
+        state = stateOf(target.pid);
+      }
+      assert(state !== "t" && state !== "T", `${what}: target left in state ${state}`);
+      assertEquals(await target.request("pid", 10_000), pid, `${what}: the target runs`);
+    }
+  }
+  console.log(`${kills} kills, ${complete} left a complete image, ${kills - complete} nothing`);
+});
+
+function names(dir: string): string[] {
+  return [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+}
