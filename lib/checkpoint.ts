@@ -26,7 +26,7 @@ import { type Progress, silentProgress } from "./cli/progress.ts";
 
 /** Options of {@link checkpoint}. */
 export interface CheckpointOptions extends PolicyOptions {
-  /** fsync the image before it is renamed into place (default true). */
+  /** fsync the image before it is given its name (default true). */
   fsync?: boolean;
   /** Leave the target stopped (SIGSTOP, resume it with SIGCONT) after the checkpoint (default false). */
   leaveStopped?: boolean;

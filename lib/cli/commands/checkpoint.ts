@@ -44,9 +44,11 @@ export const checkpointCommand: Command = {
   help: `cryo checkpoint --pid PID -o IMAGE [options]
 
 Freezes every thread of PID (ptrace), persists every persistable region sparsely (pages never populated and
-all-zero pages become holes), records each thread's registers and rseq, and thaws it. The image is written to
-a temporary file (mode 0600), fsynced and renamed; on any error or Ctrl-C nothing is left at IMAGE. With
--o -, a failure leaves the stream on stdout incomplete, and its reader (restore -, verify -) refuses it.
+all-zero pages become holes), records each thread's registers and rseq, and thaws it. The image is written into
+an unnamed file (mode 0600) in IMAGE's directory, fsynced, and only then named IMAGE: on any error, Ctrl-C or
+even SIGKILL, nothing is left at IMAGE (nor a temporary file; a compressed image's raw intermediate is unnamed
+too). With -o -, a failure leaves the stream on stdout incomplete, and its reader (restore -, verify -)
+refuses it.
 
 options:
   --pid PID             the process to checkpoint (root or CAP_SYS_PTRACE)
