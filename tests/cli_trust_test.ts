@@ -327,7 +327,7 @@ Deno.test("cryo checkpoint killed (SIGKILL) at random moments leaves a complete 
     ["encrypted", ["--compress", "lz4", "--key-file", key], 3],
   ];
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-  let kills = 0, complete = 0;
+  let kills = 0, complete = 0, frozenAtKill = 0;
   for (const [mode, extra, rounds] of modes) {
     // One run to the end says how long a checkpoint takes; the kills are spread over that time.
     const t0 = performance.now();
@@ -340,6 +340,8 @@ Deno.test("cryo checkpoint killed (SIGKILL) at random moments leaves a complete 
       const child = spawnCryo(["checkpoint", "--pid", pid, "-o", image, "-q", ...extra]);
       try {
         await sleep(delay);
+        const before = stateOf(target.pid);
+        if (before === "t" || before === "T") frozenAtKill++;
         kill(child);
         await child.output();
       } finally {
@@ -365,7 +367,10 @@ Deno.test("cryo checkpoint killed (SIGKILL) at random moments leaves a complete 
       assertEquals(await target.request("pid", 10_000), pid, `${what}: the target runs`);
     }
   }
-  console.log(`${kills} kills, ${complete} left a complete image, ${kills - complete} nothing`);
+  console.log(
+    `${kills} kills (${frozenAtKill} with the target frozen): ${complete} left a complete image, ` +
+      `${kills - complete} nothing`,
+  );
 });
 
 function names(dir: string): string[] {
