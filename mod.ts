@@ -112,7 +112,7 @@ export { type Codec, raw } from "./lib/codec.ts";
 export { parseCodec } from "./lib/codecs/select.ts";
 export { ZstdCodec } from "./lib/codecs/zstd.ts";
 export { Lz4Codec } from "./lib/codecs/lz4.ts";
-export { keyFromEnv, keyFromFile, Sealer, SealKey } from "./lib/seal.ts";
+export { type KeyFileOptions, keyFromEnv, keyFromFile, Sealer, SealKey } from "./lib/seal.ts";
 export { type Progress, progressBar, silentProgress } from "./lib/cli/progress.ts";
 
 // Errors.
@@ -121,6 +121,7 @@ export {
   HelperNotFoundError,
   ImageError,
   KeyError,
+  KeyFileError,
   LayoutMismatchError,
   MapsParseError,
   RestoreIncompleteError,

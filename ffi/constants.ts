@@ -43,7 +43,12 @@ export const O = {
   NONBLOCK: 0o4000,
   DIRECTORY: 0o200000,
   CLOEXEC: 0o2000000,
+  /** An unnamed file in the given directory (includes `O_DIRECTORY`); `linkat` can name it later. */
+  TMPFILE: 0o20200000,
 } as const;
+
+/** `*at()` call values: the current directory as a dirfd, and `linkat`'s follow flag. */
+export const AT = { FDCWD: -100, SYMLINK_FOLLOW: 0x400 } as const;
 
 /** lseek whence values. */
 export const SEEK = { SET: 0, CUR: 1, END: 2, DATA: 3, HOLE: 4 } as const;

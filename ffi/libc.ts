@@ -70,6 +70,8 @@ const symbols = {
   rename: { parameters: [buf, buf], result: int },
   // int unlink(const char *pathname);
   unlink: { parameters: [buf], result: int },
+  // int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags);
+  linkat: { parameters: [int, buf, int, buf, int], result: int },
   // int ioctl(int fd, unsigned long request, void *arg);
   ioctl: { parameters: [int, ulong, ptr], result: int },
   // int memcmp(const void *s1, const void *s2, size_t n);

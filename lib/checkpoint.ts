@@ -20,12 +20,13 @@ import { type ImageSummary, MemoryPersister } from "./image/persister.ts";
 import { MemoryLoader } from "./image/loader.ts";
 import { KIND } from "./image/layout.ts";
 import { imageSource, pidSource } from "./image/sources.ts";
+import { dirOf, scratchFile } from "./image/tempfile.ts";
 import type { Region } from "./region.ts";
 import { type Progress, silentProgress } from "./cli/progress.ts";
 
 /** Options of {@link checkpoint}. */
 export interface CheckpointOptions extends PolicyOptions {
-  /** fsync the image before it is renamed into place (default true). */
+  /** fsync the image before it is given its name (default true). */
   fsync?: boolean;
   /** Leave the target stopped (SIGSTOP, resume it with SIGCONT) after the checkpoint (default false). */
   leaveStopped?: boolean;
@@ -105,16 +106,16 @@ export async function checkpoint(
   // Compressing or encrypting runs at a few hundred MiB/s: done while the target is stopped, it would pace the
   // reads. So take a raw image first (the target is stopped only to read it), then transcode it.
   // An image to be encrypted is taken in memory (a memfd), so that no plaintext of the target's memory ever
-  // reaches a disk; one only to be compressed is taken next to the output (or in TMPDIR for a stream).
+  // reaches a disk; one only to be compressed is taken in an unnamed file on the output's file system (or
+  // TMPDIR's, for a stream), which no name points to: it is gone when closed, even if this process is killed.
   const started = performance.now();
-  const memfd = opts.sealer ? memfdCreate("cryo-raw-image") : -1;
-  const dir = path === "-" ? undefined : path.slice(0, path.lastIndexOf("/") + 1) || ".";
-  const rawPath = memfd >= 0
-    ? `/proc/self/fd/${memfd}`
-    : await Deno.makeTempFile({ dir, prefix: ".cryo-", suffix: ".raw" });
+  const fd = opts.sealer
+    ? memfdCreate("cryo-raw-image")
+    : scratchFile(path === "-" ? Deno.env.get("TMPDIR") || "/tmp" : dirOf(path));
+  const rawPath = `/proc/self/fd/${fd}`;
   try {
     const rawOpts = { ...opts, codec: undefined, sealer: undefined, fsync: false };
-    const taken = await persistPid(pid, memfd >= 0 ? { fd: memfd } : rawPath, rawOpts);
+    const taken = await persistPid(pid, { fd }, rawOpts);
     opts.signal?.throwIfAborted();
     const summary = await transcode(rawPath, path, opts);
     const allocatedBytes = path === "-" ? 0 : (Deno.statSync(path).blocks ?? 0) * 512;
@@ -127,8 +128,7 @@ export async function checkpoint(
       totalMs: performance.now() - started,
     };
   } finally {
-    if (memfd >= 0) close(memfd);
-    else await Deno.remove(rawPath).catch(() => {});
+    close(fd);
   }
 }
 

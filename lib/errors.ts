@@ -126,6 +126,30 @@ export class MapsParseError extends CryoError {
  */
 export class KeyError extends CryoError {}
 
+/**
+ * A key file cannot be used as one: it is not a regular file, or (strict loading) group or others have access
+ * to it, e.g. `Cannot load key from file app.key: group or others have access to it (mode 0644)`.
+ */
+export class KeyFileError extends KeyError {
+  /** The key file. */
+  readonly path: string;
+  /** Its permission bits, when they are the problem. */
+  readonly mode?: number;
+
+  /**
+   * Create the error.
+   *
+   * @param path The key file.
+   * @param problem What is wrong with it.
+   * @param mode Its permission bits, when they are the problem.
+   */
+  constructor(path: string, problem: string, mode?: number) {
+    super(`Cannot load key from file ${path}: ${problem}`);
+    this.path = path;
+    this.mode = mode;
+  }
+}
+
 /** Threads did not reach the safepoint in time; nobody was left parked. */
 export class SafepointTimeoutError extends CryoError {
   /** The names of the threads that did not arrive. */

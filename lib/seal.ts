@@ -17,7 +17,7 @@
  * @module
  */
 
-import { CryoError, ImageError, KeyError } from "./errors.ts";
+import { CryoError, ImageError, KeyError, KeyFileError } from "./errors.ts";
 
 /** Bytes of the seal parameters an image stores: salt(16) | key check(16). */
 export const SEAL_PARAMS_SIZE = 32;
@@ -99,25 +99,85 @@ function parseKey(data: Uint8Array): Uint8Array | undefined {
   return out;
 }
 
+/** Options of {@link keyFromFile}. */
+export interface KeyFileOptions {
+  /** Refuse a key file that group or others have any access to (default false: use it, with a warning). */
+  strict?: boolean;
+  /**
+   * Receives the warning about a key file that group or others have access to (default `console.warn`); the
+   * message names the file, its mode and the `chmod 600` that fixes it.
+   */
+  warn?: (message: string) => void;
+}
+
+/** Bytes read from a key file at most: a key is 32 bytes, or 64 hex characters and some whitespace. */
+const KEY_FILE_MAX = 4096;
+
+function fileKind(s: Deno.FileInfo): string {
+  if (s.isDirectory) return "a directory";
+  if (s.isFifo) return "a FIFO";
+  if (s.isCharDevice) return "a character device";
+  if (s.isBlockDevice) return "a block device";
+  if (s.isSocket) return "a socket";
+  return "not a regular file";
+}
+
 /**
- * Load the master key from a file holding 32 raw bytes or 64 hex characters (`--key-file`).
+ * Load the master key from a file holding 32 raw bytes or 64 hex characters (`--key-file`). The file must be a
+ * regular file (a pipe or a device is refused, before it is opened). A file that group or others have any
+ * access to (mode bits 077) is used with a warning naming the file, its mode and `chmod 600 FILE`, or refused
+ * with `strict`.
  *
  * @param path The key file.
+ * @param opts `strict` refuses a file group or others have access to; `warn` receives the warning otherwise.
  * @returns The key.
+ * @throws {KeyFileError} When the file is not a regular file, or `strict` and its mode lets others in.
  * @throws {KeyError} When the file cannot be read or holds neither form (the message gives its size only).
+ * @example
+ * ```ts ignore
+ * const key = await keyFromFile("/etc/cryo/app.key", { strict: true });
+ * ```
  */
-export async function keyFromFile(path: string): Promise<SealKey> {
-  let data: Uint8Array;
+export async function keyFromFile(path: string, opts: KeyFileOptions = {}): Promise<SealKey> {
+  const data = new Uint8Array(KEY_FILE_MAX + 1);
+  let length = 0;
   try {
-    data = await Deno.readFile(path);
+    // Stat first: opening a FIFO would block until a writer comes.
+    const before = await Deno.stat(path);
+    if (!before.isFile) throw new KeyFileError(path, `it is ${fileKind(before)}, not a regular file`);
+    using file = await Deno.open(path, { read: true });
+    const st = await file.stat();
+    if (!st.isFile || st.ino !== before.ino || st.dev !== before.dev) {
+      throw new KeyFileError(path, "it was replaced while it was opened");
+    }
+    const mode = (st.mode ?? 0) & 0o777;
+    if ((mode & 0o077) !== 0) {
+      const octal = `0${mode.toString(8).padStart(3, "0")}`;
+      if (opts.strict) {
+        throw new KeyFileError(path, `group or others have access to it (mode ${octal})`, mode);
+      }
+      (opts.warn ?? console.warn)(
+        `key file ${path} is open to group or others (mode ${octal}); run \`chmod 600 ${path}\``,
+      );
+    }
+    for (
+      let n: number | null;
+      length < data.length && (n = await file.read(data.subarray(length))) !== null;
+    ) {
+      length += n;
+    }
   } catch (e) {
+    data.fill(0);
+    if (e instanceof KeyError) throw e;
     throw new KeyError(`Cannot load key from file ${path}: ${(e as Error).message}`, { cause: e });
   }
-  const bytes = parseKey(data);
+  const bytes = parseKey(data.subarray(0, length));
   data.fill(0);
   if (!bytes) {
     throw new KeyError(
-      `Cannot load key from file ${path}: expected 32 raw bytes or 64 hex characters, found ${data.length} bytes`,
+      `Cannot load key from file ${path}: expected 32 raw bytes or 64 hex characters, found ${
+        length > KEY_FILE_MAX ? `more than ${KEY_FILE_MAX}` : length
+      } bytes`,
     );
   }
   try {
@@ -373,16 +433,20 @@ export class Sealer {
 /**
  * The key the CLI options name: `--key-file PATH` or `--key-env NAME` (at most one), or none.
  *
- * @param opts `keyFile` and/or `keyEnv` as given.
+ * @param opts `keyFile` and/or `keyEnv` as given; `strict` and `warn` for a key file ({@link keyFromFile}).
  * @returns The key, or undefined when neither option is given.
  * @throws {TypeError} When both are given.
  * @throws {KeyError} When the file or variable does not hold a key.
  */
-export async function loadKey(opts: { keyFile?: string; keyEnv?: string }): Promise<SealKey | undefined> {
+export async function loadKey(
+  opts: { keyFile?: string; keyEnv?: string } & KeyFileOptions,
+): Promise<SealKey | undefined> {
   if (opts.keyFile !== undefined && opts.keyEnv !== undefined) {
     throw new TypeError("Cannot use both --key-file and --key-env: give one");
   }
-  if (opts.keyFile !== undefined) return await keyFromFile(opts.keyFile);
+  if (opts.keyFile !== undefined) {
+    return await keyFromFile(opts.keyFile, { strict: opts.strict, warn: opts.warn });
+  }
   if (opts.keyEnv !== undefined) return await keyFromEnv(opts.keyEnv);
   return undefined;
 }

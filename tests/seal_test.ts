@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertMatch, assertRejects } from "./_assert.ts";
 import { Target } from "./_target.ts";
 import { addrOf, processVmRead } from "../ffi/libc.ts";
-import { ImageError, KeyError } from "../lib/errors.ts";
+import { ImageError, KeyError, KeyFileError } from "../lib/errors.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import {
   chunkAad,
@@ -154,7 +154,7 @@ Deno.test("`keyFromFile()` reads 32 raw bytes or 64 hex characters and names onl
   try {
     const bytes = crypto.getRandomValues(new Uint8Array(32));
     await Deno.writeFile(`${dir}/raw.key`, bytes, { mode: 0o600 });
-    await Deno.writeTextFile(`${dir}/hex.key`, hex(bytes).toUpperCase() + "\n");
+    await Deno.writeTextFile(`${dir}/hex.key`, hex(bytes).toUpperCase() + "\n", { mode: 0o600 });
     const a = await keyFromFile(`${dir}/raw.key`);
     const b = await keyFromFile(`${dir}/hex.key`);
     const sealer = await Sealer.create(a);
@@ -162,7 +162,7 @@ Deno.test("`keyFromFile()` reads 32 raw bytes or 64 hex characters and names onl
     assertEquals(String(a), `SealKey(file ${dir}/raw.key)`);
     assert(!Deno.inspect(a).includes(hex(bytes).slice(0, 8)));
     const short = hex(bytes).slice(0, 62);
-    await Deno.writeTextFile(`${dir}/bad.key`, short);
+    await Deno.writeTextFile(`${dir}/bad.key`, short, { mode: 0o600 });
     const e = await assertRejects(() => keyFromFile(`${dir}/bad.key`), KeyError, "found 62 bytes");
     assert(!e.message.includes(short), "the key leaks into the message");
     await assertRejects(() => keyFromFile(`${dir}/missing.key`), KeyError, `${dir}/missing.key`);
@@ -201,5 +201,47 @@ Deno.test("`loadKey()` takes one of --key-file and --key-env, or neither", async
     assertEquals(String(await loadKey({ keyEnv: name })), `SealKey(environment variable ${name})`);
   } finally {
     Deno.env.delete(name);
+  }
+});
+
+Deno.test("`keyFromFile()` warns about a key file group or others have access to, and refuses it with strict", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/open.key`;
+    await Deno.writeFile(path, crypto.getRandomValues(new Uint8Array(32)));
+    await Deno.chmod(path, 0o644);
+    const warnings: string[] = [];
+    const key = await keyFromFile(path, { warn: (m) => warnings.push(m) });
+    assertEquals(String(key), `SealKey(file ${path})`, "used");
+    assertEquals(warnings, [
+      `key file ${path} is open to group or others (mode 0644); run \`chmod 600 ${path}\``,
+    ]);
+    const e = await assertRejects(() => keyFromFile(path, { strict: true }), KeyFileError, "(mode 0644)");
+    assertEquals([e.path, e.mode], [path, 0o644]);
+    await assertRejects(() => loadKey({ keyFile: path, strict: true }), KeyFileError, "group or others");
+    await Deno.chmod(path, 0o640);
+    await assertRejects(() => keyFromFile(path, { strict: true }), KeyFileError, "(mode 0640)");
+    await Deno.chmod(path, 0o600);
+    warnings.length = 0;
+    await keyFromFile(path, { strict: true, warn: (m) => warnings.push(m) });
+    assertEquals(warnings, [], "no warning for mode 0600");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("`keyFromFile()` refuses a key file that is not a regular file, without opening a FIFO", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await assertRejects(() => keyFromFile(dir), KeyFileError, "it is a directory, not a regular file");
+    await assertRejects(() => keyFromFile("/dev/zero"), KeyFileError, "a character device");
+    const fifo = `${dir}/fifo.key`;
+    const mk = await new Deno.Command("mkfifo", { args: ["-m", "600", fifo] }).output();
+    assert(mk.success, "mkfifo");
+    // A FIFO with no writer would block an open(); the refusal comes first.
+    const e = await assertRejects(() => keyFromFile(fifo), KeyFileError, "it is a FIFO");
+    assertEquals(e.mode, undefined);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -41,3 +41,32 @@ export function table(rows: string[][]): string {
     "\n",
   );
 }
+
+/**
+ * C0 controls, DEL, C1 controls, and UTF-16 surrogates without their pair (invalid UTF-8 in a target's or an
+ * image's bytes has already become U+FFFD when decoded).
+ */
+const UNPRINTABLE =
+  // deno-lint-ignore no-control-regex -- matching control characters is the point
+  /[\x00-\x1f\x7f-\x9f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+/**
+ * `text` safe to print on a terminal: every control character (C0, DEL, C1) and lone surrogate becomes a visible
+ * escape (`\x1b`, `\x7f`, `\u009b`, `\ud800`), so a target's command line, a mapped file's name or an image's
+ * strings cannot move the cursor, retitle the window or ring the bell. Every string the CLI prints that comes
+ * from a target or an image goes through it (JSON output is escaped by {@link toJson}). Idempotent: what it
+ * returns has nothing left to escape.
+ *
+ * @param text The text.
+ * @param opts `lines`: keep line feeds (for multi-line messages).
+ * @returns The escaped text.
+ */
+export function printable(text: string, opts: { lines?: boolean } = {}): string {
+  return text.replace(UNPRINTABLE, (c) => {
+    if (opts.lines && c === "\n") return c;
+    const code = c.charCodeAt(0);
+    return code < 0x80
+      ? `\\x${code.toString(16).padStart(2, "0")}`
+      : `\\u${code.toString(16).padStart(4, "0")}`;
+  });
+}

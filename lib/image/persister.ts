@@ -1,10 +1,10 @@
 /**
  * The image writer, `MemoryPersister`: `store()` persists runs from a memory source, `storeRuns()` many runs of
  * one source at once (the vectored store), `storeGap()` records holes, `finalize()` writes the tail, fsyncs and
- * renames into place. It owns the parts that do the work: the region table and what a store may claim
- * (region_table.ts), the data path from bytes to records (chunks.ts), the batched gathering of a pid source
- * (gather.ts), frame building (frame_writer.ts), the write queue (write_queue.ts) and the tail (tail.ts).
- * Records go out in batched frames (docs/FORMAT.md).
+ * gives the file its name atomically. It owns the parts that do the work: the region table and what a store may
+ * claim (region_table.ts), the data path from bytes to records (chunks.ts), the batched gathering of a pid
+ * source (gather.ts), frame building (frame_writer.ts), the write queue (write_queue.ts), the tail (tail.ts)
+ * and the file the image is written through (tempfile.ts). Records go out in batched frames (docs/FORMAT.md).
  *
  * @module
  */
@@ -23,6 +23,7 @@ import { type MemorySource, selfSource } from "./sources.ts";
 import { encodeTail } from "./tail.ts";
 import { WriteQueue } from "./write_queue.ts";
 import { RegionTable } from "./region_table.ts";
+import { dirOf, linkUnnamed, openUnnamed, sweepStale, tempName } from "./tempfile.ts";
 
 export { covered } from "./region_table.ts";
 
@@ -40,7 +41,7 @@ export interface PersisterOptions {
   codec?: Codec;
   /** Decoded bytes per encoded record with a non-raw codec (default 1 MiB). */
   chunkSize?: number;
-  /** fsync the file and its directory before the rename (default true). */
+  /** fsync the file and its directory before the image is named (default true). */
   fsync?: boolean;
   /** Encrypt every chunk with this sealer (AES-256-GCM; lib/seal.ts), making an ENCRYPTED image. */
   sealer?: Sealer;
@@ -126,8 +127,11 @@ export class MemoryPersister implements AsyncDisposable {
   }
 
   /**
-   * Start writing an image: to a temporary file (mode 0600) next to `path`, renamed into place by
-   * `finalize()`; or to a stream (`"-"` is stdout, `{ fd }` any writable fd, e.g. a pipe).
+   * Start writing an image: to an unnamed file (`O_TMPFILE`, mode 0600) in the directory of `path`, fsynced and
+   * linked to `path` by `finalize()`, so that nothing named exists until the image is complete, even when the
+   * writer is killed (where the file system has no `O_TMPFILE`: a named temporary file, renamed into place,
+   * whose name lets the next writer sweep it if this one dies; see tempfile.ts). Or to a stream (`"-"` is
+   * stdout, `{ fd }` any writable fd, e.g. a pipe).
    *
    * @param out The final path, `"-"`, or `{ fd }`.
    * @param opts Options.
@@ -139,9 +143,13 @@ export class MemoryPersister implements AsyncDisposable {
     }
     if (out === "-") return Promise.resolve(new MemoryPersister("-", undefined, 1, false, opts));
     if (out === "") throw new TypeError("Cannot write an image to an empty path");
-    const slash = out.lastIndexOf("/");
-    const dir = slash >= 0 ? out.slice(0, slash + 1) : "";
-    const temp = `${dir}.${out.slice(slash + 1)}.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+    const dir = dirOf(out);
+    sweepStale(dir);
+    const unnamed = openUnnamed(dir, O.WRONLY);
+    if (unnamed !== undefined) {
+      return Promise.resolve(new MemoryPersister(out, undefined, unnamed, true, opts));
+    }
+    const temp = tempName(out);
     const fd = open(temp, O.WRONLY | O.CREAT | O.EXCL | O.CLOEXEC, 0o600);
     try {
       return Promise.resolve(new MemoryPersister(out, temp, fd, true, opts));
@@ -281,7 +289,7 @@ export class MemoryPersister implements AsyncDisposable {
   }
 
   /**
-   * Write the END frame, index, sections and footer; fsync; rename into place.
+   * Write the END frame, index, sections and footer; fsync; give the file its name (atomically).
    *
    * @returns What was written.
    */
@@ -307,11 +315,14 @@ export class MemoryPersister implements AsyncDisposable {
       this.#queue.bytes(frameHeader);
       this.#queue.bytes(data);
       this.#queue.drain();
-      if (this.#temp !== undefined) {
-        if (this.#opts.fsync ?? true) check(libc.fsync(this.#fd), "fsync", this.#temp);
+      if (this.#ownsFd) {
+        if (this.#opts.fsync ?? true) check(libc.fsync(this.#fd), "fsync", this.#temp ?? this.#path);
+        if (this.#temp === undefined) linkUnnamed(this.#fd, this.#path);
         close(this.#fd);
         this.#fd = -1;
-        check(libc.rename(cstr(this.#temp), cstr(this.#path)), "rename", `${this.#temp} to ${this.#path}`);
+        if (this.#temp !== undefined) {
+          check(libc.rename(cstr(this.#temp), cstr(this.#path)), "rename", `${this.#temp} to ${this.#path}`);
+        }
         if (this.#opts.fsync ?? true) syncDir(this.#path);
       }
       this.#done = true;
@@ -328,7 +339,7 @@ export class MemoryPersister implements AsyncDisposable {
     });
   }
 
-  /** Stop writing and remove the temporary file. Idempotent; does nothing after a successful finalize. */
+  /** Stop writing and discard the file (unnamed, or temporary). Idempotent; nothing after a successful finalize. */
   async abort(): Promise<void> {
     if (this.#done) return;
     this.#done = true;

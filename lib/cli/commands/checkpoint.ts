@@ -8,7 +8,7 @@ import { checkpoint } from "../../checkpoint.ts";
 import type { RegionFilter } from "../../policy.ts";
 import { REGION_KINDS, type RegionKind } from "../../region.ts";
 import { parse, parsePid, parseRange } from "../args.ts";
-import { humanBytes, humanDuration } from "../format.ts";
+import { humanBytes, humanDuration, printable } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { progressBar } from "../progress.ts";
@@ -44,12 +44,16 @@ export const checkpointCommand: Command = {
   help: `cryo checkpoint --pid PID -o IMAGE [options]
 
 Freezes every thread of PID (ptrace), persists every persistable region sparsely (pages never populated and
-all-zero pages become holes), records each thread's registers and rseq, and thaws it. The image is written to
-a temporary file (mode 0600), fsynced and renamed; on any error or Ctrl-C nothing is left at IMAGE.
+all-zero pages become holes), records each thread's registers and rseq, and thaws it. The image is written into
+an unnamed file (mode 0600) in IMAGE's directory, fsynced, and only then named IMAGE: on any error, Ctrl-C or
+even SIGKILL, nothing is left at IMAGE (nor a temporary file; a compressed image's raw intermediate is unnamed
+too). With -o -, a failure leaves the stream on stdout incomplete, and its reader (restore -, verify -)
+refuses it.
 
 options:
   --pid PID             the process to checkpoint (root or CAP_SYS_PTRACE)
-  -o, --output IMAGE    the image to write; - writes it to stdout (the summary then goes to stderr)
+  -o, --output IMAGE    the image to write; - writes it to stdout (the summary then goes to stderr), which
+                        must not be a terminal: a pipe or a file
   --include FILTER      also persist regions the policy skips: range:START-END, kind:KIND, path:GLOB
   --exclude FILTER      never persist these regions (wins over --include)
   --shared              persist shared mappings too
@@ -57,6 +61,8 @@ options:
                         all cores, incompressible chunks stored raw
   --key-file FILE       encrypt each chunk with AES-256-GCM, key from FILE (32 bytes, or 64 hex characters)
   --key-env NAME        the same, key from the environment variable NAME (never from the command line)
+  --strict              refuse a key file that group or others have access to (else: a warning, and the
+                        file must be a regular file either way; \`chmod 600 FILE\`)
   --encode-while-stopped  with --compress or a key: encode while the target is stopped (the fastest
                         checkpoint in all; by default a raw image is taken and encoded after the thaw, so the
                         target is stopped only to read its memory)
@@ -88,8 +94,15 @@ examples:
     if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
     const pid = parsePid(values.pid);
     if (!values.output) throw new UsageError("-o IMAGE is required");
+    if (values.output === "-" && Deno.stdout.isTerminal()) {
+      throw new UsageError(
+        "-o - writes the binary image to stdout, which is a terminal: pipe it (-o - | cryo restore --pid PID -) " +
+          "or write a file (-o IMAGE)",
+      );
+    }
     const codec = values.compress === undefined ? undefined : parseCodecOption(values.compress);
     const key = await keyFrom(values);
+    ctx.imageOnStdout = values.output === "-";
     const result = await checkpoint(pid, values.output, {
       codec,
       sealer: key ? await Sealer.create(key) : undefined,
@@ -110,7 +123,7 @@ examples:
       return 0;
     }
     print(
-      `checkpoint of pid ${pid} -> ${result.path}\n` +
+      `checkpoint of pid ${pid} -> ${printable(result.path)}\n` +
         `  regions   ${result.regions} persisted, ${result.excluded.length} excluded (\`cryo regions --pid ${pid}\` says why)\n` +
         `  threads   ${result.threads}\n` +
         `  data      ${humanBytes(result.dataBytes)} in ${result.records} records, holes ${

@@ -7,7 +7,7 @@
 import { diff } from "../../diff.ts";
 import { inspect, verify } from "../../inspect.ts";
 import { onePositional, parse } from "../args.ts";
-import { humanBytes, humanDuration, humanRate, table } from "../format.ts";
+import { humanBytes, humanDuration, humanRate, printable as p, table } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { keyFrom, keyOptions } from "../secure.ts";
@@ -42,18 +42,18 @@ examples:
     }
     const t = info.totals;
     const lines = [
-      `image     ${info.path}: cryo format v${info.version}, ${info.arch}, page ${info.pageSize}`,
+      `image     ${p(info.path)}: cryo format v${info.version}, ${p(info.arch)}, page ${info.pageSize}`,
       `features  required [${info.requiredFeatures.join(", ")}], optional [${
         info.optionalFeatures.join(", ")
       }]`,
-      `source    pid ${info.source.pid} (${info.source.commandLine.join(" ")}) at ${info.source.time}`,
-      `          kernel ${info.source.kernelRelease}, boot ${info.source.bootId}`,
+      `source    pid ${info.source.pid} (${p(info.source.commandLine.join(" "))}) at ${p(info.source.time)}`,
+      `          kernel ${p(info.source.kernelRelease)}, boot ${p(info.source.bootId)}`,
       `size      ${humanBytes(info.fileBytes)} (${humanBytes(info.allocatedBytes)} on disk)`,
       `data      ${humanBytes(t.dataBytes)} in ${t.dataRecords} records (stored ${
         humanBytes(t.storedBytes)
       }), ` +
       `holes ${humanBytes(t.holeBytes)} in ${t.holeRecords} records`,
-      `sections  ${info.sections.map((s) => `${s.name} (${humanBytes(s.bytes)})`).join(", ") || "none"}`,
+      `sections  ${info.sections.map((s) => `${p(s.name)} (${humanBytes(s.bytes)})`).join(", ") || "none"}`,
       ...(info.encrypted
         ? [
           "encrypted the records and sections are AES-256-GCM: sizes and layout are shown, contents need the key",
@@ -65,11 +65,11 @@ examples:
         ["  range", "perms", "kind", "data", "holes", "path"],
         ...info.regions.map((g) => [
           `  ${g.relocatable ? `segment of ${humanBytes(g.end)}` : `${hex(g.start)}-${hex(g.end)}`}`,
-          g.perms,
-          g.kind,
+          p(g.perms),
+          p(g.kind),
           humanBytes(g.dataBytes),
           humanBytes(g.holeBytes),
-          g.path,
+          p(g.path),
         ]),
       ]),
     ];
@@ -81,7 +81,7 @@ examples:
           `  ${hex(r.address)}${r.segment ? ` (segment ${r.segment})` : ""}`,
           String(r.length),
           r.kind,
-          r.encrypted ? `${r.codec}+aes` : r.codec,
+          p(r.encrypted ? `${r.codec}+aes` : r.codec),
           String(r.storedLength),
           String(r.fileOffset),
         ]),
@@ -95,12 +95,17 @@ examples:
 export const verifyCommand: Command = {
   name: "verify",
   summary: "check every byte of an image (exit 0 sound, 1 damaged)",
-  help: `cryo verify IMAGE [--json]
+  help: `cryo verify IMAGE [--key-file FILE | --key-env NAME] [--strict] [--json]
 
 Verifies the whole image: footer, header, bounds of every offset and length, index order and overlap, the
 frames between records, and every checksum. Exit status 0 when sound, 1 when not (saying where and what),
 2 on a usage error. IMAGE may be - (stdin). For an encrypted image, the checksums are checked without the key;
 with --key-file F or --key-env NAME every chunk and the metadata are also authenticated.
+
+options:
+  --key-file FILE   the key of an encrypted image (or --key-env NAME): every chunk is authenticated too
+  --strict          refuse a key file that group or others have access to (else: a warning)
+  --json            print the result as JSON
 
 examples:
   deno run -A cli.ts verify app.cryo && echo sound
@@ -112,11 +117,11 @@ examples:
     if (values.json) out(toJson(result));
     else if (result.ok) {
       out(
-        `${path}: sound (${humanBytes(result.bytes)} checked in ${humanDuration(result.ms)}, ` +
+        `${p(path)}: sound (${humanBytes(result.bytes)} checked in ${humanDuration(result.ms)}, ` +
           `${humanRate(result.bytes, result.ms)})` +
           (result.authenticated ? "; every chunk authenticated with the key" : ""),
       );
-    } else console.error(`${path}: DAMAGED: ${result.problem}`);
+    } else console.error(`${p(path)}: DAMAGED: ${p(result.problem ?? "", { lines: true })}`);
     return result.ok ? 0 : 1;
   },
 };
@@ -140,7 +145,9 @@ examples:
       return 0;
     }
     const lines = [
-      `${result.differentPages} of ${result.comparedPages} compared pages differ between ${result.a} and ${result.b}`,
+      `${result.differentPages} of ${result.comparedPages} compared pages differ between ${p(result.a)} and ${
+        p(result.b)
+      }`,
     ];
     if (result.runs.length) {
       lines.push(table([
@@ -151,8 +158,8 @@ examples:
           r.kind === "changed"
             ? "changed"
             : r.kind === "only-a"
-            ? `only in ${result.a}`
-            : `only in ${result.b}`,
+            ? `only in ${p(result.a)}`
+            : `only in ${p(result.b)}`,
         ]),
       ]));
     }

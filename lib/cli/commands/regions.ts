@@ -7,7 +7,7 @@
 import { regionDecisions } from "../../checkpoint.ts";
 import { permsString } from "../../region.ts";
 import { parse, parsePid } from "../args.ts";
-import { humanBytes, table } from "../format.ts";
+import { humanBytes, printable as p, table } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { filterOptions, parseFilter } from "./checkpoint.ts";
@@ -64,8 +64,8 @@ examples:
         humanBytes(d.region.end - d.region.start),
         d.region.kind,
         d.persist ? (d.pages === "anon" ? "cow" : "yes") : "no",
-        d.reason,
-        d.region.path,
+        p(d.reason),
+        p(d.region.path),
       ]),
     ]));
     out(
