@@ -3,7 +3,8 @@ import { Target } from "./_target.ts";
 import { checkpoint } from "../lib/checkpoint.ts";
 import { restore } from "../lib/restore.ts";
 import { verify } from "../lib/inspect.ts";
-import { KeyError, LayoutMismatchError } from "../lib/errors.ts";
+import { KeyError, LayoutMismatchError, SystemError } from "../lib/errors.ts";
+import { checksum } from "../lib/image/checksum.ts";
 import { Sealer, SealKey } from "../lib/seal.ts";
 import { markerDir } from "../lib/recovery.ts";
 import type { Progress } from "../lib/cli/progress.ts";
@@ -213,6 +214,85 @@ Deno.test("cryo restore killed by SIGKILL part-way leaves the target stopped; th
       await child.status;
       await child.stdin.abort().catch(() => {});
     }
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Change a section's bytes of an image file in place (same length) and recompute every checksum over it. */
+async function rewriteSection(path: string, name: string, edit: (bytes: Uint8Array) => void): Promise<void> {
+  const b = await Deno.readFile(path);
+  const v = new DataView(b.buffer);
+  const f = b.length - 128;
+  const tableAt = Number(v.getBigUint64(f + 72, true));
+  const tableLength = Number(v.getBigUint64(f + 80, true));
+  const count = v.getUint32(tableAt, true);
+  let at = tableAt + 8;
+  for (let i = 0; i < count; i++) {
+    const offset = Number(v.getBigUint64(at, true));
+    const length = Number(v.getBigUint64(at + 8, true));
+    const nameLength = v.getUint32(at + 24, true);
+    const n = new TextDecoder().decode(b.subarray(at + 32, at + 32 + nameLength));
+    if (n === name) {
+      edit(b.subarray(offset, offset + length));
+      v.setBigUint64(at + 16, checksum(b.subarray(offset, offset + length)), true);
+    }
+    at += 32 + ((nameLength + 7) & ~7);
+  }
+  v.setBigUint64(f + 88, checksum(b.subarray(tableAt, tableAt + tableLength)), true);
+  v.setBigUint64(f + 120, checksum(b.subarray(f, f + 120)), true);
+  await Deno.writeFile(path, b);
+}
+
+Deno.test("restore() whose threads section the kernel refuses writes no memory and puts registers back", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    await target.cmd("threads 1");
+    const a = await target.map(8 * MiB);
+    await target.fill(a, 8 * MiB, "random", 1);
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    // The last thread's cs becomes selector 0: its checksums are good, the kernel refuses it (EIO).
+    await rewriteSection(`${dir}/a.cryo`, "threads", (t) => {
+      const v = new DataView(t.buffer, t.byteOffset, t.byteLength);
+      const count = v.getUint32(12, true);
+      let at = 16;
+      for (let i = 0; i < count; i++) {
+        const general = v.getUint32(at + 4, true), vector = v.getUint32(at + 8, true);
+        if (i === count - 1) v.setBigUint64(at + 48 + 17 * 8, 0n, true); // cs
+        at += 48 + ((general + 7) & ~7) + ((vector + 7) & ~7);
+      }
+    });
+    assert((await verify(`${dir}/a.cryo`)).ok, "the image itself is sound");
+    await target.fill(a, 8 * MiB, "random", 2);
+    const before = await target.sum(a, 8 * MiB);
+    await assertRejects(() => restore(target.pid, `${dir}/a.cryo`), SystemError);
+    assertEquals(await target.sum(a, 8 * MiB), before, "no memory was written");
+    assertEquals(await target.cmd("pid"), String(target.pid), "the first thread's registers were put back");
+    const later = await target.cmd("counters");
+    await new Promise((r) => setTimeout(r, 50));
+    assert((await target.cmd("counters")) !== later, "the counting thread runs on");
+    assertEquals(state(target.pid) === "T", false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore() into a target that keeps starting short-lived threads is refused, and the target lives", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(4 * MiB);
+    await target.fill(a, 4 * MiB, "random", 1);
+    await target.cmd("spawnloop");
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    for (let round = 0; round < 5; round++) {
+      await target.fill(a, 4 * MiB, "random", 2 + round);
+      const now = await target.sum(a, 4 * MiB);
+      await assertRejects(() => restore(target.pid, `${dir}/a.cryo`), LayoutMismatchError); // threads or stacks
+      assertEquals(await target.sum(a, 4 * MiB), now, "nothing was written");
+    }
+    assertEquals(await target.cmd("pid"), String(target.pid));
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });
