@@ -111,8 +111,8 @@ export async function commitRestore<T>(
   const pid = frozen.pid;
   const recovered = readMarker(pid) !== undefined;
   signal?.throwIfAborted();
+  writeMarker(pid, image); // first: whenever the hold is in force, a marker says how to finish
   frozen.hold();
-  writeMarker(pid, image);
   using journal = new RestoreJournal(pid);
   let threadsRestored = 0;
   const live = new Set(frozen.tids);
