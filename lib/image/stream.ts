@@ -9,7 +9,7 @@
  * @module
  */
 
-import { hex, PAGE_SIZE } from "../../ffi/libc.ts";
+import { hex } from "../../ffi/libc.ts";
 import type { Codec } from "../codec.ts";
 import { codecForId } from "../codecs/select.ts";
 import { ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
@@ -18,7 +18,6 @@ import { checksum } from "./checksum.ts";
 import { indexProblem } from "./index.ts";
 import {
   alignUp,
-  ARCH_X86_64,
   decodeFixedHeader,
   decodeFooter,
   decodeHeaderBlock,
@@ -37,7 +36,14 @@ import {
 import { checkMetadataMac, headerDigest, sealParamsOf } from "./sealing.ts";
 import { Input, openInput } from "./stream_input.ts";
 import { concatBytes } from "./cursor.ts";
-import { checkFrame, checkFrameRange, checkTailLayout } from "./stream_checks.ts";
+import {
+  checkDataBytes,
+  checkFrameRange,
+  checkHost,
+  checkRecord,
+  checkTailLayout,
+  checkTailLength,
+} from "./rules.ts";
 import {
   addFrameRecords,
   decodeDirectory,
@@ -94,11 +100,6 @@ export interface StreamSummary {
 /** The input of a streamed load: a byte stream, or `"-"` for stdin. */
 export type StreamInput = ReadableStream<Uint8Array> | "-";
 
-/** Largest tail (index, sections, footer) accepted from a stream. */
-const MAX_TAIL = 1 << 30;
-/** Largest record accepted from a stream: its checksum covers it whole, so it is read whole before use. */
-const MAX_CHUNK = 2 ** 31;
-
 function inputOf(input: StreamInput): ReadableStream<Uint8Array> {
   return input === "-" ? Deno.stdin.readable : input;
 }
@@ -148,10 +149,7 @@ async function readStream(
   try {
     // 1. The header block, checked.
     const fixed = await input.read(FIXED_HEADER_LENGTH, "fixed header");
-    const f0 = decodeFixedHeader(path, fixed);
-    if (f0.headerLength < FIXED_HEADER_LENGTH || f0.headerLength > MAX_TAIL) {
-      throw new ImageError(path, 40, `header length ${f0.headerLength} is out of range`);
-    }
+    const f0 = decodeFixedHeader(path, fixed); // its header length is at most MAX_HEADER_LENGTH
     const block = new Uint8Array(f0.headerLength);
     block.set(fixed);
     await input.read(
@@ -161,12 +159,7 @@ async function readStream(
     );
     const h = decodeHeaderBlock(path, block);
     const header = h.fields;
-    if (header.pageSize !== PAGE_SIZE) {
-      throw new ImageError(path, 32, `page size ${header.pageSize}, this system's is ${PAGE_SIZE}`);
-    }
-    if (header.arch !== ARCH_X86_64) {
-      throw new ImageError(path, 36, `architecture ${header.arch} is not x86_64`);
-    }
+    checkHost(path, header);
     // 2. The key, before anything else.
     const encrypted = (header.requiredFeatures & REQUIRED.ENCRYPTED) !== 0n;
     let sealer: Sealer | undefined;
@@ -216,7 +209,7 @@ async function readStream(
         const data = decodeTable(path, fh, table, header.pageSize);
         pos = frameAt + FRAME_LENGTH + table.length;
         for (const r of data) {
-          checkFrame(path, frameAt, r, header, h.regions, frames[frames.length - 1], encrypted);
+          checkRecord(path, r, header, h.regions); // order: decodeTable (in a frame), checkFrameRange (frames)
           const codec = r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec);
           if (r.codec !== 0 && !codec) throw new ImageError(path, frameAt, `unknown codec ${r.codec}`);
           await input.zeros(r.fileOffset - pos, "padding");
@@ -248,9 +241,7 @@ async function readStream(
     if (!endFrame) throw new ImageError(path, pos, "no END frame");
     // 5. The tail, checked against the frames seen.
     const tailAt = pos;
-    if (endFrame.dataLength < FOOTER_LENGTH || endFrame.dataLength > MAX_TAIL) {
-      throw new ImageError(path, tailAt - FRAME_LENGTH, "bad END frame");
-    }
+    checkTailLength(path, tailAt - FRAME_LENGTH + 32, endFrame.dataLength, frameInfos.length);
     const tail = await input.read(endFrame.dataLength, "index and footer");
     if (!await input.atEnd()) throw new ImageError(path, input.offset, "bytes after the footer");
     const fileSize = tailAt + tail.length;
@@ -323,14 +314,8 @@ async function readStream(
       sink?.zero(r);
       holeBytes += r.length;
     }
-    const dataBytes = frames.reduce((n, r) => n + r.length, 0);
-    if (footer.dataBytes !== dataBytes) {
-      throw new ImageError(
-        path,
-        footerAt + 112,
-        `${dataBytes} data bytes, the footer says ${footer.dataBytes}`,
-      );
-    }
+    checkDataBytes(path, footerAt, footer.dataBytes, records);
+    const dataBytes = footer.dataBytes;
     return {
       header,
       source: h.source,
@@ -352,13 +337,7 @@ async function readStream(
 
 /** Read one chunk's stored bytes and check their checksum. */
 async function readStored(input: Input, r: ImageRecord): Promise<Uint8Array> {
-  if (r.storedLength > MAX_CHUNK || r.length > MAX_CHUNK) {
-    throw new ImageError(
-      input.path,
-      r.fileOffset - FRAME_LENGTH + 16,
-      `chunk of ${r.length} bytes is too large for a stream`,
-    );
-  }
+  // checkRecord has bounded it: at most MAX_RECORD_LENGTH bytes (+ the seal's nonce and tag).
   const stored = await input.read(r.storedLength, "chunk data");
   if (checksum(stored) !== r.checksum) {
     throw new ImageError(
