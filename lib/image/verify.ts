@@ -6,7 +6,8 @@
  * @module
  */
 
-import { addrOf, hex, libc, ptrOf } from "../../ffi/libc.ts";
+import { MADV } from "../../ffi/constants.ts";
+import { addrOf, hex, libc, madvise, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
 import type { Codec } from "../codec.ts";
 import { defaultWindow, ordered } from "../codecs/pool.ts";
 import { CryoError, ImageError } from "../errors.ts";
@@ -89,6 +90,18 @@ function view(p: ImageParts, offset: number, len: number): Uint8Array {
   if (len === 0) return new Uint8Array(0);
   return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(p.base + BigInt(offset))!, len));
 }
+
+/**
+ * Drop the whole pages of `[from, to)` of the mapped image from this process (they stay in the page cache and
+ * are read again if touched), so that verifying a large image does not grow the process's RSS.
+ */
+function release(p: ImageParts, from: number, to: number): void {
+  const a = alignUp(from, PAGE_SIZE), b = to - (to % PAGE_SIZE);
+  if (b > a) madvise(p.base + BigInt(a), BigInt(b - a), MADV.DONTNEED);
+}
+
+/** Bytes of the mapped image verified between two {@link release} calls. */
+const RELEASE_EVERY = 16 << 20;
 
 function sumAt(p: ImageParts, offset: number, len: number): bigint {
   return checksumAt(p.base + BigInt(offset), BigInt(len));
@@ -177,7 +190,12 @@ export function verifyImage(p: ImageParts): void {
   // Walk the data area in file order: zero padding, each frame (header equal to its directory entry, table,
   // each record's padding and data), the END frame.
   let pos = f.headerLength;
+  let released = 0;
   for (const d of p.frames) {
+    if (pos - released >= RELEASE_EVERY) {
+      release(p, released, pos);
+      released = pos;
+    }
     const frameAt = alignUp(pos, 8);
     if (d.offset !== frameAt) {
       throw new ImageError(p.path, frameAt, `expected the frame of ${hex(d.start)} here`);
@@ -209,6 +227,7 @@ export function verifyImage(p: ImageParts): void {
       pos = r.fileOffset + r.storedLength;
     }
   }
+  release(p, released, pos);
   const endAt = alignUp(pos, 8);
   if (endAt !== f.indexOffset - FRAME_LENGTH) {
     throw new ImageError(p.path, endAt, "expected the END frame here");
@@ -270,9 +289,17 @@ export async function verifyDecoded(
       }
       const sum = await checksumAtAsync(addrOf(Deno.UnsafePointer.of(dst)), BigInt(r.length));
       if (sum !== r.decodedChecksum) throw bad("decoded bytes do not match their checksum");
+      return r;
     } finally {
       free.push(buf);
     }
   };
-  for await (const _ of ordered(todo, decode, inFlight)) { /* in file order: the first failure is thrown */ }
+  let released = 0;
+  for await (const r of ordered(todo, decode, inFlight)) { // in file order: the first failure is thrown
+    if (r.fileOffset - released >= RELEASE_EVERY) {
+      release(p, released, r.fileOffset);
+      released = r.fileOffset;
+    }
+  }
+  release(p, released, p.fileSize);
 }
