@@ -58,6 +58,12 @@ async function pageOf(c: Cursor, r: ImageRecord, addr: bigint): Promise<Uint8Arr
 
 function samePage(x: Uint8Array | null, y: Uint8Array | null): boolean {
   if (x === null && y === null) return true;
+  const aligned = (b: Uint8Array | null) => b === null || (b.byteOffset % 4 === 0 && b.length === PAGE_SIZE);
+  if (!aligned(x) || !aligned(y)) { // a record that is not page aligned (or ends mid-page): byte by byte
+    const n = Math.max(x?.length ?? 0, y?.length ?? 0);
+    for (let i = 0; i < n; i++) if ((x?.[i] ?? 0) !== (y?.[i] ?? 0)) return false;
+    return true;
+  }
   const wx = x && new Int32Array(x.buffer, x.byteOffset, x.length >> 2);
   const wy = y && new Int32Array(y.buffer, y.byteOffset, y.length >> 2);
   const n = PAGE_SIZE >> 2;

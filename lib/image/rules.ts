@@ -28,6 +28,7 @@ import {
   REQUIRED,
 } from "./format.ts";
 import type { HeaderFields } from "./header.ts";
+import type { Footer } from "./footer.ts";
 import type { SectionEntry } from "./sections.ts";
 
 /**
@@ -241,5 +242,23 @@ export function checkTailLayout(
       footer.sectionsOffset + footer.sectionsLength,
       "unaccounted bytes before the footer",
     );
+  }
+}
+
+/**
+ * The footer repeats the header block's length and checksum and the region table's bounds: they must agree.
+ *
+ * @param path The image, for errors.
+ * @param footerAt The footer's offset.
+ * @param f The footer.
+ * @param h The header's fields.
+ * @throws {ImageError} Naming the footer field that differs.
+ */
+export function checkFooterCopy(path: string, footerAt: number, f: Footer, h: HeaderFields): void {
+  if (h.headerChecksum !== f.headerChecksum || h.headerLength !== f.headerLength) {
+    throw new ImageError(path, footerAt + 16, "header checksum or length differs from the footer's copy");
+  }
+  if (h.regionsOffset !== f.regionsOffset || h.regionsLength !== f.regionsLength) {
+    throw new ImageError(path, footerAt + 32, "region table bounds differ between header and footer");
   }
 }

@@ -38,6 +38,7 @@ import { Input, openInput } from "./stream_input.ts";
 import { concatBytes } from "./cursor.ts";
 import {
   checkDataBytes,
+  checkFooterCopy,
   checkFrameRange,
   checkHost,
   checkRecord,
@@ -260,9 +261,7 @@ async function readStream(
         `stream of ${fileSize} bytes, the footer says ${footer.fileSize}`,
       );
     }
-    if (footer.headerChecksum !== header.headerChecksum || footer.headerLength !== header.headerLength) {
-      throw new ImageError(path, footerAt + 24, "header checksum or length differs from the footer's copy");
-    }
+    checkFooterCopy(path, footerAt, footer, header);
     if (footer.indexOffset !== tailAt) {
       throw new ImageError(path, footerAt + 48, "index is not after the END frame");
     }

@@ -36,6 +36,7 @@ import {
 } from "./frames.ts";
 import {
   checkDataBytes,
+  checkFooterCopy,
   checkFrameRange,
   checkHost,
   checkRecord,
@@ -136,12 +137,7 @@ export function checkStructure(p: ImageParts): void {
     throw new ImageError(p.path, footerAt + 56, `index length ${f.indexLength} != ${f.frameCount} frames`);
   }
   const h = p.header;
-  if (h.headerChecksum !== f.headerChecksum || h.headerLength !== f.headerLength) {
-    throw new ImageError(p.path, footerAt + 24, "header checksum or length differs from the footer's copy");
-  }
-  if (h.regionsOffset !== f.regionsOffset || h.regionsLength !== f.regionsLength) {
-    throw new ImageError(p.path, footerAt + 32, "region table bounds differ between header and footer");
-  }
+  checkFooterCopy(p.path, footerAt, f, h);
   const indexAt = f.indexOffset;
   const dataEnd = indexAt - FRAME_LENGTH;
   p.frames.forEach((fr, i) => {
