@@ -41,6 +41,7 @@ interface Cursor {
   records: readonly ImageRecord[];
   i: number;
   cache?: { r: ImageRecord; bytes: Uint8Array };
+  buffer?: Uint8Array;
 }
 
 function at(c: Cursor, addr: bigint): ImageRecord | undefined {
@@ -51,7 +52,11 @@ function at(c: Cursor, addr: bigint): ImageRecord | undefined {
 
 async function pageOf(c: Cursor, r: ImageRecord, addr: bigint): Promise<Uint8Array | null> {
   if (r.kind === KIND.HOLE) return null;
-  if (c.cache?.r !== r) c.cache = { r, bytes: await c.loader.readRecord(r) };
+  if (c.cache?.r !== r) {
+    // One buffer per image, reused (records are at most MAX_RECORD_LENGTH bytes): memory stays bounded.
+    if (!c.buffer || c.buffer.length < r.length) c.buffer = new Uint8Array(r.length);
+    c.cache = { r, bytes: await c.loader.readRecord(r, c.buffer.subarray(0, r.length)) };
+  }
   const off = Number(addr - r.address);
   return c.cache.bytes.subarray(off, off + PAGE_SIZE);
 }

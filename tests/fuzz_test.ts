@@ -5,7 +5,7 @@
  * that they reach the deeper checks. Every reader must verify the image or throw an exported cryo error, never
  * anything else, and the file and stream readers must agree on unencrypted images.
  *
- * `CRYO_FUZZ_CASES=10000` runs more cases (default 240), `CRYO_FUZZ_SEED=N` another seed (default 18),
+ * `CRYO_FUZZ_CASES=10000` runs more cases (default 800), `CRYO_FUZZ_SEED=N` another seed (default 18),
  * `CRYO_FUZZ_CASE=K` only case K of that seed (to reproduce a failure: the message names all three).
  *
  * @module
@@ -36,9 +36,11 @@ import { CryoError } from "../lib/errors.ts";
 import { diff } from "../lib/diff.ts";
 import { inspect } from "../lib/inspect.ts";
 
-const CASES = Number(Deno.env.get("CRYO_FUZZ_CASES") ?? 240);
+const CASES = Number(Deno.env.get("CRYO_FUZZ_CASES") ?? 800);
 const SEED = Number(Deno.env.get("CRYO_FUZZ_SEED") ?? 18);
 const ONLY = Deno.env.get("CRYO_FUZZ_CASE");
+/** With `CRYO_FUZZ_STATS=1`, how often each kind of refusal was seen (printed at the end). */
+const STATS = Deno.env.get("CRYO_FUZZ_STATS") ? new Map<string, number>() : undefined;
 /** Longer than any one reader may take on these small images, even on a loaded machine. */
 const TIMEOUT_MS = 30_000;
 
@@ -101,7 +103,7 @@ function mutate(rng: Rng, good: Uint8Array): { bytes: Uint8Array; what: string[]
   for (let n = 1 + rng.int(3); n > 0; n--) {
     const m = mapImage(b);
     const fields = fieldsOf(m);
-    switch (rng.int(10)) {
+    switch (rng.int(11)) {
       case 0: { // bit flip
         const at = rng.int(b.length), bit = rng.int(8);
         b[at] ^= 1 << bit;
@@ -172,6 +174,15 @@ function mutate(rng: Rng, good: Uint8Array): { bytes: Uint8Array; what: string[]
         what.push(`${f.name}@${f.at}=${x}`);
         break;
       }
+      case 8: { // a byte of a record's stored data (with checksums fixed: it must decode, or be refused)
+        const data = m.frames.flatMap((f) => f.data).filter((d) => d.at + d.length <= b.length);
+        if (!data.length) break;
+        const d = rng.pick(data);
+        const at = d.at + rng.int(d.length);
+        b[at] ^= 1 + rng.int(255);
+        what.push(`data byte ${at}`);
+        break;
+      }
       default: { // any field of the structure
         const f = rng.pick(fields);
         const x = valueFor(rng, getField(b, f));
@@ -207,6 +218,12 @@ async function outcome(what: string, f: () => Promise<unknown>): Promise<boolean
     return true;
   } catch (e) {
     if (ONLY !== undefined) console.log(`${what}: ${e}`);
+    if (STATS && e instanceof Error) {
+      const key = `${what}: ${
+        e.message.replace(/^Invalid image \S+( at offset \d+)?: /, "").replace(/0x[0-9a-f]+|\d+/g, "N")
+      }`;
+      STATS.set(key, (STATS.get(key) ?? 0) + 1);
+    }
     if (e instanceof CryoError && !/internal error/i.test(e.message)) return false;
     throw new Error(`${what} threw ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`, {
       cause: e,
@@ -267,5 +284,105 @@ Deno.test(`fuzz: ${CASES} mutated raw, zstd, lz4 and encrypted images are verifi
       throw new Error(`${repro}: ${(e as Error).message}`, { cause: e });
     }
   }
-  if (CASES > 240 || ONLY !== undefined) console.log(`fuzz seed ${SEED}:`, tally);
+  if (Deno.env.get("CRYO_FUZZ_CASES") || ONLY !== undefined) console.log(`fuzz seed ${SEED}:`, tally);
+  if (STATS) console.log([...STATS].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${n}\t${k}`).join("\n"));
+});
+
+/** Peak RSS in KiB of `deno run -A cli.ts ...args` (GNU time's maximum resident set size, else VmHWM polled). */
+async function peakRss(args: string[]): Promise<{ kib: number; code: number; out: string }> {
+  const cli = new URL("../cli.ts", import.meta.url).pathname;
+  const deno = Deno.execPath();
+  let time = false;
+  try {
+    time = Deno.statSync("/usr/bin/time").isFile;
+  } catch { /* not installed: poll instead */ }
+  if (time) {
+    const out = await new Deno.Command("/usr/bin/time", {
+      args: ["-f", "PEAK %M", deno, "run", "-A", cli, ...args],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(out.stderr);
+    const m = /PEAK (\d+)/.exec(err);
+    assert(m, `no peak RSS from /usr/bin/time: ${err}`);
+    return { kib: Number(m[1]), code: out.code, out: new TextDecoder().decode(out.stdout) + err };
+  }
+  const child = new Deno.Command(deno, {
+    args: ["run", "-A", cli, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  })
+    .spawn();
+  let kib = 0;
+  const poll = setInterval(() => {
+    try {
+      const m = /^VmHWM:\s+(\d+) kB/m.exec(Deno.readTextFileSync(`/proc/${child.pid}/status`));
+      if (m) kib = Math.max(kib, Number(m[1]));
+    } catch { /* exited */ }
+  }, 5);
+  try {
+    const out = await child.output();
+    return {
+      kib,
+      code: out.code,
+      out: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr),
+    };
+  } finally {
+    clearInterval(poll);
+  }
+}
+
+Deno.test("`cli.ts verify`, `inspect` and `diff` stay under 96 MiB of RSS on images that claim huge records", async () => {
+  await using dir = await tempDir();
+  // Three records of MAX_RECORD_LENGTH decoded bytes each, in a few KiB of zstd: the most an image may claim.
+  const len = 3 * MAX_RECORD_LENGTH;
+  using m = new Mapping(len);
+  const pattern = new TextEncoder().encode("cryo checks every size before it allocates; ");
+  const whole = m.bytes();
+  for (let at = 0; at < len; at += pattern.length) whole.set(pattern.subarray(0, len - at), at);
+  const make = async (name: string, codec: PersisterOptions["codec"]) => {
+    const p = await MemoryPersister.create(`${dir.path}/${name}`, {
+      regions: [m.region],
+      codec,
+      chunkSize: MAX_RECORD_LENGTH,
+      fsync: false,
+    });
+    await p.store(m.addr, len);
+    await p.finalize();
+    return await Deno.readFile(`${dir.path}/${name}`);
+  };
+  const zstd = await make("max.cryo", new ZstdCodec(1));
+  whole.fill(0x55, MAX_RECORD_LENGTH - 100, MAX_RECORD_LENGTH + 100); // so that diff reads every record
+  await make("max2.cryo", new ZstdCodec(1));
+  // The same, each record claiming 2 GiB (consistently: table, frame, directory, segment, footer; checksums).
+  const claims = zstd.slice();
+  for (let k = 0; k < 3; k++) claimLength(claims, 0, k, 2n ** 31n);
+  fixChecksums(claims);
+  await Deno.writeFile(`${dir.path}/claims.cryo`, claims);
+  // An lz4 record claiming more than 2^31 bytes.
+  const lz4 = await make("lz4.cryo", new Lz4Codec(1));
+  claimLength(lz4, 0, 0, 2n ** 31n + 1n);
+  fixChecksums(lz4);
+  await Deno.writeFile(`${dir.path}/lz4claim.cryo`, lz4);
+  const limit = 96 * 1024;
+  const report: string[] = [];
+  for (
+    const [args, ok] of [
+      [["verify", "max.cryo"], true],
+      [["inspect", "max.cryo"], true],
+      [["diff", "max.cryo", "max2.cryo"], true],
+      [["verify", "claims.cryo"], false],
+      [["inspect", "claims.cryo"], false],
+      [["diff", "claims.cryo", "max.cryo"], false],
+      [["verify", "lz4claim.cryo"], false],
+      [["diff", "lz4claim.cryo", "max.cryo"], false],
+    ] as [string[], boolean][]
+  ) {
+    const { kib, code, out } = await peakRss(args.map((a) => (a.endsWith(".cryo") ? `${dir.path}/${a}` : a)));
+    report.push(`${args.join(" ")}: ${(kib / 1024).toFixed(1)} MiB, exit ${code}`);
+    assert(!/internal error/i.test(out), `${args.join(" ")}: ${out}`);
+    assert((code === 0) === ok, `${args.join(" ")} exits ${code}: ${out}`);
+    assert(kib <= limit, `${args.join(" ")} peaked at ${kib} KiB of RSS (limit ${limit})`);
+  }
+  if (Deno.env.get("CRYO_FUZZ_CASES")) console.log(report.join("\n"));
 });

@@ -378,7 +378,11 @@ async function openChunk(
   try {
     await codec.decode(plain, decoded);
   } catch (e) {
-    throw new ImageError(path, r.fileOffset, `record at ${hex(r.address)}: ${(e as Error).message}`);
+    throw new ImageError(
+      path,
+      r.fileOffset,
+      `record at ${hex(r.address)} does not decode: ${(e as Error).message}`,
+    );
   }
   if (!sealer && checksum(decoded) !== r.decodedChecksum) {
     throw new ImageError(path, r.fileOffset, `decoded bytes of the record at ${hex(r.address)} do not match`);

@@ -271,20 +271,33 @@ export async function verifyDecoded(
   const inFlight = Math.max(1, Math.min(window, Math.floor(DECODE_BUDGET / longest)));
   const free: Uint8Array<ArrayBuffer>[] = [];
   const decode = async (r: ImageRecord) => {
-    const bad = (m: string) => new ImageError(p.path, r.fileOffset, `record at ${hex(r.address)}: ${m}`);
     const codec = codecOf(r.codec);
-    if (!codec) throw bad(`codec ${r.codec} not given`);
+    if (!codec) {
+      throw new ImageError(p.path, r.fileOffset, `record at ${hex(r.address)}: codec ${r.codec} not given`);
+    }
     const buf = free.pop() ?? new Uint8Array(longest);
     try {
       const dst = buf.subarray(0, r.length);
       try {
         await codec.decode(view(p, r.fileOffset, r.storedLength), dst);
       } catch (e) {
-        if (e instanceof CryoError || e instanceof RangeError) throw bad(`does not decode: ${e.message}`);
+        if (e instanceof CryoError || e instanceof RangeError) {
+          throw new ImageError(
+            p.path,
+            r.fileOffset,
+            `record at ${hex(r.address)} does not decode: ${e.message}`,
+          );
+        }
         throw e;
       }
       const sum = await checksumAtAsync(addrOf(Deno.UnsafePointer.of(dst)), BigInt(r.length));
-      if (sum !== r.decodedChecksum) throw bad("decoded bytes do not match their checksum");
+      if (sum !== r.decodedChecksum) {
+        throw new ImageError(
+          p.path,
+          r.fileOffset,
+          `decoded bytes of the record at ${hex(r.address)} do not match`,
+        );
+      }
       return r;
     } finally {
       free.push(buf);
