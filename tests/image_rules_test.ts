@@ -100,7 +100,8 @@ Deno.test("`verify()` and `verifyStream()` refuse a repeated section name, anoth
     good,
     (b) => setField(b, { at: 32, width: 4, name: "" }, 16384n),
   );
-  await bothRefuse(page, /page size 16384/);
+  // The file reader lays the frames out with the header's page size at open, so it may refuse the layout first.
+  await bothRefuse(page, /page size 16384|disagrees with its table/);
 });
 
 Deno.test("`verify()` and `verifyStream()` refuse a plaintext record in an encrypted image, and the reverse", async () => {

@@ -11,7 +11,8 @@
 
 import { hex, PAGE_SIZE } from "../../ffi/libc.ts";
 import { ImageError } from "../errors.ts";
-import { SEAL_OVERHEAD } from "../seal.ts";
+import { MAC_SIZE, SEAL_OVERHEAD } from "../seal.ts";
+import { SEAL_SECTION } from "./sealing.ts";
 import type { FrameInfo } from "./frames.ts";
 import { DIRECTORY_ENTRY_LENGTH } from "./frames.ts";
 import {
@@ -260,5 +261,32 @@ export function checkFooterCopy(path: string, footerAt: number, f: Footer, h: He
   }
   if (h.regionsOffset !== f.regionsOffset || h.regionsLength !== f.regionsLength) {
     throw new ImageError(path, footerAt + 32, "region table bounds differ between header and footer");
+  }
+}
+
+/**
+ * An ENCRYPTED image has its `seal` section (the MAC of the index and the other sections), of its exact size.
+ *
+ * @param path The image, for errors.
+ * @param at The section table's offset.
+ * @param h The header's fields.
+ * @param sections The section table.
+ * @throws {ImageError} When it is missing or of another size.
+ */
+export function checkSealSection(
+  path: string,
+  at: number,
+  h: HeaderFields,
+  sections: readonly SectionEntry[],
+): void {
+  if (!(h.requiredFeatures & REQUIRED.ENCRYPTED)) return;
+  const seal = sections.find((s) => s.name === SEAL_SECTION);
+  if (!seal) throw new ImageError(path, at, `encrypted image without its "${SEAL_SECTION}" section`);
+  if (seal.length !== MAC_SIZE) {
+    throw new ImageError(
+      path,
+      seal.offset,
+      `"${SEAL_SECTION}" section of ${seal.length} bytes (expected ${MAC_SIZE})`,
+    );
   }
 }

@@ -42,6 +42,7 @@ import {
   checkFrameRange,
   checkHost,
   checkRecord,
+  checkSealSection,
   checkTailLayout,
   checkTailLength,
 } from "./rules.ts";
@@ -297,6 +298,7 @@ async function readStream(
       throw new ImageError(path, footer.sectionsOffset, "section table checksum mismatch");
     }
     const sections = decodeSectionTable(path, table, footer.sectionsOffset);
+    checkSealSection(path, footer.sectionsOffset, header, sections);
     const blobs = sections.map((s) => {
       const data = part(s.offset, s.length, `section "${s.name}"`, 72);
       if (checksum(data) !== s.checksum) {

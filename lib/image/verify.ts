@@ -40,6 +40,7 @@ import {
   checkFrameRange,
   checkHost,
   checkRecord,
+  checkSealSection,
   checkTailLayout,
   checkTailLength,
 } from "./rules.ts";
@@ -150,6 +151,7 @@ export function checkStructure(p: ImageParts): void {
   const problem = indexProblem(p.records);
   if (problem) throw new ImageError(p.path, indexAt, problem.message);
   checkTailLength(p.path, footerAt + 48, footerAt + FOOTER_LENGTH - indexAt, f.frameCount);
+  checkSealSection(p.path, f.sectionsOffset, h, p.sections);
   checkDataBytes(p.path, footerAt, f.dataBytes, p.records);
   p.records.forEach((r, i) => {
     const bad = (m: string) =>
