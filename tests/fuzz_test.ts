@@ -28,7 +28,7 @@ import { MemoryPersister, type PersisterOptions } from "../lib/image/persister.t
 import { MemoryLoader } from "../lib/image/loader.ts";
 import { segmentSource } from "../lib/image/sources.ts";
 import { openInput, verifyStream } from "../lib/image/stream.ts";
-import { KIND, MAX_RECORD_LENGTH, RECORD_FLAG } from "../lib/image/layout.ts";
+import { KIND, MAX_CHUNK_LENGTH, MAX_RECORD_LENGTH, RECORD_FLAG } from "../lib/image/layout.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
 import { Sealer, SealKey } from "../lib/seal.ts";
@@ -140,6 +140,7 @@ function mutate(rng: Rng, good: Uint8Array): { bytes: Uint8Array; what: string[]
           0x80000001n,
           0xffffffffn,
           BigInt(MAX_RECORD_LENGTH + 1),
+          BigInt(MAX_CHUNK_LENGTH + 1),
           2n ** 31n - 1n,
         ]);
         claimLength(b, i, k, len);
@@ -334,7 +335,7 @@ async function peakRss(args: string[]): Promise<{ kib: number; code: number; out
 
 Deno.test("`cli.ts verify`, `inspect` and `diff` stay under 96 MiB of RSS on images that claim huge records", async () => {
   await using dir = await tempDir();
-  // Three records of MAX_RECORD_LENGTH decoded bytes each, in a few KiB of zstd: the most an image may claim.
+  // Records of MAX_CHUNK_LENGTH decoded bytes each, in a few KiB of zstd: the most an image may claim.
   const len = 3 * MAX_RECORD_LENGTH;
   using m = new Mapping(len);
   const pattern = new TextEncoder().encode("cryo checks every size before it allocates; ");
@@ -344,7 +345,7 @@ Deno.test("`cli.ts verify`, `inspect` and `diff` stay under 96 MiB of RSS on ima
     const p = await MemoryPersister.create(`${dir.path}/${name}`, {
       regions: [m.region],
       codec,
-      chunkSize: MAX_RECORD_LENGTH,
+      chunkSize: MAX_CHUNK_LENGTH,
       fsync: false,
     });
     await p.store(m.addr, len);
@@ -352,7 +353,7 @@ Deno.test("`cli.ts verify`, `inspect` and `diff` stay under 96 MiB of RSS on ima
     return await Deno.readFile(`${dir.path}/${name}`);
   };
   const zstd = await make("max.cryo", new ZstdCodec(1));
-  whole.fill(0x55, MAX_RECORD_LENGTH - 100, MAX_RECORD_LENGTH + 100); // so that diff reads every record
+  whole.fill(0x55, MAX_CHUNK_LENGTH - 100, MAX_CHUNK_LENGTH + 100); // so that diff reads every record
   await make("max2.cryo", new ZstdCodec(1));
   // The same, each record claiming 2 GiB (consistently: table, frame, directory, segment, footer; checksums).
   const claims = zstd.slice();

@@ -26,10 +26,15 @@ export const END_MAGIC = 0x45595243;
 /** ELF e_machine of x86_64. */
 export const ARCH_X86_64 = 62;
 /**
- * Most decoded bytes of one record (`length`), whatever its codec: the writer's largest chunk. Raw runs are split
- * at it and a codec's `chunkSize` may not exceed it, so a reader never buffers or decodes more for one record.
+ * Most decoded bytes of one record (`length`), whatever its codec: the writer splits raw runs at it, so a reader
+ * never buffers more for one record.
  */
 export const MAX_RECORD_LENGTH = 16 << 20;
+/**
+ * Most decoded bytes of a compressed or encrypted record: the writer's largest `chunkSize`, so a reader never
+ * decodes (or authenticates) more than this at once for one record.
+ */
+export const MAX_CHUNK_LENGTH = 4 << 20;
 /** Most bytes of the header block (fixed header, source, region table). */
 export const MAX_HEADER_LENGTH = 16 << 20;
 /** Most bytes of the section blobs and the section table together. */

@@ -21,7 +21,7 @@ import {
   alignUp,
   ARCH_X86_64,
   encodeHeaderBlock,
-  MAX_RECORD_LENGTH,
+  MAX_CHUNK_LENGTH,
   MAX_SECTIONS_LENGTH,
   OPTIONAL,
   REQUIRED,
@@ -47,7 +47,7 @@ export interface PersisterOptions {
   detectZeros?: boolean;
   /** The codec stage of each chunk (default raw: zero-copy, runs stay whole). */
   codec?: Codec;
-  /** Decoded bytes per encoded record with a non-raw codec (default 1 MiB, at most `MAX_RECORD_LENGTH`). */
+  /** Decoded bytes per encoded record with a non-raw codec (default 1 MiB, at most `MAX_CHUNK_LENGTH`, 4 MiB). */
   chunkSize?: number;
   /** fsync the file and its directory before the rename (default true). */
   fsync?: boolean;
@@ -118,8 +118,8 @@ export class MemoryPersister implements AsyncDisposable {
     this.#source = opts.source ?? selfSource();
     this.#codec = opts.codec ?? raw;
     const chunkSize = opts.chunkSize ?? 1 << 20;
-    if (!Number.isInteger(chunkSize) || chunkSize <= 0 || chunkSize > MAX_RECORD_LENGTH) {
-      throw new RangeError(`Cannot use chunk size ${opts.chunkSize}: expected 1 to ${MAX_RECORD_LENGTH}`);
+    if (!Number.isInteger(chunkSize) || chunkSize <= 0 || chunkSize > MAX_CHUNK_LENGTH) {
+      throw new RangeError(`Cannot use chunk size ${opts.chunkSize}: expected 1 to ${MAX_CHUNK_LENGTH}`);
     }
     this.#queue = new WriteQueue(fd, path);
     this.#frames = new FrameWriter(this.#queue, !!opts.sealer);

@@ -22,6 +22,7 @@ import {
   type ImageRecord,
   type ImageRegion,
   KIND,
+  MAX_CHUNK_LENGTH,
   MAX_FRAME_RANGE,
   MAX_RECORD_LENGTH,
   MAX_SECTIONS_LENGTH,
@@ -116,7 +117,8 @@ export function checkFrameRange(
 
 /**
  * Check a data record's fields (a table entry, its file offset laid out): known kind, flags and codec, the
- * features they need, encrypted exactly when the image is, at most {@link MAX_RECORD_LENGTH} decoded bytes,
+ * features they need, encrypted exactly when the image is, at most {@link MAX_RECORD_LENGTH} decoded bytes
+ * ({@link MAX_CHUNK_LENGTH} when compressed or encrypted),
  * stored bytes consistent with the codec and encryption, inside its segment or the image's regions.
  *
  * @param path The image, for errors.
@@ -146,6 +148,11 @@ export function checkRecord(
   }
   if (r.length > MAX_RECORD_LENGTH) {
     throw bad(`${r.length} decoded bytes (a record holds at most ${MAX_RECORD_LENGTH})`);
+  }
+  if ((r.codec !== 0 || encrypted) && r.length > MAX_CHUNK_LENGTH) {
+    throw bad(
+      `${r.length} decoded bytes (a compressed or encrypted record holds at most ${MAX_CHUNK_LENGTH})`,
+    );
   }
   if (encrypted) {
     if (r.storedLength < SEAL_OVERHEAD || r.storedLength > r.length + SEAL_OVERHEAD) {

@@ -192,6 +192,8 @@ async function readStream(
     // One chunk is authenticated and decoded (on pool threads) while the next is read; writes stay in order,
     // each after its chunk verified, and none after a chunk that failed. Decoded chunks use a ring of two.
     const ring = [{ buf: new Uint8Array(0) }, { buf: new Uint8Array(0) }];
+    // Stored bytes too: chunk i is read into slot i % 2 once chunk i - 2 has been written (or has failed).
+    const storedRing: Uint8Array<ArrayBuffer>[] = [new Uint8Array(0), new Uint8Array(0)];
     let pending: Promise<void> = Promise.resolve();
     try {
       for (;;) {
@@ -215,8 +217,8 @@ async function readStream(
           const codec = r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec);
           if (r.codec !== 0 && !codec) throw new ImageError(path, frameAt, `unknown codec ${r.codec}`);
           await input.zeros(r.fileOffset - pos, "padding");
-          const stored = await readStored(input, r);
           const ordinal = frames.length;
+          const stored = await readStored(input, r, storedRing, ordinal % 2);
           frames.push(r);
           const job = openChunk(path, r, stored, ordinal, codec, sealer, digest, ring[ordinal % 2]);
           job.catch(() => {}); // observed through `pending`
@@ -336,10 +338,16 @@ async function readStream(
   }
 }
 
-/** Read one chunk's stored bytes and check their checksum. */
-async function readStored(input: Input, r: ImageRecord): Promise<Uint8Array> {
+/** Read one chunk's stored bytes into `ring[slot]` (grown as needed) and check their checksum. */
+async function readStored(
+  input: Input,
+  r: ImageRecord,
+  ring: Uint8Array[],
+  slot: number,
+): Promise<Uint8Array> {
   // checkRecord has bounded it: at most MAX_RECORD_LENGTH bytes (+ the seal's nonce and tag).
-  const stored = await input.read(r.storedLength, "chunk data");
+  if (ring[slot].length < r.storedLength) ring[slot] = new Uint8Array(r.storedLength);
+  const stored = await input.read(r.storedLength, "chunk data", ring[slot].subarray(0, r.storedLength));
   if (checksum(stored) !== r.checksum) {
     throw new ImageError(
       input.path,
@@ -373,10 +381,15 @@ async function openChunk(
     if (plain.length !== r.length) {
       throw new ImageError(path, r.fileOffset, `raw record holds ${plain.length} of ${r.length} bytes`);
     }
-    return plain;
+    if (!sealer) return plain;
   }
   if (scratch.buf.length < r.length) scratch.buf = new Uint8Array(r.length);
   const decoded = scratch.buf.subarray(0, r.length);
+  if (!codec) { // decrypted raw: into the ring, so that the plaintext can be freed now (below)
+    decoded.set(plain);
+    (plain.buffer as ArrayBuffer).transfer(0);
+    return decoded;
+  }
   try {
     await codec.decode(plain, decoded);
   } catch (e) {
@@ -386,6 +399,9 @@ async function openChunk(
       `record at ${hex(r.address)} does not decode: ${(e as Error).message}`,
     );
   }
+  // The plaintext is ours alone and done with: free it now (detaching it) rather than when the collector gets
+  // to it, so that a stream of large chunks does not pile them up.
+  if (sealer) (plain.buffer as ArrayBuffer).transfer(0);
   if (!sealer && checksum(decoded) !== r.decodedChecksum) {
     throw new ImageError(path, r.fileOffset, `decoded bytes of the record at ${hex(r.address)} do not match`);
   }

@@ -255,7 +255,7 @@ export const DECODE_BUDGET = 32 << 20;
  * Decode every compressed, unencrypted data record and check its `decodedChecksum`, so that a record whose
  * stored bytes pass their checksum but do not decode is refused before anything is written. Records are
  * decoded on the codec pool (lib/codecs/pool.ts), a window at a time, into at most {@link DECODE_BUDGET} bytes
- * of buffers (each at most `MAX_RECORD_LENGTH`); the first bad record in file order is reported.
+ * of buffers (each at most `MAX_CHUNK_LENGTH`); the first bad record in file order is reported.
  *
  * @param p The image (mapped; {@link checkStructure} has passed, so every length is bounded).
  * @param codecOf The codec of a codec id.
