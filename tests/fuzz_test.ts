@@ -103,7 +103,7 @@ function mutate(rng: Rng, good: Uint8Array): { bytes: Uint8Array; what: string[]
   for (let n = 1 + rng.int(3); n > 0; n--) {
     const m = mapImage(b);
     const fields = fieldsOf(m);
-    switch (rng.int(11)) {
+    switch (rng.int(12)) {
       case 0: { // bit flip
         const at = rng.int(b.length), bit = rng.int(8);
         b[at] ^= 1 << bit;
@@ -167,10 +167,12 @@ function mutate(rng: Rng, good: Uint8Array): { bytes: Uint8Array; what: string[]
       }
       case 7: { // a record's codec, flags or kind
         const f = rng.pick(
-          fields.filter((x) => /entry\.(codec|flags|kind)|frame\.count|end\.dataLength/.test(x.name)),
+          fields.filter((x) =>
+            /entry\.(codec|flags|kind)|frame\.count|end\.dataLength|section\.(length|offset)/.test(x.name)
+          ),
         );
         if (!f) break;
-        const x = rng.pick([0n, 1n, 2n, 3n, 255n, 0xffffffffn, getField(b, f) ^ 1n]);
+        const x = rng.pick([0n, 1n, 2n, 3n, 255n, 0xffffffffn, 1n << 40n, getField(b, f) ^ 1n]);
         setField(b, f, x);
         what.push(`${f.name}@${f.at}=${x}`);
         break;
@@ -182,6 +184,14 @@ function mutate(rng: Rng, good: Uint8Array): { bytes: Uint8Array; what: string[]
         const at = d.at + rng.int(d.length);
         b[at] ^= 1 + rng.int(255);
         what.push(`data byte ${at}`);
+        break;
+      }
+      case 9: { // a section claims a huge blob
+        if (!m.sections.length) break;
+        const s = rng.pick(m.sections);
+        const x = rng.pick([1n << 30n, 1n << 40n, 1n << 52n, BigInt(MAX_RECORD_LENGTH) + 1n]);
+        setField(b, { at: s.entry + 8, width: 8, name: "" }, x);
+        what.push(`section length ${x}`);
         break;
       }
       default: { // any field of the structure
@@ -243,7 +253,10 @@ async function readAll(path: string, base: Base, other: string): Promise<{ file:
     for (const r of img.records.slice(0, 12)) {
       if (r.kind === KIND.DATA && !(r.flags & RECORD_FLAG.ENCRYPTED)) await img.readRecord(r);
     }
-    img.section("threads");
+  });
+  await outcome("MemoryLoader.section()", async () => {
+    using img = await MemoryLoader.open(path);
+    for (const s of img.sections) img.section(s.name);
   });
   await outcome("inspect()", () => inspect(path, { records: true }));
   await outcome("diff()", () => diff(path, other));

@@ -297,3 +297,30 @@ export function checkSealSection(
     );
   }
 }
+
+/**
+ * Each section's blob lies between the directory and the section table.
+ *
+ * @param path The image, for errors.
+ * @param footer Where the directory and the section table lie.
+ * @param sections The section table.
+ * @throws {ImageError} Naming the section.
+ */
+export function checkSectionBounds(
+  path: string,
+  footer: { indexOffset: number; indexLength: number; sectionsOffset: number },
+  sections: readonly SectionEntry[],
+): void {
+  const from = footer.indexOffset + footer.indexLength;
+  for (const s of sections) {
+    if (s.offset < from || s.offset + s.length > footer.sectionsOffset) {
+      throw new ImageError(
+        path,
+        footer.sectionsOffset,
+        `section "${s.name}" [${s.offset}, ${
+          s.offset + s.length
+        }) lies outside [${from}, ${footer.sectionsOffset})`,
+      );
+    }
+  }
+}

@@ -43,6 +43,7 @@ import {
   checkHost,
   checkRecord,
   checkSealSection,
+  checkSectionBounds,
   checkTailLayout,
   checkTailLength,
 } from "./rules.ts";
@@ -301,6 +302,7 @@ async function readStream(
     }
     const sections = decodeSectionTable(path, table, footer.sectionsOffset);
     checkSealSection(path, footer.sectionsOffset, header, sections);
+    checkSectionBounds(path, footer, sections);
     const blobs = sections.map((s) => {
       const data = part(s.offset, s.length, `section "${s.name}"`, 72);
       if (checksum(data) !== s.checksum) {

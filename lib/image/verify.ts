@@ -41,6 +41,7 @@ import {
   checkHost,
   checkRecord,
   checkSealSection,
+  checkSectionBounds,
   checkTailLayout,
   checkTailLength,
 } from "./rules.ts";
@@ -152,6 +153,7 @@ export function checkStructure(p: ImageParts): void {
   if (problem) throw new ImageError(p.path, indexAt, problem.message);
   checkTailLength(p.path, footerAt + 48, footerAt + FOOTER_LENGTH - indexAt, f.frameCount);
   checkSealSection(p.path, f.sectionsOffset, h, p.sections);
+  checkSectionBounds(p.path, f, p.sections);
   checkDataBytes(p.path, footerAt, f.dataBytes, p.records);
   p.records.forEach((r, i) => {
     const bad = (m: string) =>
