@@ -282,7 +282,7 @@ export function setField(b: Uint8Array, f: Field, x: bigint): void {
 
 /** A value for a field: an interesting one, the old one nudged or scaled, or random. */
 export function valueFor(rng: Rng, old: bigint): bigint {
-  switch (rng.int(5)) {
+  switch (rng.int(6)) {
     case 0:
     case 1:
       return rng.pick(INTERESTING);
@@ -290,6 +290,8 @@ export function valueFor(rng: Rng, old: bigint): bigint {
       return old + BigInt(rng.int(17) - 8);
     case 3:
       return old * BigInt(rng.pick([2, 3, 256, 4096, 65536]));
+    case 4: // a random value of a random bit length up to 53: large, yet a safe integer
+      return BigInt(Math.floor(rng.next() * 2 ** rng.int(54)));
     default:
       return (BigInt(rng.int(2 ** 32)) << 32n) | BigInt(rng.int(2 ** 32));
   }
