@@ -41,6 +41,7 @@ interface Cursor {
   records: readonly ImageRecord[];
   i: number;
   cache?: { r: ImageRecord; bytes: Uint8Array };
+  buffer?: Uint8Array;
 }
 
 function at(c: Cursor, addr: bigint): ImageRecord | undefined {
@@ -51,13 +52,23 @@ function at(c: Cursor, addr: bigint): ImageRecord | undefined {
 
 async function pageOf(c: Cursor, r: ImageRecord, addr: bigint): Promise<Uint8Array | null> {
   if (r.kind === KIND.HOLE) return null;
-  if (c.cache?.r !== r) c.cache = { r, bytes: await c.loader.readRecord(r) };
+  if (c.cache?.r !== r) {
+    // One buffer per image, reused (records are at most MAX_RECORD_LENGTH bytes): memory stays bounded.
+    if (!c.buffer || c.buffer.length < r.length) c.buffer = new Uint8Array(r.length);
+    c.cache = { r, bytes: await c.loader.readRecord(r, c.buffer.subarray(0, r.length)) };
+  }
   const off = Number(addr - r.address);
   return c.cache.bytes.subarray(off, off + PAGE_SIZE);
 }
 
 function samePage(x: Uint8Array | null, y: Uint8Array | null): boolean {
   if (x === null && y === null) return true;
+  const aligned = (b: Uint8Array | null) => b === null || (b.byteOffset % 4 === 0 && b.length === PAGE_SIZE);
+  if (!aligned(x) || !aligned(y)) { // a record that is not page aligned (or ends mid-page): byte by byte
+    const n = Math.max(x?.length ?? 0, y?.length ?? 0);
+    for (let i = 0; i < n; i++) if ((x?.[i] ?? 0) !== (y?.[i] ?? 0)) return false;
+    return true;
+  }
   const wx = x && new Int32Array(x.buffer, x.byteOffset, x.length >> 2);
   const wy = y && new Int32Array(y.buffer, y.byteOffset, y.length >> 2);
   const n = PAGE_SIZE >> 2;

@@ -98,6 +98,11 @@ export class Lz4Codec implements Codec {
    * @throws {CryoError} When the block is malformed or decodes to another size.
    */
   async decode(src: Uint8Array, dst: Uint8Array): Promise<void> {
+    if (src.length > MAX_INPUT || dst.length > MAX_INPUT) {
+      throw new CryoError(
+        `Cannot decode ${src.length}-byte lz4 chunk into ${dst.length} bytes: at most ${MAX_INPUT}`,
+      );
+    }
     const l = lz4();
     const args = [Deno.UnsafePointer.of(src), Deno.UnsafePointer.of(dst), src.length, dst.length] as const;
     const n = dst.length >= NONBLOCKING_MIN

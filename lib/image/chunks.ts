@@ -12,8 +12,7 @@ import { ordered } from "../codecs/pool.ts";
 import { chunkAad, type Sealer } from "../seal.ts";
 import { findZeroPages } from "../zero.ts";
 import { checksum, checksumAt, checksumAtAsync } from "./checksum.ts";
-import { MAX_FRAME_DATA } from "./frames.ts";
-import { RECORD_FLAG } from "./layout.ts";
+import { MAX_RECORD_LENGTH, RECORD_FLAG } from "./layout.ts";
 import { dataRecord, type FrameWriter } from "./frame_writer.ts";
 
 /** How chunks are made. */
@@ -94,10 +93,10 @@ export class ChunkWriter {
     this.#raw(local, addr, len, segment);
   }
 
-  /** Raw records of `[addr, addr + len)` at `local`, at most a frame's data each. */
+  /** Raw records of `[addr, addr + len)` at `local`, at most `MAX_RECORD_LENGTH` (a frame's data) each. */
   #raw(local: bigint, addr: bigint, len: number, segment: number): void {
-    for (let off = 0; off < len; off += MAX_FRAME_DATA) {
-      const n = Math.min(MAX_FRAME_DATA, len - off);
+    for (let off = 0; off < len; off += MAX_RECORD_LENGTH) {
+      const n = Math.min(MAX_RECORD_LENGTH, len - off);
       const p = local + BigInt(off);
       const sum = checksumAt(p, BigInt(n));
       this.#frames.append(dataRecord(addr + BigInt(off), n, segment, 0, n, sum, sum), p);

@@ -25,6 +25,22 @@ export const FRAME_MAGIC = 0x52595243;
 export const END_MAGIC = 0x45595243;
 /** ELF e_machine of x86_64. */
 export const ARCH_X86_64 = 62;
+/**
+ * Most decoded bytes of one record (`length`), whatever its codec: the writer splits raw runs at it, so a reader
+ * never buffers more for one record.
+ */
+export const MAX_RECORD_LENGTH = 16 << 20;
+/**
+ * Most decoded bytes of a compressed or encrypted record: the writer's largest `chunkSize`, so a reader never
+ * decodes (or authenticates) more than this at once for one record.
+ */
+export const MAX_CHUNK_LENGTH = 4 << 20;
+/** Most bytes of the header block (fixed header, source, region table). */
+export const MAX_HEADER_LENGTH = 16 << 20;
+/** Most bytes of the section blobs and the section table together. */
+export const MAX_SECTIONS_LENGTH = 16 << 20;
+/** Most bytes a frame may cover (`end - start`): 4 PiB, so every length and hole is exact as a JS number. */
+export const MAX_FRAME_RANGE: bigint = 1n << 52n;
 
 /** Required feature bits: a reader refuses an image with one it does not know. */
 export const REQUIRED = { CODEC: 1n, ENCRYPTED: 2n } as const;

@@ -8,7 +8,16 @@
 
 import { ImageError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
-import { alignUp, Cursor, END_MAGIC, FRAME_LENGTH, FRAME_MAGIC, type ImageRecord, KIND } from "./layout.ts";
+import {
+  alignUp,
+  Cursor,
+  END_MAGIC,
+  FRAME_LENGTH,
+  FRAME_MAGIC,
+  type ImageRecord,
+  KIND,
+  MAX_FRAME_RANGE,
+} from "./layout.ts";
 
 /** Bytes of one table entry. */
 export const ENTRY_LENGTH = 40;
@@ -16,7 +25,7 @@ export const ENTRY_LENGTH = 40;
 export const DIRECTORY_ENTRY_LENGTH = 48;
 /** Most records a frame holds. */
 export const MAX_FRAME_RECORDS = 1024;
-/** Most stored bytes of a frame with more than one record. */
+/** Most stored bytes of a frame with more than one record (a record alone holds at most `MAX_RECORD_LENGTH`). */
 export const MAX_FRAME_DATA = 16 << 20;
 /** XXH3 of no bytes: the table checksum of a frame without records. */
 export const EMPTY_TABLE_CHECKSUM: bigint = checksum(new Uint8Array(0));
@@ -282,7 +291,7 @@ export function sameFrame(a: FrameInfo, b: FrameInfo): boolean {
 
 /**
  * Add a frame's records to `out`: its data records and the holes between them in its covered range (a hole
- * that continues the last hole of `out` extends it).
+ * that continues the last hole of `out` extends it, up to `MAX_FRAME_RANGE` bytes, so a length stays exact).
  *
  * @param out The records so far (in file order, which is index order).
  * @param f The frame.
@@ -295,7 +304,7 @@ export function addFrameRecords(out: ImageRecord[], f: FrameInfo, data: readonly
     const last = out[out.length - 1];
     if (
       last && last.kind === KIND.HOLE && last.segment === f.segment &&
-      last.address + BigInt(last.length) === at
+      last.address + BigInt(last.length) === at && BigInt(last.length) + to - at <= MAX_FRAME_RANGE
     ) {
       last.length += Number(to - at);
     } else {

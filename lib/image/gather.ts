@@ -8,7 +8,7 @@
 
 import { helper } from "../../ffi/helper.ts";
 import { addrOf, hex, PAGE_SIZE, ptrOf, systemError, unwrap } from "../../ffi/libc.ts";
-import { MAX_FRAME_DATA } from "./frames.ts";
+import { MAX_RECORD_LENGTH } from "./layout.ts";
 import { dataRecord, type FrameWriter } from "./frame_writer.ts";
 import type { MemorySource } from "./sources.ts";
 import type { WriteQueue } from "./write_queue.ts";
@@ -82,7 +82,7 @@ export class BouncePool {
         cursor,
         BigInt(PAGE_SIZE),
         detect,
-        BigInt(MAX_FRAME_DATA),
+        BigInt(MAX_RECORD_LENGTH), // each piece is one raw record
         set.pieces,
         null, // checksummed below, on this thread, while the next batch is read
         BigInt(maxPieces),

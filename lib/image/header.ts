@@ -14,11 +14,13 @@ import {
   HEADER_MAGIC,
   type ImageRegion,
   KNOWN_REQUIRED,
+  MAX_HEADER_LENGTH,
   REGION_FLAG,
   REQUIRED,
 } from "./format.ts";
 
 const KINDS: readonly RegionKind[] = REGION_KINDS;
+const hexOf = (x: bigint) => `0x${x.toString(16)}`;
 
 /** Where the image came from. */
 export interface SourceInfo {
@@ -114,6 +116,11 @@ export function encodeHeaderBlock(
     w.pad8();
   }
   const bytes = w.done();
+  if (bytes.length > MAX_HEADER_LENGTH) {
+    throw new RangeError(
+      `Cannot encode a header block of ${bytes.length} bytes: at most ${MAX_HEADER_LENGTH}`,
+    );
+  }
   const fields: HeaderFields = {
     version: FORMAT_VERSION,
     ...f,
@@ -164,6 +171,12 @@ export function decodeFixedHeader(path: string, bytes: Uint8Array): HeaderFields
   const pageSize = c.u32();
   const arch = c.u32();
   const headerLength = c.size("header length");
+  if (headerLength < FIXED_HEADER_LENGTH || headerLength > MAX_HEADER_LENGTH) {
+    throw c.error(
+      `header length ${headerLength} (expected ${FIXED_HEADER_LENGTH} to ${MAX_HEADER_LENGTH})`,
+      40,
+    );
+  }
   const sourceOffset = c.size("source offset");
   const sourceLength = c.size("source length");
   const regionsOffset = c.size("regions offset");
@@ -230,6 +243,7 @@ export function decodeHeaderBlock(
     throw c.error("source block length disagrees with the header", 56);
   }
   const regions: ImageRegion[] = [];
+  const entries: number[] = []; // the offset of each entry
   for (let i = 0; i < fields.regionCount; i++) {
     const at = c.pos;
     const start = c.u64();
@@ -244,6 +258,13 @@ export function decodeHeaderBlock(
     if (p > 15 || kind >= KINDS.length || flags > 1 || end < start) {
       throw c.error(`bad region entry ${i}`, at);
     }
+    if (flags === REGION_FLAG.RELOCATABLE ? start !== 0n : end === start) {
+      throw c.error(
+        `region entry ${i}: ${flags ? "a segment that does not start at 0" : "an empty region"}`,
+        at,
+      );
+    }
+    entries.push(at);
     const device = dec.decode(c.bytesOf(deviceLength, "region device"));
     const rpath = dec.decode(c.bytesOf(pathLength, "region path"));
     c.pad8();
@@ -261,6 +282,20 @@ export function decodeHeaderBlock(
   }
   if (c.pos !== block.length || c.pos - fields.regionsOffset !== fields.regionsLength) {
     throw c.error("region table length disagrees with the header", 72);
+  }
+  // Absolute regions do not overlap (nor repeat): sorted by start, each ends at or before the next begins.
+  const order = regions.map((_, i) => i).filter((i) => !regions[i].relocatable);
+  order.sort((
+    x,
+    y,
+  ) => (regions[x].start < regions[y].start ? -1 : regions[x].start > regions[y].start ? 1 : x - y));
+  for (let k = 1; k < order.length; k++) {
+    const a = regions[order[k - 1]], b = regions[order[k]];
+    if (a.end > b.start) {
+      const what = a.start === b.start && a.end === b.end ? "repeats" : "overlaps";
+      const [i, j] = [order[k - 1], order[k]].sort((x, y) => x - y);
+      throw c.error(`region entry ${j} ${what} entry ${i} (${hexOf(a.start)}-${hexOf(a.end)})`, entries[j]);
+    }
   }
   const source = {
     pid,

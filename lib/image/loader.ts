@@ -32,7 +32,7 @@ import {
   type SectionEntry,
   type SourceInfo,
 } from "./layout.ts";
-import { checkStructure, verifyImage } from "./verify.ts";
+import { checkStructure, verifyDecoded, verifyImage } from "./verify.ts";
 import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
 import { clearRange, mapRun, protOf } from "./lazy.ts";
 import { RemoteWriter } from "./remote.ts";
@@ -185,14 +185,18 @@ export class MemoryLoader implements Disposable {
   }
 
   /**
-   * The full verification pass (footer, header, bounds, index, padding, frames, every checksum). Throws
-   * {@link ImageError} naming the file and offset. Runs once; later calls return at once.
+   * The full verification pass (footer, header, this machine's page size and architecture, bounds, index,
+   * padding, frames, every checksum), then every compressed, unencrypted record decoded (on the codec pool, a
+   * bounded window at a time) and its decoded checksum checked, so that a record that would fail to decode is
+   * found before anything is written. Encrypted records need the key: `verifyStream()` authenticates and
+   * decodes them. Throws {@link ImageError} naming the file and offset. Runs once; later calls return at once.
    */
-  verify(): Promise<void> {
-    if (this.#verified) return Promise.resolve();
-    verifyImage(this.#parts());
+  async verify(): Promise<void> {
+    if (this.#verified) return;
+    const parts = this.#parts();
+    verifyImage(parts);
+    await verifyDecoded(parts, (id) => this.#codecs.get(id));
     this.#verified = true;
-    return Promise.resolve();
   }
 
   /**
@@ -452,7 +456,16 @@ export class MemoryLoader implements Disposable {
         `Cannot decode ${this.path} record at ${hex(r.address)}: codec ${r.codec} not given`,
       );
     }
-    await codec.decode(stored, dst);
+    try {
+      await codec.decode(stored, dst);
+    } catch (e) {
+      if (!(e instanceof CryoError || e instanceof RangeError)) throw e;
+      throw new ImageError(
+        this.path,
+        r.fileOffset,
+        `record at ${hex(r.address)} does not decode: ${e.message}`,
+      );
+    }
     if (r.codec !== 0 && checksum(dst) !== r.decodedChecksum) {
       throw new ImageError(
         this.path,

@@ -17,7 +17,16 @@ import type { Sealer } from "../seal.ts";
 import { ChunkWriter } from "./chunks.ts";
 import { FrameWriter } from "./frame_writer.ts";
 import { BouncePool } from "./gather.ts";
-import { ARCH_X86_64, encodeHeaderBlock, OPTIONAL, REQUIRED, type SourceInfo } from "./layout.ts";
+import {
+  alignUp,
+  ARCH_X86_64,
+  encodeHeaderBlock,
+  MAX_CHUNK_LENGTH,
+  MAX_SECTIONS_LENGTH,
+  OPTIONAL,
+  REQUIRED,
+  type SourceInfo,
+} from "./layout.ts";
 import { headerDigest } from "./sealing.ts";
 import { type MemorySource, selfSource } from "./sources.ts";
 import { encodeTail } from "./tail.ts";
@@ -39,7 +48,7 @@ export interface PersisterOptions {
   detectZeros?: boolean;
   /** The codec stage of each chunk (default raw: zero-copy, runs stay whole). */
   codec?: Codec;
-  /** Decoded bytes per encoded record with a non-raw codec (default 1 MiB). */
+  /** Decoded bytes per encoded record with a non-raw codec (default 1 MiB, at most `MAX_CHUNK_LENGTH`, 4 MiB). */
   chunkSize?: number;
   /** fsync the file and its directory before the image is named (default true). */
   fsync?: boolean;
@@ -110,8 +119,8 @@ export class MemoryPersister implements AsyncDisposable {
     this.#source = opts.source ?? selfSource();
     this.#codec = opts.codec ?? raw;
     const chunkSize = opts.chunkSize ?? 1 << 20;
-    if (!Number.isInteger(chunkSize) || chunkSize <= 0) {
-      throw new RangeError(`Cannot use chunk size ${opts.chunkSize}`);
+    if (!Number.isInteger(chunkSize) || chunkSize <= 0 || chunkSize > MAX_CHUNK_LENGTH) {
+      throw new RangeError(`Cannot use chunk size ${opts.chunkSize}: expected 1 to ${MAX_CHUNK_LENGTH}`);
     }
     this.#queue = new WriteQueue(fd, path);
     this.#frames = new FrameWriter(this.#queue, !!opts.sealer);
@@ -285,6 +294,15 @@ export class MemoryPersister implements AsyncDisposable {
     const n = new TextEncoder().encode(name).length;
     if (n === 0 || n > 255) throw new RangeError(`Cannot add section "${name}": name must be 1-255 bytes`);
     if (this.#sections.has(name)) throw new TypeError(`Cannot add section "${name}": already added`);
+    // Blobs and table entries (8 aligned), the table's count, and room for the `seal` section of a sealed image.
+    const bytes = (len: number, nameLength: number) => alignUp(len, 8) + 32 + alignUp(nameLength, 8);
+    let total = 8 + bytes(64, 8) + bytes(data.length, n);
+    for (const [k, v] of this.#sections) total += bytes(v.length, new TextEncoder().encode(k).length);
+    if (total > MAX_SECTIONS_LENGTH) {
+      throw new RangeError(
+        `Cannot add section "${name}": sections would take ${total} bytes, at most ${MAX_SECTIONS_LENGTH}`,
+      );
+    }
     this.#sections.set(name, data.slice());
   }
 

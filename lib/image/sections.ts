@@ -19,7 +19,7 @@ export interface SectionEntry {
 }
 
 const enc = new TextEncoder();
-const dec = new TextDecoder("utf-8", { fatal: false });
+const dec = new TextDecoder("utf-8", { fatal: true });
 
 /**
  * Encode the section table.
@@ -50,19 +50,29 @@ export function encodeSectionTable(sections: readonly SectionEntry[]): Uint8Arra
  * @param path The image, for errors.
  * @param b The table bytes.
  * @param offset Where they lie in the file.
- * @returns The entries.
+ * @returns The entries (names unique, valid UTF-8).
  */
 export function decodeSectionTable(path: string, b: Uint8Array, offset: number): SectionEntry[] {
   const c = new Cursor(path, b, offset);
   const count = c.u32();
   if (c.u32() !== 0) throw c.error("non-zero reserved section table field", 4);
   const out: SectionEntry[] = [];
+  const names = new Set<string>();
   for (let i = 0; i < count; i++) {
     const at = c.pos;
     const s = { offset: c.size("section offset"), length: c.size("section length"), checksum: c.u64() };
     const n = c.u32();
     if (c.u32() !== 0 || n === 0 || n > 255) throw c.error(`bad section entry ${i}`, at);
-    out.push({ name: dec.decode(c.bytesOf(n, "section name")), ...s });
+    let name: string;
+    try {
+      name = dec.decode(c.bytesOf(n, "section name"));
+    } catch (e) {
+      if (e instanceof TypeError) throw c.error(`section entry ${i}: its name is not UTF-8`, at + 32);
+      throw e;
+    }
+    if (names.has(name)) throw c.error(`section entry ${i}: a second section "${name}"`, at);
+    names.add(name);
+    out.push({ name, ...s });
     c.pad8();
   }
   if (c.pos !== b.length) throw c.error("section table length disagrees with its entries", c.pos);

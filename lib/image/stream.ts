@@ -9,7 +9,7 @@
  * @module
  */
 
-import { hex, PAGE_SIZE } from "../../ffi/libc.ts";
+import { hex } from "../../ffi/libc.ts";
 import type { Codec } from "../codec.ts";
 import { codecForId } from "../codecs/select.ts";
 import { ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
@@ -18,7 +18,6 @@ import { checksum } from "./checksum.ts";
 import { indexProblem } from "./index.ts";
 import {
   alignUp,
-  ARCH_X86_64,
   decodeFixedHeader,
   decodeFooter,
   decodeHeaderBlock,
@@ -37,7 +36,17 @@ import {
 import { checkMetadataMac, headerDigest, requireSealed, sealParamsOf } from "./sealing.ts";
 import { Input, openInput } from "./stream_input.ts";
 import { concatBytes } from "./cursor.ts";
-import { checkFrame, checkFrameRange, checkTailLayout } from "./stream_checks.ts";
+import {
+  checkDataBytes,
+  checkFooterCopy,
+  checkFrameRange,
+  checkHost,
+  checkRecord,
+  checkSealSection,
+  checkSectionBounds,
+  checkTailLayout,
+  checkTailLength,
+} from "./rules.ts";
 import {
   addFrameRecords,
   decodeDirectory,
@@ -94,11 +103,6 @@ export interface StreamSummary {
 /** The input of a streamed load: a byte stream, or `"-"` for stdin. */
 export type StreamInput = ReadableStream<Uint8Array> | "-";
 
-/** Largest tail (index, sections, footer) accepted from a stream. */
-const MAX_TAIL = 1 << 30;
-/** Largest record accepted from a stream: its checksum covers it whole, so it is read whole before use. */
-const MAX_CHUNK = 2 ** 31;
-
 function inputOf(input: StreamInput): ReadableStream<Uint8Array> {
   return input === "-" ? Deno.stdin.readable : input;
 }
@@ -148,10 +152,7 @@ async function readStream(
   try {
     // 1. The header block, checked.
     const fixed = await input.read(FIXED_HEADER_LENGTH, "fixed header");
-    const f0 = decodeFixedHeader(path, fixed);
-    if (f0.headerLength < FIXED_HEADER_LENGTH || f0.headerLength > MAX_TAIL) {
-      throw new ImageError(path, 40, `header length ${f0.headerLength} is out of range`);
-    }
+    const f0 = decodeFixedHeader(path, fixed); // its header length is at most MAX_HEADER_LENGTH
     const block = new Uint8Array(f0.headerLength);
     block.set(fixed);
     await input.read(
@@ -161,12 +162,7 @@ async function readStream(
     );
     const h = decodeHeaderBlock(path, block);
     const header = h.fields;
-    if (header.pageSize !== PAGE_SIZE) {
-      throw new ImageError(path, 32, `page size ${header.pageSize}, this system's is ${PAGE_SIZE}`);
-    }
-    if (header.arch !== ARCH_X86_64) {
-      throw new ImageError(path, 36, `architecture ${header.arch} is not x86_64`);
-    }
+    checkHost(path, header);
     // 2. The key, before anything else.
     const encrypted = (header.requiredFeatures & REQUIRED.ENCRYPTED) !== 0n;
     requireSealed(encrypted, opts.key, path);
@@ -198,6 +194,8 @@ async function readStream(
     // One chunk is authenticated and decoded (on pool threads) while the next is read; writes stay in order,
     // each after its chunk verified, and none after a chunk that failed. Decoded chunks use a ring of two.
     const ring = [{ buf: new Uint8Array(0) }, { buf: new Uint8Array(0) }];
+    // Stored bytes too: chunk i is read into slot i % 2 once chunk i - 2 has been written (or has failed).
+    const storedRing: Uint8Array<ArrayBuffer>[] = [new Uint8Array(0), new Uint8Array(0)];
     let pending: Promise<void> = Promise.resolve();
     try {
       for (;;) {
@@ -217,12 +215,12 @@ async function readStream(
         const data = decodeTable(path, fh, table, header.pageSize);
         pos = frameAt + FRAME_LENGTH + table.length;
         for (const r of data) {
-          checkFrame(path, frameAt, r, header, h.regions, frames[frames.length - 1], encrypted);
+          checkRecord(path, r, header, h.regions); // order: decodeTable (in a frame), checkFrameRange (frames)
           const codec = r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec);
           if (r.codec !== 0 && !codec) throw new ImageError(path, frameAt, `unknown codec ${r.codec}`);
           await input.zeros(r.fileOffset - pos, "padding");
-          const stored = await readStored(input, r);
           const ordinal = frames.length;
+          const stored = await readStored(input, r, storedRing, ordinal % 2);
           frames.push(r);
           const job = openChunk(path, r, stored, ordinal, codec, sealer, digest, ring[ordinal % 2]);
           job.catch(() => {}); // observed through `pending`
@@ -249,9 +247,7 @@ async function readStream(
     if (!endFrame) throw new ImageError(path, pos, "no END frame");
     // 5. The tail, checked against the frames seen.
     const tailAt = pos;
-    if (endFrame.dataLength < FOOTER_LENGTH || endFrame.dataLength > MAX_TAIL) {
-      throw new ImageError(path, tailAt - FRAME_LENGTH, "bad END frame");
-    }
+    checkTailLength(path, tailAt - FRAME_LENGTH + 32, endFrame.dataLength, frameInfos.length);
     const tail = await input.read(endFrame.dataLength, "index and footer");
     if (!await input.atEnd()) throw new ImageError(path, input.offset, "bytes after the footer");
     const fileSize = tailAt + tail.length;
@@ -270,9 +266,7 @@ async function readStream(
         `stream of ${fileSize} bytes, the footer says ${footer.fileSize}`,
       );
     }
-    if (footer.headerChecksum !== header.headerChecksum || footer.headerLength !== header.headerLength) {
-      throw new ImageError(path, footerAt + 24, "header checksum or length differs from the footer's copy");
-    }
+    checkFooterCopy(path, footerAt, footer, header);
     if (footer.indexOffset !== tailAt) {
       throw new ImageError(path, footerAt + 48, "index is not after the END frame");
     }
@@ -308,6 +302,8 @@ async function readStream(
       throw new ImageError(path, footer.sectionsOffset, "section table checksum mismatch");
     }
     const sections = decodeSectionTable(path, table, footer.sectionsOffset);
+    checkSealSection(path, footer.sectionsOffset, header, sections);
+    checkSectionBounds(path, footer, sections);
     const blobs = sections.map((s) => {
       const data = part(s.offset, s.length, `section "${s.name}"`, 72);
       if (checksum(data) !== s.checksum) {
@@ -324,14 +320,8 @@ async function readStream(
       sink?.zero(r);
       holeBytes += r.length;
     }
-    const dataBytes = frames.reduce((n, r) => n + r.length, 0);
-    if (footer.dataBytes !== dataBytes) {
-      throw new ImageError(
-        path,
-        footerAt + 112,
-        `${dataBytes} data bytes, the footer says ${footer.dataBytes}`,
-      );
-    }
+    checkDataBytes(path, footerAt, footer.dataBytes, records);
+    const dataBytes = footer.dataBytes;
     return {
       header,
       source: h.source,
@@ -351,16 +341,16 @@ async function readStream(
   }
 }
 
-/** Read one chunk's stored bytes and check their checksum. */
-async function readStored(input: Input, r: ImageRecord): Promise<Uint8Array> {
-  if (r.storedLength > MAX_CHUNK || r.length > MAX_CHUNK) {
-    throw new ImageError(
-      input.path,
-      r.fileOffset - FRAME_LENGTH + 16,
-      `chunk of ${r.length} bytes is too large for a stream`,
-    );
-  }
-  const stored = await input.read(r.storedLength, "chunk data");
+/** Read one chunk's stored bytes into `ring[slot]` (grown as needed) and check their checksum. */
+async function readStored(
+  input: Input,
+  r: ImageRecord,
+  ring: Uint8Array[],
+  slot: number,
+): Promise<Uint8Array> {
+  // checkRecord has bounded it: at most MAX_RECORD_LENGTH bytes (+ the seal's nonce and tag).
+  if (ring[slot].length < r.storedLength) ring[slot] = new Uint8Array(r.storedLength);
+  const stored = await input.read(r.storedLength, "chunk data", ring[slot].subarray(0, r.storedLength));
   if (checksum(stored) !== r.checksum) {
     throw new ImageError(
       input.path,
@@ -394,15 +384,27 @@ async function openChunk(
     if (plain.length !== r.length) {
       throw new ImageError(path, r.fileOffset, `raw record holds ${plain.length} of ${r.length} bytes`);
     }
-    return plain;
+    if (!sealer) return plain;
   }
   if (scratch.buf.length < r.length) scratch.buf = new Uint8Array(r.length);
   const decoded = scratch.buf.subarray(0, r.length);
+  if (!codec) { // decrypted raw: into the ring, so that the plaintext can be freed now (below)
+    decoded.set(plain);
+    (plain.buffer as ArrayBuffer).transfer(0);
+    return decoded;
+  }
   try {
     await codec.decode(plain, decoded);
   } catch (e) {
-    throw new ImageError(path, r.fileOffset, `record at ${hex(r.address)}: ${(e as Error).message}`);
+    throw new ImageError(
+      path,
+      r.fileOffset,
+      `record at ${hex(r.address)} does not decode: ${(e as Error).message}`,
+    );
   }
+  // The plaintext is ours alone and done with: free it now (detaching it) rather than when the collector gets
+  // to it, so that a stream of large chunks does not pile them up.
+  if (sealer) (plain.buffer as ArrayBuffer).transfer(0);
   if (!sealer && checksum(decoded) !== r.decodedChecksum) {
     throw new ImageError(path, r.fileOffset, `decoded bytes of the record at ${hex(r.address)} do not match`);
   }

@@ -7,30 +7,54 @@
 
 import { ImageError } from "../errors.ts";
 
-/** Exact reads from a byte stream, tracking the offset; a short stream is an {@link ImageError}. */
+/** Bytes read from a byte stream at once, into one buffer that is reused (no garbage per read). */
+const WINDOW = 1 << 16;
+
+/**
+ * Exact reads from a byte stream, tracking the offset; a short stream is an {@link ImageError}. A byte stream
+ * (a file, stdin) is read with a BYOB reader into one reused buffer, so reading an image of any size makes no
+ * garbage for the collector to fall behind on; another stream with its default reader.
+ */
 export class Input {
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #reader?: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #byob?: ReadableStreamBYOBReader;
   #buf: Uint8Array = new Uint8Array(0);
+  #spare: ArrayBuffer = new ArrayBuffer(WINDOW);
   #at = 0;
   offset = 0;
   constructor(stream: ReadableStream<Uint8Array>, readonly path: string) {
-    this.#reader = stream.getReader();
+    try {
+      this.#byob = stream.getReader({ mode: "byob" });
+    } catch {
+      this.#reader = stream.getReader();
+    }
+  }
+  /** The next piece of the stream into `#buf`; false at its end. */
+  async #fill(): Promise<boolean> {
+    if (this.#byob) {
+      // #buf has been consumed: its buffer (or the first one) takes the next read.
+      const { value, done } = await this.#byob.read(new Uint8Array(this.#spare));
+      if (done || !value) return false;
+      this.#buf = value;
+      this.#spare = value.buffer as ArrayBuffer;
+    } else {
+      const { value, done } = await this.#reader!.read();
+      if (done) return false;
+      this.#buf = value;
+    }
+    this.#at = 0;
+    return true;
   }
   /** Exactly `n` bytes (a fresh buffer, or `into`). */
-  async read(n: number, what: string, into = new Uint8Array(n)): Promise<Uint8Array> {
+  async read(n: number, what: string, into: Uint8Array = new Uint8Array(n)): Promise<Uint8Array> {
     let got = 0;
     while (got < n) {
-      if (this.#at === this.#buf.length) {
-        const { value, done } = await this.#reader.read();
-        if (done) {
-          throw new ImageError(
-            this.path,
-            this.offset,
-            `stream ended in the ${what}: ${n - got} more bytes expected`,
-          );
-        }
-        this.#buf = value;
-        this.#at = 0;
+      if (this.#at === this.#buf.length && !await this.#fill()) {
+        throw new ImageError(
+          this.path,
+          this.offset,
+          `stream ended in the ${what}: ${n - got} more bytes expected`,
+        );
       }
       const k = Math.min(n - got, this.#buf.length - this.#at);
       into.set(this.#buf.subarray(this.#at, this.#at + k), got);
@@ -54,16 +78,11 @@ export class Input {
   }
   /** Whether the stream has ended (no byte left). */
   async atEnd(): Promise<boolean> {
-    while (this.#at === this.#buf.length) {
-      const { value, done } = await this.#reader.read();
-      if (done) return true;
-      this.#buf = value;
-      this.#at = 0;
-    }
+    while (this.#at === this.#buf.length) if (!await this.#fill()) return true;
     return false;
   }
   async close(): Promise<void> {
-    await this.#reader.cancel().catch(() => {});
+    await (this.#byob ?? this.#reader)!.cancel().catch(() => {});
   }
 }
 /**

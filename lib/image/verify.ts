@@ -6,10 +6,13 @@
  * @module
  */
 
-import { hex, libc, ptrOf } from "../../ffi/libc.ts";
-import { ImageError } from "../errors.ts";
-import { checksumAt } from "./checksum.ts";
-import { indexProblem, recordEnd } from "./index.ts";
+import { MADV } from "../../ffi/constants.ts";
+import { addrOf, hex, libc, madvise, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
+import type { Codec } from "../codec.ts";
+import { defaultWindow, ordered } from "../codecs/pool.ts";
+import { CryoError, ImageError } from "../errors.ts";
+import { checksumAt, checksumAtAsync } from "./checksum.ts";
+import { indexProblem } from "./index.ts";
 import {
   alignUp,
   decodeHeaderBlock,
@@ -20,11 +23,8 @@ import {
   type ImageRecord,
   type ImageRegion,
   KIND,
-  RECORD_FLAG,
-  REQUIRED,
   type SectionEntry,
 } from "./layout.ts";
-import { covered } from "./persister.ts";
 import {
   decodeFrameHeader,
   decodeTable,
@@ -34,7 +34,17 @@ import {
   sameFrame,
   tableEnd,
 } from "./frames.ts";
-import { checkFrameRange } from "./stream_checks.ts";
+import {
+  checkDataBytes,
+  checkFooterCopy,
+  checkFrameRange,
+  checkHost,
+  checkRecord,
+  checkSealSection,
+  checkSectionBounds,
+  checkTailLayout,
+  checkTailLength,
+} from "./rules.ts";
 
 /** What the verifier needs of an opened image. */
 export interface ImageParts {
@@ -84,6 +94,18 @@ function view(p: ImageParts, offset: number, len: number): Uint8Array {
   return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(p.base + BigInt(offset))!, len));
 }
 
+/**
+ * Drop the whole pages of `[from, to)` of the mapped image from this process (they stay in the page cache and
+ * are read again if touched), so that verifying a large image does not grow the process's RSS.
+ */
+function release(p: ImageParts, from: number, to: number): void {
+  const a = alignUp(from, PAGE_SIZE), b = to - (to % PAGE_SIZE);
+  if (b > a) madvise(p.base + BigInt(a), BigInt(b - a), MADV.DONTNEED);
+}
+
+/** Bytes of the mapped image verified between two {@link release} calls. */
+const RELEASE_EVERY = 16 << 20;
+
 function sumAt(p: ImageParts, offset: number, len: number): bigint {
   return checksumAt(p.base + BigInt(offset), BigInt(len));
 }
@@ -117,12 +139,7 @@ export function checkStructure(p: ImageParts): void {
     throw new ImageError(p.path, footerAt + 56, `index length ${f.indexLength} != ${f.frameCount} frames`);
   }
   const h = p.header;
-  if (h.headerChecksum !== f.headerChecksum || h.headerLength !== f.headerLength) {
-    throw new ImageError(p.path, footerAt + 24, "header checksum or length differs from the footer's copy");
-  }
-  if (h.regionsOffset !== f.regionsOffset || h.regionsLength !== f.regionsLength) {
-    throw new ImageError(p.path, footerAt + 32, "region table bounds differ between header and footer");
-  }
+  checkFooterCopy(p.path, footerAt, f, h);
   const indexAt = f.indexOffset;
   const dataEnd = indexAt - FRAME_LENGTH;
   p.frames.forEach((fr, i) => {
@@ -134,40 +151,25 @@ export function checkStructure(p: ImageParts): void {
   });
   const problem = indexProblem(p.records);
   if (problem) throw new ImageError(p.path, indexAt, problem.message);
+  checkTailLength(p.path, footerAt + 48, footerAt + FOOTER_LENGTH - indexAt, f.frameCount);
+  checkSealSection(p.path, f.sectionsOffset, h, p.sections);
+  checkSectionBounds(p.path, f, p.sections);
+  checkDataBytes(p.path, footerAt, f.dataBytes, p.records);
   p.records.forEach((r, i) => {
-    const at = r.fileOffset || indexAt;
-    const bad = (m: string) => new ImageError(p.path, at, `record ${i} at ${hex(r.address)}: ${m}`);
-    if (r.kind !== KIND.DATA && r.kind !== KIND.HOLE) throw bad(`unknown kind ${r.kind}`);
-    if (r.flags & ~RECORD_FLAG.ENCRYPTED) throw bad(`unknown flags 0x${r.flags.toString(16)}`);
-    if ((r.flags & RECORD_FLAG.ENCRYPTED) && !(h.requiredFeatures & REQUIRED.ENCRYPTED)) {
-      throw bad("encrypted, but the header lacks the ENCRYPTED feature");
-    }
-    if (r.codec > 2) throw bad(`unknown codec ${r.codec}`);
-    if (r.codec !== 0 && !(h.requiredFeatures & REQUIRED.CODEC)) {
-      throw bad("compressed, but the header lacks CODEC");
-    }
-    if (r.segment !== 0) {
-      const g = p.regions[r.segment - 1];
-      if (!g || !g.relocatable) throw bad(`segment ${r.segment} is not a relocatable region`);
-      if (recordEnd(r) > g.end) throw bad(`runs past the end of segment "${g.path}"`);
-    } else if (!covered(p.regions, r.address, recordEnd(r))) {
-      throw bad("not inside the image's regions");
-    }
+    const bad = (m: string) =>
+      new ImageError(p.path, r.fileOffset || indexAt, `record ${i} at ${hex(r.address)}: ${m}`);
     if (r.kind === KIND.HOLE) {
       if (r.fileOffset || r.storedLength || r.checksum || r.decodedChecksum || r.codec || r.flags) {
         throw bad("a hole with file data");
       }
       return;
     }
+    checkRecord(p.path, r, h, p.regions);
     if (r.codec === 0 && r.flags === 0 && r.fileOffset % h.pageSize !== 0) {
       throw bad(`raw data offset ${r.fileOffset} not page aligned`);
     }
     if (r.fileOffset < h.headerLength + FRAME_LENGTH || r.fileOffset + r.storedLength > dataEnd) {
       throw bad(`data [${r.fileOffset}, ${r.fileOffset + r.storedLength}) outside the data area`);
-    }
-    if (r.codec === 0 && !(r.flags & RECORD_FLAG.ENCRYPTED)) {
-      if (r.storedLength !== r.length) throw bad(`raw record stores ${r.storedLength} of ${r.length} bytes`);
-      if (r.checksum !== r.decodedChecksum) throw bad("raw record with two different checksums");
     }
   });
 }
@@ -179,8 +181,8 @@ export function checkStructure(p: ImageParts): void {
  */
 export function verifyImage(p: ImageParts): void {
   const f = p.footer;
-  const footerAt = p.fileSize - FOOTER_LENGTH;
   decodeHeaderBlock(p.path, view(p, 0, f.headerLength)); // header checksum and every byte of the block
+  checkHost(p.path, p.header);
   checkStructure(p);
   if (sumAt(p, f.indexOffset, f.indexLength) !== f.indexChecksum) {
     throw new ImageError(p.path, f.indexOffset, "index checksum mismatch");
@@ -188,7 +190,12 @@ export function verifyImage(p: ImageParts): void {
   // Walk the data area in file order: zero padding, each frame (header equal to its directory entry, table,
   // each record's padding and data), the END frame.
   let pos = f.headerLength;
+  let released = 0;
   for (const d of p.frames) {
+    if (pos - released >= RELEASE_EVERY) {
+      release(p, released, pos);
+      released = pos;
+    }
     const frameAt = alignUp(pos, 8);
     if (d.offset !== frameAt) {
       throw new ImageError(p.path, frameAt, `expected the frame of ${hex(d.start)} here`);
@@ -220,6 +227,7 @@ export function verifyImage(p: ImageParts): void {
       pos = r.fileOffset + r.storedLength;
     }
   }
+  release(p, released, pos);
   const endAt = alignUp(pos, 8);
   if (endAt !== f.indexOffset - FRAME_LENGTH) {
     throw new ImageError(p.path, endAt, "expected the END frame here");
@@ -230,22 +238,81 @@ export function verifyImage(p: ImageParts): void {
     throw new ImageError(p.path, endAt, "bad END frame");
   }
   // The tail: index, section blobs (8 aligned), section table, footer; nothing else.
-  let at = f.indexOffset + f.indexLength;
   for (const s of p.sections) {
-    if (s.offset !== at) throw new ImageError(p.path, at, `expected section "${s.name}" here`);
     inFile(p, s.offset, s.length, `section "${s.name}"`);
     if (sumAt(p, s.offset, s.length) !== s.checksum) {
       throw new ImageError(p.path, s.offset, `section "${s.name}" checksum mismatch`);
     }
-    const next = alignUp(s.offset + s.length, 8);
-    expectZero(p, s.offset + s.length, next - s.offset - s.length, "section padding");
-    at = next;
   }
-  if (at !== f.sectionsOffset) throw new ImageError(p.path, at, "expected the section table here");
+  checkTailLayout(p.path, view(p, f.indexOffset, p.fileSize - f.indexOffset), f.indexOffset, f, p.sections);
   if (sumAt(p, f.sectionsOffset, f.sectionsLength) !== f.sectionsChecksum) {
     throw new ImageError(p.path, f.sectionsOffset, "section table checksum mismatch");
   }
-  if (f.sectionsOffset + f.sectionsLength !== footerAt) {
-    throw new ImageError(p.path, f.sectionsOffset + f.sectionsLength, "unaccounted bytes before the footer");
+}
+
+/** Most bytes of decode buffers {@link verifyDecoded} holds at once (a window of records in flight). */
+export const DECODE_BUDGET = 32 << 20;
+
+/**
+ * Decode every compressed, unencrypted data record and check its `decodedChecksum`, so that a record whose
+ * stored bytes pass their checksum but do not decode is refused before anything is written. Records are
+ * decoded on the codec pool (lib/codecs/pool.ts), a window at a time, into at most {@link DECODE_BUDGET} bytes
+ * of buffers (each at most `MAX_CHUNK_LENGTH`); the first bad record in file order is reported.
+ *
+ * @param p The image (mapped; {@link checkStructure} has passed, so every length is bounded).
+ * @param codecOf The codec of a codec id.
+ * @param window Records decoded at once (default {@link defaultWindow}, fewer when records are large).
+ * @throws {ImageError} At the first record that does not decode to its length and decoded checksum.
+ */
+export async function verifyDecoded(
+  p: ImageParts,
+  codecOf: (id: number) => Codec | undefined,
+  window: number = defaultWindow(),
+): Promise<void> {
+  const todo = p.records.filter((r) => r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0);
+  if (todo.length === 0) return;
+  const longest = todo.reduce((n, r) => Math.max(n, r.length), 1);
+  const inFlight = Math.max(1, Math.min(window, Math.floor(DECODE_BUDGET / longest)));
+  const free: Uint8Array<ArrayBuffer>[] = [];
+  const decode = async (r: ImageRecord) => {
+    const codec = codecOf(r.codec);
+    if (!codec) {
+      throw new ImageError(p.path, r.fileOffset, `record at ${hex(r.address)}: codec ${r.codec} not given`);
+    }
+    const buf = free.pop() ?? new Uint8Array(longest);
+    try {
+      const dst = buf.subarray(0, r.length);
+      try {
+        await codec.decode(view(p, r.fileOffset, r.storedLength), dst);
+      } catch (e) {
+        if (e instanceof CryoError || e instanceof RangeError) {
+          throw new ImageError(
+            p.path,
+            r.fileOffset,
+            `record at ${hex(r.address)} does not decode: ${e.message}`,
+          );
+        }
+        throw e;
+      }
+      const sum = await checksumAtAsync(addrOf(Deno.UnsafePointer.of(dst)), BigInt(r.length));
+      if (sum !== r.decodedChecksum) {
+        throw new ImageError(
+          p.path,
+          r.fileOffset,
+          `decoded bytes of the record at ${hex(r.address)} do not match`,
+        );
+      }
+      return r;
+    } finally {
+      free.push(buf);
+    }
+  };
+  let released = 0;
+  for await (const r of ordered(todo, decode, inFlight)) { // in file order: the first failure is thrown
+    if (r.fileOffset - released >= RELEASE_EVERY) {
+      release(p, released, r.fileOffset);
+      released = r.fileOffset;
+    }
   }
+  release(p, released, p.fileSize);
 }
