@@ -100,10 +100,14 @@ Deno.test(`cryo restore killed or interrupted at random moments never leaves a t
         assertEquals(await target.cmd("pid", 5000), String(target.pid), `${where}: it runs`);
       } catch (e) {
         const pid = target.pid;
-        const st = Deno.readTextFileSync(`/proc/${pid}/status`).split("\n").filter((l) => /State|Tracer|Sig|Shd/.test(l));
+        const st = Deno.readTextFileSync(`/proc/${pid}/status`).split("\n").filter((l) =>
+          /State|Tracer|Sig|Shd/.test(l)
+        );
         const tasks = [...Deno.readDirSync(`/proc/${pid}/task`)].map((t) => {
           const d = `/proc/${pid}/task/${t.name}`;
-          return `${t.name}: ${Deno.readTextFileSync(`${d}/syscall`).trim()} sched=${Deno.readTextFileSync(`${d}/sched`).match(/policy\s*:\s*(\d+)/)?.[1]}`;
+          return `${t.name}: ${Deno.readTextFileSync(`${d}/syscall`).trim()} sched=${
+            Deno.readTextFileSync(`${d}/sched`).match(/policy\s*:\s*(\d+)/)?.[1]
+          }`;
         });
         throw new Error(`${where}: ${(e as Error).message}\n${st.join("\n")}\n${tasks.join("\n")}`);
       }
