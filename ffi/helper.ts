@@ -61,6 +61,9 @@ const symbols = {
   cryo_rseq_area: { parameters: [], result: long },
   // long cryo_rseq_self(const int32_t *tids, int n, void *out, long timeout_ns);
   cryo_rseq_self: { parameters: [buf, int, buf, long], result: long },
+  // long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr, long timeout_ns,
+  //                          int64_t *out);  (synchronous on purpose: ptrace belongs to the calling thread)
+  cryo_inject_syscall: { parameters: [int, int, long, buf, long, long, buf], result: long },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The helper's symbols. */

@@ -73,6 +73,11 @@ export class Frozen implements Disposable {
     live.add(this);
   }
 
+  /** The thread id that froze the process: ptrace calls on it must come from this thread. */
+  get tracer(): number {
+    return this.#tracer;
+  }
+
   /** Whether {@link thaw} has run. */
   get thawed(): boolean {
     return this.#thawed;
