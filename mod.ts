@@ -95,6 +95,21 @@ export {
   Injector,
   SYS,
 } from "./lib/kernel/inject.ts";
+export {
+  type Capabilities,
+  capabilities,
+  type CapabilityName,
+  missingCapabilityError,
+  requireCapabilities,
+  UFFD_FEATURE,
+} from "./lib/kernel/capabilities.ts";
+export {
+  track,
+  Tracking,
+  UFFDIO_REGISTER_MODE,
+  Userfaultfd,
+  type UserfaultfdOptions,
+} from "./lib/kernel/uffd.ts";
 
 // The image.
 export { type ImageSummary, MemoryPersister, type PersisterOptions } from "./lib/image/persister.ts";
