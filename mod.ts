@@ -110,6 +110,12 @@ export {
   Userfaultfd,
   type UserfaultfdOptions,
 } from "./lib/kernel/uffd.ts";
+export {
+  type FaultRun,
+  FaultServer,
+  type FaultServerOptions,
+  type FaultServerStats,
+} from "./lib/kernel/fault_server.ts";
 
 // The image.
 export { type ImageSummary, MemoryPersister, type PersisterOptions } from "./lib/image/persister.ts";

@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
-import { addrOf, mmap, munmap, PAGE_SIZE } from "../ffi/libc.ts";
-import { MAP, PROT } from "../ffi/constants.ts";
+import { addrOf, mmap, munmap, PAGE_SIZE, processVmRead } from "../ffi/libc.ts";
+import { MADV, MAP, PROT } from "../ffi/constants.ts";
 import { CryoError } from "../lib/errors.ts";
 import { freeze } from "../lib/freeze.ts";
 import { inject } from "../lib/kernel/inject.ts";
@@ -12,6 +12,7 @@ import {
   UFFD_FEATURE,
 } from "../lib/kernel/capabilities.ts";
 import { track, UFFDIO_REGISTER_MODE, Userfaultfd } from "../lib/kernel/uffd.ts";
+import { FaultServer } from "../lib/kernel/fault_server.ts";
 import { Target } from "./_target.ts";
 
 const MiB = 1 << 20;
@@ -151,4 +152,133 @@ Deno.test("track() refuses a userfaultfd created without WP_ASYNC, and a misalig
   using uffd = Userfaultfd.create();
   assertThrows(() => track(uffd, 4096n, 4096n), CryoError, "without UFFD_FEATURE_WP_ASYNC");
   assertThrows(() => track(uffd, 4097n, 4096n), RangeError);
+});
+
+/** Release `length` bytes at `start` in the child (saving them first) and register them for lazy serving. */
+function releaseForServing(
+  pid: number,
+  start: bigint,
+  length: number,
+): { uffd: Userfaultfd; saved: Uint8Array } {
+  const saved = new Uint8Array(length);
+  processVmRead(pid, addrOf(Deno.UnsafePointer.of(saved)), start, BigInt(length));
+  using frozen = freeze(pid);
+  using inj = inject(frozen);
+  const uffd = Userfaultfd.inTarget(inj);
+  inj.madvise(start, BigInt(length), MADV.DONTNEED);
+  uffd.register(start, BigInt(length), UFFDIO_REGISTER_MODE.MISSING);
+  return { uffd, saved };
+}
+
+function rssKiB(pid: number): number {
+  return Number(Deno.readTextFileSync(`/proc/${pid}/status`).match(/^VmRSS:\s*(\d+)/m)![1]);
+}
+
+Deno.test("FaultServer serves a child's released region back from a source while it runs: data runs and holes", async () => {
+  await using target = Target.start();
+  const len = 40 * MiB;
+  const region = await target.map(len);
+  await target.fill(region, len, "random", 11);
+  const zeros = await target.map(8 * MiB); // never touched: its sum is the sum of 8 MiB of zeros
+  const first = await target.sum(region, 16 * MiB);
+  const last = await target.sum(region + BigInt(24 * MiB), 16 * MiB);
+  const zeroSum = await target.sum(zeros, 8 * MiB);
+  const rssBefore = rssKiB(target.pid);
+  const { uffd, saved } = releaseForServing(target.pid, region, len);
+  using _uffd = uffd;
+  assert(rssBefore - rssKiB(target.pid) > 30 * 1024, "released");
+  // The middle 8 MiB is a hole: no run covers it, so it is served as zero pages.
+  using server = FaultServer.start(uffd, [
+    { start: region + BigInt(24 * MiB), length: BigInt(16 * MiB), source: saved.subarray(24 * MiB) },
+    { start: region, length: BigInt(16 * MiB), source: saved.subarray(0, 16 * MiB) },
+  ]);
+  assertEquals(await target.sum(region, 16 * MiB), first);
+  assertEquals(await target.sum(region + BigInt(16 * MiB), 8 * MiB), zeroSum);
+  assertEquals(await target.sum(region + BigInt(24 * MiB), 16 * MiB), last);
+  const s = server.stats();
+  assertEquals(s.pagesCopied, 32 * MiB / PAGE_SIZE);
+  assert(s.pagesZeroed === 8 * MiB / PAGE_SIZE, `zeroed ${s.pagesZeroed}`);
+  assert(
+    s.faults > 0 && s.faults < s.pagesCopied / 8,
+    `${s.faults} faults: prefetch grew on sequential access`,
+  );
+  assert(s.maxWindowPages > 1);
+  assertEquals(s.errors, 0);
+  const final = server.stop();
+  assertEquals(final.completed, 0, "nothing was left to complete");
+  uffd.close();
+  assertEquals(Number(await target.cmd("pid")), target.pid);
+});
+
+Deno.test("FaultServer survives a fault storm: 32 threads of a child fault a released 64 MiB at once", async () => {
+  await using target = Target.start();
+  const len = 64 * MiB;
+  const region = await target.map(len);
+  await target.fill(region, len, "text", 4);
+  const before = await target.cmd(`psum 0x${region.toString(16)} ${len} 32`);
+  const { uffd, saved } = releaseForServing(target.pid, region, len);
+  using _uffd = uffd;
+  using server = FaultServer.start(uffd, [{ start: region, length: BigInt(len), source: saved }], {
+    maxPrefetch: 64 * 1024,
+  });
+  assertEquals(await target.cmd(`psum 0x${region.toString(16)} ${len} 32`), before);
+  const s = server.stop();
+  assertEquals(s.pagesCopied + s.completed, len / PAGE_SIZE);
+  assertEquals(s.errors, 0);
+  assert(s.faults >= 32, `${s.faults} faults`);
+});
+
+Deno.test("FaultServer.stop() part-way completes the missing pages, so the child is intact after unregistering", async () => {
+  await using target = Target.start();
+  const len = 32 * MiB;
+  const region = await target.map(len);
+  await target.fill(region, len, "random", 2);
+  const whole = await target.sum(region, len);
+  const { uffd, saved } = releaseForServing(target.pid, region, len);
+  const server = FaultServer.start(uffd, [{ start: region, length: BigInt(len), source: saved }]);
+  await target.sum(region + BigInt(4 * MiB), MiB); // touch a little
+  const s = server.stop(); // aborted part-way: completes, then stops
+  assert(s.completed > 0 && s.completed + s.pagesCopied === len / PAGE_SIZE, JSON.stringify(s));
+  assertEquals(server.stop(), s, "idempotent");
+  uffd.unregister(region, BigInt(len));
+  uffd.close();
+  assertEquals(await target.sum(region, len), whole);
+});
+
+Deno.test("FaultServer of a child killed while it serves stops cleanly", async () => {
+  const target = Target.start();
+  try {
+    const len = 16 * MiB;
+    const region = await target.map(len);
+    await target.fill(region, len, "random", 3);
+    const { uffd, saved } = releaseForServing(target.pid, region, len);
+    using _uffd = uffd;
+    const server = FaultServer.start(uffd, [{ start: region, length: BigInt(len), source: saved }]);
+    await target.sum(region, MiB);
+    Deno.kill(target.pid, "SIGKILL");
+    await target.close();
+    const s = server.stop();
+    assert(s.pagesCopied > 0);
+  } finally {
+    await target.close();
+  }
+});
+
+Deno.test("FaultServer serves this process's own region: the JS thread faults, the native thread serves", () => {
+  const len = 4 * MiB;
+  const at = mmap(0n, BigInt(len), PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
+  try {
+    const source = new Uint8Array(len).map((_, i) => (i * 13 + (i >> 12)) & 0xff);
+    using uffd = Userfaultfd.create();
+    uffd.register(at, BigInt(len), UFFDIO_REGISTER_MODE.MISSING);
+    using server = FaultServer.start(uffd, [{ start: at, length: BigInt(len), source }]);
+    const view = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(at)!, len));
+    for (let i = len - 1; i >= 0; i -= 4093) assertEquals(view[i], source[i]); // backwards: no prefetch
+    assertEquals(view, source);
+    assert(server.stats().faults > 1);
+    server.stop();
+    uffd.unregister(at, BigInt(len));
+  } finally {
+    munmap(at, BigInt(len));
+  }
 });
