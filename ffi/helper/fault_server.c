@@ -2,7 +2,8 @@
 // copied out of another process) and resolves each with UFFDIO_COPY from a source the caller gives it (runs of
 // (address, length, source pointer), e.g. an image mapped in memory), or UFFDIO_ZEROPAGE for addresses no run
 // covers (holes), with prefetch around the fault: one page at first, doubling while faults come sequentially
-// (each right after the window served before), up to a maximum, as CRIU's lazy-pages does.
+// (each right after the window served before), up to a maximum, as CRIU's lazy-pages does. A large window is
+// copied in two pieces so that the faulting thread runs again after the first 16 pages.
 //
 // Why C: a thread that faults waits until its page is served; if serving took a turn of the JavaScript event
 // loop, a target fault could wait on a busy JS thread, and a fault in this very process (served for itself)
@@ -21,6 +22,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 enum {
@@ -32,8 +34,11 @@ enum {
   FS_LAST_ERRNO,    // the errno of the last such failure
   FS_MAX_WINDOW,    // the largest window served, in pages
   FS_COMPLETED,     // pages copied by the completion at stop
-  FS_NSTATS = 8
+  FS_BUSY_NS,       // time spent filling pages (UFFDIO_COPY/ZEROPAGE/WAKE), in ns
+  FS_NSTATS = 9
 };
+
+#define FS_HEAD 16  // pages copied before the faulting thread is woken, when the window is larger
 
 struct fs_run {
   uint64_t addr, len, src;
@@ -88,6 +93,12 @@ static long fs_fill(struct fs_server *s, uint64_t dst, uint64_t src, uint64_t le
   return -EAGAIN;
 }
 
+static uint64_t fs_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 // Serve one fault at addr: the window from its page forward, within its run (or its hole).
 static int fs_serve(struct fs_server *s, uint64_t addr) {
   uint64_t page = s->page, at = addr & ~(page - 1);
@@ -105,7 +116,16 @@ static int fs_serve(struct fs_server *s, uint64_t addr) {
   } else if (i < s->nruns && want > s->runs[i].addr - at) {  // in a hole: zeros up to the next run
     want = s->runs[i].addr - at;
   }
-  long r = fs_fill(s, at, src, want);
+  uint64_t t0 = fs_now_ns();
+  // A large window goes in two pieces: the first (FS_HEAD pages) wakes the faulting thread at once, which then
+  // runs on (on another core) while the rest is copied behind it.
+  uint64_t head = want > FS_HEAD * page ? FS_HEAD * page : want;
+  long r = fs_fill(s, at, src, head);
+  if (r == (long)head && want > head) {
+    long rest = fs_fill(s, at + head, src ? src + head : 0, want - head);
+    if (rest > 0) r += rest;
+  }
+  fs_add(s, FS_BUSY_NS, fs_now_ns() - t0);
   if (r == -ENOENT || r == -ESRCH) {  // the range or the whole process is gone
     fs_error(s, (int)-r);
     return r == -ESRCH ? -1 : 0;
@@ -220,7 +240,7 @@ void *cryo_fault_server_start(int uffd, const uint64_t *runs, size_t nruns, size
   return s;
 }
 
-// Read the counters (FS_* order, 8 of them) while the server runs.
+// Read the counters (FS_* order, 9 of them) while the server runs.
 long cryo_fault_server_stats(void *server, uint64_t *out) {
   struct fs_server *s = server;
   for (int i = 0; i < FS_NSTATS; i++) out[i] = __atomic_load_n(&s->stats[i], __ATOMIC_RELAXED);

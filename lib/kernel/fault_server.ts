@@ -27,7 +27,7 @@ export interface FaultRun {
 
 /** Options of {@link FaultServer.start}. */
 export interface FaultServerOptions {
-  /** The largest prefetch window in bytes (default 1 MiB; one page turns prefetch off). */
+  /** The largest prefetch window in bytes (default 4 MiB; one page turns prefetch off). */
   maxPrefetch?: number;
 }
 
@@ -49,6 +49,8 @@ export interface FaultServerStats {
   maxWindowPages: number;
   /** Pages copied when the server stopped with `complete`. */
   completed: number;
+  /** Time the server spent filling pages for faults (its ioctls), in ms. */
+  busyMs: number;
 }
 
 function toStats(s: BigUint64Array): FaultServerStats {
@@ -62,6 +64,7 @@ function toStats(s: BigUint64Array): FaultServerStats {
     lastErrno: n(5),
     maxWindowPages: n(6),
     completed: n(7),
+    busyMs: n(8) / 1e6,
   };
 }
 
@@ -128,7 +131,7 @@ export class FaultServer implements Disposable {
       if (src === 0n) throw new RangeError(`Cannot serve run ${hex(r.start)}: its source is a null address`);
       table.set([r.start, r.length, src], 3 * i);
     }
-    const maxWindow = Math.max(1, Math.floor((opts.maxPrefetch ?? 1 << 20) / PAGE_SIZE));
+    const maxWindow = Math.max(1, Math.floor((opts.maxPrefetch ?? 4 << 20) / PAGE_SIZE));
     const err = new BigInt64Array(1);
     const h = helper().cryo_fault_server_start(
       uffd.fd,
@@ -145,7 +148,7 @@ export class FaultServer implements Disposable {
   /** The counters so far (the final ones once stopped). */
   stats(): FaultServerStats {
     if (this.#final) return this.#final;
-    const out = new BigUint64Array(8);
+    const out = new BigUint64Array(9);
     helper().cryo_fault_server_stats(this.#handle, out);
     return toStats(out);
   }
@@ -166,7 +169,7 @@ export class FaultServer implements Disposable {
    */
   stop(opts: { complete?: boolean } = {}): FaultServerStats {
     if (this.#final) return this.#final;
-    const out = new BigUint64Array(8);
+    const out = new BigUint64Array(9);
     helper().cryo_fault_server_stop(this.#handle, opts.complete ?? true ? 1 : 0, out);
     this.#final = toStats(out);
     this.#keep.length = 0;

@@ -342,9 +342,13 @@ export class Tracking implements Disposable {
     });
   }
 
-  /** Write-protect the whole range again (forget what was written). */
+  /**
+   * Write-protect the whole range again (forget what was written). Done by the same `PAGEMAP_SCAN` walk as
+   * {@link written} (every page not protected counts as written, and the walk protects it): on 1 GiB of
+   * populated 4 KiB pages here that takes 3-8 ms, where `UFFDIO_WRITEPROTECT` takes 23-27 ms.
+   */
   rearm(): void {
-    this.#uffd.writeProtect(this.start, this.end - this.start, true);
+    this.written();
   }
 
   /** Stop tracking: unregister the range (unless the userfaultfd is closed already). Idempotent. */
