@@ -250,3 +250,55 @@ Deno.test("inject() refuses a thawed process and a tid that is not frozen", asyn
   assertThrows(() => inject(frozen), CryoError, "thawed");
   inj.close();
 });
+
+Deno.test("a signal that arrives while a call is injected is held and queued again for after the thaw", async () => {
+  await using target = Target.start();
+  await target.cmd("pid");
+  await untilSleeping(target.pid);
+  const pending = () =>
+    BigInt(
+      `0x${
+        Deno.readTextFileSync(`/proc/${target.pid}/task/${target.pid}/status`).match(/^SigPnd:\s*(\S+)/m)![1]
+      }`,
+    );
+  {
+    using frozen = freeze(target.pid);
+    using inj = inject(frozen);
+    Deno.kill(target.pid, "SIGCHLD"); // ignored by default, but a tracee still reports it
+    assertEquals(inj.syscall(SYS.getpid), BigInt(target.pid));
+    assertEquals(inj.signalsRequeued, 1);
+    assertEquals(pending() & (1n << 16n), 1n << 16n, "SIGCHLD is pending for the thread again");
+    assertEquals(inj.syscall(SYS.gettid), BigInt(target.pid), "a later call works too");
+    inj.close();
+    assertRegistersUnchanged(frozen);
+  }
+  assertEquals(Number(await target.cmd("pid")), target.pid);
+});
+
+Deno.test("inject({ tid }) runs calls in a spinning non-leader thread, which spins on afterwards", async () => {
+  await using target = Target.start();
+  await target.cmd("threads 2");
+  const counters = BigInt(await target.cmd("counteraddr"));
+  const read = () => {
+    const w = new BigUint64Array(9);
+    processVmRead(target.pid, addrOf(Deno.UnsafePointer.of(w)), counters, 72n);
+    return [w[0], w[8]];
+  };
+  {
+    using frozen = freeze(target.pid);
+    const tid = frozen.tids.find((t) => t !== target.pid)!;
+    using inj = inject(frozen, { tid });
+    assertEquals(inj.syscall(SYS.gettid), BigInt(tid));
+    const page = inj.mmap(0n, 4096n, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
+    inj.munmap(page, 4096n);
+    inj.close();
+    assertRegistersUnchanged(frozen);
+  }
+  const before = read();
+  for (let i = 0; i < 400; i++) {
+    const now = read();
+    if (now[0] > before[0] && now[1] > before[1]) return;
+    await sleep(5);
+  }
+  throw new Error("the threads did not spin on");
+});

@@ -96,6 +96,12 @@ export class Injector implements Disposable {
   #closed = false;
   /** How many calls ran. */
   calls = 0;
+  /**
+   * How many signals arrived for the thread while calls ran: each was held, and queued again to the thread
+   * (`tgkill`) once its registers were back, so it is delivered after the thaw (its `siginfo` becomes a
+   * `tgkill`'s).
+   */
+  signalsRequeued = 0;
 
   /** @internal Use {@link inject}. */
   constructor(frozen: Frozen, tid: number, syscallAddress: bigint, timeoutMs: number) {
@@ -158,6 +164,7 @@ export class Injector implements Disposable {
       this.#out,
     );
     this.calls++;
+    this.signalsRequeued += Number(this.#out[1]);
     if (this.#rseqCs && this.#readWord(this.#rseqField) !== this.#rseqCs) {
       const w = new BigUint64Array([this.#rseqCs]);
       processVmWrite(this.pid, addrOf(Deno.UnsafePointer.of(w)), this.#rseqField, 8n);
