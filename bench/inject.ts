@@ -2,7 +2,7 @@
  * Acting inside another process, measured in one run against a cryo_target child:
  * - an injected `getpid` round trip (`Injector.syscall`), against one `ptrace(PTRACE_GETREGS)` through FFI on
  *   the same frozen thread (goal ≤ 50 µs);
- * - arming write-protect tracking on 1 GiB of populated memory (`track()`: register + `UFFDIO_WRITEPROTECT`;
+ * - arming write-protect tracking on 1 GiB of populated memory (`track()`: register + a write-protecting scan;
  *   goal ≤ 20 ms) and reading the written pages of 1 GiB after 1000 random page writes (`written()`, a
  *   `PAGEMAP_SCAN` that also re-arms; goal ≤ 5 ms), both against a plain `PAGEMAP_SCAN` of the present pages of
  *   the same range;
@@ -112,7 +112,7 @@ async function trackRows(runs: number, quick: boolean): Promise<BenchRow[]> {
   return [
     {
       group,
-      name: "arm: track() = UFFDIO_REGISTER + UFFDIO_WRITEPROTECT",
+      name: "arm: track() = UFFDIO_REGISTER + a PAGEMAP_SCAN that write-protects",
       samples: arm,
       unit: "ms",
       baseline: "PAGEMAP_SCAN of present pages",

@@ -5,6 +5,10 @@
 // (each right after the window served before), up to a maximum, as CRIU's lazy-pages does. A large window is
 // copied in two pieces so that the faulting thread runs again after the first 16 pages.
 //
+// Between faults the server keeps reading for 50 us before it sleeps in poll(): under random single-page
+// faults the next one then arrives while it looks, and is served without a wake-up (here: 35,000 faults/s
+// instead of 6,000-19,000).
+//
 // Why C: a thread that faults waits until its page is served; if serving took a turn of the JavaScript event
 // loop, a target fault could wait on a busy JS thread, and a fault in this very process (served for itself)
 // could deadlock it. The server thread touches nothing of JavaScript's.
@@ -38,6 +42,7 @@ enum {
   FS_NSTATS = 9
 };
 
+#define FS_SPIN_NS 50000  // how long the server keeps looking for the next fault before sleeping in poll()
 #define FS_HEAD 16  // pages copied before the faulting thread is woken, when the window is larger
 
 struct fs_run {
@@ -146,12 +151,23 @@ static int fs_serve(struct fs_server *s, uint64_t addr) {
   return 0;
 }
 
-// Read and serve every queued event. Returns -1 when the userfaultfd is finished with (the process is gone).
+// Read and serve every queued event, and keep looking for FS_SPIN_NS after the last one before going back to
+// poll(): a thread that faults again right after being served (random access) is then served without the
+// server being woken first. Returns -1 when the userfaultfd is finished with (the process is gone).
 static int fs_drain(struct fs_server *s) {
   struct uffd_msg msgs[64];
+  uint64_t idle_since = 0;
   for (;;) {
     ssize_t n = read(s->uffd, msgs, sizeof msgs);
-    if (n < 0) return errno == EAGAIN || errno == EINTR ? 0 : -1;
+    if (n < 0 && errno == EAGAIN) {
+      uint64_t now = fs_now_ns();
+      if (!idle_since) idle_since = now;
+      if (now - idle_since > FS_SPIN_NS) return 0;
+      __builtin_ia32_pause();
+      continue;
+    }
+    idle_since = 0;
+    if (n < 0) return errno == EINTR ? 0 : -1;
     if (n == 0) return -1;
     for (size_t k = 0; k < (size_t)n / sizeof *msgs; k++) {
       if (msgs[k].event != UFFD_EVENT_PAGEFAULT) continue;
