@@ -50,6 +50,7 @@ export class Frozen implements Disposable {
   readonly #tids: Int32Array<ArrayBuffer>;
   readonly #sigs: Int32Array<ArrayBuffer>;
   readonly #boost: number;
+  readonly #beforeThaw = new Set<() => void>();
   #thawed = false;
 
   /** @internal Use {@link freeze}. */
@@ -76,6 +77,18 @@ export class Frozen implements Disposable {
   /** The thread id that froze the process: ptrace calls on it must come from this thread. */
   get tracer(): number {
     return this.#tracer;
+  }
+
+  /**
+   * Run `fn` when {@link thaw} starts, before any thread is detached (an injector unmaps its scratch area), on
+   * every thaw path, `thawAll()` included. Errors it throws are ignored.
+   *
+   * @param fn What to run, on the thread that froze.
+   * @returns A function that cancels it.
+   */
+  beforeThaw(fn: () => void): () => void {
+    this.#beforeThaw.add(fn);
+    return () => this.#beforeThaw.delete(fn);
   }
 
   /** Whether {@link thaw} has run. */
@@ -117,6 +130,12 @@ export class Frozen implements Disposable {
   thaw(): number {
     if (this.#thawed) return 0;
     this.#sameThread("thaw");
+    for (const fn of [...this.#beforeThaw]) {
+      try {
+        fn();
+      } catch { /* best effort: the threads must be detached whatever happens */ }
+    }
+    this.#beforeThaw.clear();
     this.#thawed = true;
     live.delete(this);
     const r = helper().cryo_thaw(

@@ -2,7 +2,7 @@ import { assert, assertEquals, assertMatch, assertThrows } from "./_assert.ts";
 import { addrOf, processVmRead } from "../ffi/libc.ts";
 import { MADV, MAP, PROT } from "../ffi/constants.ts";
 import { CryoError, SystemError } from "../lib/errors.ts";
-import { freeze, type Frozen } from "../lib/freeze.ts";
+import { freeze, type Frozen, thawAll } from "../lib/freeze.ts";
 import { inject, SYS } from "../lib/kernel/inject.ts";
 import { readThreadState, register, type ThreadState } from "../lib/threads.ts";
 import { Target } from "./_target.ts";
@@ -231,8 +231,9 @@ Deno.test("injecting into a child that exits (exit_group, or SIGKILL) throws ESR
       const e = assertThrows(() => inj.syscall(how === "SIGKILL" ? SYS.getpid : 231, 0), SystemError);
       assertEquals(e.code, "ESRCH");
       inj.close(); // the scratch area went with the process; close() does not throw
-      frozen.thaw();
       assertThrows(() => inj.syscall(SYS.getpid), CryoError, "closed");
+      frozen.thaw();
+      assertEquals(frozen.thawed, true);
     } finally {
       await target.close();
     }
@@ -301,4 +302,22 @@ Deno.test("inject({ tid }) runs calls in a spinning non-leader thread, which spi
     await sleep(5);
   }
   throw new Error("the threads did not spin on");
+});
+
+Deno.test("thaw() (and thawAll()) of a process with an injector left open unmaps its scratch area first", async () => {
+  await using target = Target.start();
+  await target.cmd("pid");
+  await untilSleeping(target.pid);
+  for (const how of ["thaw", "thawAll"] as const) {
+    const frozen = freeze(target.pid);
+    const mapsBefore = maps(target.pid);
+    const inj = inject(frozen);
+    const at = inj.write(new TextEncoder().encode("left behind?"));
+    assert(maps(target.pid).includes(at.toString(16)), "the scratch area is mapped");
+    if (how === "thaw") frozen.thaw();
+    else assert(thawAll() >= 1);
+    assertEquals(maps(target.pid), mapsBefore, `${how} removed the scratch area`);
+    assertThrows(() => inj.syscall(SYS.getpid), CryoError);
+    assertEquals(Number(await target.cmd("pid")), target.pid);
+  }
 });

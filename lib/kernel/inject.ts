@@ -91,6 +91,7 @@ export class Injector implements Disposable {
   readonly #out = new BigInt64Array(4);
   readonly #rseqField: bigint;
   readonly #rseqCs: bigint;
+  readonly #cancelHook: () => void;
   #scratch = 0n;
   #scratchSize = 0;
   #closed = false;
@@ -115,6 +116,8 @@ export class Injector implements Disposable {
     const rseq = frozen.threads.find((t) => t.tid === tid)?.rseq;
     this.#rseqField = rseq && rseq.abiPointer ? rseq.abiPointer + 8n : 0n;
     this.#rseqCs = this.#rseqField ? this.#readWord(this.#rseqField) : 0n;
+    // A thaw (thawAll() from a signal listener included) unmaps the scratch area first.
+    this.#cancelHook = frozen.beforeThaw(() => this.dispose());
   }
 
   #readWord(addr: bigint): bigint {
@@ -128,8 +131,8 @@ export class Injector implements Disposable {
   }
 
   #check(what: string): void {
-    if (this.#closed) throw new CryoError(`Cannot ${what} in pid ${this.pid}: the injector is closed`);
     if (this.#frozen.thawed) throw new CryoError(`Cannot ${what} in pid ${this.pid}: it is thawed`);
+    if (this.#closed) throw new CryoError(`Cannot ${what} in pid ${this.pid}: the injector is closed`);
     const me = libc.gettid();
     if (me !== this.#frozen.tracer) {
       throw new CryoError(
@@ -362,10 +365,11 @@ export class Injector implements Disposable {
 
   /**
    * Unmap the scratch area (if the target is still frozen and alive). Idempotent; never throws for a target
-   * that exited.
+   * that exited. A thaw of the process runs it first, so an injector left open leaves nothing behind.
    */
   dispose(): void {
     if (this.#closed) return;
+    this.#cancelHook();
     const scratch = this.#scratch;
     this.#scratch = 0n;
     const size = this.#scratchSize;
