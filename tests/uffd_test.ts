@@ -282,3 +282,23 @@ Deno.test("FaultServer serves this process's own region: the JS thread faults, t
     munmap(at, BigInt(len));
   }
 });
+
+Deno.test("FaultServer.stop({ complete: false }) during a fault storm returns; unregistering releases the waiters", async () => {
+  await using target = Target.start();
+  const len = 128 * MiB;
+  const region = await target.map(len);
+  await target.fill(region, len, "byte:5");
+  const { uffd, saved } = releaseForServing(target.pid, region, len);
+  using _uffd = uffd;
+  const server = FaultServer.start(uffd, [{ start: region, length: BigInt(len), source: saved }], {
+    maxPrefetch: PAGE_SIZE,
+  });
+  const answer = target.cmd(`touch 0x${region.toString(16)} ${len} rand 1`);
+  await new Promise((r) => setTimeout(r, 50));
+  const s = server.stop({ complete: false });
+  assertEquals(s.completed, 0);
+  uffd.unregister(region, BigInt(len)); // threads waiting on a fault fault again, unhandled: zero pages
+  const [, xor] = (await answer).split(" ");
+  assert(xor === "0" || xor === "5", `read ${xor}`); // 5 ^ 5 ^ … and zeros: either parity
+  assertEquals(Number(await target.cmd("pid")), target.pid);
+});

@@ -50,7 +50,7 @@ struct fs_run {
 };
 
 struct fs_server {
-  int uffd, stopfd, complete;
+  int uffd, stopfd, complete, stopping;
   pthread_t thread;
   struct fs_run *runs;
   size_t nruns, page, max_window;
@@ -154,15 +154,16 @@ static int fs_serve(struct fs_server *s, uint64_t addr) {
 // Read and serve every queued event, and keep looking for FS_SPIN_NS after the last one before going back to
 // poll(): a thread that faults again right after being served (random access) is then served without the
 // server being woken first. Returns -1 when the userfaultfd is finished with (the process is gone).
-static int fs_drain(struct fs_server *s) {
+static int fs_drain(struct fs_server *s, int final) {
   struct uffd_msg msgs[64];
   uint64_t idle_since = 0;
   for (;;) {
+    if (!final && __atomic_load_n(&s->stopping, __ATOMIC_ACQUIRE)) return 0;  // asked to stop: even mid-storm
     ssize_t n = read(s->uffd, msgs, sizeof msgs);
     if (n < 0 && errno == EAGAIN) {
       uint64_t now = fs_now_ns();
       if (!idle_since) idle_since = now;
-      if (now - idle_since > FS_SPIN_NS) return 0;
+      if (final || now - idle_since > FS_SPIN_NS) return 0;
       __builtin_ia32_pause();
       continue;
     }
@@ -202,7 +203,8 @@ static void *fs_main(void *arg) {
   struct fs_server *s = arg;
   struct pollfd p[2] = {{.fd = s->uffd, .events = POLLIN}, {.fd = s->stopfd, .events = POLLIN}};
   for (;;) {
-    if (fs_drain(s) < 0) break;
+    if (fs_drain(s, 0) < 0) break;
+    if (__atomic_load_n(&s->stopping, __ATOMIC_ACQUIRE)) break;
     p[0].revents = p[1].revents = 0;
     int r = poll(p, 2, -1);
     if (r < 0 && errno != EINTR) break;
@@ -210,9 +212,9 @@ static void *fs_main(void *arg) {
     if (p[0].revents & (POLLERR | POLLHUP | POLLNVAL)) break;
   }
   if (__atomic_load_n(&s->complete, __ATOMIC_ACQUIRE)) {
-    fs_drain(s);
+    fs_drain(s, 1);
     fs_complete(s);
-    fs_drain(s);
+    fs_drain(s, 1);
   }
   return 0;
 }
@@ -268,6 +270,7 @@ long cryo_fault_server_stats(void *server, uint64_t *out) {
 long cryo_fault_server_stop(void *server, int complete, uint64_t *out) {
   struct fs_server *s = server;
   __atomic_store_n(&s->complete, complete, __ATOMIC_RELEASE);
+  __atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
   uint64_t one = 1;
   if (write(s->stopfd, &one, sizeof one) < 0) { /* the eventfd cannot be full after one write */ }
   pthread_join(s->thread, 0);

@@ -242,13 +242,13 @@ export class Userfaultfd implements Disposable {
     b[3] = 0n;
     b[4] = 0n;
     if (this.#closed) throw new CryoError(`Cannot UFFDIO_COPY to ${hex(dst)}: the userfaultfd is closed`);
-    for (;;) {
+    for (let tries = 0;; tries++) {
       if (libc.ioctl(this.fd, UFFDIO_COPY, this.#bufPtr) === 0) return length;
       const e = errno();
       const copied = BigInt.asIntN(64, b[4]);
       if (e === EEXIST) return copied > 0n ? copied : 0n;
-      if (e === EAGAIN && copied <= 0n) continue; // the mapping is changing: try again
-      if (e === EAGAIN) return copied;
+      if (e === EAGAIN && copied <= 0n && tries < 1000) continue; // the mapping is changing: try again
+      if (e === EAGAIN && copied > 0n) return copied;
       throw systemError("ioctl UFFDIO_COPY", e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
     }
   }
@@ -267,13 +267,13 @@ export class Userfaultfd implements Disposable {
     b[2] = 0n;
     b[3] = 0n;
     if (this.#closed) throw new CryoError(`Cannot UFFDIO_ZEROPAGE at ${hex(dst)}: the userfaultfd is closed`);
-    for (;;) {
+    for (let tries = 0;; tries++) {
       if (libc.ioctl(this.fd, UFFDIO_ZEROPAGE, this.#bufPtr) === 0) return length;
       const e = errno();
       const done = BigInt.asIntN(64, b[3]);
       if (e === EEXIST) return done > 0n ? done : 0n;
-      if (e === EAGAIN && done <= 0n) continue;
-      if (e === EAGAIN) return done;
+      if (e === EAGAIN && done <= 0n && tries < 1000) continue;
+      if (e === EAGAIN && done > 0n) return done;
       throw systemError("ioctl UFFDIO_ZEROPAGE", e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
     }
   }
