@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import { addrOf, mmap, munmap, PAGE_SIZE, processVmRead } from "../ffi/libc.ts";
 import { MADV, MAP, PROT } from "../ffi/constants.ts";
-import { CryoError } from "../lib/errors.ts";
+import { CryoError, SystemError } from "../lib/errors.ts";
 import { freeze } from "../lib/freeze.ts";
 import { inject } from "../lib/kernel/inject.ts";
 import {
@@ -301,4 +301,75 @@ Deno.test("FaultServer.stop({ complete: false }) during a fault storm returns; u
   const [, xor] = (await answer).split(" ");
   assert(xor === "0" || xor === "5", `read ${xor}`); // 5 ^ 5 ^ … and zeros: either parity
   assertEquals(Number(await target.cmd("pid")), target.pid);
+});
+
+Deno.test("capabilities() as an unprivileged user with vm.unprivileged_userfaultfd=0: user-mode faults only", async (t) => {
+  const sysctl = Deno.readTextFileSync("/proc/sys/vm/unprivileged_userfaultfd").trim();
+  if (Deno.uid() !== 0 || sysctl !== "0") {
+    await t.step({ name: "needs root to run a child as nobody, and the sysctl at 0", ignore: true, fn() {} });
+    return;
+  }
+  const dir = await Deno.makeTempDir({ prefix: "cryo-nobody-" });
+  try {
+    await Deno.chmod(dir, 0o777);
+    const probe = `${dir}/probe.ts`;
+    const lib = new URL("../lib/kernel/", import.meta.url).pathname;
+    await Deno.writeTextFile(
+      probe,
+      `import { capabilities } from "${lib}capabilities.ts";\n` +
+        `import { Userfaultfd } from "${lib}uffd.ts";\n` +
+        `const c = capabilities();\n` +
+        `const u = Userfaultfd.create();\n` +
+        `console.log(JSON.stringify({ kernel: c.userfaultfdKernelFaults, uffd: c.userfaultfd, ` +
+        `wpAsync: c.wpAsync, userModeOnly: u.userModeOnly }));\n`,
+    );
+    await Deno.chmod(probe, 0o644);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--no-config", probe],
+      uid: 65534,
+      gid: 65534,
+      env: { DENO_DIR: dir, HOME: dir, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    assertEquals(JSON.parse(text), { kernel: false, uffd: true, wpAsync: true, userModeOnly: true });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("Userfaultfd.inTarget() of an unprivileged child falls back to UFFD_USER_MODE_ONLY", async (t) => {
+  const sysctl = Deno.readTextFileSync("/proc/sys/vm/unprivileged_userfaultfd").trim();
+  if (Deno.uid() !== 0 || sysctl !== "0") {
+    await t.step({ name: "needs root to run a child as nobody, and the sysctl at 0", ignore: true, fn() {} });
+    return;
+  }
+  const child = new Deno.Command(new URL("../ffi/build/cryo_target", import.meta.url).pathname, {
+    uid: 65534,
+    gid: 65534,
+    stdin: "piped",
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  try {
+    for (let i = 0; i < 400; i++) {
+      const state = Deno.readTextFileSync(`/proc/${child.pid}/status`).match(/^State:\s*(\S)/m)![1];
+      if (state === "S") break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    using frozen = freeze(child.pid);
+    using inj = inject(frozen);
+    using uffd = Userfaultfd.inTarget(inj, { features: WP });
+    assertEquals(uffd.userModeOnly, true);
+    const e = assertThrows(() => Userfaultfd.inTarget(inj, { userModeOnly: false }), SystemError);
+    assertEquals(e.code, "EPERM");
+  } finally {
+    try {
+      Deno.kill(child.pid, "SIGKILL");
+    } catch { /* gone */ }
+    await child.stdin.close().catch(() => {});
+    await child.status;
+  }
 });
