@@ -386,3 +386,26 @@ Deno.test({
     await child.status;
   }
 });
+
+Deno.test("FaultServer reads ahead of a sequential reader at full window, at most readAhead bytes per fault", async () => {
+  await using target = Target.start();
+  const len = 64 * MiB;
+  const region = await target.map(len);
+  await target.fill(region, len, "random", 9);
+  const whole = await target.sum(region, len);
+  const { uffd, saved } = releaseForServing(target.pid, region, len);
+  using _uffd = uffd;
+  const server = FaultServer.start(uffd, [{ start: region, length: BigInt(len), source: saved }], {
+    maxPrefetch: MiB,
+    readAhead: 4 * MiB,
+  });
+  // Reading 8 MiB sequentially takes the window to 1 MiB; the server then copies ahead while idle.
+  await target.cmd(`touch 0x${region.toString(16)} ${8 * MiB} seq 0`);
+  for (let i = 0; i < 1000 && server.stats().readAhead === 0; i++) await new Promise((r) => setTimeout(r, 5));
+  const s = server.stats();
+  assert(s.readAhead > 0, "read ahead");
+  assert(s.pagesCopied <= (8 * MiB + MiB + 4 * MiB) / PAGE_SIZE, `${s.pagesCopied} pages: bounded`);
+  server.stop();
+  uffd.unregister(region, BigInt(len));
+  assertEquals(await target.sum(region, len), whole);
+});

@@ -29,6 +29,11 @@ export interface FaultRun {
 export interface FaultServerOptions {
   /** The largest prefetch window in bytes (default 4 MiB; one page turns prefetch off). */
   maxPrefetch?: number;
+  /**
+   * Read-ahead in bytes: after each fault served at the full window, the server copies up to this much more
+   * ahead of the reader while no fault waits (default 4 × `maxPrefetch`; 0 turns it off).
+   */
+  readAhead?: number;
 }
 
 /** What a {@link FaultServer} has done so far. */
@@ -49,8 +54,10 @@ export interface FaultServerStats {
   maxWindowPages: number;
   /** Pages copied when the server stopped with `complete`. */
   completed: number;
-  /** Time the server spent filling pages for faults (its ioctls), in ms. */
+  /** Time the server spent filling pages (its ioctls), in ms. */
   busyMs: number;
+  /** Pages copied ahead of a sequential reader (included in `pagesCopied`). */
+  readAhead: number;
 }
 
 function toStats(s: BigUint64Array): FaultServerStats {
@@ -65,6 +72,7 @@ function toStats(s: BigUint64Array): FaultServerStats {
     maxWindowPages: n(6),
     completed: n(7),
     busyMs: n(8) / 1e6,
+    readAhead: n(9),
   };
 }
 
@@ -132,6 +140,7 @@ export class FaultServer implements Disposable {
       table.set([r.start, r.length, src], 3 * i);
     }
     const maxWindow = Math.max(1, Math.floor((opts.maxPrefetch ?? 4 << 20) / PAGE_SIZE));
+    const readAhead = Math.max(0, Math.floor((opts.readAhead ?? 4 * maxWindow * PAGE_SIZE) / PAGE_SIZE));
     const err = new BigInt64Array(1);
     const h = helper().cryo_fault_server_start(
       uffd.fd,
@@ -139,6 +148,7 @@ export class FaultServer implements Disposable {
       BigInt(sorted.length),
       BigInt(PAGE_SIZE),
       BigInt(maxWindow),
+      BigInt(readAhead),
       err,
     );
     if (h === null) throw systemError("start the fault server", -Number(err[0]), `for ${uffd.pid}`);
@@ -148,7 +158,7 @@ export class FaultServer implements Disposable {
   /** The counters so far (the final ones once stopped). */
   stats(): FaultServerStats {
     if (this.#final) return this.#final;
-    const out = new BigUint64Array(9);
+    const out = new BigUint64Array(10);
     helper().cryo_fault_server_stats(this.#handle, out);
     return toStats(out);
   }
@@ -169,7 +179,7 @@ export class FaultServer implements Disposable {
    */
   stop(opts: { complete?: boolean } = {}): FaultServerStats {
     if (this.#final) return this.#final;
-    const out = new BigUint64Array(9);
+    const out = new BigUint64Array(10);
     helper().cryo_fault_server_stop(this.#handle, opts.complete ?? true ? 1 : 0, out);
     this.#final = toStats(out);
     this.#keep.length = 0;
