@@ -95,14 +95,8 @@ export class Injector implements Disposable {
   #scratch = 0n;
   #scratchSize = 0;
   #closed = false;
-  /** How many calls ran. */
-  calls = 0;
-  /**
-   * How many signals arrived for the thread while calls ran: each was held, and queued again to the thread
-   * (`tgkill`) once its registers were back, so it is delivered after the thaw (its `siginfo` becomes a
-   * `tgkill`'s).
-   */
-  signalsRequeued = 0;
+  #calls = 0;
+  #requeued = 0;
 
   /** @internal Use {@link inject}. */
   constructor(frozen: Frozen, tid: number, syscallAddress: bigint, timeoutMs: number) {
@@ -118,6 +112,20 @@ export class Injector implements Disposable {
     this.#rseqCs = this.#rseqField ? this.#readWord(this.#rseqField) : 0n;
     // A thaw (thawAll() from a signal listener included) unmaps the scratch area first.
     this.#cancelHook = frozen.beforeThaw(() => this.dispose());
+  }
+
+  /** How many calls ran. */
+  get calls(): number {
+    return this.#calls;
+  }
+
+  /**
+   * How many signals arrived for the thread while calls ran: each was held, and queued again to the thread
+   * (`tgkill`) once its registers were back, so it is delivered after the thaw (its `siginfo` becomes a
+   * `tgkill`'s).
+   */
+  get signalsRequeued(): number {
+    return this.#requeued;
   }
 
   #readWord(addr: bigint): bigint {
@@ -166,9 +174,9 @@ export class Injector implements Disposable {
       this.#timeoutNs,
       this.#out,
     );
-    this.calls++;
-    this.signalsRequeued += Number(this.#out[1]);
-    if (this.#rseqCs && this.#readWord(this.#rseqField) !== this.#rseqCs) {
+    this.#calls++;
+    this.#requeued += Number(this.#out[1]);
+    if (r >= 0n && this.#rseqCs && this.#readWord(this.#rseqField) !== this.#rseqCs) {
       const w = new BigUint64Array([this.#rseqCs]);
       processVmWrite(this.pid, addrOf(Deno.UnsafePointer.of(w)), this.#rseqField, 8n);
     }
