@@ -10,6 +10,7 @@ import { restoreCommand } from "./lib/cli/commands/restore.ts";
 import { diffCommand, inspectCommand, verifyCommand } from "./lib/cli/commands/image.ts";
 import { regionsCommand } from "./lib/cli/commands/regions.ts";
 import { demoCommand } from "./lib/cli/commands/demo.ts";
+import { debugCommand } from "./lib/cli/commands/debug.ts";
 
 if (import.meta.main) {
   const code = await main([
@@ -20,6 +21,7 @@ if (import.meta.main) {
     diffCommand,
     regionsCommand,
     demoCommand,
+    debugCommand,
   ], Deno.args);
   Deno.exit(code);
 }

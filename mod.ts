@@ -5,7 +5,8 @@
  * Whole operations: {@link checkpoint}, {@link restore}, {@link inspect}, {@link verify}, {@link diff}, and
  * {@link snapshot} for test suites. Building blocks: {@link readRegions} and {@link classify} (what to persist),
  * {@link scanPages} (which pages hold data), {@link freeze} and {@link Safepoint} (stopping the writers),
- * {@link MemoryPersister} and {@link MemoryLoader} (the image).
+ * {@link inject} (system calls run inside a frozen process), {@link MemoryPersister} and {@link MemoryLoader}
+ * (the image).
  *
  * @example Persist a buffer as a named segment and load it back
  * ```ts
@@ -84,6 +85,37 @@ export {
 } from "./lib/park.ts";
 export { type Registers, type RseqConfig, type ThreadState } from "./lib/threads.ts";
 export { readSelfRseq, type SelfRseq } from "./lib/rseq.ts";
+
+// Acting inside a frozen process.
+export {
+  AT_FDCWD,
+  findSyscallInstruction,
+  inject,
+  type InjectOptions,
+  Injector,
+  SYS,
+} from "./lib/kernel/inject.ts";
+export {
+  type Capabilities,
+  capabilities,
+  type CapabilityName,
+  missingCapabilityError,
+  requireCapabilities,
+  UFFD_FEATURE,
+} from "./lib/kernel/capabilities.ts";
+export {
+  track,
+  Tracking,
+  UFFDIO_REGISTER_MODE,
+  Userfaultfd,
+  type UserfaultfdOptions,
+} from "./lib/kernel/uffd.ts";
+export {
+  type FaultRun,
+  FaultServer,
+  type FaultServerOptions,
+  type FaultServerStats,
+} from "./lib/kernel/fault_server.ts";
 
 // The image.
 export { type ImageSummary, MemoryPersister, type PersisterOptions } from "./lib/image/persister.ts";

@@ -62,6 +62,16 @@ const symbols = {
   // long cryo_hold_release(int tid, int sig, long timeout_ns, int32_t *delivered);
   //   (synchronous on purpose: ptrace belongs to the calling thread)
   cryo_hold_release: { parameters: [int, int, long, buf], result: long },
+  // long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr, long timeout_ns,
+  //                          int64_t *out);  (synchronous on purpose: ptrace belongs to the calling thread)
+  cryo_inject_syscall: { parameters: [int, int, long, buf, long, long, buf], result: long },
+  // void *cryo_fault_server_start(int uffd, const uint64_t *runs, size_t nruns, size_t page, size_t max_window,
+  //                               size_t readahead_pages, int64_t *err);  (starts a native thread that serves faults)
+  cryo_fault_server_start: { parameters: [int, buf, size_t, size_t, size_t, size_t, buf], result: ptr },
+  // long cryo_fault_server_stats(void *server, uint64_t *out);
+  cryo_fault_server_stats: { parameters: [ptr, buf], result: long },
+  // long cryo_fault_server_stop(void *server, int complete, uint64_t *out);  (joins the thread)
+  cryo_fault_server_stop: { parameters: [ptr, int, buf], result: long },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The helper's symbols. */

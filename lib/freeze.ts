@@ -50,6 +50,7 @@ export class Frozen implements Disposable {
   readonly #tids: Int32Array<ArrayBuffer>;
   readonly #sigs: Int32Array<ArrayBuffer>;
   readonly #boost: number;
+  readonly #beforeThaw = new Set<() => void>();
   #thawed = false;
   #held = false;
 
@@ -72,6 +73,23 @@ export class Frozen implements Disposable {
     this.threads = threads;
     this.freezeMs = freezeMs;
     live.add(this);
+  }
+
+  /** The thread id that froze the process: ptrace calls on it must come from this thread. */
+  get tracer(): number {
+    return this.#tracer;
+  }
+
+  /**
+   * Run `fn` when {@link thaw} starts, before any thread is detached (an injector unmaps its scratch area), on
+   * every thaw path, `thawAll()` included. Errors it throws are ignored.
+   *
+   * @param fn What to run, on the thread that froze.
+   * @returns A function that cancels it.
+   */
+  beforeThaw(fn: () => void): () => void {
+    this.#beforeThaw.add(fn);
+    return () => this.#beforeThaw.delete(fn);
   }
 
   /** Whether {@link thaw} has run. */
@@ -157,6 +175,12 @@ export class Frozen implements Disposable {
   thaw(keepHeld = false): number {
     if (this.#thawed) return 0;
     this.#sameThread("thaw");
+    for (const fn of [...this.#beforeThaw]) {
+      try {
+        fn();
+      } catch { /* best effort: the threads must be detached whatever happens */ }
+    }
+    this.#beforeThaw.clear();
     let failed: unknown;
     if (this.#held && !keepHeld) {
       try {

@@ -25,6 +25,39 @@ const ESRCH = 3;
 
 let guardKnown = true;
 
+/** `PAGE_IS_*` categories of `PAGEMAP_SCAN` (linux/fs.h). */
+export const PAGE_IS = {
+  WPALLOWED: 1n << 0n,
+  WRITTEN: 1n << 1n,
+  FILE: PAGE_IS_FILE,
+  PRESENT: PAGE_IS_PRESENT,
+  SWAPPED: PAGE_IS_SWAPPED,
+  PFNZERO: 1n << 5n,
+  HUGE: 1n << 6n,
+  SOFT_DIRTY: 1n << 7n,
+  GUARD: PAGE_IS_GUARD,
+} as const;
+
+/** `PAGEMAP_SCAN` flags: write-protect the pages that match, and check the range is async write-protected. */
+export const PM_SCAN = { WP_MATCHING: 1n << 0n, CHECK_WPASYNC: 1n << 1n } as const;
+
+/**
+ * A `PAGEMAP_SCAN` query other than the default (present or swapped pages, guard pages excluded): the flags
+ * and the four category masks of `struct pm_scan_arg`.
+ */
+export interface ScanQuery {
+  /** `PM_SCAN.*` flags. */
+  flags: bigint;
+  /** Categories whose sense is inverted before matching. */
+  categoryInverted: bigint;
+  /** Categories that must all match. */
+  categoryMask: bigint;
+  /** Categories of which at least one must match (0n: none asked). */
+  categoryAnyof: bigint;
+  /** Categories reported per region. */
+  returnMask: bigint;
+}
+
 /** The argument and output buffers of PAGEMAP_SCAN calls, reused across calls. */
 export class PagemapScan {
   #arg = new BigUint64Array(12);
@@ -42,6 +75,7 @@ export class PagemapScan {
    * @param anonOnly Leave out page-cache pages.
    * @param path The file, for errors.
    * @param pid The pid, for errors.
+   * @param query Another query than present-or-swapped pages (then `anonOnly` is ignored).
    * @returns The number of regions in the vector; `walkEnd` says where the walk stopped.
    * @throws {SystemError} When the kernel refuses (ENOTTY: no such ioctl; ESRCH: the process exited).
    */
@@ -52,27 +86,28 @@ export class PagemapScan {
     anonOnly: boolean,
     path: string,
     pid: number | "self",
+    query?: ScanQuery,
   ): number {
     const a = this.#arg;
     for (;;) {
       const excluded = (guardKnown ? PAGE_IS_GUARD : 0n) | (anonOnly ? PAGE_IS_FILE : 0n);
       a[0] = PM_SCAN_ARG_SIZE;
-      a[1] = 0n; // flags
+      a[1] = query?.flags ?? 0n; // flags
       a[2] = start;
       a[3] = end;
       a[4] = 0n; // walk_end (out)
       a[5] = this.#vecAddr;
       a[6] = BigInt(VEC_REGIONS);
       a[7] = 0n; // max_pages: no limit
-      a[8] = excluded; // category_inverted
-      a[9] = excluded; // category_mask: these must be absent
-      a[10] = PAGE_IS_PRESENT | PAGE_IS_SWAPPED; // category_anyof_mask
-      a[11] = PAGE_IS_PRESENT | PAGE_IS_SWAPPED; // return_mask
+      a[8] = query?.categoryInverted ?? excluded; // category_inverted
+      a[9] = query?.categoryMask ?? excluded; // category_mask: these must be absent
+      a[10] = query?.categoryAnyof ?? PAGE_IS_PRESENT | PAGE_IS_SWAPPED; // category_anyof_mask
+      a[11] = query?.returnMask ?? PAGE_IS_PRESENT | PAGE_IS_SWAPPED; // return_mask
       const n = libc.ioctl(fd, PAGEMAP_SCAN, this.#argPtr);
       if (n >= 0) return n;
       const e = errno();
       if (e === EINTR) continue;
-      if (e === 22 /* EINVAL */ && guardKnown) {
+      if (e === 22 /* EINVAL */ && guardKnown && !query) {
         guardKnown = false; // a kernel before 6.14: no PAGE_IS_GUARD category
         continue;
       }
@@ -95,6 +130,7 @@ export class PagemapScan {
    * @param anonOnly Leave out page-cache pages.
    * @param path The file, for errors.
    * @param pid The pid, for errors.
+   * @param query Another query than present-or-swapped pages (see {@link call}).
    * @returns `[start0, end0, start1, end1, …]`.
    * @throws {SystemError} When the kernel refuses, or the walk does not advance.
    */
@@ -105,6 +141,7 @@ export class PagemapScan {
     anonOnly: boolean,
     path: string,
     pid: number | "self",
+    query?: ScanQuery,
   ): BigUint64Array {
     const runs = new RunBuilder();
     const v = this.#vec32;
@@ -114,7 +151,7 @@ export class PagemapScan {
       if (calls > 1 + Number((end - start) / BigInt(PAGE_SIZE))) {
         throw systemError("ioctl PAGEMAP_SCAN", 5, /* EIO */ `${path} at ${hex(cur)}: no progress`);
       }
-      const n = this.call(fd, cur, end, anonOnly, path, pid);
+      const n = this.call(fd, cur, end, anonOnly, path, pid, query);
       for (let i = 0, k = 0; i < n; i++, k += 6) {
         runs.add(v[k] + v[k + 1] * 4294967296, v[k + 2] + v[k + 3] * 4294967296);
       }

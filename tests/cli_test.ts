@@ -195,3 +195,22 @@ Deno.test("cryo demo runs to completion", async () => {
   assertMatch(r.stdout, /== the checkpoint's state/);
   assertMatch(r.stdout, /demo passed/);
 });
+
+Deno.test("cryo debug syscall runs a call inside a child and thaws it; debug caps lists the kernel's features", async () => {
+  await using target = Target.start();
+  await target.cmd("pid");
+  const pid = String(target.pid);
+  const ok = await cryo("debug", "syscall", "--pid", pid, "getpid");
+  assertEquals(ok.code, 0, ok.stderr);
+  assertEquals(ok.stdout, `getpid() = ${pid} (0x${target.pid.toString(16)})\n`);
+  const bad = await cryo("debug", "syscall", "--pid", pid, "munmap", "0x1", "4096");
+  assertEquals(bad.code, 1);
+  assertEquals(bad.stdout, "munmap(0x1, 4096) = -22 EINVAL (Invalid argument)\n");
+  assertEquals(statusOf(target.pid).tracer, 0);
+  assertEquals(await target.cmd("pid"), pid);
+  const usage = await cryo("debug", "syscall", "--pid", pid, "getpid", "x");
+  assertEquals(usage.code, 2);
+  const caps = JSON.parse((await cryo("debug", "caps", "--json")).stdout);
+  assertEquals(caps.wpAsync, true);
+  assertEquals(caps.pagemapScan, true);
+});

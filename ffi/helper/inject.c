@@ -1,0 +1,174 @@
+// Running one system call inside a frozen process (cryo_inject_syscall): the ptrace sequence of CRIU's compel
+// and memcr's parasite, reduced to a single syscall instruction that already exists in the target.
+//
+// Why C: ptrace requests are only accepted from the thread that attached, and the sequence (save registers,
+// point RIP at a `syscall`, single-step, wait for exactly that stop, put every register back) must not be
+// interleaved with anything else on that thread; a JavaScript loop around FFI calls could do it, but each
+// step would cost a crossing and the wait loop needs waitid(WNOWAIT) peeks that are simpler here.
+//
+// Restart semantics: a thread stopped inside an interrupted system call shows orig_rax = its number and
+// rax = -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND/-ERESTART_RESTARTBLOCK; when it resumes, the kernel
+// (arch_do_signal_or_restart) rewinds RIP by 2 and reloads rax from orig_rax if orig_rax >= 0. The injected
+// call runs with orig_rax = -1, so nothing rewinds it, and afterwards every register (orig_rax, rax and rip
+// included) is put back as it was, so the interrupted call restarts exactly as it would have.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define INJ_PTRACE_SINGLESTEP 9
+#define INJ_PTRACE_GETREGS 12
+#define INJ_PTRACE_SETREGS 13
+#define INJ_PTRACE_GETREGSET 0x4204
+#define INJ_PTRACE_SETREGSET 0x4205
+#define INJ_PTRACE_INTERRUPT 0x4207
+#define INJ_PTRACE_EVENT_STOP 128
+#define INJ_NT_X86_XSTATE 0x202
+#define INJ_NT_PRFPREG 2
+#define INJ_WALL 0x40000000
+#define INJ_XSTATE_MAX 16384
+#define INJ_MAX_HELD 8
+
+static long inj_ptrace(long req, long tid, long addr, long data) {
+  long r = syscall(SYS_ptrace, req, tid, addr, data);
+  return r == -1 ? -errno : r;
+}
+
+static uint64_t inj_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+// Wait for the next ptrace stop of tid, bounded by deadline. Peeks first (WNOWAIT) so that an exit is never
+// consumed here: the thaw, or the real parent, reaps it. Returns 1 and the wait status on a stop, -ESRCH when
+// the thread exited or is exiting, -ETIMEDOUT at the deadline.
+static int inj_wait_stop(int tid, uint64_t deadline, int *status) {
+  for (unsigned spins = 0;; spins++) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_PID, (id_t)tid, &si, WEXITED | WSTOPPED | WNOHANG | WNOWAIT | INJ_WALL) < 0) return -ESRCH;
+    if (si.si_pid != 0) {
+      if (si.si_code == CLD_EXITED || si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED) return -ESRCH;
+      int r = waitpid(tid, status, WNOHANG | INJ_WALL);
+      if (r == tid && WIFSTOPPED(*status)) return 1;
+      if (r == tid) return -ESRCH;
+      if (r < 0) return -ESRCH;
+      continue;
+    }
+    if (inj_now_ns() > deadline) return -ETIMEDOUT;
+    if (spins < 64) {
+      sched_yield();
+    } else {
+      struct timespec ts = {0, spins < 1024 ? 5000 : 100000};
+      nanosleep(&ts, 0);
+    }
+  }
+}
+
+// Put the saved registers back. The XSAVE area is written back only when it changed (reading it costs about
+// 2 us here, writing it about 9 us). Returns 0 or -errno.
+static long inj_restore(int tid, struct user_regs_struct *saved, struct iovec *xs, long xs_type) {
+  long r = inj_ptrace(INJ_PTRACE_SETREGS, tid, 0, (long)saved);
+  if (r < 0) return r;
+  if (!xs->iov_len) return 0;
+  unsigned char now[INJ_XSTATE_MAX] __attribute__((aligned(64)));
+  struct iovec cur = {now, sizeof now};
+  if (inj_ptrace(INJ_PTRACE_GETREGSET, tid, xs_type, (long)&cur) == 0 && cur.iov_len == xs->iov_len &&
+      memcmp(now, xs->iov_base, cur.iov_len) == 0)
+    return 0;
+  r = inj_ptrace(INJ_PTRACE_SETREGSET, tid, xs_type, (long)xs);
+  return r < 0 ? r : 0;
+}
+
+// Run system call nr(args[0..5]) in the stopped tracee tid (a thread this thread froze, in a ptrace stop), at
+// the `syscall` instruction at ip (two bytes 0f 05 in an executable mapping of the target). Every register,
+// general and XSAVE, is put back afterwards, on success and on failure alike.
+// out[0] = the system call's raw result (-errno on its failure); out[1] = how many signals arrived meanwhile
+// (each is re-queued with tgkill after the registers are back, to be delivered after the thaw); out[2] = the
+// thread's orig_rax before, out[3] = its rax before (for the caller's records).
+// Returns 0 when the call ran, or -errno when the injection itself failed: -ESRCH (the thread exited),
+// -ETIMEDOUT (the call did not return by timeout_ns: it is interrupted and abandoned, registers put back),
+// -EIO (the thread stopped somewhere unexpected), or a ptrace error.
+long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr, long timeout_ns, int64_t *out) {
+  struct user_regs_struct saved, regs;
+  unsigned char xsbuf[INJ_XSTATE_MAX] __attribute__((aligned(64)));
+  struct iovec xs = {xsbuf, sizeof xsbuf};
+  long xs_type = INJ_NT_X86_XSTATE;
+  int held[INJ_MAX_HELD], nheld = 0;
+  out[0] = out[1] = 0;
+  long r = inj_ptrace(INJ_PTRACE_GETREGS, tid, 0, (long)&saved);
+  if (r < 0) return r;
+  out[2] = (int64_t)saved.orig_rax;
+  out[3] = (int64_t)saved.rax;
+  if (inj_ptrace(INJ_PTRACE_GETREGSET, tid, xs_type, (long)&xs) < 0) {
+    xs_type = INJ_NT_PRFPREG;
+    xs.iov_len = sizeof xsbuf;
+    if (inj_ptrace(INJ_PTRACE_GETREGSET, tid, xs_type, (long)&xs) < 0) xs.iov_len = 0;
+  }
+  regs = saved;
+  regs.rip = (unsigned long long)ip;
+  regs.rax = (unsigned long long)nr;
+  regs.orig_rax = (unsigned long long)-1;  // not in a system call: the kernel must not restart anything
+  regs.rdi = (unsigned long long)args[0];
+  regs.rsi = (unsigned long long)args[1];
+  regs.rdx = (unsigned long long)args[2];
+  regs.r10 = (unsigned long long)args[3];
+  regs.r8 = (unsigned long long)args[4];
+  regs.r9 = (unsigned long long)args[5];
+  r = inj_ptrace(INJ_PTRACE_SETREGS, tid, 0, (long)&regs);
+  if (r < 0) return r;
+  uint64_t deadline = inj_now_ns() + (uint64_t)timeout_ns;
+  long err = 0;
+  int sig = 0;
+  for (;;) {
+    r = inj_ptrace(INJ_PTRACE_SINGLESTEP, tid, 0, sig);
+    sig = 0;
+    if (r < 0) {
+      err = r;
+      break;
+    }
+    int status = 0;
+    int w = inj_wait_stop(tid, deadline, &status);
+    if (w == -ETIMEDOUT) {
+      // The call blocks: interrupt it, take the stop, abandon it (the registers go back below).
+      inj_ptrace(INJ_PTRACE_INTERRUPT, tid, 0, 0);
+      w = inj_wait_stop(tid, inj_now_ns() + 1000000000ull, &status);
+      err = w < 0 ? w : -ETIMEDOUT;
+      break;
+    }
+    if (w < 0) return w;  // gone: nothing to put back
+    int event = status >> 16, stopsig = WSTOPSIG(status);
+    if (event == INJ_PTRACE_EVENT_STOP) continue;  // a group stop or a late interrupt: step on
+    if (event != 0) continue;                      // another ptrace event (clone): step on
+    if (stopsig == SIGTRAP) {
+      r = inj_ptrace(INJ_PTRACE_GETREGS, tid, 0, (long)&regs);
+      if (r < 0) {
+        err = r;
+        break;
+      }
+      if (regs.rip == (unsigned long long)ip + 2) {
+        out[0] = (int64_t)regs.rax;
+        break;
+      }
+      if (regs.rip == (unsigned long long)ip) continue;  // a SIGTRAP from elsewhere before the step: drop it
+      err = -EIO;
+      break;
+    }
+    // A signal arrived for the thread: hold it, and queue it again once the registers are back.
+    if (nheld < INJ_MAX_HELD) held[nheld++] = stopsig;
+  }
+  long rr = inj_restore(tid, &saved, &xs, xs_type);
+  for (int i = 0; i < nheld; i++) syscall(SYS_tgkill, pid, tid, held[i]);
+  out[1] = nheld;
+  if (err) return err;
+  return rr;
+}
