@@ -9,7 +9,8 @@
  */
 
 import { O } from "../ffi/constants.ts";
-import { cstr, errno, hex, libc, ptrOf, systemError } from "../ffi/libc.ts";
+import { cstr, errno, hex, libc, PAGE_SIZE, ptrOf, systemError } from "../ffi/libc.ts";
+import { helper } from "../ffi/helper.ts";
 import type { Registers } from "./threads.ts";
 
 const O_TMPFILE = 0o20000000 | O.DIRECTORY;
@@ -21,11 +22,21 @@ export function journalDir(): string {
   return Deno.env.get("CRYO_JOURNAL_DIR") ?? Deno.env.get("TMPDIR") ?? "/var/tmp";
 }
 
-/** One saved range: where it lies in the target and in the journal file. */
+/** Saved ranges, packed one after another in the journal file from `at`: `(address, length)` pairs. */
 interface Entry {
-  addr: bigint;
+  pairs: BigUint64Array;
   len: number;
   at: number;
+}
+
+/** A batch of writes: `count` pairs of local and remote `(address, length)` iovecs. */
+export interface IovBatch {
+  /** Local iovecs. */
+  liov: BigUint64Array<ArrayBuffer>;
+  /** Remote iovecs. */
+  riov: BigUint64Array<ArrayBuffer>;
+  /** Pairs. */
+  count: number;
 }
 
 /** The undo record of a restore into process `pid`. Close it (or `using`) when done. */
@@ -92,51 +103,118 @@ export class RestoreJournal implements Disposable {
     for (let off = 0; off < len; off += BOUNCE) {
       const n = Math.min(BOUNCE, len - off);
       const a = addr + BigInt(off);
-      this.#readTarget(a, n);
-      this.#append(a, n);
+      this.#readInto(a, n, this.#bounceAddr());
+      this.#appendFrom(new BigUint64Array([a, BigInt(n)]), n, this.#bounceAddr());
     }
   }
 
   /**
-   * Save many ranges at once (the remote half of a `process_vm_writev` batch: `[addr, len]` pairs).
+   * Save what a batch of writes would overwrite, and keep only the writes that change something: the target's
+   * bytes under the batch are read (one `process_vm_readv` per bounce buffer), compared page by page with the
+   * bytes to be written, and only the pages that differ are journaled and returned to be written. A rollback
+   * then costs what changed.
    *
-   * @param riov `2 × count` words: address, length.
+   * @param liov Local iovecs (the new bytes).
+   * @param riov Remote iovecs (where they go).
    * @param count Pairs.
+   * @returns The writes that change something (new arrays; the inputs are not changed).
    */
-  saveMany(riov: BigUint64Array, count: number): void {
+  saveChanged(liov: BigUint64Array, riov: BigUint64Array, count: number): IovBatch {
+    const out: IovBatch = { liov: new BigUint64Array(2 * 64), riov: new BigUint64Array(2 * 64), count: 0 };
+    const push = (l: bigint, r: bigint, len: bigint) => {
+      if (out.count * 2 === out.liov.length) {
+        for (const k of ["liov", "riov"] as const) {
+          const grown = new BigUint64Array(out[k].length * 2);
+          grown.set(out[k]);
+          out[k] = grown;
+        }
+      }
+      out.liov[2 * out.count] = l;
+      out.liov[2 * out.count + 1] = len;
+      out.riov[2 * out.count] = r;
+      out.riov[2 * out.count + 1] = len;
+      out.count++;
+    };
+    const local = this.#bounceAddr();
     let i = 0;
     while (i < count) {
-      // Gather consecutive ranges into one bounce buffer, one process_vm_readv per batch.
       let n = 0, used = 0;
-      const local = this.#bounceAddr();
       while (i + n < count && n < 1024) {
         const len = Number(riov[2 * (i + n) + 1]);
-        if (len > BOUNCE) break;
         if (used + len > BOUNCE) break;
-        this.#liov[2 * n] = local + BigInt(used);
-        this.#liov[2 * n + 1] = BigInt(len);
-        this.#riov[2 * n] = riov[2 * (i + n)];
-        this.#riov[2 * n + 1] = BigInt(len);
         used += len;
         n++;
       }
-      if (n === 0) { // one range larger than the bounce buffer
-        this.save(riov[2 * i], Number(riov[2 * i + 1]));
+      if (n === 0) { // one range larger than the bounce buffer: its own batches
+        const len = Number(riov[2 * i + 1]);
+        for (let off = 0; off < len; off += BOUNCE) {
+          const piece = BigInt(Math.min(BOUNCE, len - off));
+          const one = this.saveChanged(
+            new BigUint64Array([liov[2 * i] + BigInt(off), piece]),
+            new BigUint64Array([riov[2 * i] + BigInt(off), piece]),
+            1,
+          );
+          for (let k = 0; k < one.count; k++) push(one.liov[2 * k], one.riov[2 * k], one.liov[2 * k + 1]);
+        }
         i++;
         continue;
       }
-      const got = libc.process_vm_readv(this.pid, this.#liov, BigInt(n), this.#riov, BigInt(n), 0n);
-      if (got !== BigInt(used)) {
-        for (let k = 0; k < n; k++) this.save(this.#riov[2 * k], Number(this.#riov[2 * k + 1])); // slow path
-      } else {
-        let off = 0;
-        for (let k = 0; k < n; k++) {
-          const len = Number(this.#riov[2 * k + 1]);
-          this.#appendFrom(this.#riov[2 * k], len, local + BigInt(off));
-          off += len;
+      const batchL = liov.subarray(2 * i, 2 * (i + n));
+      const batchR = riov.subarray(2 * i, 2 * (i + n));
+      this.#readBatch(batchR, n, local, used);
+      const runs = this.#runs(n, used);
+      const found = Number(
+        helper().cryo_diff_runs(
+          batchL,
+          BigInt(n),
+          ptrOf(local),
+          BigInt(PAGE_SIZE),
+          runs,
+          BigInt(runs.length / 3),
+        ),
+      );
+      if (found < 0) throw systemError("cryo_diff_runs", -found);
+      if (found > 0) {
+        const pairs = new BigUint64Array(2 * found);
+        let kept = 0;
+        for (let k = 0; k < found; k++) {
+          const idx = Number(runs[3 * k]), off = runs[3 * k + 1], len = runs[3 * k + 2];
+          pairs[2 * k] = batchR[2 * idx] + off;
+          pairs[2 * k + 1] = len;
+          push(batchL[2 * idx] + off, batchR[2 * idx] + off, len);
+          kept += Number(len);
         }
+        this.#appendFrom(pairs, kept, local);
       }
       i += n;
+    }
+    return out;
+  }
+
+  #runsBuf = new BigUint64Array(0);
+
+  /** Room for the runs of a batch of `n` ranges and `bytes` bytes (at most one run per two pages, plus one each). */
+  #runs(n: number, bytes: number): BigUint64Array<ArrayBuffer> {
+    const need = 3 * (n + Math.ceil(bytes / PAGE_SIZE / 2) + 1);
+    if (this.#runsBuf.length < need) this.#runsBuf = new BigUint64Array(need);
+    return this.#runsBuf as BigUint64Array<ArrayBuffer>;
+  }
+
+  /** Read the target's bytes under `n` remote iovecs into `local`, packed; `/proc/<pid>/mem` for what fails. */
+  #readBatch(riov: BigUint64Array, n: number, local: bigint, used: number): void {
+    let off = 0;
+    for (let k = 0; k < n; k++) {
+      this.#liov[2 * k] = local + BigInt(off);
+      this.#liov[2 * k + 1] = riov[2 * k + 1];
+      off += Number(riov[2 * k + 1]);
+    }
+    const got = libc.process_vm_readv(this.pid, this.#liov, BigInt(n), riov.slice(0, 2 * n), BigInt(n), 0n);
+    if (got === BigInt(used)) return;
+    off = 0;
+    for (let k = 0; k < n; k++) { // slow path: one at a time, with the fallback
+      const len = Number(riov[2 * k + 1]);
+      this.#readInto(riov[2 * k], len, local + BigInt(off));
+      off += len;
     }
   }
 
@@ -174,18 +252,20 @@ export class RestoreJournal implements Disposable {
         }
         done += Number(r);
       }
-      this.#writeTarget(e.addr, local, e.len);
+      let off = 0;
+      for (let k = 0; k < e.pairs.length; k += 2) {
+        const len = Number(e.pairs[k + 1]);
+        this.#writeTarget(e.pairs[k], local + BigInt(off), len);
+        off += len;
+      }
       written += e.len;
     }
     for (const [tid, regs] of this.#registers) setRegisters(tid, regs);
     return written;
   }
 
-  #append(addr: bigint, len: number): void {
-    this.#appendFrom(addr, len, this.#bounceAddr());
-  }
-
-  #appendFrom(addr: bigint, len: number, local: bigint): void {
+  /** Append `len` bytes at `local` to the journal file: the old bytes of the ranges `pairs`, packed. */
+  #appendFrom(pairs: BigUint64Array, len: number, local: bigint): void {
     const fd = this.#file();
     let done = 0;
     while (done < len) {
@@ -193,13 +273,12 @@ export class RestoreJournal implements Disposable {
       if (r <= 0n) throw systemError("pwrite", r < 0n ? errno() : 28, `the restore journal in ${this.#dir}`);
       done += Number(r);
     }
-    this.#entries.push({ addr, len, at: this.#size });
+    this.#entries.push({ pairs, len, at: this.#size });
     this.#size += len;
   }
 
-  /** Read the target into the bounce buffer: `process_vm_readv`, `/proc/<pid>/mem` for what it refuses. */
-  #readTarget(addr: bigint, len: number): void {
-    const local = this.#bounceAddr();
+  /** Read the target's `[addr, addr + len)` to `local`: `process_vm_readv`, `/proc/<pid>/mem` for what it refuses. */
+  #readInto(addr: bigint, len: number, local: bigint): void {
     const got = libc.process_vm_readv(
       this.pid,
       pair(this.#liov, local, len),

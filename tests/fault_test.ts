@@ -30,6 +30,23 @@ function restoreCli(pid: number, image: string): Deno.ChildProcess {
   }).spawn();
 }
 
+/** The target answers; else an error with its state and each thread's syscall and scheduling policy. */
+async function alive(target: Target, where: string): Promise<void> {
+  try {
+    assertEquals(await target.cmd("pid", 5000), String(target.pid));
+  } catch (e) {
+    const pid = target.pid;
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`).split("\n");
+    const tasks = [...Deno.readDirSync(`/proc/${pid}/task`)].map((t) => {
+      const d = `/proc/${pid}/task/${t.name}`;
+      const policy = Deno.readTextFileSync(`${d}/sched`).match(/policy\s*:\s*(\d+)/)?.[1];
+      return `${t.name}: ${Deno.readTextFileSync(`${d}/syscall`).trim()} policy ${policy}`;
+    });
+    const lines = status.filter((l) => /State|Tracer|Sig|Shd/.test(l));
+    throw new Error(`${where}: ${(e as Error).message}\n${[...lines, ...tasks].join("\n")}`);
+  }
+}
+
 async function settled(pid: number): Promise<string> {
   // A thread leaving a ptrace stop takes the pending SIGSTOP at once; give the kernel a bounded moment.
   let s = state(pid);
@@ -85,10 +102,12 @@ Deno.test(`cryo restore killed or interrupted at random moments never leaves a t
         }).output();
         assertEquals(again.code, 0, `${where}: ${new TextDecoder().decode(again.stderr)}`);
         assertEquals(await settled(target.pid) === "T", false, `${where}: recovery resumes it`);
+        await alive(target, `${where}, recovered`);
         assertEquals(await target.sum(a, len), want, `${where}: recovery finished the restore`);
         continue;
       }
       assert(s !== "t", `${where}: the target must not stay traced`);
+      await alive(target, where);
       const now = await target.sum(a, len);
       assert(
         now === want || now === before,
@@ -96,21 +115,7 @@ Deno.test(`cryo restore killed or interrupted at random moments never leaves a t
       );
       if (now === want) seen.finished++;
       else seen.undone++;
-      try {
-        assertEquals(await target.cmd("pid", 5000), String(target.pid), `${where}: it runs`);
-      } catch (e) {
-        const pid = target.pid;
-        const st = Deno.readTextFileSync(`/proc/${pid}/status`).split("\n").filter((l) =>
-          /State|Tracer|Sig|Shd/.test(l)
-        );
-        const tasks = [...Deno.readDirSync(`/proc/${pid}/task`)].map((t) => {
-          const d = `/proc/${pid}/task/${t.name}`;
-          return `${t.name}: ${Deno.readTextFileSync(`${d}/syscall`).trim()} sched=${
-            Deno.readTextFileSync(`${d}/sched`).match(/policy\s*:\s*(\d+)/)?.[1]
-          }`;
-        });
-        throw new Error(`${where}: ${(e as Error).message}\n${st.join("\n")}\n${tasks.join("\n")}`);
-      }
+      await alive(target, where);
     }
     console.log(
       `${ROUNDS} rounds: ${seen.finished} finished, ${seen.undone} undone or not begun, ${seen.stopped} stopped and recovered`,

@@ -211,35 +211,36 @@ export class RemoteWriter implements Disposable {
 
   /** Write every queued write. A piece the kernel refuses (a read-only page) goes through `/proc/<pid>/mem`. */
   flush(): void {
-    const count = this.#queued;
+    let count = this.#queued;
     this.#queued = 0;
-    if (count) this.journal?.saveMany(this.#riov, count);
+    let liov = this.#liov, riov = this.#riov;
+    if (count && this.journal) ({ liov, riov, count } = this.journal.saveChanged(liov, riov, count));
     for (let i = 0; i < count;) {
-      const n = BigInt(count - i);
+      const n = BigInt(Math.min(count - i, IOV_BATCH));
       let got = libc.process_vm_writev(
         this.pid,
-        this.#liov.subarray(2 * i),
+        liov.subarray(2 * i),
         n,
-        this.#riov.subarray(2 * i),
+        riov.subarray(2 * i),
         n,
         0n,
       );
       if (got <= 0n) {
         const e = got < 0n ? errno() : 14;
         if (e !== 14 /* EFAULT */) {
-          throw systemError("process_vm_writev", e, `pid ${this.pid} at ${hex(this.#riov[2 * i])}`);
+          throw systemError("process_vm_writev", e, `pid ${this.pid} at ${hex(riov[2 * i])}`);
         }
-        this.#writeAt(this.#riov[2 * i], this.#liov[2 * i], Number(this.#liov[2 * i + 1]));
+        this.#writeAt(riov[2 * i], liov[2 * i], Number(liov[2 * i + 1]));
         i++;
         continue;
       }
       while (got > 0n) { // skip what was written; a partly written piece continues where it stopped
-        const l = this.#liov[2 * i + 1];
+        const l = liov[2 * i + 1];
         if (got >= l) {
           got -= l;
           i++;
         } else {
-          for (const iov of [this.#liov, this.#riov]) {
+          for (const iov of [liov, riov]) {
             iov[2 * i] += got;
             iov[2 * i + 1] -= got;
           }
