@@ -139,7 +139,7 @@ export {
   segmentTarget,
   selfTarget,
 } from "./lib/image/targets.ts";
-export { journalDir, RestoreJournal } from "./lib/journal.ts";
+export { type IovBatch, journalDir, RestoreJournal } from "./lib/journal.ts";
 export { type Codec, raw } from "./lib/codec.ts";
 export { parseCodec } from "./lib/codecs/select.ts";
 export { ZstdCodec } from "./lib/codecs/zstd.ts";
