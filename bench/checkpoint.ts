@@ -2,7 +2,7 @@
  * The end-to-end figures: checkpoint time and stop window, image size apparent and allocated, and rollback
  * restore time, for cryo and, in the same run on the same target, the C pipeline and gdb's gcore. Workloads
  * (full / --quick): 1 GiB / 64 MiB random, 1 GiB / 64 MiB text, 4 GiB / 256 MiB sparse (every 4th page
- * resident). cryo's side (lib/checkpoint.ts, lib/restore.ts) is measured when those modules are in the tree.
+ * resident). cryo's side (lib/ops/checkpoint.ts, lib/ops/restore.ts) is measured when those modules are in the tree.
  *
  * @module
  */

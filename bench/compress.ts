@@ -9,9 +9,9 @@
 
 import { withStopWindow } from "./peers.ts";
 import { Target } from "../tests/_target.ts";
-import { checkpoint } from "../lib/checkpoint.ts";
-import { restore } from "../lib/restore.ts";
-import type { Codec } from "../lib/codec.ts";
+import { checkpoint } from "../lib/ops/checkpoint.ts";
+import { restore } from "../lib/ops/restore.ts";
+import type { Codec } from "../lib/codecs/codec.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
 import { median } from "./stats.ts";

@@ -12,7 +12,7 @@
  */
 
 import { helper } from "../ffi/helper.ts";
-import { freeze } from "../lib/freeze.ts";
+import { freeze } from "../lib/kernel/freeze.ts";
 import { Target } from "../tests/_target.ts";
 import { median } from "./stats.ts";
 import type { BenchOptions, BenchRow } from "./types.ts";

@@ -21,7 +21,7 @@ import { MemoryLoader } from "../lib/image/loader.ts";
 import { pidSource, transferRemote } from "../lib/image/sources.ts";
 import { selfTarget } from "../lib/image/targets.ts";
 import { releaseMemory } from "../lib/image/lazy.ts";
-import type { Region } from "../lib/region.ts";
+import type { Region } from "../lib/kernel/region.ts";
 import { median } from "./stats.ts";
 import type { BenchOptions, BenchRow } from "./types.ts";
 

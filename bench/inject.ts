@@ -16,12 +16,12 @@
  */
 
 import { Target } from "../tests/_target.ts";
-import { freeze } from "../lib/freeze.ts";
+import { freeze } from "../lib/kernel/freeze.ts";
 import { inject, SYS } from "../lib/kernel/inject.ts";
 import { track, UFFDIO_REGISTER_MODE, Userfaultfd } from "../lib/kernel/uffd.ts";
 import { UFFD_FEATURE } from "../lib/kernel/capabilities.ts";
 import { FaultServer } from "../lib/kernel/fault_server.ts";
-import { Pagemap } from "../lib/pagemap.ts";
+import { Pagemap } from "../lib/kernel/pagemap.ts";
 import { addrOf, libc, PAGE_SIZE, processVmWrite } from "../ffi/libc.ts";
 import { MADV } from "../ffi/constants.ts";
 import { median } from "./stats.ts";

@@ -11,8 +11,8 @@
  */
 
 import { Target } from "../tests/_target.ts";
-import { Pagemap } from "../lib/pagemap.ts";
-import { findZeroPages } from "../lib/zero.ts";
+import { Pagemap } from "../lib/kernel/pagemap.ts";
+import { findZeroPages } from "../lib/kernel/zero.ts";
 import { libc, madvise, mmap, munmap, open, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
 import { MAP, O, PROT } from "../ffi/constants.ts";
 import { median } from "./stats.ts";

@@ -11,7 +11,8 @@
 import { MAP, PROT } from "../ffi/constants.ts";
 import { madvise, mmap, munmap, ptrOf } from "../ffi/libc.ts";
 import { MADV } from "../ffi/constants.ts";
-import { MemoryLoader, MemoryPersister, readRegions, scanPages, selfSource, selfTarget } from "../mod.ts";
+import { MemoryLoader, MemoryPersister, selfSource, selfTarget } from "../image.ts";
+import { readRegions, scanPages } from "../process.ts";
 
 const ARENA = 256 << 20;
 const AT = 0x6a0000000000n; // a fixed address, like a JVM heap's

@@ -8,13 +8,14 @@
  * @module
  */
 
-import { MemoryLoader, MemoryPersister, Safepoint, segmentSource, segmentTarget } from "../mod.ts";
+import { MemoryLoader, MemoryPersister, segmentSource, segmentTarget } from "../image.ts";
+import { Safepoint } from "../process.ts";
 
 const PAIRS = 4096;
 const shared = new Int32Array(new SharedArrayBuffer(PAIRS * 2 * 4));
 for (let i = 0; i < PAIRS; i++) shared[2 * i] = 1000;
 
-const parkUrl = new URL("../lib/park.ts", import.meta.url).href;
+const parkUrl = new URL("../lib/kernel/park.ts", import.meta.url).href;
 const workerSource = `
 import { safepointPoll } from ${JSON.stringify(parkUrl)};
 self.onmessage = (e) => {

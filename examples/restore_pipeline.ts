@@ -8,7 +8,7 @@
  * @module
  */
 
-import { LineChild } from "../lib/child.ts";
+import { LineChild } from "../lib/kernel/child.ts";
 import { checkpoint, inspect, LayoutMismatchError, restore, verify } from "../mod.ts";
 
 const workload = new URL("./workload.ts", import.meta.url).pathname;

@@ -8,7 +8,7 @@
  */
 
 import assert from "node:assert/strict";
-import { LineChild } from "../lib/child.ts";
+import { LineChild } from "../lib/kernel/child.ts";
 import { snapshot } from "../mod.ts";
 
 const workload = new URL("./workload.ts", import.meta.url).pathname;

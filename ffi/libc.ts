@@ -11,6 +11,7 @@
  */
 
 import { SystemError } from "../lib/errors.ts";
+import { hex } from "../lib/hex.ts";
 import { MAP_FAILED } from "./constants.ts";
 import { buf, int, long, off_t, pid_t, ptr, size_t, ssize_t, uint, ulong } from "./types.ts";
 
@@ -148,11 +149,6 @@ export function check<T extends number | bigint>(ret: T, call: string, detail?: 
 export function unwrap<T extends number | bigint>(ret: T, call: string, detail?: string): T {
   if (ret < 0) throw systemError(call, -Number(ret), detail);
   return ret;
-}
-
-/** Format an address as `0x…` hex. */
-export function hex(addr: bigint | number): string {
-  return `0x${addr.toString(16)}`;
 }
 
 /** A pointer from an address (null for 0). */

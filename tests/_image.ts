@@ -4,10 +4,10 @@
  * @module
  */
 
-import { readRegions } from "../lib/maps.ts";
+import { readRegions } from "../lib/kernel/maps.ts";
 import { MAP, PROT } from "../ffi/constants.ts";
 import { mmap, munmap, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
-import type { Region } from "../lib/region.ts";
+import type { Region } from "../lib/kernel/region.ts";
 import { checksum, checksumAt } from "../lib/image/checksum.ts";
 import type { ImageRecord } from "../lib/image/layout.ts";
 import {

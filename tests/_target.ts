@@ -6,7 +6,7 @@
  * @module
  */
 
-import { LineChild } from "../lib/child.ts";
+import { LineChild } from "../lib/kernel/child.ts";
 
 const binary = new URL("../ffi/build/cryo_target", import.meta.url).pathname;
 

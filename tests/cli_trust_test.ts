@@ -5,7 +5,7 @@
 
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
 import { Mapping, regionAt, tempDir } from "./_image.ts";
-import { LineChild } from "../lib/child.ts";
+import { LineChild } from "../lib/kernel/child.ts";
 import { printable } from "../lib/cli/format.ts";
 import { toJson } from "../lib/cli/json.ts";
 import { MemoryPersister } from "../lib/image/persister.ts";

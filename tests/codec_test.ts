@@ -3,7 +3,7 @@ import { Target } from "./_target.ts";
 import { addrOf, mmap, munmap } from "../ffi/libc.ts";
 import { MAP, PROT } from "../ffi/constants.ts";
 import { CryoError } from "../lib/errors.ts";
-import { type Codec, raw } from "../lib/codec.ts";
+import { type Codec, raw } from "../lib/codecs/codec.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
 import { encodeOrdered, ordered } from "../lib/codecs/pool.ts";

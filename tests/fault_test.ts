@@ -10,7 +10,8 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { Target } from "./_target.ts";
-import { checkpoint } from "../lib/checkpoint.ts";
+import { checkpoint } from "../lib/ops/checkpoint.ts";
+import { markerDir } from "../lib/ops/recovery.ts";
 
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 const MiB = 1 << 20;
@@ -48,9 +49,19 @@ async function alive(target: Target, where: string): Promise<void> {
 }
 
 async function settled(pid: number): Promise<string> {
-  // A thread leaving a ptrace stop takes the pending SIGSTOP at once; give the kernel a bounded moment.
+  // After its tracer died, a held target's threads are detached and the first to run takes the pending SIGSTOP:
+  // it is traced (t), then briefly running (R), then stopped (T). While a marker says a restore was writing,
+  // give it a bounded moment to get there (a kill just before the hold leaves it running, with a stale marker).
+  const marked = () => {
+    try {
+      Deno.statSync(`${markerDir()}/restore-${pid}.json`);
+      return true;
+    } catch {
+      return false;
+    }
+  };
   let s = state(pid);
-  for (let i = 0; i < 50 && s === "t"; i++) {
+  for (let i = 0; i < 100 && (s === "t" || (s !== "T" && marked())); i++) {
     await new Promise((r) => setTimeout(r, 10));
     s = state(pid);
   }

@@ -2,8 +2,8 @@ import { assert, assertEquals, assertMatch, assertThrows } from "./_assert.ts";
 import { helper } from "../ffi/helper.ts";
 import { addrOf, libc, processVmRead } from "../ffi/libc.ts";
 import { SystemError } from "../lib/errors.ts";
-import { freeze, thawAll } from "../lib/freeze.ts";
-import { readThreadState, register, setRegister } from "../lib/threads.ts";
+import { freeze, thawAll } from "../lib/kernel/freeze.ts";
+import { readThreadState, register, setRegister } from "../lib/kernel/threads.ts";
 import { Target } from "./_target.ts";
 
 const RSEQ_SIG = 0x53053053;

@@ -31,10 +31,10 @@ import { openInput, verifyStream } from "../lib/image/stream.ts";
 import { KIND, MAX_CHUNK_LENGTH, MAX_RECORD_LENGTH, RECORD_FLAG } from "../lib/image/layout.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
-import { Sealer, SealKey } from "../lib/seal.ts";
+import { Sealer, SealKey } from "../lib/codecs/seal.ts";
 import { CryoError } from "../lib/errors.ts";
-import { diff } from "../lib/diff.ts";
-import { inspect } from "../lib/inspect.ts";
+import { diff } from "../lib/ops/diff.ts";
+import { inspect } from "../lib/ops/inspect.ts";
 
 const CASES = Number(Deno.env.get("CRYO_FUZZ_CASES") ?? 800);
 const SEED = Number(Deno.env.get("CRYO_FUZZ_SEED") ?? 18);

@@ -1,6 +1,6 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { Target } from "./_target.ts";
-import { freeze } from "../lib/freeze.ts";
+import { freeze } from "../lib/kernel/freeze.ts";
 
 /** The one-letter state of `pid` from /proc (R, S, T, t, Z …). */
 function state(pid: number): string {
@@ -37,7 +37,7 @@ Deno.test("Frozen.hold() keeps the target stopped when the holder dies without t
   await using target = Target.start();
   await target.cmd("threads 2");
   const script = `
-    import { freeze } from "${new URL("../lib/freeze.ts", import.meta.url).href}";
+    import { freeze } from "${new URL("../lib/kernel/freeze.ts", import.meta.url).href}";
     const f = freeze(${target.pid}, { registers: false });
     f.hold();
     console.log("held");

@@ -8,7 +8,7 @@ import { pidTarget, selfTarget } from "../lib/image/targets.ts";
 import { releaseMemory } from "../lib/image/lazy.ts";
 import { madvise } from "../ffi/libc.ts";
 import { verifyStream } from "../lib/image/stream.ts";
-import { Pagemap } from "../lib/pagemap.ts";
+import { Pagemap } from "../lib/kernel/pagemap.ts";
 
 const MiB = 1 << 20;
 const P = BigInt(PAGE_SIZE);

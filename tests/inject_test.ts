@@ -2,9 +2,9 @@ import { assert, assertEquals, assertMatch, assertThrows } from "./_assert.ts";
 import { addrOf, processVmRead } from "../ffi/libc.ts";
 import { MADV, MAP, PROT } from "../ffi/constants.ts";
 import { CryoError, SystemError } from "../lib/errors.ts";
-import { freeze, type Frozen, thawAll } from "../lib/freeze.ts";
+import { freeze, type Frozen, thawAll } from "../lib/kernel/freeze.ts";
 import { inject, SYS } from "../lib/kernel/inject.ts";
-import { readThreadState, register, type ThreadState } from "../lib/threads.ts";
+import { readThreadState, register, type ThreadState } from "../lib/kernel/threads.ts";
 import { Target } from "./_target.ts";
 
 const MiB = 1 << 20;

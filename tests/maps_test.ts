@@ -1,8 +1,8 @@
 import fc from "fast-check";
 import { assert, assertEquals, assertMatch, assertThrows } from "./_assert.ts";
-import { kindOf, parseMaps, parseSmaps, readRegions } from "../lib/maps.ts";
+import { kindOf, parseMaps, parseSmaps, readRegions } from "../lib/kernel/maps.ts";
 import { MapsParseError, SystemError } from "../lib/errors.ts";
-import { parsePerms, permsString, type Region } from "../lib/region.ts";
+import { parsePerms, permsString, type Region } from "../lib/kernel/region.ts";
 import { mmap, munmap, PAGE_SIZE } from "../ffi/libc.ts";
 import { MAP, PROT } from "../ffi/constants.ts";
 import { Target } from "./_target.ts";
@@ -224,10 +224,10 @@ Deno.test("readRegions() of a process that exited (a zombie) throws ESRCH naming
   assertMatch(e.message, new RegExp(`^Cannot read /proc/${zombie}/maps \\(pid ${zombie} has no memory map`));
 });
 
-/** Whether user nobody can run this Deno and read lib/maps.ts (not when either lives under /root, say). */
+/** Whether user nobody can run this Deno and read lib/kernel/maps.ts (not when either lives under /root, say). */
 async function nobodyCanRun(): Promise<boolean> {
   if (Deno.uid() !== 0) return false; // needs root to drop to nobody
-  const maps = new URL("../lib/maps.ts", import.meta.url).pathname;
+  const maps = new URL("../lib/kernel/maps.ts", import.meta.url).pathname;
   const probe = await new Deno.Command("/bin/sh", {
     args: ["-c", 'test -x "$1" && test -r "$2"', "sh", Deno.execPath(), maps],
     uid: 65534,
@@ -245,7 +245,7 @@ Deno.test({
   Deno.chmodSync(denoDir, 0o777);
   try {
     const script = `import { readRegions } from ${
-      JSON.stringify(new URL("../lib/maps.ts", import.meta.url).href)
+      JSON.stringify(new URL("../lib/kernel/maps.ts", import.meta.url).href)
     };
       try { readRegions(1); console.log("read"); } catch (e) { console.log(e.name + ": " + e.message); }`;
     const out = await new Deno.Command(Deno.execPath(), {

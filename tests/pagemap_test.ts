@@ -7,7 +7,7 @@ import {
   type PageRun,
   pageStates,
   scanPages,
-} from "../lib/pagemap.ts";
+} from "../lib/kernel/pagemap.ts";
 import { SystemError } from "../lib/errors.ts";
 import { close, libc, madvise, mmap, munmap, open, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
 import { MAP, O, PROT } from "../ffi/constants.ts";

@@ -4,9 +4,9 @@ import { MemoryLoader } from "../lib/image/loader.ts";
 import { releaseMemory } from "../lib/image/lazy.ts";
 import { MemoryPersister } from "../lib/image/persister.ts";
 import { selfTarget } from "../lib/image/targets.ts";
-import { readRegions } from "../lib/maps.ts";
+import { readRegions } from "../lib/kernel/maps.ts";
 import { SafepointTimeoutError } from "../lib/errors.ts";
-import { releasableStack, Safepoint, type SafepointHandle } from "../lib/park.ts";
+import { releasableStack, Safepoint, type SafepointHandle } from "../lib/kernel/park.ts";
 import { testThread } from "./_test_thread.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

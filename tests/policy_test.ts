@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertMatch, assertThrows } from "./_assert.ts";
-import { classify, globToRegExp } from "../lib/policy.ts";
-import { parseMaps, parseSmaps, readRegions } from "../lib/maps.ts";
-import { threadStacks } from "../lib/stacks.ts";
+import { classify, globToRegExp } from "../lib/kernel/policy.ts";
+import { parseMaps, parseSmaps, readRegions } from "../lib/kernel/maps.ts";
+import { threadStacks } from "../lib/kernel/stacks.ts";
 
 const odd = parseMaps(Deno.readTextFileSync(new URL("./testdata/odd.maps", import.meta.url)), "odd.maps");
 

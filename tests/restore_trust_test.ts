@@ -1,13 +1,13 @@
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
 import { Target } from "./_target.ts";
-import { checkpoint } from "../lib/checkpoint.ts";
-import { restore } from "../lib/restore.ts";
-import { verify } from "../lib/inspect.ts";
+import { checkpoint } from "../lib/ops/checkpoint.ts";
+import { restore } from "../lib/ops/restore.ts";
+import { verify } from "../lib/ops/inspect.ts";
 import { KeyError, LayoutMismatchError, SystemError } from "../lib/errors.ts";
 import { checksum } from "../lib/image/checksum.ts";
-import { Sealer, SealKey } from "../lib/seal.ts";
-import { markerDir } from "../lib/recovery.ts";
-import type { Progress } from "../lib/cli/progress.ts";
+import { Sealer, SealKey } from "../lib/codecs/seal.ts";
+import { markerDir } from "../lib/ops/recovery.ts";
+import type { Progress } from "../lib/ops/progress.ts";
 
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 const MiB = 1 << 20;

@@ -1,8 +1,8 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { addrOf, libc, processVmRead } from "../ffi/libc.ts";
-import { freeze } from "../lib/freeze.ts";
-import { readSelfRseq, rseqAreaOfThisThread } from "../lib/rseq.ts";
-import { register } from "../lib/threads.ts";
+import { freeze } from "../lib/kernel/freeze.ts";
+import { readSelfRseq, rseqAreaOfThisThread } from "../lib/kernel/rseq.ts";
+import { register } from "../lib/kernel/threads.ts";
 import { Target } from "./_target.ts";
 
 const RSEQ_SIG = 0x53053053;

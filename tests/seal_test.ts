@@ -13,7 +13,7 @@ import {
   SEAL_PARAMS_SIZE,
   Sealer,
   SealKey,
-} from "../lib/seal.ts";
+} from "../lib/codecs/seal.ts";
 
 const KiB = 1024;
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");

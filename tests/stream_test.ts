@@ -9,7 +9,7 @@ import { pidTarget } from "../lib/image/targets.ts";
 import { loadStream, loadVerified, verifyStream } from "../lib/image/stream.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
-import { keyFromEnv, NONCE_SIZE, Sealer, SealKey } from "../lib/seal.ts";
+import { keyFromEnv, NONCE_SIZE, Sealer, SealKey } from "../lib/codecs/seal.ts";
 import { KIND } from "../lib/image/layout.ts";
 
 const MiB = 1 << 20;
@@ -119,7 +119,9 @@ Deno.test("`loadStream()` restores a checkpoint streamed through a pipe from ano
   };
     import { pidSource } from ${JSON.stringify(new URL("../lib/image/sources.ts", import.meta.url).href)};
     import { ZstdCodec } from ${JSON.stringify(new URL("../lib/codecs/zstd.ts", import.meta.url).href)};
-    import { keyFromEnv, Sealer } from ${JSON.stringify(new URL("../lib/seal.ts", import.meta.url).href)};
+    import { keyFromEnv, Sealer } from ${
+    JSON.stringify(new URL("../lib/codecs/seal.ts", import.meta.url).href)
+  };
     import { regionAt } from ${JSON.stringify(new URL("./_image.ts", import.meta.url).href)};
     const [pid, addr, len, keyEnv] = Deno.args;
     const sealer = await Sealer.create(await keyFromEnv(keyEnv));
@@ -352,7 +354,7 @@ Deno.test("`restoreStream()` rolls a child back from a checkpoint streamed throu
       stderr: "piped",
     }).spawn();
   const writer = run(
-    `import { checkpoint } from ${url("../lib/checkpoint.ts")};
+    `import { checkpoint } from ${url("../lib/ops/checkpoint.ts")};
      import { ZstdCodec } from ${url("../lib/codecs/zstd.ts")};
      await checkpoint(Number(Deno.args[0]), "-", { codec: new ZstdCodec(1) });`,
     "null",
@@ -363,7 +365,7 @@ Deno.test("`restoreStream()` rolls a child back from a checkpoint streamed throu
   await t.fill(addr, len, "random", 9);
   assert(await t.sum(addr, len) !== want);
   const reader = run(
-    `import { restoreStream } from ${url("../lib/restore_stream.ts")};
+    `import { restoreStream } from ${url("../lib/ops/restore_stream.ts")};
      const r = await restoreStream(Number(Deno.args[0]), "-");
      console.log(JSON.stringify({ data: r.dataBytes, threads: r.threadsRestored }));`,
     "piped",

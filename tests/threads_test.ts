@@ -1,7 +1,13 @@
 import { assertEquals, assertMatch, assertThrows } from "./_assert.ts";
 import { ImageError } from "../lib/errors.ts";
-import { freeze } from "../lib/freeze.ts";
-import { decodeThreads, encodeThreads, GENERAL_REGISTERS, register, setRegister } from "../lib/threads.ts";
+import { freeze } from "../lib/kernel/freeze.ts";
+import {
+  decodeThreads,
+  encodeThreads,
+  GENERAL_REGISTERS,
+  register,
+  setRegister,
+} from "../lib/kernel/threads.ts";
 import { Target } from "./_target.ts";
 
 Deno.test("encodeThreads() output decodes to the same thread states, from a real frozen child", async () => {

@@ -2,7 +2,7 @@ import { assert, assertEquals, assertThrows } from "./_assert.ts";
 import { addrOf, mmap, munmap, PAGE_SIZE, processVmRead } from "../ffi/libc.ts";
 import { MADV, MAP, PROT } from "../ffi/constants.ts";
 import { CryoError, SystemError } from "../lib/errors.ts";
-import { freeze } from "../lib/freeze.ts";
+import { freeze } from "../lib/kernel/freeze.ts";
 import { inject } from "../lib/kernel/inject.ts";
 import {
   type Capabilities,

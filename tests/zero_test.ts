@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { assertEquals, assertThrows } from "./_assert.ts";
-import { findZeroPages } from "../lib/zero.ts";
+import { findZeroPages } from "../lib/kernel/zero.ts";
 import { mmap, munmap, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
 import { MAP, PROT } from "../ffi/constants.ts";
 

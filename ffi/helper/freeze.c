@@ -186,6 +186,13 @@ static int cryo_frz_consume(struct cryo_frz *f, int i) {
         cryo_frz_find(f, (int)child) < 0 && cryo_frz_add(f, (int)child, CRYO_T_SEIZED) < 0) {
       // Out of memory: the new thread stays traced until its stop is consumed; release() handles it.
     }
+    // The parent stopped inside clone(), before the call returned: its registers there are not those it resumes
+    // with (the kernel has yet to store the result), so a restore could not put them back. Let it finish the
+    // call and stop again where every other thread stops, at the interrupt trap before returning to user space.
+    if (cryo_ptrace(CRYO_PTRACE_CONT, tid, 0, 0) == 0) {
+      cryo_ptrace(CRYO_PTRACE_INTERRUPT, tid, 0, 0);
+      return 1;  // still SEIZED: its next stop is consumed by the loop
+    }
   } else if (event == 0 && sig != SIGTRAP) {
     f->sigs[i] = sig;  // a signal-delivery-stop: hand the signal back at detach
   }

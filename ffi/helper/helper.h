@@ -59,6 +59,7 @@ long cryo_rseq_area(void);
 long cryo_rseq_self(const int32_t *tids, int n, void *out, long timeout_ns);
 
 // ptrace requests, options and events (numbers from <linux/ptrace.h>, which clashes with glibc's headers).
+#define CRYO_PTRACE_CONT 7
 #define CRYO_PTRACE_DETACH 17
 #define CRYO_PTRACE_GETEVENTMSG 0x4201
 #define CRYO_PTRACE_SEIZE 0x4206

@@ -167,7 +167,12 @@ long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr
     if (nheld < INJ_MAX_HELD) held[nheld++] = stopsig;
   }
   long rr = inj_restore(tid, &saved, &xs, xs_type);
-  for (int i = 0; i < nheld; i++) syscall(SYS_tgkill, pid, tid, held[i]);
+  // A stop signal stops the whole process wherever it is queued: queue it to the process, as whoever sent it
+  // (cryo's hold among them) most likely did, so that any thread may take it.
+  for (int i = 0; i < nheld; i++) {
+    if (held[i] == SIGSTOP) syscall(SYS_kill, pid, SIGSTOP);
+    else syscall(SYS_tgkill, pid, tid, held[i]);
+  }
   out[1] = nheld;
   if (err) return err;
   return rr;

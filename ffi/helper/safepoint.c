@@ -18,7 +18,7 @@
 #define CRYO_SP_MAGIC 0x53504e54u  // "TNPS"
 #define CRYO_SP_SLOTS 64
 
-// The layout below is read by lib/park.ts (offsets and sizes): change both together, and bump the ABI.
+// The layout below is read by lib/kernel/park.ts (offsets and sizes): change both together, and bump the ABI.
 struct cryo_sp_slot {
   uint32_t used;     // 1 while registered
   uint32_t arrived;  // the generation this thread parked for, 0 when running

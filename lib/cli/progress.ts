@@ -1,26 +1,12 @@
 /**
- * A progress bar on stderr (bytes, rate, ETA), drawn only when stderr is a terminal, not `--quiet`, and the
- * work has lasted more than a moment. Nothing at all is written otherwise.
+ * The progress bar of the command line (bytes, rate, ETA) on stderr, drawn only when stderr is a terminal, not
+ * `--quiet`, and the work has lasted more than a moment. Nothing at all is written otherwise.
  *
  * @module
  */
 
 import { humanBytes, humanDuration } from "./format.ts";
-
-/** Receives progress from long operations. */
-export interface Progress {
-  /** Set the total number of bytes expected. */
-  total(bytes: number): void;
-  /** Add bytes done. */
-  advance(bytes: number): void;
-  /** Erase the bar. */
-  done(): void;
-  /** Start a new phase of the work (e.g. `encode` after `checkpoint`): a new label and total, nothing done yet. */
-  phase?(label: string, total: number): void;
-}
-
-/** A progress sink that draws nothing. */
-export const silentProgress: Progress = { total() {}, advance() {}, done() {} };
+import { type Progress, silentProgress } from "../ops/progress.ts";
 
 /**
  * A progress bar for `label`, or {@link silentProgress} when stderr is not a TTY or `quiet` is set.

@@ -4,9 +4,9 @@
  * @module
  */
 
-import type { Codec } from "../codec.ts";
+import type { Codec } from "../codecs/codec.ts";
 import { parseCodec } from "../codecs/select.ts";
-import { loadKey, type SealKey } from "../seal.ts";
+import { loadKey, type SealKey } from "../codecs/seal.ts";
 import { printable } from "./format.ts";
 import { UsageError } from "./main.ts";
 

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Codec } from "../codec.ts";
+import type { Codec } from "./codec.ts";
 import { CryoError } from "../errors.ts";
 import { lz4 } from "../../ffi/lz4.ts";
 

@@ -11,7 +11,7 @@
  * @module
  */
 
-import type { Codec } from "../codec.ts";
+import type { Codec } from "./codec.ts";
 
 /**
  * The default number of chunks in flight: two per core, plus two, so that the cores stay busy while the main

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type Codec, raw } from "../codec.ts";
+import { type Codec, raw } from "./codec.ts";
 import { Lz4Codec } from "./lz4.ts";
 import { ZstdCodec } from "./zstd.ts";
 

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Codec } from "../codec.ts";
+import type { Codec } from "./codec.ts";
 import { CryoError } from "../errors.ts";
 import { zstd, ZSTD_ERROR_DST_SIZE_TOO_SMALL, zstdErrorCode, zstdErrorName } from "../../ffi/zstd.ts";
 

@@ -7,10 +7,10 @@
  */
 
 import { addrOf, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
-import type { Codec } from "../codec.ts";
+import type { Codec } from "../codecs/codec.ts";
 import { ordered } from "../codecs/pool.ts";
-import { chunkAad, type Sealer } from "../seal.ts";
-import { findZeroPages } from "../zero.ts";
+import { chunkAad, type Sealer } from "../codecs/seal.ts";
+import { findZeroPages } from "../kernel/zero.ts";
 import { checksum, checksumAt, checksumAtAsync } from "./checksum.ts";
 import { MAX_RECORD_LENGTH, RECORD_FLAG } from "./layout.ts";
 import { dataRecord, type FrameWriter } from "./frame_writer.ts";

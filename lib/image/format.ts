@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Region } from "../region.ts";
+import type { Region } from "../kernel/region.ts";
 
 /** Format version written and read. */
 export const FORMAT_VERSION = 1;

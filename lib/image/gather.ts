@@ -7,7 +7,8 @@
  */
 
 import { helper } from "../../ffi/helper.ts";
-import { addrOf, hex, PAGE_SIZE, ptrOf, systemError, unwrap } from "../../ffi/libc.ts";
+import { addrOf, PAGE_SIZE, ptrOf, systemError, unwrap } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
 import { MAX_RECORD_LENGTH } from "./layout.ts";
 import { dataRecord, type FrameWriter } from "./frame_writer.ts";
 import type { MemorySource } from "./sources.ts";

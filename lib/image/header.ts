@@ -5,7 +5,7 @@
  * @module
  */
 
-import { REGION_KINDS, type RegionKind } from "../region.ts";
+import { REGION_KINDS, type RegionKind } from "../kernel/region.ts";
 import { checksum } from "./checksum.ts";
 import { Cursor, Writer } from "./cursor.ts";
 import {

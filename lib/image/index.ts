@@ -5,8 +5,8 @@
  * @module
  */
 
-import { compareAddress, type Region } from "../region.ts";
-import { hex } from "../../ffi/libc.ts";
+import { compareAddress, type Region } from "../kernel/region.ts";
+import { hex } from "../hex.ts";
 import { type ImageRecord, KIND } from "./layout.ts";
 
 const U64_END = 1n << 64n;

@@ -10,8 +10,9 @@
  */
 
 import { MADV, MAP, PROT } from "../../ffi/constants.ts";
-import { errno, hex, libc, mmap, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
-import type { Perms, Region } from "../region.ts";
+import { errno, libc, mmap, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
+import type { Perms, Region } from "../kernel/region.ts";
 
 /**
  * The mmap protection bits of region perms.

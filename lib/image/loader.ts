@@ -8,8 +8,9 @@
  */
 
 import { MAP, O, PROT } from "../../ffi/constants.ts";
-import { errno, hex, libc, mmap, munmap, open, ptrOf, systemError } from "../../ffi/libc.ts";
-import { type Codec, raw } from "../codec.ts";
+import { errno, libc, mmap, munmap, open, ptrOf, systemError } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
+import { type Codec, raw } from "../codecs/codec.ts";
 import { codecForId } from "../codecs/select.ts";
 import { defaultWindow, ordered } from "../codecs/pool.ts";
 import { CryoError, ImageError, KeyError, LayoutMismatchError } from "../errors.ts";

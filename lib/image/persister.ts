@@ -10,10 +10,11 @@
  */
 
 import { O } from "../../ffi/constants.ts";
-import { check, close, cstr, hex, libc, open, PAGE_SIZE } from "../../ffi/libc.ts";
-import { type Codec, raw } from "../codec.ts";
-import type { Region } from "../region.ts";
-import type { Sealer } from "../seal.ts";
+import { check, close, cstr, libc, open, PAGE_SIZE } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
+import { type Codec, raw } from "../codecs/codec.ts";
+import type { Region } from "../kernel/region.ts";
+import type { Sealer } from "../codecs/seal.ts";
 import { ChunkWriter } from "./chunks.ts";
 import { FrameWriter } from "./frame_writer.ts";
 import { BouncePool } from "./gather.ts";
@@ -52,7 +53,7 @@ export interface PersisterOptions {
   chunkSize?: number;
   /** fsync the file and its directory before the image is named (default true). */
   fsync?: boolean;
-  /** Encrypt every chunk with this sealer (AES-256-GCM; lib/seal.ts), making an ENCRYPTED image. */
+  /** Encrypt every chunk with this sealer (AES-256-GCM; lib/codecs/seal.ts), making an ENCRYPTED image. */
   sealer?: Sealer;
   /** Chunks encoded (and sealed) at once, on pool threads (default: 2 × cores + 2). */
   window?: number;

@@ -6,8 +6,8 @@
  * @module
  */
 
-import { hex } from "../../ffi/libc.ts";
-import type { Region } from "../region.ts";
+import { hex } from "../hex.ts";
+import type { Region } from "../kernel/region.ts";
 import type { ImageRegion } from "./layout.ts";
 import type { MemorySource } from "./sources.ts";
 

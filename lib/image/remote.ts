@@ -8,14 +8,15 @@
  */
 
 import { O } from "../../ffi/constants.ts";
-import { cstr, errno, hex, libc, open, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
+import { cstr, errno, libc, open, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
 import { CryoError, SystemError } from "../errors.ts";
-import { readRegions } from "../maps.ts";
-import type { Region } from "../region.ts";
-import { findZeroPages } from "../zero.ts";
+import { readRegions } from "../kernel/maps.ts";
+import type { Region } from "../kernel/region.ts";
+import { findZeroPages } from "../kernel/zero.ts";
 import { transferRemote } from "./sources.ts";
-import { Pagemap } from "../pagemap.ts";
-import type { RestoreJournal } from "../journal.ts";
+import { Pagemap } from "../kernel/pagemap.ts";
+import type { RestoreJournal } from "../kernel/journal.ts";
 
 /**
  * Whether every region that overlaps `[start, end)` is private anonymous memory, where a page that is not

@@ -9,9 +9,10 @@
  * @module
  */
 
-import { hex, PAGE_SIZE } from "../../ffi/libc.ts";
+import { PAGE_SIZE } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
 import { ImageError } from "../errors.ts";
-import { MAC_SIZE, SEAL_OVERHEAD } from "../seal.ts";
+import { MAC_SIZE, SEAL_OVERHEAD } from "../codecs/seal.ts";
 import { SEAL_SECTION } from "./sealing.ts";
 import type { FrameInfo } from "./frames.ts";
 import { DIRECTORY_ENTRY_LENGTH } from "./frames.ts";

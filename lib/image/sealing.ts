@@ -1,7 +1,7 @@
 /**
  * Image-level encryption (the ENCRYPTED required feature, issue 8): where the seal parameters live in the
  * header, the header digest every chunk's additional data carries, and the `seal` section that authenticates
- * the index and the other sections. Chunks themselves are sealed by {@link Sealer} (lib/seal.ts).
+ * the index and the other sections. Chunks themselves are sealed by {@link Sealer} (lib/codecs/seal.ts).
  *
  * - Fixed header bytes 84..116 (reserved otherwise): the seal parameters, salt(16) | key check(16).
  * - Every data record is ENCRYPTED; its stored bytes are `nonce | ciphertext | tag` of the encoded chunk, its
@@ -16,7 +16,7 @@
 
 import { concatBytes } from "./cursor.ts";
 import { ImageError, KeyError } from "../errors.ts";
-import { MAC_SIZE, SEAL_PARAMS_SIZE, type Sealer } from "../seal.ts";
+import { MAC_SIZE, SEAL_PARAMS_SIZE, type Sealer } from "../codecs/seal.ts";
 
 /** Name of the section holding the metadata MAC. */
 export const SEAL_SECTION = "seal";

@@ -7,7 +7,8 @@
  */
 
 import { MAP, PROT } from "../../ffi/constants.ts";
-import { errno, hex, libc, mmap, ptrOf, systemError } from "../../ffi/libc.ts";
+import { errno, libc, mmap, ptrOf, systemError } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
 import type { ImageRecord, ImageRegion } from "./layout.ts";
 import { clearRange, protOf } from "./lazy.ts";
 import { RemoteWriter } from "./remote.ts";

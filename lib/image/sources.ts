@@ -6,7 +6,8 @@
  * @module
  */
 
-import { errno, hex, libc, systemError } from "../../ffi/libc.ts";
+import { errno, libc, systemError } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
 import { type ImageRecord, KIND } from "./layout.ts";
 
 /** Where a persister reads memory from. */

@@ -9,11 +9,11 @@
  * @module
  */
 
-import { hex } from "../../ffi/libc.ts";
-import type { Codec } from "../codec.ts";
+import { hex } from "../hex.ts";
+import type { Codec } from "../codecs/codec.ts";
 import { codecForId } from "../codecs/select.ts";
 import { ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
-import { chunkAad, Sealer, type SealKey } from "../seal.ts";
+import { chunkAad, Sealer, type SealKey } from "../codecs/seal.ts";
 import { checksum } from "./checksum.ts";
 import { indexProblem } from "./index.ts";
 import {

@@ -6,7 +6,7 @@
  */
 
 import { concatBytes } from "./cursor.ts";
-import type { Sealer } from "../seal.ts";
+import type { Sealer } from "../codecs/seal.ts";
 import { checksum } from "./checksum.ts";
 import { encodeDirectory, encodeFrameHeader, type FrameInfo } from "./frames.ts";
 import {

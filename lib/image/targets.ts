@@ -6,11 +6,11 @@
  * @module
  */
 
-import { hex } from "../../ffi/libc.ts";
-import { readRegions } from "../maps.ts";
-import { permsString, type Region } from "../region.ts";
+import { hex } from "../hex.ts";
+import { readRegions } from "../kernel/maps.ts";
+import { permsString, type Region } from "../kernel/region.ts";
 import type { ImageRecord, ImageRegion } from "./layout.ts";
-import type { RestoreJournal } from "../journal.ts";
+import type { RestoreJournal } from "../kernel/journal.ts";
 
 /** Bytes a segment can be loaded into. */
 export type SegmentBuffer = ArrayBuffer | SharedArrayBuffer | ArrayBufferView;

@@ -7,8 +7,9 @@
  */
 
 import { MADV } from "../../ffi/constants.ts";
-import { addrOf, hex, libc, madvise, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
-import type { Codec } from "../codec.ts";
+import { addrOf, libc, madvise, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
+import type { Codec } from "../codecs/codec.ts";
 import { defaultWindow, ordered } from "../codecs/pool.ts";
 import { CryoError, ImageError } from "../errors.ts";
 import { checksumAt, checksumAtAsync } from "./checksum.ts";

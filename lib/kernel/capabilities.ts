@@ -8,7 +8,7 @@
 
 import { rawSyscall } from "./syscall.ts";
 import { CryoError } from "../errors.ts";
-import { pagemapScanSupported } from "../pagemap.ts";
+import { pagemapScanSupported } from "./pagemap.ts";
 import { libc } from "../../ffi/libc.ts";
 
 const SYS_USERFAULTFD = 323n;

@@ -10,7 +10,8 @@
 import { CryoError } from "../errors.ts";
 import type { Userfaultfd } from "./uffd.ts";
 import { helper } from "../../ffi/helper.ts";
-import { addrOf, hex, PAGE_SIZE, systemError } from "../../ffi/libc.ts";
+import { addrOf, PAGE_SIZE, systemError } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
 
 /** One run of data to serve: `length` bytes at `start` in the served process. */
 export interface FaultRun {

@@ -13,9 +13,10 @@
  */
 
 import { CryoError, SystemError } from "../errors.ts";
-import type { Frozen } from "../freeze.ts";
+import type { Frozen } from "./freeze.ts";
 import { helper } from "../../ffi/helper.ts";
-import { addrOf, hex, libc, PAGE_SIZE, processVmRead, processVmWrite, systemError } from "../../ffi/libc.ts";
+import { addrOf, libc, PAGE_SIZE, processVmRead, processVmWrite, systemError } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
 import { MAP, PROT } from "../../ffi/constants.ts";
 
 /** x86_64 system call numbers used by the typed wrappers. */
@@ -34,6 +35,7 @@ export const SYS = {
   openat: 257,
   memfd_create: 319,
   userfaultfd: 323,
+  rseq: 334,
 } as const;
 
 /** `AT_FDCWD`: `openat` relative to the current directory. */

@@ -15,8 +15,9 @@ import { rawSyscall } from "./syscall.ts";
 import { CryoError } from "../errors.ts";
 import { type Injector, SYS } from "./inject.ts";
 import { capabilities, requireCapabilities, UFFD_FEATURE } from "./capabilities.ts";
-import { PAGE_IS, PagemapScan, PM_SCAN } from "../pagescan.ts";
-import { check, errno, hex, libc, open, PAGE_SIZE, systemError } from "../../ffi/libc.ts";
+import { PAGE_IS, PagemapScan, PM_SCAN } from "./pagescan.ts";
+import { check, errno, libc, open, PAGE_SIZE, systemError } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
 
 const SYS_USERFAULTFD = 323n;
 const SYS_PIDFD_OPEN = 434n;

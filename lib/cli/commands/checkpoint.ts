@@ -4,16 +4,16 @@
  * @module
  */
 
-import { checkpoint } from "../../checkpoint.ts";
-import type { RegionFilter } from "../../policy.ts";
-import { REGION_KINDS, type RegionKind } from "../../region.ts";
+import { checkpoint } from "../../ops/checkpoint.ts";
+import type { RegionFilter } from "../../kernel/policy.ts";
+import { REGION_KINDS, type RegionKind } from "../../kernel/region.ts";
 import { parse, parsePid, parseRange } from "../args.ts";
 import { humanBytes, humanDuration, printable } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { progressBar } from "../progress.ts";
 import { keyFrom, keyOptions, parseCodecOption } from "../secure.ts";
-import { Sealer } from "../../seal.ts";
+import { Sealer } from "../../codecs/seal.ts";
 
 /** Parse one `--include`/`--exclude` value: `range:START-END`, `kind:K`, `path:GLOB`, or `START-END`. */
 export function parseFilter(value: string): RegionFilter {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { freeze } from "../../freeze.ts";
+import { freeze } from "../../kernel/freeze.ts";
 import { inject, SYS } from "../../kernel/inject.ts";
 import { capabilities } from "../../kernel/capabilities.ts";
 import { errnoDescription, errnoName } from "../../../ffi/libc.ts";

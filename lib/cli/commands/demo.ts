@@ -5,10 +5,10 @@
  * @module
  */
 
-import { checkpoint } from "../../checkpoint.ts";
-import { LineChild } from "../../child.ts";
-import { inspect, verify } from "../../inspect.ts";
-import { restore } from "../../restore.ts";
+import { checkpoint } from "../../ops/checkpoint.ts";
+import { LineChild } from "../../kernel/child.ts";
+import { inspect, verify } from "../../ops/inspect.ts";
+import { restore } from "../../ops/restore.ts";
 import { parse } from "../args.ts";
 import { humanBytes, humanDuration } from "../format.ts";
 import { type Command, out } from "../main.ts";

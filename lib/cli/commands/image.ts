@@ -4,8 +4,8 @@
  * @module
  */
 
-import { diff } from "../../diff.ts";
-import { inspect, verify } from "../../inspect.ts";
+import { diff } from "../../ops/diff.ts";
+import { inspect, verify } from "../../ops/inspect.ts";
 import { onePositional, parse } from "../args.ts";
 import { humanBytes, humanDuration, humanRate, printable as p, table } from "../format.ts";
 import { toJson } from "../json.ts";

@@ -4,8 +4,8 @@
  * @module
  */
 
-import { regionDecisions } from "../../checkpoint.ts";
-import { permsString } from "../../region.ts";
+import { regionDecisions } from "../../ops/checkpoint.ts";
+import { permsString } from "../../kernel/region.ts";
 import { parse, parsePid } from "../args.ts";
 import { humanBytes, printable as p, table } from "../format.ts";
 import { toJson } from "../json.ts";

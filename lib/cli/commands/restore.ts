@@ -4,7 +4,7 @@
  * @module
  */
 
-import { restore } from "../../restore.ts";
+import { restore } from "../../ops/restore.ts";
 import { onePositional, parse, parsePid } from "../args.ts";
 import { humanBytes, humanDuration } from "../format.ts";
 import { toJson } from "../json.ts";

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { CryoError } from "./errors.ts";
+import { CryoError } from "../errors.ts";
 
 /** What a marker records. */
 export interface RestoreMarker {
@@ -113,4 +113,23 @@ export function removeMarker(pid: number): void {
   try {
     Deno.removeSync(markerPath(pid));
   } catch { /* none */ }
+}
+
+/**
+ * Whether `pid` is waiting for an interrupted restore to be finished: a marker names it and it is stopped
+ * (state `T`). Call it before freezing. A marker whose process runs is stale (cryo was killed just before
+ * the hold, or just after the thaw) and is removed.
+ *
+ * @param pid The target.
+ * @returns True when a restore must finish and then resume it.
+ */
+export function pendingRecovery(pid: number): boolean {
+  if (!readMarker(pid)) return false;
+  let state = "?";
+  try {
+    state = Deno.readTextFileSync(`/proc/${pid}/status`).match(/^State:\s+(\S)/m)?.[1] ?? "?";
+  } catch { /* gone */ }
+  if (state === "T") return true;
+  removeMarker(pid);
+  return false;
 }

@@ -9,8 +9,8 @@
  */
 
 import { type RseqConfig, rseqFromBytes } from "./threads.ts";
-import { helper } from "../ffi/helper.ts";
-import { systemError, unwrap } from "../ffi/libc.ts";
+import { helper } from "../../ffi/helper.ts";
+import { systemError, unwrap } from "../../ffi/libc.ts";
 
 export type { RseqConfig } from "./threads.ts";
 

@@ -9,8 +9,8 @@
 
 import type { Region } from "./region.ts";
 import { procPath, readProcText } from "./procfs.ts";
-import { SystemError } from "./errors.ts";
-import { systemError } from "../ffi/libc.ts";
+import { SystemError } from "../errors.ts";
+import { systemError } from "../../ffi/libc.ts";
 
 /** A thread and the stack region its stack pointer is in. */
 export interface ThreadStack {

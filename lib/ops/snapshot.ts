@@ -6,7 +6,8 @@
  */
 
 import { checkpoint, type CheckpointOptions, type CheckpointResult } from "./checkpoint.ts";
-import { restore, type RestoreOptions, type RestoreResult } from "./restore.ts";
+import { restore, type RestoreOptions } from "./restore.ts";
+import type { RestoreResult } from "./restore_commit.ts";
 
 /** A checkpoint of a process that it can be rolled back to, any number of times. */
 export class Snapshot implements AsyncDisposable {
@@ -73,7 +74,7 @@ export class Snapshot implements AsyncDisposable {
  *
  * @example Roll a child back between cases
  * ```ts ignore
- * import { snapshot } from "./mod.ts";
+ * import { snapshot } from "../mod.ts";
  *
  * const child = new Deno.Command("./server", { stdin: "piped" }).spawn();
  * try {

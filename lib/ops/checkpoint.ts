@@ -6,23 +6,23 @@
  * @module
  */
 
-import { close, memfdCreate } from "../ffi/libc.ts";
-import { CryoError } from "./errors.ts";
-import { freeze } from "./freeze.ts";
-import { readRegions } from "./maps.ts";
-import { classify, type Decision, type PolicyOptions } from "./policy.ts";
-import { Pagemap } from "./pagemap.ts";
-import { markStacks, threadStacks } from "./stacks.ts";
-import { encodeThreads } from "./threads.ts";
-import { type Codec, raw } from "./codec.ts";
-import type { Sealer } from "./seal.ts";
-import { type ImageSummary, MemoryPersister } from "./image/persister.ts";
-import { MemoryLoader } from "./image/loader.ts";
-import { KIND } from "./image/layout.ts";
-import { imageSource, pidSource } from "./image/sources.ts";
-import { dirOf, scratchFile } from "./image/tempfile.ts";
-import type { Region } from "./region.ts";
-import { type Progress, silentProgress } from "./cli/progress.ts";
+import { close, memfdCreate } from "../../ffi/libc.ts";
+import { CryoError } from "../errors.ts";
+import { freeze } from "../kernel/freeze.ts";
+import { readRegions } from "../kernel/maps.ts";
+import { classify, type Decision, type PolicyOptions } from "../kernel/policy.ts";
+import { Pagemap } from "../kernel/pagemap.ts";
+import { markStacks, threadStacks } from "../kernel/stacks.ts";
+import { encodeThreads } from "../kernel/threads.ts";
+import { type Codec, raw } from "../codecs/codec.ts";
+import type { Sealer } from "../codecs/seal.ts";
+import { type ImageSummary, MemoryPersister } from "../image/persister.ts";
+import { MemoryLoader } from "../image/loader.ts";
+import { KIND } from "../image/layout.ts";
+import { imageSource, pidSource } from "../image/sources.ts";
+import { dirOf, scratchFile } from "../image/tempfile.ts";
+import type { Region } from "../kernel/region.ts";
+import { type Progress, silentProgress } from "./progress.ts";
 
 /** Options of {@link checkpoint}. */
 export interface CheckpointOptions extends PolicyOptions {

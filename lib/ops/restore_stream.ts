@@ -2,26 +2,26 @@
  * Restore a live process from a streamed or encrypted image: `cryo restore --pid P -` (stdin) and restores of
  * encrypted image files. Like {@link restore}, the process is frozen, its layout is checked against the
  * image's region table before anything is written, and the write phase is all or nothing
- * (lib/restore_commit.ts): every byte overwritten is journaled first and put back on any failure.
+ * (lib/ops/restore_commit.ts): every byte overwritten is journaled first and put back on any failure.
  *
  * From a file, the whole image is verified (every chunk authenticated and decoded) first, its threads checked
  * against the target's and registers put back before memory. From a stream, which can be read only once, each
  * chunk is verified before it is written and the journal is what makes it all or nothing: a stream that turns
  * out truncated or damaged part-way, a threads section that does not fit the target or the kernel refuses,
  * or an abort, undoes every chunk written so far. The journal costs one read of the target's overwritten
- * bytes and one write of them to an unlinked temporary file (see lib/journal.ts).
+ * bytes and one write of them to an unlinked temporary file (see lib/kernel/journal.ts).
  *
  * @module
  */
 
-import { freeze } from "./freeze.ts";
-import { decodeThreads, type ThreadState } from "./threads.ts";
-import type { Codec } from "./codec.ts";
-import type { SealKey } from "./seal.ts";
-import { loadStream, openInput, verifyStream } from "./image/stream.ts";
-import { commitRestore, refuseThreadChanges, threadChanges } from "./restore_commit.ts";
-import type { RestoreResult } from "./restore.ts";
-import { type Progress, silentProgress } from "./cli/progress.ts";
+import { freeze } from "../kernel/freeze.ts";
+import { pendingRecovery } from "./recovery.ts";
+import { decodeThreads, type ThreadState } from "../kernel/threads.ts";
+import type { Codec } from "../codecs/codec.ts";
+import type { SealKey } from "../codecs/seal.ts";
+import { loadStream, openInput, verifyStream } from "../image/stream.ts";
+import { commitRestore, refuseThreadChanges, type RestoreResult, threadChanges } from "./restore_commit.ts";
+import { type Progress, silentProgress } from "./progress.ts";
 
 /** Options of {@link restoreStream}. */
 export interface StreamRestoreOptions {
@@ -74,6 +74,7 @@ export async function restoreStream(
   // An abort must not wait for the next byte of a stream that may never come: it errors the stream.
   const opened = await openInput(input);
   const stream = opts.signal ? opened.pipeThrough(new TransformStream(), { signal: opts.signal }) : opened;
+  const recovering = pendingRecovery(pid); // asked before the freeze, which hides the stopped state
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
   const checkThreads = (threads: readonly ThreadState[], present: boolean) => {
@@ -83,7 +84,7 @@ export async function restoreStream(
   };
   try {
     if (known) checkThreads(known, known.length > 0);
-    const done = await commitRestore(frozen, input, async ({ target, setThreads }) => {
+    const done = await commitRestore(frozen, input, recovering, async ({ target, setThreads }) => {
       if (known && opts.registers !== false) setThreads(known); // first: refused registers fail before memory
       const s = await loadStream(stream, target, {
         ...streamOpts,

@@ -3,13 +3,13 @@
  * FP/vector state (`NT_X86_XSTATE`, or `NT_PRFPREG` where XSAVE is missing) and its rseq configuration
  * (`PTRACE_GET_RSEQ_CONFIGURATION`), plus the byte encoding a checkpoint stores as its "threads" section.
  *
- * Every ptrace call here must come from the thread that attached (see lib/freeze.ts); they are synchronous.
+ * Every ptrace call here must come from the thread that attached (see lib/kernel/freeze.ts); they are synchronous.
  *
  * @module
  */
 
-import { ImageError } from "./errors.ts";
-import { check, errno, libc, systemError } from "../ffi/libc.ts";
+import { ImageError } from "../errors.ts";
+import { check, errno, libc, systemError } from "../../ffi/libc.ts";
 
 const PTRACE_GETREGSET = 0x4204;
 const PTRACE_SETREGSET = 0x4205;

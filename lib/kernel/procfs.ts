@@ -5,8 +5,8 @@
  * @module
  */
 
-import { errno, libc, open, systemError } from "../ffi/libc.ts";
-import { O } from "../ffi/constants.ts";
+import { errno, libc, open, systemError } from "../../ffi/libc.ts";
+import { O } from "../../ffi/constants.ts";
 
 /**
  * The path of a file under `/proc/<pid>/`, validating the pid.

@@ -9,7 +9,8 @@
  * @module
  */
 
-import { errno, hex, libc, PAGE_SIZE, systemError } from "../ffi/libc.ts";
+import { errno, libc, PAGE_SIZE, systemError } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
 import { RunBuilder } from "./runs.ts";
 
 // linux/fs.h (6.7+): PAGEMAP_SCAN = _IOWR('f', 16, struct pm_scan_arg), 96 bytes.

@@ -9,10 +9,10 @@
  * @module
  */
 
-import { CryoError, SystemError } from "./errors.ts";
+import { CryoError, SystemError } from "../errors.ts";
 import { readThreadState, type Registers, type ThreadState, writeRegisters } from "./threads.ts";
-import { helper } from "../ffi/helper.ts";
-import { errno, libc, systemError, unwrap } from "../ffi/libc.ts";
+import { helper } from "../../ffi/helper.ts";
+import { errno, libc, systemError, unwrap } from "../../ffi/libc.ts";
 
 const ESRCH = 3;
 const EPERM = 1;
@@ -271,8 +271,8 @@ function whyNotPermitted(pid: number, tid: number): string {
  *
  * @example Freeze, read the stack pointers, thaw on every path
  * ```ts ignore
- * import { freeze } from "./lib/freeze.ts";
- * import { register } from "./lib/threads.ts";
+ * import { freeze } from "./freeze.ts";
+ * import { register } from "./threads.ts";
  *
  * using frozen = freeze(pid);
  * for (const t of frozen.threads) console.log(t.tid, register(t, "rsp"));

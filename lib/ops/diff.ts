@@ -6,11 +6,11 @@
  * @module
  */
 
-import { PAGE_SIZE } from "../ffi/libc.ts";
-import type { Codec } from "./codec.ts";
-import { CryoError } from "./errors.ts";
-import { type ImageRecord, KIND } from "./image/layout.ts";
-import { MemoryLoader } from "./image/loader.ts";
+import { PAGE_SIZE } from "../../ffi/libc.ts";
+import type { Codec } from "../codecs/codec.ts";
+import { CryoError } from "../errors.ts";
+import { type ImageRecord, KIND } from "../image/layout.ts";
+import { MemoryLoader } from "../image/loader.ts";
 
 /** A run of pages with the same verdict. */
 export interface DiffRun {

@@ -5,15 +5,15 @@
  * @module
  */
 
-import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "./image/layout.ts";
-import { requireSealed } from "./image/sealing.ts";
-import { MemoryLoader } from "./image/loader.ts";
-import type { ImageSummary } from "./image/persister.ts";
-import { permsString } from "./region.ts";
-import type { Codec } from "./codec.ts";
-import { ImageError } from "./errors.ts";
-import { openInput, verifyStream } from "./image/stream.ts";
-import type { SealKey } from "./seal.ts";
+import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "../image/layout.ts";
+import { requireSealed } from "../image/sealing.ts";
+import { MemoryLoader } from "../image/loader.ts";
+import type { ImageSummary } from "../image/persister.ts";
+import { permsString } from "../kernel/region.ts";
+import type { Codec } from "../codecs/codec.ts";
+import { ImageError } from "../errors.ts";
+import { openInput, verifyStream } from "../image/stream.ts";
+import type { SealKey } from "../codecs/seal.ts";
 
 /** One region of {@link ImageInfo}. */
 export interface InspectRegion {

@@ -8,9 +8,9 @@
  * @module
  */
 
-import { MapsParseError } from "./errors.ts";
+import { MapsParseError } from "../errors.ts";
 import { compareAddress, parsePerms, type Region, type RegionKind } from "./region.ts";
-import { systemError } from "../ffi/libc.ts";
+import { systemError } from "../../ffi/libc.ts";
 import { procPath, readProcText } from "./procfs.ts";
 import { markStacks, threadStacks } from "./stacks.ts";
 

@@ -5,8 +5,8 @@
  * @module
  */
 
-import { helper } from "../ffi/helper.ts";
-import { ptrOf } from "../ffi/libc.ts";
+import { helper } from "../../ffi/helper.ts";
+import { ptrOf } from "../../ffi/libc.ts";
 
 /**
  * Which pages of local memory `[addr, addr + len)` are entirely zero.

@@ -13,7 +13,7 @@
  */
 
 import { permsString, type Region, type RegionKind } from "./region.ts";
-import { hex } from "../ffi/libc.ts";
+import { hex } from "../hex.ts";
 
 /** Selects regions: a region matches when it matches every criterion given (`{}` matches every region). */
 export interface RegionFilter {

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { CryoError, ImageError, KeyError, KeyFileError } from "./errors.ts";
+import { CryoError, ImageError, KeyError, KeyFileError } from "../errors.ts";
 
 /** Bytes of the seal parameters an image stores: salt(16) | key check(16). */
 export const SEAL_PARAMS_SIZE = 32;

@@ -2,7 +2,7 @@
  * Which pages of a range hold data: the page state of any process, from its `/proc/<pid>/pagemap`.
  *
  * Two paths give identical {@link PageRun}s (runs of consecutive present-or-swapped pages):
- * - `"scan"`: the `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7), where the kernel itself returns runs (lib/pagescan.ts
+ * - `"scan"`: the `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7), where the kernel itself returns runs (lib/kernel/pagescan.ts
  *   declares its 96-byte `pm_scan_arg` and 24-byte `page_region`; older headers lack them). Each call stops at
  *   `walk_end` when its output vector is full; we loop from there and merge, since the last call can repeat a
  *   2 MiB block already reported.
@@ -14,8 +14,9 @@
  * @module
  */
 
-import { errno, hex, libc, open, PAGE_SIZE, systemError } from "../ffi/libc.ts";
-import { O } from "../ffi/constants.ts";
+import { errno, libc, open, PAGE_SIZE, systemError } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
+import { O } from "../../ffi/constants.ts";
 import { procPath } from "./procfs.ts";
 import { PagemapScan } from "./pagescan.ts";
 import { type PageRun, RunBuilder, toRuns } from "./runs.ts";

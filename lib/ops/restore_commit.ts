@@ -5,23 +5,24 @@
  * undone:
  *
  * 1. the target, already frozen, is **held** by a pending SIGSTOP (`Frozen.hold`) and a marker names it and
- *    the image (lib/recovery.ts): if cryo is killed from here on, the target stays stopped, never runs
+ *    the image (lib/ops/recovery.ts): if cryo is killed from here on, the target stays stopped, never runs
  *    half-written, and `cryo restore --recover --pid P` finishes the restore;
  * 2. every byte and register set about to be overwritten is saved in the undo **journal** first
- *    (lib/journal.ts);
+ *    (lib/kernel/journal.ts);
  * 3. on any failure the journal is played back, the hold taken back and the target thawed exactly as it was;
  *    on success the journal is dropped, the hold taken back and the target thawed.
  *
  * @module
  */
 
-import { LayoutMismatchError, RestoreIncompleteError } from "./errors.ts";
-import type { Frozen } from "./freeze.ts";
-import { RestoreJournal } from "./journal.ts";
-import { readMarker, removeMarker, writeMarker } from "./recovery.ts";
-import { readThreadState, type ThreadState } from "./threads.ts";
-import { type LoadTarget, pidTarget } from "./image/targets.ts";
-import { libc } from "../ffi/libc.ts";
+import { LayoutMismatchError, RestoreIncompleteError } from "../errors.ts";
+import type { Frozen } from "../kernel/freeze.ts";
+import { RestoreJournal } from "../kernel/journal.ts";
+import { removeMarker, writeMarker } from "./recovery.ts";
+import { readThreadState, type RseqConfig, type ThreadState } from "../kernel/threads.ts";
+import { inject, SYS } from "../kernel/inject.ts";
+import { type LoadTarget, pidTarget } from "../image/targets.ts";
+import { libc } from "../../ffi/libc.ts";
 
 const SIGCONT = 18;
 
@@ -70,6 +71,64 @@ export function refuseThreadChanges(pid: number, changes: ThreadChanges): void {
   if (differences.length) throw new LayoutMismatchError(`pid ${pid}'s threads`, differences);
 }
 
+const RSEQ_FLAG_UNREGISTER = 1;
+
+/**
+ * Make thread `tid`'s rseq registration the one recorded at the checkpoint, by a `rseq(2)` run inside it: a
+ * thread caught just after its birth had not registered yet, and resumed there it registers again, which the
+ * kernel refuses while the later registration stands (glibc then aborts: "rseq registration failed"). The
+ * change is journaled.
+ */
+function setRseq(
+  frozen: Frozen,
+  journal: RestoreJournal,
+  tid: number,
+  now: RseqConfig | null,
+  want: RseqConfig | null,
+): void {
+  const have = now?.abiPointer ?? 0n, need = want?.abiPointer ?? 0n;
+  if (have === need && (have === 0n || now!.abiSize === want!.abiSize)) return;
+  const apply = (from: RseqConfig | null, to: RseqConfig | null) => {
+    using inj = inject(frozen, { tid });
+    if (from && from.abiPointer) {
+      inj.syscall(SYS.rseq, from.abiPointer, from.abiSize, RSEQ_FLAG_UNREGISTER, from.signature);
+    }
+    if (to && to.abiPointer) inj.syscall(SYS.rseq, to.abiPointer, to.abiSize, 0, to.signature);
+  };
+  apply(now, want);
+  journal.addUndo(() => apply(want, now));
+}
+
+/** What a restore did (or, with `dryRun`, would do). */
+export interface RestoreResult {
+  /** The process. */
+  pid: number;
+  /** The image. */
+  path: string;
+  /** Whether this was a dry run (nothing written). */
+  dryRun: boolean;
+  /** Image regions written into. */
+  regions: number;
+  /** Bytes of data written back. */
+  dataBytes: number;
+  /** Bytes of holes made zero (pages already zero are not written). */
+  holeBytes: number;
+  /** Threads whose registers were put back. */
+  threadsRestored: number;
+  /** Thread ids recorded in the image that no longer exist (their registers were not restored). */
+  threadsGone: number[];
+  /** Thread ids of the target that the image does not know (only with `allowThreadChanges`). */
+  threadsBorn: number[];
+  /** Bytes of the target saved in the undo journal before they were overwritten. */
+  journalBytes: number;
+  /** Whether this finished a restore that an earlier, killed cryo had left (the target was resumed). */
+  recovered: boolean;
+  /** How long the target was stopped, in milliseconds (0 for a dry run that did not freeze). */
+  stoppedMs: number;
+  /** How long the whole restore took, in milliseconds. */
+  totalMs: number;
+}
+
 /** What {@link commitRestore} did. */
 export interface CommitSummary<T> {
   /** The write function's result. */
@@ -96,6 +155,8 @@ export interface CommitContext {
  *
  * @param frozen The frozen target.
  * @param image The image's path (for the recovery marker), or `-`.
+ * @param recovering Whether this finishes an interrupted restore (`pendingRecovery`, asked before the
+ *   freeze): the target is then resumed on success, and left stopped on failure.
  * @param write Writes memory and registers through the context.
  * @param signal Aborts: checked after the write, so an abort undoes everything.
  * @returns What was done.
@@ -105,11 +166,12 @@ export interface CommitContext {
 export async function commitRestore<T>(
   frozen: Frozen,
   image: string,
+  recovering: boolean,
   write: (ctx: CommitContext) => Promise<T>,
   signal?: AbortSignal,
 ): Promise<CommitSummary<T>> {
   const pid = frozen.pid;
-  const recovered = readMarker(pid) !== undefined;
+  const recovered = recovering;
   signal?.throwIfAborted();
   writeMarker(pid, image); // first: whenever the hold is in force, a marker says how to finish
   frozen.hold();
@@ -121,7 +183,9 @@ export async function commitRestore<T>(
     setThreads(threads) {
       for (const t of threads) {
         if (!live.has(t.tid)) continue;
-        journal.saveRegisters(t.tid, readThreadState(t.tid));
+        const now = readThreadState(t.tid);
+        journal.saveRegisters(t.tid, now);
+        setRseq(frozen, journal, t.tid, now.rseq, t.rseq);
         frozen.setRegisters(t.tid, t);
         threadsRestored++;
       }

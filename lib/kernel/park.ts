@@ -18,8 +18,8 @@
  * @module
  */
 
-import { CryoError, SafepointTimeoutError } from "./errors.ts";
-import { helper } from "../ffi/helper.ts";
+import { CryoError, SafepointTimeoutError } from "../errors.ts";
+import { helper } from "../../ffi/helper.ts";
 
 // Control words (Int32Array over the SharedArrayBuffer).
 const STATE = 0; // 1 while a park is requested

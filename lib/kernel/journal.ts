@@ -8,9 +8,10 @@
  * @module
  */
 
-import { O } from "../ffi/constants.ts";
-import { cstr, errno, hex, libc, PAGE_SIZE, ptrOf, systemError } from "../ffi/libc.ts";
-import { helper } from "../ffi/helper.ts";
+import { O } from "../../ffi/constants.ts";
+import { cstr, errno, libc, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
+import { helper } from "../../ffi/helper.ts";
 import type { Registers } from "./threads.ts";
 
 const O_TMPFILE = 0o20000000 | O.DIRECTORY;
@@ -49,6 +50,7 @@ export class RestoreJournal implements Disposable {
   #size = 0;
   readonly #entries: Entry[] = [];
   readonly #registers = new Map<number, Registers>();
+  readonly #actions: (() => void)[] = [];
   #bounce: Uint8Array<ArrayBuffer> | undefined;
   #liov = new BigUint64Array(2 * 1024);
   #riov = new BigUint64Array(2 * 1024);
@@ -229,7 +231,18 @@ export class RestoreJournal implements Disposable {
   }
 
   /**
-   * Put everything back: memory in reverse order of saving (so the oldest bytes win), then registers.
+   * Record how to take back a change that is not memory or registers (e.g. a thread's rseq registration made
+   * or removed); undone last, newest first.
+   *
+   * @param undo Takes the change back.
+   */
+  addUndo(undo: () => void): void {
+    this.#actions.push(undo);
+  }
+
+  /**
+   * Put everything back: memory in reverse order of saving (so the oldest bytes win), then registers, then the
+   * other changes ({@link addUndo}), newest first.
    *
    * @param setRegisters Writes one thread's registers (the frozen handle's `setRegisters`).
    * @returns Bytes of memory written back.
@@ -261,6 +274,7 @@ export class RestoreJournal implements Disposable {
       written += e.len;
     }
     for (const [tid, regs] of this.#registers) setRegisters(tid, regs);
+    for (const undo of this.#actions.reverse()) undo();
     return written;
   }
 
@@ -326,6 +340,7 @@ export class RestoreJournal implements Disposable {
     this.#fd = this.#mem = -1;
     this.#entries.length = 0;
     this.#registers.clear();
+    this.#actions.length = 0;
     this.#bounce = undefined;
   }
 

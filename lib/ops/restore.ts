@@ -2,26 +2,26 @@
  * Restore (roll back) a live process to an image: verify the image (every record decoded), freeze the process,
  * check that every image region is still mapped with the same protection (a region that grew is fine; one that
  * shrank or vanished is a refusal listing them) and that its threads are those of the checkpoint, then write
- * registers and memory back all or nothing (lib/restore_commit.ts: held by a stop that outlives cryo, every
+ * registers and memory back all or nothing (lib/ops/restore_commit.ts: held by a stop that outlives cryo, every
  * overwritten byte journaled, undone on any failure or abort), thaw. A key means the image must be encrypted.
  *
  * @module
  */
 
-import { freeze } from "./freeze.ts";
-import { CryoError } from "./errors.ts";
-import { readMarker } from "./recovery.ts";
-import { commitRestore, refuseThreadChanges, threadChanges } from "./restore_commit.ts";
-import { requireSealed } from "./image/sealing.ts";
-import { decodeThreads } from "./threads.ts";
-import type { Codec } from "./codec.ts";
-import { MemoryLoader } from "./image/loader.ts";
-import { pidTarget } from "./image/targets.ts";
-import { KIND } from "./image/layout.ts";
-import { openInput, verifyStream } from "./image/stream.ts";
+import { freeze } from "../kernel/freeze.ts";
+import { CryoError } from "../errors.ts";
+import { pendingRecovery, readMarker } from "./recovery.ts";
+import { commitRestore, refuseThreadChanges, type RestoreResult, threadChanges } from "./restore_commit.ts";
+import { requireSealed } from "../image/sealing.ts";
+import { decodeThreads } from "../kernel/threads.ts";
+import type { Codec } from "../codecs/codec.ts";
+import { MemoryLoader } from "../image/loader.ts";
+import { pidTarget } from "../image/targets.ts";
+import { KIND } from "../image/layout.ts";
+import { openInput, verifyStream } from "../image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
-import type { SealKey } from "./seal.ts";
-import { type Progress, silentProgress } from "./cli/progress.ts";
+import type { SealKey } from "../codecs/seal.ts";
+import { type Progress, silentProgress } from "./progress.ts";
 
 /** Options of {@link restore}. */
 export interface RestoreOptions {
@@ -54,36 +54,6 @@ export interface RestoreOptions {
    * image is the one that restore recorded (`path` may be empty or the same path). The target is resumed.
    */
   recover?: boolean;
-}
-
-/** What {@link restore} did (or, with `dryRun`, would do). */
-export interface RestoreResult {
-  /** The process. */
-  pid: number;
-  /** The image. */
-  path: string;
-  /** Whether this was a dry run (nothing written). */
-  dryRun: boolean;
-  /** Image regions written into. */
-  regions: number;
-  /** Bytes of data written back. */
-  dataBytes: number;
-  /** Bytes of holes made zero (pages already zero are not written). */
-  holeBytes: number;
-  /** Threads whose registers were put back. */
-  threadsRestored: number;
-  /** Thread ids recorded in the image that no longer exist (their registers were not restored). */
-  threadsGone: number[];
-  /** Thread ids of the target that the image does not know (only with `allowThreadChanges`). */
-  threadsBorn: number[];
-  /** Bytes of the target saved in the undo journal before they were overwritten. */
-  journalBytes: number;
-  /** Whether this finished a restore that an earlier, killed cryo had left (the target was resumed). */
-  recovered: boolean;
-  /** How long the target was stopped, in milliseconds (0 for a dry run that did not freeze). */
-  stoppedMs: number;
-  /** How long the whole restore took, in milliseconds. */
-  totalMs: number;
 }
 
 /**
@@ -136,6 +106,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
   const absolute = loader.records.filter((r) => r.segment === 0);
   const dataBytes = absolute.reduce((n, r) => n + (r.kind === KIND.DATA ? r.length : 0), 0);
   const holeBytes = absolute.reduce((n, r) => n + (r.kind === KIND.HOLE ? r.length : 0), 0);
+  const recovering = pendingRecovery(pid); // asked before the freeze, which hides the stopped state
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
   try {
@@ -159,7 +130,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     };
     if (!opts.dryRun) {
       progress.total(dataBytes);
-      const done = await commitRestore(frozen, path, async ({ target, setThreads }) => {
+      const done = await commitRestore(frozen, path, recovering, async ({ target, setThreads }) => {
         setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
         const summary = await loader.load(target);
         progress.advance(summary.copiedBytes);
