@@ -34,11 +34,8 @@ try {
   const info = await inspect(image);
   const bootId = Deno.readTextFileSync("/proc/sys/kernel/random/boot_id").trim();
   if (info.source.bootId !== bootId) throw new Error("image from another boot");
-  // A Deno program's runtime starts and ends pool threads on its own: let the rollback go ahead when its
-  // thread set changed (by default that is refused, since a thread born since runs on rolled-back memory).
-  const opts = { allowThreadChanges: true };
   try {
-    const dry = await restore(app.pid, image, { ...opts, dryRun: true });
+    const dry = await restore(app.pid, image, { dryRun: true });
     console.log(`dry run: would write ${dry.dataBytes >> 20} MiB into ${dry.regions} regions`);
   } catch (e) {
     if (e instanceof LayoutMismatchError) {
@@ -48,7 +45,7 @@ try {
   }
 
   // 4. Roll back (all or nothing), and check the program is in its warm state again.
-  const rs = await restore(app.pid, image, opts);
+  const rs = await restore(app.pid, image);
   console.log(`restore: ${rs.threadsRestored} threads, stopped ${rs.stoppedMs.toFixed(0)} ms`);
   const now = await app.request("state", 10_000);
   if (now !== warm) throw new Error(`MISMATCH: ${now} != ${warm}`);

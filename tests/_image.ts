@@ -4,6 +4,7 @@
  * @module
  */
 
+import { Pagemap } from "../lib/kernel/pagemap.ts";
 import { readRegions } from "../lib/kernel/maps.ts";
 import { MAP, PROT } from "../ffi/constants.ts";
 import { mmap, munmap, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
@@ -89,13 +90,16 @@ export function rssAnon(): number {
 }
 
 /**
- * Resident bytes of the one mapping at `addr`, from /proc/self/smaps: unlike the process-wide total, other
- * tests running in this process (deno test --parallel) do not move it.
+ * Resident bytes of `[addr, addr + len)`, from this process's pagemap: unlike the process-wide total, other
+ * tests running in this process (deno test --parallel) do not move it, and unlike smaps it does not count a
+ * neighbouring mapping the kernel merged with this one.
  */
-export function rssOf(addr: bigint): number {
-  const r = readRegions("self", { smaps: true }).find((x) => x.start <= addr && addr < x.end);
-  if (!r) throw new Error(`nothing mapped at 0x${addr.toString(16)}`);
-  return r.rss;
+export function rssOf(addr: bigint, len: number): number {
+  using pm = Pagemap.open("self");
+  const runs = pm.runs(addr, addr + BigInt(len));
+  let bytes = 0n;
+  for (let i = 0; i < runs.length; i += 2) bytes += runs[i + 1] - runs[i];
+  return Number(bytes);
 }
 
 /** A temporary directory, removed on dispose. */

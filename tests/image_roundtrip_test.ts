@@ -67,16 +67,16 @@ Deno.test("releaseMemory() after a persist drops RSS and load() brings the bytes
   await using p = await MemoryPersister.create(path, { regions: [m.region] });
   await p.store(m.addr, m.len);
   await p.finalize();
-  const rss0 = rssOf(m.addr);
+  const rss0 = rssOf(m.addr, m.len);
   const total0 = rssAnon();
   releaseMemory(m.addr, m.len);
-  const rss1 = rssOf(m.addr);
+  const rss1 = rssOf(m.addr, m.len);
   assertEquals([rss0, rss1], [64 * MiB, 0], "the mapping's resident bytes before and after the release");
   // The process's own total (smaps_rollup) drops too, give or take what other tests in this process allocate.
   assert(total0 - rssAnon() >= 32 * MiB, `process RSS dropped by ${total0 - rssAnon()} bytes only`);
   using img = await MemoryLoader.open(path);
   await img.load(selfTarget());
-  assertEquals(rssOf(m.addr), 64 * MiB);
+  assertEquals(rssOf(m.addr, m.len), 64 * MiB);
   assertEquals(m.sum(), before);
 });
 

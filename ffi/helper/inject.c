@@ -128,7 +128,7 @@ long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr
   if (r < 0) return r;
   uint64_t deadline = inj_now_ns() + (uint64_t)timeout_ns;
   long err = 0;
-  int sig = 0;
+  int sig = 0, gone = 0;
   for (;;) {
     r = inj_ptrace(INJ_PTRACE_SINGLESTEP, tid, 0, sig);
     sig = 0;
@@ -145,7 +145,11 @@ long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr
       err = w < 0 ? w : -ETIMEDOUT;
       break;
     }
-    if (w < 0) return w;  // gone: nothing to put back
+    if (w < 0) {  // gone: nothing to put back, but a signal it held for the process must not be lost
+      err = w;
+      gone = 1;
+      break;
+    }
     int event = status >> 16, stopsig = WSTOPSIG(status);
     if (event == INJ_PTRACE_EVENT_STOP) continue;  // a group stop or a late interrupt: step on
     if (event != 0) continue;                      // another ptrace event (clone): step on
@@ -166,12 +170,12 @@ long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr
     // A signal arrived for the thread: hold it, and queue it again once the registers are back.
     if (nheld < INJ_MAX_HELD) held[nheld++] = stopsig;
   }
-  long rr = inj_restore(tid, &saved, &xs, xs_type);
+  long rr = gone ? 0 : inj_restore(tid, &saved, &xs, xs_type);
   // A stop signal stops the whole process wherever it is queued: queue it to the process, as whoever sent it
   // (cryo's hold among them) most likely did, so that any thread may take it.
   for (int i = 0; i < nheld; i++) {
     if (held[i] == SIGSTOP) syscall(SYS_kill, pid, SIGSTOP);
-    else syscall(SYS_tgkill, pid, tid, held[i]);
+    else if (!gone) syscall(SYS_tgkill, pid, tid, held[i]);
   }
   out[1] = nheld;
   if (err) return err;

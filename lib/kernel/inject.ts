@@ -36,6 +36,7 @@ export const SYS = {
   memfd_create: 319,
   userfaultfd: 323,
   rseq: 334,
+  exit: 60,
 } as const;
 
 /** `AT_FDCWD`: `openat` relative to the current directory. */

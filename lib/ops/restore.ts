@@ -44,9 +44,9 @@ export interface RestoreOptions {
   /** Abort: before the write phase nothing is done; during it, everything written is undone. */
   signal?: AbortSignal;
   /**
-   * Go ahead although threads were born or ended since the checkpoint (default false: refused, because a
-   * thread born since runs on memory rolled back to before it existed). Registers go back into the threads
-   * that still exist; the others are reported in the result.
+   * Go ahead although threads of the checkpoint have ended since (default false: refused, because memory
+   * rolled back would still count on them). Registers go back into the threads that still exist. Threads born
+   * since the checkpoint are ended either way (unless `registers: false`).
    */
   allowThreadChanges?: boolean;
   /**
@@ -123,6 +123,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       threadsRestored: 0,
       threadsGone: changes.gone,
       threadsBorn: changes.born,
+      threadsEnded: [],
       journalBytes: 0,
       recovered: false,
       stoppedMs: 0,
@@ -130,14 +131,16 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     };
     if (!opts.dryRun) {
       progress.total(dataBytes);
-      const done = await commitRestore(frozen, path, recovering, async ({ target, setThreads }) => {
+      const done = await commitRestore(frozen, path, recovering, async ({ target, setThreads, endAfter }) => {
         setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
+        if (threads.length) endAfter(changes.born); // last: rolled-back memory does not know them
         const summary = await loader.load(target);
         progress.advance(summary.copiedBytes);
         return summary;
       }, opts.signal);
       result.holeBytes = done.value.holeBytes;
       result.threadsRestored = done.threadsRestored;
+      result.threadsEnded = done.threadsEnded;
       result.journalBytes = done.journalBytes;
       result.recovered = done.recovered;
     }

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { LayoutMismatchError, RestoreIncompleteError } from "../errors.ts";
+import { LayoutMismatchError, RestoreIncompleteError, SystemError } from "../errors.ts";
 import type { Frozen } from "../kernel/freeze.ts";
 import { RestoreJournal } from "../kernel/journal.ts";
 import { removeMarker, writeMarker } from "./recovery.ts";
@@ -51,24 +51,39 @@ export function threadChanges(threads: readonly ThreadState[], tids: readonly nu
 }
 
 /**
- * Refuse a rollback whose thread set changed since the checkpoint: a thread born since would run on memory
- * rolled back to before it existed (its own bookkeeping, e.g. glibc's list of stacks, gone from under it), and
- * a thread that ended would be remembered by memory that outlived it. Both make the target crash later.
+ * Refuse a rollback into a target whose threads of the checkpoint have ended: memory that outlived them still
+ * counts on them (a runtime's pool waits for a worker that is not there, and the program hangs). Threads born
+ * since are not refused: the restore ends them ({@link CommitContext.endAfter}).
  *
  * @param pid The target.
  * @param changes The difference ({@link threadChanges}).
  * @throws {LayoutMismatchError} Listing each thread, unless nothing changed.
  */
 export function refuseThreadChanges(pid: number, changes: ThreadChanges): void {
-  const differences = [
-    ...changes.born.map((t) =>
-      `thread ${t} was born since the checkpoint (it would run on memory rolled back to before it existed)`
-    ),
-    ...changes.gone.map((t) =>
-      `thread ${t} of the checkpoint has ended (its memory would be restored without it)`
-    ),
-  ];
+  const differences = changes.gone.map((t) =>
+    `thread ${t} of the checkpoint has ended (memory rolled back would still count on it; threads are not yet recreated)`
+  );
   if (differences.length) throw new LayoutMismatchError(`pid ${pid}'s threads`, differences);
+}
+
+/**
+ * End thread `tid` of a frozen process with an `exit(2)` run inside it (the thread only, not the process).
+ *
+ * @returns Whether it ended.
+ */
+function endThread(frozen: Frozen, tid: number): boolean {
+  const inj = inject(frozen, { tid, timeoutMs: 2000 });
+  try {
+    inj.raw(SYS.exit, 0);
+    return false; // exit(2) does not return
+  } catch (e) {
+    if (e instanceof SystemError && e.code === "ESRCH") return true; // it ended during the call
+    return false;
+  } finally {
+    try {
+      inj.close();
+    } catch { /* the thread is gone: nothing of it to put back */ }
+  }
 }
 
 const RSEQ_FLAG_UNREGISTER = 1;
@@ -117,8 +132,10 @@ export interface RestoreResult {
   threadsRestored: number;
   /** Thread ids recorded in the image that no longer exist (their registers were not restored). */
   threadsGone: number[];
-  /** Thread ids of the target that the image does not know (only with `allowThreadChanges`). */
+  /** Thread ids of the target born since the checkpoint: they were ended (see `threadsEnded`). */
   threadsBorn: number[];
+  /** Thread ids ended by the restore (born since the checkpoint; with `registers: false`, none). */
+  threadsEnded: number[];
   /** Bytes of the target saved in the undo journal before they were overwritten. */
   journalBytes: number;
   /** Whether this finished a restore that an earlier, killed cryo had left (the target was resumed). */
@@ -135,6 +152,8 @@ export interface CommitSummary<T> {
   value: T;
   /** Threads whose registers were put back. */
   threadsRestored: number;
+  /** Threads ended ({@link CommitContext.endAfter}). */
+  threadsEnded: number[];
   /** Bytes the journal saved (what was overwritten). */
   journalBytes: number;
   /** Whether this finished a restore that an earlier, killed cryo left (the target was then resumed). */
@@ -147,6 +166,12 @@ export interface CommitContext {
   target: LoadTarget;
   /** Put these threads' registers back (saving the current ones first); threads that are gone are skipped. */
   setThreads(threads: readonly ThreadState[]): void;
+  /**
+   * End these threads (born since the checkpoint: rolled-back memory does not know them, and left running they
+   * would act on it, e.g. finish a read their runtime no longer waits for) with an `exit(2)` run inside each,
+   * once everything else has been written: ending a thread cannot be undone, so it is the last step.
+   */
+  endAfter(tids: readonly number[]): void;
 }
 
 /**
@@ -177,6 +202,7 @@ export async function commitRestore<T>(
   frozen.hold();
   using journal = new RestoreJournal(pid);
   let threadsRestored = 0;
+  const toEnd: number[] = [];
   const live = new Set(frozen.tids);
   const ctx: CommitContext = {
     target: pidTarget(pid, { journal }),
@@ -189,6 +215,9 @@ export async function commitRestore<T>(
         frozen.setRegisters(t.tid, t);
         threadsRestored++;
       }
+    },
+    endAfter(tids) {
+      toEnd.push(...tids.filter((t) => live.has(t) && t !== pid));
     },
   };
   let value: T;
@@ -216,8 +245,9 @@ export async function commitRestore<T>(
     }
     throw e;
   }
+  const threadsEnded = toEnd.filter((tid) => endThread(frozen, tid));
   frozen.thaw();
   if (recovered) libc.kill(pid, SIGCONT); // stopped since the killed restore: let it run again
   removeMarker(pid);
-  return { value, threadsRestored, journalBytes: journal.bytes, recovered };
+  return { value, threadsRestored, threadsEnded, journalBytes: journal.bytes, recovered };
 }

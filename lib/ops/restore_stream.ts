@@ -31,7 +31,7 @@ export interface StreamRestoreOptions {
   codecs?: readonly Codec[];
   /** Put the recorded registers back into threads that still exist (default true). */
   registers?: boolean;
-  /** Go ahead although threads were born or ended since the checkpoint (default false: refused). */
+  /** Go ahead although threads of the checkpoint have ended since (default false: refused). */
   allowThreadChanges?: boolean;
   /** How long the freeze may take, in milliseconds. */
   freezeTimeoutMs?: number;
@@ -84,7 +84,7 @@ export async function restoreStream(
   };
   try {
     if (known) checkThreads(known, known.length > 0);
-    const done = await commitRestore(frozen, input, recovering, async ({ target, setThreads }) => {
+    const done = await commitRestore(frozen, input, recovering, async ({ target, setThreads, endAfter }) => {
       if (known && opts.registers !== false) setThreads(known); // first: refused registers fail before memory
       const s = await loadStream(stream, target, {
         ...streamOpts,
@@ -97,6 +97,7 @@ export async function restoreStream(
       const threads = known ?? (bytes ? decodeThreads(bytes, input) : []);
       const changes = checkThreads(threads, bytes !== undefined);
       if (!known && opts.registers !== false) setThreads(threads);
+      if (opts.registers !== false && threads.length) endAfter(changes.born);
       return { s, changes };
     }, opts.signal);
     frozen.thaw();
@@ -111,6 +112,7 @@ export async function restoreStream(
       threadsRestored: done.threadsRestored,
       threadsGone: changes.gone,
       threadsBorn: changes.born,
+      threadsEnded: done.threadsEnded,
       journalBytes: done.journalBytes,
       recovered: done.recovered,
       stoppedMs: performance.now() - frozenAt,

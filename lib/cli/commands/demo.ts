@@ -61,19 +61,14 @@ options:
       out(`   ${describe(changed)}`);
 
       step(4, "restore: freeze it again, verify the image, write its memory and registers back, thaw");
-      // Deno's runtime starts and ends pool threads by itself: the demo accepts a changed thread set (a
-      // restore refuses it by default) and says what changed.
-      const rs = await restore(child.pid, image, { signal: ctx.signal, allowThreadChanges: true });
+      const rs = await restore(child.pid, image, { signal: ctx.signal });
       out(
         `   wrote ${humanBytes(rs.dataBytes)}, made ${humanBytes(rs.holeBytes)} of holes read as zero, ` +
           `${rs.threadsRestored} threads' registers; stopped ${humanDuration(rs.stoppedMs)}; ` +
           `all or nothing (${humanBytes(rs.journalBytes)} journaled)`,
       );
-      if (rs.threadsBorn.length || rs.threadsGone.length) {
-        out(
-          `   threads changed since the checkpoint (Deno's pool): ${rs.threadsBorn.length} born, ` +
-            `${rs.threadsGone.length} ended`,
-        );
+      if (rs.threadsEnded.length) {
+        out(`   ${rs.threadsEnded.length} thread(s) of Deno's pool born since the checkpoint were ended`);
       }
 
       step(5, "its state after the rollback");

@@ -19,8 +19,8 @@ export const restoreCommand: Command = {
 
 Verifies IMAGE completely (every record decoded), freezes PID, checks that every region in the image is still
 mapped in PID with the same protection (a region that grew is fine; one that shrank or vanished is refused,
-listing them) and that PID's threads are those of the checkpoint, puts each thread's registers back, writes the
-memory back (holes become zero), and thaws PID.
+listing them) and that PID still has every thread of the checkpoint, puts each thread's registers back, writes
+the memory back (holes become zero), ends the threads born since the checkpoint, and thaws PID.
 
 All or nothing: while it writes, PID is held by a stop that outlives cryo, and every byte and register set
 overwritten is saved in an undo journal (an unlinked 0600 file in $CRYO_JOURNAL_DIR, $TMPDIR or /var/tmp);
@@ -39,8 +39,8 @@ options:
                      the checkpoint (or the image holds none of their stacks): a thread resumed with today's
                      registers on a stack rolled back to then may crash
   --dry-run          verify and check, report what would be written, write nothing
-  --allow-thread-changes  go ahead although threads were born or ended since the checkpoint (refused by
-                     default: a thread born since would run on memory rolled back to before it existed)
+  --allow-thread-changes  go ahead although threads of the checkpoint have ended since (refused by default:
+                     memory rolled back would still count on them). Threads born since are always ended
   --recover          finish a restore that a killed cryo left (PID stopped); IMAGE may be omitted
   --json             print the result as JSON
   -q, --quiet        no progress bar
