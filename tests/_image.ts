@@ -5,7 +5,6 @@
  */
 
 import { Pagemap } from "../lib/kernel/pagemap.ts";
-import { readRegions } from "../lib/kernel/maps.ts";
 import { MAP, PROT } from "../ffi/constants.ts";
 import { mmap, munmap, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
 import type { Region } from "../lib/kernel/region.ts";
