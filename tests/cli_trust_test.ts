@@ -321,10 +321,11 @@ Deno.test("cryo checkpoint killed (SIGKILL) at random moments leaves a complete 
   await target.request(`fill 0x${(a + (48n << 20n)).toString(16)} ${48 << 20} text 8`);
   const pid = String(target.pid);
   const image = `${dir.path}/a.cryo`;
+  const perMode = Number(Deno.env.get("CRYO_FAULT_ROUNDS") ?? 2); // kills per mode (more for a long run)
   const modes: [string, string[], number][] = [
-    ["raw", [], 4],
-    ["zstd", ["--compress", "zstd:1"], 4],
-    ["encrypted", ["--compress", "lz4", "--key-file", key], 3],
+    ["raw", [], perMode],
+    ["zstd", ["--compress", "zstd:1"], perMode],
+    ["encrypted", ["--compress", "lz4", "--key-file", key], perMode],
   ];
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   let kills = 0, complete = 0, frozenAtKill = 0;

@@ -56,7 +56,8 @@ Deno.test("`ZstdCodec.encode()` round-trips a child's text memory byte-exact at 
   const mem = await childMemory(["text", "text", "text", "text"]);
   for (const level of [1, 3, 19]) {
     using codec = new ZstdCodec(level);
-    const ratio = await roundTrip(codec, mem, MiB);
+    // Level 19 is slow by design: one MiB of the four says as much about it.
+    const ratio = await roundTrip(codec, level === 19 ? mem.subarray(0, MiB) : mem, MiB);
     assert(ratio > 3, `zstd:${level} ratio ${ratio} on text`);
   }
 });
