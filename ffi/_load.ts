@@ -40,3 +40,29 @@ export function loadSystemLibrary<S extends Deno.ForeignLibraryInterface>(
     `Cannot load ${soname}; tried:\n  ${tried.join("\n  ")}\n${hint}, or set ${envVar} to its path`,
   );
 }
+
+/**
+ * {@link loadSystemLibrary}, on first use: the symbols of a library that opens when one is first called, so
+ * that importing a module that binds it needs neither `--allow-ffi` nor the library itself.
+ *
+ * @param soname The library's soname.
+ * @param envVar The environment variable that overrides the path.
+ * @param symbols The symbol table.
+ * @param hint How to install the library, for the error.
+ * @returns The library's symbols (a proxy that opens it on first access).
+ */
+export function lazySystemLibrary<S extends Deno.ForeignLibraryInterface>(
+  soname: string,
+  envVar: string,
+  symbols: S,
+  hint: string,
+): Deno.DynamicLibrary<S>["symbols"] {
+  type Symbols = Deno.DynamicLibrary<S>["symbols"];
+  let opened: Symbols | undefined;
+  return new Proxy({} as Symbols, {
+    get: (_, name) => {
+      opened ??= loadSystemLibrary(soname, envVar, symbols, hint);
+      return opened[name as keyof Symbols];
+    },
+  });
+}

@@ -99,14 +99,32 @@ const symbols = {
   sysconf: { parameters: [int], result: long },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-/** The raw libc symbols. Prefer the wrappers below, which check for errors. */
-export const libc: Deno.DynamicLibrary<typeof symbols>["symbols"] = Deno.dlopen("libc.so.6", symbols).symbols;
+type LibcSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
+let opened: LibcSymbols | undefined;
 
-const errnoPtr = libc.__errno_location()!;
-const errnoView = new Deno.UnsafePointerView(errnoPtr);
+/** Open libc (once): on first use, so that importing cryo to parse a maps file needs no `--allow-ffi`. */
+function open_(): LibcSymbols {
+  if (opened) return opened;
+  const lib = Deno.dlopen("libc.so.6", symbols).symbols;
+  const page = Number(lib.sysconf(30 /* _SC_PAGESIZE */));
+  if (page !== PAGE_SIZE) {
+    throw new Error(
+      `Cannot use cryo here: the page size is ${page} bytes, cryo supports ${PAGE_SIZE} (x86_64)`,
+    );
+  }
+  return opened = lib;
+}
+
+/** The raw libc symbols, opened on first use. Prefer the wrappers below, which check for errors. */
+export const libc: LibcSymbols = new Proxy({} as LibcSymbols, {
+  get: (_, name) => open_()[name as keyof LibcSymbols],
+});
+
+let errnoView: Deno.UnsafePointerView | undefined;
 
 /** The calling thread's errno right now. Read it immediately after the failing call. */
 export function errno(): number {
+  errnoView ??= new Deno.UnsafePointerView(open_().__errno_location()!);
   return errnoView.getInt32();
 }
 
@@ -167,7 +185,7 @@ export function cstr(s: string): Uint8Array<ArrayBuffer> {
 }
 
 /** This system's page size in bytes. */
-export const PAGE_SIZE: number = Number(libc.sysconf(30 /* _SC_PAGESIZE */));
+export const PAGE_SIZE = 4096;
 
 /**
  * Map memory. Throws with the arguments in the message on failure.

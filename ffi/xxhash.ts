@@ -5,7 +5,7 @@
  * @module
  */
 
-import { loadSystemLibrary } from "./_load.ts";
+import { lazySystemLibrary } from "./_load.ts";
 import { ptr, size_t, ulong } from "./types.ts";
 
 const symbols = {
@@ -34,8 +34,8 @@ const symbols = {
   XXH3_64bits_digest: { parameters: [ptr], result: ulong },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-/** The libxxhash symbols. */
-export const xxhash: Deno.DynamicLibrary<typeof symbols>["symbols"] = loadSystemLibrary(
+/** The libxxhash symbols, opened on first use. */
+export const xxhash: Deno.DynamicLibrary<typeof symbols>["symbols"] = lazySystemLibrary(
   "libxxhash.so.0",
   "CRYO_LIBXXHASH",
   symbols,

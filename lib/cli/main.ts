@@ -5,6 +5,7 @@
  * @module
  */
 
+import config from "../../deno.json" with { type: "json" };
 import {
   CryoError,
   HelperNotFoundError,
@@ -74,6 +75,9 @@ function hintFor(e: unknown, ctx: CommandContext): string | undefined {
     return "hint: the target's memory map no longer matches the image; `cryo regions --pid PID` shows it";
   }
   if (e instanceof HelperNotFoundError) return "hint: run `deno task build`";
+  if (e instanceof RestoreIncompleteError) {
+    return `hint: run \`cryo restore --recover --pid ${e.pid}\` to finish the restore and resume it`;
+  }
   if (e instanceof KeyFileError) {
     return e.mode === undefined
       ? "hint: give a regular file holding the key (32 bytes or 64 hex characters), or --key-env NAME"
@@ -102,7 +106,7 @@ export async function main(commands: Command[], argv: string[]): Promise<number>
     return name ? 0 : 2;
   }
   if (name === "--version") {
-    out("cryo 0.1.0");
+    out(`cryo ${config.version}`);
     return 0;
   }
   const command = commands.find((c) => c.name === name);

@@ -442,7 +442,7 @@ export async function loadKey(
   opts: { keyFile?: string; keyEnv?: string } & KeyFileOptions,
 ): Promise<SealKey | undefined> {
   if (opts.keyFile !== undefined && opts.keyEnv !== undefined) {
-    throw new TypeError("Cannot use both --key-file and --key-env: give one");
+    throw new TypeError("Cannot use both a key file and a key variable: give one");
   }
   if (opts.keyFile !== undefined) {
     return await keyFromFile(opts.keyFile, { strict: opts.strict, warn: opts.warn });

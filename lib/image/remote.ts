@@ -46,7 +46,10 @@ const IOV_BATCH = 1024; // UIO_MAXIOV
 
 /** A region of an image's region table, as far as loading needs it. */
 type ImageRegionLike = Region & { relocatable?: boolean };
-const zerosAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ZEROS)));
+let zerosAddr_: bigint | undefined;
+/** Its address, taken on first use (importing this module needs no `--allow-ffi`). */
+const zerosAddr =
+  (): bigint => (zerosAddr_ ??= BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(ZEROS))));
 
 /** Writes another process's memory: `process_vm_writev`, falling back to `/proc/<pid>/mem` (read-only pages). */
 export class RemoteWriter implements Disposable {
@@ -292,7 +295,7 @@ export class RemoteWriter implements Disposable {
 
   #writeZeros(addr: bigint, len: number): void {
     for (let off = 0; off < len; off += ZEROS.length) {
-      this.#writeAt(addr + BigInt(off), zerosAddr, Math.min(ZEROS.length, len - off));
+      this.#writeAt(addr + BigInt(off), zerosAddr(), Math.min(ZEROS.length, len - off));
     }
   }
 

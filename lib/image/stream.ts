@@ -171,7 +171,7 @@ async function readStream(
     if (encrypted) {
       if (!opts.key) {
         throw new KeyError(
-          `Cannot read image ${path}: it is encrypted; give its key with --key-file or --key-env`,
+          `Cannot read image ${path}: it is encrypted; give its key`,
         );
       }
       sealer = await Sealer.open(opts.key, sealParamsOf(block), path);

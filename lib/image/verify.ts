@@ -70,7 +70,9 @@ export interface ImageParts {
 }
 
 const ZERO_PAGE = new Uint8Array(1 << 16);
-const zeroPtr = Deno.UnsafePointer.of(ZERO_PAGE);
+let zeroPtr_: Deno.PointerValue | undefined;
+/** Its address, taken on first use (importing this module needs no `--allow-ffi`). */
+const zeroPtr = (): Deno.PointerValue => (zeroPtr_ ??= Deno.UnsafePointer.of(ZERO_PAGE));
 
 /**
  * Throw unless `[offset, offset + len)` of the mapped image is all zero.
@@ -83,7 +85,7 @@ const zeroPtr = Deno.UnsafePointer.of(ZERO_PAGE);
 function expectZero(p: ImageParts, offset: number, len: number, what: string): void {
   for (let at = offset; at < offset + len; at += ZERO_PAGE.length) {
     const n = Math.min(ZERO_PAGE.length, offset + len - at);
-    if (libc.memcmp(ptrOf(p.base + BigInt(at)), zeroPtr, BigInt(n)) !== 0) {
+    if (libc.memcmp(ptrOf(p.base + BigInt(at)), zeroPtr(), BigInt(n)) !== 0) {
       const bytes = view(p, at, n);
       throw new ImageError(p.path, at + bytes.findIndex((b) => b !== 0), `non-zero byte in ${what}`);
     }

@@ -9,7 +9,9 @@
 import { addrOf, errno, libc, PAGE_SIZE, systemError } from "../../ffi/libc.ts";
 
 const ZEROS = new Uint8Array(PAGE_SIZE);
-const ZEROS_ADDR = addrOf(Deno.UnsafePointer.of(ZEROS));
+let ZEROS_ADDR_: bigint | undefined;
+/** Its address, taken on first use (importing this module needs no `--allow-ffi`). */
+const ZEROS_ADDR = (): bigint => (ZEROS_ADDR_ ??= addrOf(Deno.UnsafePointer.of(ZEROS)));
 const IOV_MAX = 1024;
 
 /** Queued iovecs and the buffers they point into, taken for writing. */
@@ -65,7 +67,7 @@ export class WriteQueue {
   zerosTo(to: number): void {
     if (to < this.#pos) throw new RangeError(`Cannot seek back from ${this.#pos} to ${to}`);
     for (let n = to - this.#pos; n > 0; n -= ZEROS.length) {
-      this.at(ZEROS_ADDR, Math.min(n, ZEROS.length));
+      this.at(ZEROS_ADDR(), Math.min(n, ZEROS.length));
     }
   }
 
@@ -99,7 +101,7 @@ export class WriteQueue {
   at(ptr: bigint, len: number): void {
     if (len === 0) return;
     const n = this.#iovCount;
-    if (n > 0 && this.#iov[2 * n - 2] + this.#iov[2 * n - 1] === ptr && ptr !== ZEROS_ADDR) {
+    if (n > 0 && this.#iov[2 * n - 2] + this.#iov[2 * n - 1] === ptr && ptr !== ZEROS_ADDR()) {
       this.#iov[2 * n - 1] += BigInt(len);
     } else {
       if (2 * n === this.#iov.length) {

@@ -233,7 +233,7 @@ export async function commitRestore<T>(
         pid,
         `Cannot restore pid ${pid}: ${(e as Error).message}; putting it back failed too (${
           (undoError as Error).message
-        }): it is left stopped; run \`cryo restore --recover --pid ${pid}\` to finish the restore`,
+        }): it is left stopped, for a recovering restore to finish`,
         { cause: e },
       );
     }
