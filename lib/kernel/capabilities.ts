@@ -10,15 +10,16 @@ import { rawSyscall } from "./syscall.ts";
 import { CryoError } from "../errors.ts";
 import { pagemapScanSupported } from "./pagemap.ts";
 import { libc } from "../../ffi/libc.ts";
-
-const SYS_USERFAULTFD = 323n;
-const SYS_PIDFD_OPEN = 434n;
-const SYS_PIDFD_GETFD = 438n;
-const UFFD_USER_MODE_ONLY = 1n;
-const O_CLOEXEC = 0o2000000n;
-const O_NONBLOCK = 0o4000n;
-const UFFDIO_API = 0xc018aa3fn;
-const UFFD_API = 0xaan;
+import {
+  O_CLOEXEC,
+  O_NONBLOCK,
+  SYS_PIDFD_GETFD,
+  SYS_PIDFD_OPEN,
+  SYS_USERFAULTFD,
+  UFFD_API,
+  UFFD_USER_MODE_ONLY,
+  UFFDIO,
+} from "./uffd_abi.ts";
 
 /** `UFFD_FEATURE_*` bits (linux/userfaultfd.h). */
 export const UFFD_FEATURE = {
@@ -80,10 +81,10 @@ function sys(nr: bigint, a = 0n, b = 0n, c = 0n): bigint {
   return rawSyscall(nr, a, b, c);
 }
 
-/** The features UFFDIO_API offers on a fresh userfaultfd, or -1n when the ioctl fails. */
+/** The features UFFDIO.API offers on a fresh userfaultfd, or -1n when the ioctl fails. */
 function apiFeatures(fd: number): bigint {
   const api = new BigUint64Array([UFFD_API, 0n, 0n]);
-  return libc.ioctl(fd, UFFDIO_API, Deno.UnsafePointer.of(api)) === 0 ? api[1] : -1n;
+  return libc.ioctl(fd, UFFDIO.API, Deno.UnsafePointer.of(api)) === 0 ? api[1] : -1n;
 }
 
 /**
@@ -104,8 +105,8 @@ export function capabilities(): Capabilities {
   let features = 0n;
   let kernelFaults = false;
   let uffd = false;
-  for (const mode of [0n, UFFD_USER_MODE_ONLY]) {
-    const fd = sys(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK | mode);
+  for (const mode of [0n, BigInt(UFFD_USER_MODE_ONLY)]) {
+    const fd = sys(SYS_USERFAULTFD, BigInt(O_CLOEXEC | O_NONBLOCK) | mode);
     if (fd < 0n) continue;
     const f = apiFeatures(Number(fd));
     libc.close(Number(fd));

@@ -293,29 +293,17 @@ export class RestoreJournal implements Disposable {
 
   /** Read the target's `[addr, addr + len)` to `local`: `process_vm_readv`, `/proc/<pid>/mem` for what it refuses. */
   #readInto(addr: bigint, len: number, local: bigint): void {
-    const got = libc.process_vm_readv(
-      this.pid,
-      pair(this.#liov, local, len),
-      1n,
-      pair(this.#riov, addr, len),
-      1n,
-      0n,
-    );
-    if (got === BigInt(len)) return;
-    this.#memIo("pread", addr, local, len);
+    this.#transfer("process_vm_readv", addr, local, len);
   }
 
   #writeTarget(addr: bigint, local: bigint, len: number): void {
-    const got = libc.process_vm_writev(
-      this.pid,
-      pair(this.#liov, local, len),
-      1n,
-      pair(this.#riov, addr, len),
-      1n,
-      0n,
-    );
+    this.#transfer("process_vm_writev", addr, local, len);
+  }
+
+  #transfer(call: "process_vm_readv" | "process_vm_writev", addr: bigint, local: bigint, len: number): void {
+    const got = libc[call](this.pid, pair(this.#liov, local, len), 1n, pair(this.#riov, addr, len), 1n, 0n);
     if (got === BigInt(len)) return;
-    this.#memIo("pwrite", addr, local, len);
+    this.#memIo(call === "process_vm_readv" ? "pread" : "pwrite", addr, local, len);
   }
 
   #memIo(call: "pread" | "pwrite", addr: bigint, local: bigint, len: number): void {

@@ -50,6 +50,20 @@ const LINE =
   /^([0-9a-f]{1,16})-([0-9a-f]{1,16}) (\S{4}) ([0-9a-f]{1,16}) ([0-9a-f]{1,8}):([0-9a-f]{1,8}) (\d{1,20})(?: +(.*))?$/;
 const PERMS = /^[r-][w-][x-][ps]$/;
 const DELETED = " (deleted)";
+/** The smaps size fields cryo reads, and where they go (in bytes). */
+const SIZE_FIELDS: Record<
+  string,
+  "rss" | "anonymous" | "swap" | "anonHugePages" | "privateDirty" | "sharedDirty" | "kernelPageSize"
+> = {
+  Rss: "rss",
+  Anonymous: "anonymous",
+  Swap: "swap",
+  AnonHugePages: "anonHugePages",
+  Private_Dirty: "privateDirty",
+  Shared_Dirty: "sharedDirty",
+  KernelPageSize: "kernelPageSize",
+};
+
 const FIELD = /^([A-Za-z_]+):\s*(.*)$/;
 
 /**
@@ -172,32 +186,8 @@ export function parseSmaps(text: string, source = "smaps"): SmapsRegion[] {
     if (f) {
       if (!cur) throw new MapsParseError(source, i + 1, line, "field before the first region");
       const [, key, value] = f;
-      switch (key) {
-        case "VmFlags":
-          cur.vmFlags = value.trim() === "" ? [] : value.trim().split(/\s+/);
-          break;
-        case "Rss":
-          cur.rss = kib(value, source, i + 1, line);
-          break;
-        case "Anonymous":
-          cur.anonymous = kib(value, source, i + 1, line);
-          break;
-        case "Swap":
-          cur.swap = kib(value, source, i + 1, line);
-          break;
-        case "AnonHugePages":
-          cur.anonHugePages = kib(value, source, i + 1, line);
-          break;
-        case "Private_Dirty":
-          cur.privateDirty = kib(value, source, i + 1, line);
-          break;
-        case "Shared_Dirty":
-          cur.sharedDirty = kib(value, source, i + 1, line);
-          break;
-        case "KernelPageSize":
-          cur.kernelPageSize = kib(value, source, i + 1, line);
-          break;
-      }
+      if (key === "VmFlags") cur.vmFlags = value.trim() === "" ? [] : value.trim().split(/\s+/);
+      else if (key in SIZE_FIELDS) cur[SIZE_FIELDS[key]] = kib(value, source, i + 1, line);
       continue;
     }
     const r = parseLine(line);

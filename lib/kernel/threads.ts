@@ -109,35 +109,25 @@ export function setRegister(regs: Pick<Registers, "general">, name: RegisterName
     .setBigUint64(i * 8, BigInt.asUintN(64, value), true);
 }
 
-function getRegset(tid: number, type: number, size: number): Uint8Array<ArrayBuffer> {
-  const data = new Uint8Array(size);
+/** `PTRACE_GETREGSET`/`PTRACE_SETREGSET` of regset `type` through an iovec over `data`; the bytes moved. */
+function regset(request: number, tid: number, type: number, data: Uint8Array<ArrayBuffer>): number {
   const iov = new BigUint64Array([
     BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data))),
-    BigInt(size),
+    BigInt(data.length),
   ]);
-  const r = libc.ptrace(
-    PTRACE_GETREGSET,
-    tid,
-    Deno.UnsafePointer.create(BigInt(type)),
-    Deno.UnsafePointer.of(iov),
-  );
-  check(r, "ptrace(PTRACE_GETREGSET)", `tid ${tid} regset 0x${type.toString(16)}`);
-  return data.slice(0, Number(iov[1]));
+  const r = libc.ptrace(request, tid, Deno.UnsafePointer.create(BigInt(type)), Deno.UnsafePointer.of(iov));
+  const name = request === PTRACE_GETREGSET ? "PTRACE_GETREGSET" : "PTRACE_SETREGSET";
+  check(r, `ptrace(${name})`, `tid ${tid} regset 0x${type.toString(16)}`);
+  return Number(iov[1]);
+}
+
+function getRegset(tid: number, type: number, size: number): Uint8Array<ArrayBuffer> {
+  const data = new Uint8Array(size);
+  return data.slice(0, regset(PTRACE_GETREGSET, tid, type, data));
 }
 
 function setRegset(tid: number, type: number, bytes: Uint8Array): void {
-  const data = new Uint8Array(bytes);
-  const iov = new BigUint64Array([
-    BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data))),
-    BigInt(data.byteLength),
-  ]);
-  const r = libc.ptrace(
-    PTRACE_SETREGSET,
-    tid,
-    Deno.UnsafePointer.create(BigInt(type)),
-    Deno.UnsafePointer.of(iov),
-  );
-  check(r, "ptrace(PTRACE_SETREGSET)", `tid ${tid} regset 0x${type.toString(16)}`);
+  regset(PTRACE_SETREGSET, tid, type, new Uint8Array(bytes));
 }
 
 /**

@@ -11,6 +11,16 @@
  * @module
  */
 
+import {
+  O_CLOEXEC,
+  O_NONBLOCK,
+  SYS_PIDFD_GETFD,
+  SYS_PIDFD_OPEN,
+  SYS_USERFAULTFD,
+  UFFD_API,
+  UFFD_USER_MODE_ONLY,
+  UFFDIO,
+} from "./uffd_abi.ts";
 import { rawSyscall } from "./syscall.ts";
 import { CryoError } from "../errors.ts";
 import { type Injector, SYS } from "./inject.ts";
@@ -19,31 +29,16 @@ import { PAGE_IS, PagemapScan, PM_SCAN } from "./pagescan.ts";
 import { check, errno, libc, open, PAGE_SIZE, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 
-const SYS_USERFAULTFD = 323n;
-const SYS_PIDFD_OPEN = 434n;
-const SYS_PIDFD_GETFD = 438n;
-const UFFD_USER_MODE_ONLY = 1;
-const O_CLOEXEC = 0o2000000;
-const O_NONBLOCK = 0o4000;
 const EEXIST = 17;
 const EAGAIN = 11;
 const EPERM = 1;
 
-const UFFD_API = 0xaan;
-const UFFDIO_API = 0xc018aa3fn;
-const UFFDIO_REGISTER = 0xc020aa00n;
-const UFFDIO_UNREGISTER = 0x8010aa01n;
-const UFFDIO_WAKE = 0x8010aa02n;
-const UFFDIO_COPY = 0xc028aa03n;
-const UFFDIO_ZEROPAGE = 0xc020aa04n;
-const UFFDIO_WRITEPROTECT = 0xc018aa06n;
-
-/** `UFFDIO_REGISTER` modes. */
+/** `UFFDIO.REGISTER` modes. */
 export const UFFDIO_REGISTER_MODE = { MISSING: 1n, WP: 2n, MINOR: 4n } as const;
 
 /** Options of {@link Userfaultfd.create} and {@link Userfaultfd.inTarget}. */
 export interface UserfaultfdOptions {
-  /** `UFFD_FEATURE_*` bits to ask for with `UFFDIO_API` (default none). */
+  /** `UFFD_FEATURE_*` bits to ask for with `UFFDIO.API` (default none). */
   features?: bigint;
   /**
    * `UFFD_USER_MODE_ONLY`: handle only faults taken in user mode. Default: off when the kernel allows it (so a
@@ -66,7 +61,7 @@ export class Userfaultfd implements Disposable {
   readonly fd: number;
   /** Whose memory it acts on. */
   readonly pid: number | "self";
-  /** The features enabled (asked for, and granted by `UFFDIO_API`). */
+  /** The features enabled (asked for, and granted by `UFFDIO.API`). */
   readonly features: bigint;
   /** Whether it handles user-mode faults only. */
   readonly userModeOnly: boolean;
@@ -81,11 +76,11 @@ export class Userfaultfd implements Disposable {
     this.userModeOnly = userModeOnly;
   }
 
-  /** `UFFDIO_API` on a fresh descriptor; closes it on failure. */
+  /** `UFFDIO.API` on a fresh descriptor; closes it on failure. */
   static #handshake(fd: number, pid: number | "self", opts: UserfaultfdOptions, userModeOnly: boolean) {
     const want = opts.features ?? 0n;
     const api = new BigUint64Array([UFFD_API, want, 0n]);
-    if (libc.ioctl(fd, UFFDIO_API, Deno.UnsafePointer.of(api)) !== 0) {
+    if (libc.ioctl(fd, UFFDIO.API, Deno.UnsafePointer.of(api)) !== 0) {
       const e = errno();
       libc.close(fd);
       const offered = capabilities().uffdFeatures;
@@ -98,7 +93,7 @@ export class Userfaultfd implements Disposable {
             featureNames(lacking),
         );
       }
-      throw systemError("ioctl UFFDIO_API", e, `features ${hex(want)}`);
+      throw systemError("ioctl UFFDIO.API", e, `features ${hex(want)}`);
     }
     // On success api[1] lists every feature the kernel offers; those enabled are the ones asked for.
     return new Userfaultfd(fd, pid, want, userModeOnly);
@@ -173,7 +168,7 @@ export class Userfaultfd implements Disposable {
   }
 
   /**
-   * `UFFDIO_REGISTER` a range.
+   * `UFFDIO.REGISTER` a range.
    *
    * @param start First address, page aligned.
    * @param length Bytes, page aligned.
@@ -186,12 +181,12 @@ export class Userfaultfd implements Disposable {
     b[1] = length;
     b[2] = mode;
     b[3] = 0n;
-    this.#ioctl(UFFDIO_REGISTER, "UFFDIO_REGISTER", `${hex(start)}+${length}`);
+    this.#ioctl(UFFDIO.REGISTER, "UFFDIO.REGISTER", `${hex(start)}+${length}`);
     return b[3];
   }
 
   /**
-   * `UFFDIO_UNREGISTER` a range (threads waiting on a fault there are woken and fault again, unhandled).
+   * `UFFDIO.UNREGISTER` a range (threads waiting on a fault there are woken and fault again, unhandled).
    *
    * @param start First address.
    * @param length Bytes.
@@ -199,11 +194,11 @@ export class Userfaultfd implements Disposable {
   unregister(start: bigint, length: bigint): void {
     this.#buf[0] = start;
     this.#buf[1] = length;
-    this.#ioctl(UFFDIO_UNREGISTER, "UFFDIO_UNREGISTER", `${hex(start)}+${length}`);
+    this.#ioctl(UFFDIO.UNREGISTER, "UFFDIO.UNREGISTER", `${hex(start)}+${length}`);
   }
 
   /**
-   * `UFFDIO_WAKE` threads waiting on faults in a range.
+   * `UFFDIO.WAKE` threads waiting on faults in a range.
    *
    * @param start First address.
    * @param length Bytes.
@@ -211,11 +206,11 @@ export class Userfaultfd implements Disposable {
   wake(start: bigint, length: bigint): void {
     this.#buf[0] = start;
     this.#buf[1] = length;
-    this.#ioctl(UFFDIO_WAKE, "UFFDIO_WAKE", `${hex(start)}+${length}`);
+    this.#ioctl(UFFDIO.WAKE, "UFFDIO.WAKE", `${hex(start)}+${length}`);
   }
 
   /**
-   * `UFFDIO_WRITEPROTECT` a range on or off (registered with `UFFDIO_REGISTER_MODE.WP`).
+   * `UFFDIO.WRITEPROTECT` a range on or off (registered with `UFFDIO_REGISTER_MODE.WP`).
    *
    * @param start First address.
    * @param length Bytes.
@@ -226,11 +221,11 @@ export class Userfaultfd implements Disposable {
     b[0] = start;
     b[1] = length;
     b[2] = protect ? 1n : 0n;
-    this.#ioctl(UFFDIO_WRITEPROTECT, "UFFDIO_WRITEPROTECT", `${hex(start)}+${length}`);
+    this.#ioctl(UFFDIO.WRITEPROTECT, "UFFDIO.WRITEPROTECT", `${hex(start)}+${length}`);
   }
 
   /**
-   * `UFFDIO_COPY`: fill missing pages of a registered range from this process's memory, waking waiters.
+   * `UFFDIO.COPY`: fill missing pages of a registered range from this process's memory, waking waiters.
    *
    * @param dst First address in the target, page aligned.
    * @param src Address of the data in this process.
@@ -244,20 +239,20 @@ export class Userfaultfd implements Disposable {
     b[2] = length;
     b[3] = 0n;
     b[4] = 0n;
-    if (this.#closed) throw new CryoError(`Cannot UFFDIO_COPY to ${hex(dst)}: the userfaultfd is closed`);
+    if (this.#closed) throw new CryoError(`Cannot UFFDIO.COPY to ${hex(dst)}: the userfaultfd is closed`);
     for (let tries = 0;; tries++) {
-      if (libc.ioctl(this.fd, UFFDIO_COPY, this.#bufPtr) === 0) return length;
+      if (libc.ioctl(this.fd, UFFDIO.COPY, this.#bufPtr) === 0) return length;
       const e = errno();
       const copied = BigInt.asIntN(64, b[4]);
       if (e === EEXIST) return copied > 0n ? copied : 0n;
       if (e === EAGAIN && copied <= 0n && tries < 1000) continue; // the mapping is changing: try again
       if (e === EAGAIN && copied > 0n) return copied;
-      throw systemError("ioctl UFFDIO_COPY", e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
+      throw systemError("ioctl UFFDIO.COPY", e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
     }
   }
 
   /**
-   * `UFFDIO_ZEROPAGE`: fill missing pages of a registered range with zeros, waking waiters.
+   * `UFFDIO.ZEROPAGE`: fill missing pages of a registered range with zeros, waking waiters.
    *
    * @param dst First address, page aligned.
    * @param length Bytes, page aligned.
@@ -269,15 +264,15 @@ export class Userfaultfd implements Disposable {
     b[1] = length;
     b[2] = 0n;
     b[3] = 0n;
-    if (this.#closed) throw new CryoError(`Cannot UFFDIO_ZEROPAGE at ${hex(dst)}: the userfaultfd is closed`);
+    if (this.#closed) throw new CryoError(`Cannot UFFDIO.ZEROPAGE at ${hex(dst)}: the userfaultfd is closed`);
     for (let tries = 0;; tries++) {
-      if (libc.ioctl(this.fd, UFFDIO_ZEROPAGE, this.#bufPtr) === 0) return length;
+      if (libc.ioctl(this.fd, UFFDIO.ZEROPAGE, this.#bufPtr) === 0) return length;
       const e = errno();
       const done = BigInt.asIntN(64, b[3]);
       if (e === EEXIST) return done > 0n ? done : 0n;
       if (e === EAGAIN && done <= 0n && tries < 1000) continue;
       if (e === EAGAIN && done > 0n) return done;
-      throw systemError("ioctl UFFDIO_ZEROPAGE", e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
+      throw systemError("ioctl UFFDIO.ZEROPAGE", e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
     }
   }
 
@@ -348,7 +343,7 @@ export class Tracking implements Disposable {
   /**
    * Write-protect the whole range again (forget what was written). Done by the same `PAGEMAP_SCAN` walk as
    * {@link written} (every page not protected counts as written, and the walk protects it): on 1 GiB of
-   * populated 4 KiB pages here that takes 3-8 ms, where `UFFDIO_WRITEPROTECT` takes 23-27 ms.
+   * populated 4 KiB pages here that takes 3-8 ms, where `UFFDIO.WRITEPROTECT` takes 23-27 ms.
    */
   rearm(): void {
     this.written();
