@@ -151,6 +151,7 @@ export { type Progress, progressBar, silentProgress } from "./lib/cli/progress.t
 export {
   CryoError,
   HelperNotFoundError,
+  IdentityMismatchError,
   ImageError,
   KeyError,
   KeyFileError,

@@ -22,6 +22,8 @@ import { readMarker, removeMarker, writeMarker } from "./recovery.ts";
 import { readThreadState, type ThreadState } from "./threads.ts";
 import { type LoadTarget, pidTarget } from "./image/targets.ts";
 import { libc } from "../ffi/libc.ts";
+import { inject, type Injector } from "./kernel/inject.ts";
+import { applyLayout, type LayoutPlan } from "./kernel/layout_fix.ts";
 
 const SIGCONT = 18;
 
@@ -47,6 +49,19 @@ export function threadChanges(threads: readonly ThreadState[], tids: readonly nu
     gone: threads.filter((t) => !live.has(t.tid)).map((t) => t.tid),
     born: tids.filter((t) => !recorded.has(t)),
   };
+}
+
+/**
+ * The image's threads given to another process's (a forced restore into a fresh process of the same program):
+ * by position, leader first, when both have as many threads; otherwise unchanged (and refused as changed).
+ *
+ * @param threads The image's threads section, decoded (leader first).
+ * @param tids The target's threads (leader first).
+ * @returns The threads with the target's tids.
+ */
+export function matchThreads(threads: readonly ThreadState[], tids: readonly number[]): ThreadState[] {
+  if (threads.length !== tids.length) return [...threads];
+  return threads.map((t, i) => ({ ...t, tid: tids[i] }));
 }
 
 /**
@@ -80,6 +95,8 @@ export interface CommitSummary<T> {
   journalBytes: number;
   /** Whether this finished a restore that an earlier, killed cryo left (the target was then resumed). */
   recovered: boolean;
+  /** Layout changes made ({@link CommitContext.fixLayout}). */
+  layoutChanges: number;
 }
 
 /** What the write function is given. */
@@ -88,6 +105,14 @@ export interface CommitContext {
   target: LoadTarget;
   /** Put these threads' registers back (saving the current ones first); threads that are gone are skipped. */
   setThreads(threads: readonly ThreadState[]): void;
+  /**
+   * Make the target's layout follow the image (lib/kernel/layout_fix.ts): each change by an injected system
+   * call, its undo journaled first. Call it before writing memory.
+   *
+   * @param plan The changes (no refusals).
+   * @param scratchAt Where the injector's scratch page may go (out of the way of every change), or 0n.
+   */
+  fixLayout(plan: LayoutPlan, scratchAt: bigint): void;
 }
 
 /**
@@ -115,6 +140,8 @@ export async function commitRestore<T>(
   frozen.hold();
   using journal = new RestoreJournal(pid);
   let threadsRestored = 0;
+  let layoutChanges = 0;
+  let inj: Injector | undefined;
   const live = new Set(frozen.tids);
   const ctx: CommitContext = {
     target: pidTarget(pid, { journal }),
@@ -126,6 +153,12 @@ export async function commitRestore<T>(
         threadsRestored++;
       }
     },
+    fixLayout(plan, scratchAt) {
+      if (!plan.changes.length) return;
+      inj ??= inject(frozen, { scratchAt });
+      applyLayout(plan, inj, journal);
+      layoutChanges += plan.changes.length;
+    },
   };
   let value: T;
   try {
@@ -134,6 +167,7 @@ export async function commitRestore<T>(
   } catch (e) {
     try {
       journal.undo((tid, regs) => frozen.setRegisters(tid, regs));
+      inj?.close();
     } catch (undoError) {
       frozen.thaw(true); // stays stopped by the hold; the marker stays for --recover
       throw new RestoreIncompleteError(
@@ -152,8 +186,9 @@ export async function commitRestore<T>(
     }
     throw e;
   }
+  inj?.close();
   frozen.thaw();
   if (recovered) libc.kill(pid, SIGCONT); // stopped since the killed restore: let it run again
   removeMarker(pid);
-  return { value, threadsRestored, journalBytes: journal.bytes, recovered };
+  return { value, threadsRestored, journalBytes: journal.bytes, recovered, layoutChanges };
 }

@@ -18,8 +18,10 @@ import { freeze } from "./freeze.ts";
 import { decodeThreads, type ThreadState } from "./threads.ts";
 import type { Codec } from "./codec.ts";
 import type { SealKey } from "./seal.ts";
-import { loadStream, openInput, verifyStream } from "./image/stream.ts";
-import { commitRestore, refuseThreadChanges, threadChanges } from "./restore_commit.ts";
+import { loadStream, openInput, type StreamSummary, verifyStream } from "./image/stream.ts";
+import { checkIdentity, planRestoreLayout } from "./ops/restore_plan.ts";
+import { describeChange } from "./kernel/layout_fix.ts";
+import { commitRestore, matchThreads, refuseThreadChanges, threadChanges } from "./restore_commit.ts";
 import type { RestoreResult } from "./restore.ts";
 import { type Progress, silentProgress } from "./cli/progress.ts";
 
@@ -33,6 +35,8 @@ export interface StreamRestoreOptions {
   registers?: boolean;
   /** Go ahead although threads were born or ended since the checkpoint (default false: refused). */
   allowThreadChanges?: boolean;
+  /** Restore into a process that is not the image's (default false: refused). */
+  force?: boolean;
   /** How long the freeze may take, in milliseconds. */
   freezeTimeoutMs?: number;
   /** Receives bytes restored. */
@@ -65,9 +69,10 @@ export async function restoreStream(
   const progress = opts.progress ?? silentProgress;
   const streamOpts = { key: opts.key, codecs: opts.codecs, path: input };
   let known: ThreadState[] | undefined; // from a file's verification pass, before anything is written
+  let verified: StreamSummary | undefined;
   if (input !== "-") {
-    const v = await verifyStream(await openInput(input), streamOpts); // a key means it must be sealed
-    const bytes = v.sectionBytes.get("threads");
+    verified = await verifyStream(await openInput(input), streamOpts); // a key means it must be sealed
+    const bytes = verified.sectionBytes.get("threads");
     known = bytes ? decodeThreads(bytes, input) : [];
   }
   opts.signal?.throwIfAborted();
@@ -82,11 +87,25 @@ export async function restoreStream(
     return changes;
   };
   try {
+    let identity: string[] = [];
+    let layoutChanges: string[] = [];
+    if (verified) {
+      const id = verified.sectionBytes.get("identity");
+      identity = checkIdentity(pid, input, verified.source, id, opts.force);
+      if (identity.length && known) known = matchThreads(known, frozen.tids);
+    }
     if (known) checkThreads(known, known.length > 0);
-    const done = await commitRestore(frozen, input, async ({ target, setThreads }) => {
+    const done = await commitRestore(frozen, input, async ({ target, setThreads, fixLayout }) => {
       if (known && opts.registers !== false) setThreads(known); // first: refused registers fail before memory
       const s = await loadStream(stream, target, {
         ...streamOpts,
+        onHeader: (source, regions) => {
+          if (!verified) identity = checkIdentity(pid, input, source, undefined, opts.force);
+          // From a stream the `layout` section comes last: nothing is unmapped as born since.
+          const layout = planRestoreLayout(pid, input, regions, verified?.sectionBytes.get("layout"));
+          fixLayout(layout, layout.scratchAt);
+          layoutChanges = layout.changes.map(describeChange);
+        },
         onChunk: (r) => {
           progress.advance(r.length);
           opts.signal?.throwIfAborted();
@@ -95,6 +114,8 @@ export async function restoreStream(
       const bytes = s.sectionBytes.get("threads");
       const threads = known ?? (bytes ? decodeThreads(bytes, input) : []);
       const changes = checkThreads(threads, bytes !== undefined);
+      const id = s.sectionBytes.get("identity");
+      if (!verified && id) identity = checkIdentity(pid, input, s.source, id, opts.force);
       if (!known && opts.registers !== false) setThreads(threads);
       return { s, changes };
     }, opts.signal);
@@ -110,6 +131,8 @@ export async function restoreStream(
       threadsRestored: done.threadsRestored,
       threadsGone: changes.gone,
       threadsBorn: changes.born,
+      identity,
+      layoutChanges,
       journalBytes: done.journalBytes,
       recovered: done.recovered,
       stoppedMs: performance.now() - frozenAt,
