@@ -46,7 +46,7 @@ export {
   type VerifyResult,
 } from "./lib/inspect.ts";
 export { diff, type DiffResult, type DiffRun } from "./lib/diff.ts";
-export { Snapshot, snapshot } from "./lib/snapshot.ts";
+export { Snapshot, snapshot, type SnapshotOptions } from "./lib/snapshot.ts";
 
 // Regions and pages.
 export {
