@@ -39,7 +39,7 @@ export {
   type VerifyResult,
 } from "./lib/ops/inspect.ts";
 export { diff, type DiffResult, type DiffRun } from "./lib/ops/diff.ts";
-export { Snapshot, snapshot } from "./lib/ops/snapshot.ts";
+export { Snapshot, snapshot, type SnapshotOptions } from "./lib/ops/snapshot.ts";
 
 // Keys and codecs.
 export { type KeyFileOptions, keyFromEnv, keyFromFile, SealKey } from "./lib/codecs/seal.ts";
@@ -53,6 +53,7 @@ export { type Progress, silentProgress } from "./lib/ops/progress.ts";
 export {
   CryoError,
   HelperNotFoundError,
+  IdentityMismatchError,
   ImageError,
   KeyError,
   KeyFileError,

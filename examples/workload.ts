@@ -6,6 +6,8 @@
  * - `state`: `ok arena=<hash> shared=<hash> ledger=<n> arena_addr=0x…` (hashes of the arena and the shared
  *   buffer, and the number of ledger entries in the JS heap)
  * - `work N`: the Workers rewrite the shared buffer and the arena N times; the ledger grows by N
+ * - `churn MB`: allocate about MB MiB of JS objects and drop them, and map MB MiB more outside the V8 heap
+ *   that stays mapped (the layout changes; the fingerprint, `state`, does not)
  * - `exit`
  *
  * Run: `deno run -A examples/workload.ts`
@@ -23,6 +25,18 @@ const arenaAddr = mmap(0n, BigInt(ARENA_BYTES), PROT.READ | PROT.WRITE, MAP.PRIV
 const arena = new Uint32Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(arenaAddr)!, ARENA_BYTES));
 const shared = new Int32Array(new SharedArrayBuffer(SHARED_BYTES));
 const ledger: { round: number; note: string }[] = [];
+const kept: bigint[] = []; // mappings made by `churn`
+
+function churn(mb: number): void {
+  let junk: { i: number; s: string }[] | undefined = Array.from(
+    { length: mb * 4096 },
+    (_, i) => ({ i, s: `${i}`.repeat(32) }),
+  );
+  const addr = mmap(0n, BigInt(mb << 20), PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
+  new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(addr)!, mb << 20)).fill(junk.length & 0xff);
+  kept.push(addr);
+  junk = undefined;
+}
 
 const workerSource = `
 self.onmessage = (e) => {
@@ -81,6 +95,9 @@ for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream(
     if (cmd === "state") answer = state();
     else if (cmd === "work") {
       await work(Number(arg ?? 1), ledger.length * 31 + 11);
+      answer = "ok";
+    } else if (cmd === "churn") {
+      churn(Number(arg ?? 16));
       answer = "ok";
     } else if (cmd === "exit") Deno.exit(0);
     else answer = `err unknown command ${cmd}`;

@@ -188,3 +188,24 @@ export class RestoreIncompleteError extends CryoError {
     this.pid = pid;
   }
 }
+
+/** The error a restore into another process than the image's throws (unless `force`). Nothing was written. */
+export class IdentityMismatchError extends CryoError {
+  /** One line per difference. */
+  readonly differences: readonly string[];
+
+  /**
+   * Create the error.
+   *
+   * @param pid The target.
+   * @param path The image.
+   * @param differences One line per difference.
+   */
+  constructor(pid: number, path: string, differences: readonly string[]) {
+    super(
+      `Cannot restore pid ${pid} from ${path}: it is not the process the image was taken from; nothing was ` +
+        `written (--force, or force: true, restores into it anyway)\n  ${differences.join("\n  ")}`,
+    );
+    this.differences = differences;
+  }
+}

@@ -23,9 +23,16 @@ export class Target implements AsyncDisposable {
     return this.#child.pid;
   }
 
-  /** Start a target child. */
-  static start(): Target {
-    return new Target(LineChild.spawn(binary));
+  /**
+   * Start a target child.
+   *
+   * @param opts `noAslr`: run it under `setarch -R` (no address randomization), so two targets have the same
+   *   layout.
+   */
+  static start(opts: { noAslr?: boolean } = {}): Target {
+    return new Target(
+      opts.noAslr ? LineChild.spawn("setarch", [Deno.build.arch, "-R", binary]) : LineChild.spawn(binary),
+    );
   }
 
   /** Send one command; resolves with the answer after "ok " (throws on "err" or a bounded timeout). */

@@ -72,6 +72,11 @@ export interface StreamOptions {
   path?: string;
   /** Called after each chunk has been verified and written, with its record. */
   onChunk?: (record: ImageRecord) => void;
+  /**
+   * Called with the header's source block and region table once they are verified, before the target's layout
+   * is checked and before the first chunk is written (a restore checks identity and fixes the layout here).
+   */
+  onHeader?: (source: SourceInfo, regions: readonly ImageRegion[]) => void;
 }
 
 /** What a streamed load or verify read and did. */
@@ -179,6 +184,7 @@ async function readStream(
     }
     // 3. The target's layout, from the header's region table, before the first chunk.
     if (target) {
+      opts.onHeader?.(h.source, h.regions);
       const { differences, plan } = compareTarget(h.regions, [], target);
       if (differences.length) throw new LayoutMismatchError(targetName(target), differences);
       sink = openSink(target, plan, h.regions);

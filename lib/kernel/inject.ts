@@ -48,6 +48,11 @@ export interface InjectOptions {
   tid?: number;
   /** How long one injected call may take before it is interrupted and abandoned (default 10000 ms). */
   timeoutMs?: number;
+  /**
+   * Where to map the scratch area (`MAP_FIXED_NOREPLACE`; the kernel's choice when that fails or it is 0n): a
+   * caller about to map regions at fixed addresses keeps the scratch area out of their way.
+   */
+  scratchAt?: bigint;
 }
 
 /**
@@ -97,13 +102,15 @@ export class Injector implements Disposable {
   readonly #cancelHook: () => void;
   #scratch = 0n;
   #scratchSize = 0;
+  #scratchAt = 0n;
   #closed = false;
   #calls = 0;
   #requeued = 0;
 
   /** @internal Use {@link inject}. */
-  constructor(frozen: Frozen, tid: number, syscallAddress: bigint, timeoutMs: number) {
+  constructor(frozen: Frozen, tid: number, syscallAddress: bigint, timeoutMs: number, scratchAt = 0n) {
     this.#frozen = frozen;
+    this.#scratchAt = scratchAt;
     this.pid = frozen.pid;
     this.tid = tid;
     this.syscallAddress = syscallAddress;
@@ -338,7 +345,14 @@ export class Injector implements Disposable {
   scratch(bytes = PAGE_SIZE): bigint {
     if (bytes <= this.#scratchSize) return this.#scratch;
     const size = Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
-    const at = this.mmap(0n, BigInt(size), PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
+    const rw = PROT.READ | PROT.WRITE, anon = MAP.PRIVATE | MAP.ANONYMOUS;
+    let at = this.#scratchAt
+      ? BigInt.asUintN(64, this.raw(SYS.mmap, this.#scratchAt, size, rw, anon | MAP.FIXED_NOREPLACE, -1, 0))
+      : 0n;
+    if (at !== this.#scratchAt || at === 0n) {
+      if (at < 0xfffffffffffff001n && at !== 0n) this.munmap(at, BigInt(size)); // an old kernel's hint
+      at = this.mmap(0n, BigInt(size), rw, anon);
+    }
     if (this.#scratch) {
       try {
         this.munmap(this.#scratch, BigInt(this.#scratchSize));
@@ -428,5 +442,5 @@ export function inject(frozen: Frozen, opts: InjectOptions = {}): Injector {
   }
   const timeoutMs = opts.timeoutMs ?? 10_000;
   if (!(timeoutMs > 0)) throw new RangeError(`Cannot inject into pid ${frozen.pid}: timeout ${timeoutMs} ms`);
-  return new Injector(frozen, tid, findSyscallInstruction(frozen.pid), timeoutMs);
+  return new Injector(frozen, tid, findSyscallInstruction(frozen.pid), timeoutMs, opts.scratchAt);
 }

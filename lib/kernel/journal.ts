@@ -13,6 +13,7 @@ import { cstr, errno, libc, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc
 import { hex } from "../hex.ts";
 import { helper } from "../../ffi/helper.ts";
 import type { Registers } from "./threads.ts";
+import { Pagemap } from "./pagemap.ts";
 
 const O_TMPFILE = 0o20000000 | O.DIRECTORY;
 const BOUNCE = 16 << 20;
@@ -28,6 +29,12 @@ interface Entry {
   pairs: BigUint64Array;
   len: number;
   at: number;
+}
+
+/** A change other than a write (a mapping, a protection, the break), with its undo. */
+interface Undo {
+  what: string;
+  undo: () => void;
 }
 
 /** A batch of writes: `count` pairs of local and remote `(address, length)` iovecs. */
@@ -48,7 +55,7 @@ export class RestoreJournal implements Disposable {
   #fd = -1;
   #mem = -1;
   #size = 0;
-  readonly #entries: Entry[] = [];
+  readonly #entries: (Entry | Undo)[] = [];
   readonly #registers = new Map<number, Registers>();
   readonly #actions: (() => void)[] = [];
   #bounce: Uint8Array<ArrayBuffer> | undefined;
@@ -108,6 +115,44 @@ export class RestoreJournal implements Disposable {
       this.#readInto(a, n, this.#bounceAddr());
       this.#appendFrom(new BigUint64Array([a, BigInt(n)]), n, this.#bounceAddr());
     }
+  }
+
+  /**
+   * Save the populated pages of `[start, end)` (present or swapped, by the pagemap), before the range is
+   * unmapped or cut off: an undo maps it again and writes them back.
+   *
+   * @param start First address, page aligned.
+   * @param end One past the last.
+   */
+  savePopulated(start: bigint, end: bigint): void {
+    let runs: BigUint64Array;
+    {
+      using pm = Pagemap.open(this.pid);
+      runs = pm.runs(start, end);
+    }
+    for (let i = 0; i < runs.length; i += 2) {
+      for (let a = runs[i]; a < runs[i + 1]; a += BigInt(BOUNCE)) {
+        const n = runs[i + 1] - a < BigInt(BOUNCE) ? Number(runs[i + 1] - a) : BOUNCE;
+        this.save(a, n);
+      }
+    }
+  }
+
+  /**
+   * Record the undo of a change about to be made to the target (a mapping made or removed, a protection, the
+   * break). The journal plays memory and these undos back in one reverse order, so a region unmapped after its
+   * bytes were saved is mapped again before they are written back.
+   *
+   * @param what The change, for errors.
+   * @param undo Puts it back (runs inside {@link undo}).
+   */
+  recordUndo(what: string, undo: () => void): void {
+    this.#entries.push({ what, undo });
+  }
+
+  /** Changes other than writes recorded with {@link recordUndo}. */
+  get changes(): number {
+    return this.#entries.filter((e) => "undo" in e).length;
   }
 
   /**
@@ -252,6 +297,14 @@ export class RestoreJournal implements Disposable {
     let written = 0;
     for (let i = this.#entries.length - 1; i >= 0; i--) {
       const e = this.#entries[i];
+      if ("undo" in e) {
+        try {
+          e.undo();
+        } catch (err) {
+          throw new Error(`Cannot undo "${e.what}": ${(err as Error).message}`, { cause: err });
+        }
+        continue;
+      }
       let done = 0;
       while (done < e.len) {
         const r = libc.pread(

@@ -14,6 +14,8 @@ import { classify, type Decision, type PolicyOptions } from "../kernel/policy.ts
 import { Pagemap } from "../kernel/pagemap.ts";
 import { markStacks, threadStacks } from "../kernel/stacks.ts";
 import { encodeThreads } from "../kernel/threads.ts";
+import { encodeIdentity, processIdentity } from "../kernel/identity.ts";
+import { encodeLayout } from "../kernel/layout_fix.ts";
 import { type Codec, raw } from "../codecs/codec.ts";
 import type { Sealer } from "../codecs/seal.ts";
 import { type ImageSummary, MemoryPersister } from "../image/persister.ts";
@@ -206,6 +208,8 @@ async function persistPid(
       });
     }
     if (frozen.threads.length) persister.addSection("threads", encodeThreads(frozen.threads));
+    persister.addSection("identity", encodeIdentity(processIdentity(pid)));
+    persister.addSection("layout", encodeLayout(decisions.map((d) => d.region)));
     opts.signal?.throwIfAborted();
     // Every byte is read: the target may run while the index is written and the file is synced.
     if (opts.leaveStopped) Deno.kill(pid, "SIGSTOP");

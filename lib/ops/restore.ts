@@ -11,12 +11,19 @@
 import { freeze } from "../kernel/freeze.ts";
 import { CryoError } from "../errors.ts";
 import { pendingRecovery, readMarker } from "./recovery.ts";
-import { commitRestore, refuseThreadChanges, type RestoreResult, threadChanges } from "./restore_commit.ts";
+import {
+  commitRestore,
+  matchThreads,
+  refuseThreadChanges,
+  type RestoreResult,
+  threadChanges,
+} from "./restore_commit.ts";
 import { requireSealed } from "../image/sealing.ts";
 import { decodeThreads } from "../kernel/threads.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { MemoryLoader } from "../image/loader.ts";
-import { pidTarget } from "../image/targets.ts";
+import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
+import { describeChange } from "../kernel/layout_fix.ts";
 import { KIND } from "../image/layout.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
@@ -50,6 +57,13 @@ export interface RestoreOptions {
    */
   allowThreadChanges?: boolean;
   /**
+   * Restore into a process that is not the one the image was taken from (another pid, start time, boot or
+   * executable), e.g. a fresh process of the same program (default false: refused). The layout is made to
+   * follow the image all the same; what the program keeps outside its memory (descriptors, sockets, kernel
+   * objects) is that process's own.
+   */
+  force?: boolean;
+  /**
    * Finish a restore of `pid` that an earlier cryo left when it was killed (the target was left stopped): the
    * image is the one that restore recorded (`path` may be empty or the same path). The target is resumed.
    */
@@ -66,8 +80,10 @@ export interface RestoreOptions {
  * @throws {ImageError} When the image does not verify (nothing written).
  * @throws {KeyError} When a key is given and the image is not encrypted, or the other way round (nothing
  *   written).
- * @throws {LayoutMismatchError} When the process's regions no longer match, or its threads changed (nothing
- *   written).
+ * @throws {IdentityMismatchError} When the process is not the image's (another pid, start time, boot or
+ *   executable) and `force` is not set (nothing written).
+ * @throws {LayoutMismatchError} When a region of the image cannot be recreated (a shared or device mapping, a
+ *   deleted file), or its threads changed (nothing written).
  * @throws {RestoreIncompleteError} When the write failed and could not be undone: the target is left stopped
  *   for `recover`.
  */
@@ -101,8 +117,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
   }
   opts.signal?.throwIfAborted();
   const threadsBytes = loader.section("threads");
-  const recorded = threadsBytes ? decodeThreads(threadsBytes, path) : [];
-  const threads = opts.registers === false ? [] : recorded;
+  let recorded = threadsBytes ? decodeThreads(threadsBytes, path) : [];
   const absolute = loader.records.filter((r) => r.segment === 0);
   const dataBytes = absolute.reduce((n, r) => n + (r.kind === KIND.DATA ? r.length : 0), 0);
   const holeBytes = absolute.reduce((n, r) => n + (r.kind === KIND.HOLE ? r.length : 0), 0);
@@ -110,20 +125,25 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
   try {
-    const plan = loader.checkTarget(pidTarget(pid));
+    const identity = checkIdentity(pid, path, loader.source, loader.section("identity"), opts.force);
+    if (identity.length) recorded = matchThreads(recorded, frozen.tids);
+    const threads = opts.registers === false ? [] : recorded;
+    const layout = planRestoreLayout(pid, path, loader.regions, loader.section("layout"));
     const changes = threadChanges(recorded, frozen.tids);
     if (threadsBytes && !opts.allowThreadChanges) refuseThreadChanges(pid, changes);
     const result: RestoreResult = {
       pid,
       path,
       dryRun: opts.dryRun ?? false,
-      regions: plan.length,
+      regions: loader.regions.filter((g) => !g.relocatable).length,
       dataBytes,
       holeBytes,
       threadsRestored: 0,
       threadsGone: changes.gone,
       threadsBorn: changes.born,
       threadsEnded: [],
+      identity,
+      layoutChanges: layout.changes.map(describeChange),
       journalBytes: 0,
       recovered: false,
       stoppedMs: 0,
@@ -131,11 +151,12 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     };
     if (!opts.dryRun) {
       progress.total(dataBytes);
-      const done = await commitRestore(frozen, path, recovering, async ({ target, setThreads, endAfter }) => {
-        setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
-        if (threads.length) endAfter(changes.born); // last: rolled-back memory does not know them
-        const summary = await loader.load(target);
+      const done = await commitRestore(frozen, path, recovering, async (ctx) => {
+        ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
+        ctx.fixLayout(layout, layout.scratchAt);
+        const summary = await loader.load(ctx.target);
         progress.advance(summary.copiedBytes);
+        if (threads.length) ctx.endAfter(changes.born); // last: rolled-back memory does not know them
         return summary;
       }, opts.signal);
       result.holeBytes = done.value.holeBytes;

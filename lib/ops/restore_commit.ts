@@ -20,7 +20,8 @@ import type { Frozen } from "../kernel/freeze.ts";
 import { RestoreJournal } from "../kernel/journal.ts";
 import { removeMarker, writeMarker } from "./recovery.ts";
 import { readThreadState, type RseqConfig, type ThreadState } from "../kernel/threads.ts";
-import { inject, SYS } from "../kernel/inject.ts";
+import { inject, type Injector, SYS } from "../kernel/inject.ts";
+import { applyLayout, type LayoutPlan } from "../kernel/layout_fix.ts";
 import { type LoadTarget, pidTarget } from "../image/targets.ts";
 import { libc } from "../../ffi/libc.ts";
 
@@ -48,6 +49,19 @@ export function threadChanges(threads: readonly ThreadState[], tids: readonly nu
     gone: threads.filter((t) => !live.has(t.tid)).map((t) => t.tid),
     born: tids.filter((t) => !recorded.has(t)),
   };
+}
+
+/**
+ * The image's threads given to another process's (a forced restore into a fresh process of the same program):
+ * by position, leader first, when both have as many threads; otherwise unchanged (and refused as changed).
+ *
+ * @param threads The image's threads section, decoded (leader first).
+ * @param tids The target's threads (leader first).
+ * @returns The threads with the target's tids.
+ */
+export function matchThreads(threads: readonly ThreadState[], tids: readonly number[]): ThreadState[] {
+  if (threads.length !== tids.length) return [...threads];
+  return threads.map((t, i) => ({ ...t, tid: tids[i] }));
 }
 
 /**
@@ -136,6 +150,10 @@ export interface RestoreResult {
   threadsBorn: number[];
   /** Thread ids ended by the restore (born since the checkpoint; with `registers: false`, none). */
   threadsEnded: number[];
+  /** How the target differs from the image's process (non-empty only with `force`). */
+  identity: string[];
+  /** The layout changes made (or, with `dryRun`, that would be made), one line each. */
+  layoutChanges: string[];
   /** Bytes of the target saved in the undo journal before they were overwritten. */
   journalBytes: number;
   /** Whether this finished a restore that an earlier, killed cryo had left (the target was resumed). */
@@ -158,6 +176,8 @@ export interface CommitSummary<T> {
   journalBytes: number;
   /** Whether this finished a restore that an earlier, killed cryo left (the target was then resumed). */
   recovered: boolean;
+  /** Layout changes made ({@link CommitContext.fixLayout}). */
+  layoutChanges: number;
 }
 
 /** What the write function is given. */
@@ -172,6 +192,14 @@ export interface CommitContext {
    * once everything else has been written: ending a thread cannot be undone, so it is the last step.
    */
   endAfter(tids: readonly number[]): void;
+  /**
+   * Make the target's layout follow the image (lib/kernel/layout_fix.ts): each change by an injected system
+   * call, its undo journaled first. Call it before writing memory.
+   *
+   * @param plan The changes (no refusals).
+   * @param scratchAt Where the injector's scratch page may go (out of the way of every change), or 0n.
+   */
+  fixLayout(plan: LayoutPlan, scratchAt: bigint): void;
 }
 
 /**
@@ -202,6 +230,8 @@ export async function commitRestore<T>(
   frozen.hold();
   using journal = new RestoreJournal(pid);
   let threadsRestored = 0;
+  let layoutChanges = 0;
+  let inj: Injector | undefined;
   const toEnd: number[] = [];
   const live = new Set(frozen.tids);
   const ctx: CommitContext = {
@@ -219,6 +249,12 @@ export async function commitRestore<T>(
     endAfter(tids) {
       toEnd.push(...tids.filter((t) => live.has(t) && t !== pid));
     },
+    fixLayout(plan, scratchAt) {
+      if (!plan.changes.length) return;
+      inj ??= inject(frozen, { scratchAt });
+      applyLayout(plan, inj, journal);
+      layoutChanges += plan.changes.length;
+    },
   };
   let value: T;
   try {
@@ -227,6 +263,7 @@ export async function commitRestore<T>(
   } catch (e) {
     try {
       journal.undo((tid, regs) => frozen.setRegisters(tid, regs));
+      inj?.close();
     } catch (undoError) {
       frozen.thaw(true); // stays stopped by the hold; the marker stays for --recover
       throw new RestoreIncompleteError(
@@ -245,9 +282,10 @@ export async function commitRestore<T>(
     }
     throw e;
   }
+  inj?.close();
   const threadsEnded = toEnd.filter((tid) => endThread(frozen, tid));
   frozen.thaw();
   if (recovered) libc.kill(pid, SIGCONT); // stopped since the killed restore: let it run again
   removeMarker(pid);
-  return { value, threadsRestored, threadsEnded, journalBytes: journal.bytes, recovered };
+  return { value, threadsRestored, threadsEnded, journalBytes: journal.bytes, recovered, layoutChanges };
 }

@@ -19,8 +19,16 @@ import { pendingRecovery } from "./recovery.ts";
 import { decodeThreads, type ThreadState } from "../kernel/threads.ts";
 import type { Codec } from "../codecs/codec.ts";
 import type { SealKey } from "../codecs/seal.ts";
-import { loadStream, openInput, verifyStream } from "../image/stream.ts";
-import { commitRestore, refuseThreadChanges, type RestoreResult, threadChanges } from "./restore_commit.ts";
+import { loadStream, openInput, type StreamSummary, verifyStream } from "../image/stream.ts";
+import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
+import { describeChange } from "../kernel/layout_fix.ts";
+import {
+  commitRestore,
+  matchThreads,
+  refuseThreadChanges,
+  type RestoreResult,
+  threadChanges,
+} from "./restore_commit.ts";
 import { type Progress, silentProgress } from "./progress.ts";
 
 /** Options of {@link restoreStream}. */
@@ -33,6 +41,8 @@ export interface StreamRestoreOptions {
   registers?: boolean;
   /** Go ahead although threads of the checkpoint have ended since (default false: refused). */
   allowThreadChanges?: boolean;
+  /** Restore into a process that is not the image's (default false: refused). */
+  force?: boolean;
   /** How long the freeze may take, in milliseconds. */
   freezeTimeoutMs?: number;
   /** Receives bytes restored. */
@@ -65,9 +75,10 @@ export async function restoreStream(
   const progress = opts.progress ?? silentProgress;
   const streamOpts = { key: opts.key, codecs: opts.codecs, path: input };
   let known: ThreadState[] | undefined; // from a file's verification pass, before anything is written
+  let verified: StreamSummary | undefined;
   if (input !== "-") {
-    const v = await verifyStream(await openInput(input), streamOpts); // a key means it must be sealed
-    const bytes = v.sectionBytes.get("threads");
+    verified = await verifyStream(await openInput(input), streamOpts); // a key means it must be sealed
+    const bytes = verified.sectionBytes.get("threads");
     known = bytes ? decodeThreads(bytes, input) : [];
   }
   opts.signal?.throwIfAborted();
@@ -83,23 +94,45 @@ export async function restoreStream(
     return changes;
   };
   try {
+    let identity: string[] = [];
+    let layoutChanges: string[] = [];
+    if (verified) {
+      const id = verified.sectionBytes.get("identity");
+      identity = checkIdentity(pid, input, verified.source, id, opts.force);
+      if (identity.length && known) known = matchThreads(known, frozen.tids);
+    }
     if (known) checkThreads(known, known.length > 0);
-    const done = await commitRestore(frozen, input, recovering, async ({ target, setThreads, endAfter }) => {
-      if (known && opts.registers !== false) setThreads(known); // first: refused registers fail before memory
-      const s = await loadStream(stream, target, {
-        ...streamOpts,
-        onChunk: (r) => {
-          progress.advance(r.length);
-          opts.signal?.throwIfAborted();
-        },
-      });
-      const bytes = s.sectionBytes.get("threads");
-      const threads = known ?? (bytes ? decodeThreads(bytes, input) : []);
-      const changes = checkThreads(threads, bytes !== undefined);
-      if (!known && opts.registers !== false) setThreads(threads);
-      if (opts.registers !== false && threads.length) endAfter(changes.born);
-      return { s, changes };
-    }, opts.signal);
+    const done = await commitRestore(
+      frozen,
+      input,
+      recovering,
+      async ({ target, setThreads, fixLayout, endAfter }) => {
+        if (known && opts.registers !== false) setThreads(known); // first: refused registers fail before memory
+        const s = await loadStream(stream, target, {
+          ...streamOpts,
+          onHeader: (source, regions) => {
+            if (!verified) identity = checkIdentity(pid, input, source, undefined, opts.force);
+            // From a stream the `layout` section comes last: nothing is unmapped as born since.
+            const layout = planRestoreLayout(pid, input, regions, verified?.sectionBytes.get("layout"));
+            fixLayout(layout, layout.scratchAt);
+            layoutChanges = layout.changes.map(describeChange);
+          },
+          onChunk: (r) => {
+            progress.advance(r.length);
+            opts.signal?.throwIfAborted();
+          },
+        });
+        const bytes = s.sectionBytes.get("threads");
+        const threads = known ?? (bytes ? decodeThreads(bytes, input) : []);
+        const changes = checkThreads(threads, bytes !== undefined);
+        const id = s.sectionBytes.get("identity");
+        if (!verified && id) identity = checkIdentity(pid, input, s.source, id, opts.force);
+        if (!known && opts.registers !== false) setThreads(threads);
+        if (opts.registers !== false && threads.length) endAfter(changes.born);
+        return { s, changes };
+      },
+      opts.signal,
+    );
     frozen.thaw();
     const { s, changes } = done.value;
     return {
@@ -113,6 +146,8 @@ export async function restoreStream(
       threadsGone: changes.gone,
       threadsBorn: changes.born,
       threadsEnded: done.threadsEnded,
+      identity,
+      layoutChanges,
       journalBytes: done.journalBytes,
       recovered: done.recovered,
       stoppedMs: performance.now() - frozenAt,

@@ -9,6 +9,44 @@ import { checkpoint, type CheckpointOptions, type CheckpointResult } from "./che
 import { restore, type RestoreOptions } from "./restore.ts";
 import type { RestoreResult } from "./restore_commit.ts";
 
+/** Options of {@link snapshot}: the checkpoint's, and how long to wait for the target to settle. */
+export interface SnapshotOptions extends CheckpointOptions {
+  /**
+   * The target has settled when its thread set and its map stay the same for this long (default 200 ms): a
+   * program that is still starting threads or mapping memory is not snapshotted half-way.
+   */
+  settleMs?: number;
+  /** Wait at most this long for it to settle, then snapshot it anyway (default 5000 ms). */
+  settleTimeoutMs?: number;
+}
+
+/** What can be compared of a process's thread set and layout, cheaply. */
+function shape(pid: number): string {
+  const tids = [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => e.name).sort().join(",");
+  const maps = Deno.readTextFileSync(`/proc/${pid}/maps`).split("\n").map((l) => l.split(" ", 2).join(" "));
+  return `${tids}\n${maps.join("\n")}`;
+}
+
+/**
+ * Wait until `pid`'s thread set and map have stayed the same for `quietMs`, or `timeoutMs` has passed.
+ *
+ * @returns Whether it settled.
+ */
+async function settle(pid: number, quietMs: number, timeoutMs: number): Promise<boolean> {
+  const deadline = performance.now() + timeoutMs;
+  let last = shape(pid);
+  let since = performance.now();
+  while (performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, Math.min(50, quietMs)));
+    const now = shape(pid);
+    if (now !== last) {
+      last = now;
+      since = performance.now();
+    } else if (performance.now() - since >= quietMs) return true;
+  }
+  return false;
+}
+
 /** A checkpoint of a process that it can be rolled back to, any number of times. */
 export class Snapshot implements AsyncDisposable {
   /** The process. */
@@ -28,7 +66,8 @@ export class Snapshot implements AsyncDisposable {
   }
 
   /** @internal Use {@link snapshot}. */
-  static async take(pid: number, opts: CheckpointOptions = {}): Promise<Snapshot> {
+  static async take(pid: number, opts: SnapshotOptions = {}): Promise<Snapshot> {
+    await settle(pid, opts.settleMs ?? 200, opts.settleTimeoutMs ?? 5000);
     const dir = await Deno.makeTempDir({ prefix: "cryo-snapshot-" });
     const path = `${dir}/${pid}.cryo`;
     try {
@@ -66,10 +105,12 @@ export class Snapshot implements AsyncDisposable {
 
 /**
  * Take a snapshot of process `pid` (a child under test): `await using snap = await snapshot(pid)`, then
- * `await snap.rollback()` before each case. Images are written without fsync (they are scratch).
+ * `await snap.rollback()` before each case. Images are written without fsync (they are scratch). It first waits
+ * (bounded, `settleTimeoutMs`) until the target's thread set and map have stopped changing (`settleMs`), so a
+ * program still starting up is not snapshotted half-way.
  *
  * @param pid The process (not this one).
- * @param opts Checkpoint options (filters, registers).
+ * @param opts Checkpoint options (filters, registers), and how long to wait for the target to settle.
  * @returns The snapshot; dispose it to remove the image.
  *
  * @example Roll a child back between cases
@@ -88,6 +129,6 @@ export class Snapshot implements AsyncDisposable {
  * }
  * ```
  */
-export function snapshot(pid: number, opts: CheckpointOptions = {}): Promise<Snapshot> {
+export function snapshot(pid: number, opts: SnapshotOptions = {}): Promise<Snapshot> {
   return Snapshot.take(pid, opts);
 }

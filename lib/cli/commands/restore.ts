@@ -17,10 +17,12 @@ export const restoreCommand: Command = {
   summary: "roll a live process back to an image",
   help: `cryo restore --pid PID IMAGE [options]
 
-Verifies IMAGE completely (every record decoded), freezes PID, checks that every region in the image is still
-mapped in PID with the same protection (a region that grew is fine; one that shrank or vanished is refused,
-listing them) and that PID still has every thread of the checkpoint, puts each thread's registers back, writes
-the memory back (holes become zero), ends the threads born since the checkpoint, and thaws PID.
+Verifies IMAGE completely (every record decoded), freezes PID, checks that PID is the process the image was
+taken from (pid, start time, boot, executable; --force to restore into another) and that it still has every
+thread of the checkpoint, makes its layout follow the image (regions that vanished are mapped again, regions
+mapped since are unmapped, protections and the program break put back; a shared or device mapping that is gone
+is refused, naming it), puts each thread's registers back, writes the memory back (holes become zero), ends
+the threads born since the checkpoint, and thaws PID. --dry-run lists every layout change it would make.
 
 All or nothing: while it writes, PID is held by a stop that outlives cryo, and every byte and register set
 overwritten is saved in an undo journal (an unlinked 0600 file in $CRYO_JOURNAL_DIR, $TMPDIR or /var/tmp);
@@ -41,6 +43,9 @@ options:
   --dry-run          verify and check, report what would be written, write nothing
   --allow-thread-changes  go ahead although threads of the checkpoint have ended since (refused by default:
                      memory rolled back would still count on them). Threads born since are always ended
+  --force            restore into a process that is not the image's (e.g. a fresh process of the same
+                     program): its memory and registers become the image's; its descriptors, sockets and
+                     other kernel objects stay its own
   --recover          finish a restore that a killed cryo left (PID stopped); IMAGE may be omitted
   --json             print the result as JSON
   -q, --quiet        no progress bar
@@ -57,6 +62,7 @@ examples:
       ...keyOptions,
       "no-registers": { type: "boolean" },
       "allow-thread-changes": { type: "boolean" },
+      force: { type: "boolean" },
       recover: { type: "boolean" },
       "dry-run": { type: "boolean" },
       json: { type: "boolean" },
@@ -68,6 +74,7 @@ examples:
       key: await keyFrom(values),
       registers: !values["no-registers"],
       allowThreadChanges: values["allow-thread-changes"],
+      force: values.force,
       recover: values.recover,
       dryRun: values["dry-run"],
       progress: progressBar("restore", values.quiet || values.json),
@@ -81,7 +88,13 @@ examples:
     out(
       `${result.dryRun ? "dry run: " : ""}restore of pid ${pid} from ${result.path}` +
         (result.recovered ? " (finished an interrupted restore; the process was resumed)" : "") + "\n" +
-        `  regions   ${result.regions} checked, layout matches\n` +
+        `  regions   ${result.regions} checked, ${
+          result.layoutChanges.length
+            ? `${result.layoutChanges.length} layout change(s)${result.dryRun ? " to make" : " made"}:\n` +
+              result.layoutChanges.map((c) => `              ${c}\n`).join("")
+            : "layout matches\n"
+        }` +
+        (result.identity.length ? `  identity  forced: ${result.identity.join("; ")}\n` : "") +
         `  memory    ${verb} ${humanBytes(result.dataBytes)} of data, zeroed holes of ${
           humanBytes(result.holeBytes)
         }\n` +

@@ -1,0 +1,83 @@
+/**
+ * The checks a restore makes of its target before the write phase, shared by `restore()` and
+ * `restoreStream()`: is it the process the image was taken from (identity), and what must change in its layout
+ * for the image to fit (a plan, or a refusal naming what cannot be recreated).
+ *
+ * @module
+ */
+
+import { IdentityMismatchError, LayoutMismatchError } from "../errors.ts";
+import { decodeIdentity, identityDifferences, processIdentity } from "../kernel/identity.ts";
+import {
+  decodeLayout,
+  freeGap,
+  type LayoutPlan,
+  planLayout,
+  type RecordedRegion,
+} from "../kernel/layout_fix.ts";
+import { readRegions } from "../kernel/maps.ts";
+import { threadStacks } from "../kernel/stacks.ts";
+import type { ImageRegion, SourceInfo } from "../image/layout.ts";
+
+/**
+ * Refuse a target that is not the image's process, unless forced. The image's `identity` section (pid, start
+ * time, boot, executable) is compared when it has one; an older image's source block gives pid and boot id.
+ *
+ * @param pid The target.
+ * @param path The image, for messages.
+ * @param source The image's source block.
+ * @param identity The image's `identity` section, if any.
+ * @param force Go ahead anyway (a fresh process of the same program).
+ * @returns The differences (empty when it is the same process; non-empty only when forced).
+ * @throws {IdentityMismatchError} When it differs and `force` is not set (nothing written).
+ */
+export function checkIdentity(
+  pid: number,
+  path: string,
+  source: SourceInfo,
+  identity: Uint8Array | undefined,
+  force = false,
+): string[] {
+  const image = identity ? decodeIdentity(identity, path) : {
+    pid: source.pid,
+    startTicks: 0n,
+    bootId: source.bootId,
+    exePath: "",
+    exeDevice: 0n,
+    exeInode: 0n,
+  };
+  const differences = identityDifferences(image, processIdentity(pid));
+  if (differences.length && !force) throw new IdentityMismatchError(pid, path, differences);
+  return differences;
+}
+
+/** A layout plan with the place for the injector's scratch page. */
+export interface RestoreLayout extends LayoutPlan {
+  /** Where the scratch page goes: out of the way of every change. */
+  scratchAt: bigint;
+}
+
+/**
+ * Plan the layout changes that make the frozen target `pid` fit the image.
+ *
+ * @param pid The frozen target.
+ * @param path The image, for messages.
+ * @param regions The image's region table.
+ * @param layout The image's `layout` section (the source's whole map), if any.
+ * @returns The plan.
+ * @throws {LayoutMismatchError} When something cannot be recreated (nothing written).
+ */
+export function planRestoreLayout(
+  pid: number,
+  path: string,
+  regions: readonly ImageRegion[],
+  layout: Uint8Array | undefined,
+): RestoreLayout {
+  const current = readRegions(pid);
+  const recorded: RecordedRegion[] | undefined = layout ? decodeLayout(layout, path) : undefined;
+  const image = regions.filter((g) => !g.relocatable);
+  const keep = threadStacks(pid, current).map((s) => s.region);
+  const plan = planLayout(image, current, { recorded, keep });
+  if (plan.refusals.length) throw new LayoutMismatchError(`pid ${pid}`, plan.refusals);
+  return { ...plan, scratchAt: freeGap([...current, ...image, ...(recorded ?? [])], 1n << 16n) };
+}
