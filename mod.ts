@@ -3,7 +3,8 @@
  * threads parked) and any other process's (frozen with ptrace), into one sparse, verified image file.
  *
  * Whole operations: {@link checkpoint}, {@link restore}, {@link inspect}, {@link verify}, {@link diff}, and
- * {@link snapshot} for test suites. Building blocks: {@link readRegions} and {@link classify} (what to persist),
+ * {@link snapshot} for test suites, {@link hibernate} and {@link wake} (free an idle process's RAM into an image
+ * and bring it back, eagerly or on demand). Building blocks: {@link readRegions} and {@link classify} (what to persist),
  * {@link scanPages} (which pages hold data), {@link freeze} and {@link Safepoint} (stopping the writers),
  * {@link inject} (system calls run inside a frozen process), {@link MemoryPersister} and {@link MemoryLoader}
  * (the image).
@@ -37,6 +38,16 @@ export {
   regionDecisions,
 } from "./lib/checkpoint.ts";
 export { restore, type RestoreOptions, type RestoreResult } from "./lib/restore.ts";
+export {
+  hibernate,
+  type HibernateOptions,
+  type HibernateResult,
+  type HibernationMarker,
+  type ProcessMemory,
+  processMemory,
+  readHibernationMarker,
+} from "./lib/ops/hibernate.ts";
+export { wake, type WakeOptions, type WakeResult } from "./lib/ops/wake.ts";
 export {
   type ImageInfo,
   inspect,
