@@ -43,7 +43,8 @@ import {
   removeHibernationMarker,
   writeHibernationMarker,
 } from "./hibernate.ts";
-import { addrOf } from "../../ffi/libc.ts";
+import { addrOf, PAGE_SIZE } from "../../ffi/libc.ts";
+import { PAGE_STATE, Pagemap } from "../pagemap.ts";
 
 const CHUNK = 2 << 20;
 
@@ -190,6 +191,33 @@ export async function wake(pid: number, path: string, opts: WakeOptions = {}): P
   return await lazyWake(pid, abs, opts, started);
 }
 
+/** Write the image's bytes (data, or zeros for holes) into every page of `regions` that is present. */
+function writePresentPages(
+  pid: number,
+  loader: MemoryLoader,
+  regions: readonly { start: bigint; end: bigint }[],
+  sources: Map<bigint, Uint8Array>,
+): number {
+  using pm = Pagemap.open(pid);
+  using remote = new RemoteWriter(pid);
+  const zero = new Uint8Array(PAGE_SIZE);
+  let pages = 0;
+  for (const g of regions) {
+    const st = pm.states(g.start, g.end);
+    st.flags.forEach((f, i) => {
+      if (!(f & (PAGE_STATE.PRESENT | PAGE_STATE.SWAPPED))) return;
+      const addr = st.start + BigInt(i * st.pageSize);
+      const r = loader.findRecord(addr);
+      const src = r?.kind === KIND.DATA ? sources.get(r.address) : undefined;
+      const at = src ? Number(addr - r!.address) : 0;
+      remote.write(addr, src ? src.subarray(at, at + PAGE_SIZE) : zero);
+      pages++;
+    });
+  }
+  remote.flush();
+  return pages;
+}
+
 async function lazyWake(pid: number, abs: string, opts: WakeOptions, started: number): Promise<WakeResult> {
   const progress = opts.progress ?? silentProgress;
   using loader = await MemoryLoader.open(abs, { codecs: opts.codecs });
@@ -247,6 +275,10 @@ async function lazyWake(pid: number, abs: string, opts: WakeOptions, started: nu
     regions.forEach((g, i) => {
       if (lazyRegion[i]) uffd!.register(g.start, g.end - g.start, UFFDIO_REGISTER_MODE.MISSING);
     });
+    // Pages populated since the release are not missing, so no fault would bring their data back: the kernel
+    // writes each thread's rseq area (in its TLS) when an injected call returns to user mode, and reading a
+    // released page maps the zero page. Write the image's bytes into each of them now (nothing runs meanwhile).
+    writePresentPages(pid, loader, regions.filter((_, i) => lazyRegion[i]), sources);
     server = FaultServer.start(
       uffd,
       lazyData.map((r) => ({ start: r.address, length: BigInt(r.length), source: sources.get(r.address)! })),
