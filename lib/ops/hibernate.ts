@@ -65,6 +65,24 @@ export function processState(pid: number): string | undefined {
   }
 }
 
+/**
+ * Wait until `pid` is stopped (state `T`): after a detach with a pending SIGSTOP, its threads take it as they
+ * leave their ptrace stops, a moment later.
+ *
+ * @param pid The process.
+ * @param timeoutMs How long to wait.
+ * @returns Whether it is stopped.
+ */
+export async function settleStopped(pid: number, timeoutMs = 2000): Promise<boolean> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const s = processState(pid);
+    if (s === "T") return true;
+    if (s === undefined || s === "Z" || performance.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
 /** What a hibernation marker records. */
 export interface HibernationMarker {
   /** The target. */
@@ -267,6 +285,7 @@ export async function hibernate(
   const releaseMs = performance.now() - releaseStarted;
   frozen.thaw(true); // the hold stays: the process is stopped (state T) until wake sends SIGCONT
   const stoppedMs = performance.now() - frozenAt;
+  await settleStopped(pid);
   const after = processMemory(pid);
   return {
     pid,

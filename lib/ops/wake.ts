@@ -41,6 +41,7 @@ import {
   processState,
   readHibernationMarker,
   removeHibernationMarker,
+  settleStopped,
   writeHibernationMarker,
 } from "./hibernate.ts";
 import { addrOf, PAGE_SIZE } from "../../ffi/libc.ts";
@@ -122,8 +123,9 @@ async function checkHibernated(pid: number, path: string, codecs?: readonly Code
   }
   if (marker.state === "waking") {
     throw new CryoError(
-      `Cannot wake pid ${pid}: a lazy wake resumed it and did not finish (cryo was killed); pages it had not ` +
-        `loaded were read as zero since: the process cannot be brought back to the image`,
+      `Cannot wake pid ${pid}: a lazy wake resumed it and did not finish (cryo was killed), so the pages it had ` +
+        `not loaded read as zero since; if it is still alive, \`cryo restore --pid ${pid} ${marker.image}\` ` +
+        `rolls it back to the hibernation point (what it did since is lost), else restart it`,
     );
   }
   const abs = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
@@ -138,8 +140,8 @@ async function checkHibernated(pid: number, path: string, codecs?: readonly Code
       );
     }
   }
-  const state = processState(pid);
-  if (state !== "T") {
+  if (!(await settleStopped(pid, 500))) {
+    const state = processState(pid);
     throw new CryoError(
       `Cannot wake pid ${pid}: it is not stopped (state ${state}): it was resumed since it was hibernated`,
     );
