@@ -11,7 +11,7 @@ import { diffCommand, inspectCommand, verifyCommand } from "./lib/cli/commands/i
 import { regionsCommand } from "./lib/cli/commands/regions.ts";
 import { demoCommand } from "./lib/cli/commands/demo.ts";
 import { debugCommand } from "./lib/cli/commands/debug.ts";
-import { hibernateCommand, wakeCommand } from "./lib/cli/commands/hibernate.ts";
+import { hibernateCommand, serveCommand, wakeCommand } from "./lib/cli/commands/hibernate.ts";
 
 if (import.meta.main) {
   const code = await main([
@@ -19,6 +19,7 @@ if (import.meta.main) {
     restoreCommand,
     hibernateCommand,
     wakeCommand,
+    serveCommand,
     inspectCommand,
     verifyCommand,
     diffCommand,

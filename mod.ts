@@ -49,6 +49,14 @@ export {
 } from "./lib/ops/hibernate.ts";
 export { wake, type WakeOptions, type WakeResult } from "./lib/ops/wake.ts";
 export {
+  type HibernationStatus,
+  hibernationStatus,
+  request,
+  serve,
+  type ServeOptions,
+  type ServeReply,
+} from "./lib/ops/serve.ts";
+export {
   type ImageInfo,
   inspect,
   type InspectRecord,

@@ -47,7 +47,7 @@ import {
 import { addrOf, PAGE_SIZE } from "../../ffi/libc.ts";
 import { PAGE_STATE, Pagemap } from "../pagemap.ts";
 
-const CHUNK = 2 << 20;
+const CHUNK = 256 << 10;
 
 /** Options of {@link wake}. */
 export interface WakeOptions {

@@ -6,6 +6,7 @@
 
 import { hibernate } from "../../ops/hibernate.ts";
 import { wake } from "../../ops/wake.ts";
+import { serve } from "../../ops/serve.ts";
 import { Sealer } from "../../seal.ts";
 import { onePositional, parse, parsePid } from "../args.ts";
 import { humanBytes, humanDuration, printable } from "../format.ts";
@@ -148,6 +149,46 @@ examples:
         `  stopped   ${humanDuration(r.stoppedMs)} until it ran again (total ${humanDuration(r.totalMs)})` +
         lazy,
     );
+    return 0;
+  },
+};
+
+export const serveCommand: Command = {
+  name: "serve",
+  summary: "answer hibernate, wake and status requests on a Unix socket (JSON lines)",
+  help: `cryo serve --socket PATH
+
+Listens on a Unix socket created with mode 0600 (only this user, and root, can connect: connecting needs write
+permission on the socket file; its directory must belong to this user or root and not be writable by group or
+others). Each request is one JSON line and gets one reply line, {"ok":true,"result":…} or
+{"ok":false,"error":"…"}:
+
+  {"op":"hibernate","pid":4242,"image":"/var/lib/app.cryo"}         optional "compress":"zstd:1", "keyFile"
+  {"op":"wake","pid":4242,"image":"/var/lib/app.cryo","lazy":true}  optional "keyFile"
+  {"op":"status"}  or  {"op":"status","pid":4242}
+
+Requests run one at a time (a lazy wake replies when every page is back); status is answered at once. Ctrl-C
+or SIGTERM stops accepting, lets the running request finish (a lazy wake loads the rest eagerly) and removes
+the socket.
+
+examples:
+  deno run -A cli.ts serve --socket /run/cryo/cryo.sock
+  echo '{"op":"status"}' | socat - UNIX-CONNECT:/run/cryo/cryo.sock`,
+  async run(ctx) {
+    const { values, positionals } = parse(ctx.args, { socket: { type: "string" } });
+    if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+    if (!values.socket) throw new UsageError("--socket PATH is required");
+    await serve({
+      socket: values.socket,
+      signal: ctx.signal,
+      onListening: () => console.error(`cryo serve: listening on ${printable(values.socket!)}`),
+      onRequest: (req, reply) =>
+        console.error(
+          `cryo serve: ${printable(JSON.stringify(req) ?? "?")} -> ${
+            reply.ok ? "ok" : `error: ${printable(reply.error)}`
+          }`,
+        ),
+    });
     return 0;
   },
 };
