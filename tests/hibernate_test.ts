@@ -272,3 +272,44 @@ Deno.test("hibernate() and wake() in a row leak nothing (cryo's RSS and descript
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cryo wake --lazy killed (SIGKILL) after the resume: faults wait, and wake() again finishes it", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(256 * MiB);
+    await target.fill(a, 256 * MiB, "random", 11);
+    const sum = await target.sum(a, 256 * MiB);
+    await hibernate(target.pid, `${dir}/k.cryo`);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", cli, "wake", "--pid", `${target.pid}`, "--lazy", `${dir}/k.cryo`],
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    const reader = child.stderr.getReader();
+    let text = "";
+    while (!text.includes("runs again")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    child.kill("SIGKILL");
+    await child.status;
+    reader.releaseLock();
+    await child.stderr.cancel().catch(() => {});
+    const marker = readHibernationMarker(target.pid);
+    if (marker) {
+      // Killed before it finished: the process runs, or waits in a fault, on memory partly in the image.
+      const summed = target.sum(a, 256 * MiB); // waits in a fault until a cryo serves it again
+      const w = await wake(target.pid, `${dir}/k.cryo`);
+      assert(w.lazy, "a killed lazy wake is continued lazily");
+      assertEquals(await summed, sum);
+    } else {
+      assertEquals(await target.sum(a, 256 * MiB), sum); // it finished before the kill
+    }
+    assertEquals(readHibernationMarker(target.pid), undefined);
+    assertEquals(await target.sum(a, 256 * MiB), sum);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -95,6 +95,11 @@ export interface HibernationMarker {
   identity: string;
   /** `hibernated`: stopped, pages released; `waking`: a lazy wake resumed it and was still loading. */
   state: "hibernated" | "waking";
+  /**
+   * The userfaultfd a lazy wake left open in the target (its descriptor number there), so that a killed wake
+   * can be continued; absent otherwise.
+   */
+  uffdFd?: number;
   /** When it was written (Unix ms). */
   time: number;
 }

@@ -31,10 +31,11 @@ import { pidTarget } from "../image/targets.ts";
 import { requireSealed } from "../image/sealing.ts";
 import { anonymousRange, RemoteWriter } from "../image/remote.ts";
 import { inject } from "../kernel/inject.ts";
-import { UFFDIO_REGISTER_MODE, Userfaultfd } from "../kernel/uffd.ts";
+import { isUserfaultfd, UFFDIO_REGISTER_MODE, Userfaultfd } from "../kernel/uffd.ts";
 import { FaultServer, type FaultServerStats } from "../kernel/fault_server.ts";
 import { type Progress, silentProgress } from "../cli/progress.ts";
 import {
+  type HibernationMarker,
   imageIdentity,
   type ProcessMemory,
   processMemory,
@@ -96,6 +97,8 @@ export interface WakeResult {
   backgroundBytes: number;
   /** Lazy: whether an abort switched the loading to eager. */
   finishedEagerly: boolean;
+  /** Whether this continued a lazy wake whose cryo had died (its userfaultfd taken back from the target). */
+  resumed: boolean;
   /** `/proc/PID/status` at the end. */
   after: ProcessMemory;
   /** How long the whole wake took, in milliseconds. */
@@ -112,20 +115,19 @@ function sameFile(a: string, b: string): boolean {
   }
 }
 
-/** Every check before the wake: marker, image path and identity, stopped state. Returns the image path. */
-async function checkHibernated(pid: number, path: string, codecs?: readonly Codec[]): Promise<string> {
+/** The marker's state as far as waking goes: what {@link wake} does next. */
+type Found = { abs: string; marker: HibernationMarker; resume: boolean };
+
+/**
+ * Every check before the wake: marker, image path and identity, stopped state. `resume` says that a lazy wake
+ * whose cryo died left its userfaultfd in the target: the wake continues it.
+ */
+async function checkHibernated(pid: number, path: string, codecs?: readonly Codec[]): Promise<Found> {
   const marker = readHibernationMarker(pid);
   if (!marker) {
     throw new CryoError(
       `Cannot wake pid ${pid}: it is not hibernated (no hibernation of this process is recorded, or the pid ` +
         `now belongs to another process)`,
-    );
-  }
-  if (marker.state === "waking") {
-    throw new CryoError(
-      `Cannot wake pid ${pid}: a lazy wake resumed it and did not finish (cryo was killed), so the pages it had ` +
-        `not loaded read as zero since; if it is still alive, \`cryo restore --pid ${pid} ${marker.image}\` ` +
-        `rolls it back to the hibernation point (what it did since is lost), else restart it`,
     );
   }
   const abs = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
@@ -140,18 +142,37 @@ async function checkHibernated(pid: number, path: string, codecs?: readonly Code
       );
     }
   }
+  const kept = marker.uffdFd !== undefined && isUserfaultfd(pid, marker.uffdFd);
+  if (marker.state === "waking") {
+    if (kept) return { abs, marker, resume: true };
+    throw new CryoError(
+      `Cannot wake pid ${pid}: a lazy wake resumed it and did not finish, and its userfaultfd is gone, so the ` +
+        `pages it had not loaded read as zero since; if it is still alive, \`cryo restore --pid ${pid} ` +
+        `${marker.image}\` rolls it back to the hibernation point (what it did since is lost), else restart it`,
+    );
+  }
   if (!(await settleStopped(pid, 500))) {
     const state = processState(pid);
     throw new CryoError(
       `Cannot wake pid ${pid}: it is not stopped (state ${state}): it was resumed since it was hibernated`,
     );
   }
-  return abs;
+  if (kept) closeTargetFd(pid, marker.uffdFd!); // left by a lazy wake killed before it resumed the process
+  return { abs, marker, resume: false };
+}
+
+/** Close descriptor `fd` of `pid` if it is a userfaultfd (freeze, injected `close`, thaw). */
+function closeTargetFd(pid: number, fd: number): void {
+  if (fd < 0 || !isUserfaultfd(pid, fd)) return;
+  using frozen = freeze(pid, { registers: true });
+  using inj = inject(frozen);
+  if (isUserfaultfd(pid, fd)) inj.closeFd(fd);
 }
 
 /**
  * Wake process `pid`, hibernated into `path`: write every page back and resume it (eager), or resume it at
- * once and serve its pages on demand (lazy).
+ * once and serve its pages on demand (lazy). A lazy wake whose cryo was killed is continued (lazily, whatever
+ * `lazy` says): its userfaultfd stayed in the target, and the threads that fault meanwhile wait for it.
  *
  * @param pid The hibernated process.
  * @param path Its image.
@@ -164,7 +185,9 @@ async function checkHibernated(pid: number, path: string, codecs?: readonly Code
  */
 export async function wake(pid: number, path: string, opts: WakeOptions = {}): Promise<WakeResult> {
   const started = performance.now();
-  const abs = await checkHibernated(pid, path, opts.codecs);
+  const found = await checkHibernated(pid, path, opts.codecs);
+  const abs = found.abs;
+  if (found.resume) return await lazyWake(pid, abs, opts, started, found.marker.uffdFd);
   if (!opts.lazy) {
     const r = await restore(pid, abs, {
       key: opts.key,
@@ -186,6 +209,7 @@ export async function wake(pid: number, path: string, opts: WakeOptions = {}): P
       firstFaultMs: 0,
       backgroundBytes: 0,
       finishedEagerly: false,
+      resumed: false,
       after: processMemory(pid),
       totalMs: performance.now() - started,
     };
@@ -220,7 +244,18 @@ function writePresentPages(
   return pages;
 }
 
-async function lazyWake(pid: number, abs: string, opts: WakeOptions, started: number): Promise<WakeResult> {
+/**
+ * A lazy wake; with `adoptFd`, the continuation of one whose cryo died: its userfaultfd is taken back from the
+ * target (where it stayed, ranges registered) and serving starts again; the process is resumed if it had not
+ * been yet.
+ */
+async function lazyWake(
+  pid: number,
+  abs: string,
+  opts: WakeOptions,
+  started: number,
+  adoptFd?: number,
+): Promise<WakeResult> {
   const progress = opts.progress ?? silentProgress;
   using loader = await MemoryLoader.open(abs, { codecs: opts.codecs });
   await loader.verify();
@@ -232,10 +267,12 @@ async function lazyWake(pid: number, abs: string, opts: WakeOptions, started: nu
     );
   }
   opts.signal?.throwIfAborted();
+  const identity = imageIdentity(loader);
   const threadsBytes = loader.section("threads");
   const recorded = threadsBytes ? decodeThreads(threadsBytes, abs) : [];
   const regions = loader.regions.filter((g) => !g.relocatable);
   const lazyRegion = regions.map((g) => !g.perms.shared && anonymousRange([g], g.start, g.end));
+  const lazyRegions = regions.filter((_, i) => lazyRegion[i]);
   const regionOf = (addr: bigint) => regions.findIndex((g) => g.start <= addr && addr < g.end);
   const absolute = loader.records.filter((r) => r.segment === 0);
   const lazyData = absolute.filter((r) => r.kind === KIND.DATA && lazyRegion[regionOf(r.address)]);
@@ -247,57 +284,72 @@ async function lazyWake(pid: number, abs: string, opts: WakeOptions, started: nu
   }
   const dataBytes = absolute.reduce((n, r) => n + (r.kind === KIND.DATA ? r.length : 0), 0);
   const holeBytes = absolute.reduce((n, r) => n + (r.kind === KIND.HOLE ? r.length : 0), 0);
+  const runs = lazyData.map((r) => ({
+    start: r.address,
+    length: BigInt(r.length),
+    source: sources.get(r.address)!,
+  }));
+  const serverOpts = { maxPrefetch: opts.maxPrefetch ?? 1 << 20 };
   progress.total(dataBytes);
 
-  const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
   let uffd: Userfaultfd | undefined;
   let server: FaultServer | undefined;
-  try {
-    loader.checkTarget(pidTarget(pid));
-    if (threadsBytes) refuseThreadChanges(pid, threadChanges(recorded, frozen.tids));
-    opts.signal?.throwIfAborted();
-    writeHibernationMarker({ pid, image: abs, identity: imageIdentity(loader), state: "hibernated" });
-    // Private file regions: their copied-on-write pages are written now (a file mapping cannot be
-    // registered in missing mode); writing is idempotent, so a failure here leaves it hibernated.
-    {
-      using remote = new RemoteWriter(pid);
-      const holes: typeof eagerRecords = [];
-      for (const r of eagerRecords) {
-        if (r.kind === KIND.HOLE) holes.push(r);
-        else remote.write(r.address, await loader.readRecord(r));
-        if (r.kind === KIND.DATA) progress.advance(r.length);
+  if (adoptFd !== undefined) {
+    // The process runs (or waits in faults) on the registered ranges since the killed wake: serve them again.
+    uffd = Userfaultfd.adopt(pid, adoptFd);
+    server = FaultServer.start(uffd, runs, serverOpts);
+    if (processState(pid) === "T") Deno.kill(pid, "SIGCONT"); // killed after it was set up, before the resume
+  } else {
+    const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
+    try {
+      loader.checkTarget(pidTarget(pid));
+      if (threadsBytes) refuseThreadChanges(pid, threadChanges(recorded, frozen.tids));
+      opts.signal?.throwIfAborted();
+      // Private file regions: their copied-on-write pages are written now (a file mapping cannot be
+      // registered in missing mode); writing is idempotent, so a failure here leaves it hibernated.
+      {
+        using remote = new RemoteWriter(pid);
+        const holes: typeof eagerRecords = [];
+        for (const r of eagerRecords) {
+          if (r.kind === KIND.HOLE) holes.push(r);
+          else remote.write(r.address, await loader.readRecord(r));
+          if (r.kind === KIND.DATA) progress.advance(r.length);
+        }
+        remote.flush();
+        remote.holes(holes, loader.regions);
       }
-      remote.flush();
-      remote.holes(holes, loader.regions);
+      {
+        // The target keeps a copy of the userfaultfd: if cryo dies from here on, the faults wait for the next
+        // cryo wake instead of being filled with zeros.
+        using inj = inject(frozen);
+        uffd = Userfaultfd.inTarget(inj, { features: 0n, keepInTarget: true });
+      }
+      writeHibernationMarker({ pid, image: abs, identity, state: "hibernated", uffdFd: uffd.targetFd });
+      for (const g of lazyRegions) uffd.register(g.start, g.end - g.start, UFFDIO_REGISTER_MODE.MISSING);
+      // Pages populated since the release are not missing, so no fault would bring their data back: the kernel
+      // writes each thread's rseq area (in its TLS) when an injected call returns to user mode, and reading a
+      // released page maps the zero page. Write the image's bytes into each of them (nothing runs meanwhile).
+      writePresentPages(pid, loader, lazyRegions, sources);
+      server = FaultServer.start(uffd, runs, serverOpts);
+      // From here on the process runs on pages served from the image: record it, then resume.
+      writeHibernationMarker({ pid, image: abs, identity, state: "waking", uffdFd: uffd.targetFd });
+    } catch (e) {
+      server?.stop({ complete: false });
+      if (uffd) {
+        try {
+          using inj = inject(frozen);
+          inj.closeFd(uffd.targetFd);
+        } catch { /* the marker names it: the next wake closes it */ }
+        uffd.close();
+      }
+      frozen.thaw(); // it was stopped before (group stop): it stays stopped, hibernated
+      writeHibernationMarker({ pid, image: abs, identity, state: "hibernated" });
+      progress.done();
+      throw e;
     }
-    {
-      using inj = inject(frozen);
-      uffd = Userfaultfd.inTarget(inj, { features: 0n });
-    }
-    regions.forEach((g, i) => {
-      if (lazyRegion[i]) uffd!.register(g.start, g.end - g.start, UFFDIO_REGISTER_MODE.MISSING);
-    });
-    // Pages populated since the release are not missing, so no fault would bring their data back: the kernel
-    // writes each thread's rseq area (in its TLS) when an injected call returns to user mode, and reading a
-    // released page maps the zero page. Write the image's bytes into each of them now (nothing runs meanwhile).
-    writePresentPages(pid, loader, regions.filter((_, i) => lazyRegion[i]), sources);
-    server = FaultServer.start(
-      uffd,
-      lazyData.map((r) => ({ start: r.address, length: BigInt(r.length), source: sources.get(r.address)! })),
-      { maxPrefetch: opts.maxPrefetch ?? 1 << 20 },
-    );
-    // From here on the process runs on pages served from the image: record it, then resume.
-    writeHibernationMarker({ pid, image: abs, identity: imageIdentity(loader), state: "waking" });
-  } catch (e) {
-    server?.stop({ complete: false });
-    uffd?.close();
-    frozen.thaw(); // it was stopped before (group stop): it stays stopped, hibernated
-    writeHibernationMarker({ pid, image: abs, identity: imageIdentity(loader), state: "hibernated" });
-    progress.done();
-    throw e;
+    frozen.thaw();
+    Deno.kill(pid, "SIGCONT");
   }
-  frozen.thaw();
-  Deno.kill(pid, "SIGCONT");
   const resumedAt = performance.now();
   const stoppedMs = resumedAt - started;
   await opts.onResumed?.();
@@ -305,7 +357,7 @@ async function lazyWake(pid: number, abs: string, opts: WakeOptions, started: nu
   let backgroundBytes = 0;
   let finishedEagerly = false;
   const chunk = BigInt(opts.chunkBytes ?? CHUNK);
-  const page = 4096n;
+  const page = BigInt(PAGE_SIZE);
   try {
     let lastYield = performance.now();
     outer: for (const r of lazyData) {
@@ -319,8 +371,9 @@ async function lazyWake(pid: number, abs: string, opts: WakeOptions, started: nu
         const len = end - at < chunk ? end - at : chunk;
         const n = uffd.copy(at, src + (at - r.address), len);
         backgroundBytes += Number(n);
-        at += n < len ? n + page : n; // a page that exists already (served on a fault) is skipped
-        progress.advance(Number(n < len ? n + page : n));
+        const step = n < len ? n + page : n; // a page that exists already (served on a fault) is skipped
+        at += step;
+        progress.advance(Number(step));
         if (!firstFaultMs && server.stats().faults > 0) firstFaultMs = performance.now() - resumedAt;
         if (performance.now() - lastYield > 20) {
           await new Promise((resolve) => setTimeout(resolve, 0)); // progress, signals
@@ -339,6 +392,16 @@ async function lazyWake(pid: number, abs: string, opts: WakeOptions, started: nu
   }
   const faults = server.stop({ complete: true });
   if (!firstFaultMs && faults.faults > 0) firstFaultMs = performance.now() - resumedAt;
+  // Every page of data is back; unregistering wakes any thread still waiting in a hole (it then faults a zero
+  // page in by itself), and keeps a copy of the descriptor that a fork may have taken from acting later.
+  for (const g of lazyRegions) {
+    try {
+      uffd.unregister(g.start, g.end - g.start);
+    } catch { /* a region unmapped meanwhile */ }
+  }
+  try {
+    closeTargetFd(pid, uffd.targetFd);
+  } catch { /* it exited: its descriptors are gone */ }
   uffd.close();
   removeHibernationMarker(pid);
   progress.done();
@@ -353,6 +416,7 @@ async function lazyWake(pid: number, abs: string, opts: WakeOptions, started: nu
     faults,
     backgroundBytes,
     finishedEagerly,
+    resumed: adoptFd !== undefined,
     after: processMemory(pid),
     totalMs: performance.now() - started,
   };
