@@ -317,3 +317,40 @@ Deno.test("cryo wake --lazy killed (SIGKILL) after the resume: faults wait, and 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cryo wake --lazy given SIGTERM after the resume loads the rest eagerly, then exits", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(256 * MiB);
+    await target.fill(a, 256 * MiB, "random", 12);
+    const sum = await target.sum(a, 256 * MiB);
+    await hibernate(target.pid, `${dir}/t.cryo`);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", cli, "wake", "--pid", `${target.pid}`, "--lazy", `${dir}/t.cryo`],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const reader = child.stderr.getReader();
+    let text = "";
+    while (!text.includes("runs again")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    child.kill("SIGTERM");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    const status = await child.status;
+    const stdout = new TextDecoder().decode(await new Response(child.stdout).arrayBuffer());
+    assert(status.code === 130 || status.code === 0, `exit ${status.code}: ${text}`);
+    if (status.code === 130) assert(stdout.includes("finished eagerly"), stdout + text);
+    assertEquals(readHibernationMarker(target.pid), undefined, "finished: no marker");
+    assertEquals(await target.sum(a, 256 * MiB), sum);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -123,6 +123,9 @@ examples:
     });
     const pid = parsePid(values.pid);
     const image = onePositional(positionals, "IMAGE");
+    ctx.onInterrupt = values.lazy
+      ? "once the process runs, the rest of its pages are loaded eagerly before cryo exits; before that it stays hibernated"
+      : "anything written is undone: the process stays hibernated";
     const r = await wake(pid, image, {
       lazy: values.lazy,
       key: await keyFrom(values),
@@ -136,10 +139,14 @@ examples:
       out(toJson(r));
       return 0;
     }
+    const first = r.firstFaultMs > 0 ? ` (first after ${humanDuration(r.firstFaultMs)})` : "";
     const lazy = r.faults
-      ? `\n  lazy      ${r.faults.faults} faults served (first after ${humanDuration(r.firstFaultMs)}), ${
+      ? `\n  lazy      ${r.faults.faults} faults served${first}, ${
         humanBytes(r.backgroundBytes)
-      } loaded in the background${r.finishedEagerly ? " (finished eagerly after an interrupt)" : ""}`
+      } loaded in the ` +
+        `background${r.finishedEagerly ? " (finished eagerly after an interrupt)" : ""}${
+          r.resumed ? " (continued a lazy wake whose cryo had died)" : ""
+        }`
       : "";
     out(
       `woke pid ${pid} from ${printable(r.path)}${r.lazy ? " (lazily)" : ""}\n` +
@@ -178,6 +185,7 @@ examples:
     const { values, positionals } = parse(ctx.args, { socket: { type: "string" } });
     if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
     if (!values.socket) throw new UsageError("--socket PATH is required");
+    ctx.onInterrupt = "no new requests; the running one finishes (a lazy wake loads the rest eagerly)";
     await serve({
       socket: values.socket,
       signal: ctx.signal,
