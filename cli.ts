@@ -11,11 +11,15 @@ import { diffCommand, inspectCommand, verifyCommand } from "./lib/cli/commands/i
 import { regionsCommand } from "./lib/cli/commands/regions.ts";
 import { demoCommand } from "./lib/cli/commands/demo.ts";
 import { debugCommand } from "./lib/cli/commands/debug.ts";
+import { hibernateCommand, serveCommand, wakeCommand } from "./lib/cli/commands/hibernate.ts";
 
 if (import.meta.main) {
   const code = await main([
     checkpointCommand,
     restoreCommand,
+    hibernateCommand,
+    wakeCommand,
+    serveCommand,
     inspectCommand,
     verifyCommand,
     diffCommand,

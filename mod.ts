@@ -4,10 +4,11 @@
  * encrypted.
  *
  * This entry point holds what a user calls: the operations {@link checkpoint}, {@link restore},
- * {@link inspect}, {@link verify}, {@link diff} and {@link snapshot} (for test suites), keys and codecs, and the
- * errors to catch. The building blocks live behind two subpath exports: `./process` (regions and pages,
- * freezing and parking threads, system calls run inside a frozen process, userfaultfd, write tracking, the
- * undo journal) and `./image` (the image writer and reader, memory sources and load targets).
+ * {@link inspect}, {@link verify}, {@link diff}, {@link snapshot} (for test suites), {@link hibernate} and
+ * {@link wake} (free an idle process's RAM into an image and bring it back, eagerly or on demand), keys and
+ * codecs, and the errors to catch. The building blocks live behind two subpath exports: `./process` (regions
+ * and pages, freezing and parking threads, system calls run inside a frozen process, userfaultfd, write
+ * tracking, the undo journal) and `./image` (the image writer and reader, memory sources and load targets).
  *
  * @example Checkpoint a child process, change it, roll it back
  * ```ts ignore
@@ -30,6 +31,24 @@ export {
 } from "./lib/ops/checkpoint.ts";
 export { restore, type RestoreOptions } from "./lib/ops/restore.ts";
 export type { RestoreResult } from "./lib/ops/restore_commit.ts";
+export {
+  hibernate,
+  type HibernateOptions,
+  type HibernateResult,
+  type HibernationMarker,
+  type ProcessMemory,
+  processMemory,
+  readHibernationMarker,
+} from "./lib/ops/hibernate.ts";
+export { wake, type WakeOptions, type WakeResult } from "./lib/ops/wake.ts";
+export {
+  type HibernationStatus,
+  hibernationStatus,
+  request,
+  serve,
+  type ServeOptions,
+  type ServeReply,
+} from "./lib/ops/serve.ts";
 export {
   type ImageInfo,
   inspect,

@@ -28,7 +28,16 @@ import type { BenchOptions, BenchRow } from "./types.ts";
 export type { BenchOptions, BenchRow, SummaryRow };
 
 /** The benchmark modules, in the order they run: bench/NAME.ts, each exporting `bench(opts)`. */
-export const MODULES = ["checkpoint", "pagemap", "image", "freeze", "compress", "inject", "layout"] as const;
+export const MODULES = [
+  "checkpoint",
+  "pagemap",
+  "image",
+  "freeze",
+  "compress",
+  "inject",
+  "layout",
+  "hibernate",
+] as const;
 
 const UNITS = new Set(["ms", "GiB/s", "bytes", "ratio"]);
 

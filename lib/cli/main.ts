@@ -29,6 +29,8 @@ export interface CommandContext {
    * say that the stream is incomplete (its reader refuses it) rather than that nothing was left.
    */
   imageOnStdout?: boolean;
+  /** What a SIGINT/SIGTERM leads to, for the message (default: the target thawed, a partial image removed). */
+  onInterrupt?: string;
 }
 
 /** One CLI command. */
@@ -123,8 +125,9 @@ export async function main(commands: Command[], argv: string[]): Promise<number>
   const onSignal = (sig: Deno.Signal) => () => {
     if (controller.signal.aborted) return;
     console.error(
-      `cryo: ${sig} received; stopping (the target will be thawed, ${
-        ctx.imageOnStdout ? INCOMPLETE : "a partial image removed"
+      `cryo: ${sig} received; stopping (${
+        ctx.onInterrupt ??
+          `the target will be thawed, ${ctx.imageOnStdout ? INCOMPLETE : "a partial image removed"}`
       })`,
     );
     controller.abort(new CryoError(`Interrupted by ${sig}`));

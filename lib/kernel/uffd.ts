@@ -45,11 +45,43 @@ export interface UserfaultfdOptions {
    * `read()` into a registered missing page waits for its page instead of failing with EFAULT), on otherwise.
    */
   userModeOnly?: boolean;
+  /**
+   * {@link Userfaultfd.inTarget} only: leave the descriptor open in the target too (its number is
+   * {@link Userfaultfd.targetFd}), so that the userfaultfd outlives this process: if it dies, threads faulting
+   * on registered ranges wait instead of getting zero pages, and {@link Userfaultfd.adopt} takes it back. The
+   * caller closes the target's copy (an injected `close`) when done. Default false.
+   */
+  keepInTarget?: boolean;
 }
 
 function featureNames(bits: bigint): string {
   return Object.entries(UFFD_FEATURE).filter(([, v]) => (bits & v) !== 0n).map(([k]) => `UFFD_FEATURE_${k}`)
     .join(", ");
+}
+
+/** `pidfd_getfd`: a copy of descriptor `targetFd` of `pid`, in this process. */
+function copyFd(pid: number, targetFd: number): number {
+  const pidfd = rawSyscall(SYS_PIDFD_OPEN, BigInt(pid));
+  if (pidfd < 0n) throw systemError("pidfd_open", Number(-pidfd), `pid ${pid}`);
+  const got = rawSyscall(SYS_PIDFD_GETFD, pidfd, BigInt(targetFd));
+  libc.close(Number(pidfd));
+  if (got < 0n) throw systemError("pidfd_getfd", Number(-got), `fd ${targetFd} of pid ${pid}`);
+  return Number(got);
+}
+
+/**
+ * Whether descriptor `fd` of `pid` is a userfaultfd (its `/proc/PID/fd` link reads `anon_inode:[userfaultfd]`).
+ *
+ * @param pid The process.
+ * @param fd The descriptor's number.
+ * @returns True when it is.
+ */
+export function isUserfaultfd(pid: number, fd: number): boolean {
+  try {
+    return Deno.readLinkSync(`/proc/${pid}/fd/${fd}`) === "anon_inode:[userfaultfd]";
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -65,19 +97,34 @@ export class Userfaultfd implements Disposable {
   readonly features: bigint;
   /** Whether it handles user-mode faults only. */
   readonly userModeOnly: boolean;
+  /** The descriptor's number in the target when it was kept there (`keepInTarget`), else -1. */
+  readonly targetFd: number;
   readonly #buf = new BigUint64Array(5);
   readonly #bufPtr = Deno.UnsafePointer.of(this.#buf);
   #closed = false;
 
-  private constructor(fd: number, pid: number | "self", features: bigint, userModeOnly: boolean) {
+  private constructor(
+    fd: number,
+    pid: number | "self",
+    features: bigint,
+    userModeOnly: boolean,
+    targetFd = -1,
+  ) {
     this.fd = fd;
+    this.targetFd = targetFd;
     this.pid = pid;
     this.features = features;
     this.userModeOnly = userModeOnly;
   }
 
   /** `UFFDIO.API` on a fresh descriptor; closes it on failure. */
-  static #handshake(fd: number, pid: number | "self", opts: UserfaultfdOptions, userModeOnly: boolean) {
+  static #handshake(
+    fd: number,
+    pid: number | "self",
+    opts: UserfaultfdOptions,
+    userModeOnly: boolean,
+    targetFd = -1,
+  ) {
     const want = opts.features ?? 0n;
     const api = new BigUint64Array([UFFD_API, want, 0n]);
     if (libc.ioctl(fd, UFFDIO.API, Deno.UnsafePointer.of(api)) !== 0) {
@@ -96,7 +143,7 @@ export class Userfaultfd implements Disposable {
       throw systemError("ioctl UFFDIO.API", e, `features ${hex(want)}`);
     }
     // On success api[1] lists every feature the kernel offers; those enabled are the ones asked for.
-    return new Userfaultfd(fd, pid, want, userModeOnly);
+    return new Userfaultfd(fd, pid, want, userModeOnly, targetFd);
   }
 
   /**
@@ -143,17 +190,38 @@ export class Userfaultfd implements Disposable {
       );
     }
     let fd = -1;
+    let kept = false;
     try {
-      const pidfd = rawSyscall(SYS_PIDFD_OPEN, BigInt(inj.pid));
-      if (pidfd < 0n) throw systemError("pidfd_open", Number(-pidfd), `pid ${inj.pid}`);
-      const got = rawSyscall(SYS_PIDFD_GETFD, pidfd, tfd);
-      libc.close(Number(pidfd));
-      if (got < 0n) throw systemError("pidfd_getfd", Number(-got), `fd ${tfd} of pid ${inj.pid}`);
-      fd = Number(got);
+      fd = copyFd(inj.pid, Number(tfd));
+      const uffd = Userfaultfd.#handshake(
+        fd,
+        inj.pid,
+        opts,
+        userModeOnly,
+        opts.keepInTarget ? Number(tfd) : -1,
+      );
+      kept = opts.keepInTarget ?? false;
+      return uffd;
     } finally {
-      inj.closeFd(Number(tfd));
+      if (!kept) inj.closeFd(Number(tfd));
     }
-    return Userfaultfd.#handshake(fd, inj.pid, opts, userModeOnly);
+  }
+
+  /**
+   * Take back a userfaultfd that a process holds (one created with `keepInTarget` by an earlier cryo that
+   * died): `pidfd_getfd`, no new `UFFDIO_API` (it was done when it was created). The target keeps its copy.
+   *
+   * @param pid The process.
+   * @param targetFd The descriptor's number in it.
+   * @returns The descriptor's owner (`features` reads 0: not known here).
+   * @throws {CryoError} When that descriptor is not a userfaultfd.
+   * @throws {SystemError} When it cannot be copied.
+   */
+  static adopt(pid: number, targetFd: number): Userfaultfd {
+    if (!isUserfaultfd(pid, targetFd)) {
+      throw new CryoError(`Cannot take the userfaultfd of pid ${pid} back: its fd ${targetFd} is not one`);
+    }
+    return new Userfaultfd(copyFd(pid, targetFd), pid, 0n, false, targetFd);
   }
 
   #ioctl(req: bigint, name: string, detail: string): void {

@@ -8,7 +8,7 @@
 
 import { close, memfdCreate } from "../../ffi/libc.ts";
 import { CryoError } from "../errors.ts";
-import { freeze } from "../kernel/freeze.ts";
+import { freeze, type Frozen } from "../kernel/freeze.ts";
 import { readRegions } from "../kernel/maps.ts";
 import { classify, type Decision, type PolicyOptions } from "../kernel/policy.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
@@ -52,6 +52,12 @@ export interface CheckpointOptions extends PolicyOptions {
   progress?: Progress;
   /** Abort the checkpoint (the target is thawed, nothing is left at the path). */
   signal?: AbortSignal;
+  /**
+   * Keep the target frozen until the image is complete (finalized, fsynced, named) and hand the `Frozen` back
+   * in the result's `frozen`, for the caller to act on the target and thaw it (`hibernate` releases the
+   * persisted pages). On failure the target is thawed as usual. Default false.
+   */
+  keepFrozen?: boolean;
 }
 
 /** What {@link checkpoint} did. */
@@ -80,6 +86,8 @@ export interface CheckpointResult {
   stoppedMs: number;
   /** How long the whole checkpoint took, in milliseconds. */
   totalMs: number;
+  /** With `keepFrozen`: the still frozen target, which the caller thaws. */
+  frozen?: Frozen;
 }
 
 /** The persistable regions of `pid` with the policy's decisions (for `cryo regions` and checkpoint). */
@@ -118,8 +126,16 @@ export async function checkpoint(
   try {
     const rawOpts = { ...opts, codec: undefined, sealer: undefined, fsync: false };
     const taken = await persistPid(pid, { fd }, rawOpts);
-    opts.signal?.throwIfAborted();
-    const summary = await transcode(rawPath, path, opts);
+    let summary: ImageSummary;
+    try {
+      opts.signal?.throwIfAborted();
+      const encodeStarted = performance.now();
+      summary = await transcode(rawPath, path, opts);
+      if (taken.frozen) taken.stoppedMs += performance.now() - encodeStarted; // still stopped meanwhile
+    } catch (e) {
+      taken.frozen?.thaw();
+      throw e;
+    }
     const allocatedBytes = path === "-" ? 0 : (Deno.statSync(path).blocks ?? 0) * 512;
     return {
       ...taken,
@@ -177,6 +193,7 @@ async function persistPid(
   const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
   let persister: MemoryPersister | undefined;
+  let handedOver = false; // with keepFrozen, set once the image is complete: the caller thaws from then on
   try {
     const decisions = regionDecisions(pid, opts);
     const kept = decisions.filter((d) => d.persist);
@@ -211,12 +228,15 @@ async function persistPid(
     persister.addSection("identity", encodeIdentity(processIdentity(pid)));
     persister.addSection("layout", encodeLayout(decisions.map((d) => d.region)));
     opts.signal?.throwIfAborted();
-    // Every byte is read: the target may run while the index is written and the file is synced.
+    // Every byte is read: the target may run while the index is written and the file is synced (unless the
+    // caller keeps it frozen).
     if (opts.leaveStopped) Deno.kill(pid, "SIGSTOP");
-    frozen.thaw();
-    const stoppedMs = performance.now() - frozenAt;
+    if (!opts.keepFrozen) frozen.thaw();
+    let stoppedMs = performance.now() - frozenAt;
     const summary = await persister.finalize();
     persister = undefined;
+    if (opts.keepFrozen) stoppedMs = performance.now() - frozenAt;
+    handedOver = opts.keepFrozen ?? false;
     let allocatedBytes = 0;
     if (typeof out === "string" && out !== "-") allocatedBytes = (Deno.statSync(out).blocks ?? 0) * 512;
     return {
@@ -237,6 +257,7 @@ async function persistPid(
       allocatedBytes,
       stoppedMs,
       totalMs: performance.now() - started,
+      frozen: opts.keepFrozen ? frozen : undefined,
     };
   } catch (e) {
     if (persister) await persister.abort();
@@ -245,7 +266,7 @@ async function persistPid(
     }
     throw e;
   } finally {
-    frozen.thaw();
+    if (!handedOver) frozen.thaw();
     progress.done();
   }
 }

@@ -1,0 +1,312 @@
+/**
+ * Hibernate another process: freeze it, persist its memory into an image (lib/checkpoint.ts, kept frozen),
+ * **finalize and fsync the image before a single page is released**, record the hibernation in a marker, then
+ * release the persisted pages inside the target (an injected `madvise(MADV_DONTNEED)` on every private region
+ * the image holds) and leave it stopped by a SIGSTOP that outlives cryo (`Frozen.hold()` + `thaw(true)`).
+ * `wake` (lib/ops/wake.ts) brings it back.
+ *
+ * A failure before the release point releases nothing, removes the image and thaws the target as it was. A
+ * failure during the release leaves the target stopped and the marker in place: `cryo wake` brings it back
+ * (everything the image holds is written back, released or not).
+ *
+ * @module
+ */
+
+import { checkpoint, type CheckpointOptions } from "./checkpoint.ts";
+import { CryoError } from "../errors.ts";
+import { markerDir, startTimeOf } from "./recovery.ts";
+import { inject } from "../kernel/inject.ts";
+import { MemoryLoader } from "../image/loader.ts";
+import { MADV } from "../../ffi/constants.ts";
+
+/** Memory figures of a process, from `/proc/PID/status`, in bytes. */
+export interface ProcessMemory {
+  /** Resident set size (VmRSS). */
+  rss: number;
+  /** Resident anonymous memory (RssAnon). */
+  rssAnon: number;
+  /** Resident file-backed memory (RssFile). */
+  rssFile: number;
+  /** Resident shared memory (RssShmem). */
+  rssShmem: number;
+}
+
+/**
+ * Read a process's resident memory from `/proc/PID/status`.
+ *
+ * @param pid The process.
+ * @returns VmRSS, RssAnon, RssFile, RssShmem in bytes.
+ * @throws {CryoError} When the process does not exist.
+ */
+export function processMemory(pid: number): ProcessMemory {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(`/proc/${pid}/status`);
+  } catch {
+    throw new CryoError(`Cannot read /proc/${pid}/status: no such process`);
+  }
+  const kb = (field: string) =>
+    Number(text.match(new RegExp(`^${field}:\\s*(\\d+) kB`, "m"))?.[1] ?? 0) * 1024;
+  return { rss: kb("VmRSS"), rssAnon: kb("RssAnon"), rssFile: kb("RssFile"), rssShmem: kb("RssShmem") };
+}
+
+/**
+ * The state letter of a process (field 3 of `/proc/PID/stat`): `T` stopped, `t` traced, `R`, `S`, `Z`, ….
+ *
+ * @param pid The process.
+ * @returns The letter, or undefined when there is no such process.
+ */
+export function processState(pid: number): string | undefined {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Wait until `pid` is stopped (state `T`): after a detach with a pending SIGSTOP, its threads take it as they
+ * leave their ptrace stops, a moment later.
+ *
+ * @param pid The process.
+ * @param timeoutMs How long to wait.
+ * @returns Whether it is stopped.
+ */
+export async function settleStopped(pid: number, timeoutMs = 2000): Promise<boolean> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const s = processState(pid);
+    if (s === "T") return true;
+    if (s === undefined || s === "Z" || performance.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+/** What a hibernation marker records. */
+export interface HibernationMarker {
+  /** The target. */
+  pid: number;
+  /** Its start time (field 22 of `/proc/PID/stat`): a later process with the same pid is not it. */
+  startTime: string;
+  /** The image, an absolute path. */
+  image: string;
+  /** The image's identity ({@link imageIdentity}): a replaced image is refused. */
+  identity: string;
+  /** `hibernated`: stopped, pages released; `waking`: a lazy wake resumed it and was still loading. */
+  state: "hibernated" | "waking";
+  /**
+   * The userfaultfd a lazy wake left open in the target (its descriptor number there), so that a killed wake
+   * can be continued; absent otherwise.
+   */
+  uffdFd?: number;
+  /** When it was written (Unix ms). */
+  time: number;
+}
+
+function hibernationPath(pid: number): string {
+  return `${markerDir()}/hibernate-${pid}.json`;
+}
+
+/**
+ * The identity of an image: the checksums of its header, index and section table (which cover, through the
+ * index, every record's checksum) and its size.
+ *
+ * @param loader The open image.
+ * @returns A string that changes when any of them does.
+ */
+export function imageIdentity(loader: MemoryLoader): string {
+  const f = loader.footer;
+  const h = (v: bigint) => v.toString(16).padStart(16, "0");
+  return `${h(f.headerChecksum)}-${h(f.indexChecksum)}-${h(f.sectionsChecksum)}-${f.fileSize}`;
+}
+
+/**
+ * Record that `pid` is hibernated into an image (in the private marker directory of lib/recovery.ts).
+ *
+ * @param marker What to record (its `startTime` is the process's own).
+ */
+export function writeHibernationMarker(marker: Omit<HibernationMarker, "startTime" | "time">): void {
+  const dir = markerDir();
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = Deno.statSync(dir);
+  if (st.uid !== (Deno.uid() ?? 0) || ((st.mode ?? 0) & 0o077) !== 0) {
+    throw new CryoError(
+      `Cannot record the hibernation in ${dir}: it is not a private directory of this user`,
+    );
+  }
+  const full: HibernationMarker = { ...marker, startTime: startTimeOf(marker.pid), time: Date.now() };
+  const path = hibernationPath(marker.pid);
+  const tmp = `${path}.${Deno.pid}`;
+  Deno.writeTextFileSync(tmp, JSON.stringify(full) + "\n", { mode: 0o600 });
+  Deno.renameSync(tmp, path);
+}
+
+/**
+ * The hibernation marker of `pid`, if one names this very process (same start time) and is a private file
+ * of this user.
+ *
+ * @param pid The process.
+ * @returns The marker, or undefined.
+ */
+export function readHibernationMarker(pid: number): HibernationMarker | undefined {
+  const path = hibernationPath(pid);
+  try {
+    const st = Deno.lstatSync(path);
+    if (!st.isFile || st.uid !== (Deno.uid() ?? 0) || ((st.mode ?? 0) & 0o077) !== 0) return undefined;
+    const m = JSON.parse(Deno.readTextFileSync(path)) as HibernationMarker;
+    if (m.pid !== pid || typeof m.image !== "string" || typeof m.identity !== "string") return undefined;
+    if (m.startTime !== startTimeOf(pid)) return undefined; // another process has this pid now
+    return m;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Remove the hibernation marker of `pid`. Idempotent.
+ *
+ * @param pid The process.
+ */
+export function removeHibernationMarker(pid: number): void {
+  try {
+    Deno.removeSync(hibernationPath(pid));
+  } catch { /* none */ }
+}
+
+/** Options of {@link hibernate}: those of a checkpoint (filters, codec, sealer, progress, abort). */
+export type HibernateOptions = Omit<CheckpointOptions, "keepFrozen" | "leaveStopped" | "fsync">;
+
+/** What {@link hibernate} did. */
+export interface HibernateResult {
+  /** The process. */
+  pid: number;
+  /** The image (absolute path). */
+  path: string;
+  /** The image's identity, as recorded in the marker. */
+  identity: string;
+  /** Bytes of data persisted (decoded). */
+  dataBytes: number;
+  /** Bytes of holes. */
+  holeBytes: number;
+  /** The image's size in bytes. */
+  imageBytes: number;
+  /** Regions whose pages were released. */
+  regionsReleased: number;
+  /** Bytes of address space released (`madvise` lengths). */
+  releasedBytes: number;
+  /** `/proc/PID/status` before the freeze. */
+  before: ProcessMemory;
+  /** `/proc/PID/status` after the release. */
+  after: ProcessMemory;
+  /** Resident memory freed, measured: `before.rss - after.rss`. */
+  freedBytes: number;
+  /** Resident anonymous memory freed, measured: `before.rssAnon - after.rssAnon`. */
+  freedAnonBytes: number;
+  /** How long cryo held the target frozen (freeze to release done); it stays stopped afterwards. */
+  stoppedMs: number;
+  /** How long releasing took (injected calls), in milliseconds. */
+  releaseMs: number;
+  /** How long the whole hibernation took, in milliseconds. */
+  totalMs: number;
+}
+
+/**
+ * Hibernate process `pid` into the image at `path`: persist, fsync, record, release its pages, leave it
+ * stopped. Bring it back with `wake`.
+ *
+ * @example Free an idle process's memory and bring it back
+ * ```ts ignore
+ * import { hibernate, wake } from "./mod.ts";
+ *
+ * const h = await hibernate(pid, "/var/lib/app.cryo");
+ * console.log(`freed ${h.freedBytes} bytes`);
+ * await wake(pid, "/var/lib/app.cryo", { lazy: true });
+ * ```
+ *
+ * @param pid The process (not this one).
+ * @param path The image path (a file: not `-`).
+ * @param opts Filters, codec, sealer, progress, abort.
+ * @returns What was persisted and freed.
+ * @throws {CryoError} When the process is already hibernated, or the release failed part-way (then it is left
+ *   stopped and hibernated: `wake` brings it back).
+ * @throws {SystemError} When the process cannot be frozen, read or written (nothing released, thawed).
+ */
+export async function hibernate(
+  pid: number,
+  path: string,
+  opts: HibernateOptions = {},
+): Promise<HibernateResult> {
+  const started = performance.now();
+  if (path === "-") throw new TypeError("Cannot hibernate into a stream: wake needs the image file");
+  const abs = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
+  const existing = readHibernationMarker(pid);
+  if (existing && processState(pid) === "T") {
+    throw new CryoError(`Cannot hibernate pid ${pid}: it is hibernated already, into ${existing.image}`);
+  }
+  const before = processMemory(pid);
+  const taken = await checkpoint(pid, abs, { ...opts, fsync: true, keepFrozen: true });
+  const frozen = taken.frozen!;
+  const frozenAt = performance.now() - taken.stoppedMs;
+  let identity: string;
+  try {
+    opts.signal?.throwIfAborted();
+    using loader = await MemoryLoader.open(abs);
+    identity = imageIdentity(loader);
+    // From here the target must not run half-released: a stop that outlives cryo, then the marker.
+    frozen.hold();
+    writeHibernationMarker({ pid, image: abs, identity, state: "hibernated" });
+  } catch (e) {
+    frozen.thaw();
+    removeHibernationMarker(pid);
+    try {
+      Deno.removeSync(abs);
+    } catch { /* already gone */ }
+    throw e;
+  }
+  // The release point: the image is complete and synced, the marker written.
+  const releaseStarted = performance.now();
+  let regionsReleased = 0;
+  let releasedBytes = 0n;
+  try {
+    using loader = await MemoryLoader.open(abs);
+    using inj = inject(frozen);
+    for (const g of loader.regions) {
+      if (g.relocatable || g.perms.shared) continue; // shared memory is not freed by dropping our mapping
+      inj.madvise(g.start, g.end - g.start, MADV.DONTNEED);
+      regionsReleased++;
+      releasedBytes += g.end - g.start;
+    }
+  } catch (e) {
+    frozen.thaw(true); // stays stopped; the marker says how to bring it back
+    throw new CryoError(
+      `Cannot hibernate pid ${pid}: releasing its pages failed (${
+        (e as Error).message
+      }); it is left stopped, ` +
+        `hibernated into ${abs}: \`cryo wake --pid ${pid} ${abs}\` brings it back`,
+      { cause: e },
+    );
+  }
+  const releaseMs = performance.now() - releaseStarted;
+  frozen.thaw(true); // the hold stays: the process is stopped (state T) until wake sends SIGCONT
+  const stoppedMs = performance.now() - frozenAt;
+  await settleStopped(pid);
+  const after = processMemory(pid);
+  return {
+    pid,
+    path: abs,
+    identity,
+    dataBytes: taken.dataBytes,
+    holeBytes: taken.holeBytes,
+    imageBytes: taken.imageBytes,
+    regionsReleased,
+    releasedBytes: Number(releasedBytes),
+    before,
+    after,
+    freedBytes: before.rss - after.rss,
+    freedAnonBytes: before.rssAnon - after.rssAnon,
+    stoppedMs,
+    releaseMs,
+    totalMs: performance.now() - started,
+  };
+}
