@@ -11,7 +11,7 @@ import { HelperNotFoundError } from "../lib/errors.ts";
 import { buf, int, long, ptr, size_t, uint } from "./types.ts";
 
 /** The ABI version this TypeScript expects; must equal `CRYO_HELPER_ABI` in ffi/helper/helper.h. */
-export const HELPER_ABI = 3;
+export const HELPER_ABI = 4;
 
 const symbols = {
   // int cryo_helper_abi(void);
@@ -63,7 +63,8 @@ const symbols = {
   //   (synchronous on purpose: ptrace belongs to the calling thread)
   cryo_hold_release: { parameters: [int, int, long, buf], result: long },
   // long cryo_diff_runs(const uint64_t *liov, size_t n, unsigned char *old, size_t page, uint64_t *runs,
-  //                     size_t max_runs);  (which pages of a batch of writes would change anything)
+  //                     size_t max_runs);  (which pages of a batch of writes would change anything: runs of
+  //                     (index, offset, length, old bytes all zero))
   cryo_diff_runs: { parameters: [buf, size_t, ptr, size_t, buf, size_t], result: long },
   // long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr, long timeout_ns,
   //                          int64_t *out);  (synchronous on purpose: ptrace belongs to the calling thread)

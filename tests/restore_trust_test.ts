@@ -343,3 +343,33 @@ Deno.test("restore() journals and writes only the pages that changed since the c
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("restore() over pages that are all zero stores nothing for them, and an abort makes them zero again", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(16 * MiB);
+    await target.fill(a, 16 * MiB, "random", 1);
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    await target.fill(a, 16 * MiB, "zero"); // as after a release: every page now reads zero
+    const zero = await target.sum(a, 16 * MiB);
+    const controller = new AbortController();
+    const progress: Progress = {
+      total() {},
+      advance() {
+        controller.abort(new Error("interrupted in the test"));
+      },
+      done() {},
+    };
+    await assertRejects(
+      () => restore(target.pid, `${dir}/a.cryo`, { signal: controller.signal, progress }),
+      Error,
+      "interrupted in the test",
+    );
+    assertEquals(await target.sum(a, 16 * MiB), zero, "the zero pages are zero again");
+    const r = await restore(target.pid, `${dir}/a.cryo`);
+    assert(r.journalBytes < MiB, `${r.journalBytes} bytes stored for 16 MiB of zero pages`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -24,11 +24,15 @@ export function journalDir(): string {
   return Deno.env.get("CRYO_JOURNAL_DIR") ?? Deno.env.get("TMPDIR") ?? "/var/tmp";
 }
 
-/** Saved ranges, packed one after another in the journal file from `at`: `(address, length)` pairs. */
+/**
+ * Saved ranges, packed one after another in the journal file from `at`: `(address, length)` pairs; or, with
+ * `zero`, ranges whose old bytes were all zero (nothing stored: the undo writes zeros).
+ */
 interface Entry {
   pairs: BigUint64Array;
   len: number;
   at: number;
+  zero?: boolean;
 }
 
 /** A change other than a write (a mapping, a protection, the break), with its undo. */
@@ -217,21 +221,21 @@ export class RestoreJournal implements Disposable {
           ptrOf(local),
           BigInt(PAGE_SIZE),
           runs,
-          BigInt(runs.length / 3),
+          BigInt(runs.length / 4),
         ),
       );
       if (found < 0) throw systemError("cryo_diff_runs", -found);
       if (found > 0) {
-        const pairs = new BigUint64Array(2 * found);
+        const data: bigint[] = [], zero: bigint[] = [];
         let kept = 0;
         for (let k = 0; k < found; k++) {
-          const idx = Number(runs[3 * k]), off = runs[3 * k + 1], len = runs[3 * k + 2];
-          pairs[2 * k] = batchR[2 * idx] + off;
-          pairs[2 * k + 1] = len;
+          const idx = Number(runs[4 * k]), off = runs[4 * k + 1], len = runs[4 * k + 2];
+          (runs[4 * k + 3] ? zero : data).push(batchR[2 * idx] + off, len);
           push(batchL[2 * idx] + off, batchR[2 * idx] + off, len);
-          kept += Number(len);
+          if (!runs[4 * k + 3]) kept += Number(len);
         }
-        this.#appendFrom(pairs, kept, local);
+        if (data.length) this.#appendFrom(new BigUint64Array(data), kept, local);
+        if (zero.length) this.#entries.push({ pairs: new BigUint64Array(zero), len: 0, at: -1, zero: true });
       }
       i += n;
     }
@@ -240,9 +244,9 @@ export class RestoreJournal implements Disposable {
 
   #runsBuf = new BigUint64Array(0);
 
-  /** Room for the runs of a batch of `n` ranges and `bytes` bytes (at most one run per two pages, plus one each). */
+  /** Room for the runs of a batch of `n` ranges and `bytes` bytes (at most one run per page, plus one each). */
   #runs(n: number, bytes: number): BigUint64Array<ArrayBuffer> {
-    const need = 3 * (n + Math.ceil(bytes / PAGE_SIZE / 2) + 1);
+    const need = 4 * (n + Math.ceil(bytes / PAGE_SIZE) + 1);
     if (this.#runsBuf.length < need) this.#runsBuf = new BigUint64Array(need);
     return this.#runsBuf as BigUint64Array<ArrayBuffer>;
   }
@@ -305,6 +309,10 @@ export class RestoreJournal implements Disposable {
         }
         continue;
       }
+      if (e.zero) {
+        for (let k = 0; k < e.pairs.length; k += 2) this.#writeZeros(e.pairs[k], Number(e.pairs[k + 1]));
+        continue;
+      }
       let done = 0;
       while (done < e.len) {
         const r = libc.pread(
@@ -329,6 +337,17 @@ export class RestoreJournal implements Disposable {
     for (const [tid, regs] of this.#registers) setRegisters(tid, regs);
     for (const undo of this.#actions.reverse()) undo();
     return written;
+  }
+
+  #zeros: Uint8Array<ArrayBuffer> | undefined;
+
+  /** Write zeros over `[addr, addr + len)` of the target (the undo of a range that was all zero). */
+  #writeZeros(addr: bigint, len: number): void {
+    this.#zeros ??= new Uint8Array(1 << 20);
+    const zeros = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#zeros)));
+    for (let off = 0; off < len; off += this.#zeros.length) {
+      this.#writeTarget(addr + BigInt(off), zeros, Math.min(this.#zeros.length, len - off));
+    }
   }
 
   /** Append `len` bytes at `local` to the journal file: the old bytes of the ranges `pairs`, packed. */
