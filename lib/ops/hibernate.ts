@@ -100,6 +100,8 @@ export interface HibernationMarker {
    * can be continued; absent otherwise.
    */
   uffdFd?: number;
+  /** The cryo process that wrote the marker (pid and start time): a wake still running is not continued. */
+  owner?: { pid: number; startTime: string };
   /** When it was written (Unix ms). */
   time: number;
 }
@@ -126,7 +128,9 @@ export function imageIdentity(loader: MemoryLoader): string {
  *
  * @param marker What to record (its `startTime` is the process's own).
  */
-export function writeHibernationMarker(marker: Omit<HibernationMarker, "startTime" | "time">): void {
+export function writeHibernationMarker(
+  marker: Omit<HibernationMarker, "startTime" | "time" | "owner">,
+): void {
   const dir = markerDir();
   Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const st = Deno.statSync(dir);
@@ -135,7 +139,12 @@ export function writeHibernationMarker(marker: Omit<HibernationMarker, "startTim
       `Cannot record the hibernation in ${dir}: it is not a private directory of this user`,
     );
   }
-  const full: HibernationMarker = { ...marker, startTime: startTimeOf(marker.pid), time: Date.now() };
+  const full: HibernationMarker = {
+    ...marker,
+    startTime: startTimeOf(marker.pid),
+    time: Date.now(),
+    owner: { pid: Deno.pid, startTime: startTimeOf(Deno.pid) },
+  };
   const path = hibernationPath(marker.pid);
   const tmp = `${path}.${Deno.pid}`;
   Deno.writeTextFileSync(tmp, JSON.stringify(full) + "\n", { mode: 0o600 });
@@ -160,6 +169,22 @@ export function readHibernationMarker(pid: number): HibernationMarker | undefine
     return m;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Whether the cryo process that wrote `marker` still runs (and is not this one).
+ *
+ * @param marker A marker.
+ * @returns True when its owner is alive.
+ */
+export function ownerAlive(marker: HibernationMarker): boolean {
+  const o = marker.owner;
+  if (!o || o.pid === Deno.pid) return false;
+  try {
+    return startTimeOf(o.pid) === o.startTime;
+  } catch {
+    return false;
   }
 }
 
@@ -241,6 +266,11 @@ export async function hibernate(
   if (path === "-") throw new TypeError("Cannot hibernate into a stream: wake needs the image file");
   const abs = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
   const existing = readHibernationMarker(pid);
+  if (existing?.state === "waking") {
+    throw new CryoError(
+      `Cannot hibernate pid ${pid}: a lazy wake of it has not finished (\`cryo wake\` finishes it)`,
+    );
+  }
   if (existing && processState(pid) === "T") {
     throw new CryoError(`Cannot hibernate pid ${pid}: it is hibernated already, into ${existing.image}`);
   }

@@ -37,6 +37,7 @@ import { type Progress, silentProgress } from "./progress.ts";
 import {
   type HibernationMarker,
   imageIdentity,
+  ownerAlive,
   type ProcessMemory,
   processMemory,
   processState,
@@ -141,6 +142,9 @@ async function checkHibernated(pid: number, path: string, codecs?: readonly Code
         `Cannot wake pid ${pid} from ${abs}: the image is not the one it was hibernated into (it was replaced)`,
       );
     }
+  }
+  if (marker.state === "waking" && ownerAlive(marker)) {
+    throw new CryoError(`Cannot wake pid ${pid}: cryo pid ${marker.owner!.pid} is waking it right now`);
   }
   const kept = marker.uffdFd !== undefined && isUserfaultfd(pid, marker.uffdFd);
   if (marker.state === "waking") {
