@@ -14,7 +14,7 @@
 
 import { checkpoint, type CheckpointOptions } from "./checkpoint.ts";
 import { CryoError } from "../errors.ts";
-import { markerDir, startTimeOf } from "./recovery.ts";
+import { readPrivateMarker, removePrivateMarker, startTimeOf, writePrivateMarker } from "./recovery.ts";
 import { inject } from "../kernel/inject.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import { MADV } from "../../ffi/constants.ts";
@@ -106,8 +106,8 @@ export interface HibernationMarker {
   time: number;
 }
 
-function hibernationPath(pid: number): string {
-  return `${markerDir()}/hibernate-${pid}.json`;
+function hibernationName(pid: number): string {
+  return `hibernate-${pid}.json`;
 }
 
 /**
@@ -131,24 +131,13 @@ export function imageIdentity(loader: MemoryLoader): string {
 export function writeHibernationMarker(
   marker: Omit<HibernationMarker, "startTime" | "time" | "owner">,
 ): void {
-  const dir = markerDir();
-  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const st = Deno.statSync(dir);
-  if (st.uid !== (Deno.uid() ?? 0) || ((st.mode ?? 0) & 0o077) !== 0) {
-    throw new CryoError(
-      `Cannot record the hibernation in ${dir}: it is not a private directory of this user`,
-    );
-  }
   const full: HibernationMarker = {
     ...marker,
     startTime: startTimeOf(marker.pid),
     time: Date.now(),
     owner: { pid: Deno.pid, startTime: startTimeOf(Deno.pid) },
   };
-  const path = hibernationPath(marker.pid);
-  const tmp = `${path}.${Deno.pid}`;
-  Deno.writeTextFileSync(tmp, JSON.stringify(full) + "\n", { mode: 0o600 });
-  Deno.renameSync(tmp, path);
+  writePrivateMarker(hibernationName(marker.pid), "hibernation", full);
 }
 
 /**
@@ -159,17 +148,8 @@ export function writeHibernationMarker(
  * @returns The marker, or undefined.
  */
 export function readHibernationMarker(pid: number): HibernationMarker | undefined {
-  const path = hibernationPath(pid);
-  try {
-    const st = Deno.lstatSync(path);
-    if (!st.isFile || st.uid !== (Deno.uid() ?? 0) || ((st.mode ?? 0) & 0o077) !== 0) return undefined;
-    const m = JSON.parse(Deno.readTextFileSync(path)) as HibernationMarker;
-    if (m.pid !== pid || typeof m.image !== "string" || typeof m.identity !== "string") return undefined;
-    if (m.startTime !== startTimeOf(pid)) return undefined; // another process has this pid now
-    return m;
-  } catch {
-    return undefined;
-  }
+  const m = readPrivateMarker<HibernationMarker>(hibernationName(pid), pid);
+  return m && typeof m.image === "string" && typeof m.identity === "string" ? m : undefined;
 }
 
 /**
@@ -194,9 +174,7 @@ export function ownerAlive(marker: HibernationMarker): boolean {
  * @param pid The process.
  */
 export function removeHibernationMarker(pid: number): void {
-  try {
-    Deno.removeSync(hibernationPath(pid));
-  } catch { /* none */ }
+  removePrivateMarker(hibernationName(pid));
 }
 
 /** Options of {@link hibernate}: those of a checkpoint (filters, codec, sealer, progress, abort). */

@@ -34,10 +34,6 @@ export function markerDir(): string {
   return runtime ? `${runtime}/cryo` : `/tmp/cryo-${uid}`;
 }
 
-function markerPath(pid: number): string {
-  return `${markerDir()}/restore-${pid}.json`;
-}
-
 /**
  * The start time of `pid` (field 22 of `/proc/PID/stat`), which tells a process from a later one with the
  * same pid.
@@ -59,23 +55,71 @@ export function startTimeOf(pid: number): string {
 }
 
 /**
+ * Write a marker file (JSON, mode 0600, written then renamed into place) in {@link markerDir}, which must be a
+ * private directory of this user.
+ *
+ * @param name The file's name in the directory, e.g. `restore-42.json`.
+ * @param what What the marker records, for the error.
+ * @param value The marker.
+ */
+export function writePrivateMarker(name: string, what: string, value: unknown): void {
+  const dir = markerDir();
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = Deno.statSync(dir);
+  if (st.uid !== (Deno.uid() ?? 0) || ((st.mode ?? 0) & 0o077) !== 0) {
+    throw new CryoError(`Cannot record the ${what} in ${dir}: it is not a private directory of this user`);
+  }
+  const path = `${dir}/${name}`;
+  const tmp = `${path}.${Deno.pid}`;
+  Deno.writeTextFileSync(tmp, JSON.stringify(value) + "\n", { mode: 0o600 });
+  Deno.renameSync(tmp, path);
+}
+
+/**
+ * A marker file's JSON if it is a regular 0600 file of this user and names process `pid` as it is now (same
+ * start time); else undefined.
+ *
+ * @param name The file's name in {@link markerDir}.
+ * @param pid The process it must name.
+ * @returns The parsed marker.
+ */
+export function readPrivateMarker<T extends { pid: number; startTime: string }>(
+  name: string,
+  pid: number,
+): T | undefined {
+  const path = `${markerDir()}/${name}`;
+  try {
+    const st = Deno.lstatSync(path);
+    if (!st.isFile || st.uid !== (Deno.uid() ?? 0) || ((st.mode ?? 0) & 0o077) !== 0) return undefined;
+    const m = JSON.parse(Deno.readTextFileSync(path)) as T;
+    if (m.pid !== pid || m.startTime !== startTimeOf(pid)) return undefined; // another process has this pid now
+    return m;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Remove a marker file. Idempotent.
+ *
+ * @param name The file's name in {@link markerDir}.
+ */
+export function removePrivateMarker(name: string): void {
+  try {
+    Deno.removeSync(`${markerDir()}/${name}`);
+  } catch { /* none */ }
+}
+
+/**
  * Record that a restore of `pid` from `image` is writing.
  *
  * @param pid The target.
  * @param image The image (made absolute).
  */
 export function writeMarker(pid: number, image: string): void {
-  const dir = markerDir();
-  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const st = Deno.statSync(dir);
-  if (st.uid !== (Deno.uid() ?? 0) || ((st.mode ?? 0) & 0o077) !== 0) {
-    throw new CryoError(`Cannot record the restore in ${dir}: it is not a private directory of this user`);
-  }
   const abs = image === "-" || image.startsWith("/") ? image : `${Deno.cwd()}/${image}`;
   const marker: RestoreMarker = { pid, startTime: startTimeOf(pid), image: abs, time: Date.now() };
-  const tmp = `${markerPath(pid)}.${Deno.pid}`;
-  Deno.writeTextFileSync(tmp, JSON.stringify(marker) + "\n", { mode: 0o600 });
-  Deno.renameSync(tmp, markerPath(pid));
+  writePrivateMarker(`restore-${pid}.json`, "restore", marker);
 }
 
 /**
@@ -85,23 +129,8 @@ export function writeMarker(pid: number, image: string): void {
  * @returns The marker, or undefined.
  */
 export function readMarker(pid: number): RestoreMarker | undefined {
-  const path = markerPath(pid);
-  let text: string;
-  try {
-    const st = Deno.lstatSync(path);
-    if (!st.isFile || st.uid !== (Deno.uid() ?? 0) || ((st.mode ?? 0) & 0o077) !== 0) return undefined;
-    text = Deno.readTextFileSync(path);
-  } catch {
-    return undefined;
-  }
-  try {
-    const m = JSON.parse(text) as RestoreMarker;
-    if (m.pid !== pid || typeof m.image !== "string") return undefined;
-    if (m.startTime !== startTimeOf(pid)) return undefined; // another process has this pid now
-    return m;
-  } catch {
-    return undefined;
-  }
+  const m = readPrivateMarker<RestoreMarker>(`restore-${pid}.json`, pid);
+  return m && typeof m.image === "string" ? m : undefined;
 }
 
 /**
@@ -110,9 +139,7 @@ export function readMarker(pid: number): RestoreMarker | undefined {
  * @param pid The target.
  */
 export function removeMarker(pid: number): void {
-  try {
-    Deno.removeSync(markerPath(pid));
-  } catch { /* none */ }
+  removePrivateMarker(`restore-${pid}.json`);
 }
 
 /**
