@@ -42,6 +42,9 @@ export function anonymousRange(
 }
 
 const ZEROS = new Uint8Array(1 << 20);
+let sharedBounce: Uint8Array<ArrayBuffer> | undefined;
+/** One 16 MiB bounce buffer for every writer of this process (they use it synchronously), not one per load. */
+const bounce = () => (sharedBounce ??= new Uint8Array(16 << 20));
 const IOV_BATCH = 1024; // UIO_MAXIOV
 
 /** A region of an image's region table, as far as loading needs it. */
@@ -140,7 +143,7 @@ export class RemoteWriter implements Disposable {
   #fileRange(a: bigint, e: bigint, region: Region): void {
     const fd = this.#mappedFile(a);
     const size = 16 << 20;
-    this.#bounce ??= new Uint8Array(size);
+    this.#bounce ??= bounce();
     const local = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#bounce)));
     while (a < e) {
       const n = Math.min(size, Number(e - a));
@@ -274,7 +277,7 @@ export class RemoteWriter implements Disposable {
   /** Read `[addr, addr + len)` and write zeros over its pages that are not zero. */
   #zeroScan(addr: bigint, len: number): void {
     const size = 16 << 20;
-    this.#bounce ??= new Uint8Array(size);
+    this.#bounce ??= bounce();
     const local = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(this.#bounce)));
     for (let off = 0; off < len; off += size) {
       const n = Math.min(size, len - off);
