@@ -91,4 +91,4 @@ export {
 } from "./lib/kernel/fault_server.ts";
 
 // The undo journal of a restore.
-export { type IovBatch, journalDir, RestoreJournal } from "./lib/kernel/journal.ts";
+export { type IovBatch, journalDirs, RestoreJournal } from "./lib/kernel/journal.ts";

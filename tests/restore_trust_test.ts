@@ -5,6 +5,9 @@ import { restore } from "../lib/ops/restore.ts";
 import { verify } from "../lib/ops/inspect.ts";
 import { KeyError, LayoutMismatchError, SystemError } from "../lib/errors.ts";
 import { checksum } from "../lib/image/checksum.ts";
+import { RestoreJournal } from "../lib/kernel/journal.ts";
+import { freeze } from "../lib/kernel/freeze.ts";
+import { RemoteWriter } from "../lib/image/remote.ts";
 import { Sealer, SealKey } from "../lib/codecs/seal.ts";
 import { markerDir } from "../lib/ops/recovery.ts";
 import type { Progress } from "../lib/ops/progress.ts";
@@ -371,5 +374,32 @@ Deno.test("restore() over pages that are all zero stores nothing for them, and a
     assert(r.journalBytes < MiB, `${r.journalBytes} bytes stored for 16 MiB of zero pages`);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("RestoreJournal goes on in the next directory when the first fills up, and undoes from both", async () => {
+  const small = await Deno.makeTempDir();
+  const spill = await Deno.makeTempDir();
+  await using target = Target.start();
+  const mount = await new Deno.Command("mount", { args: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", small] })
+    .output();
+  assert(mount.success, `mount a 1 MiB tmpfs: ${new TextDecoder().decode(mount.stderr)}`);
+  try {
+    const a = await target.map(8 * MiB);
+    await target.fill(a, 8 * MiB, "random", 1);
+    const before = await target.sum(a, 8 * MiB);
+    using journal = new RestoreJournal(target.pid, [small, spill]);
+    using frozen = freeze(target.pid, { registers: false });
+    journal.save(a, 8 * MiB); // 8 MiB: the 1 MiB tmpfs fills, the rest goes to the second directory
+    assertEquals(journal.bytes, 8 * MiB);
+    using remote = new RemoteWriter(target.pid);
+    remote.write(a, new Uint8Array(8 * MiB).fill(0x5a));
+    journal.undo((tid, regs) => frozen.setRegisters(tid, regs));
+    frozen.thaw();
+    assertEquals(await target.sum(a, 8 * MiB), before);
+  } finally {
+    await new Deno.Command("umount", { args: [small] }).output();
+    await Deno.remove(small, { recursive: true });
+    await Deno.remove(spill, { recursive: true });
   }
 });

@@ -18,12 +18,26 @@ import { Pagemap } from "./pagemap.ts";
 const O_TMPFILE = 0o20000000 | O.DIRECTORY;
 const BOUNCE = 16 << 20;
 const EFAULT = 14;
+const ENOSPC = 28;
+const EDQUOT = 122;
 
 let sharedBounce: Uint8Array<ArrayBuffer> | undefined;
 
-/** Where a journal keeps saved memory: `$CRYO_JOURNAL_DIR`, else `$TMPDIR`, else `/var/tmp`. */
-export function journalDir(): string {
-  return Deno.env.get("CRYO_JOURNAL_DIR") ?? Deno.env.get("TMPDIR") ?? "/var/tmp";
+/**
+ * Where a journal keeps saved memory, in order: `$CRYO_JOURNAL_DIR` alone when set; else `/dev/shm` (memory:
+ * the fastest, and the journal lives only as long as the restore) and, should it fill up, `$TMPDIR` or
+ * `/var/tmp`.
+ *
+ * @returns The directories to try.
+ */
+export function journalDirs(): string[] {
+  const set = Deno.env.get("CRYO_JOURNAL_DIR");
+  if (set) return [set];
+  const disk = Deno.env.get("TMPDIR") ?? "/var/tmp";
+  try {
+    if (Deno.statSync("/dev/shm").isDirectory) return ["/dev/shm", disk];
+  } catch { /* no tmpfs there */ }
+  return [disk];
 }
 
 /**
@@ -34,6 +48,7 @@ interface Entry {
   pairs: BigUint64Array;
   len: number;
   at: number;
+  fd: number;
   zero?: boolean;
 }
 
@@ -57,8 +72,11 @@ export interface IovBatch {
 export class RestoreJournal implements Disposable {
   /** The process. */
   readonly pid: number;
-  readonly #dir: string;
+  readonly #dirs: string[];
+  #dir = 0;
   #fd = -1;
+  #at = 0;
+  readonly #fds: number[] = [];
   #mem = -1;
   #size = 0;
   readonly #entries: (Entry | Undo)[] = [];
@@ -72,11 +90,12 @@ export class RestoreJournal implements Disposable {
    * A journal for process `pid`.
    *
    * @param pid The target.
-   * @param dir Where the unlinked file is made (default {@link journalDir}).
+   * @param dirs Where the unlinked file is made, in order of preference: the next is used when one is full
+   *   (default {@link journalDirs}).
    */
-  constructor(pid: number, dir: string = journalDir()) {
+  constructor(pid: number, dirs: string | string[] = journalDirs()) {
     this.pid = pid;
-    this.#dir = dir;
+    this.#dirs = typeof dirs === "string" ? [dirs] : dirs;
   }
 
   /** Bytes of memory saved. */
@@ -91,15 +110,18 @@ export class RestoreJournal implements Disposable {
 
   #file(): number {
     if (this.#fd >= 0) return this.#fd;
-    let fd = libc.open(cstr(this.#dir), O_TMPFILE | O.RDWR | O.CLOEXEC, 0o600);
+    const dir = this.#dirs[this.#dir];
+    let fd = libc.open(cstr(dir), O_TMPFILE | O.RDWR | O.CLOEXEC, 0o600);
     if (fd < 0) {
       // A file system without O_TMPFILE: a named 0600 file, unlinked at once.
-      const name = `${this.#dir}/.cryo-journal-${Deno.pid}-${crypto.randomUUID()}`;
+      const name = `${dir}/.cryo-journal-${Deno.pid}-${crypto.randomUUID()}`;
       fd = libc.open(cstr(name), O.RDWR | O.CREAT | O.EXCL | O.CLOEXEC, 0o600);
-      if (fd < 0) throw systemError("open", errno(), `the restore journal in ${this.#dir}`);
+      if (fd < 0) throw systemError("open", errno(), `the restore journal in ${dir}`);
       libc.unlink(cstr(name));
     }
+    this.#fds.push(fd);
     this.#fd = fd;
+    this.#at = 0;
     return fd;
   }
 
@@ -240,7 +262,9 @@ export class RestoreJournal implements Disposable {
           if (!runs[4 * k + 3]) kept += Number(len);
         }
         if (data.length) this.#appendFrom(new BigUint64Array(data), kept, local);
-        if (zero.length) this.#entries.push({ pairs: new BigUint64Array(zero), len: 0, at: -1, zero: true });
+        if (zero.length) {
+          this.#entries.push({ pairs: new BigUint64Array(zero), len: 0, at: -1, fd: -1, zero: true });
+        }
       }
       i += n;
     }
@@ -321,7 +345,7 @@ export class RestoreJournal implements Disposable {
       let done = 0;
       while (done < e.len) {
         const r = libc.pread(
-          this.#fd,
+          e.fd,
           ptrOf(local + BigInt(done)),
           BigInt(e.len - done),
           BigInt(e.at + done),
@@ -357,15 +381,30 @@ export class RestoreJournal implements Disposable {
 
   /** Append `len` bytes at `local` to the journal file: the old bytes of the ranges `pairs`, packed. */
   #appendFrom(pairs: BigUint64Array, len: number, local: bigint): void {
-    const fd = this.#file();
-    let done = 0;
-    while (done < len) {
-      const r = libc.pwrite(fd, ptrOf(local + BigInt(done)), BigInt(len - done), BigInt(this.#size + done));
-      if (r <= 0n) throw systemError("pwrite", r < 0n ? errno() : 28, `the restore journal in ${this.#dir}`);
-      done += Number(r);
+    for (;;) {
+      const fd = this.#file();
+      let done = 0, e = 0;
+      while (done < len) {
+        const r = libc.pwrite(fd, ptrOf(local + BigInt(done)), BigInt(len - done), BigInt(this.#at + done));
+        if (r <= 0n) {
+          e = r < 0n ? errno() : ENOSPC;
+          break;
+        }
+        done += Number(r);
+      }
+      if (!e) {
+        this.#entries.push({ pairs, len, at: this.#at, fd });
+        this.#at += len;
+        this.#size += len;
+        return;
+      }
+      // Full (a small /dev/shm): go on in the next directory; what this file holds stays valid for the undo.
+      if ((e !== ENOSPC && e !== EDQUOT) || this.#dir + 1 >= this.#dirs.length) {
+        throw systemError("pwrite", e, `the restore journal in ${this.#dirs[this.#dir]}`);
+      }
+      this.#dir++;
+      this.#fd = -1;
     }
-    this.#entries.push({ pairs, len, at: this.#size });
-    this.#size += len;
   }
 
   /** Read the target's `[addr, addr + len)` to `local`: `process_vm_readv`, `/proc/<pid>/mem` for what it refuses. */
@@ -400,7 +439,8 @@ export class RestoreJournal implements Disposable {
 
   /** Drop the journal (its file has no name: closing frees it). Idempotent. */
   close(): void {
-    if (this.#fd >= 0) libc.close(this.#fd);
+    for (const fd of this.#fds) libc.close(fd);
+    this.#fds.length = 0;
     if (this.#mem >= 0) libc.close(this.#mem);
     this.#fd = this.#mem = -1;
     this.#entries.length = 0;

@@ -25,7 +25,7 @@ is refused, naming it), puts each thread's registers back, writes the memory bac
 the threads born since the checkpoint, and thaws PID. --dry-run lists every layout change it would make.
 
 All or nothing: while it writes, PID is held by a stop that outlives cryo, and every byte and register set
-overwritten is saved in an undo journal (an unlinked 0600 file in $CRYO_JOURNAL_DIR, $TMPDIR or /var/tmp);
+overwritten is saved in an undo journal (an unlinked 0600 file in $CRYO_JOURNAL_DIR, else /dev/shm, then $TMPDIR or /var/tmp);
 any failure, Ctrl-C or SIGTERM puts PID back exactly as it was. If cryo is killed (SIGKILL) while writing,
 PID stays stopped (state T) and \`cryo restore --recover --pid PID\` (or the same restore again) finishes it
 and resumes PID. A key means the image must be encrypted: a plaintext image is refused.
