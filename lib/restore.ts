@@ -13,11 +13,12 @@ import { CryoError } from "./errors.ts";
 import { readMarker } from "./recovery.ts";
 import { commitRestore, matchThreads, refuseThreadChanges, threadChanges } from "./restore_commit.ts";
 import { requireSealed } from "./image/sealing.ts";
-import { decodeThreads } from "./threads.ts";
+import { decodeThreads, register, type ThreadState } from "./threads.ts";
 import type { Codec } from "./codec.ts";
 import { MemoryLoader } from "./image/loader.ts";
 import { checkIdentity, planRestoreLayout } from "./ops/restore_plan.ts";
 import { describeChange } from "./kernel/layout_fix.ts";
+import { recreatable } from "./kernel/threads_fix.ts";
 import { KIND } from "./image/layout.ts";
 import { openInput, verifyStream } from "./image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
@@ -84,6 +85,8 @@ export interface RestoreResult {
   threadsGone: number[];
   /** Thread ids of the target that the image does not know (only with `allowThreadChanges`). */
   threadsBorn: number[];
+  /** Thread ids of the image that had ended and were created again (with their recorded registers). */
+  threadsRecreated: number[];
   /** How the target differs from the image's process (non-empty only with `force`). */
   identity: string[];
   /** The layout changes made (or, with `dryRun`, that would be made), one line each. */
@@ -157,7 +160,18 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     const threads = opts.registers === false ? [] : recorded;
     const layout = planRestoreLayout(pid, path, loader.regions, loader.section("layout"));
     const changes = threadChanges(recorded, frozen.tids);
-    if (threadsBytes && !opts.allowThreadChanges) refuseThreadChanges(pid, changes);
+    // Threads that ended since are created again (with their registers); threads born since are refused.
+    const again = opts.registers === false
+      ? []
+      : recorded.filter((t) => changes.gone.includes(t.tid) && recreatable(t));
+    if (threadsBytes && !opts.allowThreadChanges) {
+      refuseThreadChanges(pid, {
+        born: changes.born,
+        gone: changes.gone.filter((t) => !again.some((a) => a.tid === t)),
+      });
+    }
+    const recreate: { state: ThreadState; clearTid?: bigint }[] = [];
+    for (const t of again) recreate.push({ state: t, clearTid: await clearTidOf(loader, t) });
     const result: RestoreResult = {
       pid,
       path,
@@ -168,6 +182,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       threadsRestored: 0,
       threadsGone: changes.gone,
       threadsBorn: changes.born,
+      threadsRecreated: again.map((t) => t.tid),
       identity,
       layoutChanges: layout.changes.map(describeChange),
       journalBytes: 0,
@@ -177,13 +192,19 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     };
     if (!opts.dryRun) {
       progress.total(dataBytes);
-      const done = await commitRestore(frozen, path, async ({ target, setThreads, fixLayout }) => {
-        setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
-        fixLayout(layout, layout.scratchAt);
-        const summary = await loader.load(target);
-        progress.advance(summary.copiedBytes);
-        return summary;
-      }, opts.signal);
+      const done = await commitRestore(
+        frozen,
+        path,
+        async ({ target, setThreads, fixLayout, recreateThreads }) => {
+          setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
+          fixLayout(layout, layout.scratchAt);
+          recreateThreads(recreate); // their stacks are mapped again by now
+          const summary = await loader.load(target);
+          progress.advance(summary.copiedBytes);
+          return summary;
+        },
+        opts.signal,
+      );
       result.holeBytes = done.value.holeBytes;
       result.threadsRestored = done.threadsRestored;
       result.journalBytes = done.journalBytes;
@@ -197,4 +218,20 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     frozen.thaw();
     progress.done();
   }
+}
+
+/** glibc's `struct pthread` keeps the thread id at this offset from the TCB (x86_64, glibc 2.35-2.40). */
+const PTHREAD_TID_OFFSET = 0x2d0n;
+
+/**
+ * Where the kernel should clear thread `t`'s id when it exits (glibc's `pthread.tid`): the TCB (fs_base) plus
+ * glibc's offset, used only when the image holds `t`'s id there (another libc, or none: no clear-tid).
+ */
+async function clearTidOf(loader: MemoryLoader, t: ThreadState): Promise<bigint | undefined> {
+  const at = register(t, "fs_base") + PTHREAD_TID_OFFSET;
+  const r = loader.findRecord(at);
+  if (!r || r.kind !== KIND.DATA || at + 4n > r.address + BigInt(r.length)) return undefined;
+  const bytes = await loader.readRecord(r);
+  const word = new DataView(bytes.buffer, bytes.byteOffset + Number(at - r.address), 4).getInt32(0, true);
+  return word === t.tid ? at : undefined;
 }

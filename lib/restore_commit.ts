@@ -24,6 +24,7 @@ import { type LoadTarget, pidTarget } from "./image/targets.ts";
 import { libc } from "../ffi/libc.ts";
 import { inject, type Injector } from "./kernel/inject.ts";
 import { applyLayout, type LayoutPlan } from "./kernel/layout_fix.ts";
+import { endThread, type RecreateOptions, recreateThread } from "./kernel/threads_fix.ts";
 
 const SIGCONT = 18;
 
@@ -97,6 +98,8 @@ export interface CommitSummary<T> {
   recovered: boolean;
   /** Layout changes made ({@link CommitContext.fixLayout}). */
   layoutChanges: number;
+  /** Threads created again ({@link CommitContext.recreateThreads}). */
+  threadsRecreated: number;
 }
 
 /** What the write function is given. */
@@ -113,6 +116,14 @@ export interface CommitContext {
    * @param scratchAt Where the injector's scratch page may go (out of the way of every change), or 0n.
    */
   fixLayout(plan: LayoutPlan, scratchAt: bigint): void;
+  /**
+   * Create threads of the image that have ended since again (lib/kernel/threads_fix.ts), with their recorded
+   * registers; the undo ends them. Call it after {@link fixLayout} (their stacks must be mapped) and before
+   * writing memory.
+   *
+   * @param threads The recorded threads to recreate, each with its name and clear-tid address if known.
+   */
+  recreateThreads(threads: readonly (RecreateOptions & { state: ThreadState })[]): void;
 }
 
 /**
@@ -141,6 +152,7 @@ export async function commitRestore<T>(
   using journal = new RestoreJournal(pid);
   let threadsRestored = 0;
   let layoutChanges = 0;
+  let threadsRecreated = 0;
   let inj: Injector | undefined;
   const live = new Set(frozen.tids);
   const ctx: CommitContext = {
@@ -158,6 +170,18 @@ export async function commitRestore<T>(
       inj ??= inject(frozen, { scratchAt });
       applyLayout(plan, inj, journal);
       layoutChanges += plan.changes.length;
+    },
+    recreateThreads(threads) {
+      for (const t of threads) {
+        inj ??= inject(frozen);
+        let made = false;
+        journal.recordUndo(`end the recreated thread ${t.state.tid}`, () => {
+          if (made) endThread(frozen, t.state.tid);
+        });
+        recreateThread(frozen, inj, t.state, t);
+        made = true;
+        threadsRecreated++;
+      }
     },
   };
   let value: T;
@@ -190,5 +214,5 @@ export async function commitRestore<T>(
   frozen.thaw();
   if (recovered) libc.kill(pid, SIGCONT); // stopped since the killed restore: let it run again
   removeMarker(pid);
-  return { value, threadsRestored, journalBytes: journal.bytes, recovered, layoutChanges };
+  return { value, threadsRestored, journalBytes: journal.bytes, recovered, layoutChanges, threadsRecreated };
 }

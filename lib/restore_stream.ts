@@ -131,6 +131,7 @@ export async function restoreStream(
       threadsRestored: done.threadsRestored,
       threadsGone: changes.gone,
       threadsBorn: changes.born,
+      threadsRecreated: [],
       identity,
       layoutChanges,
       journalBytes: done.journalBytes,
