@@ -6,7 +6,7 @@
 
 import { restore } from "../../restore.ts";
 import { onePositional, parse, parsePid } from "../args.ts";
-import { humanBytes, humanDuration } from "../format.ts";
+import { humanBytes, humanDuration, printable } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out } from "../main.ts";
 import { progressBar } from "../progress.ts";
@@ -91,16 +91,17 @@ examples:
         `  regions   ${result.regions} checked, ${
           result.layoutChanges.length
             ? `${result.layoutChanges.length} layout change(s)${result.dryRun ? " to make" : " made"}:\n` +
-              result.layoutChanges.map((c) => `              ${c}\n`).join("")
+              result.layoutChanges.map((c) => `              ${printable(c)}\n`).join("")
             : "layout matches\n"
         }` +
-        (result.identity.length ? `  identity  forced: ${result.identity.join("; ")}\n` : "") +
+        (result.identity.length ? `  identity  forced: ${printable(result.identity.join("; "))}\n` : "") +
         `  memory    ${verb} ${humanBytes(result.dataBytes)} of data, zeroed holes of ${
           humanBytes(result.holeBytes)
         }\n` +
         `  threads   ${result.dryRun ? "-" : `${result.threadsRestored} registers restored`}` +
         (result.threadsGone.length ? `, ${result.threadsGone.length} recorded threads gone` : "") +
-        (result.threadsBorn.length ? `, ${result.threadsBorn.length} born since` : "") + "\n" +
+        (result.threadsBorn.length ? `, ${result.threadsBorn.length} born since` : "") +
+        (result.threadsRecreated.length ? `, ${result.threadsRecreated.length} created again` : "") + "\n" +
         `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
     );
     return 0;
