@@ -52,6 +52,13 @@ export interface RestoreOptions {
    */
   allowThreadChanges?: boolean;
   /**
+   * End the threads born since the checkpoint (an injected `exit` on each, before the layout and memory are
+   * rolled back; their stacks then go with the layout) instead of refusing them (default false). A thread born
+   * since would otherwise run on memory rolled back to before it existed. Ending them cannot be undone: it is
+   * done after every check has passed, first in the write phase.
+   */
+  endBornThreads?: boolean;
+  /**
    * Restore into a process that is not the one the image was taken from (another pid, start time, boot or
    * executable), e.g. a fresh process of the same program (default false: refused). The layout is made to
    * follow the image all the same; what the program keeps outside its memory (descriptors, sockets, kernel
@@ -87,6 +94,8 @@ export interface RestoreResult {
   threadsBorn: number[];
   /** Thread ids of the image that had ended and were created again (with their recorded registers). */
   threadsRecreated: number[];
+  /** Thread ids born since the checkpoint that were ended (with `endBornThreads`). */
+  threadsEnded: number[];
   /** How the target differs from the image's process (non-empty only with `force`). */
   identity: string[];
   /** The layout changes made (or, with `dryRun`, that would be made), one line each. */
@@ -158,15 +167,16 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     const identity = checkIdentity(pid, path, loader.source, loader.section("identity"), opts.force);
     if (identity.length) recorded = matchThreads(recorded, frozen.tids);
     const threads = opts.registers === false ? [] : recorded;
-    const layout = planRestoreLayout(pid, path, loader.regions, loader.section("layout"));
     const changes = threadChanges(recorded, frozen.tids);
+    const ending = opts.endBornThreads && threadsBytes ? changes.born : [];
+    const layout = planRestoreLayout(pid, path, loader.regions, loader.section("layout"), ending);
     // Threads that ended since are created again (with their registers); threads born since are refused.
     const again = opts.registers === false
       ? []
       : recorded.filter((t) => changes.gone.includes(t.tid) && recreatable(t));
     if (threadsBytes && !opts.allowThreadChanges) {
       refuseThreadChanges(pid, {
-        born: changes.born,
+        born: changes.born.filter((t) => !ending.includes(t)),
         gone: changes.gone.filter((t) => !again.some((a) => a.tid === t)),
       });
     }
@@ -183,6 +193,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       threadsGone: changes.gone,
       threadsBorn: changes.born,
       threadsRecreated: again.map((t) => t.tid),
+      threadsEnded: ending,
       identity,
       layoutChanges: layout.changes.map(describeChange),
       journalBytes: 0,
@@ -204,6 +215,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
           return summary;
         },
         opts.signal,
+        ending,
       );
       result.holeBytes = done.value.holeBytes;
       result.threadsRestored = done.threadsRestored;

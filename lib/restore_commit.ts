@@ -134,6 +134,8 @@ export interface CommitContext {
  * @param image The image's path (for the recovery marker), or `-`.
  * @param write Writes memory and registers through the context.
  * @param signal Aborts: checked after the write, so an abort undoes everything.
+ * @param end Threads born since the checkpoint to end first (an injected `exit` on each), before the hold: it
+ *   cannot be undone (and a thread that exits must not take the hold's SIGSTOP with it).
  * @returns What was done.
  * @throws The write's error, after the target was put back as it was.
  * @throws {RestoreIncompleteError} When putting it back failed too: the target is left stopped.
@@ -143,10 +145,12 @@ export async function commitRestore<T>(
   image: string,
   write: (ctx: CommitContext) => Promise<T>,
   signal?: AbortSignal,
+  end: readonly number[] = [],
 ): Promise<CommitSummary<T>> {
   const pid = frozen.pid;
   const recovered = readMarker(pid) !== undefined;
   signal?.throwIfAborted();
+  for (const tid of end) endThread(frozen, tid);
   writeMarker(pid, image); // first: whenever the hold is in force, a marker says how to finish
   frozen.hold();
   using journal = new RestoreJournal(pid);

@@ -132,6 +132,7 @@ export async function restoreStream(
       threadsGone: changes.gone,
       threadsBorn: changes.born,
       threadsRecreated: [],
+      threadsEnded: [],
       identity,
       layoutChanges,
       journalBytes: done.journalBytes,

@@ -52,3 +52,24 @@ Deno.test("recreatable() accepts a thread blocked in a timed wait and refuses on
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("restore() with endBornThreads ends the threads started since, and the target runs on", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(1 << 20);
+    await target.fill(a, 1 << 20, "random", 1);
+    const want = await target.sum(a, 1 << 20);
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    const then = tids(target.pid).sort();
+    await target.cmd("threads 2"); // born since the checkpoint, spinning
+    await target.fill(a, 1 << 20, "random", 2);
+    const r = await restore(target.pid, `${dir}/a.cryo`, { endBornThreads: true });
+    assertEquals(r.threadsEnded.length, 2);
+    assertEquals(tids(target.pid).sort(), then);
+    assertEquals(await target.sum(a, 1 << 20), want);
+    assertEquals(await target.cmd("pid"), String(target.pid));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -37,6 +37,8 @@ const CLONE = {
 
 /** System calls a thread waits in with a timeout when it is idle (futex, poll, epoll, select, sleeps). */
 const WAITS = new Set([202, 7, 271, 232, 281, 441, 23, 270, 35, 230]);
+/** poll, ppoll, epoll_wait, epoll_pwait, epoll_pwait2, select, pselect6: interrupted, they return EINTR. */
+const POLLS = new Set([7, 271, 232, 281, 441, 23, 270]);
 
 /**
  * Whether a recorded thread can be created again: it was blocked in a wait with a timeout at the checkpoint
@@ -59,8 +61,13 @@ export function recreatable(t: ThreadState): boolean {
   const nr = register(t, "orig_rax");
   const rax = BigInt.asIntN(64, register(t, "rax"));
   // -ERESTART_RESTARTBLOCK: a wait with a timeout (an idle pool thread's keep-alive), which comes back as EINTR
-  // and is retried by its caller. A wait without one (a lock) is not: see the module doc.
-  return WAITS.has(Number(nr)) && rax === -516n;
+  // and is retried by its caller. A read (a pool thread reading a pipe for the runtime) restarts as it was. A
+  // poll or epoll wait the freeze interrupted returns EINTR, retried. A futex wait without a timeout (a lock) is
+  // not recreated: see the module doc.
+  const n = Number(nr);
+  if (WAITS.has(n) && rax === -516n) return true;
+  if (n === 0 && (rax === -512n || rax === -513n || rax === -514n)) return true;
+  return POLLS.has(n) && rax === -4n;
 }
 
 /** How to recreate one thread. */

@@ -3,8 +3,8 @@
 //
 // Deno's runtime ends pool threads by itself (its blocking pool ends a thread idle for ~10 s): the rollback
 // creates them again (lib/kernel/threads_fix.ts); without that the program hangs at its next blocking task.
-// It also starts new pool threads when it needs them, which a rollback does not end yet: allowThreadChanges
-// leaves a thread born since running (an idle pool thread, which ends by itself after its keep-alive).
+// It also starts new pool threads when it needs them: endBornThreads ends those (left running on memory
+// rolled back to before they existed, they crash it: SIGSEGV within a few rounds).
 import { assert } from "../_assert.ts";
 import { fidelity, Pipe } from "./_harness.ts";
 
@@ -14,7 +14,7 @@ const fingerprint = (state: string) => state.replace(/ arena_addr=\S+/, "");
 fidelity({
   name: "deno-workers",
   binary: Deno.execPath(),
-  restore: { allowThreadChanges: true },
+  restore: { endBornThreads: true },
   async start() {
     const p = new Pipe(Deno.execPath(), ["run", "-A", workload]);
     await p.request("state");

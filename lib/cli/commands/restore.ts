@@ -43,6 +43,8 @@ options:
   --dry-run          verify and check, report what would be written, write nothing
   --allow-thread-changes  go ahead although threads were born or ended since the checkpoint (refused by
                      default: a thread born since would run on memory rolled back to before it existed)
+  --end-born-threads end the threads started since the checkpoint (an injected exit on each; cannot be
+                     undone) instead of refusing them
   --force            restore into a process that is not the image's (e.g. a fresh process of the same
                      program): its memory and registers become the image's; its descriptors, sockets and
                      other kernel objects stay its own
@@ -63,6 +65,7 @@ examples:
       "no-registers": { type: "boolean" },
       "allow-thread-changes": { type: "boolean" },
       force: { type: "boolean" },
+      "end-born-threads": { type: "boolean" },
       recover: { type: "boolean" },
       "dry-run": { type: "boolean" },
       json: { type: "boolean" },
@@ -75,6 +78,7 @@ examples:
       registers: !values["no-registers"],
       allowThreadChanges: values["allow-thread-changes"],
       force: values.force,
+      endBornThreads: values["end-born-threads"],
       recover: values.recover,
       dryRun: values["dry-run"],
       progress: progressBar("restore", values.quiet || values.json),
@@ -101,7 +105,8 @@ examples:
         `  threads   ${result.dryRun ? "-" : `${result.threadsRestored} registers restored`}` +
         (result.threadsGone.length ? `, ${result.threadsGone.length} recorded threads gone` : "") +
         (result.threadsBorn.length ? `, ${result.threadsBorn.length} born since` : "") +
-        (result.threadsRecreated.length ? `, ${result.threadsRecreated.length} created again` : "") + "\n" +
+        (result.threadsRecreated.length ? `, ${result.threadsRecreated.length} created again` : "") +
+        (result.threadsEnded.length ? `, ${result.threadsEnded.length} ended` : "") + "\n" +
         `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
     );
     return 0;
