@@ -41,14 +41,14 @@ export class Frozen implements Disposable {
   /** The frozen process. */
   readonly pid: number;
   /** The frozen thread ids, leader first when it is among them. */
-  readonly tids: readonly number[];
+  tids: readonly number[];
   /** Each thread's registers and rseq configuration, recorded while frozen (empty with `registers: false`). */
   readonly threads: readonly ThreadState[];
   /** How long the freeze took, in milliseconds (seize to every thread stopped and recorded). */
   readonly freezeMs: number;
   readonly #tracer: number;
-  readonly #tids: Int32Array<ArrayBuffer>;
-  readonly #sigs: Int32Array<ArrayBuffer>;
+  #tids: Int32Array<ArrayBuffer>;
+  #sigs: Int32Array<ArrayBuffer>;
   readonly #boost: number;
   readonly #beforeThaw = new Set<() => void>();
   #thawed = false;
@@ -119,6 +119,43 @@ export class Frozen implements Disposable {
     if (!this.tids.includes(tid)) throw new RangeError(`Cannot set registers of tid ${tid}: not frozen here`);
     this.#sameThread("set registers of");
     writeRegisters(tid, regs);
+  }
+
+  /**
+   * Take in a thread the process started while frozen (an injected `clone3`): ptrace attached it to this
+   * thread (`PTRACE_O_TRACECLONE`); its first stop is consumed here, and it is thawed with the others.
+   *
+   * @param tid The new thread.
+   * @throws {SystemError} When it does not stop as expected.
+   */
+  adopt(tid: number): void {
+    this.#sameThread("adopt a thread of");
+    if (this.tids.includes(tid)) return;
+    const status = new Int32Array(1);
+    const r = libc.waitpid(tid, status, 0x40000000 /* __WALL */);
+    if (r !== tid) throw systemError("waitpid", errno(), `the new thread ${tid} of pid ${this.pid}`);
+    if ((status[0] & 0xff) !== 0x7f) {
+      throw new CryoError(
+        `Cannot adopt thread ${tid} of pid ${this.pid}: wait status ${status[0]}, not a stop`,
+      );
+    }
+    this.#tids = Int32Array.from([...this.#tids, tid]);
+    this.#sigs = Int32Array.from([...this.#sigs, 0]);
+    this.tids = [...this.tids, tid];
+  }
+
+  /**
+   * Drop a thread that has exited (an injected `exit`) from the frozen set, reaping it.
+   *
+   * @param tid The thread.
+   */
+  forget(tid: number): void {
+    const i = this.tids.indexOf(tid);
+    if (i < 0) return;
+    libc.waitpid(tid, new Int32Array(1), 0x40000000 | 1 /* __WALL | WNOHANG */);
+    this.#tids = Int32Array.from([...this.#tids].filter((_, k) => k !== i));
+    this.#sigs = Int32Array.from([...this.#sigs].filter((_, k) => k !== i));
+    this.tids = this.tids.filter((t) => t !== tid);
   }
 
   /** Whether {@link hold} is in force. */

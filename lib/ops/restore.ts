@@ -2,7 +2,7 @@
  * Restore (roll back) a live process to an image: verify the image (every record decoded), freeze the process,
  * check that every image region is still mapped with the same protection (a region that grew is fine; one that
  * shrank or vanished is a refusal listing them) and that its threads are those of the checkpoint, then write
- * registers and memory back all or nothing (lib/ops/restore_commit.ts: held by a stop that outlives cryo, every
+ * registers and memory back all or nothing (lib/restore_commit.ts: held by a stop that outlives cryo, every
  * overwritten byte journaled, undone on any failure or abort), thaw. A key means the image must be encrypted.
  *
  * @module
@@ -19,11 +19,12 @@ import {
   threadChanges,
 } from "./restore_commit.ts";
 import { requireSealed } from "../image/sealing.ts";
-import { decodeThreads } from "../kernel/threads.ts";
+import { decodeThreads, register, type ThreadState } from "../kernel/threads.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
 import { describeChange } from "../kernel/layout_fix.ts";
+import { recreatable } from "../kernel/threads_fix.ts";
 import { KIND } from "../image/layout.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
@@ -51,11 +52,18 @@ export interface RestoreOptions {
   /** Abort: before the write phase nothing is done; during it, everything written is undone. */
   signal?: AbortSignal;
   /**
-   * Go ahead although threads of the checkpoint have ended since (default false: refused, because memory
-   * rolled back would still count on them). Registers go back into the threads that still exist. Threads born
-   * since the checkpoint are ended either way (unless `registers: false`).
+   * Go ahead although threads were born or ended since the checkpoint (default false: refused, because a
+   * thread born since runs on memory rolled back to before it existed). Registers go back into the threads
+   * that still exist; the others are reported in the result.
    */
   allowThreadChanges?: boolean;
+  /**
+   * End the threads born since the checkpoint (an injected `exit` on each) instead of refusing them (default
+   * true). A thread born since would otherwise run on memory rolled back to before it existed. Ending a thread
+   * cannot be undone, so it is the write phase's last step, after everything that can fail; the stacks of the
+   * ended threads stay mapped (unused).
+   */
+  endBornThreads?: boolean;
   /**
    * Restore into a process that is not the one the image was taken from (another pid, start time, boot or
    * executable), e.g. a fresh process of the same program (default false: refused). The layout is made to
@@ -128,9 +136,23 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     const identity = checkIdentity(pid, path, loader.source, loader.section("identity"), opts.force);
     if (identity.length) recorded = matchThreads(recorded, frozen.tids);
     const threads = opts.registers === false ? [] : recorded;
-    const layout = planRestoreLayout(pid, path, loader.regions, loader.section("layout"));
     const changes = threadChanges(recorded, frozen.tids);
-    if (threadsBytes && !opts.allowThreadChanges) refuseThreadChanges(pid, changes);
+    const ending = opts.endBornThreads !== false && threadsBytes && opts.registers !== false
+      ? changes.born
+      : [];
+    const layout = planRestoreLayout(pid, path, loader.regions, loader.section("layout"));
+    // Threads that ended since are created again (with their registers); threads born since are refused.
+    const again = opts.registers === false
+      ? []
+      : recorded.filter((t) => changes.gone.includes(t.tid) && recreatable(t));
+    if (threadsBytes && !opts.allowThreadChanges) {
+      refuseThreadChanges(pid, {
+        born: changes.born.filter((t) => !ending.includes(t)),
+        gone: changes.gone.filter((t) => !again.some((a) => a.tid === t)),
+      });
+    }
+    const recreate: { state: ThreadState; clearTid?: bigint }[] = [];
+    for (const t of again) recreate.push({ state: t, clearTid: await clearTidOf(loader, t) });
     const result: RestoreResult = {
       pid,
       path,
@@ -141,7 +163,8 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       threadsRestored: 0,
       threadsGone: changes.gone,
       threadsBorn: changes.born,
-      threadsEnded: [],
+      threadsRecreated: again.map((t) => t.tid),
+      threadsEnded: opts.dryRun ? ending : [],
       identity,
       layoutChanges: layout.changes.map(describeChange),
       journalBytes: 0,
@@ -154,9 +177,10 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       const done = await commitRestore(frozen, path, recovering, async (ctx) => {
         ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
         ctx.fixLayout(layout, layout.scratchAt);
+        ctx.recreateThreads(recreate); // their stacks are mapped again by now
         const summary = await loader.load(ctx.target);
         progress.advance(summary.copiedBytes);
-        if (threads.length) ctx.endAfter(changes.born); // last: rolled-back memory does not know them
+        ctx.endAfter(ending); // last: rolled-back memory does not know them, and ending cannot be undone
         return summary;
       }, opts.signal);
       result.holeBytes = done.value.holeBytes;
@@ -173,4 +197,20 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     frozen.thaw();
     progress.done();
   }
+}
+
+/** glibc's `struct pthread` keeps the thread id at this offset from the TCB (x86_64, glibc 2.35-2.40). */
+const PTHREAD_TID_OFFSET = 0x2d0n;
+
+/**
+ * Where the kernel should clear thread `t`'s id when it exits (glibc's `pthread.tid`): the TCB (fs_base) plus
+ * glibc's offset, used only when the image holds `t`'s id there (another libc, or none: no clear-tid).
+ */
+async function clearTidOf(loader: MemoryLoader, t: ThreadState): Promise<bigint | undefined> {
+  const at = register(t, "fs_base") + PTHREAD_TID_OFFSET;
+  const r = loader.findRecord(at);
+  if (!r || r.kind !== KIND.DATA || at + 4n > r.address + BigInt(r.length)) return undefined;
+  const bytes = await loader.readRecord(r);
+  const word = new DataView(bytes.buffer, bytes.byteOffset + Number(at - r.address), 4).getInt32(0, true);
+  return word === t.tid ? at : undefined;
 }

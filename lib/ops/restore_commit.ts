@@ -15,13 +15,14 @@
  * @module
  */
 
-import { LayoutMismatchError, RestoreIncompleteError, SystemError } from "../errors.ts";
+import { LayoutMismatchError, RestoreIncompleteError } from "../errors.ts";
 import type { Frozen } from "../kernel/freeze.ts";
 import { RestoreJournal } from "../kernel/journal.ts";
 import { removeMarker, writeMarker } from "./recovery.ts";
 import { readThreadState, type RseqConfig, type ThreadState } from "../kernel/threads.ts";
 import { inject, type Injector, SYS } from "../kernel/inject.ts";
 import { applyLayout, type LayoutPlan } from "../kernel/layout_fix.ts";
+import { endThread, type RecreateOptions, recreateThread } from "../kernel/threads_fix.ts";
 import { type LoadTarget, pidTarget } from "../image/targets.ts";
 import { libc } from "../../ffi/libc.ts";
 
@@ -80,26 +81,6 @@ export function refuseThreadChanges(pid: number, changes: ThreadChanges): void {
   if (differences.length) throw new LayoutMismatchError(`pid ${pid}'s threads`, differences);
 }
 
-/**
- * End thread `tid` of a frozen process with an `exit(2)` run inside it (the thread only, not the process).
- *
- * @returns Whether it ended.
- */
-function endThread(frozen: Frozen, tid: number): boolean {
-  const inj = inject(frozen, { tid, timeoutMs: 2000 });
-  try {
-    inj.raw(SYS.exit, 0);
-    return false; // exit(2) does not return
-  } catch (e) {
-    if (e instanceof SystemError && e.code === "ESRCH") return true; // it ended during the call
-    return false;
-  } finally {
-    try {
-      inj.close();
-    } catch { /* the thread is gone: nothing of it to put back */ }
-  }
-}
-
 const RSEQ_FLAG_UNREGISTER = 1;
 
 /**
@@ -150,6 +131,8 @@ export interface RestoreResult {
   threadsBorn: number[];
   /** Thread ids ended by the restore (born since the checkpoint; with `registers: false`, none). */
   threadsEnded: number[];
+  /** Thread ids of the image that had ended and were created again (with their recorded registers). */
+  threadsRecreated: number[];
   /** How the target differs from the image's process (non-empty only with `force`). */
   identity: string[];
   /** The layout changes made (or, with `dryRun`, that would be made), one line each. */
@@ -178,6 +161,8 @@ export interface CommitSummary<T> {
   recovered: boolean;
   /** Layout changes made ({@link CommitContext.fixLayout}). */
   layoutChanges: number;
+  /** Threads created again ({@link CommitContext.recreateThreads}). */
+  threadsRecreated: number;
 }
 
 /** What the write function is given. */
@@ -200,6 +185,14 @@ export interface CommitContext {
    * @param scratchAt Where the injector's scratch page may go (out of the way of every change), or 0n.
    */
   fixLayout(plan: LayoutPlan, scratchAt: bigint): void;
+  /**
+   * Create threads of the image that have ended since again (lib/kernel/threads_fix.ts), with their recorded
+   * registers; the undo ends them. Call it after {@link fixLayout} (their stacks must be mapped) and before
+   * writing memory.
+   *
+   * @param threads The recorded threads to recreate, each with its name and clear-tid address if known.
+   */
+  recreateThreads(threads: readonly (RecreateOptions & { state: ThreadState })[]): void;
 }
 
 /**
@@ -231,6 +224,7 @@ export async function commitRestore<T>(
   using journal = new RestoreJournal(pid);
   let threadsRestored = 0;
   let layoutChanges = 0;
+  let threadsRecreated = 0;
   let inj: Injector | undefined;
   const toEnd: number[] = [];
   const live = new Set(frozen.tids);
@@ -254,6 +248,18 @@ export async function commitRestore<T>(
       inj ??= inject(frozen, { scratchAt });
       applyLayout(plan, inj, journal);
       layoutChanges += plan.changes.length;
+    },
+    recreateThreads(threads) {
+      for (const t of threads) {
+        inj ??= inject(frozen);
+        let made = false;
+        journal.recordUndo(`end the recreated thread ${t.state.tid}`, () => {
+          if (made) endThread(frozen, t.state.tid);
+        });
+        recreateThread(frozen, inj, t.state, t);
+        made = true;
+        threadsRecreated++;
+      }
     },
   };
   let value: T;
@@ -283,9 +289,24 @@ export async function commitRestore<T>(
     throw e;
   }
   inj?.close();
-  const threadsEnded = toEnd.filter((tid) => endThread(frozen, tid));
+  const threadsEnded = toEnd.filter((tid) => {
+    try {
+      endThread(frozen, tid);
+      return true;
+    } catch {
+      return false; // left running: reported, not thrown (everything else is written, and cannot be undone)
+    }
+  });
   frozen.thaw();
   if (recovered) libc.kill(pid, SIGCONT); // stopped since the killed restore: let it run again
   removeMarker(pid);
-  return { value, threadsRestored, threadsEnded, journalBytes: journal.bytes, recovered, layoutChanges };
+  return {
+    value,
+    threadsRestored,
+    threadsEnded,
+    journalBytes: journal.bytes,
+    recovered,
+    layoutChanges,
+    threadsRecreated,
+  };
 }

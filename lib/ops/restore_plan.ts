@@ -64,6 +64,7 @@ export interface RestoreLayout extends LayoutPlan {
  * @param path The image, for messages.
  * @param regions The image's region table.
  * @param layout The image's `layout` section (the source's whole map), if any.
+ * @param ending Threads the restore ends first: their stacks are not kept.
  * @returns The plan.
  * @throws {LayoutMismatchError} When something cannot be recreated (nothing written).
  */
@@ -72,11 +73,12 @@ export function planRestoreLayout(
   path: string,
   regions: readonly ImageRegion[],
   layout: Uint8Array | undefined,
+  ending: readonly number[] = [],
 ): RestoreLayout {
   const current = readRegions(pid);
   const recorded: RecordedRegion[] | undefined = layout ? decodeLayout(layout, path) : undefined;
   const image = regions.filter((g) => !g.relocatable);
-  const keep = threadStacks(pid, current).map((s) => s.region);
+  const keep = threadStacks(pid, current).filter((s) => !ending.includes(s.tid)).map((s) => s.region);
   const plan = planLayout(image, current, { recorded, keep });
   if (plan.refusals.length) throw new LayoutMismatchError(`pid ${pid}`, plan.refusals);
   return { ...plan, scratchAt: freeGap([...current, ...image, ...(recorded ?? [])], 1n << 16n) };

@@ -145,6 +145,7 @@ export async function restoreStream(
       threadsRestored: done.threadsRestored,
       threadsGone: changes.gone,
       threadsBorn: changes.born,
+      threadsRecreated: [],
       threadsEnded: done.threadsEnded,
       identity,
       layoutChanges,

@@ -1,9 +1,10 @@
 // A Deno program with two Workers, a SharedArrayBuffer and an FFI arena (examples/workload.ts); fingerprint
 // its `state` (hashes of the arena and the shared buffer, the JS ledger's length).
 //
-// allowThreadChanges: Deno's runtime starts and ends pool threads by itself (its blocking pool ends a thread
-// idle for ~10 s), and cryo does not recreate or end threads yet: the registers go back into the threads that
-// still exist (docs/RESTORE.md).
+// Deno's runtime ends pool threads by itself (its blocking pool ends a thread idle for ~10 s): the rollback
+// creates them again (lib/kernel/threads_fix.ts); without that the program hangs at its next blocking task.
+// It also starts new pool threads when it needs them: endBornThreads ends those (left running on memory
+// rolled back to before they existed, they crash it: SIGSEGV within a few rounds).
 import { assert } from "../_assert.ts";
 import { fidelity, Pipe } from "./_harness.ts";
 
@@ -13,7 +14,7 @@ const fingerprint = (state: string) => state.replace(/ arena_addr=\S+/, "");
 fidelity({
   name: "deno-workers",
   binary: Deno.execPath(),
-  restore: { allowThreadChanges: true },
+  restore: { endBornThreads: true },
   async start() {
     const p = new Pipe(Deno.execPath(), ["run", "-A", workload]);
     await p.request("state");

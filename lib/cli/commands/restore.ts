@@ -6,7 +6,7 @@
 
 import { restore } from "../../ops/restore.ts";
 import { onePositional, parse, parsePid } from "../args.ts";
-import { humanBytes, humanDuration } from "../format.ts";
+import { humanBytes, humanDuration, printable } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out } from "../main.ts";
 import { progressBar } from "../progress.ts";
@@ -41,8 +41,10 @@ options:
                      the checkpoint (or the image holds none of their stacks): a thread resumed with today's
                      registers on a stack rolled back to then may crash
   --dry-run          verify and check, report what would be written, write nothing
-  --allow-thread-changes  go ahead although threads of the checkpoint have ended since (refused by default:
-                     memory rolled back would still count on them). Threads born since are always ended
+  --allow-thread-changes  go ahead although threads of the checkpoint have ended since and cannot be created
+                     again (refused by default: memory rolled back would still count on them)
+  --keep-born-threads  refuse threads started since the checkpoint instead of ending them (by default they
+                     are ended, an injected exit on each, as the restore's last step)
   --force            restore into a process that is not the image's (e.g. a fresh process of the same
                      program): its memory and registers become the image's; its descriptors, sockets and
                      other kernel objects stay its own
@@ -63,6 +65,7 @@ examples:
       "no-registers": { type: "boolean" },
       "allow-thread-changes": { type: "boolean" },
       force: { type: "boolean" },
+      "keep-born-threads": { type: "boolean" },
       recover: { type: "boolean" },
       "dry-run": { type: "boolean" },
       json: { type: "boolean" },
@@ -75,6 +78,7 @@ examples:
       registers: !values["no-registers"],
       allowThreadChanges: values["allow-thread-changes"],
       force: values.force,
+      endBornThreads: !values["keep-born-threads"],
       recover: values.recover,
       dryRun: values["dry-run"],
       progress: progressBar("restore", values.quiet || values.json),
@@ -91,16 +95,18 @@ examples:
         `  regions   ${result.regions} checked, ${
           result.layoutChanges.length
             ? `${result.layoutChanges.length} layout change(s)${result.dryRun ? " to make" : " made"}:\n` +
-              result.layoutChanges.map((c) => `              ${c}\n`).join("")
+              result.layoutChanges.map((c) => `              ${printable(c)}\n`).join("")
             : "layout matches\n"
         }` +
-        (result.identity.length ? `  identity  forced: ${result.identity.join("; ")}\n` : "") +
+        (result.identity.length ? `  identity  forced: ${printable(result.identity.join("; "))}\n` : "") +
         `  memory    ${verb} ${humanBytes(result.dataBytes)} of data, zeroed holes of ${
           humanBytes(result.holeBytes)
         }\n` +
         `  threads   ${result.dryRun ? "-" : `${result.threadsRestored} registers restored`}` +
         (result.threadsGone.length ? `, ${result.threadsGone.length} recorded threads gone` : "") +
-        (result.threadsBorn.length ? `, ${result.threadsBorn.length} born since` : "") + "\n" +
+        (result.threadsBorn.length ? `, ${result.threadsBorn.length} born since` : "") +
+        (result.threadsRecreated.length ? `, ${result.threadsRecreated.length} created again` : "") +
+        (result.threadsEnded.length ? `, ${result.threadsEnded.length} ended` : "") + "\n" +
         `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
     );
     return 0;

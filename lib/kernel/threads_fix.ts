@@ -1,0 +1,174 @@
+/**
+ * Make a frozen target's threads follow the image: a thread of the checkpoint that has ended since is created
+ * again by an injected `clone3`, with its old thread id (`set_tid`; root), its TLS base, its rseq registration,
+ * its name and its recorded registers. A runtime that ended an idle pool thread (Deno's blocking pool ends one
+ * idle for ~10 s) would otherwise be rolled back to memory that counts on that thread waiting for work, and
+ * hang when it hands it some.
+ *
+ * What the kernel keeps per thread and the image does not record is not recreated: the signal mask (the new
+ * thread has the injecting thread's), the alternate signal stack (none), the robust futex list (none). A thread
+ * that was inside a system call at the checkpoint restarts it (its registers say so), except a call restarted
+ * through `restart_syscall` (a `nanosleep` or a futex wait with a timeout), which returns `EINTR` instead: the
+ * kernel's restart record of the old thread is gone; callers of those retry.
+ *
+ * @module
+ */
+
+import { PAGE_SIZE } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
+import { CryoError, SystemError } from "../errors.ts";
+import type { Frozen } from "./freeze.ts";
+import { register, type ThreadState } from "./threads.ts";
+import { inject, type Injector } from "./inject.ts";
+
+const SYS_CLONE3 = 435;
+const SYS_RSEQ = 334;
+const SYS_EXIT = 60;
+const PR_SET_NAME = 15;
+const CLONE = {
+  VM: 0x100,
+  FS: 0x200,
+  FILES: 0x400,
+  SIGHAND: 0x800,
+  THREAD: 0x10000,
+  SYSVSEM: 0x40000,
+  SETTLS: 0x80000,
+  CHILD_CLEARTID: 0x200000,
+} as const;
+
+/** System calls a thread waits in with a timeout when it is idle (futex, poll, epoll, select, sleeps). */
+const WAITS = new Set([202, 7, 271, 232, 281, 441, 23, 270, 35, 230]);
+/** poll, ppoll, epoll_wait, epoll_pwait, epoll_pwait2, select, pselect6: interrupted, they return EINTR. */
+const POLLS = new Set([7, 271, 232, 281, 441, 23, 270]);
+
+/**
+ * Whether a recorded thread can be created again: it was blocked in a wait with a timeout at the checkpoint
+ * (an idle pool thread waiting for work or for its keep-alive to run out), interrupted by the freeze (`rax` is
+ * `-ERESTART_RESTARTBLOCK`). Recreating threads caught in a wait without a timeout (a lock) made a target
+ * that starts short-lived threads in a loop abort now and then ("rseq registration failed" in a later new
+ * thread; not understood yet), so they are not recreated. A thread caught
+ * anywhere else (running, starting up, half-way through `pthread_create`, or blocked before it registered rseq,
+ * which glibc does first in a new thread) is not recreated: its registers
+ * alone do not say which per-thread kernel state it had already set up (rseq, signal mask), and a thread that
+ * sets it up twice aborts.
+ *
+ * @param t The recorded thread.
+ * @returns Whether {@link recreateThread} may recreate it.
+ */
+export function recreatable(t: ThreadState): boolean {
+  if (!t.general.length) return false;
+  // A glibc thread registers rseq as it starts: one without is still starting (blocked on its start lock).
+  if (!t.rseq?.abiPointer) return false;
+  const nr = register(t, "orig_rax");
+  const rax = BigInt.asIntN(64, register(t, "rax"));
+  // -ERESTART_RESTARTBLOCK: a wait with a timeout (an idle pool thread's keep-alive), which comes back as EINTR
+  // and is retried by its caller. A read (a pool thread reading a pipe for the runtime) restarts as it was. A
+  // poll or epoll wait the freeze interrupted returns EINTR, retried. A futex wait without a timeout (a lock) is
+  // not recreated: see the module doc.
+  const n = Number(nr);
+  if (WAITS.has(n) && rax === -516n) return true;
+  if (n === 0 && (rax === -512n || rax === -513n || rax === -514n)) return true;
+  return POLLS.has(n) && rax === -4n;
+}
+
+/** How to recreate one thread. */
+export interface RecreateOptions {
+  /** Its name (`/proc/PID/task/TID/comm`), set with `prctl(PR_SET_NAME)`. */
+  name?: string;
+  /**
+   * Where the kernel clears the thread id and wakes a joiner when the thread exits (glibc's `pthread.tid`,
+   * `CLONE_CHILD_CLEARTID`); omitted when unknown.
+   */
+  clearTid?: bigint;
+}
+
+/**
+ * Create a thread of the checkpoint again in the frozen target, stopped, with its recorded registers.
+ *
+ * @param frozen The frozen target (the new thread is adopted into it).
+ * @param inj An injector on a live thread of the target.
+ * @param t The thread's recorded state.
+ * @param opts Its name and clear-tid address.
+ * @returns The new thread's id (the recorded one).
+ * @throws {SystemError} When the kernel refuses (`EEXIST`: the thread id is taken; `EPERM`: not root).
+ */
+export function recreateThread(
+  frozen: Frozen,
+  inj: Injector,
+  t: ThreadState,
+  opts: RecreateOptions = {},
+): number {
+  const tls = register(t, "fs_base");
+  const args = new BigUint64Array(12);
+  args[0] = BigInt(
+    CLONE.VM | CLONE.FS | CLONE.FILES | CLONE.SIGHAND | CLONE.THREAD | CLONE.SYSVSEM | CLONE.SETTLS |
+      (opts.clearTid ? CLONE.CHILD_CLEARTID : 0),
+  );
+  args[2] = opts.clearTid ?? 0n; // child_tid
+  args[7] = tls;
+  const scratch = inj.scratch(PAGE_SIZE);
+  args[8] = scratch + 96n; // set_tid: one pid_t
+  args[9] = 1n;
+  const bytes = new Uint8Array(104);
+  bytes.set(new Uint8Array(args.buffer, 0, 88));
+  new DataView(bytes.buffer).setInt32(96, t.tid, true);
+  inj.write(bytes);
+  let tid: number;
+  try {
+    tid = Number(inj.syscall(SYS_CLONE3, scratch, 88));
+  } catch (e) {
+    if (e instanceof SystemError) {
+      throw new CryoError(
+        `Cannot recreate thread ${t.tid} of pid ${frozen.pid}: clone3 with set_tid failed: ${e.message}`,
+        { cause: e },
+      );
+    }
+    throw e;
+  }
+  frozen.adopt(tid);
+  try {
+    const own = inject(frozen, { tid });
+    try {
+      if (t.rseq && t.rseq.abiPointer) {
+        const r = own.raw(SYS_RSEQ, t.rseq.abiPointer, t.rseq.abiSize, 0, t.rseq.signature);
+        if (r < 0n && r !== -16n /* EBUSY: already */) {
+          throw new CryoError(
+            `Cannot register rseq ${hex(t.rseq.abiPointer)} for thread ${tid}: errno ${-r}`,
+          );
+        }
+      }
+      if (opts.name) {
+        const at = own.write(new TextEncoder().encode(opts.name.slice(0, 15) + "\0"));
+        own.prctl(PR_SET_NAME, at);
+      }
+    } finally {
+      own.close();
+    }
+    frozen.setRegisters(tid, t);
+  } catch (e) {
+    endThread(frozen, tid);
+    throw e;
+  }
+  return tid;
+}
+
+/**
+ * End a thread of the frozen target with an injected `exit(0)` on it (its stack and TLS stay mapped), and drop
+ * it from the frozen set.
+ *
+ * @param frozen The frozen target.
+ * @param tid The thread.
+ */
+export function endThread(frozen: Frozen, tid: number): void {
+  const inj = inject(frozen, { tid });
+  try {
+    inj.raw(SYS_EXIT, 0);
+  } catch (e) {
+    if (!(e instanceof SystemError && e.code === "ESRCH")) throw e; // ESRCH: it exited, as asked
+  } finally {
+    try {
+      inj.close();
+    } catch { /* it is gone */ }
+  }
+  frozen.forget(tid);
+}
