@@ -10,45 +10,26 @@
 //
 // Why C: ptrace requests must come from the thread that attached, and the wait loop must not return to
 // JavaScript between the resume and the stop. Returns -errno on failure, like every helper function.
-#define _GNU_SOURCE
-#include <errno.h>
+#include "helper.h"
+
 #include <signal.h>
-#include <stdint.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-
-#define HOLD_PTRACE_CONT 7
-#define HOLD_WALL 0x40000000
-
-static long hold_ptrace(long req, long tid, long addr, long data) {
-  long r = syscall(SYS_ptrace, req, tid, addr, data);
-  return r == -1 ? -errno : r;
-}
-
-static uint64_t hold_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 // Resume stopped tracee `tid` (handing it `sig`, the signal it was stopped with, or 0) until it stops to
 // deliver the pending SIGSTOP; other signals it meets on the way are delivered as they would have been
 // (their numbers are added to delivered[0] as a count). On success the thread is left in that
 // signal-delivery-stop: detach it with signal 0. -ESRCH when it died, -ETIMEDOUT after timeout_ns.
 long cryo_hold_release(int tid, int sig, long timeout_ns, int32_t *delivered) {
-  long r = hold_ptrace(HOLD_PTRACE_CONT, tid, 0, sig);
+  long r = cryo_sys(SYS_ptrace, CRYO_PTRACE_CONT, tid, 0, sig, 0, 0);
   if (r < 0) return r;
-  uint64_t deadline = hold_now_ns() + (uint64_t)timeout_ns;
+  uint64_t deadline = cryo_now_ns() + (uint64_t)timeout_ns;
   for (;;) {
     int status = 0;
-    int w = waitpid(tid, &status, WNOHANG | HOLD_WALL);
+    int w = waitpid(tid, &status, WNOHANG | CRYO_WALL);
     if (w < 0) return -errno;
     if (w == 0) {
-      if (hold_now_ns() > deadline) return -ETIMEDOUT;
-      struct timespec nap = {0, 20000};
-      nanosleep(&nap, NULL);
+      if (cryo_now_ns() > deadline) return -ETIMEDOUT;
+      cryo_nap_ns(20000);
       continue;
     }
     if (WIFEXITED(status) || WIFSIGNALED(status)) return -ESRCH;
@@ -57,7 +38,7 @@ long cryo_hold_release(int tid, int sig, long timeout_ns, int32_t *delivered) {
     if (event == 0 && s == SIGSTOP) return 0;
     int pass = (event == 0 && s != SIGTRAP) ? s : 0;  // another signal: deliver it; an event stop: go on
     if (pass && delivered) delivered[0]++;
-    r = hold_ptrace(HOLD_PTRACE_CONT, tid, 0, pass);
+    r = cryo_sys(SYS_ptrace, CRYO_PTRACE_CONT, tid, 0, pass, 0, 0);
     if (r < 0) return r;
   }
 }
