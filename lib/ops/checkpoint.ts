@@ -16,6 +16,7 @@ import { markStacks, threadStacks } from "../kernel/stacks.ts";
 import { encodeThreads } from "../kernel/threads.ts";
 import { encodeIdentity, processIdentity } from "../kernel/identity.ts";
 import { encodeLayout } from "../kernel/layout_fix.ts";
+import { encodeKernelState, readKernelState } from "../kernel/kernel_state.ts";
 import { type Codec, raw } from "../codecs/codec.ts";
 import type { Sealer } from "../codecs/seal.ts";
 import { type ImageSummary, MemoryPersister } from "../image/persister.ts";
@@ -227,6 +228,7 @@ async function persistPid(
     if (frozen.threads.length) persister.addSection("threads", encodeThreads(frozen.threads));
     persister.addSection("identity", encodeIdentity(processIdentity(pid)));
     persister.addSection("layout", encodeLayout(decisions.map((d) => d.region)));
+    persister.addSection("kernel", encodeKernelState(readKernelState(pid))); // what a rollback leaves alone
     opts.signal?.throwIfAborted();
     // Every byte is read: the target may run while the index is written and the file is synced (unless the
     // caller keeps it frozen).

@@ -7,6 +7,7 @@
 
 import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "../image/layout.ts";
 import { requireSealed } from "../image/sealing.ts";
+import { decodeKernelState, describeKernelState, type KernelState } from "../kernel/kernel_state.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import type { ImageSummary } from "../image/persister.ts";
 import { permsString } from "../kernel/region.ts";
@@ -83,11 +84,24 @@ export interface ImageInfo {
   totals: Omit<ImageSummary, "path" | "fileSize">;
   /** Sections by name with their sizes. */
   sections: { name: string; bytes: number }[];
+  /**
+   * What a rollback to this image leaves as it is (the `kernel` section: open files and their offsets, pipes,
+   * sockets, child processes); undefined when the image does not record it or its sections are encrypted.
+   */
+  kernel?: KernelState & { summary: string };
   /** Every record, when asked for. */
   records?: InspectRecord[];
 }
 
 const CODECS = ["raw", "zstd", "lz4"];
+
+/** The image's `kernel` section, decoded, with its one-line summary (undefined when absent or sealed). */
+function kernelOf(loader: MemoryLoader): (KernelState & { summary: string }) | undefined {
+  const entry = loader.sections.find((s) => s.name === "kernel");
+  if (!entry || loader.encrypted) return undefined;
+  const state = decodeKernelState(loader.section("kernel")!, loader.path, entry.offset);
+  return { ...state, summary: describeKernelState(state) };
+}
 
 function featureNames(bits: bigint, names: Record<string, bigint>): string[] {
   const out = Object.entries(names).filter(([, b]) => (bits & b) !== 0n).map(([n]) => n.toLowerCase());
@@ -164,6 +178,7 @@ export async function inspect(path: string, opts: { records?: boolean } = {}): P
     regions,
     totals,
     sections: loader.sections.map((s) => ({ name: s.name, bytes: s.length })),
+    kernel: kernelOf(loader),
     records: opts.records
       ? loader.records.map((r) => ({
         address: r.address,

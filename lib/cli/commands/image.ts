@@ -54,6 +54,7 @@ examples:
       }), ` +
       `holes ${humanBytes(t.holeBytes)} in ${t.holeRecords} records`,
       `sections  ${info.sections.map((s) => `${p(s.name)} (${humanBytes(s.bytes)})`).join(", ") || "none"}`,
+      ...(info.kernel?.summary ? [`untouched a rollback leaves ${p(info.kernel.summary)}`] : []),
       ...(info.encrypted
         ? [
           "encrypted the records and sections are AES-256-GCM: sizes and layout are shown, contents need the key",
