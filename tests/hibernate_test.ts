@@ -266,11 +266,13 @@ Deno.test("hibernate() and wake() in a row leak nothing (cryo's RSS and descript
       if (r.round > 1) assertEquals(r.fds, lines[1].fds, `round ${r.round}: cryo's descriptors`);
     }
     if (rounds >= 8) {
-      // After a full GC each round, RSS still swings by a buffer or two of 32 MiB: compare averages, from the
-      // third round on (the first two allocate what every later round reuses: pools, bounce buffers).
+      // After a full GC each round, RSS still swings by a few buffers of 16-32 MiB (malloc keeps freed memory;
+      // under CPU load the swing measured up to 76 MiB): compare averages from the third round on (the first two
+      // allocate what every later round reuses), against 96 MiB. A leak of the target's 32 MiB (or of one bounce
+      // buffer) a round would pass that within 3 to 6 rounds; CRYO_HIBERNATE_ROUNDS=50 makes it plain.
       const avg = (xs: typeof lines) => xs.reduce((n, r) => n + r.rss, 0) / xs.length;
       const grown = avg(lines.slice(-3)) - avg(lines.slice(2, 5));
-      assert(grown < 64 * MiB, `cryo's RSS grew by ${grown} bytes over ${rounds} rounds`);
+      assert(grown < 96 * MiB, `cryo's RSS grew by ${grown} bytes over ${rounds} rounds`);
     }
     assertEquals(await target.sum(a, 32 * MiB), sum);
   } finally {
