@@ -28,6 +28,19 @@ async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void
   }
 }
 
+/** Restore options whose progress report (made once the memory is written) aborts the restore. */
+function abortAfterWriting(): { signal: AbortSignal; progress: Progress } {
+  const controller = new AbortController();
+  const progress: Progress = {
+    total() {},
+    advance() {
+      controller.abort(new Error("interrupted in the test"));
+    },
+    done() {},
+  };
+  return { signal: controller.signal, progress };
+}
+
 Deno.test("restore() with a key refuses a plaintext image put in place of the sealed one (no downgrade)", async () => {
   const dir = await Deno.makeTempDir();
   await using target = Target.start();
@@ -65,16 +78,8 @@ Deno.test("restore() that is aborted after writing puts memory and registers bac
     await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
     await target.fill(a, 32 * MiB, "text", 2); // everything differs now, the zero MiBs included
     const before = await target.sum(a, 32 * MiB);
-    const controller = new AbortController();
-    const progress: Progress = {
-      total() {},
-      advance() {
-        controller.abort(new Error("interrupted in the test")); // after the memory was written
-      },
-      done() {},
-    };
     await assertRejects(
-      () => restore(target.pid, `${dir}/a.cryo`, { signal: controller.signal, progress }),
+      () => restore(target.pid, `${dir}/a.cryo`, abortAfterWriting()),
       Error,
       "interrupted in the test",
     );
@@ -356,16 +361,8 @@ Deno.test("restore() over pages that are all zero stores nothing for them, and a
     await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
     await target.fill(a, 16 * MiB, "zero"); // as after a release: every page now reads zero
     const zero = await target.sum(a, 16 * MiB);
-    const controller = new AbortController();
-    const progress: Progress = {
-      total() {},
-      advance() {
-        controller.abort(new Error("interrupted in the test"));
-      },
-      done() {},
-    };
     await assertRejects(
-      () => restore(target.pid, `${dir}/a.cryo`, { signal: controller.signal, progress }),
+      () => restore(target.pid, `${dir}/a.cryo`, abortAfterWriting()),
       Error,
       "interrupted in the test",
     );
