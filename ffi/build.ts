@@ -54,6 +54,7 @@ const targets: Target[] = [
   },
   { out: "cryo_target", sources: ["tests/fixtures/target.c"], flags: ["-pthread"] },
   { out: "cryo_pipeline", sources: ["bench/pipeline.c"], flags: [] },
+  { out: "cryo_rusage", sources: ["bench/rusage.c"], flags: [] },
 ];
 
 function mtime(path: string): number {

@@ -1,0 +1,323 @@
+/**
+ * Performance as users run it: every tool as a fresh process per run, on the same target in the same run.
+ * cryo's CLI (`deno run -A cli.ts checkpoint|restore`), gdb's `gcore`, and memcr when `$MEMCR` (a binary) or
+ * `$MEMCR_SRC` (a source tree, built outside the project) is given. For each: the wall time of the command
+ * (bench/rusage.c), the stop window from the target's own 1 ms heartbeat thread, the tool's peak RSS
+ * (`wait4`'s `ru_maxrss`) and the image's allocated bytes (`st_blocks × 512`). Workloads (full / --quick):
+ * 1 GiB / 64 MiB random (raw, `--compress zstd:1`, restore), 4 GiB / 256 MiB sparse with a quarter resident.
+ * A second group per workload measures cryo warm, `checkpoint()` inside this process, in the same run.
+ *
+ * @module
+ */
+
+import { checkpoint } from "../mod.ts";
+import { Target } from "../tests/_target.ts";
+import { fileSize, findGcore, withStopWindow } from "./peers.ts";
+import { cryoCli, findMemcr, measured, memcrHibernate } from "./cold_tools.ts";
+import { median } from "./stats.ts";
+import type { BenchOptions, BenchRow } from "./types.ts";
+
+export type { BenchOptions, BenchRow };
+
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+/** The goal for cryo's peak RSS on every row, whatever the target's size. */
+const RSS_GOAL = 96 * MiB;
+
+interface Workload {
+  label: string;
+  bytes: number;
+  resident: number;
+  kind: string;
+}
+
+type Samples = Record<string, number[]>;
+
+/**
+ * Measure the cold figures.
+ *
+ * @param opts `quick` for the small workloads; `runs` repetitions of every figure.
+ * @returns The rows, grouped per workload (cold, then warm).
+ */
+export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
+  const scale = opts.quick ? 64 * MiB : GiB;
+  const name = (n: number) => n >= GiB ? `${n / GiB} GiB` : `${n / MiB} MiB`;
+  const workloads: Workload[] = [
+    { label: `${name(scale)} random`, bytes: scale, resident: scale, kind: "random" },
+    {
+      label: `${name(4 * scale)} sparse, ${name(scale)} resident`,
+      bytes: 4 * scale,
+      resident: scale,
+      kind: "stride:4",
+    },
+  ];
+  const memcr = await findMemcr();
+  const dir = await Deno.makeTempDir({ dir: Deno.env.get("CRYO_BENCH_DIR"), prefix: "cryo-cold-" });
+  const rows: BenchRow[] = [];
+  try {
+    // What starting the CLI costs before it does anything: Deno, module loading, the helper library.
+    const start: Samples = {};
+    for (let run = 0; run < opts.runs; run++) {
+      const c = await cryoCli(["--help"]);
+      (start.ms ??= []).push(c.ms);
+      (start.rss ??= []).push(c.rssBytes);
+    }
+    rows.push({ group: "cold start-up", name: "cryo CLI: `cryo --help`", samples: start.ms, unit: "ms" });
+    rows.push({ group: "cold start-up", name: "cryo CLI: peak RSS", samples: start.rss, unit: "bytes" });
+    for (const w of workloads) rows.push(...await measure(w, opts, dir, memcr));
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+  return rows;
+}
+
+async function measure(
+  w: Workload,
+  opts: BenchOptions,
+  dir: string,
+  memcr: string | null,
+): Promise<BenchRow[]> {
+  const s: Samples = {};
+  const add = (k: string, v: number) => (s[k] ??= []).push(v);
+  const hasGcore = findGcore() !== null;
+  const sparse = w.kind !== "random";
+  await using target = Target.start();
+  await target.cmd("heartbeat");
+  const addr = await target.map(w.bytes);
+  const hex = `0x${addr.toString(16)}`;
+  await target.fill(addr, w.bytes, w.kind, 1);
+  // gdb reads every page (mapping the zero page into the holes) and memcr frees the region: map a sparse
+  // region afresh after those, so that every tool sees the same resident set.
+  const reprepare = async () => {
+    if (!sparse) return;
+    await target.cmd(`unmap ${hex} ${w.bytes}`);
+    await target.cmd(`mapat ${hex} ${w.bytes}`);
+    await target.fill(addr, w.bytes, w.kind, 1);
+  };
+  const image = `${dir}/cold.cryo`;
+  const cli = async (key: string, args: string[]) => {
+    const c = await withStopWindow(target, () => cryoCli(args));
+    add(`${key}.ms`, c.value.ms);
+    add(`${key}.stop`, c.stopMs);
+    add(`${key}.rss`, c.value.rssBytes);
+  };
+  const cryoRuns = async () => {
+    // To the page cache, as gcore and memcr write (neither fsyncs).
+    await cli("cryo", ["checkpoint", "--pid", String(target.pid), "-o", image, "--no-fsync", "-q"]);
+    add("cryo.allocated", (await fileSize(image)).allocated);
+    if (!sparse) {
+      await target.fill(addr, w.bytes, w.kind, 2); // every page changed since the checkpoint
+      await cli("restore", ["restore", "--pid", String(target.pid), "-q", image]);
+    }
+    await Deno.remove(image);
+    if (!sparse) {
+      const args = ["checkpoint", "--pid", String(target.pid), "-o", image, "--no-fsync", "-q"];
+      await cli("zstd", [...args, "--compress", "zstd:1"]);
+      add("zstd.allocated", (await fileSize(image)).allocated);
+      await Deno.remove(image);
+    }
+    // Warm: the same checkpoint inside this long-lived process.
+    const t0 = performance.now();
+    await checkpoint(target.pid, image, { fsync: false });
+    add("warm.ms", performance.now() - t0);
+    await Deno.remove(image);
+    await reprepare();
+  };
+  const peers = async () => {
+    if (hasGcore) {
+      const core = `${dir}/core`;
+      const g = await withStopWindow(target, async () => {
+        const c = await measured(findGcore()!, ["-o", core, String(target.pid)]);
+        return c;
+      });
+      add("gcore.ms", g.value.ms);
+      add("gcore.stop", g.stopMs);
+      add("gcore.rss", g.value.rssBytes);
+      add("gcore.allocated", (await fileSize(`${core}.${target.pid}`)).allocated);
+      await Deno.remove(`${core}.${target.pid}`);
+      await reprepare();
+    }
+    if (memcr) {
+      const mdir = `${dir}/memcr`;
+      await Deno.mkdir(mdir, { recursive: true });
+      const m = await withStopWindow(target, () => memcrHibernate(memcr, target.pid, mdir));
+      add("memcr.ms", m.value.checkpointMs);
+      add("memcr.restore", m.value.restoreMs);
+      add("memcr.stop", m.stopMs);
+      add("memcr.rss", m.value.rssBytes);
+      add("memcr.allocated", m.value.allocated);
+      await reprepare();
+    }
+  };
+  for (let run = 0; run < opts.runs; run++) {
+    // cryo and the peers take turns going first (the page cache a writer gets depends on what ran before).
+    if (run % 2 === 0) {
+      await cryoRuns();
+      await peers();
+    } else {
+      await peers();
+      await cryoRuns();
+    }
+  }
+  return rowsOf(w, opts, s, { gcore: hasGcore, memcr: memcr !== null });
+}
+
+function rowsOf(
+  w: Workload,
+  opts: BenchOptions,
+  s: Samples,
+  has: { gcore: boolean; memcr: boolean },
+): BenchRow[] {
+  const group = `cold checkpoint ${w.label}`;
+  const full = !opts.quick;
+  const sparse = w.kind !== "random";
+  const rows: BenchRow[] = [];
+  const size = s["cryo.ms"].map(() => w.bytes);
+  const resident = s["cryo.ms"].map(() => w.resident);
+  const vs = (name: string, key: string, peer: string, goalRatio?: number): BenchRow | undefined => {
+    if (!s[`${peer}.ms`] && !s[peer]) return undefined;
+    const base = s[peer] ?? s[`${peer}.ms`];
+    const label = peer.split(".")[0];
+    return judged({
+      group,
+      name,
+      samples: s[key],
+      unit: "ms",
+      baseline: label,
+      baselineSamples: base,
+      goal: goalRatio ? `≥ ${1 / goalRatio}× ${label}'s speed (ratio ≤ ${goalRatio})` : undefined,
+    }, (_m, r) => (full ? r <= goalRatio! : undefined));
+  };
+  const memcrNote = has.memcr
+    ? undefined
+    : "memcr skipped: set MEMCR (a binary) or MEMCR_SRC (its source tree)";
+  rows.push({
+    group,
+    name: "cryo CLI: checkpoint time",
+    samples: s["cryo.ms"],
+    unit: "ms",
+    baseline: "warm checkpoint()",
+    baselineSamples: s["warm.ms"],
+    note:
+      [has.gcore ? undefined : "gcore skipped: gdb is not installed", memcrNote].filter(Boolean).join("; ") ||
+      undefined,
+  });
+  const goalGcore = sparse ? 0.2 : 0.5, goalMemcr = sparse ? 0.05 : 0.25;
+  for (const peer of ["gcore", "memcr"] as const) {
+    if (!has[peer]) continue;
+    rows.push(
+      vs(
+        `cryo CLI: checkpoint time vs ${peer}`,
+        "cryo.ms",
+        `${peer}.ms`,
+        peer === "gcore" ? goalGcore : goalMemcr,
+      )!,
+    );
+  }
+  rows.push({ group, name: "cryo CLI: stop window", samples: s["cryo.stop"], unit: "ms" });
+  rows.push(rssRow(group, "cryo CLI: peak RSS", s["cryo.rss"], size));
+  rows.push({
+    group,
+    name: "cryo CLI: image allocated",
+    samples: s["cryo.allocated"],
+    unit: "bytes",
+    baseline: "resident data",
+    baselineSamples: resident,
+  });
+  for (const peer of ["gcore", "memcr"] as const) {
+    if (!has[peer]) continue;
+    rows.push({ group, name: `${peer}: checkpoint time`, samples: s[`${peer}.ms`], unit: "ms" });
+    rows.push({
+      group,
+      name: `${peer}: stop window`,
+      samples: s[`${peer}.stop`],
+      unit: "ms",
+      note: peer === "memcr"
+        ? "memcr keeps the target stopped from its checkpoint until its restore"
+        : undefined,
+    });
+    rows.push({ group, name: `${peer}: peak RSS`, samples: s[`${peer}.rss`], unit: "bytes" });
+    rows.push({
+      group,
+      name: `${peer}: image allocated`,
+      samples: s[`${peer}.allocated`],
+      unit: "bytes",
+      baseline: "resident data",
+      baselineSamples: resident,
+    });
+  }
+  if (s["zstd.ms"]) {
+    const zgroup = `cold checkpoint ${w.label}, --compress zstd:1`;
+    rows.push(judged({
+      group: zgroup,
+      name: "cryo CLI: checkpoint time",
+      samples: s["zstd.ms"],
+      unit: "ms",
+      baseline: "cryo CLI raw",
+      baselineSamples: s["cryo.ms"],
+      goal: "≤ 1.5× the raw checkpoint's time",
+    }, (_m, r) => r <= 1.5));
+    rows.push({ group: zgroup, name: "cryo CLI: stop window", samples: s["zstd.stop"], unit: "ms" });
+    rows.push(rssRow(zgroup, "cryo CLI: peak RSS", s["zstd.rss"], size));
+    rows.push({
+      group: zgroup,
+      name: "cryo CLI: image allocated",
+      samples: s["zstd.allocated"],
+      unit: "bytes",
+      baseline: "resident data",
+      baselineSamples: resident,
+    });
+  }
+  if (s["restore.ms"]) {
+    const rgroup = `cold restore ${w.label}`;
+    rows.push({
+      group: rgroup,
+      name: "cryo CLI: restore time, every page changed",
+      samples: s["restore.ms"],
+      unit: "ms",
+    });
+    if (has.memcr) {
+      rows.push(judged({
+        group: rgroup,
+        name: "cryo CLI: restore time vs memcr",
+        samples: s["restore.ms"],
+        unit: "ms",
+        baseline: "memcr restore",
+        baselineSamples: s["memcr.restore"],
+        goal: "≥ 3× memcr's speed (ratio ≤ 0.33)",
+      }, (_m, r) => (full ? r <= 1 / 3 : undefined)));
+      rows.push({ group: rgroup, name: "memcr: restore time", samples: s["memcr.restore"], unit: "ms" });
+    }
+    rows.push({ group: rgroup, name: "cryo CLI: stop window", samples: s["restore.stop"], unit: "ms" });
+    rows.push(rssRow(rgroup, "cryo CLI: peak RSS", s["restore.rss"], size));
+  }
+  rows.push({
+    group: `warm checkpoint ${w.label} (in this process)`,
+    name: "cryo: checkpoint()",
+    samples: s["warm.ms"],
+    unit: "ms",
+    note: `the cold CLI took ${(median(s["cryo.ms"]) - median(s["warm.ms"])).toFixed(0)} ms more (median)`,
+  });
+  return rows;
+}
+
+/** A peak RSS row, its ratio against the target's size and the goal of ≤ 96 MiB. */
+function rssRow(group: string, name: string, samples: number[], size: number[]): BenchRow {
+  return judged({
+    group,
+    name,
+    samples,
+    unit: "bytes",
+    baseline: "target size",
+    baselineSamples: size,
+    goal: "≤ 96 MiB",
+  }, (m) => m <= RSS_GOAL);
+}
+
+/** Set `met` from the medians when the row has a goal (`undefined`: not judged in this run). */
+function judged(row: BenchRow, ok: (median: number, ratio: number) => boolean | undefined): BenchRow {
+  if (!row.goal) return row;
+  const m = median(row.samples);
+  const r = row.baselineSamples ? m / median(row.baselineSamples) : NaN;
+  return { ...row, met: ok(m, r) };
+}
