@@ -51,3 +51,17 @@ export function onePositional(positionals: string[], what: string): string {
   }
   return positionals[0];
 }
+
+/** The `--memory SIZE` option of the commands that move memory. */
+export const memoryOption = { memory: { type: "string" } } as const;
+
+/** Parse a `--memory` value (`65536`, `64K`, `64M`, `1G`; powers of 1024) into bytes; undefined if not given. */
+export function parseMemory(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const m = /^([0-9]+)([KMG]i?B?)?$/i.exec(value);
+  if (!m) throw new UsageError(`--memory takes a size such as 64M or 1G, got "${value}"`);
+  const unit = { "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30 }[(m[2] ?? "").charAt(0).toLowerCase()]!;
+  const bytes = Number(m[1]) * unit;
+  if (bytes < 4 * 2 ** 20) throw new UsageError(`--memory ${value} is too small: at least 4M`);
+  return bytes;
+}

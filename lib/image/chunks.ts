@@ -87,9 +87,11 @@ export class ChunkWriter {
    * @param addr First address (offset, for a segment).
    * @param len Bytes.
    * @param segment Its segment (0 for absolute addresses).
+   * @param stable Whether the bytes stay readable, unchanged, at `local` until the image is finalized (a mapped
+   *   image): an incompressible chunk is then written from there, not from a copy.
    */
-  async data(local: bigint, addr: bigint, len: number, segment: number): Promise<void> {
-    if (this.encoding) return await this.#encoded(local, addr, len, segment);
+  async data(local: bigint, addr: bigint, len: number, segment: number, stable = false): Promise<void> {
+    if (this.encoding) return await this.#encoded(local, addr, len, segment, stable);
     this.#raw(local, addr, len, segment);
   }
 
@@ -103,7 +105,7 @@ export class ChunkWriter {
     }
   }
 
-  async #encoded(local: bigint, addr: bigint, len: number, segment: number): Promise<void> {
+  async #encoded(local: bigint, addr: bigint, len: number, segment: number, stable: boolean): Promise<void> {
     const { codec: theCodec, chunkSize, sealer } = this.#opts;
     const digest = sealer ? await this.digest! : undefined;
     const offsets: number[] = [];
@@ -127,7 +129,10 @@ export class ChunkWriter {
     };
     const first = this.#ordinal;
     for await (const c of ordered(offsets, work, this.#opts.window)) {
-      if (c.enc === null) {
+      if (c.enc === null && stable && !sealer) {
+        const r = dataRecord(c.a, c.n, segment, 0, c.n, c.decoded, c.decoded);
+        this.#frames.append(r, local + BigInt(c.off), undefined, true);
+      } else if (c.enc === null) {
         const copy = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(local + BigInt(c.off))!, c.n))
           .slice();
         const r = dataRecord(c.a, c.n, segment, 0, c.n, c.decoded, c.decoded);

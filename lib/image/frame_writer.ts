@@ -26,6 +26,8 @@ interface OpenFrame {
   end: bigint;
   records: ImageRecord[];
   ptrs: bigint[];
+  /** Per record: whether its bytes are in memory that is not ours and may change (`settle()` copies them). */
+  borrowed: boolean[];
   keep: Uint8Array[];
   stored: number;
   /** Records (from the first) whose data was copied into `keep` by `settle()`. */
@@ -79,8 +81,10 @@ export class FrameWriter {
    * @param r The record (its file offset is set when the frame is laid out).
    * @param ptr Where its stored bytes are.
    * @param keep The buffer holding them, if ours.
+   * @param stable Whether they stay readable and unchanged at `ptr` until the image is finalized, though not
+   *   ours (a mapped image file): `settle()` need not copy them.
    */
-  append(r: ImageRecord, ptr: bigint, keep?: Uint8Array): void {
+  append(r: ImageRecord, ptr: bigint, keep?: Uint8Array, stable = false): void {
     let f = this.#cover(r.segment, r.address);
     if (
       f.records.length >= MAX_FRAME_RECORDS ||
@@ -91,6 +95,7 @@ export class FrameWriter {
     }
     f.records.push(r);
     f.ptrs.push(ptr);
+    f.borrowed.push(!keep && !stable);
     if (keep) f.keep.push(keep);
     f.stored += r.storedLength;
     f.end = r.address + BigInt(r.length);
@@ -166,18 +171,22 @@ export class FrameWriter {
     }
     const f = this.#frame;
     if (!f || f.owned === f.records.length) return;
+    const from = f.owned;
+    f.owned = f.records.length;
     let total = 0;
-    for (let i = f.owned; i < f.records.length; i++) total += f.records[i].storedLength;
+    for (let i = from; i < f.records.length; i++) if (f.borrowed[i]) total += f.records[i].storedLength;
+    if (total === 0) return; // every record's bytes are ours already, or stable
     const copy = new Uint8Array(total);
     let at = addrOf(Deno.UnsafePointer.of(copy));
-    for (let i = f.owned; i < f.records.length; i++) {
+    for (let i = from; i < f.records.length; i++) {
+      if (!f.borrowed[i]) continue;
+      f.borrowed[i] = false;
       const n = f.records[i].storedLength;
       libc.memcpy(ptrOf(at), ptrOf(f.ptrs[i]), BigInt(n));
       f.ptrs[i] = at;
       at += BigInt(n);
     }
     f.keep.push(copy);
-    f.owned = f.records.length;
   }
 
   /** The open frame, if its range ends at `addr` in `segment`; else flush it and open one at `addr`. */
@@ -185,7 +194,17 @@ export class FrameWriter {
     const f = this.#frame;
     if (f && f.segment === segment && f.end === addr) return f;
     this.flush();
-    this.#frame = { segment, start: addr, end: addr, records: [], ptrs: [], keep: [], stored: 0, owned: 0 };
+    this.#frame = {
+      segment,
+      start: addr,
+      end: addr,
+      records: [],
+      ptrs: [],
+      borrowed: [],
+      keep: [],
+      stored: 0,
+      owned: 0,
+    };
     return this.#frame;
   }
 }

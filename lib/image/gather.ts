@@ -7,17 +7,18 @@
  */
 
 import { helper } from "../../ffi/helper.ts";
-import { addrOf, PAGE_SIZE, ptrOf, systemError, unwrap } from "../../ffi/libc.ts";
+import { MAP, PROT } from "../../ffi/constants.ts";
+import { mmap, munmap, PAGE_SIZE, ptrOf, systemError, unwrap } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 import { MAX_RECORD_LENGTH } from "./layout.ts";
 import { dataRecord, type FrameWriter } from "./frame_writer.ts";
 import type { MemorySource } from "./sources.ts";
 import type { WriteQueue } from "./write_queue.ts";
 
-/** A bounce buffer: where it is, the memory holding it (slot 0: the pid source's own) and its last write. */
+/** A bounce buffer: where it is, its length when the pool mapped it (slot 0 is the pid source's own), its last write. */
 interface Slot {
   addr: bigint;
-  buffer?: Uint8Array;
+  mapped?: number;
   busy: boolean;
   free: Promise<void>;
 }
@@ -27,8 +28,12 @@ export class BouncePool {
   #slots: Slot[] = [];
   #oldest = 0;
 
-  /** Drop the buffers (every write using them has finished). */
+  /**
+   * Unmap the buffers (every write using them has finished): they are mapped, not garbage-collected, so that
+   * memory returns at once and the pool stays within its memory budget.
+   */
   clear(): void {
+    for (const s of this.#slots) if (s.mapped) munmap(s.addr, BigInt(s.mapped));
     this.#slots = [];
   }
 
@@ -101,9 +106,8 @@ export class BouncePool {
     const nextSlot = (current = -1) => {
       let slot = this.#slots.findIndex((b) => !b.busy);
       if (slot < 0 && this.#slots.length < slots) {
-        const buffer = new Uint8Array(window);
-        const addr = addrOf(Deno.UnsafePointer.of(buffer));
-        slot = this.#slots.push({ addr, buffer, busy: false, free: Promise.resolve() }) - 1;
+        const addr = mmap(0n, BigInt(window), PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
+        slot = this.#slots.push({ addr, mapped: window, busy: false, free: Promise.resolve() }) - 1;
       }
       while (slot < 0 || slot === current) { // never the buffer whose batch is being made into records
         slot = this.#oldest;

@@ -442,7 +442,7 @@ export class MemoryPersister implements AsyncDisposable {
         local = source.read(a, w);
       }
       if (detect) await this.#chunks.storeDetecting(local, a, w, segment);
-      else await this.#chunks.data(local, a, w, segment);
+      else await this.#chunks.data(local, a, w, segment, source.stable);
       off += w;
       progress?.(w);
     }

@@ -6,7 +6,8 @@
  * @module
  */
 
-import { errno, libc, systemError } from "../../ffi/libc.ts";
+import { MADV } from "../../ffi/constants.ts";
+import { errno, libc, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 import { type ImageRecord, KIND } from "./layout.ts";
 
@@ -42,6 +43,13 @@ export interface MemorySource {
   read(addr: bigint, len: number): bigint;
   /** For a pid source: the local address of its bounce buffer (`window` bytes), allocated on first use. */
   bounce?(): bigint;
+  /**
+   * Whether the bytes `read()` returns stay readable, unchanged, at that address until the image is finalized
+   * (a mapped image file): the writer may then write from there instead of a copy.
+   */
+  readonly stable?: boolean;
+  /** For a windowed image source: give up the windows still mapped (once every write has finished). */
+  release?(): void;
 }
 
 /**
@@ -187,14 +195,26 @@ export function transferRemote(
  * key (a compressed checkpoint is taken raw, so the target is stopped only for the reading, then transcoded).
  * Every stored range must lie inside one raw data record.
  *
+ * With a `window`, the image is read a window at a time, and the pages of the window read two reads ago (whose
+ * writes have finished) are released from this process's mapping (`MADV_DONTNEED`; the file keeps them, and a
+ * page touched again is read from it again): mapped pages count
+ * in the resident set, so without it, transcoding a 1 GiB image would make the process 1 GiB large.
+ *
  * @param loader The open (and, unless it was just written by this process, verified) raw image.
+ * @param opts `window`: bytes read at once (a multiple of the page size; default: all of a record, direct).
  * @returns The source; valid while the loader is open.
  */
 export function imageSource(loader: {
   source: { pid: number };
   findRecord(address: bigint): ImageRecord | undefined;
   storedBytes(r: ImageRecord): Uint8Array;
-}): MemorySource {
+}, opts: { window?: number } = {}): MemorySource {
+  const window = opts.window ?? Infinity;
+  if (window !== Infinity && (!Number.isInteger(window) || window <= 0 || window % PAGE_SIZE !== 0)) {
+    throw new RangeError(
+      `Cannot read an image ${window} bytes at a time: expected a multiple of ${PAGE_SIZE}`,
+    );
+  }
   const at = (addr: bigint, len: number) => {
     const r = loader.findRecord(addr);
     if (!r || r.kind !== KIND.DATA || r.codec !== 0 || addr + BigInt(len) > r.address + BigInt(r.length)) {
@@ -205,12 +225,33 @@ export function imageSource(loader: {
     return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(loader.storedBytes(r)))) +
       (addr - r.address);
   };
+  // The windows read last and before it: when the persister reads a window, the one before last is written
+  // (it waits for every write but that of the last window's records before it reads).
+  let before: { at: bigint; len: number } | undefined, last: typeof before;
+  const drop = (w: typeof before) => {
+    if (!w) return;
+    const page = BigInt(PAGE_SIZE);
+    const start = (w.at + page - 1n) / page * page, end = (w.at + BigInt(w.len)) / page * page;
+    if (end > start) libc.madvise(ptrOf(start), end - start, MADV.DONTNEED); // advice: a failure costs only RSS
+  };
   return {
     kind: "image",
     pid: loader.source.pid,
     detectZeros: false, // its zero pages are holes already
-    window: Infinity,
-    direct: at,
-    read: at,
+    window,
+    stable: true, // a released page is read again from the file if a write still needs it
+    direct: window === Infinity ? at : () => null,
+    read(addr, len) {
+      const p = at(addr, len);
+      if (window === Infinity) return p;
+      drop(before);
+      [before, last] = [last, { at: p, len }];
+      return p;
+    },
+    release() {
+      drop(before);
+      drop(last);
+      before = last = undefined;
+    },
   };
 }

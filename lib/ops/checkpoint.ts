@@ -23,6 +23,7 @@ import { type ImageSummary, MemoryPersister } from "../image/persister.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import { KIND } from "../image/layout.ts";
 import { imageSource, pidSource } from "../image/sources.ts";
+import { budgetShares } from "../image/budget.ts";
 import { dirOf, scratchFile } from "../image/tempfile.ts";
 import type { Region } from "../kernel/region.ts";
 import { type Progress, silentProgress } from "./progress.ts";
@@ -49,6 +50,11 @@ export interface CheckpointOptions extends PolicyOptions {
   encodeWhileStopped?: boolean;
   /** How long the freeze may take, in milliseconds. */
   freezeTimeoutMs?: number;
+  /**
+   * Bytes of buffers the checkpoint may hold at once, whatever the target's size (default 64 MiB, plus one
+   * chunk per codec worker): bounce buffers and write-behind, and the raw image's window while it is transcoded.
+   */
+  memoryBudget?: number;
   /** Receives bytes persisted. */
   progress?: Progress;
   /** Abort the checkpoint (the target is thawed, nothing is left at the path). */
@@ -154,7 +160,7 @@ export async function checkpoint(
 /** Write the raw image at `rawPath` again at `path` with the options' codec and sealer. */
 async function transcode(rawPath: string, path: string, opts: CheckpointOptions): Promise<ImageSummary> {
   using loader = await MemoryLoader.open(rawPath);
-  const source = imageSource(loader);
+  const source = imageSource(loader, { window: budgetShares(opts.memoryBudget).window });
   await using persister = await MemoryPersister.create(path, {
     source,
     regions: loader.regions,
@@ -177,6 +183,7 @@ async function transcode(rawPath: string, path: string, opts: CheckpointOptions)
   } finally {
     progress.done();
   }
+  source.release?.();
   for (const s of loader.sections) persister.addSection(s.name, loader.section(s.name)!);
   return await persister.finalize();
 }
@@ -191,6 +198,7 @@ async function persistPid(
   const started = performance.now();
   const progress = opts.progress ?? silentProgress;
   opts.signal?.throwIfAborted();
+  const shares = budgetShares(opts.memoryBudget); // checked before the target is frozen
   const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
   let persister: MemoryPersister | undefined;
@@ -199,7 +207,8 @@ async function persistPid(
     const decisions = regionDecisions(pid, opts);
     const kept = decisions.filter((d) => d.persist);
     persister = await MemoryPersister.create(out, {
-      source: pidSource(pid),
+      source: pidSource(pid, { bufferSize: shares.bounceSize }),
+      writeBehind: shares.writeBehind,
       regions: kept.map((d) => d.region),
       codec: opts.codec,
       chunkSize: opts.chunkSize,

@@ -7,7 +7,7 @@
 import { checkpoint } from "../../ops/checkpoint.ts";
 import type { RegionFilter } from "../../kernel/policy.ts";
 import { REGION_KINDS, type RegionKind } from "../../kernel/region.ts";
-import { parse, parsePid, parseRange } from "../args.ts";
+import { memoryOption, parse, parseMemory, parsePid, parseRange } from "../args.ts";
 import { humanBytes, humanDuration, printable } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
@@ -66,6 +66,8 @@ options:
   --encode-while-stopped  with --compress or a key: encode while the target is stopped (the fastest
                         checkpoint in all; by default a raw image is taken and encoded after the thaw, so the
                         target is stopped only to read its memory)
+  --memory SIZE         buffers cryo may hold at once, whatever the process's size: BYTES, or with K, M or G
+                        (default 64M, plus one chunk per codec worker; at least 4M)
   --no-registers        do not record thread registers
   --no-fsync            do not fsync the image (faster, not crash safe)
   --leave-stopped       leave the process stopped (SIGSTOP) afterwards; resume it with kill -CONT
@@ -85,6 +87,7 @@ examples:
       compress: { type: "string" },
       ...keyOptions,
       "encode-while-stopped": { type: "boolean" },
+      ...memoryOption,
       "no-registers": { type: "boolean" },
       "no-fsync": { type: "boolean" },
       "leave-stopped": { type: "boolean" },
@@ -113,6 +116,7 @@ examples:
       registers: !values["no-registers"],
       fsync: !values["no-fsync"],
       leaveStopped: values["leave-stopped"],
+      memoryBudget: parseMemory(values.memory),
       progress: progressBar("checkpoint", values.quiet || values.json),
       signal: ctx.signal,
     });

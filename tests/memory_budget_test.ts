@@ -1,0 +1,115 @@
+// The memory budget (lib/image/budget.ts, `--memory`): cryo's peak RSS does not grow with the size of the
+// process it works on. Each command runs as a fresh `deno run -A cli.ts` process under ffi/build/cryo_rusage
+// (bench/rusage.c), which reports its ru_maxrss; the same command on an 8 MiB child and on a 512 MiB child
+// may differ by at most the budget and a stated slack, and the 512 MiB run stays under the runtime's own peak
+// (`cryo --help`) plus the budget, one chunk per codec worker and the slack.
+
+import { assert, assertEquals } from "./_assert.ts";
+import { Target } from "./_target.ts";
+
+const cli = new URL("../cli.ts", import.meta.url).pathname;
+const rusage = new URL("../ffi/build/cryo_rusage", import.meta.url).pathname;
+const MiB = 2 ** 20;
+const BUDGET = 16 * MiB;
+/** Codec workers (2 × cores + 2) times a chunk's input and output (1 MiB each). */
+const WORKERS = 2 * navigator.hardwareConcurrency + 2;
+/**
+ * What the budget does not cover and may still grow with the work: V8's heap (records, frames) and the garbage
+ * it collects late, the libraries a mode loads (libzstd, libcrypto), pool threads' stacks and malloc arenas.
+ */
+const SLACK = 24 * MiB;
+const BIG = 512 * MiB;
+const SMALL = 8 * MiB;
+
+interface Cost {
+  rss: number;
+  code: number;
+  stderr: string;
+}
+
+/** Run `deno run -A cli.ts ARGS` (through `sh -c` when `shell`, for a pipe) and read its peak RSS. */
+async function cryo(args: string[], shell?: string): Promise<Cost> {
+  const report = await Deno.makeTempFile();
+  try {
+    const cmd = shell === undefined
+      ? [Deno.execPath(), "run", "-A", cli, ...args]
+      : ["sh", "-c", `exec "$0" run -A "$@" ${shell}`, Deno.execPath(), cli, ...args];
+    const out = await new Deno.Command(rusage, {
+      args: [report, ...cmd],
+      stdout: "null",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).output();
+    const [kib] = (await Deno.readTextFile(report)).split(" ").map(Number);
+    return { rss: kib * 1024, code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+  } finally {
+    await Deno.remove(report);
+  }
+}
+
+const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
+
+/** A child with `bytes` of random data, checkpointed/restored by `run(pid, dir)`. */
+async function peakWith(bytes: number, run: (pid: number, dir: string) => Promise<Cost>): Promise<number> {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(bytes);
+    await target.fill(a, bytes, "random", 1);
+    const c = await run(target.pid, dir);
+    assertEquals(c.code, 0, c.stderr);
+    return c.rss;
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function assertBounded(what: string, run: (pid: number, dir: string) => Promise<Cost>): Promise<void> {
+  const runtime = (await cryo(["--help"])).rss;
+  const small = await peakWith(SMALL, run);
+  const big = await peakWith(BIG, run);
+  const limit = runtime + BUDGET + WORKERS * 2 * MiB + SLACK;
+  console.log(`${what}: peak RSS ${mib(big)} (512 MiB), ${mib(small)} (8 MiB), runtime ${mib(runtime)}`);
+  assert(
+    big <= small + BUDGET + SLACK,
+    `${what}: peak RSS ${mib(big)} for a 512 MiB process, ${
+      mib(small)
+    } for an 8 MiB one: it grew with the size`,
+  );
+  assert(
+    big <= limit,
+    `${what}: peak RSS ${mib(big)}, above ${mib(limit)} (the runtime's ${mib(runtime)} + budget)`,
+  );
+}
+
+const memory = ["--memory", `${BUDGET / MiB}M`, "-q"];
+
+Deno.test("cryo checkpoint keeps its peak RSS within --memory, whatever the process's size (raw)", async () => {
+  await assertBounded(
+    "raw",
+    (pid, dir) => cryo(["checkpoint", "--pid", String(pid), "-o", `${dir}/i`, ...memory]),
+  );
+});
+
+Deno.test("cryo checkpoint keeps its peak RSS within --memory, whatever the process's size (zstd)", async () => {
+  await assertBounded(
+    "zstd",
+    (pid, dir) =>
+      cryo(["checkpoint", "--pid", String(pid), "-o", `${dir}/i`, "--compress", "zstd:1", ...memory]),
+  );
+});
+
+Deno.test("cryo checkpoint keeps its peak RSS within --memory, whatever the process's size (streamed)", async () => {
+  await assertBounded(
+    "streamed",
+    (pid) => cryo(["checkpoint", "--pid", String(pid), "-o", "-", ...memory], "> /dev/null"),
+  );
+});
+
+Deno.test("cryo checkpoint refuses a --memory below 4M or that is not a size", async () => {
+  for (const bad of ["1M", "lots"]) {
+    const c = await cryo(["checkpoint", "--pid", "1", "-o", "/nonexistent/i", "--memory", bad]);
+    assertEquals(c.code, 2, c.stderr);
+    assert(c.stderr.includes("--memory"), c.stderr);
+  }
+});
