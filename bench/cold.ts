@@ -158,6 +158,13 @@ async function measure(
       await peers();
       await cryoRuns();
     }
+    // A line per run, so that a long run (memcr takes minutes on the sparse workload) shows where it is.
+    const last = (k: string) => s[k] ? `${s[k].at(-1)!.toFixed(0)} ms` : "-";
+    console.error(
+      `cold ${w.label}, run ${run + 1}: cryo ${last("cryo.ms")} (warm ${last("warm.ms")}), gcore ` +
+        `${last("gcore.ms")}, memcr ${last("memcr.ms")}; restore: cryo ${last("restore.ms")}, memcr ` +
+        `${last("memcr.restore")}; zstd:1 ${last("zstd.ms")}`,
+    );
   }
   return rowsOf(w, opts, s, { gcore: hasGcore, memcr: memcr !== null });
 }
