@@ -199,7 +199,11 @@ export function markdown(report: Report): string {
     "`--only checkpoint,freeze` (some modules), `--runs N`, `--out DIR`, `--dir DIR` (where images are " +
     "written; default `$CRYO_BENCH_DIR` or /tmp). Baselines: the C pipeline (bench/pipeline.c: pagemap, then " +
     "process_vm_readv → write in 8 MiB batches under SIGSTOP; pread → process_vm_writev to load) and gdb's " +
-    "`gcore`. docs/BENCHMARKING.md explains each figure and what bounds the goals that are missed.",
+    '`gcore`. The groups named "cold" (bench/cold.ts) run every tool as a fresh process per run, as users ' +
+    "run them: cryo's CLI (`deno run -A cli.ts`), `gcore`, and memcr when `MEMCR` or `MEMCR_SRC` is set; " +
+    "their times are the whole command's, their peak RSS is `wait4`'s `ru_maxrss` (bench/rusage.c), their " +
+    'image sizes are allocated blocks; the "warm" groups beside them are `checkpoint()` in the bench\'s ' +
+    "own process. docs/BENCHMARKING.md explains each figure and what bounds the goals that are missed.",
     "",
     "## Machine",
     "",

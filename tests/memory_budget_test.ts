@@ -106,6 +106,15 @@ Deno.test("cryo checkpoint keeps its peak RSS within --memory, whatever the proc
   );
 });
 
+Deno.test("cryo hibernate keeps its peak RSS within --memory, whatever the process's size", async () => {
+  await assertBounded("hibernate", async (pid, dir) => {
+    const h = await cryo(["hibernate", "--pid", String(pid), "-o", `${dir}/i`, ...memory]);
+    const w = await cryo(["wake", "--pid", String(pid), `${dir}/i`, "-q"]); // the child runs again before it is killed
+    assertEquals(w.code, 0, w.stderr);
+    return h;
+  });
+});
+
 Deno.test("cryo checkpoint refuses a --memory below 4M or that is not a size", async () => {
   for (const bad of ["1M", "lots"]) {
     const c = await cryo(["checkpoint", "--pid", "1", "-o", "/nonexistent/i", "--memory", bad]);

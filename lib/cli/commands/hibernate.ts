@@ -8,7 +8,7 @@ import { hibernate } from "../../ops/hibernate.ts";
 import { wake } from "../../ops/wake.ts";
 import { serve } from "../../ops/serve.ts";
 import { Sealer } from "../../codecs/seal.ts";
-import { onePositional, parse, parsePid } from "../args.ts";
+import { memoryOption, onePositional, parse, parseMemory, parsePid } from "../args.ts";
 import { humanBytes, humanDuration, printable } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
@@ -36,6 +36,8 @@ options:
   --compress CODEC    zstd[:LEVEL] or lz4[:LEVEL] per chunk (the target stays stopped while it is encoded)
   --key-file FILE     encrypt with AES-256-GCM (or --key-env NAME); wake needs the same key
   --include, --exclude, --shared   region filters, as for \`cryo checkpoint\`
+  --memory SIZE       buffers cryo may hold at once, whatever the process's size: BYTES, or with K, M or G
+                      (default 64M, plus one chunk per codec worker; at least 4M)
   --json              print the result as JSON
   -q, --quiet         no progress bar
 
@@ -49,6 +51,7 @@ examples:
       ...filterOptions,
       compress: { type: "string" },
       ...keyOptions,
+      ...memoryOption,
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -63,6 +66,7 @@ examples:
       include: (values.include ?? []).map(parseFilter),
       exclude: (values.exclude ?? []).map(parseFilter),
       shared: values.shared,
+      memoryBudget: parseMemory(values.memory),
       progress: progressBar("hibernate", values.quiet || values.json),
       signal: ctx.signal,
     });
