@@ -115,6 +115,25 @@ Deno.test("cryo hibernate keeps its peak RSS within --memory, whatever the proce
   });
 });
 
+for (const [mode, extra] of [["raw", []], ["zstd", ["--compress", "zstd:1"]]] as const) {
+  Deno.test(`cryo restore keeps its peak RSS bounded, whatever the process's size (${mode})`, async () => {
+    await assertBounded(`restore ${mode}`, async (pid, dir) => {
+      const c = await cryo([
+        "checkpoint",
+        "--pid",
+        String(pid),
+        "-o",
+        `${dir}/i`,
+        "--no-fsync",
+        "-q",
+        ...extra,
+      ]);
+      assertEquals(c.code, 0, c.stderr);
+      return await cryo(["restore", "--pid", String(pid), `${dir}/i`, "-q"]);
+    });
+  });
+}
+
 Deno.test("cryo checkpoint refuses a --memory below 4M or that is not a size", async () => {
   for (const bad of ["1M", "lots"]) {
     const c = await cryo(["checkpoint", "--pid", "1", "-o", "/nonexistent/i", "--memory", bad]);

@@ -337,7 +337,7 @@ export class MemoryLoader implements Disposable {
         // Raw data is a view of the mapped image, valid until close: batched. Decoded data sits in a ring
         // buffer that is reused: written now.
         if (decoded) remote.write(r.address, decoded);
-        else remote.queue(r.address, base + BigInt(r.fileOffset), r.length);
+        else remote.queue(r.address, base + BigInt(r.fileOffset), r.length, true);
         summary.copiedBytes += r.length;
       };
       if (absolute.some((r) => r.codec !== 0)) {

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { O } from "../../ffi/constants.ts";
+import { MADV, O } from "../../ffi/constants.ts";
 import { cstr, errno, libc, open, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 import { CryoError, SystemError } from "../errors.ts";
@@ -65,14 +65,21 @@ export class RemoteWriter implements Disposable {
   #liov = new BigUint64Array(2 * IOV_BATCH);
   #riov = new BigUint64Array(2 * IOV_BATCH);
   #queued = 0;
+  #queuedBytes = 0;
+  /** Local ranges (of a mapped image) to release from our mapping once the queued writes are done. */
+  #releases: [bigint, number][] = [];
+  readonly #window: number;
 
   /**
    * Write process `pid`.
    *
    * @param pid The process.
    * @param journal Where every byte about to be overwritten is saved first (a restore's undo record).
+   * @param opts `window`: bytes queued before they are written (default 8 MiB; the memory budget's window).
    */
-  constructor(readonly pid: number, readonly journal?: RestoreJournal) {}
+  constructor(readonly pid: number, readonly journal?: RestoreJournal, opts: { window?: number } = {}) {
+    this.#window = opts.window ?? 8 << 20;
+  }
 
   /**
    * Write `bytes` at `addr` in the process.
@@ -200,26 +207,47 @@ export class RemoteWriter implements Disposable {
 
   /**
    * Queue a write of `len` bytes from local memory (which must stay valid until {@link flush}) to `addr`;
-   * queued writes go out up to 1024 at a time in one `process_vm_writev`.
+   * queued writes go out up to 1024 or a window of bytes at a time in one `process_vm_writev`.
    *
    * @param addr Remote address.
    * @param local Local address.
    * @param len Bytes.
+   * @param release Whether `local` is a read-only mapping of a file (an image) whose pages may be released
+   *   from this process once written (`MADV_DONTNEED`: they are read from the file again if touched), so that
+   *   a mapped image does not grow the resident set past a window.
    */
-  queue(addr: bigint, local: bigint, len: number): void {
-    if (len === 0) return;
-    const n = this.#queued++;
-    this.#liov[2 * n] = local;
-    this.#liov[2 * n + 1] = BigInt(len);
-    this.#riov[2 * n] = addr;
-    this.#riov[2 * n + 1] = BigInt(len);
-    if (this.#queued === IOV_BATCH) this.flush();
+  queue(addr: bigint, local: bigint, len: number, release = false): void {
+    for (let off = 0; off < len;) {
+      const n = Math.min(len - off, this.#window);
+      const q = this.#queued++;
+      this.#liov[2 * q] = local + BigInt(off);
+      this.#liov[2 * q + 1] = BigInt(n);
+      this.#riov[2 * q] = addr + BigInt(off);
+      this.#riov[2 * q + 1] = BigInt(n);
+      this.#queuedBytes += n;
+      if (release) this.#releases.push([local + BigInt(off), n]);
+      off += n;
+      if (this.#queued === IOV_BATCH || this.#queuedBytes >= this.#window) this.flush();
+    }
   }
 
   /** Write every queued write. A piece the kernel refuses (a read-only page) goes through `/proc/<pid>/mem`. */
   flush(): void {
-    let count = this.#queued;
+    const count = this.#queued;
     this.#queued = 0;
+    this.#queuedBytes = 0;
+    try {
+      this.#flush(count);
+    } finally {
+      const page = BigInt(PAGE_SIZE);
+      for (const [at, n] of this.#releases.splice(0)) {
+        const a = (at + page - 1n) / page * page, e = (at + BigInt(n)) / page * page;
+        if (e > a) libc.madvise(ptrOf(a), e - a, MADV.DONTNEED); // advice: a failure costs only memory
+      }
+    }
+  }
+
+  #flush(count: number): void {
     let liov = this.#liov, riov = this.#riov;
     if (count && this.journal) ({ liov, riov, count } = this.journal.saveChanged(liov, riov, count));
     for (let i = 0; i < count;) {
