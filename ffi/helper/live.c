@@ -412,17 +412,26 @@ static long lv_verify(struct lv_server *s, const uint64_t *st, size_t n) {
   return 0;
 }
 
-// Lift the protection of the claimed stretches (adjacent ones together).
+// Lift the protection of the claimed stretches with one call over their span: every page of the runs in it was
+// read by this batch and is settled (taken now, or copied aside, with its protection lifted, by the server, which
+// claims only UNCOPIED pages: none is left here), and pages between the runs (not populated at the freeze) carry
+// no protection. One call instead of one per stretch: each call flushes the TLB of every CPU the target runs on.
 static void lv_release(struct lv_server *s, const uint64_t *st, size_t n) {
-  for (size_t i = 0; i < n;) {
-    size_t j = i;
-    while (j + 1 < n && st[2 * j + 1] == st[2 * (j + 1)]) j++;
-    long e = lv_unprotect(s, st[2 * i], st[2 * j + 1] - st[2 * i]);
-    lv_add(s, LV_UNPROTECTS, 1);
-    lv_add(s, LV_TAKEN, (st[2 * j + 1] - st[2 * i]) / s->page);
-    if (e < 0 && e != -ENOENT) lv_error(s, (int)-e);
-    i = j + 1;
+  if (!n) return;
+  uint64_t pages = 0;
+  for (size_t k = 0; k < n; k++) pages += (st[2 * k + 1] - st[2 * k]) / s->page;
+  long e = lv_unprotect(s, st[0], st[2 * n - 1] - st[0]);
+  lv_add(s, LV_UNPROTECTS, 1);
+  if (e == -ENOENT) {  // part of the span is no longer registered (unmapped since): stretch by stretch
+    for (size_t k = 0; k < n; k++) {
+      e = lv_unprotect(s, st[2 * k], st[2 * k + 1] - st[2 * k]);
+      lv_add(s, LV_UNPROTECTS, 1);
+      if (e < 0 && e != -ENOENT) lv_error(s, (int)-e);
+    }
+  } else if (e < 0) {
+    lv_error(s, (int)-e);
   }
+  lv_add(s, LV_TAKEN, pages);
 }
 
 // The gather's `settle` hook: claim each page read (UNCOPIED -> TAKEN), or put its aside copy into the buffer;
@@ -430,7 +439,7 @@ static void lv_release(struct lv_server *s, const uint64_t *st, size_t n) {
 static long lv_settle(void *ctx, unsigned char *local, const uint64_t *runs, uint64_t i, uint64_t off,
                       size_t filled) {
   struct lv_server *s = ctx;
-  uint64_t page = s->page, st[2 * LV_STRETCHES];
+  uint64_t page = s->page, st[2 * LV_STRETCHES] = {0};
   size_t n = 0;
   long result = 0;
   for (size_t b = 0; b < filled;) {
