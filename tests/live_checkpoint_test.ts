@@ -404,6 +404,55 @@ Deno.test("restore() rolls the child back to a live image, and the child passes 
   }
 });
 
+Deno.test("cryo checkpoint --live --json reports the stop window, the pages copied early and the total time", async () => {
+  const dir = await tempDir();
+  await using w = await startWriter(2048, 2, { read: true });
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        `${root}cli.ts`,
+        "checkpoint",
+        "--live",
+        "--pid",
+        String(w.pid),
+        "-o",
+        `${dir}/c.cryo`,
+        "--json",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert(out.success, new TextDecoder().decode(out.stderr));
+    const result = JSON.parse(new TextDecoder().decode(out.stdout));
+    assert(result.stoppedMs > 0 && result.totalMs >= result.stoppedMs, JSON.stringify(result));
+    assert(result.live.earlyPages > 0, `no page copied early: ${JSON.stringify(result.live)}`);
+    using loader = await MemoryLoader.open(`${dir}/c.cryo`);
+    await loader.verify();
+    assert((await w.child.request("verify", 30_000)).length > 0);
+    const bad = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        `${root}cli.ts`,
+        "checkpoint",
+        "--live",
+        "--stopped",
+        "--pid",
+        String(w.pid),
+        "-o",
+        `${dir}/d.cryo`,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(bad.code, 2, new TextDecoder().decode(bad.stderr));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("a live checkpoint whose cryo is SIGKILLed mid-copy leaves the child running and unprotected", async () => {
   const dir = await tempDir();
   await using w = await startWriter(64 * 1024, 2); // 256 MiB: the copy takes a while
