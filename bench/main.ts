@@ -37,6 +37,7 @@ export const MODULES = [
   "inject",
   "layout",
   "hibernate",
+  "live",
   "cold",
 ] as const;
 

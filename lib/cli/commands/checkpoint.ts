@@ -68,6 +68,11 @@ options:
                         target is stopped only to read its memory)
   --memory SIZE         buffers cryo may hold at once, whatever the process's size: BYTES, or with K, M or G
                         (default 64M, plus one chunk per codec worker; at least 4M)
+  --live                stop the process only to record its threads and write-protect its memory (a few
+                        ms), then copy its memory while it runs; a page it writes first is copied aside before
+                        the write goes through, so the image is still its memory at the freeze (docs/LIVE.md)
+  --live-neighbours N   with --live: pages copied aside per write fault (a power of two, 1-512; default 1)
+  --stopped             keep the process stopped while its memory is read (the default)
   --no-registers        do not record thread registers
   --no-fsync            do not fsync the image (faster, not crash safe)
   --leave-stopped       leave the process stopped (SIGSTOP) afterwards; resume it with kill -CONT
@@ -76,6 +81,7 @@ options:
 
 examples:
   deno run -A cli.ts checkpoint --pid 4242 -o app.cryo
+  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --live
   deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --exclude path:'*.so*' --json
   deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --compress zstd:1 --key-file app.key
   deno run -A cli.ts checkpoint --pid 4242 -o - | ssh host deno run -A cli.ts restore --pid 99 -`,
@@ -88,6 +94,9 @@ examples:
       ...keyOptions,
       "encode-while-stopped": { type: "boolean" },
       ...memoryOption,
+      live: { type: "boolean" },
+      "live-neighbours": { type: "string" },
+      stopped: { type: "boolean" },
       "no-registers": { type: "boolean" },
       "no-fsync": { type: "boolean" },
       "leave-stopped": { type: "boolean" },
@@ -103,6 +112,15 @@ examples:
           "or write a file (-o IMAGE)",
       );
     }
+    if (values.live && values.stopped) throw new UsageError("--live and --stopped exclude each other");
+    const neighbours = values["live-neighbours"] === undefined
+      ? undefined
+      : Number(values["live-neighbours"]);
+    if (neighbours !== undefined && !(Number.isInteger(neighbours) && neighbours >= 1 && neighbours <= 512)) {
+      throw new UsageError(
+        `--live-neighbours takes a power of two from 1 to 512, got "${values["live-neighbours"]}"`,
+      );
+    }
     const codec = values.compress === undefined ? undefined : parseCodecOption(values.compress);
     const key = await keyFrom(values);
     ctx.imageOnStdout = values.output === "-";
@@ -110,6 +128,8 @@ examples:
       codec,
       sealer: key ? await Sealer.create(key) : undefined,
       encodeWhileStopped: values["encode-while-stopped"],
+      live: values.live,
+      liveNeighbours: neighbours,
       include: (values.include ?? []).map(parseFilter),
       exclude: (values.exclude ?? []).map(parseFilter),
       shared: values.shared,
@@ -135,7 +155,11 @@ examples:
         }\n` +
         `  image     ${humanBytes(result.imageBytes)}` +
         (values.output === "-" ? " (streamed)\n" : ` (${humanBytes(result.allocatedBytes)} on disk)\n`) +
-        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
+        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})` +
+        (result.live
+          ? `\n  live      ${result.live.earlyPages} pages copied early, ${result.live.faults} write faults ` +
+            `(longest ${humanDuration(result.live.maxFaultMs)})`
+          : ""),
     );
     return 0;
   },
