@@ -116,7 +116,7 @@ Deno.test("cryo hibernate keeps its peak RSS within --memory, whatever the proce
 });
 
 for (const [mode, extra] of [["raw", []], ["zstd", ["--compress", "zstd:1"]]] as const) {
-  Deno.test(`cryo restore keeps its peak RSS bounded, whatever the process's size (${mode})`, async () => {
+  Deno.test(`cryo restore keeps its peak RSS within --memory, whatever the process's size (${mode})`, async () => {
     await assertBounded(`restore ${mode}`, async (pid, dir) => {
       const c = await cryo([
         "checkpoint",
@@ -129,10 +129,18 @@ for (const [mode, extra] of [["raw", []], ["zstd", ["--compress", "zstd:1"]]] as
         ...extra,
       ]);
       assertEquals(c.code, 0, c.stderr);
-      return await cryo(["restore", "--pid", String(pid), `${dir}/i`, "-q"]);
+      return await cryo(["restore", "--pid", String(pid), `${dir}/i`, ...memory]);
     });
   });
 }
+
+Deno.test("cryo wake keeps its peak RSS within --memory, whatever the process's size", async () => {
+  await assertBounded("wake", async (pid, dir) => {
+    const h = await cryo(["hibernate", "--pid", String(pid), "-o", `${dir}/i`, "-q"]);
+    assertEquals(h.code, 0, h.stderr);
+    return await cryo(["wake", "--pid", String(pid), `${dir}/i`, ...memory]);
+  });
+});
 
 Deno.test("cryo checkpoint refuses a --memory below 4M or that is not a size", async () => {
   for (const bad of ["1M", "lots"]) {

@@ -313,7 +313,7 @@ export class MemoryLoader implements Disposable {
     }
     if (target.kind === "segments") return summary;
     if (target.kind === "pid") {
-      using remote = new RemoteWriter(target.pid, target.journal);
+      using remote = new RemoteWriter(target.pid, target.journal, { window: target.window });
       // Compressed records are decoded on pool threads, a window at a time, and written in index order, into a
       // ring of window + 1 buffers (the one being written, and those in flight).
       const window = defaultWindow();

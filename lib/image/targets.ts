@@ -29,6 +29,8 @@ export interface LoadTarget {
   readonly segments: Readonly<Record<string, SegmentBuffer>>;
   /** Another process only: where every byte is saved before it is overwritten (a restore's undo record). */
   readonly journal?: RestoreJournal;
+  /** Another process only: bytes written at once (of a mapped image: its pages are released once written). */
+  readonly window?: number;
 }
 
 /**
@@ -55,14 +57,23 @@ export function selfTarget(
  * cannot write (read-only ones). Its regions must already exist.
  *
  * @param pid The process.
- * @param opts `journal`: save every byte before it is overwritten, so that the load can be undone.
+ * @param opts `journal`: save every byte before it is overwritten, so that the load can be undone; `window`:
+ *   bytes written at once (default 8 MiB; the memory budget's window, lib/image/budget.ts).
  * @returns The target.
  */
-export function pidTarget(pid: number, opts: { journal?: RestoreJournal } = {}): LoadTarget {
+export function pidTarget(pid: number, opts: { journal?: RestoreJournal; window?: number } = {}): LoadTarget {
   if (!Number.isInteger(pid) || pid <= 0) {
     throw new RangeError(`Cannot load into pid ${pid}: not a process id`);
   }
-  return { kind: "pid", pid, map: false, lazy: false, segments: {}, journal: opts.journal };
+  return {
+    kind: "pid",
+    pid,
+    map: false,
+    lazy: false,
+    segments: {},
+    journal: opts.journal,
+    window: opts.window,
+  };
 }
 
 /**

@@ -22,6 +22,7 @@ import { requireSealed } from "../image/sealing.ts";
 import { decodeThreads, register, type ThreadState } from "../kernel/threads.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { MemoryLoader } from "../image/loader.ts";
+import { checkBudget } from "../image/budget.ts";
 import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
 import { describeChange } from "../kernel/layout_fix.ts";
 import { recreatable } from "../kernel/threads_fix.ts";
@@ -51,6 +52,8 @@ export interface RestoreOptions {
   progress?: Progress;
   /** Abort: before the write phase nothing is done; during it, everything written is undone. */
   signal?: AbortSignal;
+  /** Bytes of buffers the restore may hold at once, whatever the image's size (lib/image/budget.ts; 64 MiB). */
+  memoryBudget?: number;
   /**
    * Go ahead although threads were born or ended since the checkpoint (default false: refused, because a
    * thread born since runs on memory rolled back to before it existed). Registers go back into the threads
@@ -98,6 +101,7 @@ export interface RestoreOptions {
 export async function restore(pid: number, path: string, opts: RestoreOptions = {}): Promise<RestoreResult> {
   const started = performance.now();
   const progress = opts.progress ?? silentProgress;
+  if (opts.memoryBudget !== undefined) checkBudget(opts.memoryBudget); // before anything is frozen
   if (opts.recover) {
     const marker = readMarker(pid);
     if (!marker) {
@@ -174,15 +178,22 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     };
     if (!opts.dryRun) {
       progress.total(dataBytes);
-      const done = await commitRestore(frozen, path, recovering, async (ctx) => {
-        ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
-        ctx.fixLayout(layout, layout.scratchAt);
-        ctx.recreateThreads(recreate); // their stacks are mapped again by now
-        const summary = await loader.load(ctx.target);
-        progress.advance(summary.copiedBytes);
-        ctx.endAfter(ending); // last: rolled-back memory does not know them, and ending cannot be undone
-        return summary;
-      }, opts.signal);
+      const done = await commitRestore(
+        frozen,
+        path,
+        recovering,
+        async (ctx) => {
+          ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
+          ctx.fixLayout(layout, layout.scratchAt);
+          ctx.recreateThreads(recreate); // their stacks are mapped again by now
+          const summary = await loader.load(ctx.target);
+          progress.advance(summary.copiedBytes);
+          ctx.endAfter(ending); // last: rolled-back memory does not know them, and ending cannot be undone
+          return summary;
+        },
+        opts.signal,
+        { memoryBudget: opts.memoryBudget },
+      );
       result.holeBytes = done.value.holeBytes;
       result.threadsRestored = done.threadsRestored;
       result.threadsEnded = done.threadsEnded;

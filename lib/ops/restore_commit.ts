@@ -24,6 +24,7 @@ import { inject, type Injector, SYS } from "../kernel/inject.ts";
 import { applyLayout, type LayoutPlan } from "../kernel/layout_fix.ts";
 import { endThread, type RecreateOptions, recreateThread } from "../kernel/threads_fix.ts";
 import { type LoadTarget, pidTarget } from "../image/targets.ts";
+import { budgetShares } from "../image/budget.ts";
 import { libc } from "../../ffi/libc.ts";
 
 const SIGCONT = 18;
@@ -205,6 +206,8 @@ export interface CommitContext {
  *   freeze): the target is then resumed on success, and left stopped on failure.
  * @param write Writes memory and registers through the context.
  * @param signal Aborts: checked after the write, so an abort undoes everything.
+ * @param opts `memoryBudget`: bytes the write may hold at once (lib/image/budget.ts), which sets the target's
+ *   window.
  * @returns What was done.
  * @throws The write's error, after the target was put back as it was.
  * @throws {RestoreIncompleteError} When putting it back failed too: the target is left stopped.
@@ -215,6 +218,7 @@ export async function commitRestore<T>(
   recovering: boolean,
   write: (ctx: CommitContext) => Promise<T>,
   signal?: AbortSignal,
+  opts: { memoryBudget?: number } = {},
 ): Promise<CommitSummary<T>> {
   const pid = frozen.pid;
   const recovered = recovering;
@@ -229,7 +233,7 @@ export async function commitRestore<T>(
   const toEnd: number[] = [];
   const live = new Set(frozen.tids);
   const ctx: CommitContext = {
-    target: pidTarget(pid, { journal }),
+    target: pidTarget(pid, { journal, window: budgetShares(opts.memoryBudget).window }),
     setThreads(threads) {
       for (const t of threads) {
         if (!live.has(t.tid)) continue;

@@ -63,6 +63,8 @@ export interface WakeOptions {
   freezeTimeoutMs?: number;
   /** Receives bytes loaded. */
   progress?: Progress;
+  /** Eager: bytes of buffers the write may hold at once, whatever the image's size (lib/image/budget.ts). */
+  memoryBudget?: number;
   /**
    * Eager: before the write nothing is done, during it everything is undone (the process stays hibernated).
    * Lazy: before the resume the process stays hibernated; after it, the loading is finished eagerly.
@@ -199,6 +201,7 @@ export async function wake(pid: number, path: string, opts: WakeOptions = {}): P
       freezeTimeoutMs: opts.freezeTimeoutMs,
       progress: opts.progress,
       signal: opts.signal,
+      memoryBudget: opts.memoryBudget,
     });
     const stoppedMs = performance.now() - started;
     Deno.kill(pid, "SIGCONT"); // it is in group stop since the hibernation

@@ -111,6 +111,7 @@ options:
   --pid PID          the hibernated process
   --lazy             resume at once, load on demand and in the background
   --key-file FILE    the key of an encrypted image (or --key-env NAME)
+  --memory SIZE      eager: buffers cryo may hold at once, whatever the image's size (default 64M; as restore)
   --json             print the result as JSON
   -q, --quiet        no progress bar
 
@@ -122,6 +123,7 @@ examples:
       pid: { type: "string" },
       lazy: { type: "boolean" },
       ...keyOptions,
+      ...memoryOption,
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -133,6 +135,7 @@ examples:
     const r = await wake(pid, image, {
       lazy: values.lazy,
       key: await keyFrom(values),
+      memoryBudget: parseMemory(values.memory),
       progress: progressBar("wake", values.quiet || values.json),
       signal: ctx.signal,
       onResumed: values.lazy && !values.json && !values.quiet

@@ -5,7 +5,7 @@
  */
 
 import { restore } from "../../ops/restore.ts";
-import { onePositional, parse, parsePid } from "../args.ts";
+import { memoryOption, onePositional, parse, parseMemory, parsePid } from "../args.ts";
 import { humanBytes, humanDuration, printable } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out } from "../main.ts";
@@ -49,6 +49,8 @@ options:
                      program): its memory and registers become the image's; its descriptors, sockets and
                      other kernel objects stay its own
   --recover          finish a restore that a killed cryo left (PID stopped); IMAGE may be omitted
+  --memory SIZE      buffers cryo may hold at once, whatever the image's size: BYTES, or with K, M or G
+                     (default 64M, plus one chunk per codec worker; at least 4M)
   --json             print the result as JSON
   -q, --quiet        no progress bar
 
@@ -68,6 +70,7 @@ examples:
       "keep-born-threads": { type: "boolean" },
       recover: { type: "boolean" },
       "dry-run": { type: "boolean" },
+      ...memoryOption,
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -81,6 +84,7 @@ examples:
       endBornThreads: !values["keep-born-threads"],
       recover: values.recover,
       dryRun: values["dry-run"],
+      memoryBudget: parseMemory(values.memory),
       progress: progressBar("restore", values.quiet || values.json),
       signal: ctx.signal,
     });
