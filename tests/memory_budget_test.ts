@@ -27,7 +27,7 @@ interface Cost {
   stderr: string;
 }
 
-/** Run `deno run -A cli.ts ARGS` (through `sh -c` when `shell`, for a pipe) and read its peak RSS. */
+/** Run `deno run -A cli.ts ARGS` (through `sh -c` when `shell`, for a redirection) and read its peak RSS. */
 async function cryo(args: string[], shell?: string): Promise<Cost> {
   const report = await Deno.makeTempFile();
   try {
@@ -133,6 +133,14 @@ for (const [mode, extra] of [["raw", []], ["zstd", ["--compress", "zstd:1"]]] as
     });
   });
 }
+
+Deno.test("cryo restore keeps its peak RSS within --memory, whatever the process's size (streamed)", async () => {
+  await assertBounded("restore streamed", async (pid, dir) => {
+    const c = await cryo(["checkpoint", "--pid", String(pid), "-o", `${dir}/i`, "--no-fsync", "-q"]);
+    assertEquals(c.code, 0, c.stderr);
+    return await cryo(["restore", "--pid", String(pid), "-", ...memory], `< '${dir}/i'`);
+  });
+});
 
 Deno.test("cryo wake keeps its peak RSS within --memory, whatever the process's size", async () => {
   await assertBounded("wake", async (pid, dir) => {
