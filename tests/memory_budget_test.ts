@@ -6,6 +6,9 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { Target } from "./_target.ts";
+import { checkpoint, restore } from "../mod.ts";
+import { parseCodec } from "../lib/codecs/select.ts";
+import { MIN_MEMORY_BUDGET } from "../lib/image/budget.ts";
 
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 const rusage = new URL("../ffi/build/cryo_rusage", import.meta.url).pathname;
@@ -148,6 +151,29 @@ Deno.test("cryo wake keeps its peak RSS within --memory, whatever the process's 
     assertEquals(h.code, 0, h.stderr);
     return await cryo(["wake", "--pid", String(pid), `${dir}/i`, ...memory]);
   });
+});
+
+Deno.test("checkpoint() and restore() in the smallest budget roll a child back byte for byte (raw, zstd, lz4)", async () => {
+  // 1 MiB windows and 256 KiB bounce buffers: runs, records and the raw image's windows are cut many times.
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(24 * MiB);
+    await target.fill(a, 8 * MiB, "random", 3);
+    await target.fill(a + BigInt(8 * MiB), 8 * MiB, "text", 4);
+    await target.fill(a + BigInt(16 * MiB), 8 * MiB, "stride:4", 5);
+    const before = await target.sum(a, 24 * MiB);
+    for (const spec of ["raw", "zstd:1", "lz4"]) {
+      const codec = spec === "raw" ? undefined : parseCodec(spec);
+      const opts = { memoryBudget: MIN_MEMORY_BUDGET };
+      await checkpoint(target.pid, `${dir}/i`, { ...opts, fsync: false, codec });
+      await target.fill(a, 24 * MiB, "random", 9);
+      await restore(target.pid, `${dir}/i`, { ...opts, codecs: codec ? [codec] : undefined });
+      assertEquals(await target.sum(a, 24 * MiB), before, spec);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("cryo checkpoint refuses a --memory below 4M or that is not a size", async () => {
