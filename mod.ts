@@ -78,8 +78,10 @@ export {
   KeyError,
   KeyFileError,
   LayoutMismatchError,
+  LibraryNotFoundError,
   MapsParseError,
   RestoreIncompleteError,
   SafepointTimeoutError,
   SystemError,
+  TracedError,
 } from "./lib/errors.ts";

@@ -89,8 +89,17 @@ export class LayoutMismatchError extends CryoError {
   }
 }
 
-/** The helper library could not be loaded. The message says what was tried and how to build it. */
-export class HelperNotFoundError extends CryoError {}
+/**
+ * A native library cryo needs (a system library such as `libzstd.so.1`, or its helper) could not be loaded.
+ * The message says what was tried and how to install or build it.
+ */
+export class LibraryNotFoundError extends CryoError {}
+
+/**
+ * The helper library could not be loaded or built on first use. The message says what was tried and how to
+ * fix it (a C compiler, `CRYO_HELPER`).
+ */
+export class HelperNotFoundError extends LibraryNotFoundError {}
 
 /**
  * A `/proc/<pid>/maps` or `smaps` text could not be parsed. Names the source, the line number and the line,
@@ -207,5 +216,49 @@ export class IdentityMismatchError extends CryoError {
         `written (--force, or force: true, restores into it anyway)\n  ${differences.join("\n  ")}`,
     );
     this.differences = differences;
+  }
+}
+
+/**
+ * A process cannot be frozen because another process traces it already (a debugger, strace, or another cryo):
+ * ptrace allows one tracer. A {@link SystemError} with code `EPERM` that names the tracer, e.g.
+ * `Cannot freeze pid 42 (already traced by pid 77: gdb -p 42): EPERM (Operation not permitted)`.
+ */
+export class TracedError extends SystemError {
+  /** The tracer's process id. */
+  readonly tracerPid: number;
+  /** The tracer's command line, as `/proc/<tracer>/cmdline` gives it (empty when it could not be read). */
+  readonly tracerCommand: readonly string[];
+
+  /**
+   * Create the error.
+   *
+   * @param pid The process that could not be frozen.
+   * @param tracerPid The tracer's process id.
+   * @param tracerCommand The tracer's command line.
+   * @param code The errno's name (`EPERM`).
+   * @param errno The errno value.
+   * @param description The errno's description.
+   * @param thread The tracing thread, when it is not the tracer's main thread.
+   */
+  constructor(
+    pid: number,
+    tracerPid: number,
+    tracerCommand: readonly string[],
+    code: string,
+    errno: number,
+    description: string,
+    thread?: number,
+  ) {
+    super(
+      "freeze",
+      errno,
+      code,
+      description,
+      `pid ${pid} (already traced by pid ${tracerPid}${thread ? ` (thread ${thread})` : ""}` +
+        `${tracerCommand.length ? `: ${tracerCommand.join(" ")}` : ""})`,
+    );
+    this.tracerPid = tracerPid;
+    this.tracerCommand = tracerCommand;
   }
 }

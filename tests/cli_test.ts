@@ -131,7 +131,7 @@ Deno.test("cryo --json outputs parse for checkpoint, restore, inspect, verify, d
       d.runs.some((r: { start: string; kind: string }) => BigInt(r.start) === a && r.kind === "changed"),
       JSON.stringify(d.runs),
     );
-    const regions = JSON.parse((await cryo("regions", "--pid", pid, "--json")).stdout);
+    const regions = JSON.parse((await cryo("regions", "--pid", pid, "--json")).stdout).regions;
     assert(regions.some((g: { kind: string; persist: boolean }) => g.kind === "vdso" && !g.persist));
     const dry = JSON.parse(
       (await cryo("restore", "--pid", pid, "--dry-run", `${dir}/a.cryo`, "--json")).stdout,
@@ -180,7 +180,7 @@ Deno.test("cryo checkpoint interrupted by SIGINT thaws the target and leaves no 
 
 Deno.test("cryo with a pid that does not exist says so in one line with a hint", async () => {
   const r = await cryo("checkpoint", "--pid", "4194000", "-o", "/tmp/never.cryo");
-  assertEquals(r.code, 1);
+  assertEquals(r.code, 3);
   assertMatch(r.stderr, /^cryo checkpoint: .*4194000.*\nhint: /);
   assert(!r.stderr.includes("    at "));
 });

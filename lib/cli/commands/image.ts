@@ -8,8 +8,9 @@ import { diff } from "../../ops/diff.ts";
 import { inspect, verify } from "../../ops/inspect.ts";
 import { onePositional, parse } from "../args.ts";
 import { humanBytes, humanDuration, humanRate, printable as p, table } from "../format.ts";
-import { toJson } from "../json.ts";
+import { jsonDocument } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
+import { EXIT } from "../exit.ts";
 import { keyFrom, keyOptions } from "../secure.ts";
 
 const hex = (n: bigint) => `0x${n.toString(16)}`;
@@ -27,8 +28,8 @@ options:
   --json      print everything as JSON (addresses as "0x…" strings, sizes as exact numbers)
 
 examples:
-  deno run -A cli.ts inspect app.cryo
-  deno run -A cli.ts inspect app.cryo --records --json`,
+  cryo inspect app.cryo
+  cryo inspect app.cryo --records --json`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       records: { type: "boolean" },
@@ -37,7 +38,8 @@ examples:
     const path = onePositional(positionals, "IMAGE");
     const info = await inspect(path, { records: values.records });
     if (values.json) {
-      out(toJson(info));
+      const { sections, ...rest } = info;
+      out(jsonDocument({ ...rest, sections: sections.map((s) => ({ name: s.name, sizeBytes: s.bytes })) }));
       return 0;
     }
     const t = info.totals;
@@ -109,21 +111,23 @@ options:
   --json            print the result as JSON
 
 examples:
-  deno run -A cli.ts verify app.cryo && echo sound
-  deno run -A cli.ts verify --key-file app.key app.cryo`,
+  cryo verify app.cryo && echo sound
+  cryo verify --key-file app.key app.cryo`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, { json: { type: "boolean" }, ...keyOptions });
     const path = onePositional(positionals, "IMAGE");
     const result = await verify(path, { key: await keyFrom(values) });
-    if (values.json) out(toJson(result));
-    else if (result.ok) {
+    if (values.json) {
+      const { bytes, ...rest } = result;
+      out(jsonDocument({ ...rest, checkedBytes: bytes }));
+    } else if (result.ok) {
       out(
         `${p(path)}: sound (${humanBytes(result.bytes)} checked in ${humanDuration(result.ms)}, ` +
           `${humanRate(result.bytes, result.ms)})` +
           (result.authenticated ? "; every chunk authenticated with the key" : ""),
       );
     } else console.error(`${p(path)}: DAMAGED: ${p(result.problem ?? "", { lines: true })}`);
-    return result.ok ? 0 : 1;
+    return result.ok ? EXIT.ok.exit : EXIT.no.exit;
   },
 };
 
@@ -133,17 +137,23 @@ export const diffCommand: Command = {
   help: `cryo diff A B [--json]
 
 Compares two images page by page (a hole reads as zeros). Lists runs of pages that changed, and ranges only one
-image covers. Exit status 0 whether or not they differ.
+image covers. Exit status, like cmp(1): 0 when they hold the same pages, 1 when they differ, 2 and up on
+trouble (a usage error, a missing or damaged image: see \`cryo --help\`). Encrypted images cannot be compared
+yet (their records are not decrypted here).
+
+options:
+  --json      print the result as JSON (exit status as above)
 
 examples:
-  deno run -A cli.ts diff before.cryo after.cryo`,
+  cryo diff before.cryo after.cryo`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, { json: { type: "boolean" } });
     if (positionals.length !== 2) throw new UsageError("expected two images A and B");
     const result = await diff(positionals[0], positionals[1]);
+    const status = result.differentPages > 0 ? EXIT.no.exit : EXIT.ok.exit;
     if (values.json) {
-      out(toJson(result));
-      return 0;
+      out(jsonDocument({ ...result, same: status === 0 }));
+      return status;
     }
     const lines = [
       `${result.differentPages} of ${result.comparedPages} compared pages differ between ${p(result.a)} and ${
@@ -165,6 +175,6 @@ examples:
       ]));
     }
     out(lines.join("\n"));
-    return 0;
+    return status;
   },
 };
