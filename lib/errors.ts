@@ -256,9 +256,17 @@ export class TracedError extends SystemError {
       code,
       description,
       `pid ${pid} (already traced by pid ${tracerPid}${thread ? ` (thread ${thread})` : ""}` +
-        `${tracerCommand.length ? `: ${tracerCommand.join(" ")}` : ""})`,
+        `${tracerCommand.length ? `: ${commandLine(tracerCommand)}` : ""})`,
     );
     this.tracerPid = tracerPid;
     this.tracerCommand = tracerCommand;
   }
+}
+
+/** A command line on one line: arguments with spaces, quotes or controls JSON-quoted; at most 300 characters. */
+function commandLine(args: readonly string[]): string {
+  // deno-lint-ignore no-control-regex -- quoting arguments that hold control characters is the point
+  const text = args.map((a) => (a === "" || /[\s"'\\\x00-\x1f\x7f-\x9f]/.test(a) ? JSON.stringify(a) : a))
+    .join(" ");
+  return text.length > 300 ? `${text.slice(0, 299)}…` : text;
 }
