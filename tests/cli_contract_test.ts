@@ -9,6 +9,7 @@
 
 import { assert, assertEquals, assertMatch } from "./_assert.ts";
 import { Target } from "./_target.ts";
+import { EXIT } from "../lib/cli/exit.ts";
 
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -310,4 +311,10 @@ Deno.test("cryo restore --pid P - freezes P only once the image's header has arr
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("README's exit code table is the one lib/cli/exit.ts applies", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const rows = [...readme.matchAll(/^\| (\d+) +\| `([a-z-]+)` +\|/gm)].map((m) => [Number(m[1]), m[2]]);
+  assertEquals(rows, Object.values(EXIT).map((c) => [c.exit, c.code]));
 });

@@ -154,3 +154,21 @@ async function assertRejectsMissing(path: string): Promise<void> {
   }
   throw new Error(`${path} exists after a failed checkpoint`);
 }
+
+Deno.test("README's set-up and .ci/run name the same Deno version and Debian packages", async () => {
+  const readme = await Deno.readTextFile(`${root}README.md`);
+  const ci = await Deno.readTextFile(`${root}.ci/run`);
+  const version = /^DENO_VERSION=(\S+)$/m.exec(ci)![1];
+  assertMatch(readme, new RegExp(`install\\.sh \\| sh -s v${version.replaceAll(".", "\\.")}\``));
+  assertMatch(readme, new RegExp(`npm install --prefix \\S+ deno@${version.replaceAll(".", "\\.")}\``));
+  const ciPackages = /^PACKAGES="([^"]+)"$/m.exec(ci)![1].split(" ").sort();
+  const readmePackages = [
+    ...readme.matchAll(/^\s+- Debian\/Ubuntu: `apt-get install ([^`]+)`.*\n\s+`apt-get install ([^`]+)`/gm),
+  ]
+    .flatMap((m) => `${m[1]} ${m[2]}`.split(" ")).sort();
+  assertEquals(readmePackages, ciPackages);
+  assertMatch(readme, /deno install -g -A -n cryo jsr:@cryo\/cryo\/cli/);
+  assertMatch(readme, /deno install -g -A -n cryo \.\/cli\.ts/);
+  assertMatch(readme, /head -c 32 \/dev\/urandom > app\.key; chmod 600 app\.key/);
+  assert(/deno publish --dry-run/.test(ci), ".ci/run runs the publish dry run");
+});
