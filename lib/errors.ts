@@ -213,7 +213,7 @@ export class IdentityMismatchError extends CryoError {
   constructor(pid: number, path: string, differences: readonly string[]) {
     super(
       `Cannot restore pid ${pid} from ${path}: it is not the process the image was taken from; nothing was ` +
-        `written (--force, or force: true, restores into it anyway)\n  ${differences.join("\n  ")}`,
+        `written (the force option restores into it anyway)\n  ${differences.join("\n  ")}`,
     );
     this.differences = differences;
   }

@@ -126,6 +126,9 @@ export function hintFor(e: unknown, ctx: FailureContext = {}): string | undefine
   if (e instanceof ImageError) {
     return "hint: `cryo verify IMAGE` checks the whole image and says where it is damaged";
   }
+  if (e instanceof IdentityMismatchError) {
+    return "hint: `--force` restores into it anyway (its memory and registers become the image's)";
+  }
   if (e instanceof LayoutMismatchError) {
     return "hint: the target's memory map no longer matches the image; `cryo regions --pid PID` shows it";
   }
