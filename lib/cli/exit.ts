@@ -107,8 +107,8 @@ export interface FailureContext {
 export function hintFor(e: unknown, ctx: FailureContext = {}): string | undefined {
   if (e instanceof TracedError) {
     return `hint: ptrace allows one tracer: wait until pid ${e.tracerPid} has let go (or end it), then run again; ` +
-      "a checkpoint piped into a restore of the same process holds it until its end: write the image to a " +
-      "file first";
+      "a checkpoint piped into a restore of the same process still holds it when the image's header arrives: " +
+      "write the image to a file, then restore from it";
   }
   if (e instanceof SystemError) {
     if (e.code === "EPERM" || e.code === "EACCES") {
