@@ -50,6 +50,7 @@ export {
   type ServeReply,
 } from "./lib/ops/serve.ts";
 export {
+  checkKey,
   type ImageInfo,
   inspect,
   type InspectRecord,

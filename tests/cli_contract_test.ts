@@ -89,7 +89,18 @@ Deno.test("cryo exits with the code of each failure class and prints the error a
       (await cryo(["checkpoint", "--pid", String(a.pid), "-o", sealed, "--key-file", key, "-q"])).code,
       0,
     );
+    // inspect takes the key options too: the key is checked against the header.
+    const right = await cryo(["inspect", sealed, "--key-file", key, "--json"]);
+    assertEquals([right.code, JSON.parse(right.stdout).keyChecked], [0, true], right.stderr);
+    const plainWithKey = await cryo(["inspect", image, "--key-file", key, "--json"]);
+    assertEquals([plainWithKey.code, jsonError(plainWithKey).code], [8, "key"], plainWithKey.stderr);
+    const sealedDiff = await cryo(["diff", image, sealed, "--json"]);
+    assertEquals([sealedDiff.code, jsonError(sealedDiff).code], [8, "key"], sealedDiff.stderr);
+    assertMatch(jsonError(sealedDiff).message, /it is encrypted, and diff compares unencrypted images only/);
+    assert(!/--key-file FILE or --key-env/.test(sealedDiff.stderr), "diff does not hint at options it lacks");
     await Deno.writeFile(key, crypto.getRandomValues(new Uint8Array(32)), { mode: 0o600 });
+    const wrongInspect = await cryo(["inspect", sealed, "--key-file", key, "--json"]);
+    assertEquals([wrongInspect.code, jsonError(wrongInspect).code], [8, "key"], wrongInspect.stderr);
     const wrong = await cryo(["restore", "--pid", String(a.pid), sealed, "--key-file", key, "--json", "-q"]);
     assertEquals([wrong.code, jsonError(wrong).code], [8, "key"], wrong.stderr);
     // The human line stays on stderr, the JSON alone on stdout.

@@ -145,7 +145,7 @@ export function hintFor(e: unknown, ctx: FailureContext = {}): string | undefine
       : `hint: run \`chmod 600 ${printable(e.path)}\` (--strict refuses a key file others may read)`;
   }
   if (e instanceof KeyError && !(e instanceof KeyFileError) && ctx.command === "diff") {
-    return "hint: diff compares unencrypted images only, for now; `cryo verify --key-file FILE IMAGE` checks an " +
+    return "hint: checkpoint without a key to compare images; `cryo verify --key-file FILE IMAGE` checks an " +
       "encrypted one";
   }
   if (e instanceof KeyError) {

@@ -5,7 +5,7 @@
  */
 
 import { diff } from "../../ops/diff.ts";
-import { inspect, verify } from "../../ops/inspect.ts";
+import { checkKey, inspect, verify } from "../../ops/inspect.ts";
 import { onePositional, parse } from "../args.ts";
 import { humanBytes, humanDuration, humanRate, printable as p, table } from "../format.ts";
 import { jsonDocument } from "../json.ts";
@@ -18,14 +18,20 @@ const hex = (n: bigint) => `0x${n.toString(16)}`;
 export const inspectCommand: Command = {
   name: "inspect",
   summary: "show an image's header, source, regions and totals",
-  help: `cryo inspect IMAGE [--records] [--json]
+  help: `cryo inspect IMAGE [--records] [--key-file FILE | --key-env NAME] [--json]
 
 Shows the image's format, where it came from (pid, command line, kernel, boot id, time), its region table with
 the data and holes of each region, its sections and totals. Data is not read: use \`cryo verify\` for that.
 
+An encrypted image shows its sizes and layout without the key; with --key-file or --key-env the key is checked
+against the image's header (the wrong key, or a key for a plaintext image, is refused: exit 8); no record is
+decrypted here (\`cryo verify --key-file FILE IMAGE\` authenticates every chunk).
+
 options:
-  --records   list every index record too
-  --json      print everything as JSON (addresses as "0x…" strings, sizes as exact numbers)
+  --records         list every index record too
+  --key-file FILE   check that FILE holds the image's key (or --key-env NAME)
+  --strict          refuse a key file that group or others have access to (else: a warning)
+  --json            print everything as JSON (addresses as "0x…" strings, sizes as exact numbers)
 
 examples:
   cryo inspect app.cryo
@@ -33,13 +39,20 @@ examples:
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       records: { type: "boolean" },
+      ...keyOptions,
       json: { type: "boolean" },
     });
     const path = onePositional(positionals, "IMAGE");
+    const key = await keyFrom(values);
     const info = await inspect(path, { records: values.records });
+    if (key) await checkKey(path, key);
     if (values.json) {
       const { sections, ...rest } = info;
-      out(jsonDocument({ ...rest, sections: sections.map((s) => ({ name: s.name, sizeBytes: s.bytes })) }));
+      out(jsonDocument({
+        ...rest,
+        sections: sections.map((s) => ({ name: s.name, sizeBytes: s.bytes })),
+        keyChecked: key !== undefined,
+      }));
       return 0;
     }
     const t = info.totals;
@@ -60,6 +73,7 @@ examples:
       ...(info.encrypted
         ? [
           "encrypted the records and sections are AES-256-GCM: sizes and layout are shown, contents need the key",
+          ...(key ? [`key       ${p(key.source)} is the image's (checked against its header)`] : []),
         ]
         : []),
       "",
