@@ -67,7 +67,7 @@ Deno.test("HELPER_SOURCES holds every file of ffi/helper/ with its contents", ()
   }
 });
 
-Deno.test("cryo run from a URL serving the published files checkpoints and restores a child, building its helper into an empty cache", async () => {
+Deno.test("cryo run from a URL serving the published files (and installed from it) checkpoints and restores a child, building its helper into an empty cache", async () => {
   const files = await publishedFiles();
   for (const f of ["cli.ts", "mod.ts", "deno.json", "ffi/helper/freeze.c", "ffi/helper/helper.h"]) {
     assert(files.includes(f), `${f} is published`);
@@ -100,7 +100,27 @@ Deno.test("cryo run from a URL serving the published files checkpoints and resto
     assertMatch(dirs[0], new RegExp(`^${version.replaceAll(".", "\\.")}-[0-9a-f]{16}$`));
     assert(Deno.statSync(`${home}/cache/cryo/${dirs[0]}/libcryo_helper.so`).isFile);
     await target.fill(a, 4 << 20, "text", 7);
-    const rs = await runFrom(url, ["restore", "--pid", String(target.pid), `${home}/a.cryo`, "-q"], env);
+    // Installed as a command from the same URL, as `deno install -g -A -n cryo jsr:@cryo/cryo/cli` does.
+    const denoBin = Deno.execPath().slice(0, Deno.execPath().lastIndexOf("/"));
+    const path = `${denoBin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`;
+    const install = await new Deno.Command(Deno.execPath(), {
+      args: ["install", "-g", "-A", "-n", "cryo", "--root", `${home}/inst`, url],
+      cwd: home,
+      clearEnv: true,
+      env: { ...env, PATH: path, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(install.code, 0, decoder.decode(install.stderr));
+    const o = await new Deno.Command(`${home}/inst/bin/cryo`, {
+      args: ["restore", "--pid", String(target.pid), `${home}/a.cryo`, "-q"],
+      cwd: home,
+      clearEnv: true,
+      env: { ...env, PATH: path, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const rs = { code: o.code, stderr: decoder.decode(o.stderr) };
     assertEquals(rs.code, 0, rs.stderr);
     assert(!/building/.test(rs.stderr), `built once only: ${rs.stderr}`);
     assertEquals(await target.sum(a, 4 << 20), before);
