@@ -4,7 +4,7 @@
  * @module
  */
 
-import { hibernate } from "../../ops/hibernate.ts";
+import { hibernate, type ProcessMemory } from "../../ops/hibernate.ts";
 import { wake } from "../../ops/wake.ts";
 import { serve } from "../../ops/serve.ts";
 import { Sealer } from "../../codecs/seal.ts";
@@ -67,7 +67,7 @@ examples:
       signal: ctx.signal,
     });
     if (values.json) {
-      out(jsonDocument(r));
+      out(jsonDocument({ ...r, before: memoryJson(r.before), after: memoryJson(r.after) }));
       return 0;
     }
     out(
@@ -136,7 +136,7 @@ examples:
         : undefined,
     });
     if (values.json) {
-      out(jsonDocument(r));
+      out(jsonDocument({ ...r, after: memoryJson(r.after) }));
       return 0;
     }
     const first = r.firstFaultMs > 0 ? ` (first after ${humanDuration(r.firstFaultMs)})` : "";
@@ -200,3 +200,8 @@ examples:
     return 0;
   },
 };
+
+/** A process's resident memory under `--json`: byte counts in keys ending in `Bytes`. */
+function memoryJson(m: ProcessMemory) {
+  return { rssBytes: m.rss, rssAnonBytes: m.rssAnon, rssFileBytes: m.rssFile, rssShmemBytes: m.rssShmem };
+}
