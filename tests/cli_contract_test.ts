@@ -103,6 +103,13 @@ Deno.test("cryo exits with the code of each failure class and prints the error a
     assertEquals([wrongInspect.code, jsonError(wrongInspect).code], [8, "key"], wrongInspect.stderr);
     const wrong = await cryo(["restore", "--pid", String(a.pid), sealed, "--key-file", key, "--json", "-q"]);
     assertEquals([wrong.code, jsonError(wrong).code], [8, "key"], wrong.stderr);
+    // set-up: 10 (a system library that cannot be opened: here libzstd, pointed elsewhere)
+    const noZstd = await cryo(
+      ["checkpoint", "--pid", String(a.pid), "-o", `${dir}/z.cryo`, "--compress", "zstd", "--json", "-q"],
+      { env: { CRYO_LIBZSTD: `${dir}/missing/libzstd.so.1` } },
+    );
+    assertEquals([noZstd.code, jsonError(noZstd).code], [10, "setup"], noZstd.stderr);
+    assertMatch(jsonError(noZstd).message, /Cannot load libzstd\.so\.1; tried:/);
     // The human line stays on stderr, the JSON alone on stdout.
     assertMatch(wrong.stderr, /^cryo restore: /);
     assertEquals(status(a.pid).tracer, 0);

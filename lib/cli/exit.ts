@@ -35,7 +35,11 @@ export interface FailureClass {
 /** Every exit status cryo uses, by failure class. */
 export const EXIT = {
   ok: { exit: 0, code: "ok", meaning: "success (diff: the images are the same; verify: the image is sound)" },
-  no: { exit: 1, code: "no", meaning: "the answer is no: diff found pages that differ; verify found damage" },
+  no: {
+    exit: 1,
+    code: "no",
+    meaning: "the answer is no: diff found pages that differ; verify found damage; debug syscall failed",
+  },
   usage: { exit: 2, code: "usage", meaning: "bad arguments or options (nothing was done)" },
   notFound: { exit: 3, code: "not-found", meaning: "no such process, file or image" },
   permission: { exit: 4, code: "permission", meaning: "not permitted: needs root or CAP_SYS_PTRACE, Yama" },

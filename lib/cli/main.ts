@@ -123,7 +123,10 @@ function usage(commands: Command[]): string {
     ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     "",
     "`cryo <command> --help` for a command's options and examples; --debug shows stack traces.",
-    "exit status (README, Exit codes): " + Object.values(EXIT).map((c) => `${c.exit} ${c.code}`).join(", "),
+    ...wrap([
+      "exit status:",
+      ...Object.values(EXIT).map((c, i, all) => `${c.exit} ${c.code}${i < all.length - 1 ? "," : ""}`),
+    ]),
     'under --json an error is also a JSON document on stdout: {"schema","error":{"code","exit","message","hint"}}',
   ].join("\n");
 }
@@ -170,4 +173,18 @@ function fail(e: unknown, f: Failure): number {
   stack();
   if (!f.debug && failure === EXIT.internal) console.error("(run with --debug for the stack trace)");
   return failure.exit;
+}
+
+/** `items` joined by spaces into lines of at most `width` characters (an item is never broken). */
+function wrap(items: string[], width = 100): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of items) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines;
 }

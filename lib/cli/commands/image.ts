@@ -116,8 +116,9 @@ export const verifyCommand: Command = {
 
 Verifies the whole image: footer, header, bounds of every offset and length, index order and overlap, the
 frames between records, and every checksum. Exit status 0 when sound, 1 when not (saying where and what),
-2 on a usage error. IMAGE may be - (stdin). For an encrypted image, the checksums are checked without the key;
-with --key-file F or --key-env NAME every chunk and the metadata are also authenticated.
+2 on a usage error, 3 when there is no such file, 8 when the key is wrong (\`cryo --help\` lists them all).
+IMAGE may be - (stdin). For an encrypted image, the checksums are checked without the key; with --key-file F
+or --key-env NAME every chunk and the metadata are also authenticated.
 
 options:
   --key-file FILE   the key of an encrypted image (or --key-env NAME): every chunk is authenticated too
