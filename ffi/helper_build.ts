@@ -78,7 +78,22 @@ function exists(path: string): boolean {
 export function cachedHelper(onBuild?: (dir: string) => void): string {
   const dir = helperCacheDir();
   const lib = `${dir}/${HELPER_FILE}`;
-  if (exists(lib)) return lib;
+  if (exists(lib)) {
+    // Code that will run in this process (often as root): only from a directory and file no one else may change.
+    for (const path of [dir, lib]) {
+      const st = Deno.statSync(path);
+      if (st.uid !== Deno.uid() || ((st.mode ?? 0) & 0o022) !== 0) {
+        throw new HelperNotFoundError(
+          `Cannot use the cryo helper library ${lib}: ${path} belongs to uid ${st.uid} (mode ` +
+            `0${
+              ((st.mode ?? 0) & 0o777).toString(8)
+            }), not to this user (uid ${Deno.uid()}) alone; remove ${dir} ` +
+            `to have it built again`,
+        );
+      }
+    }
+    return lib;
+  }
   onBuild?.(dir);
   let work: string;
   try {

@@ -124,6 +124,11 @@ Deno.test("cryo run from a URL serving the published files (and installed from i
     assertEquals(rs.code, 0, rs.stderr);
     assert(!/building/.test(rs.stderr), `built once only: ${rs.stderr}`);
     assertEquals(await target.sum(a, 4 << 20), before);
+    // A cached library others could have changed is refused, not loaded.
+    Deno.chmodSync(`${home}/cache/cryo/${dirs[0]}/libcryo_helper.so`, 0o777);
+    const unsafe = await runFrom(url, ["restore", "--pid", String(target.pid), `${home}/a.cryo`, "-q"], env);
+    assertEquals(unsafe.code, 10, unsafe.stderr);
+    assertMatch(unsafe.stderr, /Cannot use the cryo helper library .*\(mode 0777\), not to this user/);
     // `cryo --help` from the URL says `cryo`.
     const help = await runFrom(url, ["--help"], env);
     assertEquals(help.code, 0, help.stderr);
