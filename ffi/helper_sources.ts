@@ -15,6 +15,7 @@ import gather_c from "./helper/gather.c" with { type: "text" };
 import helper_h from "./helper/helper.h" with { type: "text" };
 import hold_c from "./helper/hold.c" with { type: "text" };
 import inject_c from "./helper/inject.c" with { type: "text" };
+import live_c from "./helper/live.c" with { type: "text" };
 import rseq_c from "./helper/rseq.c" with { type: "text" };
 import safepoint_c from "./helper/safepoint.c" with { type: "text" };
 
@@ -29,6 +30,7 @@ export const HELPER_SOURCES: Readonly<Record<string, string>> = {
   "helper.h": helper_h,
   "hold.c": hold_c,
   "inject.c": inject_c,
+  "live.c": live_c,
   "rseq.c": rseq_c,
   "safepoint.c": safepoint_c,
 };
