@@ -1,5 +1,6 @@
 /**
- * Argument parsing for CLI commands over `node:util` `parseArgs`, with its errors turned into usage errors.
+ * Argument parsing for CLI commands: the subset of `node:util` `parseArgs` they use, without loading it, with
+ * its errors as usage errors.
  *
  * @module
  */
