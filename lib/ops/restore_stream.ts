@@ -48,6 +48,8 @@ export interface StreamRestoreOptions {
   freezeTimeoutMs?: number;
   /** Receives bytes restored. */
   progress?: Progress;
+  /** Bytes of buffers the restore may hold at once (lib/image/budget.ts; default 64 MiB). */
+  memoryBudget?: number;
   /** Abort: before the freeze nothing is done; during the write, everything written is undone. */
   signal?: AbortSignal;
 }
@@ -135,6 +137,7 @@ export async function restoreStream(
         return { s, changes };
       },
       opts.signal,
+      { memoryBudget: opts.memoryBudget },
     );
     frozen.thaw();
     const { s, changes } = done.value;
