@@ -67,7 +67,7 @@ export { type Codec } from "./lib/codecs/codec.ts";
 export { parseCodec } from "./lib/codecs/select.ts";
 export { ZstdCodec } from "./lib/codecs/zstd.ts";
 export { Lz4Codec } from "./lib/codecs/lz4.ts";
-export { type Progress, silentProgress } from "./lib/ops/progress.ts";
+export { type PhaseName, PHASES, type Progress, silentProgress } from "./lib/ops/progress.ts";
 
 // Errors.
 export {

@@ -181,8 +181,9 @@ export function checkStructure(p: ImageParts): void {
  * The full verification pass. Throws on the first problem.
  *
  * @param p The image (mapped).
+ * @param onProgress Called as the walk goes with the file offset it has checked up to (`p.fileSize` at the end).
  */
-export function verifyImage(p: ImageParts): void {
+export function verifyImage(p: ImageParts, onProgress?: (checkedBytes: number) => void): void {
   const f = p.footer;
   decodeHeaderBlock(p.path, view(p, 0, f.headerLength)); // header checksum and every byte of the block
   checkHost(p.path, p.header);
@@ -229,6 +230,7 @@ export function verifyImage(p: ImageParts): void {
       }
       pos = r.fileOffset + r.storedLength;
     }
+    onProgress?.(pos);
   }
   release(p, released, pos);
   const endAt = alignUp(pos, 8);
@@ -251,6 +253,7 @@ export function verifyImage(p: ImageParts): void {
   if (sumAt(p, f.sectionsOffset, f.sectionsLength) !== f.sectionsChecksum) {
     throw new ImageError(p.path, f.sectionsOffset, "section table checksum mismatch");
   }
+  onProgress?.(p.fileSize);
 }
 
 /** Most bytes of decode buffers {@link verifyDecoded} holds at once (a window of records in flight). */
@@ -265,12 +268,14 @@ export const DECODE_BUDGET = 32 << 20;
  * @param p The image (mapped; {@link checkStructure} has passed, so every length is bounded).
  * @param codecOf The codec of a codec id.
  * @param window Records decoded at once (default {@link defaultWindow}, fewer when records are large).
+ * @param onProgress Called with the decoded bytes checked so far, in file order.
  * @throws {ImageError} At the first record that does not decode to its length and decoded checksum.
  */
 export async function verifyDecoded(
   p: ImageParts,
   codecOf: (id: number) => Codec | undefined,
   window: number = defaultWindow(),
+  onProgress?: (decodedBytes: number) => void,
 ): Promise<void> {
   const todo = p.records.filter((r) => r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0);
   if (todo.length === 0) return;
@@ -311,7 +316,10 @@ export async function verifyDecoded(
     }
   };
   let released = 0;
+  let decoded = 0;
   for await (const r of ordered(todo, decode, inFlight)) { // in file order: the first failure is thrown
+    decoded += r.length;
+    onProgress?.(decoded);
     if (r.fileOffset - released >= RELEASE_EVERY) {
       release(p, released, r.fileOffset);
       released = r.fileOffset;

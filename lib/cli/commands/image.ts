@@ -11,6 +11,7 @@ import { humanBytes, humanDuration, humanRate, printable as p, table } from "../
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { keyFrom, keyOptions } from "../secure.ts";
+import { progressBar } from "../progress.ts";
 
 const hex = (n: bigint) => `0x${n.toString(16)}`;
 
@@ -107,14 +108,20 @@ options:
   --key-file FILE   the key of an encrypted image (or --key-env NAME): every chunk is authenticated too
   --strict          refuse a key file that group or others have access to (else: a warning)
   --json            print the result as JSON
+  -q, --quiet       no progress line
 
 examples:
   deno run -A cli.ts verify app.cryo && echo sound
   deno run -A cli.ts verify --key-file app.key app.cryo`,
   async run(ctx) {
-    const { values, positionals } = parse(ctx.args, { json: { type: "boolean" }, ...keyOptions });
+    const { values, positionals } = parse(ctx.args, {
+      json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
+      ...keyOptions,
+    });
     const path = onePositional(positionals, "IMAGE");
-    const result = await verify(path, { key: await keyFrom(values) });
+    const progress = progressBar("verify", values.quiet || values.json);
+    const result = await verify(path, { key: await keyFrom(values), progress });
     if (values.json) out(toJson(result));
     else if (result.ok) {
       out(
