@@ -40,18 +40,23 @@ const ETA_AFTER = 1500;
 /** An ETA past this is not shown, in milliseconds: a rate that low says nothing about the end. */
 const ETA_MAX = 24 * 3600_000;
 
+/** The rate between two samples, in bytes per second. */
+const rateOf = (a: { t: number; done: number }, b: { t: number; done: number }) =>
+  ((b.done - a.done) * 1000) / (b.t - a.t);
+
 /** The rate over the last {@link RATE_WINDOW}, in bytes per second; undefined while it spans too little. */
 function recentRate(s: StatusState): number | undefined {
   const last = s.samples[s.samples.length - 1];
   const first = s.samples.find((x) => last && last.t - x.t <= RATE_WINDOW);
   if (!first || !last || last.t - first.t < 500) return undefined;
-  return ((last.done - first.done) * 1000) / (last.t - first.t);
+  return rateOf(first, last);
 }
 
 /**
  * The time left, in milliseconds, or undefined until it can be told: the phase must have run for
- * {@link ETA_AFTER} and done 2% of its bytes, and the recent rate must agree with the phase's average within a
- * factor of two (a phase that starts slowly, such as the first compressed frame, gives no ETA).
+ * {@link ETA_AFTER} and done 2% of its bytes, and the rate must be steady: over the last second or two, its
+ * first half and its second half agree within a factor of two (a phase that starts slowly, such as the first
+ * compressed frame, or a rate that just jumped, gives no ETA).
  *
  * @param s The state.
  * @param now The time (`performance.now()`).
@@ -59,12 +64,17 @@ function recentRate(s: StatusState): number | undefined {
  */
 export function eta(s: StatusState, now: number): number | undefined {
   if (s.total === undefined || s.done >= s.total || s.done < s.total * 0.02) return undefined;
-  const elapsed = now - s.phaseStart;
-  if (elapsed < ETA_AFTER) return undefined;
-  const average = (s.done * 1000) / elapsed;
-  const recent = recentRate(s);
-  if (!recent || !average || recent > 2 * average || recent < average / 2) return undefined;
-  const left = ((s.total - s.done) * 1000) / ((recent + average) / 2);
+  if (now - s.phaseStart < ETA_AFTER) return undefined;
+  const last = s.samples[s.samples.length - 1];
+  const first = s.samples.find((x) => last && last.t - x.t <= RATE_WINDOW);
+  if (!first || !last || last.t - first.t < 1000) return undefined;
+  const middle = s.samples.reduce((m, x) =>
+    Math.abs(x.t - (first.t + last.t) / 2) < Math.abs(m.t - (first.t + last.t) / 2) ? x : m
+  );
+  if (middle === first || middle === last) return undefined;
+  const early = rateOf(first, middle), late = rateOf(middle, last);
+  if (!(early > 0) || !(late > 0) || late > 2 * early || late < early / 2) return undefined;
+  const left = ((s.total - s.done) * 1000) / rateOf(first, last);
   return left <= ETA_MAX ? left : undefined;
 }
 
@@ -216,7 +226,7 @@ export function progressBar(command: string, quiet = false, delayMs?: number): P
         s.stoppedMs = at - s.stoppedAt;
         s.stoppedAt = undefined;
       }
-      draw(true);
+      if (s.phase) draw(true); // else the first phase draws it
     },
   };
 }

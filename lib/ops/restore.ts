@@ -178,14 +178,21 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     if (!opts.dryRun) {
       // The loader batches its writes: the phase is shown as a step with its elapsed time, not a percentage.
       startPhase(progress, "write");
-      const done = await commitRestore(frozen, path, recovering, async (ctx) => {
-        ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
-        ctx.fixLayout(layout, layout.scratchAt);
-        ctx.recreateThreads(recreate); // their stacks are mapped again by now
-        const summary = await loader.load(ctx.target);
-        ctx.endAfter(ending); // last: rolled-back memory does not know them, and ending cannot be undone
-        return summary;
-      }, opts.signal);
+      const done = await commitRestore(
+        frozen,
+        path,
+        recovering,
+        async (ctx) => {
+          ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
+          ctx.fixLayout(layout, layout.scratchAt);
+          ctx.recreateThreads(recreate); // their stacks are mapped again by now
+          const summary = await loader.load(ctx.target);
+          ctx.endAfter(ending); // last: rolled-back memory does not know them, and ending cannot be undone
+          return summary;
+        },
+        opts.signal,
+        progress,
+      );
       result.holeBytes = done.value.holeBytes;
       result.threadsRestored = done.threadsRestored;
       result.threadsEnded = done.threadsEnded;

@@ -139,6 +139,7 @@ export async function restoreStream(
         return { s, changes };
       },
       opts.signal,
+      progress,
     );
     frozen.thaw();
     progress.stopped?.(false);
