@@ -58,6 +58,14 @@ export {
   type VerifyResult,
 } from "./lib/ops/inspect.ts";
 export { diff, type DiffResult, type DiffRun } from "./lib/ops/diff.ts";
+export {
+  mapImage,
+  mapProcess,
+  type MapRegion,
+  type MapRun,
+  type MapRunKind,
+  type MemoryMap,
+} from "./lib/ops/map.ts";
 export type { KernelState, OpenDescriptor } from "./lib/kernel/kernel_state.ts";
 export { Snapshot, snapshot, type SnapshotOptions } from "./lib/ops/snapshot.ts";
 
