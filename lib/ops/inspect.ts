@@ -19,12 +19,14 @@ import { phaseCounter, type Progress, silentProgress, startPhase } from "./progr
 
 /**
  * `loader.verify()`, reported to `progress` as the phases `verify` (the file's checksums) and `decode` (every
- * compressed record decoded).
+ * compressed record decoded). A sink without `phase()` is told nothing: its one bar is the operation's main
+ * work (a restore's write), not the verification before it.
  *
  * @param loader The open image.
  * @param progress The progress sink.
  */
 export async function verifyWithProgress(loader: MemoryLoader, progress: Progress): Promise<void> {
+  if (!progress.phase) return await loader.verify();
   const decodeBytes = loader.records.reduce(
     (n, r) => n + (r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0 ? r.length : 0),
     0,

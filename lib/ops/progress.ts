@@ -56,7 +56,8 @@ export interface Progress {
 export const silentProgress: Progress = { total() {}, advance() {}, done() {} };
 
 /**
- * Start phase `name` on `p`: `p.phase` when it has one, else only its total (0 for an uncounted step).
+ * Start phase `name` on `p`: `p.phase` when it has one; a sink without it (one bar, no phases) is given the
+ * total of a counted phase only.
  *
  * @param p The progress sink.
  * @param name The phase.
@@ -64,7 +65,7 @@ export const silentProgress: Progress = { total() {}, advance() {}, done() {} };
  */
 export function startPhase(p: Progress, name: PhaseName, total?: number): void {
   if (p.phase) p.phase(name, total);
-  else p.total(total ?? 0);
+  else if (total !== undefined) p.total(total);
 }
 
 /**

@@ -187,6 +187,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
           ctx.fixLayout(layout, layout.scratchAt);
           ctx.recreateThreads(recreate); // their stacks are mapped again by now
           const summary = await loader.load(ctx.target);
+          progress.advance(summary.copiedBytes); // written (the write phase is shown uncounted: these are its bytes)
           ctx.endAfter(ending); // last: rolled-back memory does not know them, and ending cannot be undone
           return summary;
         },

@@ -77,10 +77,11 @@ export async function restoreStream(
   let known: ThreadState[] | undefined; // from a file's verification pass, before anything is written
   let verified: StreamSummary | undefined;
   if (input !== "-") {
-    startPhase(progress, "verify", (await Deno.stat(input)).size);
+    // Reported to a sink with phases only: a sink with one bar counts the write (see verifyWithProgress).
+    if (progress.phase) startPhase(progress, "verify", (await Deno.stat(input)).size);
     verified = await verifyStream(await openInput(input), {
       ...streamOpts,
-      onChunk: (r) => progress.advance(r.storedLength),
+      onChunk: progress.phase ? (r) => progress.advance(r.storedLength) : undefined,
     }); // a key means it must be sealed
     const bytes = verified.sectionBytes.get("threads");
     known = bytes ? decodeThreads(bytes, input) : [];
