@@ -179,6 +179,13 @@ Deno.test("cryo map pages load in headless Chromium without errors and show ever
     assertEquals(live.code, 0, live.stderr);
 
     const image = await mapImage(`${dir}/2.cryo`);
+    const json = await cryo("map", `${dir}/2.cryo`, "--json");
+    assertEquals(json.code, 0, json.stderr);
+    const parsed = JSON.parse(json.stdout) as {
+      regions: { start: string; persisted: boolean; reason: string }[];
+    };
+    assertEquals(parsed.regions.map((g) => g.start), image.regions.map((g) => hex(g.start)));
+    assert(parsed.regions.every((g) => g.reason.length > 0));
     const dom = await dumpDom(`${dir}/image.html`);
     loadedCleanly(dom);
     for (const g of image.regions) {

@@ -71,12 +71,14 @@ function contentCells(g: MapRegion, n: number): string[] {
 function heatCells(g: MapRegion, n: number, runs: NonNullable<MemoryMap["diff"]>["runs"]): string[] {
   const len = g.end - g.start;
   const out: string[] = [];
+  let k = 0; // runs are sorted by address: a cursor
   for (let i = 0; i < n; i++) {
     const s = g.start + (len * BigInt(i)) / BigInt(n);
     const e = g.start + (len * BigInt(i + 1)) / BigInt(n);
     let changed = 0n, only = 0n;
-    for (const r of runs) {
-      if (r.end <= s || r.start >= e) continue;
+    while (k < runs.length && runs[k].end <= s) k++;
+    for (let j = k; j < runs.length && runs[j].start < e; j++) {
+      const r = runs[j];
       const o = (r.end < e ? r.end : e) - (r.start > s ? r.start : s);
       if (r.kind === "changed") changed += o;
       else only += o;
