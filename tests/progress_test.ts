@@ -181,7 +181,7 @@ Deno.test("cryo checkpoint --compress at 60 columns: one line, freeze read sync 
   }
 });
 
-Deno.test("cryo verify, restore, hibernate and wake draw their phases at 60 columns", async () => {
+Deno.test("cryo verify, restore, hibernate, diff and wake draw their phases at 60 columns", async () => {
   const dir = await Deno.makeTempDir();
   await using target = Target.start();
   try {
@@ -210,6 +210,10 @@ Deno.test("cryo verify, restore, hibernate and wake draw their phases at 60 colu
     // Hibernation keeps the target stopped to the end: no "was frozen", ever.
     assertEquals(phasesOf(hf).filter((p) => p !== "sync"), ["freeze", "read", "transcode", "release"]);
     for (const f of hf.filter((f) => f.phase !== "freeze")) assert(f.text.includes("FROZEN"), f.text);
+
+    const compare = await underPty(["diff", image, hib], 60);
+    assert(compare.code === 0 || compare.code === 1, compare.text); // 1: they differ, like cmp
+    assertEquals(phasesOf(framesOf(compare.text, 60)), ["compare"]);
 
     const wake = await underPty(["wake", "--pid", pid, hib], 60);
     assertEquals(wake.code, 0, wake.text);

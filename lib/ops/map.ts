@@ -19,6 +19,7 @@ import { MemoryLoader } from "../image/loader.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { regionDecisions } from "./checkpoint.ts";
 import { diff, type DiffResult } from "./diff.ts";
+import type { Progress } from "./progress.ts";
 
 /** What a run of pages holds: data, pages that are there but all zero, or a hole (never populated). */
 export type MapRunKind = "data" | "zero" | "hole";
@@ -203,13 +204,14 @@ const order = (a: bigint, b: bigint) => (a < b ? -1 : a > b ? 1 : 0);
  * With `against`, also the pages that differ from that other image of the process.
  *
  * @param path The image.
- * @param opts `codecs` for compressed records; `against`: an earlier image to compare with.
+ * @param opts `codecs` for compressed records; `against`: an earlier image to compare with; `progress` for
+ *   the comparison.
  * @returns The map.
  * @throws {ImageError} When the image (or `against`) is damaged.
  */
 export async function mapImage(
   path: string,
-  opts: { codecs?: readonly Codec[]; against?: string } = {},
+  opts: { codecs?: readonly Codec[]; against?: string; progress?: Progress } = {},
 ): Promise<MemoryMap> {
   using loader = await MemoryLoader.open(path, { codecs: opts.codecs });
   const held = loader.regions.filter((g) => !g.relocatable);
@@ -302,6 +304,8 @@ export async function mapImage(
     regions,
     totals: totalsOf(regions),
   };
-  if (opts.against !== undefined) result.diff = await diff(opts.against, path, { codecs: opts.codecs });
+  if (opts.against !== undefined) {
+    result.diff = await diff(opts.against, path, { codecs: opts.codecs, progress: opts.progress });
+  }
   return result;
 }

@@ -15,7 +15,7 @@
  * `read` (copying the target's memory into an image), `transcode` (compressing or encrypting a raw image
  * taken while the target was stopped), `write` (writing an image's memory into a process), `sync` (the
  * index, fsync and rename that make an image visible), `release` (freeing a hibernated process's pages),
- * `fill` (a lazy wake's background copy, while the process runs).
+ * `fill` (a lazy wake's background copy, while the process runs), `compare` (two images, page by page).
  */
 export const PHASES = [
   "verify",
@@ -27,6 +27,7 @@ export const PHASES = [
   "sync",
   "release",
   "fill",
+  "compare",
 ] as const;
 
 /** One of {@link PHASES}. */

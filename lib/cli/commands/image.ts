@@ -137,7 +137,7 @@ examples:
 export const diffCommand: Command = {
   name: "diff",
   summary: "show which pages differ between two images of a process",
-  help: `cryo diff A B [--json]
+  help: `cryo diff A B [--json] [-q]
 
 Compares two images page by page (a hole reads as zeros). Lists runs of pages that changed, and ranges only one
 image covers. Exit status 0 whether or not they differ.
@@ -145,9 +145,14 @@ image covers. Exit status 0 whether or not they differ.
 examples:
   deno run -A cli.ts diff before.cryo after.cryo`,
   async run(ctx) {
-    const { values, positionals } = parse(ctx.args, { json: { type: "boolean" } });
+    const { values, positionals } = parse(ctx.args, {
+      json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
+    });
     if (positionals.length !== 2) throw new UsageError("expected two images A and B");
-    const result = await diff(positionals[0], positionals[1]);
+    const result = await diff(positionals[0], positionals[1], {
+      progress: progressBar("diff", values.quiet || values.json),
+    });
     if (values.json) {
       out(toJson(result));
       return 0;

@@ -10,6 +10,7 @@ import { humanBytes, printable as p } from "../format.ts";
 import { toJson } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { renderMapHtml } from "../map_html.ts";
+import { progressBar } from "../progress.ts";
 import { filterOptions, parseFilter } from "./checkpoint.ts";
 
 export const mapCommand: Command = {
@@ -31,6 +32,7 @@ options:
                       the current directory); - writes it to stdout
   --include, --exclude, --shared   with --pid: the filters a checkpoint would use
   --json              print the map's data as JSON instead (regions, runs, reasons, differing pages)
+  -q, --quiet         no progress line (comparing two large images takes a while)
 
 examples:
   deno run -A cli.ts map --pid 4242 -o app.html && xdg-open app.html
@@ -42,6 +44,7 @@ examples:
       output: { type: "string", short: "o" },
       ...filterOptions,
       json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
     });
     let map;
     let name: string;
@@ -66,7 +69,10 @@ examples:
         );
       }
       const image = positionals[positionals.length - 1];
-      map = await mapImage(image, { against: positionals.length === 2 ? positionals[0] : undefined });
+      map = await mapImage(image, {
+        against: positionals.length === 2 ? positionals[0] : undefined,
+        progress: progressBar("map", values.quiet || values.json || values.output === "-"),
+      });
       name = `${image.replace(/^.*\//, "").replace(/\.cryo$/, "")}.html`;
     }
     if (values.json) {
