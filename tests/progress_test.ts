@@ -234,3 +234,23 @@ Deno.test("cryo verify, restore, hibernate, diff and wake draw their phases at 6
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cryo checkpoint --live at 60 columns: the target runs again (was frozen) while its memory is read", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await target.map(256 << 20);
+    await target.fill(a, 256 << 20, "random", 4);
+    const run = await underPty(
+      ["checkpoint", "--pid", String(target.pid), "-o", `${dir}/a.cryo`, "--live"],
+      60,
+    );
+    assertEquals(run.code, 0, run.text);
+    const frames = framesOf(run.text, 60);
+    assertEquals(phasesOf(frames), ["freeze", "read", "sync"]);
+    stopWindow(frames, "freeze");
+    for (const f of frames.filter((f) => f.phase !== "freeze")) assert(/was frozen \d/.test(f.text), f.text);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
