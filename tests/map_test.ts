@@ -224,3 +224,30 @@ Deno.test("cryo map pages load in headless Chromium without errors and show ever
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("mapImage() of an encrypted image shows the regions it holds and says the others need the key", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const a = await prepared(target);
+    await Deno.writeFile(`${dir}/key`, crypto.getRandomValues(new Uint8Array(32)), { mode: 0o600 });
+    const cp = await cryo(
+      "checkpoint",
+      "--pid",
+      String(target.pid),
+      "-o",
+      `${dir}/e.cryo`,
+      "-q",
+      "--key-file",
+      `${dir}/key`,
+    );
+    assertEquals(cp.code, 0, cp.stderr);
+    const map = await mapImage(`${dir}/e.cryo`);
+    assert(map.source.encrypted);
+    assert(map.regions.every((g) => g.persisted), "left-out regions come from the sealed layout section");
+    assertEquals(kinds(map, a, a + 8n * MiB).data, 8 << 20);
+    assert(renderMapHtml(map).includes("The image is encrypted"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

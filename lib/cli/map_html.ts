@@ -309,6 +309,11 @@ export function renderMapHtml(map: MemoryMap): string {
 <p class="sub">${src.kind === "image" ? "image of" : "live process"} pid ${src.pid}: <span class="mono">${
     e(src.commandLine.join(" ")) || "(no command line)"
   }</span> · ${e(src.time)}</p>
+${
+    src.encrypted
+      ? `<p class="sub">The image is encrypted: the regions it left out are recorded in its sections, which need the key, and are not shown.</p>`
+      : ""
+  }
 <div class="chips">${
     chips.map(([b, s]) => `<div class="chip"><b>${e(b)}</b><span>${e(s)}</span></div>`).join("")
   }</div>

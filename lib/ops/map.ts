@@ -74,6 +74,11 @@ export interface MemoryMap {
     commandLine: string[];
     /** When the map was read or the image was written (ISO 8601). */
     time: string;
+    /**
+     * An encrypted image: its sections need the key, so the regions it left out (its `layout` section) are
+     * not shown.
+     */
+    encrypted?: boolean;
   };
   /** The page size. */
   pageSize: number;
@@ -299,6 +304,7 @@ export async function mapImage(
       path,
       commandLine: loader.source.commandLine,
       time: new Date(loader.source.timeMs).toISOString(),
+      encrypted: loader.encrypted,
     },
     pageSize: loader.header.pageSize,
     regions,
