@@ -51,6 +51,7 @@ export {
   type ServeReply,
 } from "./lib/ops/serve.ts";
 export {
+  checkKey,
   type ImageInfo,
   inspect,
   type InspectRecord,
@@ -87,8 +88,10 @@ export {
   KeyError,
   KeyFileError,
   LayoutMismatchError,
+  LibraryNotFoundError,
   MapsParseError,
   RestoreIncompleteError,
   SafepointTimeoutError,
   SystemError,
+  TracedError,
 } from "./lib/errors.ts";

@@ -182,8 +182,10 @@ Deno.test("cryo map pages load in headless Chromium without errors and show ever
     const json = await cryo("map", `${dir}/2.cryo`, "--json");
     assertEquals(json.code, 0, json.stderr);
     const parsed = JSON.parse(json.stdout) as {
+      schema: number;
       regions: { start: string; persisted: boolean; reason: string }[];
     };
+    assertEquals(parsed.schema, 1); // the CLI's one JSON contract
     assertEquals(parsed.regions.map((g) => g.start), image.regions.map((g) => hex(g.start)));
     assert(parsed.regions.every((g) => g.reason.length > 0));
     const dom = await dumpDom(`${dir}/image.html`);

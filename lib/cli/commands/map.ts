@@ -7,7 +7,7 @@
 import { mapImage, mapProcess } from "../../ops/map.ts";
 import { parse, parsePid } from "../args.ts";
 import { humanBytes, printable as p } from "../format.ts";
-import { toJson } from "../json.ts";
+import { jsonDocument } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { renderMapHtml } from "../map_html.ts";
 import { progressBar } from "../progress.ts";
@@ -35,9 +35,9 @@ options:
   -q, --quiet         no progress line (comparing two large images takes a while)
 
 examples:
-  deno run -A cli.ts map --pid 4242 -o app.html && xdg-open app.html
-  deno run -A cli.ts map app.cryo
-  deno run -A cli.ts map before.cryo after.cryo -o changes.html`,
+  cryo map --pid 4242 -o app.html && xdg-open app.html
+  cryo map app.cryo
+  cryo map before.cryo after.cryo -o changes.html`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       pid: { type: "string" },
@@ -76,7 +76,7 @@ examples:
       name = `${image.replace(/^.*\//, "").replace(/\.cryo$/, "")}.html`;
     }
     if (values.json) {
-      out(toJson(map));
+      out(jsonDocument(map));
       return 0;
     }
     const html = renderMapHtml(map);
