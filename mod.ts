@@ -60,6 +60,14 @@ export {
   type VerifyResult,
 } from "./lib/ops/inspect.ts";
 export { diff, type DiffResult, type DiffRun } from "./lib/ops/diff.ts";
+export {
+  mapImage,
+  mapProcess,
+  type MapRegion,
+  type MapRun,
+  type MapRunKind,
+  type MemoryMap,
+} from "./lib/ops/map.ts";
 export type { KernelState, OpenDescriptor } from "./lib/kernel/kernel_state.ts";
 export { Snapshot, snapshot, type SnapshotOptions } from "./lib/ops/snapshot.ts";
 
@@ -69,7 +77,7 @@ export { type Codec } from "./lib/codecs/codec.ts";
 export { parseCodec } from "./lib/codecs/select.ts";
 export { ZstdCodec } from "./lib/codecs/zstd.ts";
 export { Lz4Codec } from "./lib/codecs/lz4.ts";
-export { type Progress, silentProgress } from "./lib/ops/progress.ts";
+export { type PhaseName, PHASES, type Progress, silentProgress } from "./lib/ops/progress.ts";
 
 // Errors.
 export {

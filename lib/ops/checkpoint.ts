@@ -26,7 +26,7 @@ import { imageSource, pidSource } from "../image/sources.ts";
 import { budgetShares } from "../image/budget.ts";
 import { dirOf, scratchFile } from "../image/tempfile.ts";
 import type { Region } from "../kernel/region.ts";
-import { type Progress, silentProgress } from "./progress.ts";
+import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { type LiveStats, persistLive } from "./checkpoint_live.ts";
 
 /** Options of {@link checkpoint}. */
@@ -189,7 +189,7 @@ async function transcode(rawPath: string, path: string, opts: CheckpointOptions)
     fsync: opts.fsync ?? true,
   });
   const progress = opts.progress ?? silentProgress;
-  progress.phase?.(opts.sealer ? "encrypt" : "compress", loader.footer.dataBytes);
+  startPhase(progress, "transcode", loader.footer.dataBytes);
   try {
     for (const r of loader.records) {
       opts.signal?.throwIfAborted();
@@ -204,7 +204,12 @@ async function transcode(rawPath: string, path: string, opts: CheckpointOptions)
   }
   source.release?.();
   for (const s of loader.sections) persister.addSection(s.name, loader.section(s.name)!);
-  return await persister.finalize();
+  startPhase(progress, "sync");
+  try {
+    return await persister.finalize();
+  } finally {
+    progress.done();
+  }
 }
 
 /** Checkpoint `pid` into a raw image (or one encoded while the target is stopped, when called so). */
@@ -225,8 +230,10 @@ async function persistPid(
   const progress = opts.progress ?? silentProgress;
   opts.signal?.throwIfAborted();
   const shares = budgetShares(opts.memoryBudget); // checked before the target is frozen
+  startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
+  progress.stopped?.(true, frozenAt);
   let persister: MemoryPersister | undefined;
   let handedOver = false; // with keepFrozen, set once the image is complete: the caller thaws from then on
   try {
@@ -250,7 +257,7 @@ async function persistPid(
         return { region: d.region, runs, bytes };
       });
     })();
-    progress.total(plans.reduce((n, p) => n + p.bytes, 0));
+    startPhase(progress, "read", plans.reduce((n, p) => n + p.bytes, 0));
     for (const { region, runs } of plans) {
       opts.signal?.throwIfAborted();
       await persister.storeRuns(runs, {
@@ -268,8 +275,12 @@ async function persistPid(
     // Every byte is read: the target may run while the index is written and the file is synced (unless the
     // caller keeps it frozen).
     if (opts.leaveStopped) Deno.kill(pid, "SIGSTOP");
-    if (!opts.keepFrozen) frozen.thaw();
+    if (!opts.keepFrozen) {
+      frozen.thaw();
+      progress.stopped?.(false);
+    }
     let stoppedMs = performance.now() - frozenAt;
+    startPhase(progress, "sync");
     const summary = await persister.finalize();
     persister = undefined;
     if (opts.keepFrozen) stoppedMs = performance.now() - frozenAt;
@@ -303,7 +314,10 @@ async function persistPid(
     }
     throw e;
   } finally {
-    if (!handedOver) frozen.thaw();
+    if (!handedOver) {
+      frozen.thaw();
+      progress.stopped?.(false);
+    }
     progress.done();
   }
 }

@@ -17,6 +17,24 @@ import type { Codec } from "../codecs/codec.ts";
 import { ImageError } from "../errors.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
 import { Sealer, type SealKey } from "../codecs/seal.ts";
+import { phaseCounter, type Progress, silentProgress, startPhase } from "./progress.ts";
+
+/**
+ * `loader.verify()`, reported to `progress` as the phases `verify` (the file's checksums) and `decode` (every
+ * compressed record decoded). A sink without `phase()` is told nothing: its one bar is the operation's main
+ * work (a restore's write), not the verification before it.
+ *
+ * @param loader The open image.
+ * @param progress The progress sink.
+ */
+export async function verifyWithProgress(loader: MemoryLoader, progress: Progress): Promise<void> {
+  if (!progress.phase) return await loader.verify();
+  const decodeBytes = loader.records.reduce(
+    (n, r) => n + (r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0 ? r.length : 0),
+    0,
+  );
+  await loader.verify(phaseCounter(progress, { verify: loader.fileSize, decode: decodeBytes }));
+}
 
 /** One region of {@link ImageInfo}. */
 export interface InspectRegion {
@@ -221,12 +239,14 @@ export interface VerifyResult {
  */
 export async function verify(
   path: string,
-  opts: { codecs?: readonly Codec[]; key?: SealKey } = {},
+  opts: { codecs?: readonly Codec[]; key?: SealKey; progress?: Progress } = {},
 ): Promise<VerifyResult> {
   const started = performance.now();
+  const progress = opts.progress ?? silentProgress;
   let bytes = 0;
   try {
     if (path === "-") {
+      startPhase(progress, "verify"); // a stream's length is known only at its end
       const s = await verifyStream("-", { ...opts, path: "stdin" });
       return {
         path,
@@ -238,10 +258,22 @@ export async function verify(
     }
     using loader = await MemoryLoader.open(path, opts);
     bytes = loader.fileSize;
-    await loader.verify();
+    await verifyWithProgress(loader, progress);
     const encrypted = loader.encrypted;
     requireSealed(encrypted, opts.key, path); // a key means only a sealed image is sound
-    if (encrypted && opts.key) await verifyStream(await openInput(path), { ...opts, path });
+    if (encrypted && opts.key) {
+      startPhase(progress, "decode", loader.fileSize); // authenticated and decrypted as a stream
+      let read = 0;
+      await verifyStream(await openInput(path), {
+        ...opts,
+        path,
+        onChunk: (r) => {
+          read += r.storedLength;
+          progress.advance(r.storedLength);
+        },
+      });
+      progress.advance(Math.max(0, loader.fileSize - read));
+    }
     return { path, ok: true, authenticated: encrypted && !!opts.key, bytes, ms: performance.now() - started };
   } catch (e) {
     if (e instanceof ImageError) {
@@ -255,6 +287,8 @@ export async function verify(
       };
     }
     throw e;
+  } finally {
+    progress.done();
   }
 }
 

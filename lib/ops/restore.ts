@@ -30,7 +30,8 @@ import { KIND } from "../image/layout.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
 import type { SealKey } from "../codecs/seal.ts";
-import { type Progress, silentProgress } from "./progress.ts";
+import { type Progress, silentProgress, startPhase } from "./progress.ts";
+import { verifyWithProgress } from "./inspect.ts";
 
 /** Options of {@link restore}. */
 export interface RestoreOptions {
@@ -120,7 +121,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     return await restoreStream(pid, path, opts);
   }
   using loader = await MemoryLoader.open(path, { codecs: opts.codecs });
-  await loader.verify();
+  await verifyWithProgress(loader, progress);
   requireSealed(loader.encrypted, opts.key, path);
   if (loader.encrypted) {
     // Encrypted records are authenticated and decrypted by the stream reader (the whole file first).
@@ -134,8 +135,10 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
   const dataBytes = absolute.reduce((n, r) => n + (r.kind === KIND.DATA ? r.length : 0), 0);
   const holeBytes = absolute.reduce((n, r) => n + (r.kind === KIND.HOLE ? r.length : 0), 0);
   const recovering = pendingRecovery(pid); // asked before the freeze, which hides the stopped state
+  startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
+  progress.stopped?.(true, frozenAt);
   try {
     const identity = checkIdentity(pid, path, loader.source, loader.section("identity"), opts.force);
     if (identity.length) recorded = matchThreads(recorded, frozen.tids);
@@ -177,7 +180,8 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       totalMs: 0,
     };
     if (!opts.dryRun) {
-      progress.total(dataBytes);
+      // The loader batches its writes: the phase is shown as a step with its elapsed time, not a percentage.
+      startPhase(progress, "write");
       const done = await commitRestore(
         frozen,
         path,
@@ -187,11 +191,12 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
           ctx.fixLayout(layout, layout.scratchAt);
           ctx.recreateThreads(recreate); // their stacks are mapped again by now
           const summary = await loader.load(ctx.target);
-          progress.advance(summary.copiedBytes);
+          progress.advance(summary.copiedBytes); // written (the write phase is shown uncounted: these are its bytes)
           ctx.endAfter(ending); // last: rolled-back memory does not know them, and ending cannot be undone
           return summary;
         },
         opts.signal,
+        progress,
         { memoryBudget: opts.memoryBudget },
       );
       result.holeBytes = done.value.holeBytes;
@@ -201,11 +206,13 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       result.recovered = done.recovered;
     }
     frozen.thaw();
+    progress.stopped?.(false);
     result.stoppedMs = performance.now() - frozenAt;
     result.totalMs = performance.now() - started;
     return result;
   } finally {
     frozen.thaw();
+    progress.stopped?.(false);
     progress.done();
   }
 }

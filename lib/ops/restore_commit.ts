@@ -15,6 +15,7 @@
  * @module
  */
 
+import type { Progress } from "./progress.ts";
 import { LayoutMismatchError, RestoreIncompleteError } from "../errors.ts";
 import type { Frozen } from "../kernel/freeze.ts";
 import { RestoreJournal } from "../kernel/journal.ts";
@@ -206,6 +207,7 @@ export interface CommitContext {
  *   freeze): the target is then resumed on success, and left stopped on failure.
  * @param write Writes memory and registers through the context.
  * @param signal Aborts: checked after the write, so an abort undoes everything.
+ * @param progress Told when the target runs again.
  * @param opts `memoryBudget`: bytes the write may hold at once (lib/image/budget.ts), which sets the target's
  *   window.
  * @returns What was done.
@@ -218,6 +220,7 @@ export async function commitRestore<T>(
   recovering: boolean,
   write: (ctx: CommitContext) => Promise<T>,
   signal?: AbortSignal,
+  progress?: Progress,
   opts: { memoryBudget?: number } = {},
 ): Promise<CommitSummary<T>> {
   const pid = frozen.pid;
@@ -302,6 +305,7 @@ export async function commitRestore<T>(
     }
   });
   frozen.thaw();
+  progress?.stopped?.(false);
   if (recovered) libc.kill(pid, SIGCONT); // stopped since the killed restore: let it run again
   removeMarker(pid);
   return {
