@@ -34,6 +34,7 @@ import {
   type SourceInfo,
 } from "./layout.ts";
 import { checkStructure, verifyDecoded, verifyImage } from "./verify.ts";
+import { refuseIncremental } from "./rules.ts";
 import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
 import { clearRange, mapRun, protOf } from "./lazy.ts";
 import { RemoteWriter } from "./remote.ts";
@@ -286,6 +287,7 @@ export class MemoryLoader implements Disposable {
    */
   async load(target: LoadTarget): Promise<LoadSummary> {
     await this.verify();
+    refuseIncremental(this.path, this.header);
     this.#unmapView(); // so that our own mapping of the image is not mistaken for (or placed in) the target
     const plan = this.checkTarget(target);
     for (const r of this.records) {

@@ -1,4 +1,22 @@
 /**
+ * Refuse to load an incremental image (required feature PARENT) on its own: the bytes its frames do not cover
+ * are its parent's. Its chain is loaded instead (lib/image/chain.ts flattens it).
+ *
+ * @param path The image.
+ * @param h Its header.
+ * @throws {ImageError} When the image is incremental.
+ */
+export function refuseIncremental(path: string, h: HeaderFields): void {
+  if (h.requiredFeatures & REQUIRED.PARENT) {
+    throw new ImageError(
+      path,
+      16,
+      "an incremental image (required feature PARENT) cannot be loaded alone: load its chain (restore, flatten)",
+    );
+  }
+}
+
+/**
  * The rules of image format v1 (docs/FORMAT.md) that need more than one decoded structure: the image against
  * this machine, a frame's covered range, a data record's fields, the tail's size and layout, the footer's totals. Both
  * readers call them, the file reader (`MemoryLoader.open()`/`verify()`, lib/image/verify.ts) and the stream

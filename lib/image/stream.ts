@@ -46,6 +46,7 @@ import {
   checkSectionBounds,
   checkTailLayout,
   checkTailLength,
+  refuseIncremental,
 } from "./rules.ts";
 import {
   addFrameRecords,
@@ -184,6 +185,7 @@ async function readStream(
     }
     // 3. The target's layout, from the header's region table, before the first chunk.
     if (target) {
+      refuseIncremental(path, header);
       opts.onHeader?.(h.source, h.regions);
       const { differences, plan } = compareTarget(h.regions, [], target);
       if (differences.length) throw new LayoutMismatchError(targetName(target), differences);

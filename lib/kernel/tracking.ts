@@ -41,8 +41,14 @@ import { type Runs, runsOf, unionRuns } from "./run_sets.ts";
 /** The `smaps` `VmFlags` mnemonic of a region registered for userfaultfd write-protection. */
 const UFFD_WP_FLAG = "uw";
 
-/** The features a tracking userfaultfd asks for. */
-export const TRACKING_FEATURES: bigint = UFFD_FEATURE.WP_ASYNC | UFFD_FEATURE.WP_UNPOPULATED;
+/**
+ * The features a tracking userfaultfd asks for: `UFFD_FEATURE_WP_ASYNC` only. Not `WP_UNPOPULATED`: its
+ * markers on never-populated pages read as swap entries in the pagemap, so a checkpoint would take them for
+ * data and read them in (populating them); without it a first write to such a page installs a page that is not
+ * write-protected, which the scan reports as written all the same (a first read is reported too: a page more,
+ * never a miss).
+ */
+export const TRACKING_FEATURES: bigint = UFFD_FEATURE.WP_ASYNC;
 
 /** Options of {@link trackProcess}. */
 export interface TrackOptions extends PolicyOptions {
@@ -158,7 +164,7 @@ export class ProcessTracking implements Disposable {
       flags: (rearm ? PM_SCAN.WP_MATCHING : 0n) | PM_SCAN.CHECK_WPASYNC,
       categoryInverted: 0n,
       categoryMask: PAGE_IS.WRITTEN,
-      categoryAnyof: 0n,
+      categoryAnyof: PAGE_IS.PRESENT | PAGE_IS.SWAPPED, // never a none pte: see TRACKING_FEATURES
       returnMask: PAGE_IS.WRITTEN,
     });
   }
@@ -212,7 +218,7 @@ export class ProcessTracking implements Disposable {
 
 /**
  * Track the writes of process `pid` (or of this process, `"self"`): create a userfaultfd with
- * `UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED` (inside the target, by injection, for another
+ * {@link TRACKING_FEATURES} (inside the target, by injection, for another
  * process), register every persistable region for write-protection and arm it.
  *
  * @example Pages a child wrote since arming

@@ -8,6 +8,7 @@
 import { checkpoint, type CheckpointOptions, type CheckpointResult } from "./checkpoint.ts";
 import { restore, type RestoreOptions } from "./restore.ts";
 import type { RestoreResult } from "./restore_commit.ts";
+import { type ProcessTracking, trackingUnavailable, trackProcess } from "../kernel/tracking.ts";
 
 /** Options of {@link snapshot}: the checkpoint's, and how long to wait for the target to settle. */
 export interface SnapshotOptions extends CheckpointOptions {
@@ -18,6 +19,13 @@ export interface SnapshotOptions extends CheckpointOptions {
   settleMs?: number;
   /** Wait at most this long for it to settle, then snapshot it anyway (default 5000 ms). */
   settleTimeoutMs?: number;
+  /**
+   * Track the writes of the target from the snapshot on (default true where the kernel can,
+   * lib/kernel/tracking.ts), so that a rollback writes back only the pages written since (and releases the
+   * pages first populated since). Without it, or where the kernel cannot, every rollback takes the full path;
+   * its result's `tracking.reason` says why.
+   */
+  track?: boolean;
 }
 
 /** What can be compared of a process's thread set and layout, cheaply. */
@@ -56,13 +64,28 @@ export class Snapshot implements AsyncDisposable {
   /** What the checkpoint persisted. */
   readonly taken: CheckpointResult;
   readonly #dir: string;
+  readonly #tracking: ProcessTracking | undefined;
+  readonly #untracked: string | undefined;
   #closed = false;
 
-  private constructor(pid: number, dir: string, path: string, taken: CheckpointResult) {
+  private constructor(
+    pid: number,
+    dir: string,
+    path: string,
+    taken: CheckpointResult,
+    tracking: ProcessTracking | string,
+  ) {
     this.pid = pid;
     this.#dir = dir;
     this.path = path;
     this.taken = taken;
+    if (typeof tracking === "string") this.#untracked = tracking;
+    else this.#tracking = tracking;
+  }
+
+  /** Whether rollbacks write back only what was written since (write tracking is armed). */
+  get tracked(): boolean {
+    return this.#tracking !== undefined;
   }
 
   /** @internal Use {@link snapshot}. */
@@ -70,30 +93,48 @@ export class Snapshot implements AsyncDisposable {
     await settle(pid, opts.settleMs ?? 200, opts.settleTimeoutMs ?? 5000);
     const dir = await Deno.makeTempDir({ prefix: "cryo-snapshot-" });
     const path = `${dir}/${pid}.cryo`;
+    // Armed before the checkpoint: a write in between is counted as written, which costs a page, never a miss.
+    let tracking: ProcessTracking | string = opts.track === false ? "not asked (track: false)" : "";
+    if (tracking === "") {
+      tracking = trackingUnavailable() ?? "";
+      if (tracking === "") {
+        try {
+          tracking = trackProcess(pid, opts);
+        } catch (e) {
+          tracking = (e as Error).message;
+        }
+      }
+    }
     try {
       const taken = await checkpoint(pid, path, { fsync: false, ...opts });
-      return new Snapshot(pid, dir, path, taken);
+      return new Snapshot(pid, dir, path, taken, tracking);
     } catch (e) {
+      if (typeof tracking !== "string") tracking.close();
       await Deno.remove(dir, { recursive: true });
       throw e;
     }
   }
 
   /**
-   * Roll the process back to the snapshot: memory and (by default) registers.
+   * Roll the process back to the snapshot: memory and (by default) registers. With tracking, only the pages
+   * written since the snapshot are written back, the pages first populated since are released, and the
+   * tracking is armed again; the result's `tracking` says which path was taken.
    *
    * @param opts Restore options (registers, codecs).
    * @returns What was written.
    */
-  rollback(opts: RestoreOptions = {}): Promise<RestoreResult> {
+  async rollback(opts: RestoreOptions = {}): Promise<RestoreResult> {
     if (this.#closed) throw new Error(`Cannot roll back pid ${this.pid}: the snapshot is closed`);
-    return restore(this.pid, this.path, opts);
+    const result = await restore(this.pid, this.path, { tracking: this.#tracking ?? false, ...opts });
+    if (!this.#tracking) result.tracking = { used: false, reason: this.#untracked };
+    return result;
   }
 
   /** Remove the image. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#tracking?.close(); // the target kept no copy: its tracking ends here
     await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
   }
 
