@@ -26,6 +26,8 @@ import { imageSource, pidSource } from "../image/sources.ts";
 import { dirOf, scratchFile } from "../image/tempfile.ts";
 import type { Region } from "../kernel/region.ts";
 import { type Progress, silentProgress } from "./progress.ts";
+import { type IncrementalInfo, IncrementalPlan } from "./incremental.ts";
+import { isIncremental } from "../image/chain.ts";
 
 /** Options of {@link checkpoint}. */
 export interface CheckpointOptions extends PolicyOptions {
@@ -59,6 +61,19 @@ export interface CheckpointOptions extends PolicyOptions {
    * persisted pages). On failure the target is thawed as usual. Default false.
    */
   keepFrozen?: boolean;
+  /**
+   * Arm write tracking at this checkpoint (kept inside the target, lib/ops/tracked.ts) and record it in the
+   * image, so that a rollback to it writes back only what was written since, and an incremental checkpoint over
+   * it reads only that. Default false.
+   */
+  track?: boolean;
+  /**
+   * Take an incremental image over this parent image (lib/ops/incremental.ts): only what changed since it is
+   * stored; the image names the parent by content and restores with its chain.
+   */
+  parent?: string;
+  /** Codecs the parent chain may use beyond raw. */
+  codecs?: readonly Codec[];
 }
 
 /** What {@link checkpoint} did. */
@@ -89,6 +104,8 @@ export interface CheckpointResult {
   totalMs: number;
   /** With `keepFrozen`: the still frozen target, which the caller thaws. */
   frozen?: Frozen;
+  /** With `track` or `parent`: how the changed pages were found, and whether tracking was armed. */
+  incremental?: IncrementalInfo;
 }
 
 /** The persistable regions of `pid` with the policy's decisions (for `cryo regions` and checkpoint). */
@@ -162,6 +179,7 @@ async function transcode(rawPath: string, path: string, opts: CheckpointOptions)
     chunkSize: opts.chunkSize,
     sealer: opts.sealer,
     fsync: opts.fsync ?? true,
+    incremental: isIncremental(loader),
   });
   const progress = opts.progress ?? silentProgress;
   progress.phase?.(opts.sealer ? "encrypt" : "compress", loader.footer.dataBytes);
@@ -191,6 +209,8 @@ async function persistPid(
   const started = performance.now();
   const progress = opts.progress ?? silentProgress;
   opts.signal?.throwIfAborted();
+  const linkFrom = typeof out === "string" ? out : "-"; // a raw image to transcode: the parent is named absolutely
+  using inc = opts.parent || opts.track ? await IncrementalPlan.open(linkFrom, opts) : undefined;
   const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
   let persister: MemoryPersister | undefined;
@@ -205,26 +225,30 @@ async function persistPid(
       chunkSize: opts.chunkSize,
       sealer: opts.sealer,
       fsync: opts.fsync ?? true,
+      incremental: inc?.incremental,
     });
-    const plans = (() => {
+    const plans = inc ? await inc.plan(pid, kept, frozen) : (() => {
       using pm = Pagemap.open(pid);
       return kept.map((d) => {
         const runs = pm.runs(d.region.start, d.region.end, { anonOnly: d.pages === "anon" });
         let bytes = 0;
         for (let i = 0; i < runs.length; i += 2) bytes += Number(runs[i + 1] - runs[i]);
-        return { region: d.region, runs, bytes };
+        return { region: d.region, pieces: [{ start: d.region.start, end: d.region.end, runs }], bytes };
       });
     })();
     progress.total(plans.reduce((n, p) => n + p.bytes, 0));
-    for (const { region, runs } of plans) {
-      opts.signal?.throwIfAborted();
-      await persister.storeRuns(runs, {
-        start: region.start,
-        end: region.end,
-        signal: opts.signal,
-        progress: (n) => progress.advance(n),
-      });
+    for (const { pieces } of plans) {
+      for (const { start, end, runs } of pieces) {
+        opts.signal?.throwIfAborted();
+        await persister.storeRuns(runs, {
+          start,
+          end,
+          signal: opts.signal,
+          progress: (n) => progress.advance(n),
+        });
+      }
     }
+    for (const [name, bytes] of inc?.sections() ?? []) persister.addSection(name, bytes);
     if (frozen.threads.length) persister.addSection("threads", encodeThreads(frozen.threads));
     persister.addSection("identity", encodeIdentity(processIdentity(pid)));
     persister.addSection("layout", encodeLayout(decisions.map((d) => d.region)));
@@ -260,6 +284,7 @@ async function persistPid(
       stoppedMs,
       totalMs: performance.now() - started,
       frozen: opts.keepFrozen ? frozen : undefined,
+      incremental: inc?.info,
     };
   } catch (e) {
     if (persister) await persister.abort();
