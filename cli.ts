@@ -11,6 +11,7 @@ import { diffCommand, inspectCommand, verifyCommand } from "./lib/cli/commands/i
 import { regionsCommand } from "./lib/cli/commands/regions.ts";
 import { demoCommand } from "./lib/cli/commands/demo.ts";
 import { debugCommand } from "./lib/cli/commands/debug.ts";
+import { flattenCommand } from "./lib/cli/commands/flatten.ts";
 import { hibernateCommand, serveCommand, wakeCommand } from "./lib/cli/commands/hibernate.ts";
 
 if (import.meta.main) {
@@ -23,6 +24,7 @@ if (import.meta.main) {
     inspectCommand,
     verifyCommand,
     diffCommand,
+    flattenCommand,
     regionsCommand,
     demoCommand,
     debugCommand,

@@ -60,6 +60,8 @@ export {
 export { diff, type DiffResult, type DiffRun } from "./lib/ops/diff.ts";
 export type { KernelState, OpenDescriptor } from "./lib/kernel/kernel_state.ts";
 export { Snapshot, snapshot, type SnapshotOptions } from "./lib/ops/snapshot.ts";
+export type { IncrementalInfo } from "./lib/ops/incremental.ts";
+export { flattenChain } from "./lib/image/chain.ts";
 
 // Keys and codecs.
 export { type KeyFileOptions, keyFromEnv, keyFromFile, SealKey } from "./lib/codecs/seal.ts";

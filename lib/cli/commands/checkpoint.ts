@@ -5,6 +5,7 @@
  */
 
 import { checkpoint } from "../../ops/checkpoint.ts";
+import type { IncrementalInfo } from "../../ops/incremental.ts";
 import type { RegionFilter } from "../../kernel/policy.ts";
 import { REGION_KINDS, type RegionKind } from "../../kernel/region.ts";
 import { parse, parsePid, parseRange } from "../args.ts";
@@ -66,6 +67,12 @@ options:
   --encode-while-stopped  with --compress or a key: encode while the target is stopped (the fastest
                         checkpoint in all; by default a raw image is taken and encoded after the thaw, so the
                         target is stopped only to read its memory)
+  --track               arm write tracking at this checkpoint (a userfaultfd kept in PID): a later
+                        \`restore --pid PID\` of this image writes back only the pages written since, and a
+                        later \`checkpoint --parent\` over it reads only those
+  --parent IMAGE        an incremental image: store only what changed since IMAGE (written pages, by the
+                        tracking armed at IMAGE; else the pages that differ from it). It restores with its
+                        chain, and \`cryo flatten\` makes it a full image again
   --no-registers        do not record thread registers
   --no-fsync            do not fsync the image (faster, not crash safe)
   --leave-stopped       leave the process stopped (SIGSTOP) afterwards; resume it with kill -CONT
@@ -76,6 +83,8 @@ examples:
   deno run -A cli.ts checkpoint --pid 4242 -o app.cryo
   deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --exclude path:'*.so*' --json
   deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --compress zstd:1 --key-file app.key
+  deno run -A cli.ts checkpoint --pid 4242 -o base.cryo --track
+  deno run -A cli.ts checkpoint --pid 4242 -o next.cryo --parent base.cryo --track
   deno run -A cli.ts checkpoint --pid 4242 -o - | ssh host deno run -A cli.ts restore --pid 99 -`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
@@ -88,6 +97,8 @@ examples:
       "no-registers": { type: "boolean" },
       "no-fsync": { type: "boolean" },
       "leave-stopped": { type: "boolean" },
+      track: { type: "boolean" },
+      parent: { type: "string" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -113,6 +124,8 @@ examples:
       registers: !values["no-registers"],
       fsync: !values["no-fsync"],
       leaveStopped: values["leave-stopped"],
+      track: values.track,
+      parent: values.parent,
       progress: progressBar("checkpoint", values.quiet || values.json),
       signal: ctx.signal,
     });
@@ -131,8 +144,23 @@ examples:
         }\n` +
         `  image     ${humanBytes(result.imageBytes)}` +
         (values.output === "-" ? " (streamed)\n" : ` (${humanBytes(result.allocatedBytes)} on disk)\n`) +
-        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
+        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})` +
+        incrementalLines(result.incremental),
     );
     return 0;
   },
 };
+
+/** The lines that say how an incremental or tracked checkpoint found what changed (one line for a fallback). */
+function incrementalLines(inc: IncrementalInfo | undefined): string {
+  if (!inc) return "";
+  let s = "";
+  if (inc.parent) {
+    s += `\n  parent    ${printable(inc.parent)} (a chain of ${(inc.chain ?? 0) + 1}); ${
+      humanBytes(inc.changedBytes)
+    } changed, ${inc.tracked ? "by write tracking" : "found by comparing with the parent"}`;
+  }
+  if (inc.reason) s += `\n  tracking  not used: ${printable(inc.reason)}`;
+  else if (inc.armed) s += "\n  tracking  armed at this image";
+  return s;
+}
