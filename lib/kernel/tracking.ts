@@ -5,8 +5,9 @@
  * look and the re-arm is never lost). It is the base of rollbacks that cost what was written and of
  * incremental images.
  *
- * Which regions are tracked is read from the process's `smaps` each time (`VmFlags` `uw`: registered for
- * write-protection), not remembered: a region mapped after arming, or moved by `mremap` (the kernel drops the
+ * Which regions are tracked is found each time, not remembered: the scan is asked to check that each region
+ * is registered for asynchronous write-protection (`PM_SCAN_CHECK_WPASYNC`, EPERM when not; `smaps` would say
+ * it too, as `VmFlags` `uw`, but reading it walks every page table and took 30-60 ms for python3 here): a region mapped after arming, or moved by `mremap` (the kernel drops the
  * registration of a moved region unless the userfaultfd asked for remap events, which we do not), has no `uw`
  * and is reported whole in `untracked`; a region that grew (the heap, a stack) is scanned to its current end.
  * A re-arm registers such regions, so from then on they are tracked too.
@@ -30,16 +31,14 @@ import { O } from "../../ffi/constants.ts";
 import { capabilities, requireCapabilities, UFFD_FEATURE } from "./capabilities.ts";
 import { freeze, type Frozen } from "./freeze.ts";
 import { inject } from "./inject.ts";
-import { readRegions, type SmapsRegion } from "./maps.ts";
+import { readRegions } from "./maps.ts";
+import { SystemError } from "../errors.ts";
 import { classify, type PolicyOptions } from "./policy.ts";
 import { PAGE_IS, PagemapScan, PM_SCAN } from "./pagescan.ts";
 import type { Region } from "./region.ts";
 import { markStacks, threadStacks } from "./stacks.ts";
 import { isUserfaultfd, UFFDIO_REGISTER_MODE, Userfaultfd } from "./uffd.ts";
 import { type Runs, runsOf, unionRuns } from "./run_sets.ts";
-
-/** The `smaps` `VmFlags` mnemonic of a region registered for userfaultfd write-protection. */
-const UFFD_WP_FLAG = "uw";
 
 /**
  * The features a tracking userfaultfd asks for: `UFFD_FEATURE_WP_ASYNC` only. Not `WP_UNPOPULATED`: its
@@ -117,9 +116,13 @@ export class ProcessTracking implements Disposable {
     this.#pagemap = open(this.#path, O.RDONLY | O.CLOEXEC);
   }
 
-  /** The persistable regions now (the policy's, after the filter), with their `smaps` flags. */
-  regions(): SmapsRegion[] {
-    const regions = readRegions(this.pid, { smaps: true });
+  /**
+   * The persistable regions now (the policy's, after the filter), from `maps`: without the `smaps` facts the
+   * policy keeps a few regions a checkpoint skips (a private file mapping with no private page, a
+   * `MADV_DONTDUMP` one); they are tracked too, which costs nothing a rollback or a checkpoint would use.
+   */
+  regions(): Region[] {
+    const regions = readRegions(this.pid);
     return classify(markStacks(regions, threadStacks(this.pid, regions)), this.#policy)
       .filter((d) => d.persist && this.#filter(d.region)).map((d) => d.region);
   }
@@ -142,12 +145,14 @@ export class ProcessTracking implements Disposable {
     const written: Runs[] = [];
     const untracked: Region[] = [];
     for (const r of this.regions()) {
-      if (!r.vmFlags.includes(UFFD_WP_FLAG)) {
+      try {
+        written.push(this.#scanRegion(r.start, r.end, rearm));
+      } catch (e) {
+        // PM_SCAN_CHECK_WPASYNC: a region not registered for async write-protection is refused with EPERM.
+        if (!(e instanceof SystemError && e.code === "EPERM")) throw e;
         untracked.push(r);
         if (rearm) this.#arm(r);
-        continue;
       }
-      written.push(this.#scanRegion(r.start, r.end, rearm));
     }
     let runs: Runs = new BigUint64Array(0);
     for (const w of written) runs = unionRuns(runs, w);

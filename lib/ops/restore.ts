@@ -43,6 +43,7 @@ import { adoptTracking } from "../kernel/tracking.ts";
 import { isUserfaultfd } from "../kernel/uffd.ts";
 import { loadWritten } from "./restore_written.ts";
 import { openChain } from "./chain_restore.ts";
+import { imageDigest } from "../image/chain.ts";
 
 /** Options of {@link restore}. */
 export interface RestoreOptions {
@@ -97,6 +98,39 @@ export interface RestoreOptions {
    * `tracking.reason` says why; either way the tracking is armed again before the target runs.
    */
   tracking?: "auto" | ProcessTracking | false;
+  /**
+   * The image was verified before by this process and has not changed since ({@link imageStamp} of it then):
+   * when the file's stamp is still the same, the full verification is not run again (`snapshot()` verifies its
+   * image once, then rolls back many times).
+   */
+  verified?: ImageStamp;
+}
+
+/** What identifies an image file's contents cheaply: device, inode, size, mtime and the footer checksum. */
+export interface ImageStamp {
+  /** `dev:ino:size:mtime:digest`. */
+  readonly stamp: string;
+}
+
+/**
+ * The stamp of the image at `path` (see {@link ImageStamp}).
+ *
+ * @param path The image.
+ * @returns Its stamp.
+ */
+export function imageStamp(path: string): ImageStamp {
+  const st = Deno.statSync(path);
+  return { stamp: `${st.dev}:${st.ino}:${st.size}:${st.mtime?.getTime()}:${imageDigest(path).digest}` };
+}
+
+/** Whether `path` still has the stamp it had when it was verified. */
+function verifiedBefore(path: string, stamp: ImageStamp | undefined): boolean {
+  if (!stamp) return false;
+  try {
+    return imageStamp(path).stamp === stamp.stamp;
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -138,7 +172,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
   }
   using chain = await openChain(path, opts.codecs); // an incremental image: its chain, flattened
   using loader = await MemoryLoader.open(chain.path, { codecs: opts.codecs });
-  await loader.verify();
+  if (!verifiedBefore(chain.path, opts.verified)) await loader.verify();
   requireSealed(loader.encrypted, opts.key, path);
   if (loader.encrypted) {
     // Encrypted records are authenticated and decrypted by the stream reader (the whole file first).

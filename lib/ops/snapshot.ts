@@ -6,7 +6,8 @@
  */
 
 import { checkpoint, type CheckpointOptions, type CheckpointResult } from "./checkpoint.ts";
-import { restore, type RestoreOptions } from "./restore.ts";
+import { type ImageStamp, imageStamp, restore, type RestoreOptions } from "./restore.ts";
+import { MemoryLoader } from "../image/loader.ts";
 import type { RestoreResult } from "./restore_commit.ts";
 import { type ProcessTracking, trackingUnavailable, trackProcess } from "../kernel/tracking.ts";
 
@@ -66,6 +67,7 @@ export class Snapshot implements AsyncDisposable {
   readonly #dir: string;
   readonly #tracking: ProcessTracking | undefined;
   readonly #untracked: string | undefined;
+  #verified: ImageStamp | undefined;
   #closed = false;
 
   private constructor(
@@ -125,7 +127,17 @@ export class Snapshot implements AsyncDisposable {
    */
   async rollback(opts: RestoreOptions = {}): Promise<RestoreResult> {
     if (this.#closed) throw new Error(`Cannot roll back pid ${this.pid}: the snapshot is closed`);
-    const result = await restore(this.pid, this.path, { tracking: this.#tracking ?? false, ...opts });
+    if (!this.#verified) {
+      // Verified once, in full; later rollbacks check that the file is still the one verified (its stamp).
+      using loader = await MemoryLoader.open(this.path, { codecs: opts.codecs });
+      await loader.verify();
+      this.#verified = imageStamp(this.path);
+    }
+    const result = await restore(this.pid, this.path, {
+      tracking: this.#tracking ?? false,
+      verified: this.#verified,
+      ...opts,
+    });
     if (!this.#tracking) result.tracking = { used: false, reason: this.#untracked };
     return result;
   }
