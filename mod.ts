@@ -29,7 +29,7 @@ export {
   type CheckpointResult,
   regionDecisions,
 } from "./lib/ops/checkpoint.ts";
-export { restore, type RestoreOptions } from "./lib/ops/restore.ts";
+export { type ImageStamp, imageStamp, restore, type RestoreOptions } from "./lib/ops/restore.ts";
 export type { RestoreResult } from "./lib/ops/restore_commit.ts";
 export {
   hibernate,
