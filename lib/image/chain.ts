@@ -228,12 +228,18 @@ export class ImageChain implements Disposable {
    */
   records(): ChainRecord[] {
     const out: ChainRecord[] = [];
+    // Pieces are in address order, and so are each image's records (segment 0 first): one cursor per image.
+    const cursors = this.images.map(() => 0);
     for (const p of this.pieces()) {
       const recs = this.images[p.image].records;
-      for (const r of recs) {
-        if (r.segment !== 0) continue;
+      let k = cursors[p.image];
+      while (
+        k < recs.length && recs[k].segment === 0 && recs[k].address + BigInt(recs[k].length) <= p.start
+      ) k++;
+      cursors[p.image] = k;
+      for (; k < recs.length && recs[k].segment === 0 && recs[k].address < p.end; k++) {
+        const r = recs[k];
         const rs = r.address, re = r.address + BigInt(r.length);
-        if (re <= p.start || rs >= p.end) continue;
         const s = rs > p.start ? rs : p.start, e = re < p.end ? re : p.end;
         out.push({ address: s, length: Number(e - s), kind: r.kind, image: p.image, record: r });
       }

@@ -237,28 +237,37 @@ async function persistPid(
       });
     })();
     progress.total(plans.reduce((n, p) => n + p.bytes, 0));
+    for (const [name, bytes] of inc?.sections() ?? []) persister.addSection(name, bytes);
+    if (frozen.threads.length) persister.addSection("threads", encodeThreads(frozen.threads));
+    persister.addSection("identity", encodeIdentity(processIdentity(pid)));
+    persister.addSection("layout", encodeLayout(decisions.map((d) => d.region)));
+    persister.addSection("kernel", encodeKernelState(readKernelState(pid))); // what a rollback leaves alone
+    // An incremental image's data is copied out first: the target runs again while it is written.
+    const captured = opts.keepFrozen ? undefined : inc?.capture(pid, plans);
+    let stoppedMs = 0;
+    const release = () => {
+      if (stoppedMs) return;
+      if (opts.leaveStopped) Deno.kill(pid, "SIGSTOP");
+      if (!opts.keepFrozen) frozen.thaw();
+      stoppedMs = performance.now() - frozenAt;
+    };
+    if (captured) release();
     for (const { pieces } of plans) {
       for (const { start, end, runs } of pieces) {
         opts.signal?.throwIfAborted();
         await persister.storeRuns(runs, {
           start,
           end,
+          source: captured,
           signal: opts.signal,
           progress: (n) => progress.advance(n),
         });
       }
     }
-    for (const [name, bytes] of inc?.sections() ?? []) persister.addSection(name, bytes);
-    if (frozen.threads.length) persister.addSection("threads", encodeThreads(frozen.threads));
-    persister.addSection("identity", encodeIdentity(processIdentity(pid)));
-    persister.addSection("layout", encodeLayout(decisions.map((d) => d.region)));
-    persister.addSection("kernel", encodeKernelState(readKernelState(pid))); // what a rollback leaves alone
     opts.signal?.throwIfAborted();
     // Every byte is read: the target may run while the index is written and the file is synced (unless the
     // caller keeps it frozen).
-    if (opts.leaveStopped) Deno.kill(pid, "SIGSTOP");
-    if (!opts.keepFrozen) frozen.thaw();
-    let stoppedMs = performance.now() - frozenAt;
+    release();
     const summary = await persister.finalize();
     persister = undefined;
     if (opts.keepFrozen) stoppedMs = performance.now() - frozenAt;

@@ -33,6 +33,8 @@ import {
   parentLink,
 } from "../image/chain.ts";
 import { KIND } from "../image/layout.ts";
+import type { MemorySource } from "../image/sources.ts";
+import { hex } from "../hex.ts";
 import {
   encodeTrackingSection,
   readTrackingMark,
@@ -78,6 +80,7 @@ export class IncrementalPlan implements Disposable {
   readonly #track: boolean;
   #tracking?: ProcessTracking;
   #mark?: TrackingMark;
+  #captured?: Uint8Array;
   /** What was found (filled by {@link plan}). */
   readonly info: IncrementalInfo;
 
@@ -252,6 +255,51 @@ export class IncrementalPlan implements Disposable {
     return out.finish();
   }
 
+  /**
+   * Copy the data the plan stores out of the frozen target into memory, so that the target can be thawed
+   * before the image is written (an incremental image's many small frames take long to write, and they need
+   * not be written while the target waits). Not done above `limit` bytes (then the checkpoint stores while
+   * the target is frozen, as a full one does).
+   *
+   * @param pid The frozen target.
+   * @param plans The plan.
+   * @param limit Most bytes copied (default 256 MiB).
+   * @returns A memory source holding the copy (valid while this plan is open), or undefined.
+   */
+  capture(pid: number, plans: readonly RegionPlan[], limit = 256 << 20): MemorySource | undefined {
+    const total = plans.reduce((n, p) => n + p.bytes, 0);
+    if (total > limit || total === 0) return undefined;
+    const buf = new Uint8Array(total);
+    this.#captured = buf;
+    const at = addrOf(Deno.UnsafePointer.of(buf));
+    const starts: bigint[] = [], ends: bigint[] = [], offs: number[] = [];
+    let off = 0;
+    for (const p of plans) {
+      for (const piece of p.pieces) {
+        for (let i = 0; i < piece.runs.length; i += 2) {
+          const len = piece.runs[i + 1] - piece.runs[i];
+          processVmRead(pid, at + BigInt(off), piece.runs[i], len);
+          starts.push(piece.runs[i]);
+          ends.push(piece.runs[i + 1]);
+          offs.push(off);
+          off += Number(len);
+        }
+      }
+    }
+    const local = (addr: bigint, len: number): bigint => {
+      let lo = 0, hi = starts.length - 1;
+      while (lo <= hi) {
+        const mid = (lo + hi) >> 1;
+        if (addr < starts[mid]) hi = mid - 1;
+        else if (addr >= ends[mid]) lo = mid + 1;
+        else if (addr + BigInt(len) <= ends[mid]) return at + BigInt(offs[mid]) + (addr - starts[mid]);
+        else break;
+      }
+      throw new RangeError(`Cannot read ${len} bytes at ${hex(addr)}: not inside one captured run`);
+    };
+    return { kind: "pid", pid, detectZeros: true, window: Infinity, direct: local, read: local };
+  }
+
   /** The sections this checkpoint adds: `parent` and `tracking`. */
   sections(): [string, Uint8Array][] {
     const s: [string, Uint8Array][] = [];
@@ -262,6 +310,7 @@ export class IncrementalPlan implements Disposable {
 
   /** Close the parent's chain and the tracking handle (the target keeps its own). Idempotent. */
   close(): void {
+    this.#captured = undefined;
     this.#chain?.close();
     this.#tracking?.close();
   }
