@@ -55,6 +55,8 @@ Deno.test("a chain of 10 incremental images (tracked and compared) restores byte
   try {
     const main = await t.map(16n * MiB);
     await t.fill(main, 16n * MiB, "random", 1);
+    const huge = await t.cmd(`hugemap ${8n * MiB}`).then(BigInt); // transparent huge pages where allowed
+    await t.fill(huge, 8n * MiB, "random", 3);
     const extras: { at: bigint; size: bigint }[] = [];
     for (let k = 0; k < 3; k++) {
       const at = await t.map(2n * MiB);
@@ -71,6 +73,7 @@ Deno.test("a chain of 10 incremental images (tracked and compared) restores byte
       await t.fill(main + BigInt(round) * MiB, BigInt(round % 4 + 1) * 64n * P, "random", 100 + round); // a run
       await t.cmd(`twritepages ${hex(main)} ${16n * MiB} 40 ${round} 3`); // three threads
       await t.cmd(`release ${hex(main + BigInt(4 + round) * MiB)} ${64n * P}`); // data gone: holes now
+      await t.cmd(`writepages ${hex(huge)} ${8n * MiB} ${round} ${round + 50}`); // into huge pages
       if (round % 3 === 0) { // a region mapped since
         const at = await t.map(MiB * BigInt(round % 5 + 1));
         await t.fill(at, 4n * P, "random", round);

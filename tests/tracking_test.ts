@@ -5,6 +5,7 @@ import { intersectRuns, runBytes, runsOf, subtractRuns, unionRuns } from "../lib
 import { isUserfaultfd } from "../lib/kernel/uffd.ts";
 import { freeze } from "../lib/kernel/freeze.ts";
 import { Target } from "./_target.ts";
+import { readRegions } from "../lib/kernel/maps.ts";
 
 const P = BigInt(PAGE_SIZE);
 const MiB = 1n << 20n;
@@ -113,4 +114,18 @@ Deno.test("trackProcess('self') tracks this process's own regions", () => {
   buf[off + 6 * PAGE_SIZE + 100] = 9;
   assertEquals(pagesIn(tracking.written().runs, start, end - start), [5, 6]);
   assertEquals(pagesIn(tracking.written().runs, start, end - start), []);
+});
+
+Deno.test("trackProcess() reports single pages written inside transparent huge pages", async (t) => {
+  await using child = Target.start();
+  const h = BigInt(await child.cmd(`hugemap ${8n * MiB}`));
+  await child.fill(h, 8n * MiB, "random", 1);
+  const huge = readRegions(child.pid, { smaps: true }).find((g) => g.start <= h && g.end > h)!.anonHugePages;
+  if (huge === 0) {
+    await t.step({ name: "no transparent huge pages here", ignore: true, fn: () => {} });
+    return;
+  }
+  using tracking = trackProcess(child.pid);
+  const wrote = indices(await child.cmd(`writepages 0x${h.toString(16)} ${8n * MiB} 5 7`));
+  assertEquals(pagesIn(tracking.written().runs, h, 8n * MiB), wrote);
 });
