@@ -9,6 +9,10 @@ import { MemoryLoader } from "../lib/image/loader.ts";
 import { KIND } from "../lib/image/layout.ts";
 import { removeTrackingMark } from "../lib/ops/tracked.ts";
 import { decodeThreads } from "../lib/kernel/threads.ts";
+import { loadStream, verifyStream } from "../lib/image/stream.ts";
+import { openInput } from "../lib/image/stream_input.ts";
+import { pidTarget } from "../lib/image/targets.ts";
+import { parseCodec } from "../lib/codecs/select.ts";
 import { Target } from "./_target.ts";
 
 const MiB = 1n << 20n;
@@ -135,6 +139,13 @@ Deno.test("an incremental image refuses a parent whose content is not the one it
     await Deno.rename(`${dir}/other.cryo`, `${dir}/base.cryo`);
     const e = await assertRejects(() => restore(t.pid, `${dir}/tip.cryo`), ImageError);
     assert(e.message.includes("not its parent"), e.message);
+    // Alone it verifies (every byte is checksummed) but does not load, from a file or a stream.
+    await verifyStream(await openInput(`${dir}/tip.cryo`));
+    const streamed = await assertRejects(
+      async () => await loadStream(await openInput(`${dir}/tip.cryo`), pidTarget(t.pid)),
+      ImageError,
+    );
+    assert(streamed.message.includes("incremental"), streamed.message);
     using alone = await MemoryLoader.open(`${dir}/tip.cryo`);
     await assertRejects(
       () =>
@@ -143,6 +154,38 @@ Deno.test("an incremental image refuses a parent whose content is not the one it
         ),
       ImageError,
     );
+  } finally {
+    removeTrackingMark(t.pid);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a compressed incremental image over a compressed parent restores and flattens like a raw one", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cryo-chain-" });
+  await using t = Target.start();
+  try {
+    const a = await t.map(8n * MiB);
+    await t.fill(a, 8n * MiB, "text", 1);
+    const zstd = parseCodec("zstd:1");
+    await checkpoint(t.pid, `${dir}/base.cryo`, { fsync: false, codec: zstd, track: true });
+    const sumBase = await t.sum(a, 8n * MiB);
+    await t.cmd(`writepages ${hex(a)} ${8n * MiB} 20 4`);
+    const inc = await checkpoint(t.pid, `${dir}/tip.cryo`, {
+      fsync: false,
+      codec: zstd,
+      parent: `${dir}/base.cryo`,
+      track: true,
+    });
+    assert(inc.incremental?.tracked, inc.incremental?.reason);
+    const sumTip = await t.sum(a, 8n * MiB);
+    await restore(t.pid, `${dir}/base.cryo`, { tracking: false });
+    assertEquals(await t.sum(a, 8n * MiB), sumBase);
+    await restore(t.pid, `${dir}/tip.cryo`);
+    assertEquals(await t.sum(a, 8n * MiB), sumTip);
+    await flattenChain(`${dir}/tip.cryo`, `${dir}/flat.cryo`, { fsync: false });
+    await restore(t.pid, `${dir}/base.cryo`, { tracking: false });
+    await restore(t.pid, `${dir}/flat.cryo`);
+    assertEquals(await t.sum(a, 8n * MiB), sumTip);
   } finally {
     removeTrackingMark(t.pid);
     await Deno.remove(dir, { recursive: true });
