@@ -63,8 +63,19 @@ export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
       add("inc.bytes", inc.imageBytes);
       parent = path;
     }
+  } finally {
+    await target.close();
     removeTrackingMark(target.pid);
-    await using snap = await snapshot(target.pid, { settleMs: 50 });
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+  // The rollbacks on a fresh target: one tracking per process (the checkpoints above left theirs inside it).
+  const fresh = Target.start();
+  try {
+    const addr = await fresh.map(bytes);
+    await fresh.fill(addr, bytes, "random", 1);
+    const scribble = (seed: number) =>
+      fresh.cmd(`writepages 0x${addr.toString(16)} ${bytes} ${written} ${seed}`);
+    await using snap = await snapshot(fresh.pid, { settleMs: 50 });
     await snap.rollback(); // the first one verifies the image in full
     for (let run = 0; run < opts.runs; run++) {
       await scribble(100 + run);
@@ -75,13 +86,12 @@ export async function bench(opts: BenchOptions): Promise<BenchRow[]> {
       if (!r.tracking?.used) throw new Error(`the rollback was not tracked: ${r.tracking?.reason}`);
       await scribble(200 + run);
       t = performance.now();
-      const f = await restore(target.pid, snap.path, { tracking: false });
+      const f = await restore(fresh.pid, snap.path, { tracking: false });
       add("full.rollback", performance.now() - t);
       add("full.rollback.stop", f.stoppedMs);
     }
   } finally {
-    await target.close();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await fresh.close();
   }
   const group = `incremental ${label} random, 1% of pages written`;
   const ratio = (a: string, b: string) => median(s[a]) / median(s[b]);

@@ -115,3 +115,24 @@ Deno.test("a tracked rollback puts registers back and ends threads born since", 
   );
   assertEquals((await t.cmd("pid")).trim(), String(t.pid), "it runs on after the rollback");
 });
+
+Deno.test("a tracked rollback puts the heap back with brk, though brk made the growth a region of its own", async () => {
+  await using t = Target.start();
+  await t.cmd(`grow ${64 * 1024}`);
+  const heap = () =>
+    Deno.readTextFileSync(`/proc/${t.pid}/maps`).split("\n").filter((l) => l.endsWith("[heap]"));
+  await using snap = await snapshot(t.pid, { settleMs: 50 });
+  const before = heap();
+  for (let round = 0; round < 2; round++) {
+    await t.cmd(`grow ${1 << 20}`);
+    assertEquals(
+      heap().length,
+      before.length + 1,
+      "the growth is a region of its own (tracking registered the heap)",
+    );
+    const r = await snap.rollback();
+    assertEquals(r.tracking?.used, true);
+    assert(r.layoutChanges.some((c) => c.startsWith("brk ")), r.layoutChanges.join("; "));
+    assertEquals(heap(), before);
+  }
+});
