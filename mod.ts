@@ -29,6 +29,7 @@ export {
   type CheckpointResult,
   regionDecisions,
 } from "./lib/ops/checkpoint.ts";
+export type { LiveStats } from "./lib/ops/checkpoint_live.ts";
 export { type ImageStamp, imageStamp, restore, type RestoreOptions } from "./lib/ops/restore.ts";
 export type { RestoreResult } from "./lib/ops/restore_commit.ts";
 export {

@@ -38,6 +38,7 @@ export const MODULES = [
   "layout",
   "hibernate",
   "incremental",
+  "live",
 ] as const;
 
 const UNITS = new Set(["ms", "GiB/s", "bytes", "ratio"]);

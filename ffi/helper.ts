@@ -11,7 +11,7 @@ import { HelperNotFoundError } from "../lib/errors.ts";
 import { buf, int, long, ptr, size_t, uint } from "./types.ts";
 
 /** The ABI version this TypeScript expects; must equal `CRYO_HELPER_ABI` in ffi/helper/helper.h. */
-export const HELPER_ABI = 4;
+export const HELPER_ABI = 5;
 
 const symbols = {
   // int cryo_helper_abi(void);
@@ -76,6 +76,22 @@ const symbols = {
   cryo_fault_server_stats: { parameters: [ptr, buf], result: long },
   // long cryo_fault_server_stop(void *server, int complete, uint64_t *out);  (joins the thread)
   cryo_fault_server_stop: { parameters: [ptr, int, buf], result: long },
+  // void *cryo_live_start(int uffd, int pid, int pagemap, const uint64_t *runs, size_t nruns, size_t page,
+  //                       size_t neighbours, int64_t *err);  (starts a native thread that serves write faults)
+  cryo_live_start: { parameters: [int, int, int, buf, size_t, size_t, size_t, buf], result: ptr },
+  // long cryo_live_stats(void *server, uint64_t *out);
+  cryo_live_stats: { parameters: [ptr, buf], result: long },
+  // long cryo_live_stop(void *server, uint64_t *out);  (joins the thread, frees the server)
+  cryo_live_stop: { parameters: [ptr, buf], result: long },
+  // long cryo_live_gather(void *server, int pid, unsigned char *local, size_t capacity, const uint64_t *runs,
+  //                       size_t nruns, uint64_t *cursor, size_t page, int detect, size_t max_piece,
+  //                       uint64_t *pieces, uint64_t *sums, size_t max_pieces, uint64_t *npieces);
+  //   (cryo_gather for a live checkpoint: on a pool thread; -ESTALE when a page was lost)
+  cryo_live_gather: {
+    parameters: [ptr, int, ptr, size_t, buf, size_t, buf, size_t, int, size_t, buf, buf, size_t, buf],
+    result: long,
+    nonblocking: true,
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The helper's symbols. */

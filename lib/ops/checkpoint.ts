@@ -28,6 +28,7 @@ import type { Region } from "../kernel/region.ts";
 import { type Progress, silentProgress } from "./progress.ts";
 import { type IncrementalInfo, IncrementalPlan } from "./incremental.ts";
 import { isIncremental } from "../image/chain.ts";
+import { type LiveStats, persistLive } from "./checkpoint_live.ts";
 
 /** Options of {@link checkpoint}. */
 export interface CheckpointOptions extends PolicyOptions {
@@ -74,6 +75,17 @@ export interface CheckpointOptions extends PolicyOptions {
   parent?: string;
   /** Codecs the parent chain may use beyond raw. */
   codecs?: readonly Codec[];
+  /**
+   * A live checkpoint (lib/ops/checkpoint_live.ts, docs/LIVE.md): the target is stopped only to record its
+   * threads and write-protect its memory, then runs while its pages are copied out; a page it writes first is
+   * copied aside before the write goes through. The image is its memory at the freeze. Not with `keepFrozen`,
+   * `leaveStopped` or `encodeWhileStopped`. Default false.
+   */
+  live?: boolean;
+  /** With `live`: pages copied aside per write fault (an aligned block, a power of two up to 512; default 1). */
+  liveNeighbours?: number;
+  /** With `live`: called while the target is frozen, before it is protected and thawed. */
+  onFrozen?: () => void;
 }
 
 /** What {@link checkpoint} did. */
@@ -106,6 +118,8 @@ export interface CheckpointResult {
   frozen?: Frozen;
   /** With `track` or `parent`: how the changed pages were found, and whether tracking was armed. */
   incremental?: IncrementalInfo;
+  /** With `live`: pages copied early because of a write, the faults served, what was protected. */
+  live?: LiveStats;
 }
 
 /** The persistable regions of `pid` with the policy's decisions (for `cryo regions` and checkpoint). */
@@ -128,6 +142,11 @@ export async function checkpoint(
   path: string,
   opts: CheckpointOptions = {},
 ): Promise<CheckpointResult> {
+  if (opts.live && (opts.keepFrozen || opts.leaveStopped || opts.encodeWhileStopped)) {
+    throw new TypeError(
+      "Cannot take a live checkpoint with keepFrozen, leaveStopped or encodeWhileStopped: the target runs",
+    );
+  }
   if (((opts.codec ?? raw).id === 0 && !opts.sealer) || opts.encodeWhileStopped) {
     return await persistPid(pid, path, opts);
   }
@@ -207,6 +226,16 @@ async function persistPid(
 ): Promise<CheckpointResult> {
   const path = typeof out === "string" ? out : `fd ${out.fd}`;
   const started = performance.now();
+  if (opts.live && (opts.parent || opts.track)) {
+    throw new TypeError("Cannot take a live checkpoint with parent or track: not supported together yet");
+  }
+  if (opts.live) {
+    const taken = await persistLive(pid, out, opts, regionDecisions);
+    const allocatedBytes = typeof out === "string" && out !== "-"
+      ? (Deno.statSync(out).blocks ?? 0) * 512
+      : 0;
+    return { ...taken, path, pid, allocatedBytes, totalMs: performance.now() - started };
+  }
   const progress = opts.progress ?? silentProgress;
   opts.signal?.throwIfAborted();
   const linkFrom = typeof out === "string" ? out : "-"; // a raw image to transcode: the parent is named absolutely

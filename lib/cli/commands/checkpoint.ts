@@ -67,6 +67,11 @@ options:
   --encode-while-stopped  with --compress or a key: encode while the target is stopped (the fastest
                         checkpoint in all; by default a raw image is taken and encoded after the thaw, so the
                         target is stopped only to read its memory)
+  --live                stop the process only to record its threads and write-protect its memory (a few
+                        ms), then copy its memory while it runs; a page it writes first is copied aside before
+                        the write goes through, so the image is still its memory at the freeze (docs/LIVE.md)
+  --live-neighbours N   with --live: pages copied aside per write fault (a power of two, 1-512; default 1)
+  --stopped             keep the process stopped while its memory is read (the default)
   --track               arm write tracking at this checkpoint (a userfaultfd kept in PID): a later
                         \`restore --pid PID\` of this image writes back only the pages written since, and a
                         later \`checkpoint --parent\` over it reads only those
@@ -81,6 +86,7 @@ options:
 
 examples:
   deno run -A cli.ts checkpoint --pid 4242 -o app.cryo
+  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --live
   deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --exclude path:'*.so*' --json
   deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --compress zstd:1 --key-file app.key
   deno run -A cli.ts checkpoint --pid 4242 -o base.cryo --track
@@ -94,6 +100,9 @@ examples:
       compress: { type: "string" },
       ...keyOptions,
       "encode-while-stopped": { type: "boolean" },
+      live: { type: "boolean" },
+      "live-neighbours": { type: "string" },
+      stopped: { type: "boolean" },
       "no-registers": { type: "boolean" },
       "no-fsync": { type: "boolean" },
       "leave-stopped": { type: "boolean" },
@@ -111,6 +120,15 @@ examples:
           "or write a file (-o IMAGE)",
       );
     }
+    if (values.live && values.stopped) throw new UsageError("--live and --stopped exclude each other");
+    const neighbours = values["live-neighbours"] === undefined
+      ? undefined
+      : Number(values["live-neighbours"]);
+    if (neighbours !== undefined && !(Number.isInteger(neighbours) && neighbours >= 1 && neighbours <= 512)) {
+      throw new UsageError(
+        `--live-neighbours takes a power of two from 1 to 512, got "${values["live-neighbours"]}"`,
+      );
+    }
     const codec = values.compress === undefined ? undefined : parseCodecOption(values.compress);
     const key = await keyFrom(values);
     ctx.imageOnStdout = values.output === "-";
@@ -118,6 +136,8 @@ examples:
       codec,
       sealer: key ? await Sealer.create(key) : undefined,
       encodeWhileStopped: values["encode-while-stopped"],
+      live: values.live,
+      liveNeighbours: neighbours,
       include: (values.include ?? []).map(parseFilter),
       exclude: (values.exclude ?? []).map(parseFilter),
       shared: values.shared,
@@ -145,6 +165,10 @@ examples:
         `  image     ${humanBytes(result.imageBytes)}` +
         (values.output === "-" ? " (streamed)\n" : ` (${humanBytes(result.allocatedBytes)} on disk)\n`) +
         `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})` +
+        (result.live
+          ? `\n  live      ${result.live.earlyPages} pages copied early, ${result.live.faults} write faults ` +
+            `(longest ${humanDuration(result.live.maxFaultMs)})`
+          : "") +
         incrementalLines(result.incremental),
     );
     return 0;
