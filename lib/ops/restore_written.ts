@@ -91,6 +91,7 @@ export async function loadWritten(
       const rs = r.address, re = r.address + BigInt(r.length);
       while (j < todo.length && todo[j + 1] <= rs) j += 2;
       let decoded: Uint8Array | undefined;
+      let storedAt: bigint | undefined; // the record's bytes in the mapped image, found once per record
       for (let k = j; k < todo.length && todo[k] < re; k += 2) {
         const s = todo[k] > rs ? todo[k] : rs, e = todo[k + 1] < re ? todo[k + 1] : re;
         const len = Number(e - s), off = Number(s - rs);
@@ -102,8 +103,8 @@ export async function loadWritten(
         }
         out.copiedBytes += len;
         if (r.codec === 0) {
-          const stored = loader.storedBytes(r);
-          remote.queue(s, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(stored))) + BigInt(off), len);
+          storedAt ??= BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(loader.storedBytes(r))));
+          remote.queue(s, storedAt + BigInt(off), len);
         } else {
           decoded ??= await loader.readRecord(r);
           remote.flush();
