@@ -9,7 +9,8 @@ import { checkpoint, type CheckpointOptions, type CheckpointResult } from "./che
 import { type ImageStamp, imageStamp, restore, type RestoreOptions } from "./restore.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import type { RestoreResult } from "./restore_commit.ts";
-import { type ProcessTracking, trackingUnavailable, trackProcess } from "../kernel/tracking.ts";
+import { trackingUnavailable } from "../kernel/tracking.ts";
+import { releaseTracking } from "./tracked.ts";
 
 /** Options of {@link snapshot}: the checkpoint's, and how long to wait for the target to settle. */
 export interface SnapshotOptions extends CheckpointOptions {
@@ -65,7 +66,6 @@ export class Snapshot implements AsyncDisposable {
   /** What the checkpoint persisted. */
   readonly taken: CheckpointResult;
   readonly #dir: string;
-  readonly #tracking: ProcessTracking | undefined;
   readonly #untracked: string | undefined;
   #verified: ImageStamp | undefined;
   #closed = false;
@@ -75,19 +75,18 @@ export class Snapshot implements AsyncDisposable {
     dir: string,
     path: string,
     taken: CheckpointResult,
-    tracking: ProcessTracking | string,
+    untracked: string | undefined,
   ) {
     this.pid = pid;
     this.#dir = dir;
     this.path = path;
     this.taken = taken;
-    if (typeof tracking === "string") this.#untracked = tracking;
-    else this.#tracking = tracking;
+    this.#untracked = untracked;
   }
 
-  /** Whether rollbacks write back only what was written since (write tracking is armed). */
+  /** Whether write tracking was armed at the snapshot (rollbacks then write back only what was written since). */
   get tracked(): boolean {
-    return this.#tracking !== undefined;
+    return this.#untracked === undefined;
   }
 
   /** @internal Use {@link snapshot}. */
@@ -95,23 +94,21 @@ export class Snapshot implements AsyncDisposable {
     await settle(pid, opts.settleMs ?? 200, opts.settleTimeoutMs ?? 5000);
     const dir = await Deno.makeTempDir({ prefix: "cryo-snapshot-" });
     const path = `${dir}/${pid}.cryo`;
-    // Armed before the checkpoint: a write in between is counted as written, which costs a page, never a miss.
-    let tracking: ProcessTracking | string = opts.track === false ? "not asked (track: false)" : "";
-    if (tracking === "") {
-      tracking = trackingUnavailable() ?? "";
-      if (tracking === "") {
-        try {
-          tracking = trackProcess(pid, opts);
-        } catch (e) {
-          tracking = (e as Error).message;
-        }
-      }
-    }
+    // Armed inside the checkpoint's own freeze (lib/ops/incremental.ts), kept in the target: a second freeze
+    // just before the checkpoint would leave threads restarting their timed waits (restart_syscall) when their
+    // registers are recorded, and a rollback could not create such a thread again once it ended.
+    const track = opts.track !== false && !trackingUnavailable();
     try {
-      const taken = await checkpoint(pid, path, { fsync: false, ...opts });
-      return new Snapshot(pid, dir, path, taken, tracking);
+      const taken = await checkpoint(pid, path, { fsync: false, ...opts, track });
+      const untracked = opts.track === false
+        ? "not asked (track: false)"
+        : !track
+        ? trackingUnavailable()
+        : taken.incremental?.armed
+        ? undefined
+        : taken.incremental?.reason ?? "tracking was not armed";
+      return new Snapshot(pid, dir, path, taken, untracked);
     } catch (e) {
-      if (typeof tracking !== "string") tracking.close();
       await Deno.remove(dir, { recursive: true });
       throw e;
     }
@@ -134,11 +131,11 @@ export class Snapshot implements AsyncDisposable {
       this.#verified = imageStamp(this.path);
     }
     const result = await restore(this.pid, this.path, {
-      tracking: this.#tracking ?? false,
+      tracking: this.tracked ? "auto" : false,
       verified: this.#verified,
       ...opts,
     });
-    if (!this.#tracking) result.tracking = { used: false, reason: this.#untracked };
+    if (!this.tracked) result.tracking = { used: false, reason: this.#untracked };
     return result;
   }
 
@@ -146,7 +143,11 @@ export class Snapshot implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#tracking?.close(); // the target kept no copy: its tracking ends here
+    if (this.tracked) {
+      try {
+        releaseTracking(this.pid); // the target's userfaultfd closed (by an injected close), the marker removed
+      } catch { /* the process is gone */ }
+    }
     await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
   }
 

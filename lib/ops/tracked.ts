@@ -12,7 +12,7 @@
  */
 
 import { CryoError } from "../errors.ts";
-import type { Frozen } from "../kernel/freeze.ts";
+import { freeze, type Frozen } from "../kernel/freeze.ts";
 import type { PolicyOptions } from "../kernel/policy.ts";
 import {
   adoptTracking,
@@ -134,4 +134,19 @@ export function trackingSince(
     return { reason: `pid ${pid} no longer holds its tracking userfaultfd (fd ${mark.fd})` };
   }
   return { tracking: adoptTracking(pid, mark.fd), mark };
+}
+
+/**
+ * End the tracking `pid` keeps: its userfaultfd closed inside it (an injected `close`, the process frozen
+ * briefly), and the marker removed. Nothing to do when the marker names no tracking of this process.
+ *
+ * @param pid The process.
+ */
+export function releaseTracking(pid: number): void {
+  const mark = readTrackingMark(pid);
+  removeTrackingMark(pid);
+  if (!mark || !isUserfaultfd(pid, mark.fd)) return;
+  using frozen = freeze(pid, { registers: false });
+  using tracking = adoptTracking(pid, mark.fd);
+  tracking.release(frozen);
 }
