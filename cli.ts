@@ -9,6 +9,7 @@ import { checkpointCommand } from "./lib/cli/commands/checkpoint.ts";
 import { restoreCommand } from "./lib/cli/commands/restore.ts";
 import { diffCommand, inspectCommand, verifyCommand } from "./lib/cli/commands/image.ts";
 import { regionsCommand } from "./lib/cli/commands/regions.ts";
+import { mapCommand } from "./lib/cli/commands/map.ts";
 import { demoCommand } from "./lib/cli/commands/demo.ts";
 import { debugCommand } from "./lib/cli/commands/debug.ts";
 import { flattenCommand } from "./lib/cli/commands/flatten.ts";
@@ -26,6 +27,7 @@ if (import.meta.main) {
     diffCommand,
     flattenCommand,
     regionsCommand,
+    mapCommand,
     demoCommand,
     debugCommand,
   ], Deno.args);

@@ -51,6 +51,7 @@ export {
   type ServeReply,
 } from "./lib/ops/serve.ts";
 export {
+  checkKey,
   type ImageInfo,
   inspect,
   type InspectRecord,
@@ -59,6 +60,14 @@ export {
   type VerifyResult,
 } from "./lib/ops/inspect.ts";
 export { diff, type DiffResult, type DiffRun } from "./lib/ops/diff.ts";
+export {
+  mapImage,
+  mapProcess,
+  type MapRegion,
+  type MapRun,
+  type MapRunKind,
+  type MemoryMap,
+} from "./lib/ops/map.ts";
 export type { KernelState, OpenDescriptor } from "./lib/kernel/kernel_state.ts";
 export { Snapshot, snapshot, type SnapshotOptions } from "./lib/ops/snapshot.ts";
 export type { IncrementalInfo } from "./lib/ops/incremental.ts";
@@ -70,7 +79,7 @@ export { type Codec } from "./lib/codecs/codec.ts";
 export { parseCodec } from "./lib/codecs/select.ts";
 export { ZstdCodec } from "./lib/codecs/zstd.ts";
 export { Lz4Codec } from "./lib/codecs/lz4.ts";
-export { type Progress, silentProgress } from "./lib/ops/progress.ts";
+export { type PhaseName, PHASES, type Progress, silentProgress } from "./lib/ops/progress.ts";
 
 // Errors.
 export {
@@ -81,8 +90,10 @@ export {
   KeyError,
   KeyFileError,
   LayoutMismatchError,
+  LibraryNotFoundError,
   MapsParseError,
   RestoreIncompleteError,
   SafepointTimeoutError,
   SystemError,
+  TracedError,
 } from "./lib/errors.ts";

@@ -25,7 +25,7 @@ import { KIND } from "../image/layout.ts";
 import { imageSource, pidSource } from "../image/sources.ts";
 import { dirOf, scratchFile } from "../image/tempfile.ts";
 import type { Region } from "../kernel/region.ts";
-import { type Progress, silentProgress } from "./progress.ts";
+import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { type IncrementalInfo, IncrementalPlan } from "./incremental.ts";
 import { isIncremental } from "../image/chain.ts";
 import { type LiveStats, persistLive } from "./checkpoint_live.ts";
@@ -201,7 +201,7 @@ async function transcode(rawPath: string, path: string, opts: CheckpointOptions)
     incremental: isIncremental(loader),
   });
   const progress = opts.progress ?? silentProgress;
-  progress.phase?.(opts.sealer ? "encrypt" : "compress", loader.footer.dataBytes);
+  startPhase(progress, "transcode", loader.footer.dataBytes);
   try {
     for (const r of loader.records) {
       opts.signal?.throwIfAborted();
@@ -215,7 +215,12 @@ async function transcode(rawPath: string, path: string, opts: CheckpointOptions)
     progress.done();
   }
   for (const s of loader.sections) persister.addSection(s.name, loader.section(s.name)!);
-  return await persister.finalize();
+  startPhase(progress, "sync");
+  try {
+    return await persister.finalize();
+  } finally {
+    progress.done();
+  }
 }
 
 /** Checkpoint `pid` into a raw image (or one encoded while the target is stopped, when called so). */
@@ -240,8 +245,10 @@ async function persistPid(
   opts.signal?.throwIfAborted();
   const linkFrom = typeof out === "string" ? out : "-"; // a raw image to transcode: the parent is named absolutely
   using inc = opts.parent || opts.track ? await IncrementalPlan.open(linkFrom, opts) : undefined;
+  startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
+  progress.stopped?.(true, frozenAt);
   let persister: MemoryPersister | undefined;
   let handedOver = false; // with keepFrozen, set once the image is complete: the caller thaws from then on
   try {
@@ -265,7 +272,7 @@ async function persistPid(
         return { region: d.region, pieces: [{ start: d.region.start, end: d.region.end, runs }], bytes };
       });
     })();
-    progress.total(plans.reduce((n, p) => n + p.bytes, 0));
+    startPhase(progress, "read", plans.reduce((n, p) => n + p.bytes, 0));
     for (const [name, bytes] of inc?.sections() ?? []) persister.addSection(name, bytes);
     if (frozen.threads.length) persister.addSection("threads", encodeThreads(frozen.threads));
     persister.addSection("identity", encodeIdentity(processIdentity(pid)));
@@ -277,7 +284,10 @@ async function persistPid(
     const release = () => {
       if (stoppedMs) return;
       if (opts.leaveStopped) Deno.kill(pid, "SIGSTOP");
-      if (!opts.keepFrozen) frozen.thaw();
+      if (!opts.keepFrozen) {
+        frozen.thaw();
+        progress.stopped?.(false);
+      }
       stoppedMs = performance.now() - frozenAt;
     };
     if (captured) release();
@@ -297,6 +307,7 @@ async function persistPid(
     // Every byte is read: the target may run while the index is written and the file is synced (unless the
     // caller keeps it frozen).
     release();
+    startPhase(progress, "sync");
     const summary = await persister.finalize();
     persister = undefined;
     if (opts.keepFrozen) stoppedMs = performance.now() - frozenAt;
@@ -331,7 +342,10 @@ async function persistPid(
     }
     throw e;
   } finally {
-    if (!handedOver) frozen.thaw();
+    if (!handedOver) {
+      frozen.thaw();
+      progress.stopped?.(false);
+    }
     progress.done();
   }
 }

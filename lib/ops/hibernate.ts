@@ -18,6 +18,7 @@ import { readPrivateMarker, removePrivateMarker, startTimeOf, writePrivateMarker
 import { inject } from "../kernel/inject.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import { MADV } from "../../ffi/constants.ts";
+import { startPhase } from "./progress.ts";
 
 /** Memory figures of a process, from `/proc/PID/status`, in bytes. */
 export interface ProcessMemory {
@@ -274,6 +275,7 @@ export async function hibernate(
   }
   // The release point: the image is complete and synced, the marker written.
   const releaseStarted = performance.now();
+  if (opts.progress) startPhase(opts.progress, "release");
   let regionsReleased = 0;
   let releasedBytes = 0n;
   try {
@@ -291,11 +293,12 @@ export async function hibernate(
       `Cannot hibernate pid ${pid}: releasing its pages failed (${
         (e as Error).message
       }); it is left stopped, ` +
-        `hibernated into ${abs}: \`cryo wake --pid ${pid} ${abs}\` brings it back`,
+        `hibernated into ${abs}: a wake from that image brings it back`,
       { cause: e },
     );
   }
   const releaseMs = performance.now() - releaseStarted;
+  opts.progress?.done();
   frozen.thaw(true); // the hold stays: the process is stopped (state T) until wake sends SIGCONT
   const stoppedMs = performance.now() - frozenAt;
   await settleStopped(pid);

@@ -7,7 +7,9 @@
 
 import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "../image/layout.ts";
 import { ImageChain, imageDigest, isIncremental } from "../image/chain.ts";
-import { requireSealed } from "../image/sealing.ts";
+import { requireSealed, sealParamsOf } from "../image/sealing.ts";
+import { FIXED_HEADER_LENGTH } from "../image/format.ts";
+import { decodeFixedHeader } from "../image/header.ts";
 import { decodeKernelState, describeKernelState, type KernelState } from "../kernel/kernel_state.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import type { ImageSummary } from "../image/persister.ts";
@@ -15,7 +17,25 @@ import { permsString } from "../kernel/region.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { ImageError } from "../errors.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
-import type { SealKey } from "../codecs/seal.ts";
+import { Sealer, type SealKey } from "../codecs/seal.ts";
+import { phaseCounter, type Progress, silentProgress, startPhase } from "./progress.ts";
+
+/**
+ * `loader.verify()`, reported to `progress` as the phases `verify` (the file's checksums) and `decode` (every
+ * compressed record decoded). A sink without `phase()` is told nothing: its one bar is the operation's main
+ * work (a restore's write), not the verification before it.
+ *
+ * @param loader The open image.
+ * @param progress The progress sink.
+ */
+export async function verifyWithProgress(loader: MemoryLoader, progress: Progress): Promise<void> {
+  if (!progress.phase) return await loader.verify();
+  const decodeBytes = loader.records.reduce(
+    (n, r) => n + (r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0 ? r.length : 0),
+    0,
+  );
+  await loader.verify(phaseCounter(progress, { verify: loader.fileSize, decode: decodeBytes }));
+}
 
 /** One region of {@link ImageInfo}. */
 export interface InspectRegion {
@@ -245,12 +265,14 @@ export interface VerifyResult {
  */
 export async function verify(
   path: string,
-  opts: { codecs?: readonly Codec[]; key?: SealKey } = {},
+  opts: { codecs?: readonly Codec[]; key?: SealKey; progress?: Progress } = {},
 ): Promise<VerifyResult> {
   const started = performance.now();
+  const progress = opts.progress ?? silentProgress;
   let bytes = 0;
   try {
     if (path === "-") {
+      startPhase(progress, "verify"); // a stream's length is known only at its end
       const s = await verifyStream("-", { ...opts, path: "stdin" });
       return {
         path,
@@ -262,10 +284,22 @@ export async function verify(
     }
     using loader = await MemoryLoader.open(path, opts);
     bytes = loader.fileSize;
-    await loader.verify();
+    await verifyWithProgress(loader, progress);
     const encrypted = loader.encrypted;
     requireSealed(encrypted, opts.key, path); // a key means only a sealed image is sound
-    if (encrypted && opts.key) await verifyStream(await openInput(path), { ...opts, path });
+    if (encrypted && opts.key) {
+      startPhase(progress, "decode", loader.fileSize); // authenticated and decrypted as a stream
+      let read = 0;
+      await verifyStream(await openInput(path), {
+        ...opts,
+        path,
+        onChunk: (r) => {
+          read += r.storedLength;
+          progress.advance(r.storedLength);
+        },
+      });
+      progress.advance(Math.max(0, loader.fileSize - read));
+    }
     return { path, ok: true, authenticated: encrypted && !!opts.key, bytes, ms: performance.now() - started };
   } catch (e) {
     if (e instanceof ImageError) {
@@ -279,5 +313,34 @@ export async function verify(
       };
     }
     throw e;
+  } finally {
+    progress.done();
   }
+}
+
+/**
+ * Check that `key` is the one the image at `path` was sealed with, from its fixed header alone (the key check
+ * value beside the salt): no record is read or decrypted; {@link verify} with the key authenticates them all.
+ *
+ * @param path The image file.
+ * @param key The key.
+ * @throws {KeyError} When the image is not encrypted, or the key is not the one it was sealed with.
+ * @throws {ImageError} When the file does not start with a cryo header.
+ */
+export async function checkKey(path: string, key: SealKey): Promise<void> {
+  const block = new Uint8Array(FIXED_HEADER_LENGTH);
+  {
+    using file = await Deno.open(path, { read: true });
+    let got = 0;
+    while (got < block.length) {
+      const n = await file.read(block.subarray(got));
+      if (n === null) throw new ImageError(path, got, `file ends in the fixed header`);
+      got += n;
+    }
+  }
+  const header = decodeFixedHeader(path, block);
+  const encrypted = (header.requiredFeatures & REQUIRED.ENCRYPTED) !== 0n;
+  requireSealed(encrypted, key, path);
+  if (!encrypted) return;
+  await Sealer.open(key, sealParamsOf(block), path);
 }

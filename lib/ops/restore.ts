@@ -29,7 +29,8 @@ import { KIND } from "../image/layout.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
 import type { SealKey } from "../codecs/seal.ts";
-import { type Progress, silentProgress } from "./progress.ts";
+import { type Progress, silentProgress, startPhase } from "./progress.ts";
+import { verifyWithProgress } from "./inspect.ts";
 import type { ProcessTracking } from "../kernel/tracking.ts";
 import {
   decodeTrackingSection,
@@ -172,7 +173,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
   }
   using chain = await openChain(path, opts.codecs); // an incremental image: its chain, flattened
   using loader = await MemoryLoader.open(chain.path, { codecs: opts.codecs });
-  if (!verifiedBefore(chain.path, opts.verified)) await loader.verify();
+  if (!verifiedBefore(chain.path, opts.verified)) await verifyWithProgress(loader, progress);
   requireSealed(loader.encrypted, opts.key, path);
   if (loader.encrypted) {
     // Encrypted records are authenticated and decrypted by the stream reader (the whole file first).
@@ -186,9 +187,11 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
   const dataBytes = absolute.reduce((n, r) => n + (r.kind === KIND.DATA ? r.length : 0), 0);
   const holeBytes = absolute.reduce((n, r) => n + (r.kind === KIND.HOLE ? r.length : 0), 0);
   const recovering = pendingRecovery(pid); // asked before the freeze, which hides the stopped state
+  startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
   let fast: ReturnType<typeof pickTracking> | undefined;
+  progress.stopped?.(true, frozenAt);
   try {
     const identity = checkIdentity(pid, path, loader.source, loader.section("identity"), opts.force);
     if (identity.length) recorded = matchThreads(recorded, frozen.tids);
@@ -235,27 +238,35 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       result.tracking = { used: false, reason: picked.reason };
     }
     if (!opts.dryRun) {
-      progress.total(dataBytes);
-      const done = await commitRestore(frozen, path, recovering, async (ctx) => {
-        ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
-        ctx.fixLayout(layout, layout.scratchAt);
-        ctx.recreateThreads(recreate); // their stacks are mapped again by now
-        if ("tracking" in picked) {
-          const w = await loadWritten(loader, ctx.target, frozen, picked.tracking);
-          result.tracking = { used: true, writtenBytes: w.writtenBytes, releasedBytes: w.releasedBytes };
-          progress.advance(w.copiedBytes);
-          ctx.endAfter(ending);
-          return { copiedBytes: w.copiedBytes, mappedBytes: 0, holeBytes: w.holeBytes, mappedRegions: 0 };
-        }
-        const summary = await loader.load(ctx.target);
-        progress.advance(summary.copiedBytes);
-        if ("rearm" in picked && picked.rearm && picked.mark) {
-          picked.rearm.arm(); // the memory is the image's again: so are the written bits (still frozen)
-          writeTrackingMark(pid, picked.mark);
-        }
-        ctx.endAfter(ending); // last: rolled-back memory does not know them, and ending cannot be undone
-        return summary;
-      }, opts.signal);
+      // The loader batches its writes: the phase is shown as a step with its elapsed time, not a percentage.
+      startPhase(progress, "write");
+      const done = await commitRestore(
+        frozen,
+        path,
+        recovering,
+        async (ctx) => {
+          ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
+          ctx.fixLayout(layout, layout.scratchAt);
+          ctx.recreateThreads(recreate); // their stacks are mapped again by now
+          if ("tracking" in picked) {
+            const w = await loadWritten(loader, ctx.target, frozen, picked.tracking);
+            result.tracking = { used: true, writtenBytes: w.writtenBytes, releasedBytes: w.releasedBytes };
+            progress.advance(w.copiedBytes);
+            ctx.endAfter(ending);
+            return { copiedBytes: w.copiedBytes, mappedBytes: 0, holeBytes: w.holeBytes, mappedRegions: 0 };
+          }
+          const summary = await loader.load(ctx.target);
+          progress.advance(summary.copiedBytes); // written (the write phase is shown uncounted: these are its bytes)
+          if ("rearm" in picked && picked.rearm && picked.mark) {
+            picked.rearm.arm(); // the memory is the image's again: so are the written bits (still frozen)
+            writeTrackingMark(pid, picked.mark);
+          }
+          ctx.endAfter(ending); // last: rolled-back memory does not know them, and ending cannot be undone
+          return summary;
+        },
+        opts.signal,
+        progress,
+      );
       result.holeBytes = done.value.holeBytes;
       result.threadsRestored = done.threadsRestored;
       result.threadsEnded = done.threadsEnded;
@@ -263,11 +274,13 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       result.recovered = done.recovered;
     }
     frozen.thaw();
+    progress.stopped?.(false);
     result.stoppedMs = performance.now() - frozenAt;
     result.totalMs = performance.now() - started;
     return result;
   } finally {
     frozen.thaw();
+    progress.stopped?.(false);
     if (fast && "tracking" in fast && fast.own) fast.tracking.close();
     if (fast && "rearm" in fast) fast.rearm?.close();
     progress.done();

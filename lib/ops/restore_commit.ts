@@ -15,6 +15,7 @@
  * @module
  */
 
+import type { Progress } from "./progress.ts";
 import { LayoutMismatchError, RestoreIncompleteError } from "../errors.ts";
 import type { Frozen } from "../kernel/freeze.ts";
 import { RestoreJournal } from "../kernel/journal.ts";
@@ -210,6 +211,7 @@ export interface CommitContext {
  *   freeze): the target is then resumed on success, and left stopped on failure.
  * @param write Writes memory and registers through the context.
  * @param signal Aborts: checked after the write, so an abort undoes everything.
+ * @param progress Told when the target runs again.
  * @returns What was done.
  * @throws The write's error, after the target was put back as it was.
  * @throws {RestoreIncompleteError} When putting it back failed too: the target is left stopped.
@@ -220,6 +222,7 @@ export async function commitRestore<T>(
   recovering: boolean,
   write: (ctx: CommitContext) => Promise<T>,
   signal?: AbortSignal,
+  progress?: Progress,
 ): Promise<CommitSummary<T>> {
   const pid = frozen.pid;
   const recovered = recovering;
@@ -303,6 +306,7 @@ export async function commitRestore<T>(
     }
   });
   frozen.thaw();
+  progress?.stopped?.(false);
   if (recovered) libc.kill(pid, SIGCONT); // stopped since the killed restore: let it run again
   removeMarker(pid);
   return {

@@ -15,6 +15,7 @@
  */
 
 import { freeze } from "../kernel/freeze.ts";
+import { awaitHeader } from "./stream_head.ts";
 import { pendingRecovery } from "./recovery.ts";
 import { decodeThreads, type ThreadState } from "../kernel/threads.ts";
 import type { Codec } from "../codecs/codec.ts";
@@ -29,7 +30,7 @@ import {
   type RestoreResult,
   threadChanges,
 } from "./restore_commit.ts";
-import { type Progress, silentProgress } from "./progress.ts";
+import { type Progress, silentProgress, startPhase } from "./progress.ts";
 
 /** Options of {@link restoreStream}. */
 export interface StreamRestoreOptions {
@@ -77,17 +78,27 @@ export async function restoreStream(
   let known: ThreadState[] | undefined; // from a file's verification pass, before anything is written
   let verified: StreamSummary | undefined;
   if (input !== "-") {
-    verified = await verifyStream(await openInput(input), streamOpts); // a key means it must be sealed
+    // Reported to a sink with phases only: a sink with one bar counts the write (see verifyWithProgress).
+    if (progress.phase) startPhase(progress, "verify", (await Deno.stat(input)).size);
+    verified = await verifyStream(await openInput(input), {
+      ...streamOpts,
+      onChunk: progress.phase ? (r) => progress.advance(r.storedLength) : undefined,
+    }); // a key means it must be sealed
     const bytes = verified.sectionBytes.get("threads");
     known = bytes ? decodeThreads(bytes, input) : [];
   }
   opts.signal?.throwIfAborted();
   // An abort must not wait for the next byte of a stream that may never come: it errors the stream.
-  const opened = await openInput(input);
+  let opened = await openInput(input);
+  // A stream: the target is frozen only once the header has arrived (a slow writer must not keep it stopped).
+  if (input === "-") opened = await awaitHeader(opened, input, opts.signal);
   const stream = opts.signal ? opened.pipeThrough(new TransformStream(), { signal: opts.signal }) : opened;
   const recovering = pendingRecovery(pid); // asked before the freeze, which hides the stopped state
+  startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
+  progress.stopped?.(true, frozenAt);
+  startPhase(progress, "write", verified?.dataBytes);
   const checkThreads = (threads: readonly ThreadState[], present: boolean) => {
     const changes = threadChanges(threads, frozen.tids);
     if (present && !opts.allowThreadChanges) refuseThreadChanges(pid, changes);
@@ -132,8 +143,10 @@ export async function restoreStream(
         return { s, changes };
       },
       opts.signal,
+      progress,
     );
     frozen.thaw();
+    progress.stopped?.(false);
     const { s, changes } = done.value;
     return {
       pid,
@@ -156,6 +169,7 @@ export async function restoreStream(
     };
   } finally {
     frozen.thaw();
+    progress.stopped?.(false);
     progress.done();
   }
 }

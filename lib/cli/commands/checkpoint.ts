@@ -10,7 +10,7 @@ import type { RegionFilter } from "../../kernel/policy.ts";
 import { REGION_KINDS, type RegionKind } from "../../kernel/region.ts";
 import { parse, parsePid, parseRange } from "../args.ts";
 import { humanBytes, humanDuration, printable } from "../format.ts";
-import { toJson } from "../json.ts";
+import { jsonDocument } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { progressBar } from "../progress.ts";
 import { keyFrom, keyOptions, parseCodecOption } from "../secure.ts";
@@ -85,13 +85,13 @@ options:
   -q, --quiet           no progress bar
 
 examples:
-  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo
-  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --live
-  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --exclude path:'*.so*' --json
-  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --compress zstd:1 --key-file app.key
-  deno run -A cli.ts checkpoint --pid 4242 -o base.cryo --track
-  deno run -A cli.ts checkpoint --pid 4242 -o next.cryo --parent base.cryo --track
-  deno run -A cli.ts checkpoint --pid 4242 -o - | ssh host deno run -A cli.ts restore --pid 99 -`,
+  cryo checkpoint --pid 4242 -o app.cryo
+  cryo checkpoint --pid 4242 -o app.cryo --live
+  cryo checkpoint --pid 4242 -o app.cryo --exclude path:'*.so*' --json
+  cryo checkpoint --pid 4242 -o app.cryo --compress zstd:1 --key-file app.key
+  cryo checkpoint --pid 4242 -o base.cryo --track
+  cryo checkpoint --pid 4242 -o next.cryo --parent base.cryo --track
+  cryo checkpoint --pid 4242 -o - | ssh host cryo restore --pid 99 -`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       pid: { type: "string" },
@@ -152,7 +152,7 @@ examples:
     // With the image on stdout, everything else goes to stderr.
     const print = values.output === "-" ? (text: string) => console.error(text) : out;
     if (values.json) {
-      print(toJson(result));
+      print(jsonDocument(result));
       return 0;
     }
     print(

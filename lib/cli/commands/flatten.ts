@@ -26,7 +26,7 @@ options:
   --json              print the result as JSON
 
 examples:
-  deno run -A cli.ts flatten app-3.cryo -o app-full.cryo`,
+  cryo flatten app-3.cryo -o app-full.cryo`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       output: { type: "string", short: "o" },
