@@ -12,6 +12,7 @@ import { regionsCommand } from "./lib/cli/commands/regions.ts";
 import { mapCommand } from "./lib/cli/commands/map.ts";
 import { demoCommand } from "./lib/cli/commands/demo.ts";
 import { debugCommand } from "./lib/cli/commands/debug.ts";
+import { flattenCommand } from "./lib/cli/commands/flatten.ts";
 import { hibernateCommand, serveCommand, wakeCommand } from "./lib/cli/commands/hibernate.ts";
 
 if (import.meta.main) {
@@ -24,6 +25,7 @@ if (import.meta.main) {
     inspectCommand,
     verifyCommand,
     diffCommand,
+    flattenCommand,
     regionsCommand,
     mapCommand,
     demoCommand,

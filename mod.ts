@@ -30,7 +30,7 @@ export {
   regionDecisions,
 } from "./lib/ops/checkpoint.ts";
 export type { LiveStats } from "./lib/ops/checkpoint_live.ts";
-export { restore, type RestoreOptions } from "./lib/ops/restore.ts";
+export { type ImageStamp, imageStamp, restore, type RestoreOptions } from "./lib/ops/restore.ts";
 export type { RestoreResult } from "./lib/ops/restore_commit.ts";
 export {
   hibernate,
@@ -70,6 +70,8 @@ export {
 } from "./lib/ops/map.ts";
 export type { KernelState, OpenDescriptor } from "./lib/kernel/kernel_state.ts";
 export { Snapshot, snapshot, type SnapshotOptions } from "./lib/ops/snapshot.ts";
+export type { IncrementalInfo } from "./lib/ops/incremental.ts";
+export { flattenChain } from "./lib/image/chain.ts";
 
 // Keys and codecs.
 export { type KeyFileOptions, keyFromEnv, keyFromFile, SealKey } from "./lib/codecs/seal.ts";

@@ -24,6 +24,7 @@ import type { SectionEntry } from "./sections.ts";
 import { FileSource } from "./byte_source.ts";
 import { type ImageIndex, readImageIndex } from "./reader.ts";
 import { checkStructure, verifyDecoded, verifyImage } from "./verify.ts";
+import { refuseIncremental } from "./rules.ts";
 import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
 import { clearRange, mapRun, protOf } from "./lazy.ts";
 import { RemoteWriter } from "./remote.ts";
@@ -229,6 +230,7 @@ export class MemoryLoader implements Disposable {
    */
   async load(target: LoadTarget): Promise<LoadSummary> {
     await this.verify();
+    refuseIncremental(this.path, this.header);
     this.#unmapView(); // so that our own mapping of the image is not mistaken for (or placed in) the target
     const plan = this.checkTarget(target);
     for (const r of this.records) {

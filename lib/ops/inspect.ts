@@ -6,6 +6,7 @@
  */
 
 import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "../image/layout.ts";
+import { ImageChain, imageDigest, isIncremental } from "../image/chain.ts";
 import { requireSealed, sealParamsOf } from "../image/sealing.ts";
 import { FIXED_HEADER_LENGTH } from "../image/format.ts";
 import { decodeFixedHeader } from "../image/header.ts";
@@ -111,6 +112,13 @@ export interface ImageInfo {
   kernel?: KernelState & { summary: string };
   /** Every record, when asked for. */
   records?: InspectRecord[];
+  /**
+   * An incremental image's chain, this image first, down to the full image it builds on (lib/image/chain.ts);
+   * undefined for a full image.
+   */
+  chain?: { path: string; digest: string; incremental: boolean; dataBytes: number; fileBytes: number }[];
+  /** Why the chain could not be followed (a parent missing or not the one named). */
+  chainError?: string;
 }
 
 const CODECS = ["raw", "zstd", "lz4"];
@@ -142,6 +150,22 @@ function featureNames(bits: bigint, names: Record<string, bigint>): string[] {
 export async function inspect(path: string, opts: { records?: boolean } = {}): Promise<ImageInfo> {
   using loader = await MemoryLoader.open(path);
   const stat = Deno.statSync(path);
+  let chain: ImageInfo["chain"];
+  let chainError: string | undefined;
+  if (isIncremental(loader)) {
+    try {
+      using c = await ImageChain.open(path, { verify: false });
+      chain = c.images.map((l) => ({
+        path: l.path,
+        digest: imageDigest(l.path).digest,
+        incremental: isIncremental(l),
+        dataBytes: l.footer.dataBytes,
+        fileBytes: l.fileSize,
+      }));
+    } catch (e) {
+      chainError = (e as Error).message;
+    }
+  }
   const regions: InspectRegion[] = loader.regions.map((g) => ({
     start: g.start,
     end: g.end,
@@ -211,6 +235,8 @@ export async function inspect(path: string, opts: { records?: boolean } = {}): P
         segment: r.segment,
       }))
       : undefined,
+    chain,
+    chainError,
   };
 }
 

@@ -145,6 +145,11 @@ export interface RestoreResult {
   recovered: boolean;
   /** How long the target was stopped, in milliseconds (0 for a dry run that did not freeze). */
   stoppedMs: number;
+  /**
+   * Whether only the pages written since the image was taken were written back (write tracking,
+   * lib/ops/restore_written.ts), and if not, why the full path was taken. Absent when tracking was not asked.
+   */
+  tracking?: { used: boolean; reason?: string; writtenBytes?: number; releasedBytes?: number };
   /** How long the whole restore took, in milliseconds. */
   totalMs: number;
 }

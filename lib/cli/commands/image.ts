@@ -71,6 +71,17 @@ examples:
       `holes ${humanBytes(t.holeBytes)} in ${t.holeRecords} records`,
       `sections  ${info.sections.map((s) => `${p(s.name)} (${humanBytes(s.bytes)})`).join(", ") || "none"}`,
       ...(info.kernel?.summary ? [`untouched a rollback leaves ${p(info.kernel.summary)}`] : []),
+      ...(info.chain
+        ? [
+          `chain     ${info.chain.length} images, this one first:`,
+          ...info.chain.map((c) =>
+            `          ${p(c.path)} ${c.digest} ${humanBytes(c.dataBytes)} of data${
+              c.incremental ? "" : " (full)"
+            }`
+          ),
+        ]
+        : []),
+      ...(info.chainError ? [`chain     broken: ${p(info.chainError)}`] : []),
       ...(info.encrypted
         ? [
           "encrypted the records and sections are AES-256-GCM: sizes and layout are shown, contents need the key",

@@ -42,6 +42,9 @@ options:
                      the checkpoint (or the image holds none of their stacks): a thread resumed with today's
                      registers on a stack rolled back to then may crash
   --dry-run          verify and check, report what would be written, write nothing
+  --no-track         write the whole image back even when the process holds the write tracking armed at
+                     it (by default such a rollback writes back only the pages written since, and releases
+                     the pages populated since: \`checkpoint --track\`)
   --allow-thread-changes  go ahead although threads of the checkpoint have ended since and cannot be created
                      again (refused by default: memory rolled back would still count on them)
   --keep-born-threads  refuse threads started since the checkpoint instead of ending them (by default they
@@ -72,6 +75,7 @@ examples:
       recover: { type: "boolean" },
       "dry-run": { type: "boolean" },
       ...memoryOption,
+      "no-track": { type: "boolean" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -91,6 +95,7 @@ examples:
       recover: values.recover,
       dryRun: values["dry-run"],
       memoryBudget: parseMemory(values.memory),
+      tracking: values["no-track"] ? false : "auto",
       progress: progressBar("restore", values.quiet || values.json),
       signal: ctx.signal,
     });
@@ -117,7 +122,14 @@ examples:
         (result.threadsBorn.length ? `, ${result.threadsBorn.length} born since` : "") +
         (result.threadsRecreated.length ? `, ${result.threadsRecreated.length} created again` : "") +
         (result.threadsEnded.length ? `, ${result.threadsEnded.length} ended` : "") + "\n" +
-        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
+        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})` +
+        (result.tracking?.used
+          ? `\n  tracking  wrote back only what was written since: ${
+            humanBytes(result.tracking.writtenBytes ?? 0)
+          } written, ${humanBytes(result.tracking.releasedBytes ?? 0)} released`
+          : result.tracking?.reason
+          ? `\n  tracking  full rollback: ${printable(result.tracking.reason)}`
+          : ""),
     );
     return 0;
   },
