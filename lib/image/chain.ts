@@ -1,7 +1,8 @@
 /**
  * Chains of incremental images. An incremental image (required feature PARENT, docs/FORMAT.md) holds the full
- * region table, sections and registers of its moment, but its frames cover only what changed since its parent:
- * every byte of its regions that no frame covers is its parent's (and so on down to a full image). Its
+ * region table, sections and registers of its moment, but its records (data, and explicit holes) are only what
+ * changed since its parent: every byte of its regions that no record covers is its parent's, inside a frame's
+ * range or not (lib/image/format.ts `uncoveredMeaning`), and so on down to a full image. Its
  * `parent` section names the parent by content: the parent's footer checksum (the XXH3 of a footer that holds
  * the checksums of the header, the index, which pins every frame table and so every record's checksum, and the
  * sections: a digest of the whole file) and size; a parent whose digest differs is refused, whatever its name.
@@ -195,7 +196,8 @@ export class ImageChain implements Disposable {
   }
 
   /**
-   * Which image holds each byte of the tip's absolute regions: the newest one whose frames cover it.
+   * Which image holds each byte of the tip's absolute regions: the newest one whose records (data or hole)
+   * cover it.
    *
    * @returns Pieces sorted by address, not overlapping.
    * @throws {ImageError} When some byte of the tip's regions is covered by no image of the chain.
@@ -205,7 +207,13 @@ export class ImageChain implements Disposable {
     const pieces: ChainPiece[] = [];
     this.images.forEach((img, i) => {
       if (!remaining.length) return;
-      const covered = runsOf(img.frames.filter((f) => !f.isEnd && f.segment === 0));
+      // The image's own bytes are its records' (uncovered bytes of an incremental image are its parent's).
+      const covered = runsOf(
+        img.records.filter((r) => r.segment === 0).map((r) => ({
+          start: r.address,
+          end: r.address + BigInt(r.length),
+        })),
+      );
       const take = intersectRuns(remaining, covered);
       for (let k = 0; k < take.length; k += 2) pieces.push({ start: take[k], end: take[k + 1], image: i });
       remaining = subtractRuns(remaining, covered);

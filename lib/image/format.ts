@@ -131,14 +131,31 @@ export const REQUIRED = { CODEC: 1n, ENCRYPTED: 2n, PARENT: 4n } as const;
 export const KNOWN_REQUIRED = REQUIRED.CODEC | REQUIRED.ENCRYPTED | REQUIRED.PARENT;
 /** Optional feature bits: unknown ones are ignored. */
 export const OPTIONAL = { ZERO_DETECTED: 1n } as const;
-/** Record kinds. */
+/** Record kinds (a table entry of kind HOLE exists only in an incremental image, see {@link uncoveredMeaning}). */
 export const KIND = { DATA: 0, HOLE: 1 } as const;
+
+/**
+ * What a byte inside a frame's covered range that no table entry covers means (docs/FORMAT.md, "Incremental
+ * images"): the one place this rule is said. In an image without the required feature PARENT it is a
+ * **hole** (zero, or the file's contents; holes are never table entries there). In an incremental image it is
+ * **its parent's**, as every byte outside every frame is, and a page released or zeroed since the parent is an
+ * explicit table entry of kind HOLE.
+ *
+ * @param requiredFeatures The image's required feature bits.
+ * @returns `"hole"` or `"parent"`.
+ */
+export function uncoveredMeaning(requiredFeatures: bigint): "hole" | "parent" {
+  return requiredFeatures & REQUIRED.PARENT ? "parent" : "hole";
+}
 /** Record flag bits. */
 export const RECORD_FLAG = { ENCRYPTED: 1 } as const;
 /** Region table flag bits. */
 export const REGION_FLAG = { RELOCATABLE: 1 } as const;
 
-/** One record: a data run (a frame's table entry) or a hole (uncovered bytes of a frame's range). */
+/**
+ * One record: a data run (a frame's table entry) or a hole (uncovered bytes of a frame's range, or in an
+ * incremental image a table entry of kind HOLE).
+ */
 export interface ImageRecord {
   /** First address (or offset in a relocatable segment). */
   address: bigint;

@@ -3,6 +3,11 @@
  * range; a full frame, or one the next record does not continue, is laid out (header, table, page-aligned data)
  * and queued for writing. Keeps the totals of the records and the frame directory's entries.
  *
+ * In an incremental image (uncovered bytes are the parent's, lib/image/format.ts `uncoveredMeaning`) a hole is
+ * a table entry of kind HOLE, and a record joins the open frame across a gap (bytes the image leaves to its
+ * parent) when the frame's range stays inside the image's regions: scattered runs share one frame, up to 1024
+ * records and 16 MiB of data.
+ *
  * @module
  */
 
@@ -16,7 +21,7 @@ import {
   MAX_FRAME_DATA,
   MAX_FRAME_RECORDS,
 } from "./frames.ts";
-import { alignUp, type ImageRecord, KIND } from "./layout.ts";
+import { alignUp, type ImageRecord, KIND, MAX_RECORD_LENGTH } from "./format.ts";
 import type { WriteQueue } from "./write_queue.ts";
 
 /** The frame being filled: its range so far, its records and where their stored bytes are. */
@@ -63,16 +68,25 @@ export class FrameWriter {
   #lastKind = -1;
   #lastSegment = -1;
   #lastHoleEnd = -1n;
+  /** For an incremental image: whether a frame of `segment` may cover `[from, to)` (inside the regions). */
+  readonly #bridge?: (segment: number, from: bigint, to: bigint) => boolean;
 
   /**
    * Make the frame writer of one image.
    *
    * @param queue Where complete frames are queued.
    * @param keepTables Keep each frame's table in `tables` (sealed images).
+   * @param bridge For an incremental image (holes are entries, gaps are the parent's): whether the open frame
+   *   of `segment` may grow over the gap `[from, to)` to reach the next record.
    */
-  constructor(queue: WriteQueue, keepTables: boolean) {
+  constructor(
+    queue: WriteQueue,
+    keepTables: boolean,
+    bridge?: (segment: number, from: bigint, to: bigint) => boolean,
+  ) {
     this.#queue = queue;
     this.#keepTables = keepTables;
+    this.#bridge = bridge;
   }
 
   /**
@@ -85,14 +99,7 @@ export class FrameWriter {
    *   ours (a mapped image file): `settle()` need not copy them.
    */
   append(r: ImageRecord, ptr: bigint, keep?: Uint8Array, stable = false): void {
-    let f = this.#cover(r.segment, r.address);
-    if (
-      f.records.length >= MAX_FRAME_RECORDS ||
-      (f.records.length && f.stored + r.storedLength > MAX_FRAME_DATA)
-    ) {
-      this.flush();
-      f = this.#cover(r.segment, r.address);
-    }
+    const f = this.#room(r.segment, r.address, r.storedLength);
     f.records.push(r);
     f.ptrs.push(ptr);
     f.borrowed.push(!keep && !stable);
@@ -115,6 +122,7 @@ export class FrameWriter {
    * @param segment Its segment (0 for absolute addresses).
    */
   hole(addr: bigint, len: number, segment: number): void {
+    if (this.#bridge) return this.#holeEntries(addr, len, segment);
     const f = this.#cover(segment, addr);
     f.end = addr + BigInt(len);
     this.totals.holeBytes += len;
@@ -124,6 +132,58 @@ export class FrameWriter {
     this.#lastKind = KIND.HOLE;
     this.#lastSegment = segment;
     this.#lastHoleEnd = f.end;
+  }
+
+  /** An incremental image's hole: table entries of kind HOLE (one continuing the last is extended). */
+  #holeEntries(addr: bigint, len: number, segment: number): void {
+    this.totals.holeBytes += len;
+    for (let off = 0; off < len;) {
+      const f = this.#frame;
+      const last = f?.records[f.records.length - 1];
+      if (
+        f && last && last.kind === KIND.HOLE && f.segment === segment && f.end === addr + BigInt(off) &&
+        last.length < MAX_RECORD_LENGTH
+      ) {
+        const n = Math.min(len - off, MAX_RECORD_LENGTH - last.length);
+        last.length += n;
+        f.end += BigInt(n);
+        off += n;
+        continue;
+      }
+      const n = Math.min(len - off, MAX_RECORD_LENGTH);
+      const a = addr + BigInt(off);
+      const g = this.#room(segment, a, 0);
+      g.records.push({
+        address: a,
+        length: n,
+        kind: KIND.HOLE,
+        fileOffset: 0,
+        storedLength: 0,
+        checksum: 0n,
+        decodedChecksum: 0n,
+        codec: 0,
+        flags: 0,
+        segment,
+      });
+      g.ptrs.push(0n);
+      g.borrowed.push(false);
+      g.end = a + BigInt(n);
+      this.totals.records++;
+      off += n;
+    }
+    this.#lastKind = KIND.HOLE;
+  }
+
+  /** The open frame with room for one more record of `stored` bytes at `addr`; else a new one. */
+  #room(segment: number, addr: bigint, stored: number): OpenFrame {
+    const f = this.#frame;
+    if (
+      f && (f.records.length >= MAX_FRAME_RECORDS ||
+        (f.records.length && stored && f.stored + stored > MAX_FRAME_DATA))
+    ) {
+      this.flush();
+    }
+    return this.#cover(segment, addr);
   }
 
   /** Queue the open frame: zero padding, header, table, then each record's padding and data. */
@@ -152,6 +212,7 @@ export class FrameWriter {
     q.bytes(header);
     q.bytes(table);
     f.records.forEach((r, i) => {
+      if (r.kind === KIND.HOLE) return;
       q.zerosTo(r.fileOffset);
       q.at(f.ptrs[i], r.storedLength);
     });
@@ -189,10 +250,17 @@ export class FrameWriter {
     f.keep.push(copy);
   }
 
-  /** The open frame, if its range ends at `addr` in `segment`; else flush it and open one at `addr`. */
+  /**
+   * The open frame, if its range ends at `addr` in `segment` (or, in an incremental image, before `addr` and
+   * may grow over the gap); else flush it and open one at `addr`.
+   */
   #cover(segment: number, addr: bigint): OpenFrame {
     const f = this.#frame;
     if (f && f.segment === segment && f.end === addr) return f;
+    if (f && f.segment === segment && f.end < addr && this.#bridge?.(segment, f.end, addr)) {
+      f.end = addr;
+      return f;
+    }
     this.flush();
     this.#frame = {
       segment,

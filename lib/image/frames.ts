@@ -20,6 +20,7 @@ import {
   type ImageRecord,
   KIND,
   MAX_FRAME_RANGE,
+  MAX_RECORD_LENGTH,
 } from "./format.ts";
 
 /** Bytes of one table entry. */
@@ -62,7 +63,7 @@ export function tableEnd(f: Pick<FrameInfo, "offset" | "count">): number {
 
 /**
  * Lay out a frame's records: set each one's `fileOffset` (page aligned for the first and for raw unencrypted
- * records, packed otherwise).
+ * records, packed otherwise; 0 for a hole entry, which has no data).
  *
  * @param f The frame (offset and count).
  * @param records Its records, in table order.
@@ -78,6 +79,10 @@ export function layoutFrame(
   const dataOffset = alignUp(tableEnd(f), pageSize);
   let at = dataOffset;
   for (const r of records) {
+    if (r.kind === KIND.HOLE) { // an incremental image's explicit hole: no data
+      r.fileOffset = 0;
+      continue;
+    }
     if (r.codec === 0 && r.flags === 0) at = alignUp(at, pageSize);
     r.fileOffset = at;
     at += r.storedLength;
@@ -178,17 +183,26 @@ export function encodeTable(records: readonly ImageRecord[]): Uint8Array<ArrayBu
 }
 
 /**
- * Decode a frame's table (its checksum already checked) and lay its records out: entries must be data, in
- * address order, not overlapping, inside the frame's covered range, with no reserved bit set; the data length
+ * Decode a frame's table (its checksum already checked) and lay its records out: entries must be data (or, in
+ * an incremental image, holes: no stored bytes, checksums, codec or flags, at most `MAX_RECORD_LENGTH` bytes),
+ * in address order, not overlapping, inside the frame's covered range, with no reserved bit set; the data length
  * must be what the frame header says, and at most {@link MAX_FRAME_DATA} stored bytes unless there is one record.
  *
  * @param path The image, for errors.
  * @param f The frame.
  * @param b The table bytes.
  * @param pageSize The image's page size.
- * @returns The data records, with their file offsets.
+ * @param uncovered What the bytes no entry covers mean ({@link uncoveredMeaning}): hole entries are allowed
+ *   only when they are the parent's.
+ * @returns The table's records in table order (data with their file offsets, and hole entries).
  */
-export function decodeTable(path: string, f: FrameInfo, b: Uint8Array, pageSize: number): ImageRecord[] {
+export function decodeTable(
+  path: string,
+  f: FrameInfo,
+  b: Uint8Array,
+  pageSize: number,
+  uncovered: "hole" | "parent" = "hole",
+): ImageRecord[] {
   const base = f.offset + FRAME_LENGTH;
   const c = new Cursor(path, b, base);
   if (b.length !== f.count * ENTRY_LENGTH) {
@@ -213,8 +227,16 @@ export function decodeTable(path: string, f: FrameInfo, b: Uint8Array, pageSize:
     };
     const bad = (m: string, off = 0) => new ImageError(path, base + o + off, `table entry ${i}: ${m}`);
     if (c.u32() !== 0) throw bad("non-zero reserved field", ENTRY_FIELD.RESERVED);
-    if (r.kind !== KIND.DATA) throw bad(`kind ${r.kind} is not data`, ENTRY_FIELD.KIND);
-    if (r.length === 0 || r.storedLength === 0) throw bad("empty record", ENTRY_FIELD.LENGTH);
+    if (r.kind === KIND.HOLE && uncovered === "parent") {
+      if (r.storedLength || r.checksum || r.decodedChecksum || r.codec || r.flags) {
+        throw bad("a hole entry with stored bytes, checksums, codec or flags", ENTRY_FIELD.STORED_LENGTH);
+      }
+      if (r.length === 0 || r.length > MAX_RECORD_LENGTH) {
+        throw bad(`hole entry of ${r.length} bytes (1 to ${MAX_RECORD_LENGTH})`, ENTRY_FIELD.LENGTH);
+      }
+    } else if (r.kind !== KIND.DATA) {
+      throw bad(`kind ${r.kind} is not data`, ENTRY_FIELD.KIND);
+    } else if (r.length === 0 || r.storedLength === 0) throw bad("empty record", ENTRY_FIELD.LENGTH);
     if (r.address < at) throw bad("out of order, overlapping or before the frame's range");
     at = r.address + BigInt(r.length);
     if (at > f.end) throw bad("runs past the frame's range", ENTRY_FIELD.LENGTH);
@@ -304,14 +326,23 @@ export function sameFrame(a: FrameInfo, b: FrameInfo): boolean {
 }
 
 /**
- * Add a frame's records to `out`: its data records and the holes between them in its covered range (a hole
- * that continues the last hole of `out` extends it, up to `MAX_FRAME_RANGE` bytes, so a length stays exact).
+ * Add a frame's records to `out`. The bytes of its covered range that no entry covers mean what
+ * {@link uncoveredMeaning} says: holes (added between its data records; a hole that continues the last hole of
+ * `out` extends it, up to `MAX_FRAME_RANGE` bytes, so a length stays exact), or, in an incremental image, its
+ * parent's (not records of this image: only its entries are added, data and hole entries, a hole entry that
+ * continues the last hole extending it the same way).
  *
  * @param out The records so far (in file order, which is index order).
  * @param f The frame.
- * @param data Its data records.
+ * @param entries Its table's records, in table order (data only, unless incremental).
+ * @param uncovered What the uncovered bytes of its range mean.
  */
-export function addFrameRecords(out: ImageRecord[], f: FrameInfo, data: readonly ImageRecord[]): void {
+export function addFrameRecords(
+  out: ImageRecord[],
+  f: FrameInfo,
+  entries: readonly ImageRecord[],
+  uncovered: "hole" | "parent" = "hole",
+): void {
   let at = f.start;
   const hole = (to: bigint) => {
     if (to <= at) return;
@@ -336,10 +367,15 @@ export function addFrameRecords(out: ImageRecord[], f: FrameInfo, data: readonly
       });
     }
   };
-  for (const r of data) {
-    hole(r.address);
-    out.push(r);
+  for (const r of entries) {
+    if (uncovered === "parent") at = r.address;
+    if (r.kind === KIND.HOLE) {
+      hole(r.address + BigInt(r.length));
+    } else {
+      hole(r.address);
+      out.push(r);
+    }
     at = r.address + BigInt(r.length);
   }
-  hole(f.end);
+  if (uncovered === "hole") hole(f.end);
 }

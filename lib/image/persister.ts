@@ -33,6 +33,7 @@ import { type MemorySource, selfSource } from "./sources.ts";
 import { encodeTail } from "./tail.ts";
 import { WriteQueue } from "./write_queue.ts";
 import { RegionTable } from "./region_table.ts";
+import { insideRegions } from "./rules.ts";
 import { dirOf, linkUnnamed, openUnnamed, sweepStale, tempName } from "./tempfile.ts";
 
 export { covered } from "./region_table.ts";
@@ -65,8 +66,9 @@ export interface PersisterOptions {
    */
   writeBehind?: number;
   /**
-   * An incremental image (required feature PARENT): its frames cover only what changed since its parent, and
-   * the bytes they do not cover are the parent's (lib/image/chain.ts). Default false.
+   * An incremental image (required feature PARENT): its records are only what changed since its parent (holes
+   * are explicit entries), every byte they do not cover is the parent's, so scattered runs share a frame
+   * (lib/image/chain.ts, lib/image/format.ts `uncoveredMeaning`). Default false.
    */
   incremental?: boolean;
 }
@@ -129,7 +131,12 @@ export class MemoryPersister implements AsyncDisposable {
       throw new RangeError(`Cannot use chunk size ${opts.chunkSize}: expected 1 to ${MAX_CHUNK_LENGTH}`);
     }
     this.#queue = new WriteQueue(fd, path);
-    this.#frames = new FrameWriter(this.#queue, !!opts.sealer);
+    // An incremental image's frames may grow over bytes it leaves to its parent, inside its regions.
+    const bridge = opts.incremental
+      ? (segment: number, from: bigint, to: bigint) =>
+        segment === 0 && insideRegions(this.#table.regions ?? [], from, to)
+      : undefined;
+    this.#frames = new FrameWriter(this.#queue, !!opts.sealer, bridge);
     this.#chunks = new ChunkWriter(this.#frames, {
       codec: this.#codec,
       chunkSize,

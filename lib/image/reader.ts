@@ -38,6 +38,8 @@ import {
   FRAME_LENGTH,
   type ImageRecord,
   type ImageRegion,
+  KIND,
+  uncoveredMeaning,
 } from "./format.ts";
 import { decodeFooter, type Footer } from "./footer.ts";
 import { decodeHeaderBlock, type HeaderFields, type SourceInfo } from "./header.ts";
@@ -52,6 +54,8 @@ export interface FrameRead {
   table: Uint8Array;
   /** The data records of the table. */
   records: ImageRecord[];
+  /** Every entry of the table, in table order: the data records and, in an incremental image, hole entries. */
+  entries: ImageRecord[];
 }
 
 /**
@@ -62,6 +66,7 @@ export interface FrameRead {
  * @param at The frame header's offset.
  * @param pageSize The image's page size.
  * @param entry The frame's directory entry, when it is known.
+ * @param uncovered What the bytes of its range no entry covers mean (lib/image/format.ts `uncoveredMeaning`).
  * @returns The frame.
  * @throws {ImageError} Naming the frame's offset.
  */
@@ -70,6 +75,7 @@ export async function readFrame(
   at: number,
   pageSize: number,
   entry?: FrameInfo,
+  uncovered: "hole" | "parent" = "hole",
 ): Promise<FrameRead> {
   const frame = decodeFrameHeader(src.path, await src.read(at, FRAME_LENGTH, "frame header"), at);
   if (entry && !sameFrame(frame, entry)) {
@@ -79,13 +85,14 @@ export async function readFrame(
       `frame header disagrees with its directory entry (${hex(entry.start)})`,
     );
   }
-  if (frame.isEnd) return { frame, table: new Uint8Array(0), records: [] };
+  if (frame.isEnd) return { frame, table: new Uint8Array(0), records: [], entries: [] };
   const tableAt = at + FRAME_LENGTH;
   const table = await src.read(tableAt, frame.count * ENTRY_LENGTH, "frame table");
   if (checksum(table) !== frame.tableChecksum) {
     throw new ImageError(src.path, tableAt, "frame table checksum mismatch");
   }
-  return { frame, table, records: decodeTable(src.path, frame, table, pageSize) };
+  const entries = decodeTable(src.path, frame, table, pageSize, uncovered);
+  return { frame, table, records: entries.filter((r) => r.kind === KIND.DATA), entries };
 }
 
 /** What an image's tail says: the footer, the index and the section table. */
@@ -186,8 +193,9 @@ export async function readImageIndex(src: ByteSource, fileSize: number): Promise
       const at = footer.indexOffset + i * DIRECTORY_ENTRY_LENGTH;
       throw new ImageError(path, at, `frame ${i} at ${d.offset} lies outside the data area`);
     }
-    const fr = await readFrame(src, d.offset, h.fields.pageSize, d);
-    addFrameRecords(records, fr.frame, fr.records);
+    const uncovered = uncoveredMeaning(h.fields.requiredFeatures);
+    const fr = await readFrame(src, d.offset, h.fields.pageSize, d, uncovered);
+    addFrameRecords(records, fr.frame, fr.entries, uncovered);
   }
   return { footer, header: h.fields, source: h.source, regions: h.regions, frames, records, sections };
 }
@@ -251,6 +259,7 @@ export async function walkFrames(src: ByteSource, opts: WalkOptions): Promise<Fr
   const { header, regions, directory } = opts;
   const frames: FrameInfo[] = [], tables: Uint8Array[] = [], records: ImageRecord[] = [];
   let pos = header.headerLength, ordinal = 0;
+  const uncovered = uncoveredMeaning(header.requiredFeatures);
   for (;;) {
     const frameAt = alignUp(pos, 8);
     const entry = directory?.[frames.length];
@@ -263,7 +272,7 @@ export async function walkFrames(src: ByteSource, opts: WalkOptions): Promise<Fr
     }
     const z = src.zeros(pos, frameAt - pos, "padding");
     if (z) await z;
-    const fr = await readFrame(src, frameAt, header.pageSize, entry);
+    const fr = await readFrame(src, frameAt, header.pageSize, entry, uncovered);
     if (fr.frame.isEnd) {
       return { frames, tables, records, dataRecords: ordinal, end: fr.frame, tailAt: frameAt + FRAME_LENGTH };
     }
@@ -301,6 +310,6 @@ export async function walkFrames(src: ByteSource, opts: WalkOptions): Promise<Fr
     }
     frames.push(fr.frame);
     tables.push(fr.table);
-    addFrameRecords(records, fr.frame, fr.records);
+    addFrameRecords(records, fr.frame, fr.entries, uncovered);
   }
 }
