@@ -40,13 +40,15 @@ export interface ParentLink {
 }
 
 /**
- * The `parent` section's bytes: UTF-8 JSON `{"version": 1, "digest", "fileSize", "path"}`.
+ * The `parent` section's bytes: UTF-8 JSON `{"version": 2, "digest", "fileSize", "path"}`. Version 2 marks an
+ * image whose uncovered bytes inside a frame's range are the parent's and whose holes are HOLE entries
+ * (docs/FORMAT.md); version 1 images (each changed run a frame, holes uncovered) are refused, not misread.
  *
  * @param link The parent.
  * @returns The bytes.
  */
 export function encodeParentSection(link: ParentLink): Uint8Array {
-  return new TextEncoder().encode(JSON.stringify({ version: 1, ...link }));
+  return new TextEncoder().encode(JSON.stringify({ version: 2, ...link }));
 }
 
 /**
@@ -55,7 +57,8 @@ export function encodeParentSection(link: ParentLink): Uint8Array {
  * @param bytes The section.
  * @param path The child image, for errors.
  * @returns The parent's link.
- * @throws {ImageError} When it is not version 1 of the section.
+ * @throws {ImageError} When it is not version 2 of the section (version 1: written by the first incremental
+ *   writer, whose holes inside a frame's range were uncovered bytes; refused rather than read by today's rule).
  */
 export function decodeParentSection(bytes: Uint8Array, path: string): ParentLink {
   let v: Record<string, unknown>;
@@ -64,11 +67,18 @@ export function decodeParentSection(bytes: Uint8Array, path: string): ParentLink
   } catch {
     throw new ImageError(path, 0, "the parent section is not UTF-8 JSON");
   }
+  if (v.version === 1) {
+    throw new ImageError(
+      path,
+      0,
+      "an incremental image of the first layout (parent section version 1: holes as uncovered bytes) is not read by this version: flatten it with the cryo that wrote it",
+    );
+  }
   if (
-    v.version !== 1 || typeof v.digest !== "string" || !/^[0-9a-f]{16}$/.test(v.digest) ||
+    v.version !== 2 || typeof v.digest !== "string" || !/^[0-9a-f]{16}$/.test(v.digest) ||
     typeof v.fileSize !== "number" || typeof v.path !== "string"
   ) {
-    throw new ImageError(path, 0, "the parent section is not version 1 with digest, fileSize and path");
+    throw new ImageError(path, 0, "the parent section is not version 2 with digest, fileSize and path");
   }
   return { digest: v.digest, fileSize: v.fileSize, path: v.path };
 }

@@ -1,7 +1,8 @@
 /**
  * Which pages differ between two images of the same process. A hole reads as zeros, so a page that is a hole
  * in one image and an all-zero data page in the other is the same. Addresses covered by only one image are
- * reported as such.
+ * reported as such. An incremental image is compared as its chain resolves it (the bytes it leaves to its parent
+ * are its parent's, docs/FORMAT.md).
  *
  * @module
  */
@@ -11,6 +12,7 @@ import type { Codec } from "../codecs/codec.ts";
 import { CryoError, KeyError } from "../errors.ts";
 import { type ImageRecord, KIND } from "../image/layout.ts";
 import { MemoryLoader } from "../image/loader.ts";
+import { ImageChain, isIncremental } from "../image/chain.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
 
 /** A run of pages with the same verdict. */
@@ -37,26 +39,35 @@ export interface DiffResult {
   runs: DiffRun[];
 }
 
-interface Cursor {
+/** A piece of one image's record (an incremental image's own, or its parent's). */
+interface Piece {
+  address: bigint;
+  length: number;
+  kind: number;
+  record: ImageRecord;
   loader: MemoryLoader;
-  records: readonly ImageRecord[];
+}
+
+interface Cursor {
+  records: readonly Piece[];
   i: number;
   cache?: { r: ImageRecord; bytes: Uint8Array };
   buffer?: Uint8Array;
 }
 
-function at(c: Cursor, addr: bigint): ImageRecord | undefined {
+function at(c: Cursor, addr: bigint): Piece | undefined {
   while (c.i < c.records.length && c.records[c.i].address + BigInt(c.records[c.i].length) <= addr) c.i++;
   const r = c.records[c.i];
   return r && r.address <= addr ? r : undefined;
 }
 
-async function pageOf(c: Cursor, r: ImageRecord, addr: bigint): Promise<Uint8Array | null> {
-  if (r.kind === KIND.HOLE) return null;
+async function pageOf(c: Cursor, p: Piece, addr: bigint): Promise<Uint8Array | null> {
+  if (p.kind === KIND.HOLE) return null;
+  const r = p.record;
   if (c.cache?.r !== r) {
     // One buffer per image, reused (records are at most MAX_RECORD_LENGTH bytes): memory stays bounded.
     if (!c.buffer || c.buffer.length < r.length) c.buffer = new Uint8Array(r.length);
-    c.cache = { r, bytes: await c.loader.readRecord(r, c.buffer.subarray(0, r.length)) };
+    c.cache = { r, bytes: await p.loader.readRecord(r, c.buffer.subarray(0, r.length)) };
   }
   const off = Number(addr - r.address);
   return c.cache.bytes.subarray(off, off + PAGE_SIZE);
@@ -106,8 +117,17 @@ export async function diff(
       throw new KeyError(`Cannot diff ${l.path}: it is encrypted, and diff compares unencrypted images only`);
     }
   }
-  const a: Cursor = { loader: la, records: la.records.filter((r) => r.segment === 0), i: 0 };
-  const b: Cursor = { loader: lb, records: lb.records.filter((r) => r.segment === 0), i: 0 };
+  // An incremental image's pieces come from its chain (opened, not verified, as the images themselves are not).
+  using chains = new DisposableStack();
+  const piecesOf = async (l: MemoryLoader): Promise<Piece[]> => {
+    if (!isIncremental(l)) {
+      return l.records.filter((r) => r.segment === 0).map((r) => ({ ...r, record: r, loader: l }));
+    }
+    const chain = chains.use(await ImageChain.open(l.path, { codecs: opts.codecs, verify: false }));
+    return chain.records().map((c) => ({ ...c, loader: chain.images[c.image] }));
+  };
+  const a: Cursor = { records: await piecesOf(la), i: 0 };
+  const b: Cursor = { records: await piecesOf(lb), i: 0 };
   // Every record boundary of either image splits the address space into spans of one verdict source.
   const bounds = new Set<bigint>();
   for (const r of [...a.records, ...b.records]) {

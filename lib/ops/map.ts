@@ -16,6 +16,7 @@ import { decodeLayout } from "../kernel/layout_fix.ts";
 import { transferRemote } from "../image/sources.ts";
 import { KIND } from "../image/layout.ts";
 import { MemoryLoader } from "../image/loader.ts";
+import { ImageChain, isIncremental } from "../image/chain.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { regionDecisions } from "./checkpoint.ts";
 import { diff, type DiffResult } from "./diff.ts";
@@ -235,10 +236,17 @@ export async function mapImage(
     zeroBytes: 0,
     holeBytes: 0,
   }));
-  // Records and regions are both in address order: a cursor.
+  // Records and regions are both in address order: a cursor. An incremental image's bytes are its chain's (the
+  // ones it leaves to its parent are its parent's, docs/FORMAT.md): its chain gives the records.
+  let records: readonly { address: bigint; length: number; kind: number; segment?: number }[] =
+    loader.records;
+  if (isIncremental(loader)) {
+    using chain = await ImageChain.open(path, { codecs: opts.codecs, verify: false });
+    records = chain.records();
+  }
   let k = 0;
-  for (const r of loader.records) {
-    if (r.segment !== 0) continue;
+  for (const r of records) {
+    if (r.segment) continue;
     while (k < regions.length && regions[k].end <= r.address) k++;
     const g = regions[k];
     if (!g || r.address < g.start) continue;
