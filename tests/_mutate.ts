@@ -111,6 +111,10 @@ export function mapImage(b: Uint8Array): ImageMap {
       for (let k = 0; k < count; k++) {
         const e = fa + 64 + 40 * k;
         fr.entries.push(e);
+        if (b[e + 32] === 1) { // a hole entry (incremental images): no data, no alignment
+          fr.data.push({ at: cursor, length: 0, raw: false });
+          continue;
+        }
         const raw = b[e + 33] === 0 && v.getUint16(e + 34, true) === 0;
         if (raw || k === 0) cursor = align(cursor, m.pageSize);
         const length = u32(e + 12);

@@ -85,6 +85,8 @@ async function baseImages(dir: string): Promise<Base[]> {
       ["zstd", { codec: new ZstdCodec(1) }],
       ["lz4", { codec: new Lz4Codec(1) }],
       ["encrypted", { codec: new ZstdCodec(1), sealer: await Sealer.create(key) }],
+      // PARENT: its zero pages are hole entries (kind 1), its uncovered bytes its parent's (docs/FORMAT.md).
+      ["incremental", { incremental: true }],
     ] as [string, PersisterOptions][]
   ) {
     out.push({
@@ -266,7 +268,7 @@ async function readAll(path: string, base: Base, other: string): Promise<{ file:
   return { file, stream };
 }
 
-Deno.test(`fuzz: ${CASES} mutated raw, zstd, lz4 and encrypted images are verified or refused with a cryo error`, async () => {
+Deno.test(`fuzz: ${CASES} mutated raw, zstd, lz4, encrypted and incremental images are verified or refused with a cryo error`, async () => {
   await using dir = await tempDir();
   const bases = await baseImages(dir.path);
   for (const base of bases) {
