@@ -1,12 +1,14 @@
 /**
  * Make a frozen target's threads follow the image: a thread of the checkpoint that has ended since is created
  * again by an injected `clone3`, with its old thread id (`set_tid`; root), its TLS base, its rseq registration,
- * its name and its recorded registers. A runtime that ended an idle pool thread (Deno's blocking pool ends one
+ * its signal mask, alternate signal stack and robust list, and its recorded registers. A runtime that ended an idle pool thread (Deno's blocking pool ends one
  * idle for ~10 s) would otherwise be rolled back to memory that counts on that thread waiting for work, and
  * hang when it hands it some.
  *
- * What the kernel keeps per thread and the image does not record is not recreated: the signal mask (the new
- * thread has the injecting thread's), the alternate signal stack (none), the robust futex list (none). A thread
+ * What the kernel keeps per thread is set on the new thread as the image recorded it (lib/kernel/thread_kernel.ts:
+ * the signal mask, the alternate signal stack, the robust futex list, its own pending signals sent again); an
+ * image from before the threads section's version 2 has none of it, and the new thread then keeps the injecting
+ * thread's signal mask, no alternate stack and no robust list. A thread
  * that was inside a system call at the checkpoint restarts it (its registers say so), except a call restarted
  * through `restart_syscall` (a `nanosleep` or a futex wait with a timeout), which returns `EINTR` instead: the
  * kernel's restart record of the old thread is gone; callers of those retry.
@@ -20,6 +22,7 @@ import { CryoError, SystemError } from "../errors.ts";
 import type { Frozen } from "./freeze.ts";
 import { register, type ThreadState } from "./threads.ts";
 import { inject, type Injector } from "./inject.ts";
+import { applyThreadKernelState } from "./thread_kernel.ts";
 
 const SYS_CLONE3 = 435;
 const SYS_RSEQ = 334;
@@ -141,6 +144,7 @@ export function recreateThread(
         const at = own.write(new TextEncoder().encode(opts.name.slice(0, 15) + "\0"));
         own.prctl(PR_SET_NAME, at);
       }
+      applyThreadKernelState(own, t); // signal mask, sigaltstack, robust list, pending signals
     } finally {
       own.close();
     }
