@@ -58,7 +58,7 @@ export {
   type VerifyResult,
 } from "./lib/ops/inspect.ts";
 export { diff, type DiffResult, type DiffRun } from "./lib/ops/diff.ts";
-export type { KernelState, OpenDescriptor } from "./lib/kernel/kernel_state.ts";
+export type { KernelState, OpenDescriptor, ProcessTimer } from "./lib/kernel/kernel_state.ts";
 export { Snapshot, snapshot, type SnapshotOptions } from "./lib/ops/snapshot.ts";
 
 // Keys and codecs.

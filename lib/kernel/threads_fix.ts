@@ -16,7 +16,7 @@
  * @module
  */
 
-import { PAGE_SIZE } from "../../ffi/libc.ts";
+import { addrOf, PAGE_SIZE, processVmRead } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 import { CryoError, SystemError } from "../errors.ts";
 import type { Frozen } from "./freeze.ts";
@@ -72,6 +72,29 @@ export function recreatable(t: ThreadState): boolean {
   if (WAITS.has(n) && rax === -516n) return true;
   if (n === 0 && (rax === -512n || rax === -513n || rax === -514n)) return true;
   return POLLS.has(n) && rax === -4n;
+}
+
+/** glibc's `struct pthread` keeps the thread id at this offset from the TCB (x86_64, glibc 2.35-2.40). */
+export const PTHREAD_TID_OFFSET = 0x2d0n;
+
+/**
+ * Where the kernel should clear thread `t`'s id when it exits (glibc's `pthread.tid`, the TCB (fs_base) plus
+ * glibc's offset), read from the target's memory once it holds the image's bytes: used only when the thread id
+ * is there (another libc, or none: no clear-tid).
+ *
+ * @param pid The target (its memory already rolled back).
+ * @param t The recorded thread.
+ * @returns The address, or `undefined`.
+ */
+export function clearTidInTarget(pid: number, t: ThreadState): bigint | undefined {
+  const at = register(t, "fs_base") + PTHREAD_TID_OFFSET;
+  const word = new Int32Array(1);
+  try {
+    processVmRead(pid, addrOf(Deno.UnsafePointer.of(word)), at, 4n);
+  } catch {
+    return undefined;
+  }
+  return word[0] === t.tid ? at : undefined;
 }
 
 /** How to recreate one thread. */

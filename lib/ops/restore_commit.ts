@@ -24,9 +24,11 @@ import { inject, type Injector, SYS } from "../kernel/inject.ts";
 import { applyLayout, type LayoutPlan } from "../kernel/layout_fix.ts";
 import { endThread, type RecreateOptions, recreateThread } from "../kernel/threads_fix.ts";
 import { type LoadTarget, pidTarget } from "../image/targets.ts";
+import type { OffsetChange } from "../kernel/kernel_state.ts";
 import { libc } from "../../ffi/libc.ts";
 
 const SIGCONT = 18;
+const SYS_LSEEK = 8;
 
 /** What the thread set of a target looks like against an image's threads section. */
 export interface ThreadChanges {
@@ -137,6 +139,8 @@ export interface RestoreResult {
   identity: string[];
   /** The layout changes made (or, with `dryRun`, that would be made), one line each. */
   layoutChanges: string[];
+  /** The file offsets put back (or, with `dryRun`, that would be), one line each. */
+  offsetChanges: string[];
   /** Bytes of the target saved in the undo journal before they were overwritten. */
   journalBytes: number;
   /** Whether this finished a restore that an earlier, killed cryo had left (the target was resumed). */
@@ -163,6 +167,8 @@ export interface CommitSummary<T> {
   layoutChanges: number;
   /** Threads created again ({@link CommitContext.recreateThreads}). */
   threadsRecreated: number;
+  /** File offsets put back ({@link CommitContext.putOffsets}). */
+  offsetsPut: number;
 }
 
 /** What the write function is given. */
@@ -193,6 +199,12 @@ export interface CommitContext {
    * @param threads The recorded threads to recreate, each with its name and clear-tid address if known.
    */
   recreateThreads(threads: readonly (RecreateOptions & { state: ThreadState })[]): void;
+  /**
+   * Put file offsets back (an injected `lseek` each; the undo seeks back to where it was).
+   *
+   * @param changes The offsets ({@link planOffsets}).
+   */
+  putOffsets(changes: readonly OffsetChange[]): void;
 }
 
 /**
@@ -225,6 +237,7 @@ export async function commitRestore<T>(
   let threadsRestored = 0;
   let layoutChanges = 0;
   let threadsRecreated = 0;
+  let offsetsPut = 0;
   let inj: Injector | undefined;
   const toEnd: number[] = [];
   const live = new Set(frozen.tids);
@@ -259,6 +272,18 @@ export async function commitRestore<T>(
         recreateThread(frozen, inj, t.state, t);
         made = true;
         threadsRecreated++;
+      }
+    },
+    putOffsets(changes) {
+      for (const c of changes) {
+        inj ??= inject(frozen);
+        const on = inj;
+        journal.recordUndo(
+          `offset of fd ${c.fd} back to ${c.from}`,
+          () => on.syscall(SYS_LSEEK, c.fd, c.from, 0),
+        );
+        on.syscall(SYS_LSEEK, c.fd, c.to, 0 /* SEEK_SET */);
+        offsetsPut++;
       }
     },
   };
@@ -308,5 +333,6 @@ export async function commitRestore<T>(
     recovered,
     layoutChanges,
     threadsRecreated,
+    offsetsPut,
   };
 }
