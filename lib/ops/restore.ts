@@ -24,7 +24,7 @@ import type { Codec } from "../codecs/codec.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
 import { describeChange } from "../kernel/layout_fix.ts";
-import { PTHREAD_TID_OFFSET, recreatable } from "../kernel/threads_fix.ts";
+import { PTHREAD_TID_OFFSET, recreatable, whyNotRecreatable } from "../kernel/threads_fix.ts";
 import {
   decodeKernelState,
   describeOffsetChange,
@@ -155,6 +155,9 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       refuseThreadChanges(pid, {
         born: changes.born.filter((t) => !ending.includes(t)),
         gone: changes.gone.filter((t) => !again.some((a) => a.tid === t)),
+      }, (tid) => {
+        const t = recorded.find((r) => r.tid === tid);
+        return t ? whyNotRecreatable(t) : null;
       });
     }
     const kernelBytes = loader.section("kernel");

@@ -74,11 +74,18 @@ export function matchThreads(threads: readonly ThreadState[], tids: readonly num
  *
  * @param pid The target.
  * @param changes The difference ({@link threadChanges}).
+ * @param why Why a thread of the checkpoint cannot be created again (lib/kernel/threads_fix.ts).
  * @throws {LayoutMismatchError} Listing each thread, unless nothing changed.
  */
-export function refuseThreadChanges(pid: number, changes: ThreadChanges): void {
+export function refuseThreadChanges(
+  pid: number,
+  changes: ThreadChanges,
+  why: (tid: number) => string | null = () => null,
+): void {
   const differences = changes.gone.map((t) =>
-    `thread ${t} of the checkpoint has ended (memory rolled back would still count on it; threads are not yet recreated)`
+    `thread ${t} of the checkpoint has ended and cannot be created again: ${
+      why(t) ?? "the image does not record it"
+    } (memory rolled back would still count on it)`
   );
   if (differences.length) throw new LayoutMismatchError(`pid ${pid}'s threads`, differences);
 }

@@ -24,7 +24,7 @@ import type { SealKey } from "../codecs/seal.ts";
 import { loadStream, openInput, type StreamSummary, verifyStream } from "../image/stream.ts";
 import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
 import { describeChange } from "../kernel/layout_fix.ts";
-import { clearTidInTarget, recreatable } from "../kernel/threads_fix.ts";
+import { clearTidInTarget, recreatable, whyNotRecreatable } from "../kernel/threads_fix.ts";
 import {
   decodeKernelState,
   describeOffsetChange,
@@ -115,6 +115,9 @@ export async function restoreStream(
       refuseThreadChanges(pid, {
         gone: changes.gone.filter((t) => !again.some((a) => a.tid === t)),
         born: changes.born.filter((t) => !ending.includes(t)),
+      }, (tid) => {
+        const t = threads.find((r) => r.tid === tid);
+        return t ? whyNotRecreatable(t) : null;
       });
     }
     return { ...changes, again, ending };
