@@ -21,7 +21,7 @@ import { RestoreJournal } from "../kernel/journal.ts";
 import { removeMarker, writeMarker } from "./recovery.ts";
 import { readThreadState, type RseqConfig, type ThreadState } from "../kernel/threads.ts";
 import { inject, type Injector, SYS } from "../kernel/inject.ts";
-import { applyLayout, type LayoutPlan } from "../kernel/layout_fix.ts";
+import { type AppliedLayout, applyLayout, type LayoutPlan } from "../kernel/layout_fix.ts";
 import { endThread, type RecreateOptions, recreateThread } from "../kernel/threads_fix.ts";
 import { type LoadTarget, pidTarget } from "../image/targets.ts";
 import type { OffsetChange } from "../kernel/kernel_state.ts";
@@ -245,6 +245,7 @@ export async function commitRestore<T>(
   let layoutChanges = 0;
   let threadsRecreated = 0;
   let offsetsPut = 0;
+  const releases: AppliedLayout[] = []; // regions moved aside, unmapped once the restore has committed
   let inj: Injector | undefined;
   const toEnd: number[] = [];
   const live = new Set(frozen.tids);
@@ -266,7 +267,7 @@ export async function commitRestore<T>(
     fixLayout(plan, scratchAt) {
       if (!plan.changes.length) return;
       inj ??= inject(frozen, { scratchAt });
-      applyLayout(plan, inj, journal);
+      releases.push(applyLayout(plan, inj, journal));
       layoutChanges += plan.changes.length;
     },
     recreateThreads(threads) {
@@ -319,6 +320,11 @@ export async function commitRestore<T>(
       removeMarker(pid);
     }
     throw e;
+  }
+  for (const r of releases) {
+    try {
+      r.release();
+    } catch { /* left mapped where nothing uses it: a leak, not a fault (a recovering restore unmaps it) */ }
   }
   inj?.close();
   const threadsEnded = toEnd.filter((tid) => {
