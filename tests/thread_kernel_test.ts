@@ -4,12 +4,17 @@ import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { restore } from "../lib/ops/restore.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
 import { decodeThreads, encodeThreads } from "../lib/kernel/threads.ts";
+import { rawSyscall } from "../lib/kernel/syscall.ts";
 
 const tids = (pid: number) => [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
-const sigBlk = (pid: number, tid: number) =>
-  /^SigBlk:\s+([0-9a-f]+)/m.exec(Deno.readTextFileSync(`/proc/${pid}/task/${tid}/status`))![1];
+const status = (pid: number, tid: number, field: string) =>
+  new RegExp(`^${field}:\\s+([0-9a-f]+)`, "m").exec(
+    Deno.readTextFileSync(`/proc/${pid}/task/${tid}/status`),
+  )![1];
+const sigBlk = (pid: number, tid: number) => status(pid, tid, "SigBlk");
+const SIGUSR1_BIT = 1n << 9n;
 
-Deno.test("restore() sets the recorded signal mask, sigaltstack and robust list on a thread it creates again", async () => {
+Deno.test("restore() sets the recorded signal mask, pending signals, sigaltstack and robust list on a thread it creates again", async () => {
   const dir = await Deno.makeTempDir();
   await using target = Target.start();
   try {
@@ -19,6 +24,8 @@ Deno.test("restore() sets the recorded signal mask, sigaltstack and robust list 
     assertEquals([size, flags, length], ["65536", "0", "24"], before);
     assert(BigInt(`0x${mask}`) & (1n << 9n), `SIGUSR1 blocked: ${before}`);
     const blocked = sigBlk(target.pid, tid);
+    assertEquals(rawSyscall(234, /* tgkill */ BigInt(target.pid), BigInt(tid), 10n), 0n); // SIGUSR1, blocked
+    assert(BigInt(`0x${status(target.pid, tid, "SigPnd")}`) & SIGUSR1_BIT, "pending on the idler");
     await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
     {
       using loader = await MemoryLoader.open(`${dir}/a.cryo`);
@@ -26,12 +33,18 @@ Deno.test("restore() sets the recorded signal mask, sigaltstack and robust list 
       assertEquals(t.kernel?.sigmask, BigInt(`0x${blocked}`));
       assertEquals(t.kernel?.altstack, { sp: BigInt(sp), size: 65536n, flags: 0 });
       assertEquals([t.kernel?.robustHead, t.kernel?.robustLength], [BigInt(head), 24n]);
+      assertEquals(t.kernel?.pending, SIGUSR1_BIT);
     }
     await target.cmd("idlerexit");
     assert(!tids(target.pid).includes(tid), "the idler ended");
     const r = await restore(target.pid, `${dir}/a.cryo`);
     assertEquals(r.threadsRecreated, [tid]);
     assertEquals(sigBlk(target.pid, tid), blocked, "SigBlk of the recreated thread");
+    assertEquals(
+      BigInt(`0x${status(target.pid, tid, "SigPnd")}`),
+      SIGUSR1_BIT,
+      "its pending signal is pending again",
+    );
     assertEquals(await target.cmd("idlerreport"), before, "the recreated thread reports its own state");
     await target.cmd("idlerexit"); // it ends, and is joined, as it did the first time
     assertEquals(await target.cmd("pid"), String(target.pid));
