@@ -9,7 +9,9 @@
  * - pending signals: `SigPnd` of `/proc/PID/task/TID/status` (the thread's own queue, not the process's);
  * - the robust list: `get_robust_list(tid)`, a system call of ours that reads another thread's;
  * - the alternate signal stack: an injected `sigaltstack(NULL, old)` on the thread (the kernel reports it
- *   nowhere else), `old` a few bytes below the thread's red zone, whose bytes are put back afterwards.
+ *   nowhere else), `old` a few bytes below the thread's red zone, whose bytes are put back afterwards; only for
+ *   threads blocked in a system call (the only ones a restore creates again, apart from threads just born,
+ *   which have none yet). Each costs a single step of the thread while the process is stopped.
  *
  * @module
  */
@@ -113,7 +115,11 @@ export function readThreadKernelStates(frozen: Frozen): Map<number, ThreadKernel
     if (!t.general.length) continue;
     const robust = readRobustList(t.tid);
     let altstack: AltStack | null = null;
-    if (syscallAt) {
+    // Only a thread blocked in a system call can be created again (lib/kernel/threads_fix.ts): the others'
+    // alternate stacks would never be used, and each read costs a step of the thread.
+    const rax = BigInt.asIntN(64, register(t, "rax"));
+    const blocked = register(t, "orig_rax") < 0x8000000000000000n && rax <= -512n && rax >= -516n;
+    if (syscallAt && blocked) {
       // Below the red zone, where a signal frame would go: its bytes are put back after.
       const at = (register(t, "rsp") - 128n - 64n) & ~15n;
       try {
