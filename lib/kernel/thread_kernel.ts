@@ -118,7 +118,8 @@ export function readThreadKernelStates(frozen: Frozen): Map<number, ThreadKernel
     // Only a thread blocked in a system call can be created again (lib/kernel/threads_fix.ts): the others'
     // alternate stacks would never be used, and each read costs a step of the thread.
     const rax = BigInt.asIntN(64, register(t, "rax"));
-    const blocked = register(t, "orig_rax") < 0x8000000000000000n && rax <= -512n && rax >= -516n;
+    const blocked = register(t, "orig_rax") < 0x8000000000000000n &&
+      ((rax <= -512n && rax >= -516n) || rax === -4n /* a poll the freeze made return EINTR */);
     if (syscallAt && blocked) {
       // Below the red zone, where a signal frame would go: its bytes are put back after.
       const at = (register(t, "rsp") - 128n - 64n) & ~15n;

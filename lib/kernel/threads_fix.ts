@@ -44,6 +44,8 @@ const CLONE = {
  * callers retry an `EINTR`.
  */
 const WAITS = new Set([202, 7, 271, 232, 281, 441, 23, 270, 35, 230]);
+/** poll, ppoll, epoll_wait, epoll_pwait, epoll_pwait2, select, pselect6: interrupted, they return EINTR. */
+const POLLS = new Set([7, 271, 232, 281, 441, 23, 270]);
 
 /**
  * Why a recorded thread cannot be created again, or `null` when it can. Its registers, rseq registration and
@@ -52,7 +54,8 @@ const WAITS = new Set([202, 7, 271, 232, 281, 441, 23, 270, 35, 230]);
  * - a thread **blocked in a system call** the freeze interrupted: a wait with a timeout (an idle pool thread's
  *   keep-alive; `-ERESTART_RESTARTBLOCK`: it comes back as `EINTR`, which callers of waits retry, since the
  *   kernel's restart record stayed with the old thread), or a call the kernel makes again from the start
- *   (`-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`: a lock's futex wait, a read, a poll);
+ *   (`-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`: a lock's futex wait, a read, a poll), or a poll
+ *   or epoll wait the freeze made return `EINTR` (retried by its caller);
  * - a thread **just born** (the child side of `clone`/`clone3`, before it registered rseq: on a new thread,
  *   which has no registration, it registers itself).
  *
@@ -80,6 +83,7 @@ export function whyNotRecreatable(t: ThreadState): string | null {
   }
   if (rax === -512n || rax === -513n || rax === -514n) return null;
   if ((nr === 435 || nr === 56) && rax === 0n && !t.rseq?.abiPointer) return null; // just born
+  if (POLLS.has(nr) && rax === -4n) return null; // a poll the freeze interrupted returns EINTR, retried
   return `it was stopped just after system call ${nr} returned ${rax} (only threads blocked in a system call ` +
     `are created again)`;
 }
