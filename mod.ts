@@ -29,6 +29,7 @@ export {
   type CheckpointResult,
   regionDecisions,
 } from "./lib/ops/checkpoint.ts";
+export type { LiveStats } from "./lib/ops/checkpoint_live.ts";
 export { restore, type RestoreOptions } from "./lib/ops/restore.ts";
 export type { RestoreResult } from "./lib/ops/restore_commit.ts";
 export {
@@ -50,6 +51,7 @@ export {
   type ServeReply,
 } from "./lib/ops/serve.ts";
 export {
+  checkKey,
   type ImageInfo,
   inspect,
   type InspectRecord,
@@ -78,8 +80,10 @@ export {
   KeyError,
   KeyFileError,
   LayoutMismatchError,
+  LibraryNotFoundError,
   MapsParseError,
   RestoreIncompleteError,
   SafepointTimeoutError,
   SystemError,
+  TracedError,
 } from "./lib/errors.ts";

@@ -3,7 +3,7 @@
  * its pages hold data ({@link readRegions}, {@link classify}, {@link scanPages}), stopping its writers
  * ({@link freeze} another process with ptrace, {@link Safepoint} for this process's Workers and native
  * threads), acting inside a frozen process ({@link inject} system calls, a {@link Userfaultfd} on its memory,
- * write {@link track}ing, the {@link FaultServer}) and the undo journal of a restore ({@link RestoreJournal}).
+ * write {@link track}ing, the {@link FaultServer}, the {@link WriteProtectServer} of live checkpoints) and the undo journal of a restore ({@link RestoreJournal}).
  *
  * @example What a process has mapped, and what a checkpoint would persist
  * ```ts ignore
@@ -95,6 +95,12 @@ export {
   type FaultServerOptions,
   type FaultServerStats,
 } from "./lib/kernel/fault_server.ts";
+export {
+  type LiveRun,
+  WriteProtectServer,
+  type WriteProtectServerOptions,
+  type WriteProtectStats,
+} from "./lib/kernel/wp_server.ts";
 
 // The undo journal of a restore.
 export { type IovBatch, journalDirs, RestoreJournal } from "./lib/kernel/journal.ts";

@@ -37,6 +37,7 @@ export const MODULES = [
   "inject",
   "layout",
   "hibernate",
+  "live",
 ] as const;
 
 const UNITS = new Set(["ms", "GiB/s", "bytes", "ratio"]);

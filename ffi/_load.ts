@@ -1,11 +1,11 @@
 /**
  * Load a system library once: an override environment variable, then the system's soname; otherwise a
- * {@link CryoError} that lists what was tried, why each failed, and how to fix it.
+ * {@link LibraryNotFoundError} that lists what was tried, why each failed, and how to fix it.
  *
  * @module
  */
 
-import { CryoError } from "../lib/errors.ts";
+import { LibraryNotFoundError } from "../lib/errors.ts";
 
 /**
  * Open `soname` (or the path in `$envVar`) with `symbols`.
@@ -15,7 +15,7 @@ import { CryoError } from "../lib/errors.ts";
  * @param symbols The symbol table.
  * @param hint How to install the library, for the error.
  * @returns The library's symbols.
- * @throws {CryoError} When no candidate loads.
+ * @throws {LibraryNotFoundError} When no candidate loads.
  */
 export function loadSystemLibrary<S extends Deno.ForeignLibraryInterface>(
   soname: string,
@@ -36,7 +36,7 @@ export function loadSystemLibrary<S extends Deno.ForeignLibraryInterface>(
       tried.push(`${path}: ${(e as Error).message.split("\n")[0]}`);
     }
   }
-  throw new CryoError(
+  throw new LibraryNotFoundError(
     `Cannot load ${soname}; tried:\n  ${tried.join("\n  ")}\n${hint}, or set ${envVar} to its path`,
   );
 }

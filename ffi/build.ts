@@ -53,6 +53,7 @@ const targets: Target[] = [
     deps: ["ffi/build/libcryo_helper.so"],
   },
   { out: "cryo_target", sources: ["tests/fixtures/target.c"], flags: ["-pthread"] },
+  { out: "cryo_live_writer", sources: ["tests/fixtures/live_writer.c"], flags: ["-pthread"] },
   { out: "cryo_pipeline", sources: ["bench/pipeline.c"], flags: [] },
 ];
 

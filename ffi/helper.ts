@@ -1,7 +1,8 @@
 /**
  * The C helper's symbol table and its loader. Loaded once, lazily, on first use: `$CRYO_HELPER` if set, else the
- * local build `ffi/build/libcryo_helper.so`; otherwise a {@link HelperNotFoundError} that lists what was tried
- * and how to build it. Every helper function returns `-errno` on failure: pass results through `unwrap()`.
+ * checkout's build `ffi/build/libcryo_helper.so`, else this version's copy in the cache, built there on first use
+ * from the package's own C source (`helper_build.ts`); otherwise a {@link HelperNotFoundError} that says what was
+ * tried and how to fix it. Every helper function returns `-errno` on failure: pass results through `unwrap()`.
  * The C sources are `ffi/helper/*.c`, one concern each; `docs/NATIVE.md` says what lives there and why.
  *
  * @module
@@ -9,9 +10,10 @@
 
 import { HelperNotFoundError } from "../lib/errors.ts";
 import { buf, int, long, ptr, size_t, uint } from "./types.ts";
+import { cachedHelper, HELPER_FILE } from "./helper_build.ts";
 
 /** The ABI version this TypeScript expects; must equal `CRYO_HELPER_ABI` in ffi/helper/helper.h. */
-export const HELPER_ABI = 4;
+export const HELPER_ABI = 5;
 
 const symbols = {
   // int cryo_helper_abi(void);
@@ -76,30 +78,78 @@ const symbols = {
   cryo_fault_server_stats: { parameters: [ptr, buf], result: long },
   // long cryo_fault_server_stop(void *server, int complete, uint64_t *out);  (joins the thread)
   cryo_fault_server_stop: { parameters: [ptr, int, buf], result: long },
+  // void *cryo_live_start(int uffd, int pid, int pagemap, const uint64_t *runs, size_t nruns, size_t page,
+  //                       size_t neighbours, int64_t *err);  (starts a native thread that serves write faults)
+  cryo_live_start: { parameters: [int, int, int, buf, size_t, size_t, size_t, buf], result: ptr },
+  // long cryo_live_stats(void *server, uint64_t *out);
+  cryo_live_stats: { parameters: [ptr, buf], result: long },
+  // long cryo_live_stop(void *server, uint64_t *out);  (joins the thread, frees the server)
+  cryo_live_stop: { parameters: [ptr, buf], result: long },
+  // long cryo_live_gather(void *server, int pid, unsigned char *local, size_t capacity, const uint64_t *runs,
+  //                       size_t nruns, uint64_t *cursor, size_t page, int detect, size_t max_piece,
+  //                       uint64_t *pieces, uint64_t *sums, size_t max_pieces, uint64_t *npieces);
+  //   (cryo_gather for a live checkpoint: on a pool thread; -ESTALE when a page was lost)
+  cryo_live_gather: {
+    parameters: [ptr, int, ptr, size_t, buf, size_t, buf, size_t, int, size_t, buf, buf, size_t, buf],
+    result: long,
+    nonblocking: true,
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The helper's symbols. */
 export type HelperSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
 
-/** Where the helper is looked for, in order. */
+/** Called with the cache directory before the helper is built on first use (see {@link onHelperBuild}). */
+let buildNotice: ((dir: string) => void) | undefined;
+
+/**
+ * Be told before the helper library is built on first use (a few seconds, once per version): the CLI says so on
+ * stderr. The library itself prints nothing.
+ *
+ * @param notice Called with the cache directory the helper is built into.
+ */
+export function onHelperBuild(notice: (dir: string) => void): void {
+  buildNotice = notice;
+}
+
+/**
+ * Where the helper is looked for, in order: `$CRYO_HELPER` alone when it is set; else the checkout's build
+ * `ffi/build/libcryo_helper.so` when this module is a local file and that library exists; else this version's
+ * library in the cache (`"cache"`: built there on first use from the package's own C source, `helper_build.ts`).
+ */
 export function helperCandidates(): string[] {
-  const env = Deno.env.get("CRYO_HELPER");
+  let env: string | undefined;
+  try {
+    env = Deno.env.get("CRYO_HELPER");
+  } catch { /* no --allow-env: look further */ }
   if (env) return [env];
-  return [new URL("./build/libcryo_helper.so", import.meta.url).pathname];
+  const out: string[] = [];
+  const local = new URL(`./build/${HELPER_FILE}`, import.meta.url);
+  if (local.protocol === "file:") {
+    try {
+      if (Deno.statSync(local).isFile) out.push(local.pathname);
+    } catch { /* no checkout build */ }
+  }
+  out.push("cache");
+  return out;
 }
 
 let loaded: HelperSymbols | undefined;
 
 /**
- * The helper's symbols, loading the library on first call.
+ * The helper's symbols, loading the library on first call (and building it into the cache first when no other
+ * copy is there: see {@link helperCandidates}).
  *
- * @throws {HelperNotFoundError} When no candidate loads, naming each path tried and how to build.
+ * @throws {HelperNotFoundError} When no candidate loads, naming each path tried and how to fix it (no C
+ *   compiler, a failed build, an ABI from another version).
  */
 export function helper(): HelperSymbols {
   if (loaded) return loaded;
   const tried: string[] = [];
-  for (const path of helperCandidates()) {
+  for (const candidate of helperCandidates()) {
+    let path = candidate;
     try {
+      if (candidate === "cache") path = cachedHelper(buildNotice);
       const lib = Deno.dlopen(path, symbols);
       const abi = lib.symbols.cryo_helper_abi();
       if (abi !== HELPER_ABI) {
@@ -110,6 +160,8 @@ export function helper(): HelperSymbols {
       loaded = lib.symbols;
       return loaded;
     } catch (e) {
+      // A failed build says everything itself (no compiler, the compiler's errors): pass it on as it is.
+      if (e instanceof HelperNotFoundError) throw e;
       tried.push(`${path}: ${(e as Error).message.split("\n")[0]}`);
     }
   }

@@ -89,8 +89,17 @@ export class LayoutMismatchError extends CryoError {
   }
 }
 
-/** The helper library could not be loaded. The message says what was tried and how to build it. */
-export class HelperNotFoundError extends CryoError {}
+/**
+ * A native library cryo needs (a system library such as `libzstd.so.1`, or its helper) could not be loaded.
+ * The message says what was tried and how to install or build it.
+ */
+export class LibraryNotFoundError extends CryoError {}
+
+/**
+ * The helper library could not be loaded or built on first use. The message says what was tried and how to
+ * fix it (a C compiler, `CRYO_HELPER`).
+ */
+export class HelperNotFoundError extends LibraryNotFoundError {}
 
 /**
  * A `/proc/<pid>/maps` or `smaps` text could not be parsed. Names the source, the line number and the line,
@@ -204,8 +213,60 @@ export class IdentityMismatchError extends CryoError {
   constructor(pid: number, path: string, differences: readonly string[]) {
     super(
       `Cannot restore pid ${pid} from ${path}: it is not the process the image was taken from; nothing was ` +
-        `written (--force, or force: true, restores into it anyway)\n  ${differences.join("\n  ")}`,
+        `written (the force option restores into it anyway)\n  ${differences.join("\n  ")}`,
     );
     this.differences = differences;
   }
+}
+
+/**
+ * A process cannot be frozen because another process traces it already (a debugger, strace, or another cryo):
+ * ptrace allows one tracer. A {@link SystemError} with code `EPERM` that names the tracer, e.g.
+ * `Cannot freeze pid 42 (already traced by pid 77: gdb -p 42): EPERM (Operation not permitted)`.
+ */
+export class TracedError extends SystemError {
+  /** The tracer's process id. */
+  readonly tracerPid: number;
+  /** The tracer's command line, as `/proc/<tracer>/cmdline` gives it (empty when it could not be read). */
+  readonly tracerCommand: readonly string[];
+
+  /**
+   * Create the error.
+   *
+   * @param pid The process that could not be frozen.
+   * @param tracerPid The tracer's process id.
+   * @param tracerCommand The tracer's command line.
+   * @param code The errno's name (`EPERM`).
+   * @param errno The errno value.
+   * @param description The errno's description.
+   * @param thread The tracing thread, when it is not the tracer's main thread.
+   */
+  constructor(
+    pid: number,
+    tracerPid: number,
+    tracerCommand: readonly string[],
+    code: string,
+    errno: number,
+    description: string,
+    thread?: number,
+  ) {
+    super(
+      "freeze",
+      errno,
+      code,
+      description,
+      `pid ${pid} (already traced by pid ${tracerPid}${thread ? ` (thread ${thread})` : ""}` +
+        `${tracerCommand.length ? `: ${commandLine(tracerCommand)}` : ""})`,
+    );
+    this.tracerPid = tracerPid;
+    this.tracerCommand = tracerCommand;
+  }
+}
+
+/** A command line on one line: arguments with spaces, quotes or controls JSON-quoted; at most 300 characters. */
+function commandLine(args: readonly string[]): string {
+  // deno-lint-ignore no-control-regex -- quoting arguments that hold control characters is the point
+  const text = args.map((a) => (a === "" || /[\s"'\\\x00-\x1f\x7f-\x9f]/.test(a) ? JSON.stringify(a) : a))
+    .join(" ");
+  return text.length > 300 ? `${text.slice(0, 299)}…` : text;
 }

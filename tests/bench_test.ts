@@ -155,62 +155,90 @@ Deno.test("`pipelineDump()` stores only resident pages of a sparse range", async
   }
 });
 
+/** What one run of `bench/main.ts --quick --only checkpoint --runs 1` wrote and printed. */
+interface QuickRun {
+  success: boolean;
+  stdout: string;
+  stderr: string;
+  report?: Report;
+  md?: string;
+}
+
+let quickRun: Promise<QuickRun> | undefined;
+
+/**
+ * The benchmark smoke run, once for the tests that read it: the checkpoint module, one run, with nothing on
+ * PATH, so that it also shows that the gcore rows are skipped without gdb (the other rows are the same with it).
+ */
+function quick(): Promise<QuickRun> {
+  return quickRun ??= (async () => {
+    const out = await Deno.makeTempDir({ prefix: "cryo-bench-out-" });
+    try {
+      const run = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          runner,
+          "--quick",
+          "--only",
+          "checkpoint",
+          "--runs",
+          "1",
+          "--out",
+          out,
+          "--dir",
+          out,
+        ],
+        env: { PATH: "/nonexistent" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = (b: Uint8Array) => new TextDecoder().decode(b);
+      const result: QuickRun = { success: run.success, stdout: text(run.stdout), stderr: text(run.stderr) };
+      if (run.success) {
+        result.report = JSON.parse(await Deno.readTextFile(`${out}/BENCHMARKS.json`));
+        result.md = await Deno.readTextFile(`${out}/BENCHMARKS.md`);
+      }
+      return result;
+    } finally {
+      await Deno.remove(out, { recursive: true });
+    }
+  })();
+}
+
 Deno.test("bench/main.ts --quick writes a well-formed report of the modules it ran", async () => {
-  const out = await Deno.makeTempDir({ prefix: "cryo-bench-out-" });
-  try {
-    const run = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        runner,
-        "--quick",
-        "--only",
-        "checkpoint",
-        "--runs",
-        "1",
-        "--out",
-        out,
-        "--dir",
-        out,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stdout = new TextDecoder().decode(run.stdout);
-    assert(run.success, `${stdout}\n${new TextDecoder().decode(run.stderr)}`);
-    const report: Report = JSON.parse(await Deno.readTextFile(`${out}/BENCHMARKS.json`));
-    assertEquals(report.quick, true);
-    assertEquals(report.runs, 1);
-    assertEquals(report.modules.map((m) => [m.name, m.status]), [["checkpoint", "ran"]]);
-    assertEquals(report.machine.kernel, Deno.osRelease());
-    assertEquals(
-      report.machine.cores,
-      (await Deno.readTextFile("/proc/cpuinfo")).match(/^processor/gm)!.length,
-    );
-    assert(report.rows.length >= 6, `${report.rows.length} rows`);
-    for (const r of report.rows) {
-      assertEquals(r.samples.length, 1);
-      assert(r.min <= r.median && r.min > 0, `${r.group}: ${r.name}: ${r.min} / ${r.median}`);
-      if (r.baselineSamples) assertEquals(r.ratio, r.median / r.baselineMedian!);
-    }
-    // The sparse workload: 256 MiB mapped, every 4th page written, so the pipeline moved 64 MiB.
-    const sparse = report.rows.find((r) =>
-      r.group.includes("sparse") && r.name === "C pipeline: image allocated"
-    );
-    assertEquals(sparse?.baselineMedian, 64 * MiB);
-    const md = await Deno.readTextFile(`${out}/BENCHMARKS.md`);
-    assertMatch(md, /^# cryo benchmarks\n/);
-    assertMatch(md, /## Machine/);
-    assert(md.includes(`Linux ${Deno.osRelease()}`), "the kernel is described");
-    assert(md.includes(`deno ${Deno.version.deno}`), "the Deno version is described");
-    for (const r of report.rows) {
-      assert(md.includes(`### ${r.group}`), `heading ${r.group}`);
-      assertMatch(md, new RegExp(`\\| ${r.name.replace(/[()]/g, "\\$&")} +\\|`));
-    }
-    assert(stdout.includes("C pipeline: checkpoint time"), "the table is printed");
-  } finally {
-    await Deno.remove(out, { recursive: true });
+  const run = await quick();
+  assert(run.success, `${run.stdout}\n${run.stderr}`);
+  const report = run.report!;
+  assertEquals(report.quick, true);
+  assertEquals(report.runs, 1);
+  assertEquals(report.modules.map((m) => [m.name, m.status]), [["checkpoint", "ran"]]);
+  assertEquals(report.machine.kernel, Deno.osRelease());
+  assertEquals(
+    report.machine.cores,
+    (await Deno.readTextFile("/proc/cpuinfo")).match(/^processor/gm)!.length,
+  );
+  assert(report.rows.length >= 6, `${report.rows.length} rows`);
+  for (const r of report.rows) {
+    assertEquals(r.samples.length, 1);
+    assert(r.min <= r.median && r.min > 0, `${r.group}: ${r.name}: ${r.min} / ${r.median}`);
+    if (r.baselineSamples) assertEquals(r.ratio, r.median / r.baselineMedian!);
   }
+  // The sparse workload: 256 MiB mapped, every 4th page written, so the pipeline moved 64 MiB.
+  const sparse = report.rows.find((r) =>
+    r.group.includes("sparse") && r.name === "C pipeline: image allocated"
+  );
+  assertEquals(sparse?.baselineMedian, 64 * MiB);
+  const md = run.md!;
+  assertMatch(md, /^# cryo benchmarks\n/);
+  assertMatch(md, /## Machine/);
+  assert(md.includes(`Linux ${Deno.osRelease()}`), "the kernel is described");
+  assert(md.includes(`deno ${Deno.version.deno}`), "the Deno version is described");
+  for (const r of report.rows) {
+    assert(md.includes(`### ${r.group}`), `heading ${r.group}`);
+    assertMatch(md, new RegExp(`\\| ${r.name.replace(/[()]/g, "\\$&")} +\\|`));
+  }
+  assert(run.stdout.includes("C pipeline: checkpoint time"), "the table is printed");
 });
 
 Deno.test("bench/main.ts refuses an unknown module and names the known ones", async () => {
@@ -226,35 +254,12 @@ Deno.test("bench/main.ts refuses an unknown module and names the known ones", as
 });
 
 Deno.test("bench/main.ts without gdb on PATH skips the gcore rows with a note", async () => {
-  const out = await Deno.makeTempDir({ prefix: "cryo-bench-out-" });
-  try {
-    const run = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        runner,
-        "--quick",
-        "--only",
-        "checkpoint",
-        "--runs",
-        "1",
-        "--out",
-        out,
-        "--dir",
-        out,
-      ],
-      env: { PATH: "/nonexistent" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert(run.success, new TextDecoder().decode(run.stderr));
-    const report: Report = JSON.parse(await Deno.readTextFile(`${out}/BENCHMARKS.json`));
-    assertEquals(report.machine.gdb, "absent");
-    assertEquals(report.rows.filter((r) => r.name.startsWith("gcore") || r.baseline === "gcore").length, 0);
-    const noted = report.rows.filter((r) => r.note?.includes("gcore skipped: gdb is not installed"));
-    assertEquals(noted.length, 3); // one per workload
-    assert(report.rows.some((r) => r.name === "C pipeline: checkpoint time"), "the pipeline still ran");
-  } finally {
-    await Deno.remove(out, { recursive: true });
-  }
+  const run = await quick();
+  assert(run.success, run.stderr);
+  const report = run.report!;
+  assertEquals(report.machine.gdb, "absent");
+  assertEquals(report.rows.filter((r) => r.name.startsWith("gcore") || r.baseline === "gcore").length, 0);
+  const noted = report.rows.filter((r) => r.note?.includes("gcore skipped: gdb is not installed"));
+  assertEquals(noted.length, 3); // one per workload
+  assert(report.rows.some((r) => r.name === "C pipeline: checkpoint time"), "the pipeline still ran");
 });

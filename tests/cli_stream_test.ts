@@ -63,15 +63,15 @@ Deno.test("cryo checkpoint --compress zstd --key-file round-trips through restor
     await target.fill(a, 8 << 20, "random", 4);
     const changed = await target.sum(a, 8 << 20);
     const nokey = await cryo(["restore", "--pid", pid, `${dir}/a.cryo`]);
-    assertEquals(nokey.code, 1);
+    assertEquals(nokey.code, 8);
     assertMatch(nokey.stderr, /hint: give the key the image was written with/);
     const wrong = await cryo(["restore", "--pid", pid, "--key-env", "K", `${dir}/a.cryo`], {
       K: hexKey.join(""),
     });
-    assertEquals(wrong.code, 1);
+    assertEquals(wrong.code, 8);
     assertEquals(await target.sum(a, 8 << 20), changed, "a refused restore writes nothing");
     const bad = await cryo(["verify", "--key-env", "K", `${dir}/a.cryo`], { K: hexKey.join("") });
-    assertEquals(bad.code, 1);
+    assertEquals(bad.code, 8);
 
     const good = await cryo(["verify", "--key-file", `${dir}/k`, `${dir}/a.cryo`]);
     assertEquals(good.code, 0, good.stderr);

@@ -131,7 +131,7 @@ Deno.test("cryo --json outputs parse for checkpoint, restore, inspect, verify, d
       d.runs.some((r: { start: string; kind: string }) => BigInt(r.start) === a && r.kind === "changed"),
       JSON.stringify(d.runs),
     );
-    const regions = JSON.parse((await cryo("regions", "--pid", pid, "--json")).stdout);
+    const regions = JSON.parse((await cryo("regions", "--pid", pid, "--json")).stdout).regions;
     assert(regions.some((g: { kind: string; persist: boolean }) => g.kind === "vdso" && !g.persist));
     const dry = JSON.parse(
       (await cryo("restore", "--pid", pid, "--dry-run", `${dir}/a.cryo`, "--json")).stdout,
@@ -146,14 +146,14 @@ Deno.test("cryo --json outputs parse for checkpoint, restore, inspect, verify, d
   }
 });
 
-Deno.test("cryo checkpoint interrupted by SIGINT thaws the target and leaves no image", async () => {
+Deno.test("cryo checkpoint interrupted by SIGINT thaws the target, leaves no image and exits 130 (JSON too)", async () => {
   const dir = await Deno.makeTempDir();
   await using target = Target.start();
   try {
     const a = await target.map(768 << 20);
     await target.fill(a, 768 << 20, "random", 2);
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", cli, "checkpoint", "--pid", String(target.pid), "-o", `${dir}/a.cryo`],
+      args: ["run", "-A", cli, "checkpoint", "--pid", String(target.pid), "-o", `${dir}/a.cryo`, "--json"],
       stdout: "piped",
       stderr: "piped",
     }).spawn();
@@ -170,6 +170,8 @@ Deno.test("cryo checkpoint interrupted by SIGINT thaws the target and leaves no 
     const stderr = decoder.decode(out.stderr);
     assertEquals(out.code, 130, stderr);
     assertMatch(stderr, /SIGINT received/);
+    const error = JSON.parse(decoder.decode(out.stdout)).error; // under --json, the error on stdout too
+    assertEquals([error.code, error.exit], ["interrupted", 130]);
     assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), [], "no image, no temporary file");
     assertEquals(statusOf(target.pid).tracer, 0);
     assertEquals(await target.cmd("pid"), String(target.pid), "the target runs");
@@ -180,7 +182,7 @@ Deno.test("cryo checkpoint interrupted by SIGINT thaws the target and leaves no 
 
 Deno.test("cryo with a pid that does not exist says so in one line with a hint", async () => {
   const r = await cryo("checkpoint", "--pid", "4194000", "-o", "/tmp/never.cryo");
-  assertEquals(r.code, 1);
+  assertEquals(r.code, 3);
   assertMatch(r.stderr, /^cryo checkpoint: .*4194000.*\nhint: /);
   assert(!r.stderr.includes("    at "));
 });

@@ -85,7 +85,7 @@ Deno.test("cryo inspect and regions escape a target's command line and a mapped 
 
   // An error that quotes the image's path.
   const bad = await cryo(["inspect", `${dir.path}/none\x1b[31m.cryo`]);
-  assertEquals(bad.code, 1);
+  assertEquals(bad.code, 3);
   assertNoControl(bad.stderr, "an error message");
   assertMatch(bad.stderr, /none\\x1b\[31m\.cryo/);
 });
@@ -149,7 +149,7 @@ Deno.test("cryo checkpoint warns about a key file others may read, and --strict 
     key,
     "--strict",
   ]);
-  assertEquals(strict.code, 1, strict.stderr);
+  assertEquals(strict.code, 8, strict.stderr);
   assertEquals(
     strict.stderr,
     `cryo checkpoint: Cannot load key from file ${key}: group or others have access to it (mode 0644)\n` +
@@ -157,7 +157,7 @@ Deno.test("cryo checkpoint warns about a key file others may read, and --strict 
   );
   assertEquals([...Deno.readDirSync(dir.path)].map((e) => e.name).sort(), ["a.cryo", "app.key"]);
   const verify = await cryo(["verify", "--strict", "--key-file", key, `${dir.path}/a.cryo`]);
-  assertEquals(verify.code, 1);
+  assertEquals(verify.code, 8);
   assertMatch(verify.stderr, /group or others have access to it \(mode 0644\)/);
   await Deno.chmod(key, 0o600);
   const quiet = await cryo(["verify", "--strict", "--key-file", key, `${dir.path}/a.cryo`]);
@@ -179,14 +179,14 @@ Deno.test("cryo checkpoint refuses a key file that is not a regular file (a FIFO
     "--key-file",
     fifo,
   ]);
-  assertEquals(r.code, 1, r.stderr);
+  assertEquals(r.code, 8, r.stderr);
   assertEquals(
     r.stderr,
     `cryo checkpoint: Cannot load key from file ${fifo}: it is a FIFO, not a regular file\n` +
       "hint: give a regular file holding the key (32 bytes or 64 hex characters), or --key-env NAME\n",
   );
   const d = await cryo(["verify", "--key-file", dir.path, "-"]);
-  assertEquals(d.code, 1);
+  assertEquals(d.code, 8);
   assertMatch(d.stderr, /it is a directory, not a regular file/);
 });
 
@@ -263,7 +263,7 @@ Deno.test("cryo checkpoint -o - that fails part-way says the stream is incomplet
     await reader.cancel();
     const status = await child.status;
     await errDone;
-    assertEquals(status.code, 1, errText);
+    assertEquals(status.code, 11, errText);
     assertMatch(errText, /EPIPE.* \(the image on stdout is incomplete and its reader will refuse it\)\n/);
     assertMatch(errText, /\nhint: the reader of stdout closed it before the end\n$/);
     assert(!/nothing was left|removed/.test(errText), errText);
@@ -297,7 +297,7 @@ Deno.test("cryo checkpoint -o - that fails part-way says the stream is incomplet
   try {
     const o = await full.output();
     const text = decoder.decode(o.stderr);
-    assertEquals(o.code, 1, text);
+    assertEquals(o.code, 11, text);
     assertMatch(text, /ENOSPC.* \(the image on stdout is incomplete and its reader will refuse it\)\n/);
     assertMatch(text, /\nhint: the file system or device stdout writes to is full\n$/);
   } finally {

@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertMatch, assertThrows } from "./_assert.ts";
 import { helper } from "../ffi/helper.ts";
 import { addrOf, libc, processVmRead } from "../ffi/libc.ts";
-import { SystemError } from "../lib/errors.ts";
+import { SystemError, TracedError } from "../lib/errors.ts";
 import { freeze, thawAll } from "../lib/kernel/freeze.ts";
 import { readThreadState, register, setRegister } from "../lib/kernel/threads.ts";
 import { Target } from "./_target.ts";
@@ -192,18 +192,24 @@ Deno.test("freeze() of a pid that does not exist throws ESRCH naming the pid", (
   assertThrows(() => freeze(-1), RangeError);
 });
 
-Deno.test("freeze() of a process traced by someone else says EPERM and names the tracer pid", async () => {
+Deno.test("freeze() of a process traced by someone else says EPERM and names the tracer pid and command line", async () => {
   await using target = Target.start();
   await target.cmd("threads 2");
   using first = freeze(target.pid);
-  const e = assertThrows(() => freeze(target.pid), SystemError);
+  const e = assertThrows(() => freeze(target.pid), TracedError);
+  assert(e instanceof SystemError);
   assertEquals(e.code, "EPERM");
+  assertEquals(e.tracerPid, Deno.pid);
+  const cmdline = Deno.readTextFileSync("/proc/self/cmdline").split("\0").slice(0, -1);
+  assertEquals(e.tracerCommand, cmdline);
   assertEquals(
-    e.message,
+    e.message.slice(0, e.message.indexOf(": ", e.message.indexOf("already traced"))),
     `Cannot freeze pid ${target.pid} (already traced by pid ${Deno.pid}${
       libc.gettid() === Deno.pid ? "" : ` (thread ${libc.gettid()})`
-    }): EPERM (Operation not permitted)`,
+    }`,
   );
+  assertMatch(e.message, /\): EPERM \(Operation not permitted\)$/);
+  assert(e.message.includes(cmdline[0]), e.message);
   // The failed attempt left the first freeze intact.
   assertEquals(taskStatus(target.pid, target.pid).state, "t");
   assertEquals(first.thaw(), 3);

@@ -230,7 +230,8 @@ Deno.test("cryo hibernate and cryo wake --lazy on redis-server, from the command
       return text;
     };
     const h = await run("hibernate", "--pid", `${redis.pid}`, "-o", `${dir}/r.cryo`, "--json");
-    assert(JSON.parse(h).freedBytes > 0);
+    const hj = JSON.parse(h);
+    assert(hj.schema === 1 && hj.freedBytes > 0 && hj.before.rssBytes > hj.after.rssBytes, h);
     assertEquals(processState(redis.pid), "T");
     const w = await run("wake", "--pid", `${redis.pid}`, "--lazy", `${dir}/r.cryo`);
     assert(w.includes("lazily"), w);

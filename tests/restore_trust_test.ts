@@ -208,7 +208,7 @@ Deno.test("cryo restore killed by SIGKILL part-way leaves the target stopped; th
       env: { NO_COLOR: "1" },
     }).output();
     // The killed restore read a stream: --recover names the image to finish it from.
-    assertEquals(again.code, 1);
+    assertEquals(again.code, 11);
     assert(new TextDecoder().decode(again.stderr).includes("interrupted restore was from -"));
     const rerun = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", cli, "restore", "--pid", String(target.pid), "-q", `${dir}/a.cryo`],

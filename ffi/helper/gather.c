@@ -54,6 +54,21 @@ long cryo_checksums(const uint64_t *iov, size_t n, size_t stride, uint64_t *out)
   return (long)n;
 }
 
+// Move a run cursor (run index, offset in it) `bytes` forward.
+static void cryo_gather_advance(const uint64_t *runs, uint64_t *cursor, uint64_t bytes) {
+  for (uint64_t left = bytes; left > 0;) {
+    uint64_t rest = runs[2 * cursor[0] + 1] - runs[2 * cursor[0]] - cursor[1];
+    if (left >= rest) {
+      left -= rest;
+      cursor[0]++;
+      cursor[1] = 0;
+    } else {
+      cursor[1] += left;
+      left = 0;
+    }
+  }
+}
+
 // Copy runs of `pid` (`runs`: start/end pairs, `nruns` of them) back to back into `local` with
 // process_vm_readv, up to 1024 iovecs a call, from run cursor[0] at offset cursor[1], until `capacity` bytes are
 // copied or the runs end; the cursor is advanced past the copy. Then split the copy into pieces: runs of
@@ -65,6 +80,15 @@ long cryo_checksums(const uint64_t *iov, size_t n, size_t stride, uint64_t *out)
 long cryo_gather(int pid, unsigned char *local, size_t capacity, const uint64_t *runs, size_t nruns,
                  uint64_t *cursor, size_t page, int detect, size_t max_piece, uint64_t *pieces,
                  uint64_t *sums, size_t max_pieces, uint64_t *npieces) {
+  return cryo_gather_hooked(pid, local, capacity, runs, nruns, cursor, page, detect, max_piece, pieces, sums,
+                            max_pieces, npieces, 0);
+}
+
+// cryo_gather with a hook (live.c): hook->missing fills a page that process_vm_readv could not read (else the
+// gather fails with EFAULT as without a hook), and hook->settle sees the copy before it is split and summed.
+long cryo_gather_hooked(int pid, unsigned char *local, size_t capacity, const uint64_t *runs, size_t nruns,
+                        uint64_t *cursor, size_t page, int detect, size_t max_piece, uint64_t *pieces,
+                        uint64_t *sums, size_t max_pieces, uint64_t *npieces, const struct cryo_gather_hook *hook) {
   struct iovec liov, riov[1024];
   uint64_t first_run = cursor[0], first_off = cursor[1];
   size_t filled = 0;
@@ -89,25 +113,29 @@ long cryo_gather(int pid, unsigned char *local, size_t capacity, const uint64_t 
     liov.iov_base = local + filled;
     liov.iov_len = want;
     long got = cryo_ret(process_vm_readv(pid, &liov, 1, riov, n, 0));
+    if (hook && (got == -EFAULT || (got >= 0 && (size_t)got < want))) {
+      // The page after the copied part is gone: the hook fills it (from a copy it made before) or says why not.
+      if (got < 0) got = 0;
+      cryo_gather_advance(runs, cursor, (uint64_t)got);
+      long r = hook->missing(hook->ctx, local + filled + got, runs[2 * cursor[0]] + cursor[1]);
+      if (r < 0) return r;
+      cryo_gather_advance(runs, cursor, page);
+      filled += (size_t)got + page;
+      continue;
+    }
     if (got < 0) return got;
     if (got == 0) return -EFAULT;
     if ((size_t)got == want) {
       cursor[0] = i;
       cursor[1] = off;
     } else {
-      for (uint64_t left = (uint64_t)got; left > 0;) {
-        uint64_t rest = runs[2 * cursor[0] + 1] - runs[2 * cursor[0]] - cursor[1];
-        if (left >= rest) {
-          left -= rest;
-          cursor[0]++;
-          cursor[1] = 0;
-        } else {
-          cursor[1] += left;
-          left = 0;
-        }
-      }
+      cryo_gather_advance(runs, cursor, (uint64_t)got);
     }
     filled += (size_t)got;
+  }
+  if (hook) {
+    long r = hook->settle(hook->ctx, local, runs, first_run, first_off, filled);
+    if (r < 0) return r;
   }
   cryo_xxh3_fn xxh3 = sums ? cryo_xxh3() : 0;
   if (sums && !xxh3) return -ENOENT;

@@ -24,7 +24,7 @@
 
 // The version of the exported interface. Bump it (and HELPER_ABI in ffi/helper.ts) whenever a function is
 // added, removed or changes its prototype or meaning: ffi/helper.ts refuses a helper built from another version.
-#define CRYO_HELPER_ABI 4
+#define CRYO_HELPER_ABI 5
 
 // ---- abi.c ----
 int cryo_helper_abi(void);
@@ -40,6 +40,26 @@ long cryo_checksums(const uint64_t *iov, size_t n, size_t stride, uint64_t *out)
 long cryo_gather(int pid, unsigned char *local, size_t capacity, const uint64_t *runs, size_t nruns,
                  uint64_t *cursor, size_t page, int detect, size_t max_piece, uint64_t *pieces,
                  uint64_t *sums, size_t max_pieces, uint64_t *npieces);
+// Not bound in ffi/helper.ts: the gather of live.c, with its hook.
+struct cryo_gather_hook {
+  void *ctx;
+  // Fill the page at `local` whose remote address `addr` could not be read; 0, or -errno to fail the gather.
+  long (*missing)(void *ctx, unsigned char *local, uint64_t addr);
+  // See the `filled` bytes copied from runs[cursor (run, off)] on, before they are split; 0, or -errno.
+  long (*settle)(void *ctx, unsigned char *local, const uint64_t *runs, uint64_t run, uint64_t off, size_t filled);
+};
+long cryo_gather_hooked(int pid, unsigned char *local, size_t capacity, const uint64_t *runs, size_t nruns,
+                        uint64_t *cursor, size_t page, int detect, size_t max_piece, uint64_t *pieces,
+                        uint64_t *sums, size_t max_pieces, uint64_t *npieces, const struct cryo_gather_hook *hook);
+
+// ---- live.c ----
+void *cryo_live_start(int uffd, int pid, int pagemap, const uint64_t *runs, size_t nruns, size_t page,
+                      size_t neighbours, int64_t *err);
+long cryo_live_stats(void *server, uint64_t *out);
+long cryo_live_stop(void *server, uint64_t *out);
+long cryo_live_gather(void *server, int pid, unsigned char *local, size_t capacity, const uint64_t *runs,
+                      size_t nruns, uint64_t *cursor, size_t page, int detect, size_t max_piece, uint64_t *pieces,
+                      uint64_t *sums, size_t max_pieces, uint64_t *npieces);
 
 // ---- freeze.c ----
 long cryo_freeze(int pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns, int32_t *info, int boost);

@@ -1,22 +1,16 @@
 /**
- * The CLI's shell: command dispatch, usage errors (exit 2), one-line errors with a hint (exit 1, `--debug`
- * for the stack), and SIGINT/SIGTERM turned into an abort that every command honours.
+ * The CLI's shell: command dispatch, errors reported as one line plus a hint (`--debug` for the stack) and,
+ * under `--json`, as JSON on stdout, with the exit code of their failure class (`exit.ts`), and SIGINT/SIGTERM
+ * turned into an abort that every command honours.
  *
  * @module
  */
 
 import config from "../../deno.json" with { type: "json" };
-import {
-  CryoError,
-  HelperNotFoundError,
-  ImageError,
-  KeyError,
-  KeyFileError,
-  LayoutMismatchError,
-  RestoreIncompleteError,
-  SystemError,
-} from "../errors.ts";
+import { CryoError, RestoreIncompleteError } from "../errors.ts";
+import { onHelperBuild } from "../../ffi/helper.ts";
 import { printable } from "./format.ts";
+import { classify, EXIT, hintFor, jsonError } from "./exit.ts";
 
 /** A command's context: its arguments, an abort signal raised by SIGINT/SIGTERM, and output flags. */
 export interface CommandContext {
@@ -56,41 +50,6 @@ export function out(text: string): void {
 /** What a failed command that wrote an image to stdout adds to its error. */
 const INCOMPLETE = "the image on stdout is incomplete and its reader will refuse it";
 
-function hintFor(e: unknown, ctx: CommandContext): string | undefined {
-  if (e instanceof SystemError) {
-    if (e.code === "EPERM" || e.code === "EACCES") {
-      return "hint: freezing or writing another process needs root or CAP_SYS_PTRACE (and Yama ptrace_scope ≤ 1)";
-    }
-    if (e.code === "ESRCH") return "hint: is the pid right? `ps -p PID` shows whether it is alive";
-    if (e.code === "ENOENT") return "hint: check the path";
-    if (e.code === "ENOSPC") {
-      return ctx.imageOnStdout
-        ? "hint: the file system or device stdout writes to is full"
-        : "hint: the disk is full; nothing was left at the image path";
-    }
-    if (e.code === "EPIPE" && ctx.imageOnStdout) return "hint: the reader of stdout closed it before the end";
-  }
-  if (e instanceof ImageError) {
-    return "hint: `cryo verify IMAGE` checks the whole image and says where it is damaged";
-  }
-  if (e instanceof LayoutMismatchError) {
-    return "hint: the target's memory map no longer matches the image; `cryo regions --pid PID` shows it";
-  }
-  if (e instanceof HelperNotFoundError) return "hint: run `deno task build`";
-  if (e instanceof RestoreIncompleteError) {
-    return `hint: run \`cryo restore --recover --pid ${e.pid}\` to finish the restore and resume it`;
-  }
-  if (e instanceof KeyFileError) {
-    return e.mode === undefined
-      ? "hint: give a regular file holding the key (32 bytes or 64 hex characters), or --key-env NAME"
-      : `hint: run \`chmod 600 ${printable(e.path)}\` (--strict refuses a key file others may read)`;
-  }
-  if (e instanceof KeyError) {
-    return "hint: give the key the image was written with: --key-file FILE or --key-env NAME";
-  }
-  return undefined;
-}
-
 /**
  * Run the CLI: dispatch to a command, map errors to one line plus a hint and exit codes.
  *
@@ -100,6 +59,10 @@ function hintFor(e: unknown, ctx: CommandContext): string | undefined {
  */
 export async function main(commands: Command[], argv: string[]): Promise<number> {
   const debug = argv.includes("--debug");
+  const json = argv.includes("--json");
+  onHelperBuild((dir) =>
+    console.error(`cryo: building the helper library into ${printable(dir)} (first use of this version)`)
+  );
   const args = argv.filter((a) => a !== "--debug");
   const name = args[0];
   if (!name || name === "--help" || name === "-h" || name === "help") {
@@ -114,7 +77,8 @@ export async function main(commands: Command[], argv: string[]): Promise<number>
   const command = commands.find((c) => c.name === name);
   if (!command) {
     console.error(`cryo: unknown command "${printable(name)}"\n\n${usage(commands)}`);
-    return 2;
+    if (json) out(jsonError(EXIT.usage, `unknown command "${name}"`));
+    return EXIT.usage.exit;
   }
   if (args.includes("--help") || args.includes("-h")) {
     out(command.help);
@@ -139,30 +103,9 @@ export async function main(commands: Command[], argv: string[]): Promise<number>
   for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
   try {
     const code = await command.run(ctx);
-    return controller.signal.aborted ? 130 : code;
+    return controller.signal.aborted ? EXIT.interrupted.exit : code;
   } catch (e) {
-    if (e instanceof UsageError) {
-      console.error(`cryo ${name}: ${printable(e.message, { lines: true })}\n(see \`cryo ${name} --help\`)`);
-      return 2;
-    }
-    if (controller.signal.aborted && !(e instanceof RestoreIncompleteError)) {
-      console.error(
-        `cryo ${name}: interrupted; ${ctx.imageOnStdout ? INCOMPLETE : "nothing was left half-done"}`,
-      );
-      if (debug) console.error(printable(String(e instanceof Error ? e.stack : e), { lines: true }));
-      return 130;
-    }
-    // Messages quote paths, command lines and region names from targets and images: escape them.
-    const message = printable(e instanceof Error ? e.message : String(e), { lines: true });
-    console.error(
-      `cryo ${name}: ${e instanceof CryoError ? "" : "internal error: "}${message}` +
-        (ctx.imageOnStdout ? ` (${INCOMPLETE})` : ""),
-    );
-    const hint = hintFor(e, ctx);
-    if (hint) console.error(hint);
-    if (debug) console.error(printable(String(e instanceof Error ? e.stack : e), { lines: true }));
-    else if (!(e instanceof CryoError)) console.error("(run with --debug for the stack trace)");
-    return 1;
+    return fail(e, { command: name, json, debug, ctx, interrupted: controller.signal.aborted });
   } finally {
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
   }
@@ -173,11 +116,75 @@ function usage(commands: Command[]): string {
   return [
     "cryo: checkpoint and restore Linux process memory",
     "",
-    "usage: deno run -A cli.ts <command> [options]",
+    "usage: cryo <command> [options]",
+    "  (installed with `deno install -g -A -n cryo jsr:@cryo/cryo/cli`; in a checkout `deno run -A cli.ts`)",
     "",
     "commands:",
     ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     "",
     "`cryo <command> --help` for a command's options and examples; --debug shows stack traces.",
+    ...wrap([
+      "exit status:",
+      ...Object.values(EXIT).map((c, i, all) => `${c.exit} ${c.code}${i < all.length - 1 ? "," : ""}`),
+    ]),
+    'under --json an error is also a JSON document on stdout: {"schema","error":{"code","exit","message","hint"}}',
   ].join("\n");
+}
+
+/** What {@link fail} needs to know about the failed command. */
+interface Failure {
+  command: string;
+  json: boolean;
+  debug: boolean;
+  ctx: CommandContext;
+  interrupted: boolean;
+}
+
+/** Report a command's error (one line plus a hint on stderr; JSON on stdout under --json); its exit code. */
+function fail(e: unknown, f: Failure): number {
+  const { command: name, ctx } = f;
+  const stack = () => {
+    if (f.debug) console.error(printable(String(e instanceof Error ? e.stack : e), { lines: true }));
+  };
+  if (e instanceof UsageError) {
+    console.error(`cryo ${name}: ${printable(e.message, { lines: true })}\n(see \`cryo ${name} --help\`)`);
+    if (f.json) out(jsonError(EXIT.usage, e.message, `see \`cryo ${name} --help\``));
+    return EXIT.usage.exit;
+  }
+  if (f.interrupted && !(e instanceof RestoreIncompleteError)) {
+    const message = `interrupted; ${ctx.imageOnStdout ? INCOMPLETE : "nothing was left half-done"}`;
+    console.error(`cryo ${name}: ${message}`);
+    if (f.json && !ctx.imageOnStdout) out(jsonError(EXIT.interrupted, message));
+    stack();
+    return EXIT.interrupted.exit;
+  }
+  const failure = classify(e);
+  // Messages quote paths, command lines and region names from targets and images: escape them.
+  const message = (e instanceof Error ? e.message : String(e)) +
+    (ctx.imageOnStdout ? ` (${INCOMPLETE})` : "");
+  console.error(
+    `cryo ${name}: ${failure === EXIT.internal ? "internal error: " : ""}${
+      printable(message, { lines: true })
+    }`,
+  );
+  const hint = hintFor(e, { imageOnStdout: ctx.imageOnStdout, command: name });
+  if (hint) console.error(hint);
+  if (f.json && !ctx.imageOnStdout) out(jsonError(failure, message, hint));
+  stack();
+  if (!f.debug && failure === EXIT.internal) console.error("(run with --debug for the stack trace)");
+  return failure.exit;
+}
+
+/** `items` joined by spaces into lines of at most `width` characters (an item is never broken). */
+function wrap(items: string[], width = 100): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of items) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines;
 }

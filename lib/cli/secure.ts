@@ -8,6 +8,7 @@ import type { Codec } from "../codecs/codec.ts";
 import { parseCodec } from "../codecs/select.ts";
 import { loadKey, type SealKey } from "../codecs/seal.ts";
 import { printable } from "./format.ts";
+import { CryoError } from "../errors.ts";
 import { UsageError } from "./main.ts";
 
 /**
@@ -40,6 +41,7 @@ export function parseCodecOption(spec: string): Codec {
   try {
     return parseCodec(spec);
   } catch (e) {
+    if (e instanceof CryoError) throw e; // a codec's library that cannot be opened is not a usage error
     throw new UsageError(`--compress: ${(e as Error).message}`);
   }
 }

@@ -7,7 +7,7 @@
 
 import { checksum } from "./checksum.ts";
 import { Cursor, Writer } from "./cursor.ts";
-import { FOOTER_LENGTH, FOOTER_MAGIC, FORMAT_VERSION } from "./format.ts";
+import { FOOTER_FIELD, FOOTER_LENGTH, FOOTER_MAGIC, FORMAT_VERSION } from "./format.ts";
 
 /** The footer's fields. */
 export interface Footer {
@@ -82,11 +82,15 @@ export function encodeFooter(f: Footer): Uint8Array<ArrayBuffer> {
 export function decodeFooter(path: string, b: Uint8Array, offset: number): Footer {
   const c = new Cursor(path, b, offset);
   c.need(FOOTER_LENGTH, "footer");
-  if (c.u64() !== FOOTER_MAGIC) throw c.error("bad footer magic (not a cryo image, or truncated)", 0);
-  if (c.u32() !== FORMAT_VERSION) throw c.error("unsupported footer version", 8);
-  if (c.u32() !== FOOTER_LENGTH) throw c.error("footer length is not 128", 12);
-  const sum = checksum(b.subarray(0, 120));
-  if (sum !== c.view.getBigUint64(120, true)) throw c.error("footer checksum mismatch", 120);
+  if (c.u64() !== FOOTER_MAGIC) {
+    throw c.error("bad footer magic (not a cryo image, or truncated)", FOOTER_FIELD.MAGIC);
+  }
+  if (c.u32() !== FORMAT_VERSION) throw c.error("unsupported footer version", FOOTER_FIELD.VERSION);
+  if (c.u32() !== FOOTER_LENGTH) throw c.error(`footer length is not ${FOOTER_LENGTH}`, FOOTER_FIELD.LENGTH);
+  const sum = checksum(b.subarray(0, FOOTER_FIELD.CHECKSUM));
+  if (sum !== c.view.getBigUint64(FOOTER_FIELD.CHECKSUM, true)) {
+    throw c.error("footer checksum mismatch", FOOTER_FIELD.CHECKSUM);
+  }
   return {
     headerLength: c.size("header length"),
     headerChecksum: c.u64(),

@@ -42,6 +42,89 @@ export const MAX_SECTIONS_LENGTH = 16 << 20;
 /** Most bytes a frame may cover (`end - start`): 4 PiB, so every length and hole is exact as a JS number. */
 export const MAX_FRAME_RANGE: bigint = 1n << 52n;
 
+/** Byte offsets of the fixed header's fields (docs/FORMAT.md, "Fixed header"). */
+export const HEADER_FIELD = {
+  MAGIC: 0,
+  VERSION: 8,
+  FIXED_LENGTH: 12,
+  REQUIRED_FEATURES: 16,
+  OPTIONAL_FEATURES: 24,
+  PAGE_SIZE: 32,
+  ARCH: 36,
+  HEADER_LENGTH: 40,
+  SOURCE_OFFSET: 48,
+  SOURCE_LENGTH: 56,
+  REGIONS_OFFSET: 64,
+  REGIONS_LENGTH: 72,
+  REGION_COUNT: 80,
+  /** 32 bytes: an ENCRYPTED image's seal parameters (lib/image/sealing.ts), else reserved (zero). */
+  SEAL_PARAMS: 84,
+  /** Reserved (zero) up to the checksum. */
+  RESERVED: 116,
+  CHECKSUM: 120,
+} as const;
+
+/** Byte offsets of the footer's fields (docs/FORMAT.md, "Footer"). */
+export const FOOTER_FIELD = {
+  MAGIC: 0,
+  VERSION: 8,
+  LENGTH: 12,
+  HEADER_LENGTH: 16,
+  HEADER_CHECKSUM: 24,
+  REGIONS_OFFSET: 32,
+  REGIONS_LENGTH: 40,
+  INDEX_OFFSET: 48,
+  INDEX_LENGTH: 56,
+  INDEX_CHECKSUM: 64,
+  SECTIONS_OFFSET: 72,
+  SECTIONS_LENGTH: 80,
+  SECTIONS_CHECKSUM: 88,
+  FRAME_COUNT: 96,
+  FILE_SIZE: 104,
+  DATA_BYTES: 112,
+  /** XXH3 of the bytes before it. */
+  CHECKSUM: 120,
+} as const;
+
+/** Byte offsets of a frame header's fields (docs/FORMAT.md, "Frame header"). */
+export const FRAME_FIELD = {
+  MAGIC: 0,
+  COUNT: 4,
+  SEGMENT: 8,
+  RESERVED: 12,
+  START: 16,
+  END: 24,
+  DATA_LENGTH: 32,
+  TABLE_CHECKSUM: 40,
+  RESERVED_2: 48,
+  /** XXH3 of the bytes before it. */
+  CHECKSUM: 56,
+} as const;
+
+/** Byte offsets of a table entry's fields (docs/FORMAT.md, "Table entry"). */
+export const ENTRY_FIELD = {
+  ADDRESS: 0,
+  LENGTH: 8,
+  STORED_LENGTH: 12,
+  CHECKSUM: 16,
+  DECODED_CHECKSUM: 24,
+  KIND: 32,
+  CODEC: 33,
+  FLAGS: 34,
+  RESERVED: 36,
+} as const;
+
+/** Byte offsets of a frame directory entry's fields (docs/FORMAT.md, "Index"). */
+export const DIRECTORY_FIELD = {
+  FRAME_OFFSET: 0,
+  START: 8,
+  END: 16,
+  DATA_LENGTH: 24,
+  FRAME_CHECKSUM: 32,
+  COUNT: 40,
+  SEGMENT: 44,
+} as const;
+
 /** Required feature bits: a reader refuses an image with one it does not know. */
 export const REQUIRED = { CODEC: 1n, ENCRYPTED: 2n } as const;
 /** The required feature bits this reader knows. */

@@ -8,16 +8,19 @@
 
 import { ImageError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
+import { Cursor } from "./cursor.ts";
 import {
   alignUp,
-  Cursor,
+  DIRECTORY_FIELD,
   END_MAGIC,
+  ENTRY_FIELD,
+  FRAME_FIELD,
   FRAME_LENGTH,
   FRAME_MAGIC,
   type ImageRecord,
   KIND,
   MAX_FRAME_RANGE,
-} from "./layout.ts";
+} from "./format.ts";
 
 /** Bytes of one table entry. */
 export const ENTRY_LENGTH = 40;
@@ -91,15 +94,15 @@ export function layoutFrame(
 export function encodeFrameHeader(f: FrameInfo): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(FRAME_LENGTH);
   const v = new DataView(b.buffer);
-  v.setUint32(0, f.isEnd ? END_MAGIC : FRAME_MAGIC, true);
-  v.setUint32(4, f.count, true);
-  v.setUint32(8, f.segment, true);
-  v.setBigUint64(16, f.start, true);
-  v.setBigUint64(24, f.end, true);
-  v.setBigUint64(32, BigInt(f.dataLength), true);
-  v.setBigUint64(40, f.tableChecksum, true);
-  f.frameChecksum = checksum(b.subarray(0, 56));
-  v.setBigUint64(56, f.frameChecksum, true);
+  v.setUint32(FRAME_FIELD.MAGIC, f.isEnd ? END_MAGIC : FRAME_MAGIC, true);
+  v.setUint32(FRAME_FIELD.COUNT, f.count, true);
+  v.setUint32(FRAME_FIELD.SEGMENT, f.segment, true);
+  v.setBigUint64(FRAME_FIELD.START, f.start, true);
+  v.setBigUint64(FRAME_FIELD.END, f.end, true);
+  v.setBigUint64(FRAME_FIELD.DATA_LENGTH, BigInt(f.dataLength), true);
+  v.setBigUint64(FRAME_FIELD.TABLE_CHECKSUM, f.tableChecksum, true);
+  f.frameChecksum = checksum(b.subarray(0, FRAME_FIELD.CHECKSUM));
+  v.setBigUint64(FRAME_FIELD.CHECKSUM, f.frameChecksum, true);
   return b;
 }
 
@@ -115,13 +118,14 @@ export function decodeFrameHeader(path: string, b: Uint8Array, offset: number): 
   const c = new Cursor(path, b, offset);
   c.need(FRAME_LENGTH, "frame header");
   const magic = c.u32();
-  if (magic !== FRAME_MAGIC && magic !== END_MAGIC) throw c.error("bad frame magic", 0);
-  if (checksum(b.subarray(0, 56)) !== c.view.getBigUint64(56, true)) {
-    throw c.error("frame header checksum mismatch", 56);
+  if (magic !== FRAME_MAGIC && magic !== END_MAGIC) throw c.error("bad frame magic", FRAME_FIELD.MAGIC);
+  const sum = c.view.getBigUint64(FRAME_FIELD.CHECKSUM, true);
+  if (checksum(b.subarray(0, FRAME_FIELD.CHECKSUM)) !== sum) {
+    throw c.error("frame header checksum mismatch", FRAME_FIELD.CHECKSUM);
   }
   const count = c.u32(), segment = c.u32();
-  if (c.u32() !== 0 || c.view.getBigUint64(48, true) !== 0n) {
-    throw c.error("non-zero reserved frame field", 12);
+  if (c.u32() !== 0 || c.view.getBigUint64(FRAME_FIELD.RESERVED_2, true) !== 0n) {
+    throw c.error("non-zero reserved frame field", FRAME_FIELD.RESERVED);
   }
   const f: FrameInfo = {
     offset,
@@ -132,18 +136,20 @@ export function decodeFrameHeader(path: string, b: Uint8Array, offset: number): 
     end: c.u64(),
     dataLength: c.size("frame data length"),
     tableChecksum: c.u64(),
-    frameChecksum: c.view.getBigUint64(56, true),
+    frameChecksum: sum,
   };
   if (f.isEnd) {
-    if (f.count || f.segment || f.start || f.end || f.tableChecksum) throw c.error("bad END frame", 4);
+    if (f.count || f.segment || f.start || f.end || f.tableChecksum) {
+      throw c.error("bad END frame", FRAME_FIELD.COUNT);
+    }
     return f;
   }
   if (f.count > MAX_FRAME_RECORDS) {
-    throw c.error(`frame of ${f.count} records (at most ${MAX_FRAME_RECORDS})`, 4);
+    throw c.error(`frame of ${f.count} records (at most ${MAX_FRAME_RECORDS})`, FRAME_FIELD.COUNT);
   }
-  if (f.end <= f.start) throw c.error("frame covers no bytes", 16);
+  if (f.end <= f.start) throw c.error("frame covers no bytes", FRAME_FIELD.START);
   if (f.count === 0 && (f.dataLength !== 0 || f.tableChecksum !== EMPTY_TABLE_CHECKSUM)) {
-    throw c.error("frame without records has data or a table", 32);
+    throw c.error("frame without records has data or a table", FRAME_FIELD.DATA_LENGTH);
   }
   return f;
 }
@@ -159,14 +165,14 @@ export function encodeTable(records: readonly ImageRecord[]): Uint8Array<ArrayBu
   const v = new DataView(b.buffer);
   for (let i = 0, o = 0; i < records.length; i++, o += ENTRY_LENGTH) {
     const r = records[i];
-    v.setBigUint64(o, r.address, true);
-    v.setUint32(o + 8, r.length, true);
-    v.setUint32(o + 12, r.storedLength, true);
-    v.setBigUint64(o + 16, r.checksum, true);
-    v.setBigUint64(o + 24, r.decodedChecksum, true);
-    v.setUint8(o + 32, r.kind);
-    v.setUint8(o + 33, r.codec);
-    v.setUint16(o + 34, r.flags, true);
+    v.setBigUint64(o + ENTRY_FIELD.ADDRESS, r.address, true);
+    v.setUint32(o + ENTRY_FIELD.LENGTH, r.length, true);
+    v.setUint32(o + ENTRY_FIELD.STORED_LENGTH, r.storedLength, true);
+    v.setBigUint64(o + ENTRY_FIELD.CHECKSUM, r.checksum, true);
+    v.setBigUint64(o + ENTRY_FIELD.DECODED_CHECKSUM, r.decodedChecksum, true);
+    v.setUint8(o + ENTRY_FIELD.KIND, r.kind);
+    v.setUint8(o + ENTRY_FIELD.CODEC, r.codec);
+    v.setUint16(o + ENTRY_FIELD.FLAGS, r.flags, true);
   }
   return b;
 }
@@ -206,20 +212,28 @@ export function decodeTable(path: string, f: FrameInfo, b: Uint8Array, pageSize:
       fileOffset: 0,
     };
     const bad = (m: string, off = 0) => new ImageError(path, base + o + off, `table entry ${i}: ${m}`);
-    if (c.u32() !== 0) throw bad("non-zero reserved field", 36);
-    if (r.kind !== KIND.DATA) throw bad(`kind ${r.kind} is not data`, 32);
-    if (r.length === 0 || r.storedLength === 0) throw bad("empty record", 8);
+    if (c.u32() !== 0) throw bad("non-zero reserved field", ENTRY_FIELD.RESERVED);
+    if (r.kind !== KIND.DATA) throw bad(`kind ${r.kind} is not data`, ENTRY_FIELD.KIND);
+    if (r.length === 0 || r.storedLength === 0) throw bad("empty record", ENTRY_FIELD.LENGTH);
     if (r.address < at) throw bad("out of order, overlapping or before the frame's range");
     at = r.address + BigInt(r.length);
-    if (at > f.end) throw bad("runs past the frame's range", 8);
+    if (at > f.end) throw bad("runs past the frame's range", ENTRY_FIELD.LENGTH);
     stored += r.storedLength;
     out.push(r);
   }
   if (f.count > 1 && stored > MAX_FRAME_DATA) {
-    throw new ImageError(path, f.offset + 32, `frame of ${stored} stored bytes (at most ${MAX_FRAME_DATA})`);
+    throw new ImageError(
+      path,
+      f.offset + FRAME_FIELD.DATA_LENGTH,
+      `frame of ${stored} stored bytes (at most ${MAX_FRAME_DATA})`,
+    );
   }
   if (layoutFrame(f, out, pageSize).dataLength !== f.dataLength) {
-    throw new ImageError(path, f.offset + 32, `frame data length ${f.dataLength} disagrees with its table`);
+    throw new ImageError(
+      path,
+      f.offset + FRAME_FIELD.DATA_LENGTH,
+      `frame data length ${f.dataLength} disagrees with its table`,
+    );
   }
   return out;
 }
@@ -235,13 +249,13 @@ export function encodeDirectory(frames: readonly FrameInfo[]): Uint8Array<ArrayB
   const v = new DataView(b.buffer);
   frames.forEach((f, i) => {
     const o = i * DIRECTORY_ENTRY_LENGTH;
-    v.setBigUint64(o, BigInt(f.offset), true);
-    v.setBigUint64(o + 8, f.start, true);
-    v.setBigUint64(o + 16, f.end, true);
-    v.setBigUint64(o + 24, BigInt(f.dataLength), true);
-    v.setBigUint64(o + 32, f.frameChecksum, true);
-    v.setUint32(o + 40, f.count, true);
-    v.setUint32(o + 44, f.segment, true);
+    v.setBigUint64(o + DIRECTORY_FIELD.FRAME_OFFSET, BigInt(f.offset), true);
+    v.setBigUint64(o + DIRECTORY_FIELD.START, f.start, true);
+    v.setBigUint64(o + DIRECTORY_FIELD.END, f.end, true);
+    v.setBigUint64(o + DIRECTORY_FIELD.DATA_LENGTH, BigInt(f.dataLength), true);
+    v.setBigUint64(o + DIRECTORY_FIELD.FRAME_CHECKSUM, f.frameChecksum, true);
+    v.setUint32(o + DIRECTORY_FIELD.COUNT, f.count, true);
+    v.setUint32(o + DIRECTORY_FIELD.SEGMENT, f.segment, true);
   });
   return b;
 }

@@ -74,7 +74,7 @@ export class BouncePool {
     const read = async (k: number, slot: number) => {
       await this.#slots[slot].free; // its last write has finished
       const set = sets[k % 2];
-      const got = await helper().cryo_gather(
+      const args = [
         source.pid,
         ptrOf(this.#slots[slot].addr),
         BigInt(window),
@@ -88,10 +88,15 @@ export class BouncePool {
         null, // checksummed below, on this thread, while the next batch is read
         BigInt(maxPieces),
         set.count,
-      );
+      ] as const;
+      // A live source's gather takes the copies its write-fault server made aside (lib/kernel/wp_server.ts).
+      const got = source.live
+        ? await helper().cryo_live_gather(source.live.handle, ...args)
+        : await helper().cryo_gather(...args);
       if (got < 0n) {
         const i = Number(cursor[0]);
         const where = i < pairs.length / 2 ? hex(pairs[2 * i] + cursor[1]) : "the end";
+        if (source.live) throw source.live.error(Number(-got), where);
         throw systemError("process_vm_readv", Number(-got), `pid ${source.pid} at ${where}`);
       }
       return set;

@@ -11,6 +11,7 @@ import { Cursor, Writer } from "./cursor.ts";
 import {
   FIXED_HEADER_LENGTH,
   FORMAT_VERSION,
+  HEADER_FIELD,
   HEADER_MAGIC,
   type ImageRegion,
   KNOWN_REQUIRED,
@@ -133,22 +134,27 @@ export function encodeHeaderBlock(
     headerChecksum: 0n,
   };
   const v = new DataView(bytes.buffer);
-  v.setBigUint64(0, HEADER_MAGIC, true);
-  v.setUint32(8, FORMAT_VERSION, true);
-  v.setUint32(12, FIXED_HEADER_LENGTH, true);
-  v.setBigUint64(16, f.requiredFeatures, true);
-  v.setBigUint64(24, f.optionalFeatures, true);
-  v.setUint32(32, f.pageSize, true);
-  v.setUint32(36, f.arch, true);
-  v.setBigUint64(40, BigInt(bytes.length), true);
-  v.setBigUint64(48, BigInt(sourceOffset), true);
-  v.setBigUint64(56, BigInt(sourceLength), true);
-  v.setBigUint64(64, BigInt(regionsOffset), true);
-  v.setBigUint64(72, BigInt(fields.regionsLength), true);
-  v.setUint32(80, regions.length, true);
-  if (sealParams) bytes.set(sealParams.subarray(0, 32), 84);
+  v.setBigUint64(HEADER_FIELD.MAGIC, HEADER_MAGIC, true);
+  v.setUint32(HEADER_FIELD.VERSION, FORMAT_VERSION, true);
+  v.setUint32(HEADER_FIELD.FIXED_LENGTH, FIXED_HEADER_LENGTH, true);
+  v.setBigUint64(HEADER_FIELD.REQUIRED_FEATURES, f.requiredFeatures, true);
+  v.setBigUint64(HEADER_FIELD.OPTIONAL_FEATURES, f.optionalFeatures, true);
+  v.setUint32(HEADER_FIELD.PAGE_SIZE, f.pageSize, true);
+  v.setUint32(HEADER_FIELD.ARCH, f.arch, true);
+  v.setBigUint64(HEADER_FIELD.HEADER_LENGTH, BigInt(bytes.length), true);
+  v.setBigUint64(HEADER_FIELD.SOURCE_OFFSET, BigInt(sourceOffset), true);
+  v.setBigUint64(HEADER_FIELD.SOURCE_LENGTH, BigInt(sourceLength), true);
+  v.setBigUint64(HEADER_FIELD.REGIONS_OFFSET, BigInt(regionsOffset), true);
+  v.setBigUint64(HEADER_FIELD.REGIONS_LENGTH, BigInt(fields.regionsLength), true);
+  v.setUint32(HEADER_FIELD.REGION_COUNT, regions.length, true);
+  if (sealParams) {
+    bytes.set(
+      sealParams.subarray(0, HEADER_FIELD.RESERVED - HEADER_FIELD.SEAL_PARAMS),
+      HEADER_FIELD.SEAL_PARAMS,
+    );
+  }
   fields.headerChecksum = checksum(bytes);
-  v.setBigUint64(120, fields.headerChecksum, true);
+  v.setBigUint64(HEADER_FIELD.CHECKSUM, fields.headerChecksum, true);
   return { bytes, fields };
 }
 
@@ -162,10 +168,14 @@ export function encodeHeaderBlock(
 export function decodeFixedHeader(path: string, bytes: Uint8Array): HeaderFields {
   const c = new Cursor(path, bytes);
   c.need(FIXED_HEADER_LENGTH, "fixed header");
-  if (c.u64() !== HEADER_MAGIC) throw c.error("bad header magic (not a cryo image)", 0);
+  if (c.u64() !== HEADER_MAGIC) throw c.error("bad header magic (not a cryo image)", HEADER_FIELD.MAGIC);
   const version = c.u32();
-  if (version !== FORMAT_VERSION) throw c.error(`unsupported format version ${version} (expected 1)`, 8);
-  if (c.u32() !== FIXED_HEADER_LENGTH) throw c.error(`fixed header length is not ${FIXED_HEADER_LENGTH}`, 12);
+  if (version !== FORMAT_VERSION) {
+    throw c.error(`unsupported format version ${version} (expected ${FORMAT_VERSION})`, HEADER_FIELD.VERSION);
+  }
+  if (c.u32() !== FIXED_HEADER_LENGTH) {
+    throw c.error(`fixed header length is not ${FIXED_HEADER_LENGTH}`, HEADER_FIELD.FIXED_LENGTH);
+  }
   const requiredFeatures = c.u64();
   const optionalFeatures = c.u64();
   const pageSize = c.u32();
@@ -174,7 +184,7 @@ export function decodeFixedHeader(path: string, bytes: Uint8Array): HeaderFields
   if (headerLength < FIXED_HEADER_LENGTH || headerLength > MAX_HEADER_LENGTH) {
     throw c.error(
       `header length ${headerLength} (expected ${FIXED_HEADER_LENGTH} to ${MAX_HEADER_LENGTH})`,
-      40,
+      HEADER_FIELD.HEADER_LENGTH,
     );
   }
   const sourceOffset = c.size("source offset");
@@ -182,16 +192,19 @@ export function decodeFixedHeader(path: string, bytes: Uint8Array): HeaderFields
   const regionsOffset = c.size("regions offset");
   const regionsLength = c.size("regions length");
   const regionCount = c.u32();
-  const sealed = (requiredFeatures & REQUIRED.ENCRYPTED) !== 0n; // bytes 84..116 hold the seal parameters
-  for (let i = sealed ? 116 : 84; i < 120; i++) {
+  const sealed = (requiredFeatures & REQUIRED.ENCRYPTED) !== 0n; // then SEAL_PARAMS holds the seal parameters
+  for (let i = sealed ? HEADER_FIELD.RESERVED : HEADER_FIELD.SEAL_PARAMS; i < HEADER_FIELD.CHECKSUM; i++) {
     if (bytes[i] !== 0) throw c.error("non-zero reserved header byte", i);
   }
-  c.pos = 120;
+  c.pos = HEADER_FIELD.CHECKSUM;
   const headerChecksum = c.u64();
   const unknown = requiredFeatures & ~KNOWN_REQUIRED;
   if (unknown !== 0n) {
     const bit = unknown.toString(2).length - 1;
-    throw c.error(`unknown required feature bit ${bit} (this reader knows bits 0-1)`, 16);
+    throw c.error(
+      `unknown required feature bit ${bit} (this reader knows bits 0-1)`,
+      HEADER_FIELD.REQUIRED_FEATURES,
+    );
   }
   return {
     version,
@@ -223,15 +236,20 @@ export function decodeHeaderBlock(
   const fields = decodeFixedHeader(path, block);
   const c = new Cursor(path, block);
   if (fields.headerLength !== block.length) {
-    throw c.error(`header length ${fields.headerLength} mismatch`, 40);
+    throw c.error(`header length ${fields.headerLength} mismatch`, HEADER_FIELD.HEADER_LENGTH);
   }
   const copy = block.slice();
-  new DataView(copy.buffer).setBigUint64(120, 0n, true);
+  new DataView(copy.buffer).setBigUint64(HEADER_FIELD.CHECKSUM, 0n, true);
   const sum = checksum(copy);
   if (sum !== fields.headerChecksum) {
-    throw c.error(`header checksum ${sum.toString(16)} != ${fields.headerChecksum.toString(16)}`, 120);
+    throw c.error(
+      `header checksum ${sum.toString(16)} != ${fields.headerChecksum.toString(16)}`,
+      HEADER_FIELD.CHECKSUM,
+    );
   }
-  if (fields.sourceOffset !== FIXED_HEADER_LENGTH) throw c.error("source block is not at 128", 48);
+  if (fields.sourceOffset !== FIXED_HEADER_LENGTH) {
+    throw c.error(`source block is not at ${FIXED_HEADER_LENGTH}`, HEADER_FIELD.SOURCE_OFFSET);
+  }
   c.pos = fields.sourceOffset;
   const pid = c.u32();
   if (c.u32() !== 0) throw c.error("non-zero reserved source field", c.pos - 4);
@@ -240,7 +258,7 @@ export function decodeHeaderBlock(
   for (let i = 0; i < 3; i++) strings.push(dec.decode(c.bytesOf(c.u32(), "source string")));
   c.pad8();
   if (c.pos !== fields.sourceOffset + fields.sourceLength || c.pos !== fields.regionsOffset) {
-    throw c.error("source block length disagrees with the header", 56);
+    throw c.error("source block length disagrees with the header", HEADER_FIELD.SOURCE_LENGTH);
   }
   const regions: ImageRegion[] = [];
   const entries: number[] = []; // the offset of each entry
@@ -281,7 +299,7 @@ export function decodeHeaderBlock(
     });
   }
   if (c.pos !== block.length || c.pos - fields.regionsOffset !== fields.regionsLength) {
-    throw c.error("region table length disagrees with the header", 72);
+    throw c.error("region table length disagrees with the header", HEADER_FIELD.REGIONS_LENGTH);
   }
   // Absolute regions do not overlap (nor repeat): sorted by start, each ends at or before the next begins.
   const order = regions.map((_, i) => i).filter((i) => !regions[i].relocatable);

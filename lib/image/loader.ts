@@ -1,5 +1,6 @@
 /**
- * The image reader: `MemoryLoader.open()` reads the footer, checks bounds, reads the header and the index;
+ * The image file's loader: `MemoryLoader.open()` reads the footer, checks bounds, reads the header and the index
+ * (with the frame reader, lib/image/reader.ts, over `pread`);
  * `verify()` is the full verification pass; `checkTarget()` compares the destination; `load()` verifies,
  * checks, then drives loading from the index (copy or map data, zero holes). Read access for `inspect`/`diff`:
  * header, source, regions, records, sections, and a record's decoded bytes.
@@ -16,37 +17,17 @@ import { defaultWindow, ordered } from "../codecs/pool.ts";
 import { CryoError, ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
 import { findRecord } from "./index.ts";
-import {
-  decodeFooter,
-  decodeHeaderBlock,
-  decodeSectionTable,
-  FIXED_HEADER_LENGTH,
-  type Footer,
-  FOOTER_LENGTH,
-  FRAME_LENGTH,
-  type HeaderFields,
-  type ImageRecord,
-  type ImageRegion,
-  KIND,
-  RECORD_FLAG,
-  REQUIRED,
-  type SectionEntry,
-  type SourceInfo,
-} from "./layout.ts";
+import { type ImageRecord, type ImageRegion, KIND, RECORD_FLAG, REQUIRED } from "./format.ts";
+import type { Footer } from "./footer.ts";
+import type { HeaderFields, SourceInfo } from "./header.ts";
+import type { SectionEntry } from "./sections.ts";
+import { FileSource } from "./byte_source.ts";
+import { type ImageIndex, readImageIndex } from "./reader.ts";
 import { checkStructure, verifyDecoded, verifyImage } from "./verify.ts";
 import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
 import { clearRange, mapRun, protOf } from "./lazy.ts";
 import { RemoteWriter } from "./remote.ts";
-import {
-  addFrameRecords,
-  decodeDirectory,
-  decodeFrameHeader,
-  decodeTable,
-  DIRECTORY_ENTRY_LENGTH,
-  ENTRY_LENGTH,
-  type FrameInfo,
-  sameFrame,
-} from "./frames.ts";
+import type { FrameInfo } from "./frames.ts";
 
 /** Raw runs shorter than this are copied, not mapped, by a lazy load (each mapping costs a VMA). */
 export const LAZY_MAP_MIN = 64 << 10;
@@ -84,95 +65,49 @@ export class MemoryLoader implements Disposable {
   /** The section table. */
   readonly sections: readonly SectionEntry[];
   #fd: number;
+  readonly #src: FileSource;
   #base = 0n;
   #verified = false;
   readonly #codecs: Map<number, Codec>;
 
-  private constructor(path: string, fd: number, fileSize: number, codecs: readonly Codec[]) {
-    this.path = path;
-    this.#fd = fd;
-    this.fileSize = fileSize;
+  private constructor(src: FileSource, index: ImageIndex, codecs: readonly Codec[]) {
+    this.path = src.path;
+    this.#fd = src.fd;
+    this.#src = src;
+    this.fileSize = src.size;
     this.#codecs = new Map([[0, raw], ...codecs.map((c) => [c.id, c] as const)]);
     for (const id of [1, 2]) {
       const c = this.#codecs.get(id) ?? codecForId(id);
       if (c) this.#codecs.set(id, c);
     }
-    if (fileSize < FIXED_HEADER_LENGTH + FOOTER_LENGTH) {
-      throw new ImageError(path, fileSize, `file of ${fileSize} bytes is too small to be an image`);
-    }
-    const footerAt = fileSize - FOOTER_LENGTH;
-    this.footer = decodeFooter(path, this.#pread(footerAt, FOOTER_LENGTH), footerAt);
-    const f = this.footer;
-    for (
-      const [what, at, len, field] of [
-        ["header block", 0, f.headerLength, 16],
-        ["index", f.indexOffset, f.indexLength, 48],
-        ["section table", f.sectionsOffset, f.sectionsLength, 72],
-      ] as const
-    ) {
-      if (at + len > footerAt) {
-        throw new ImageError(path, footerAt + field, `${what} [${at}, ${at + len}) lies outside the file`);
-      }
-    }
-    const h = decodeHeaderBlock(path, this.#pread(0, f.headerLength));
-    this.header = h.fields;
-    this.source = h.source;
-    this.regions = h.regions;
-    const index = this.#pread(f.indexOffset, f.indexLength);
-    if (checksum(index) !== f.indexChecksum) {
-      throw new ImageError(path, f.indexOffset, "index checksum mismatch");
-    }
-    this.frames = decodeDirectory(path, index, f.indexOffset);
-    this.records = this.#readFrames();
-    const table = this.#pread(f.sectionsOffset, f.sectionsLength);
-    if (checksum(table) !== f.sectionsChecksum) {
-      throw new ImageError(path, f.sectionsOffset, "section table checksum mismatch");
-    }
-    this.sections = decodeSectionTable(path, table, f.sectionsOffset);
+    this.footer = index.footer;
+    this.header = index.header;
+    this.source = index.source;
+    this.regions = index.regions;
+    this.frames = index.frames;
+    this.records = index.records;
+    this.sections = index.sections;
     checkStructure({ ...this.#parts(), base: 0n });
   }
 
   /**
-   * Open an image: footer first, then bounds, then header and index (their checksums and order are checked;
-   * data is not read until {@link verify} or {@link load}).
+   * Open an image: footer first, then bounds, then header and index, read by the frame reader
+   * (lib/image/reader.ts; their checksums and order are checked; data is not read until {@link verify} or
+   * {@link load}).
    *
    * @param path The image file.
    * @param opts `codecs`: codecs for compressed records (default: raw, zstd and lz4 from lib/codecs).
    * @returns The loader.
    */
-  static open(path: string, opts: { codecs?: readonly Codec[] } = {}): Promise<MemoryLoader> {
+  static async open(path: string, opts: { codecs?: readonly Codec[] } = {}): Promise<MemoryLoader> {
     const fd = open(path, O.RDONLY | O.CLOEXEC);
     try {
-      const size = Deno.statSync(path).size;
-      return Promise.resolve(new MemoryLoader(path, fd, size, opts.codecs ?? []));
+      const src = new FileSource(path, fd, Deno.statSync(path).size);
+      return new MemoryLoader(src, await readImageIndex(src, src.size), opts.codecs ?? []);
     } catch (e) {
       libc.close(fd);
       throw e;
     }
-  }
-
-  /** Each frame's header (equal to its directory entry) and table (checksum checked): the records. */
-  #readFrames(): ImageRecord[] {
-    const records: ImageRecord[] = [];
-    const limit = this.footer.indexOffset - FRAME_LENGTH;
-    this.frames.forEach((d, i) => {
-      const at = this.footer.indexOffset + i * DIRECTORY_ENTRY_LENGTH;
-      const len = FRAME_LENGTH + d.count * ENTRY_LENGTH;
-      if (d.offset + len > limit || d.count > 1024) {
-        throw new ImageError(this.path, at, `frame ${i} at ${d.offset} lies outside the data area`);
-      }
-      const block = this.#pread(d.offset, len);
-      const fr = decodeFrameHeader(this.path, block.subarray(0, FRAME_LENGTH), d.offset);
-      if (!sameFrame(fr, d)) {
-        throw new ImageError(this.path, d.offset, "frame header disagrees with its directory entry");
-      }
-      const table = block.subarray(FRAME_LENGTH);
-      if (checksum(table) !== fr.tableChecksum) {
-        throw new ImageError(this.path, d.offset + FRAME_LENGTH, "frame table checksum mismatch");
-      }
-      addFrameRecords(records, fr, decodeTable(this.path, fr, table, this.header.pageSize));
-    });
-    return records;
   }
 
   /** Whether the records are encrypted (their contents need the key: see lib/image/stream.ts). */
@@ -195,7 +130,7 @@ export class MemoryLoader implements Disposable {
   async verify(): Promise<void> {
     if (this.#verified) return;
     const parts = this.#parts();
-    verifyImage(parts);
+    await verifyImage(parts);
     await verifyDecoded(parts, (id) => this.#codecs.get(id));
     this.#verified = true;
   }
@@ -270,7 +205,7 @@ export class MemoryLoader implements Disposable {
   section(name: string): Uint8Array | undefined {
     const s = this.sections.find((x) => x.name === name);
     if (!s) return undefined;
-    const b = this.#pread(s.offset, s.length);
+    const b = this.#src.read(s.offset, s.length, `section "${name}"`);
     if (checksum(b) !== s.checksum) {
       throw new ImageError(this.path, s.offset, `section "${name}" checksum mismatch`);
     }
@@ -386,12 +321,12 @@ export class MemoryLoader implements Disposable {
           );
           summary.mappedBytes += mapped;
           if (mapped < r.length) {
-            this.#preadInto(r.address + BigInt(mapped), r.length - mapped, r.fileOffset + mapped);
+            this.#src.readInto(r.address + BigInt(mapped), r.length - mapped, r.fileOffset + mapped, "data");
             summary.copiedBytes += r.length - mapped;
           }
           continue;
         }
-        if (r.codec === 0) this.#preadInto(r.address, r.length, r.fileOffset);
+        if (r.codec === 0) this.#src.readInto(r.address, r.length, r.fileOffset, "data");
         else {
           const dst = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(r.address)!, r.length));
           await this.#decode(r, this.#stored(r), dst);
@@ -473,22 +408,6 @@ export class MemoryLoader implements Disposable {
         r.fileOffset,
         `decoded bytes of the record at ${hex(r.address)} do not match`,
       );
-    }
-  }
-
-  #pread(offset: number, len: number): Uint8Array<ArrayBuffer> {
-    const b = new Uint8Array(len);
-    if (len) this.#preadInto(BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b))), len, offset);
-    return b;
-  }
-
-  #preadInto(addr: bigint, len: number, offset: number): void {
-    let done = 0;
-    while (done < len) {
-      const n = libc.pread(this.#fd, ptrOf(addr + BigInt(done)), BigInt(len - done), BigInt(offset + done));
-      if (n < 0n) throw systemError("pread", errno(), `${this.path} at offset ${offset + done}`);
-      if (n === 0n) throw new ImageError(this.path, offset + done, "unexpected end of file");
-      done += Number(n);
     }
   }
 }

@@ -19,7 +19,9 @@ import { DIRECTORY_ENTRY_LENGTH } from "./frames.ts";
 import {
   alignUp,
   ARCH_X86_64,
+  FOOTER_FIELD,
   FOOTER_LENGTH,
+  HEADER_FIELD,
   type ImageRecord,
   type ImageRegion,
   KIND,
@@ -43,10 +45,14 @@ import type { SectionEntry } from "./sections.ts";
  */
 export function checkHost(path: string, h: HeaderFields): void {
   if (h.pageSize !== PAGE_SIZE) {
-    throw new ImageError(path, 32, `page size ${h.pageSize}, this system's is ${PAGE_SIZE}`);
+    throw new ImageError(
+      path,
+      HEADER_FIELD.PAGE_SIZE,
+      `page size ${h.pageSize}, this system's is ${PAGE_SIZE}`,
+    );
   }
   if (h.arch !== ARCH_X86_64) {
-    throw new ImageError(path, 36, `architecture ${h.arch} is not x86_64 (${ARCH_X86_64})`);
+    throw new ImageError(path, HEADER_FIELD.ARCH, `architecture ${h.arch} is not x86_64 (${ARCH_X86_64})`);
   }
 }
 
@@ -215,7 +221,11 @@ export function checkDataBytes(
   let n = 0;
   for (const r of records) if (r.kind === KIND.DATA) n += r.length;
   if (n !== footerDataBytes) {
-    throw new ImageError(path, footerAt + 112, `${n} data bytes, the footer says ${footerDataBytes}`);
+    throw new ImageError(
+      path,
+      footerAt + FOOTER_FIELD.DATA_BYTES,
+      `${n} data bytes, the footer says ${footerDataBytes}`,
+    );
   }
 }
 
@@ -265,10 +275,18 @@ export function checkTailLayout(
  */
 export function checkFooterCopy(path: string, footerAt: number, f: Footer, h: HeaderFields): void {
   if (h.headerChecksum !== f.headerChecksum || h.headerLength !== f.headerLength) {
-    throw new ImageError(path, footerAt + 16, "header checksum or length differs from the footer's copy");
+    throw new ImageError(
+      path,
+      footerAt + FOOTER_FIELD.HEADER_LENGTH,
+      "header checksum or length differs from the footer's copy",
+    );
   }
   if (h.regionsOffset !== f.regionsOffset || h.regionsLength !== f.regionsLength) {
-    throw new ImageError(path, footerAt + 32, "region table bounds differ between header and footer");
+    throw new ImageError(
+      path,
+      footerAt + FOOTER_FIELD.REGIONS_OFFSET,
+      "region table bounds differ between header and footer",
+    );
   }
 }
 

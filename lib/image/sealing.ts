@@ -15,13 +15,14 @@
  */
 
 import { concatBytes } from "./cursor.ts";
+import { HEADER_FIELD } from "./format.ts";
 import { ImageError, KeyError } from "../errors.ts";
 import { MAC_SIZE, SEAL_PARAMS_SIZE, type Sealer } from "../codecs/seal.ts";
 
 /** Name of the section holding the metadata MAC. */
 export const SEAL_SECTION = "seal";
 /** Where the seal parameters lie in the fixed header. */
-export const SEAL_PARAMS_OFFSET = 84;
+export const SEAL_PARAMS_OFFSET: number = HEADER_FIELD.SEAL_PARAMS;
 
 /**
  * The seal parameters in a header block.

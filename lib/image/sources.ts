@@ -9,6 +9,10 @@
 import { errno, libc, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 import { type ImageRecord, KIND } from "./layout.ts";
+import { CryoError } from "../errors.ts";
+import type { WriteProtectServer } from "../kernel/wp_server.ts";
+
+const ESTALE = 116;
 
 /** Where a persister reads memory from. */
 export interface MemorySource {
@@ -42,6 +46,11 @@ export interface MemorySource {
   read(addr: bigint, len: number): bigint;
   /** For a pid source: the local address of its bounce buffer (`window` bytes), allocated on first use. */
   bounce?(): bigint;
+  /**
+   * For a live source: the write-fault server whose `cryo_live_gather` reads the runs (taking the copies that
+   * faults made aside), and the error a failed gather throws.
+   */
+  live?: { handle: Deno.PointerObject; error(errno: number, where: string): Error };
 }
 
 /**
@@ -97,6 +106,47 @@ export function pidSource(
       }
       transferRemote("process_vm_readv", pid, this.bounce!(), addr, len);
       return bounceAddr;
+    },
+  };
+}
+
+/**
+ * Another process that runs while it is read (a live checkpoint): its pages to persist are write-protected and
+ * a {@link WriteProtectServer} copies each page aside before the process writes it; this source reads with
+ * `cryo_live_gather`, which takes those copies, so every page reads as it was at the freeze. Only
+ * `storeRuns()` of page-aligned runs into a raw image reads it (the gathered path).
+ *
+ * @param pid The process.
+ * @param server Its running write-fault server.
+ * @param opts `detectZeros` (default true); `bufferSize` of the bounce buffer (default 16 MiB).
+ * @returns The source.
+ */
+export function liveSource(
+  pid: number,
+  server: WriteProtectServer,
+  opts: { detectZeros?: boolean; bufferSize?: number } = {},
+): MemorySource {
+  const base = pidSource(pid, opts);
+  return {
+    ...base,
+    bounce: base.bounce,
+    read(addr) {
+      throw new CryoError(
+        `Cannot read pid ${pid} at ${hex(addr)} one window at a time during a live checkpoint: ` +
+          "store it with storeRuns() into a raw image",
+      );
+    },
+    live: {
+      handle: server.handle,
+      error(e, where) {
+        if (e !== ESTALE) return systemError("process_vm_readv", e, `pid ${pid} at ${where}`);
+        const st = server.stats();
+        return new CryoError(
+          `Cannot take a live checkpoint of pid ${pid}: it unmapped or replaced ${st.lostPages} page(s) from ` +
+            `${hex(st.firstLost)} on before they were copied, so its memory at the freeze is gone; ` +
+            "take a stopped checkpoint instead",
+        );
+      },
     },
   };
 }

@@ -17,46 +17,32 @@ import { chunkAad, Sealer, type SealKey } from "../codecs/seal.ts";
 import { checksum } from "./checksum.ts";
 import { indexProblem } from "./index.ts";
 import {
-  alignUp,
-  decodeFixedHeader,
-  decodeFooter,
-  decodeHeaderBlock,
-  decodeSectionTable,
   FIXED_HEADER_LENGTH,
-  FOOTER_LENGTH,
+  FOOTER_FIELD,
+  FRAME_FIELD,
   FRAME_LENGTH,
-  type HeaderFields,
   type ImageRecord,
   type ImageRegion,
   KIND,
   REQUIRED,
-  type SectionEntry,
-  type SourceInfo,
-} from "./layout.ts";
+} from "./format.ts";
+import { decodeFixedHeader, decodeHeaderBlock, type HeaderFields, type SourceInfo } from "./header.ts";
+import type { SectionEntry } from "./sections.ts";
 import { checkMetadataMac, headerDigest, requireSealed, sealParamsOf } from "./sealing.ts";
-import { Input, openInput } from "./stream_input.ts";
+import { openInput, StreamSource } from "./stream_input.ts";
+import { type FrameWalk, readTail, walkFrames } from "./reader.ts";
+import { BytesSource } from "./byte_source.ts";
 import { concatBytes } from "./cursor.ts";
 import {
   checkDataBytes,
   checkFooterCopy,
-  checkFrameRange,
   checkHost,
-  checkRecord,
   checkSealSection,
   checkSectionBounds,
   checkTailLayout,
   checkTailLength,
 } from "./rules.ts";
-import {
-  addFrameRecords,
-  decodeDirectory,
-  decodeFrameHeader,
-  decodeTable,
-  DIRECTORY_ENTRY_LENGTH,
-  ENTRY_LENGTH,
-  type FrameInfo,
-  sameFrame,
-} from "./frames.ts";
+import { DIRECTORY_ENTRY_LENGTH, sameFrame } from "./frames.ts";
 import { compareTarget, type LoadTarget, targetName } from "./targets.ts";
 import { type ChunkSink, openSink } from "./sink.ts";
 
@@ -152,15 +138,16 @@ async function readStream(
   opts: StreamOptions,
 ): Promise<StreamSummary> {
   const path = opts.path ?? "-";
-  const input = new Input(stream, path);
+  const input = new StreamSource(stream, path);
   let sink: ChunkSink | undefined;
   try {
     // 1. The header block, checked.
-    const fixed = await input.read(FIXED_HEADER_LENGTH, "fixed header");
+    const fixed = await input.read(0, FIXED_HEADER_LENGTH, "fixed header");
     const f0 = decodeFixedHeader(path, fixed); // its header length is at most MAX_HEADER_LENGTH
     const block = new Uint8Array(f0.headerLength);
     block.set(fixed);
     await input.read(
+      FIXED_HEADER_LENGTH,
       f0.headerLength - FIXED_HEADER_LENGTH,
       "header block",
       block.subarray(FIXED_HEADER_LENGTH),
@@ -189,45 +176,32 @@ async function readStream(
       if (differences.length) throw new LayoutMismatchError(targetName(target), differences);
       sink = openSink(target, plan, h.regions);
     }
-    // 4. Frames, each verified before it is written.
+    // 4. Frames, each verified before it is written, read by the frame reader (lib/image/reader.ts).
     const codecs = new Map<number, Codec>((opts.codecs ?? []).map((c) => [c.id, c]));
-    const frames: ImageRecord[] = []; // data records, in file order
-    const frameInfos: FrameInfo[] = [];
-    const tables: Uint8Array[] = [];
-    const records: ImageRecord[] = []; // data and holes, from the frames
-    let pos = header.headerLength;
-    let endFrame: FrameInfo | undefined;
+    const codecOf = new Map<ImageRecord, Codec | undefined>();
     // One chunk is authenticated and decoded (on pool threads) while the next is read; writes stay in order,
     // each after its chunk verified, and none after a chunk that failed. Decoded chunks use a ring of two.
     const ring = [{ buf: new Uint8Array(0) }, { buf: new Uint8Array(0) }];
     // Stored bytes too: chunk i is read into slot i % 2 once chunk i - 2 has been written (or has failed).
     const storedRing: Uint8Array<ArrayBuffer>[] = [new Uint8Array(0), new Uint8Array(0)];
     let pending: Promise<void> = Promise.resolve();
+    let walk: FrameWalk;
     try {
-      for (;;) {
-        const frameAt = alignUp(pos, 8);
-        await input.zeros(frameAt - pos, "padding");
-        const fh = decodeFrameHeader(path, await input.read(FRAME_LENGTH, "frame header"), frameAt);
-        if (fh.isEnd) {
-          endFrame = fh;
-          pos = frameAt + FRAME_LENGTH;
-          break;
-        }
-        checkFrameRange(path, frameAt, fh, frameInfos[frameInfos.length - 1], h.regions);
-        const table = await input.read(fh.count * ENTRY_LENGTH, "frame table");
-        if (checksum(table) !== fh.tableChecksum) {
-          throw new ImageError(path, frameAt + FRAME_LENGTH, "frame table checksum mismatch");
-        }
-        const data = decodeTable(path, fh, table, header.pageSize);
-        pos = frameAt + FRAME_LENGTH + table.length;
-        for (const r of data) {
-          checkRecord(path, r, header, h.regions); // order: decodeTable (in a frame), checkFrameRange (frames)
+      walk = await walkFrames(input, {
+        header,
+        regions: h.regions,
+        prepare: (r, ordinal) => {
           const codec = r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec);
-          if (r.codec !== 0 && !codec) throw new ImageError(path, frameAt, `unknown codec ${r.codec}`);
-          await input.zeros(r.fileOffset - pos, "padding");
-          const ordinal = frames.length;
-          const stored = await readStored(input, r, storedRing, ordinal % 2);
-          frames.push(r);
+          if (r.codec !== 0 && !codec) throw new ImageError(path, r.fileOffset, `unknown codec ${r.codec}`);
+          codecOf.set(r, codec);
+          // checkRecord has bounded it: at most MAX_RECORD_LENGTH bytes (+ the seal's nonce and tag).
+          const slot = ordinal % 2;
+          if (storedRing[slot].length < r.storedLength) storedRing[slot] = new Uint8Array(r.storedLength);
+          return storedRing[slot];
+        },
+        onRecord: async (r, stored, ordinal) => {
+          const codec = codecOf.get(r);
+          codecOf.delete(r);
           const job = openChunk(path, r, stored, ordinal, codec, sealer, digest, ring[ordinal % 2]);
           job.catch(() => {}); // observed through `pending`
           const previous = pending;
@@ -239,52 +213,46 @@ async function readStream(
           })();
           pending.catch(() => {}); // observed below
           await previous; // the chunk before this one is written (or failed): its ring slot is free again
-          pos = r.fileOffset + r.storedLength;
-        }
-        frameInfos.push(fh);
-        if (sealer) tables.push(table);
-        addFrameRecords(records, fh, data);
-      }
+        },
+      });
       await pending;
     } catch (e) {
       await pending.catch(() => {}); // nothing may still be writing when the sink closes
       throw e;
     }
-    if (!endFrame) throw new ImageError(path, pos, "no END frame");
+    const { frames: frameInfos, tables, records, end: endFrame } = walk;
     // 5. The tail, checked against the frames seen.
-    const tailAt = pos;
-    checkTailLength(path, tailAt - FRAME_LENGTH + 32, endFrame.dataLength, frameInfos.length);
-    const tail = await input.read(endFrame.dataLength, "index and footer");
+    const tailAt = walk.tailAt;
+    checkTailLength(
+      path,
+      tailAt - FRAME_LENGTH + FRAME_FIELD.DATA_LENGTH,
+      endFrame.dataLength,
+      frameInfos.length,
+    );
+    const tail = await input.read(tailAt, endFrame.dataLength, "index and footer");
     if (!await input.atEnd()) throw new ImageError(path, input.offset, "bytes after the footer");
     const fileSize = tailAt + tail.length;
-    const footerAt = fileSize - FOOTER_LENGTH;
-    const footer = decodeFooter(path, tail.subarray(tail.length - FOOTER_LENGTH), footerAt);
-    const part = (at: number, len: number, what: string, field: number) => {
-      if (at < tailAt || at + len > footerAt) {
-        throw new ImageError(path, footerAt + field, `${what} [${at}, ${at + len}) lies outside the tail`);
-      }
-      return tail.subarray(at - tailAt, at - tailAt + len);
-    };
+    const tailSource = new BytesSource(path, tail, tailAt);
+    const { footer, footerAt, index: indexBytes, directory, sections } = await readTail(
+      tailSource,
+      fileSize,
+      tailAt,
+    );
     if (footer.fileSize !== fileSize) {
       throw new ImageError(
         path,
-        footerAt + 104,
+        footerAt + FOOTER_FIELD.FILE_SIZE,
         `stream of ${fileSize} bytes, the footer says ${footer.fileSize}`,
       );
     }
     checkFooterCopy(path, footerAt, footer, header);
     if (footer.indexOffset !== tailAt) {
-      throw new ImageError(path, footerAt + 48, "index is not after the END frame");
+      throw new ImageError(path, footerAt + FOOTER_FIELD.INDEX_OFFSET, "index is not after the END frame");
     }
-    const indexBytes = part(footer.indexOffset, footer.indexLength, "index", 48);
-    if (checksum(indexBytes) !== footer.indexChecksum) {
-      throw new ImageError(path, footer.indexOffset, "index checksum mismatch");
-    }
-    const directory = decodeDirectory(path, indexBytes, footer.indexOffset);
     if (directory.length !== footer.frameCount) {
       throw new ImageError(
         path,
-        footerAt + 96,
+        footerAt + FOOTER_FIELD.FRAME_COUNT,
         `${directory.length} frames, the footer says ${footer.frameCount}`,
       );
     }
@@ -303,15 +271,10 @@ async function readStream(
     }
     const problem = indexProblem(records);
     if (problem) throw new ImageError(path, footer.indexOffset, problem.message);
-    const table = part(footer.sectionsOffset, footer.sectionsLength, "section table", 72);
-    if (checksum(table) !== footer.sectionsChecksum) {
-      throw new ImageError(path, footer.sectionsOffset, "section table checksum mismatch");
-    }
-    const sections = decodeSectionTable(path, table, footer.sectionsOffset);
     checkSealSection(path, footer.sectionsOffset, header, sections);
     checkSectionBounds(path, footer, sections);
     const blobs = sections.map((s) => {
-      const data = part(s.offset, s.length, `section "${s.name}"`, 72);
+      const data = tailSource.read(s.offset, s.length, `section "${s.name}"`);
       if (checksum(data) !== s.checksum) {
         throw new ImageError(path, s.offset, `section "${s.name}" checksum mismatch`);
       }
@@ -336,7 +299,7 @@ async function readStream(
       sections,
       sectionBytes: new Map(blobs.map((b) => [b.name, b.data])),
       bytesRead: fileSize,
-      chunks: frames.length,
+      chunks: walk.dataRecords,
       dataBytes,
       holeBytes,
       encrypted,
@@ -345,26 +308,6 @@ async function readStream(
     sink?.close();
     await input.close();
   }
-}
-
-/** Read one chunk's stored bytes into `ring[slot]` (grown as needed) and check their checksum. */
-async function readStored(
-  input: Input,
-  r: ImageRecord,
-  ring: Uint8Array[],
-  slot: number,
-): Promise<Uint8Array> {
-  // checkRecord has bounded it: at most MAX_RECORD_LENGTH bytes (+ the seal's nonce and tag).
-  if (ring[slot].length < r.storedLength) ring[slot] = new Uint8Array(r.storedLength);
-  const stored = await input.read(r.storedLength, "chunk data", ring[slot].subarray(0, r.storedLength));
-  if (checksum(stored) !== r.checksum) {
-    throw new ImageError(
-      input.path,
-      r.fileOffset,
-      `data checksum mismatch for the record at ${hex(r.address)}`,
-    );
-  }
-  return stored;
 }
 
 /** Authenticate (sealed) and decode one chunk, and check its decoded checksum; the decoded bytes. */

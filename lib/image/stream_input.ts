@@ -1,11 +1,14 @@
 /**
- * Exact, offset-tracking reads from a byte stream (a pipe, stdin, a file read sequentially) for the streaming
- * reader. A stream that ends early is an {@link ImageError} naming the offset and what was being read.
+ * The sequential back end of the frame reader (lib/image/reader.ts, lib/image/byte_source.ts): exact,
+ * offset-tracking reads from a byte stream (a pipe, stdin, a file read sequentially). A stream that ends early
+ * is an {@link ImageError} naming the offset and what was being read.
  *
  * @module
  */
 
 import { ImageError } from "../errors.ts";
+import { type ByteSource, nonZero } from "./byte_source.ts";
+import { checksum } from "./checksum.ts";
 
 /** Bytes read from a byte stream at once, into one buffer that is reused (no garbage per read). */
 const WINDOW = 1 << 16;
@@ -15,13 +18,15 @@ const WINDOW = 1 << 16;
  * (a file, stdin) is read with a BYOB reader into one reused buffer, so reading an image of any size makes no
  * garbage for the collector to fall behind on; another stream with its default reader.
  */
-export class Input {
+export class StreamSource implements ByteSource {
   readonly #reader?: ReadableStreamDefaultReader<Uint8Array>;
   readonly #byob?: ReadableStreamBYOBReader;
   #buf: Uint8Array = new Uint8Array(0);
   #spare: ArrayBuffer = new ArrayBuffer(WINDOW);
   #at = 0;
+  /** The offset the stream has reached (bytes consumed). */
   offset = 0;
+  /** Read `stream`, named `path` in errors. */
   constructor(stream: ReadableStream<Uint8Array>, readonly path: string) {
     try {
       this.#byob = stream.getReader({ mode: "byob" });
@@ -45,8 +50,18 @@ export class Input {
     this.#at = 0;
     return true;
   }
-  /** Exactly `n` bytes (a fresh buffer, or `into`). */
-  async read(n: number, what: string, into: Uint8Array = new Uint8Array(n)): Promise<Uint8Array> {
+  /** The {@link ImageError} of a read that is not where the stream stands. */
+  #notHere(offset: number, what: string): ImageError {
+    return new ImageError(this.path, this.offset, `expected the ${what} at offset ${offset} here`);
+  }
+  /** Exactly `n` bytes at `offset`, which must be where the stream stands (a fresh buffer, or `into`). */
+  read(offset: number, n: number, what: string, into?: Uint8Array): Promise<Uint8Array> {
+    if (offset !== this.offset) return Promise.reject(this.#notHere(offset, what));
+    return this.next(n, what, into);
+  }
+  /** Exactly the next `n` bytes (a fresh buffer, or `into`). */
+  async next(n: number, what: string, into: Uint8Array = new Uint8Array(n)): Promise<Uint8Array> {
+    into = into.subarray(0, n);
     let got = 0;
     while (got < n) {
       if (this.#at === this.#buf.length && !await this.#fill()) {
@@ -64,15 +79,19 @@ export class Input {
     }
     return into;
   }
-  /** Consume `n` bytes that must be zero. */
-  async zeros(n: number, what: string): Promise<void> {
+  /** XXH3-64 of the `n` bytes at `offset` (where the stream stands), consumed. */
+  async checksum(offset: number, n: number, what: string): Promise<bigint> {
+    return checksum(await this.read(offset, n, what));
+  }
+  /** Consume `n` bytes at `offset` (where the stream stands) that must be zero. */
+  async zeros(offset: number, n: number, what: string): Promise<void> {
+    if (offset !== this.offset) throw this.#notHere(offset, what);
     const chunk = new Uint8Array(Math.min(n, 1 << 16));
     for (let left = n; left > 0;) {
       const k = Math.min(left, chunk.length);
       const at = this.offset;
-      const b = await this.read(k, what, chunk.subarray(0, k));
-      const i = b.findIndex((x) => x !== 0);
-      if (i >= 0) throw new ImageError(this.path, at + i, `non-zero byte in ${what}`);
+      const e = nonZero(this.path, await this.next(k, what, chunk), at, what);
+      if (e) throw e;
       left -= k;
     }
   }
@@ -81,6 +100,7 @@ export class Input {
     while (this.#at === this.#buf.length) if (!await this.#fill()) return true;
     return false;
   }
+  /** Cancel the stream. */
   async close(): Promise<void> {
     await (this.#byob ?? this.#reader)!.cancel().catch(() => {});
   }

@@ -1,40 +1,35 @@
 /**
  * The verification pass: footer, header, bounds of every offset and length against the file size, index order
  * and overlap, every byte between records (zero padding and frame headers), and all checksums. It reads the
- * image through a read-only mapping and throws {@link ImageError} naming the file and offset.
+ * image through a read-only mapping, the frames with the frame reader (lib/image/reader.ts), and throws
+ * {@link ImageError} naming the file and offset.
  *
  * @module
  */
 
 import { MADV } from "../../ffi/constants.ts";
-import { addrOf, libc, madvise, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
+import { addrOf, madvise, PAGE_SIZE } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { defaultWindow, ordered } from "../codecs/pool.ts";
 import { CryoError, ImageError } from "../errors.ts";
-import { checksumAt, checksumAtAsync } from "./checksum.ts";
+import { checksum, checksumAtAsync } from "./checksum.ts";
+import { MappedSource } from "./byte_source.ts";
+import { walkFrames } from "./reader.ts";
 import { indexProblem } from "./index.ts";
 import {
   alignUp,
-  decodeHeaderBlock,
-  type Footer,
+  FOOTER_FIELD,
   FOOTER_LENGTH,
   FRAME_LENGTH,
-  type HeaderFields,
   type ImageRecord,
   type ImageRegion,
   KIND,
-  type SectionEntry,
-} from "./layout.ts";
-import {
-  decodeFrameHeader,
-  decodeTable,
-  DIRECTORY_ENTRY_LENGTH,
-  ENTRY_LENGTH,
-  type FrameInfo,
-  sameFrame,
-  tableEnd,
-} from "./frames.ts";
+} from "./format.ts";
+import type { Footer } from "./footer.ts";
+import { decodeHeaderBlock, type HeaderFields } from "./header.ts";
+import type { SectionEntry } from "./sections.ts";
+import { DIRECTORY_ENTRY_LENGTH, type FrameInfo, tableEnd } from "./frames.ts";
 import {
   checkDataBytes,
   checkFooterCopy,
@@ -69,32 +64,8 @@ export interface ImageParts {
   base: bigint;
 }
 
-const ZERO_PAGE = new Uint8Array(1 << 16);
-let zeroPtr_: Deno.PointerValue | undefined;
-/** Its address, taken on first use (importing this module needs no `--allow-ffi`). */
-const zeroPtr = (): Deno.PointerValue => (zeroPtr_ ??= Deno.UnsafePointer.of(ZERO_PAGE));
-
-/**
- * Throw unless `[offset, offset + len)` of the mapped image is all zero.
- *
- * @param p The image.
- * @param offset File offset.
- * @param len Bytes.
- * @param what What the bytes are, for the error.
- */
-function expectZero(p: ImageParts, offset: number, len: number, what: string): void {
-  for (let at = offset; at < offset + len; at += ZERO_PAGE.length) {
-    const n = Math.min(ZERO_PAGE.length, offset + len - at);
-    if (libc.memcmp(ptrOf(p.base + BigInt(at)), zeroPtr(), BigInt(n)) !== 0) {
-      const bytes = view(p, at, n);
-      throw new ImageError(p.path, at + bytes.findIndex((b) => b !== 0), `non-zero byte in ${what}`);
-    }
-  }
-}
-
 function view(p: ImageParts, offset: number, len: number): Uint8Array {
-  if (len === 0) return new Uint8Array(0);
-  return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(p.base + BigInt(offset))!, len));
+  return new MappedSource(p.path, p.base, p.fileSize).read(offset, len, "bytes");
 }
 
 /**
@@ -108,10 +79,6 @@ function release(p: ImageParts, from: number, to: number): void {
 
 /** Bytes of the mapped image verified between two {@link release} calls. */
 const RELEASE_EVERY = 16 << 20;
-
-function sumAt(p: ImageParts, offset: number, len: number): bigint {
-  return checksumAt(p.base + BigInt(offset), BigInt(len));
-}
 
 function inFile(p: ImageParts, offset: number, len: number, what: string, at = offset): void {
   if (offset < 0 || len < 0 || offset + len > p.fileSize) {
@@ -133,13 +100,21 @@ export function checkStructure(p: ImageParts): void {
   const f = p.footer;
   const footerAt = p.fileSize - FOOTER_LENGTH;
   if (f.fileSize !== p.fileSize) {
-    throw new ImageError(p.path, footerAt + 104, `file size ${p.fileSize} != ${f.fileSize} in the footer`);
+    throw new ImageError(
+      p.path,
+      footerAt + FOOTER_FIELD.FILE_SIZE,
+      `file size ${p.fileSize} != ${f.fileSize} in the footer`,
+    );
   }
-  inFile(p, 0, f.headerLength, "header block", footerAt + 16);
-  inFile(p, f.indexOffset, f.indexLength, "index", footerAt + 48);
-  inFile(p, f.sectionsOffset, f.sectionsLength, "section table", footerAt + 72);
+  inFile(p, 0, f.headerLength, "header block", footerAt + FOOTER_FIELD.HEADER_LENGTH);
+  inFile(p, f.indexOffset, f.indexLength, "index", footerAt + FOOTER_FIELD.INDEX_OFFSET);
+  inFile(p, f.sectionsOffset, f.sectionsLength, "section table", footerAt + FOOTER_FIELD.SECTIONS_OFFSET);
   if (f.indexLength !== f.frameCount * DIRECTORY_ENTRY_LENGTH || p.frames.length !== f.frameCount) {
-    throw new ImageError(p.path, footerAt + 56, `index length ${f.indexLength} != ${f.frameCount} frames`);
+    throw new ImageError(
+      p.path,
+      footerAt + FOOTER_FIELD.INDEX_LENGTH,
+      `index length ${f.indexLength} != ${f.frameCount} frames`,
+    );
   }
   const h = p.header;
   checkFooterCopy(p.path, footerAt, f, h);
@@ -154,7 +129,12 @@ export function checkStructure(p: ImageParts): void {
   });
   const problem = indexProblem(p.records);
   if (problem) throw new ImageError(p.path, indexAt, problem.message);
-  checkTailLength(p.path, footerAt + 48, footerAt + FOOTER_LENGTH - indexAt, f.frameCount);
+  checkTailLength(
+    p.path,
+    footerAt + FOOTER_FIELD.INDEX_OFFSET,
+    footerAt + FOOTER_LENGTH - indexAt,
+    f.frameCount,
+  );
   checkSealSection(p.path, f.sectionsOffset, h, p.sections);
   checkSectionBounds(p.path, f, p.sections);
   checkDataBytes(p.path, footerAt, f.dataBytes, p.records);
@@ -178,77 +158,47 @@ export function checkStructure(p: ImageParts): void {
 }
 
 /**
- * The full verification pass. Throws on the first problem.
+ * The full verification pass, over the image's mapping: header block, this machine, structure, index checksum,
+ * then the frame reader's walk of the data area (lib/image/reader.ts: every padding byte, frame and record
+ * checksum), the END frame, and the tail (sections, section table, nothing else). Throws on the first problem.
  *
  * @param p The image (mapped).
  */
-export function verifyImage(p: ImageParts): void {
+export async function verifyImage(p: ImageParts): Promise<void> {
   const f = p.footer;
-  decodeHeaderBlock(p.path, view(p, 0, f.headerLength)); // header checksum and every byte of the block
+  const src = new MappedSource(p.path, p.base, p.fileSize);
+  decodeHeaderBlock(p.path, src.read(0, f.headerLength, "header block")); // its checksum and every byte
   checkHost(p.path, p.header);
   checkStructure(p);
-  if (sumAt(p, f.indexOffset, f.indexLength) !== f.indexChecksum) {
+  if (checksum(src.read(f.indexOffset, f.indexLength, "index")) !== f.indexChecksum) {
     throw new ImageError(p.path, f.indexOffset, "index checksum mismatch");
   }
-  // Walk the data area in file order: zero padding, each frame (header equal to its directory entry, table,
-  // each record's padding and data), the END frame.
-  let pos = f.headerLength;
   let released = 0;
-  for (const d of p.frames) {
-    if (pos - released >= RELEASE_EVERY) {
-      release(p, released, pos);
-      released = pos;
-    }
-    const frameAt = alignUp(pos, 8);
-    if (d.offset !== frameAt) {
-      throw new ImageError(p.path, frameAt, `expected the frame of ${hex(d.start)} here`);
-    }
-    expectZero(p, pos, frameAt - pos, "padding");
-    const fr = decodeFrameHeader(p.path, view(p, frameAt, FRAME_LENGTH), frameAt);
-    if (!sameFrame(fr, d)) {
-      throw new ImageError(
-        p.path,
-        frameAt,
-        `frame header disagrees with its directory entry (${hex(d.start)})`,
-      );
-    }
-    const tableAt = frameAt + FRAME_LENGTH;
-    inFile(p, tableAt, fr.count * ENTRY_LENGTH, "frame table", frameAt);
-    if (sumAt(p, tableAt, fr.count * ENTRY_LENGTH) !== fr.tableChecksum) {
-      throw new ImageError(p.path, tableAt, "frame table checksum mismatch");
-    }
-    pos = tableEnd(fr);
-    for (const r of decodeTable(p.path, fr, view(p, tableAt, fr.count * ENTRY_LENGTH), p.header.pageSize)) {
-      expectZero(p, pos, r.fileOffset - pos, "padding");
-      if (sumAt(p, r.fileOffset, r.storedLength) !== r.checksum) {
-        throw new ImageError(
-          p.path,
-          r.fileOffset,
-          `data checksum mismatch for the record at ${hex(r.address)}`,
-        );
+  const walk = await walkFrames(src, {
+    header: p.header,
+    regions: p.regions,
+    directory: p.frames,
+    endAt: f.indexOffset - FRAME_LENGTH,
+    onChecked: (r) => { // verified pages leave this process's RSS every RELEASE_EVERY bytes
+      if (r.fileOffset - released >= RELEASE_EVERY) {
+        release(p, released, r.fileOffset);
+        released = r.fileOffset;
       }
-      pos = r.fileOffset + r.storedLength;
-    }
-  }
-  release(p, released, pos);
-  const endAt = alignUp(pos, 8);
-  if (endAt !== f.indexOffset - FRAME_LENGTH) {
-    throw new ImageError(p.path, endAt, "expected the END frame here");
-  }
-  expectZero(p, pos, endAt - pos, "padding");
-  const endFrame = decodeFrameHeader(p.path, view(p, endAt, FRAME_LENGTH), endAt);
-  if (!endFrame.isEnd || endFrame.dataLength !== p.fileSize - f.indexOffset) {
-    throw new ImageError(p.path, endAt, "bad END frame");
+    },
+  });
+  release(p, released, walk.tailAt);
+  if (walk.end.dataLength !== p.fileSize - f.indexOffset) {
+    throw new ImageError(p.path, walk.tailAt - FRAME_LENGTH, "bad END frame");
   }
   // The tail: index, section blobs (8 aligned), section table, footer; nothing else.
   for (const s of p.sections) {
-    inFile(p, s.offset, s.length, `section "${s.name}"`);
-    if (sumAt(p, s.offset, s.length) !== s.checksum) {
+    if (checksum(src.read(s.offset, s.length, `section "${s.name}"`)) !== s.checksum) {
       throw new ImageError(p.path, s.offset, `section "${s.name}" checksum mismatch`);
     }
   }
-  checkTailLayout(p.path, view(p, f.indexOffset, p.fileSize - f.indexOffset), f.indexOffset, f, p.sections);
-  if (sumAt(p, f.sectionsOffset, f.sectionsLength) !== f.sectionsChecksum) {
+  const tail = src.read(f.indexOffset, p.fileSize - f.indexOffset, "tail");
+  checkTailLayout(p.path, tail, f.indexOffset, f, p.sections);
+  if (checksum(src.read(f.sectionsOffset, f.sectionsLength, "section table")) !== f.sectionsChecksum) {
     throw new ImageError(p.path, f.sectionsOffset, "section table checksum mismatch");
   }
 }

@@ -9,10 +9,10 @@
  * @module
  */
 
-import { CryoError, SystemError } from "../errors.ts";
+import { CryoError, SystemError, TracedError } from "../errors.ts";
 import { readThreadState, type Registers, type ThreadState, writeRegisters } from "./threads.ts";
 import { helper } from "../../ffi/helper.ts";
-import { errno, libc, systemError, unwrap } from "../../ffi/libc.ts";
+import { errno, errnoDescription, errnoName, libc, systemError, unwrap } from "../../ffi/libc.ts";
 
 const ESRCH = 3;
 const EPERM = 1;
@@ -277,13 +277,30 @@ function readStatusField(pid: number, tid: number, field: string): string | unde
   }
 }
 
-/** Why ptrace said EPERM: already traced (naming the tracer), not root, or Yama. */
-function whyNotPermitted(pid: number, tid: number): string {
+/** When ptrace said EPERM because another process traces `pid` (TracerPid), the error naming it. */
+function tracedError(pid: number, tid: number): TracedError | undefined {
   const tracer = Number(readStatusField(pid, tid, "TracerPid") ?? readStatusField(pid, 0, "TracerPid") ?? 0);
-  if (tracer) {
-    const tgid = Number(readStatusField(tracer, 0, "Tgid") ?? tracer);
-    return `already traced by pid ${tgid}${tgid === tracer ? "" : ` (thread ${tracer})`}`;
-  }
+  if (!tracer) return undefined;
+  const tgid = Number(readStatusField(tracer, 0, "Tgid") ?? tracer);
+  let command: string[] = [];
+  try {
+    command = Deno.readTextFileSync(`/proc/${tgid}/cmdline`).split("\0").filter((a, i, all) =>
+      a !== "" || i < all.length - 1
+    );
+  } catch { /* it has exited meanwhile */ }
+  return new TracedError(
+    pid,
+    tgid,
+    command,
+    errnoName(EPERM),
+    EPERM,
+    errnoDescription(EPERM),
+    tgid === tracer ? undefined : tracer,
+  );
+}
+
+/** Why ptrace said EPERM when nobody traces the process: not root, or Yama. */
+function whyNotPermitted(pid: number): string {
   let yama = -1;
   try {
     yama = Number(Deno.readTextFileSync("/proc/sys/kernel/yama/ptrace_scope").trim());
@@ -384,7 +401,9 @@ function freezeError(pid: number, e: number, info: Int32Array, timeoutMs: number
     return systemError("freeze", ESRCH, `pid ${pid}: the process has exited (zombie)`);
   }
   if (e === ESRCH) return info[0] ? exitedError(pid) : systemError("freeze", ESRCH, `pid ${pid}`);
-  if (e === EPERM) return systemError("freeze", EPERM, `pid ${pid} (${whyNotPermitted(pid, info[1])})`);
+  if (e === EPERM) {
+    return tracedError(pid, info[1]) ?? systemError("freeze", EPERM, `pid ${pid} (${whyNotPermitted(pid)})`);
+  }
   if (e === ETIMEDOUT) {
     return systemError("freeze", ETIMEDOUT, `pid ${pid}: a thread did not stop within ${timeoutMs} ms`);
   }

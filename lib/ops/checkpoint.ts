@@ -27,6 +27,7 @@ import { imageSource, pidSource } from "../image/sources.ts";
 import { dirOf, scratchFile } from "../image/tempfile.ts";
 import type { Region } from "../kernel/region.ts";
 import { type Progress, silentProgress } from "./progress.ts";
+import { type LiveStats, persistLive } from "./checkpoint_live.ts";
 
 /** Options of {@link checkpoint}. */
 export interface CheckpointOptions extends PolicyOptions {
@@ -60,6 +61,17 @@ export interface CheckpointOptions extends PolicyOptions {
    * persisted pages). On failure the target is thawed as usual. Default false.
    */
   keepFrozen?: boolean;
+  /**
+   * A live checkpoint (lib/ops/checkpoint_live.ts, docs/LIVE.md): the target is stopped only to record its
+   * threads and write-protect its memory, then runs while its pages are copied out; a page it writes first is
+   * copied aside before the write goes through. The image is its memory at the freeze. Not with `keepFrozen`,
+   * `leaveStopped` or `encodeWhileStopped`. Default false.
+   */
+  live?: boolean;
+  /** With `live`: pages copied aside per write fault (an aligned block, a power of two up to 512; default 1). */
+  liveNeighbours?: number;
+  /** With `live`: called while the target is frozen, before it is protected and thawed. */
+  onFrozen?: () => void;
 }
 
 /** What {@link checkpoint} did. */
@@ -90,6 +102,8 @@ export interface CheckpointResult {
   totalMs: number;
   /** With `keepFrozen`: the still frozen target, which the caller thaws. */
   frozen?: Frozen;
+  /** With `live`: pages copied early because of a write, the faults served, what was protected. */
+  live?: LiveStats;
 }
 
 /** The persistable regions of `pid` with the policy's decisions (for `cryo regions` and checkpoint). */
@@ -112,6 +126,11 @@ export async function checkpoint(
   path: string,
   opts: CheckpointOptions = {},
 ): Promise<CheckpointResult> {
+  if (opts.live && (opts.keepFrozen || opts.leaveStopped || opts.encodeWhileStopped)) {
+    throw new TypeError(
+      "Cannot take a live checkpoint with keepFrozen, leaveStopped or encodeWhileStopped: the target runs",
+    );
+  }
   if (((opts.codec ?? raw).id === 0 && !opts.sealer) || opts.encodeWhileStopped) {
     return await persistPid(pid, path, opts);
   }
@@ -190,6 +209,13 @@ async function persistPid(
 ): Promise<CheckpointResult> {
   const path = typeof out === "string" ? out : `fd ${out.fd}`;
   const started = performance.now();
+  if (opts.live) {
+    const taken = await persistLive(pid, out, opts, regionDecisions);
+    const allocatedBytes = typeof out === "string" && out !== "-"
+      ? (Deno.statSync(out).blocks ?? 0) * 512
+      : 0;
+    return { ...taken, path, pid, allocatedBytes, totalMs: performance.now() - started };
+  }
   const progress = opts.progress ?? silentProgress;
   opts.signal?.throwIfAborted();
   const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });

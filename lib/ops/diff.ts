@@ -8,7 +8,7 @@
 
 import { PAGE_SIZE } from "../../ffi/libc.ts";
 import type { Codec } from "../codecs/codec.ts";
-import { CryoError } from "../errors.ts";
+import { CryoError, KeyError } from "../errors.ts";
 import { type ImageRecord, KIND } from "../image/layout.ts";
 import { MemoryLoader } from "../image/loader.ts";
 
@@ -84,6 +84,7 @@ function samePage(x: Uint8Array | null, y: Uint8Array | null): boolean {
  * @param opts `codecs` for compressed records.
  * @returns The differing pages as runs, and counts.
  * @throws {CryoError} When the images come from different page sizes.
+ * @throws {KeyError} When either image is encrypted (its records are not decrypted here).
  */
 export async function diff(
   pathA: string,
@@ -96,6 +97,11 @@ export async function diff(
     throw new CryoError(
       `Cannot diff ${pathA} and ${pathB}: page sizes ${la.header.pageSize} and ${lb.header.pageSize}`,
     );
+  }
+  for (const l of [la, lb]) {
+    if (l.encrypted) {
+      throw new KeyError(`Cannot diff ${l.path}: it is encrypted, and diff compares unencrypted images only`);
+    }
   }
   const a: Cursor = { loader: la, records: la.records.filter((r) => r.segment === 0), i: 0 };
   const b: Cursor = { loader: lb, records: lb.records.filter((r) => r.segment === 0), i: 0 };

@@ -291,7 +291,7 @@ export async function hibernate(
       `Cannot hibernate pid ${pid}: releasing its pages failed (${
         (e as Error).message
       }); it is left stopped, ` +
-        `hibernated into ${abs}: \`cryo wake --pid ${pid} ${abs}\` brings it back`,
+        `hibernated into ${abs}: a wake from that image brings it back`,
       { cause: e },
     );
   }

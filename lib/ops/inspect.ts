@@ -6,7 +6,9 @@
  */
 
 import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "../image/layout.ts";
-import { requireSealed } from "../image/sealing.ts";
+import { requireSealed, sealParamsOf } from "../image/sealing.ts";
+import { FIXED_HEADER_LENGTH } from "../image/format.ts";
+import { decodeFixedHeader } from "../image/header.ts";
 import { decodeKernelState, describeKernelState, type KernelState } from "../kernel/kernel_state.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import type { ImageSummary } from "../image/persister.ts";
@@ -14,7 +16,7 @@ import { permsString } from "../kernel/region.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { ImageError } from "../errors.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
-import type { SealKey } from "../codecs/seal.ts";
+import { Sealer, type SealKey } from "../codecs/seal.ts";
 
 /** One region of {@link ImageInfo}. */
 export interface InspectRegion {
@@ -254,4 +256,31 @@ export async function verify(
     }
     throw e;
   }
+}
+
+/**
+ * Check that `key` is the one the image at `path` was sealed with, from its fixed header alone (the key check
+ * value beside the salt): no record is read or decrypted; {@link verify} with the key authenticates them all.
+ *
+ * @param path The image file.
+ * @param key The key.
+ * @throws {KeyError} When the image is not encrypted, or the key is not the one it was sealed with.
+ * @throws {ImageError} When the file does not start with a cryo header.
+ */
+export async function checkKey(path: string, key: SealKey): Promise<void> {
+  const block = new Uint8Array(FIXED_HEADER_LENGTH);
+  {
+    using file = await Deno.open(path, { read: true });
+    let got = 0;
+    while (got < block.length) {
+      const n = await file.read(block.subarray(got));
+      if (n === null) throw new ImageError(path, got, `file ends in the fixed header`);
+      got += n;
+    }
+  }
+  const header = decodeFixedHeader(path, block);
+  const encrypted = (header.requiredFeatures & REQUIRED.ENCRYPTED) !== 0n;
+  requireSealed(encrypted, key, path);
+  if (!encrypted) return;
+  await Sealer.open(key, sealParamsOf(block), path);
 }

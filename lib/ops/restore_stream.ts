@@ -17,6 +17,7 @@
  */
 
 import { freeze } from "../kernel/freeze.ts";
+import { awaitHeader } from "./stream_head.ts";
 import { pendingRecovery } from "./recovery.ts";
 import { decodeThreads, type ThreadState } from "../kernel/threads.ts";
 import type { Codec } from "../codecs/codec.ts";
@@ -97,7 +98,9 @@ export async function restoreStream(
   }
   opts.signal?.throwIfAborted();
   // An abort must not wait for the next byte of a stream that may never come: it errors the stream.
-  const opened = await openInput(input);
+  let opened = await openInput(input);
+  // A stream: the target is frozen only once the header has arrived (a slow writer must not keep it stopped).
+  if (input === "-") opened = await awaitHeader(opened, input, opts.signal);
   const stream = opts.signal ? opened.pipeThrough(new TransformStream(), { signal: opts.signal }) : opened;
   const recovering = pendingRecovery(pid); // asked before the freeze, which hides the stopped state
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });

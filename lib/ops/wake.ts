@@ -151,8 +151,8 @@ async function checkHibernated(pid: number, path: string, codecs?: readonly Code
     if (kept) return { abs, marker, resume: true };
     throw new CryoError(
       `Cannot wake pid ${pid}: a lazy wake resumed it and did not finish, and its userfaultfd is gone, so the ` +
-        `pages it had not loaded read as zero since; if it is still alive, \`cryo restore --pid ${pid} ` +
-        `${marker.image}\` rolls it back to the hibernation point (what it did since is lost), else restart it`,
+        `pages it had not loaded read as zero since; if it is still alive, a restore from ${marker.image} ` +
+        `rolls it back to the hibernation point (what it did since is lost), else restart it`,
     );
   }
   if (!(await settleStopped(pid, 500))) {
@@ -267,7 +267,7 @@ async function lazyWake(
   if (loader.encrypted) {
     throw new CryoError(
       `Cannot wake pid ${pid} lazily from ${abs}: the image is encrypted, and a lazy wake serves pages from ` +
-        `the image as they are touched; wake it eagerly (without --lazy)`,
+        `the image as they are touched; wake it eagerly`,
     );
   }
   opts.signal?.throwIfAborted();

@@ -9,7 +9,7 @@ import type { RegionFilter } from "../../kernel/policy.ts";
 import { REGION_KINDS, type RegionKind } from "../../kernel/region.ts";
 import { parse, parsePid, parseRange } from "../args.ts";
 import { humanBytes, humanDuration, printable } from "../format.ts";
-import { toJson } from "../json.ts";
+import { jsonDocument } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { progressBar } from "../progress.ts";
 import { keyFrom, keyOptions, parseCodecOption } from "../secure.ts";
@@ -66,6 +66,11 @@ options:
   --encode-while-stopped  with --compress or a key: encode while the target is stopped (the fastest
                         checkpoint in all; by default a raw image is taken and encoded after the thaw, so the
                         target is stopped only to read its memory)
+  --live                stop the process only to record its threads and write-protect its memory (a few
+                        ms), then copy its memory while it runs; a page it writes first is copied aside before
+                        the write goes through, so the image is still its memory at the freeze (docs/LIVE.md)
+  --live-neighbours N   with --live: pages copied aside per write fault (a power of two, 1-512; default 1)
+  --stopped             keep the process stopped while its memory is read (the default)
   --no-registers        do not record thread registers
   --no-fsync            do not fsync the image (faster, not crash safe)
   --leave-stopped       leave the process stopped (SIGSTOP) afterwards; resume it with kill -CONT
@@ -73,10 +78,11 @@ options:
   -q, --quiet           no progress bar
 
 examples:
-  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo
-  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --exclude path:'*.so*' --json
-  deno run -A cli.ts checkpoint --pid 4242 -o app.cryo --compress zstd:1 --key-file app.key
-  deno run -A cli.ts checkpoint --pid 4242 -o - | ssh host deno run -A cli.ts restore --pid 99 -`,
+  cryo checkpoint --pid 4242 -o app.cryo
+  cryo checkpoint --pid 4242 -o app.cryo --live
+  cryo checkpoint --pid 4242 -o app.cryo --exclude path:'*.so*' --json
+  cryo checkpoint --pid 4242 -o app.cryo --compress zstd:1 --key-file app.key
+  cryo checkpoint --pid 4242 -o - | ssh host cryo restore --pid 99 -`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       pid: { type: "string" },
@@ -85,6 +91,9 @@ examples:
       compress: { type: "string" },
       ...keyOptions,
       "encode-while-stopped": { type: "boolean" },
+      live: { type: "boolean" },
+      "live-neighbours": { type: "string" },
+      stopped: { type: "boolean" },
       "no-registers": { type: "boolean" },
       "no-fsync": { type: "boolean" },
       "leave-stopped": { type: "boolean" },
@@ -100,6 +109,15 @@ examples:
           "or write a file (-o IMAGE)",
       );
     }
+    if (values.live && values.stopped) throw new UsageError("--live and --stopped exclude each other");
+    const neighbours = values["live-neighbours"] === undefined
+      ? undefined
+      : Number(values["live-neighbours"]);
+    if (neighbours !== undefined && !(Number.isInteger(neighbours) && neighbours >= 1 && neighbours <= 512)) {
+      throw new UsageError(
+        `--live-neighbours takes a power of two from 1 to 512, got "${values["live-neighbours"]}"`,
+      );
+    }
     const codec = values.compress === undefined ? undefined : parseCodecOption(values.compress);
     const key = await keyFrom(values);
     ctx.imageOnStdout = values.output === "-";
@@ -107,6 +125,8 @@ examples:
       codec,
       sealer: key ? await Sealer.create(key) : undefined,
       encodeWhileStopped: values["encode-while-stopped"],
+      live: values.live,
+      liveNeighbours: neighbours,
       include: (values.include ?? []).map(parseFilter),
       exclude: (values.exclude ?? []).map(parseFilter),
       shared: values.shared,
@@ -119,7 +139,7 @@ examples:
     // With the image on stdout, everything else goes to stderr.
     const print = values.output === "-" ? (text: string) => console.error(text) : out;
     if (values.json) {
-      print(toJson(result));
+      print(jsonDocument(result));
       return 0;
     }
     print(
@@ -131,7 +151,11 @@ examples:
         }\n` +
         `  image     ${humanBytes(result.imageBytes)}` +
         (values.output === "-" ? " (streamed)\n" : ` (${humanBytes(result.allocatedBytes)} on disk)\n`) +
-        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
+        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})` +
+        (result.live
+          ? `\n  live      ${result.live.earlyPages} pages copied early, ${result.live.faults} write faults ` +
+            `(longest ${humanDuration(result.live.maxFaultMs)})`
+          : ""),
     );
     return 0;
   },

@@ -10,7 +10,7 @@ import { inject, SYS } from "../../kernel/inject.ts";
 import { capabilities } from "../../kernel/capabilities.ts";
 import { errnoDescription, errnoName } from "../../../ffi/libc.ts";
 import { parse, parsePid } from "../args.ts";
-import { toJson } from "../json.ts";
+import { jsonDocument } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 
 function parseNumber(s: string): bigint {
@@ -33,16 +33,16 @@ caps prints what this kernel allows: userfaultfd (and for kernel-mode faults), i
 WP_UNPOPULATED features, PAGEMAP_SCAN, pidfd_getfd.
 
 examples:
-  deno run -A cli.ts debug syscall --pid 4242 getpid
-  deno run -A cli.ts debug syscall --pid 4242 madvise 0x7f0000000000 4096 4
-  deno run -A cli.ts debug caps`,
+  cryo debug syscall --pid 4242 getpid
+  cryo debug syscall --pid 4242 madvise 0x7f0000000000 4096 4
+  cryo debug caps`,
   run(ctx) {
     const { values, positionals } = parse(ctx.args, { pid: { type: "string" }, json: { type: "boolean" } });
     const [what, ...rest] = positionals;
     if (what === "caps") {
       const caps = capabilities();
       if (values.json) {
-        out(toJson({ ...caps, uffdFeatures: `0x${caps.uffdFeatures.toString(16)}` }));
+        out(jsonDocument({ ...caps, uffdFeatures: `0x${caps.uffdFeatures.toString(16)}` }));
       } else {
         for (const [k, v] of Object.entries(caps)) {
           out(`${k.padEnd(24)} ${typeof v === "bigint" ? `0x${v.toString(16)}` : v ? "yes" : "no"}`);

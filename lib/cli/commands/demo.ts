@@ -88,7 +88,7 @@ options:
           `${humanBytes(info.fileBytes)} (${humanBytes(info.allocatedBytes)} on disk); ` +
           `verify: ${v.ok ? "sound" : v.problem}`,
       );
-      out(`   see it all with: deno run -A cli.ts inspect ${values.keep ? image : "IMAGE"}`);
+      out(`   see it all with: cryo inspect ${values.keep ? image : "IMAGE"}`);
       out(same ? "\ndemo passed: the live process was rolled back to its checkpoint" : "\ndemo FAILED");
       return same && v.ok ? 0 : 1;
     } finally {

@@ -4,13 +4,13 @@
  * @module
  */
 
-import { hibernate } from "../../ops/hibernate.ts";
+import { hibernate, type ProcessMemory } from "../../ops/hibernate.ts";
 import { wake } from "../../ops/wake.ts";
 import { serve } from "../../ops/serve.ts";
 import { Sealer } from "../../codecs/seal.ts";
 import { onePositional, parse, parsePid } from "../args.ts";
 import { humanBytes, humanDuration, printable } from "../format.ts";
-import { toJson } from "../json.ts";
+import { jsonDocument } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { progressBar } from "../progress.ts";
 import { keyFrom, keyOptions, parseCodecOption } from "../secure.ts";
@@ -40,8 +40,8 @@ options:
   -q, --quiet         no progress bar
 
 examples:
-  deno run -A cli.ts hibernate --pid 4242 -o /var/lib/app.cryo
-  deno run -A cli.ts hibernate --pid 4242 -o /var/lib/app.cryo --compress zstd:1 --key-file app.key`,
+  cryo hibernate --pid 4242 -o /var/lib/app.cryo
+  cryo hibernate --pid 4242 -o /var/lib/app.cryo --compress zstd:1 --key-file app.key`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       pid: { type: "string" },
@@ -67,7 +67,7 @@ examples:
       signal: ctx.signal,
     });
     if (values.json) {
-      out(toJson(r));
+      out(jsonDocument({ ...r, before: memoryJson(r.before), after: memoryJson(r.after) }));
       return 0;
     }
     out(
@@ -111,8 +111,8 @@ options:
   -q, --quiet        no progress bar
 
 examples:
-  deno run -A cli.ts wake --pid 4242 /var/lib/app.cryo
-  deno run -A cli.ts wake --pid 4242 --lazy /var/lib/app.cryo`,
+  cryo wake --pid 4242 /var/lib/app.cryo
+  cryo wake --pid 4242 --lazy /var/lib/app.cryo`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       pid: { type: "string" },
@@ -136,7 +136,7 @@ examples:
         : undefined,
     });
     if (values.json) {
-      out(toJson(r));
+      out(jsonDocument({ ...r, after: memoryJson(r.after) }));
       return 0;
     }
     const first = r.firstFaultMs > 0 ? ` (first after ${humanDuration(r.firstFaultMs)})` : "";
@@ -179,7 +179,7 @@ or SIGTERM stops accepting, lets the running request finish (a lazy wake loads t
 the socket.
 
 examples:
-  deno run -A cli.ts serve --socket /run/cryo/cryo.sock
+  cryo serve --socket /run/cryo/cryo.sock
   echo '{"op":"status"}' | socat - UNIX-CONNECT:/run/cryo/cryo.sock`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, { socket: { type: "string" } });
@@ -200,3 +200,8 @@ examples:
     return 0;
   },
 };
+
+/** A process's resident memory under `--json`: byte counts in keys ending in `Bytes`. */
+function memoryJson(m: ProcessMemory) {
+  return { rssBytes: m.rss, rssAnonBytes: m.rssAnon, rssFileBytes: m.rssFile, rssShmemBytes: m.rssShmem };
+}

@@ -5,11 +5,12 @@
  */
 
 import { diff } from "../../ops/diff.ts";
-import { inspect, verify } from "../../ops/inspect.ts";
+import { checkKey, inspect, verify } from "../../ops/inspect.ts";
 import { onePositional, parse } from "../args.ts";
 import { humanBytes, humanDuration, humanRate, printable as p, table } from "../format.ts";
-import { toJson } from "../json.ts";
+import { jsonDocument } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
+import { EXIT } from "../exit.ts";
 import { keyFrom, keyOptions } from "../secure.ts";
 
 const hex = (n: bigint) => `0x${n.toString(16)}`;
@@ -17,27 +18,41 @@ const hex = (n: bigint) => `0x${n.toString(16)}`;
 export const inspectCommand: Command = {
   name: "inspect",
   summary: "show an image's header, source, regions and totals",
-  help: `cryo inspect IMAGE [--records] [--json]
+  help: `cryo inspect IMAGE [--records] [--key-file FILE | --key-env NAME] [--json]
 
 Shows the image's format, where it came from (pid, command line, kernel, boot id, time), its region table with
 the data and holes of each region, its sections and totals. Data is not read: use \`cryo verify\` for that.
 
+An encrypted image shows its sizes and layout without the key; with --key-file or --key-env the key is checked
+against the image's header (the wrong key, or a key for a plaintext image, is refused: exit 8); no record is
+decrypted here (\`cryo verify --key-file FILE IMAGE\` authenticates every chunk).
+
 options:
-  --records   list every index record too
-  --json      print everything as JSON (addresses as "0x…" strings, sizes as exact numbers)
+  --records         list every index record too
+  --key-file FILE   check that FILE holds the image's key (or --key-env NAME)
+  --strict          refuse a key file that group or others have access to (else: a warning)
+  --json            print everything as JSON (addresses as "0x…" strings, sizes as exact numbers)
 
 examples:
-  deno run -A cli.ts inspect app.cryo
-  deno run -A cli.ts inspect app.cryo --records --json`,
+  cryo inspect app.cryo
+  cryo inspect app.cryo --records --json`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       records: { type: "boolean" },
+      ...keyOptions,
       json: { type: "boolean" },
     });
     const path = onePositional(positionals, "IMAGE");
+    const key = await keyFrom(values);
     const info = await inspect(path, { records: values.records });
+    if (key) await checkKey(path, key);
     if (values.json) {
-      out(toJson(info));
+      const { sections, ...rest } = info;
+      out(jsonDocument({
+        ...rest,
+        sections: sections.map((s) => ({ name: s.name, sizeBytes: s.bytes })),
+        keyChecked: key !== undefined,
+      }));
       return 0;
     }
     const t = info.totals;
@@ -58,6 +73,7 @@ examples:
       ...(info.encrypted
         ? [
           "encrypted the records and sections are AES-256-GCM: sizes and layout are shown, contents need the key",
+          ...(key ? [`key       ${p(key.source)} is the image's (checked against its header)`] : []),
         ]
         : []),
       "",
@@ -100,8 +116,9 @@ export const verifyCommand: Command = {
 
 Verifies the whole image: footer, header, bounds of every offset and length, index order and overlap, the
 frames between records, and every checksum. Exit status 0 when sound, 1 when not (saying where and what),
-2 on a usage error. IMAGE may be - (stdin). For an encrypted image, the checksums are checked without the key;
-with --key-file F or --key-env NAME every chunk and the metadata are also authenticated.
+2 on a usage error, 3 when there is no such file, 8 when the key is wrong (\`cryo --help\` lists them all).
+IMAGE may be - (stdin). For an encrypted image, the checksums are checked without the key; with --key-file F
+or --key-env NAME every chunk and the metadata are also authenticated.
 
 options:
   --key-file FILE   the key of an encrypted image (or --key-env NAME): every chunk is authenticated too
@@ -109,21 +126,23 @@ options:
   --json            print the result as JSON
 
 examples:
-  deno run -A cli.ts verify app.cryo && echo sound
-  deno run -A cli.ts verify --key-file app.key app.cryo`,
+  cryo verify app.cryo && echo sound
+  cryo verify --key-file app.key app.cryo`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, { json: { type: "boolean" }, ...keyOptions });
     const path = onePositional(positionals, "IMAGE");
     const result = await verify(path, { key: await keyFrom(values) });
-    if (values.json) out(toJson(result));
-    else if (result.ok) {
+    if (values.json) {
+      const { bytes, ...rest } = result;
+      out(jsonDocument({ ...rest, checkedBytes: bytes }));
+    } else if (result.ok) {
       out(
         `${p(path)}: sound (${humanBytes(result.bytes)} checked in ${humanDuration(result.ms)}, ` +
           `${humanRate(result.bytes, result.ms)})` +
           (result.authenticated ? "; every chunk authenticated with the key" : ""),
       );
     } else console.error(`${p(path)}: DAMAGED: ${p(result.problem ?? "", { lines: true })}`);
-    return result.ok ? 0 : 1;
+    return result.ok ? EXIT.ok.exit : EXIT.no.exit;
   },
 };
 
@@ -133,17 +152,23 @@ export const diffCommand: Command = {
   help: `cryo diff A B [--json]
 
 Compares two images page by page (a hole reads as zeros). Lists runs of pages that changed, and ranges only one
-image covers. Exit status 0 whether or not they differ.
+image covers. Exit status, like cmp(1): 0 when they hold the same pages, 1 when they differ, 2 and up on
+trouble (a usage error, a missing or damaged image: see \`cryo --help\`). Encrypted images cannot be compared
+yet (their records are not decrypted here).
+
+options:
+  --json      print the result as JSON (exit status as above)
 
 examples:
-  deno run -A cli.ts diff before.cryo after.cryo`,
+  cryo diff before.cryo after.cryo`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, { json: { type: "boolean" } });
     if (positionals.length !== 2) throw new UsageError("expected two images A and B");
     const result = await diff(positionals[0], positionals[1]);
+    const status = result.differentPages > 0 ? EXIT.no.exit : EXIT.ok.exit;
     if (values.json) {
-      out(toJson(result));
-      return 0;
+      out(jsonDocument({ ...result, same: status === 0 }));
+      return status;
     }
     const lines = [
       `${result.differentPages} of ${result.comparedPages} compared pages differ between ${p(result.a)} and ${
@@ -165,6 +190,6 @@ examples:
       ]));
     }
     out(lines.join("\n"));
-    return 0;
+    return status;
   },
 };

@@ -6,9 +6,10 @@
 
 import { regionDecisions } from "../../ops/checkpoint.ts";
 import { permsString } from "../../kernel/region.ts";
+import type { SmapsRegion } from "../../kernel/maps.ts";
 import { parse, parsePid } from "../args.ts";
 import { humanBytes, printable as p, table } from "../format.ts";
-import { toJson } from "../json.ts";
+import { jsonDocument } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { filterOptions, parseFilter } from "./checkpoint.ts";
 
@@ -25,8 +26,8 @@ only with --shared; private file mappings only for their copied-on-write pages. 
 Filters as for checkpoint. Needs no ptrace (the process is not frozen).
 
 examples:
-  deno run -A cli.ts regions --pid 4242
-  deno run -A cli.ts regions --pid 4242 --include kind:file --json`,
+  cryo regions --pid 4242
+  cryo regions --pid 4242 --include kind:file --json`,
   run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       pid: { type: "string" },
@@ -41,17 +42,33 @@ examples:
       shared: values.shared,
     });
     if (values.json) {
-      out(
-        toJson(
-          decisions.map((d) => ({
-            ...d.region,
-            perms: permsString(d.region.perms),
-            persist: d.persist,
-            reason: d.reason,
-            pages: d.pages,
-          })),
-        ),
-      );
+      out(jsonDocument({
+        pid,
+        regions: decisions.map(({ region, persist, reason, pages }) => {
+          const g = region as SmapsRegion; // read with smaps
+          return {
+            start: g.start,
+            end: g.end,
+            perms: permsString(g.perms),
+            offset: g.offset,
+            device: g.device,
+            inode: g.inode,
+            path: g.path,
+            kind: g.kind,
+            vmFlags: g.vmFlags,
+            rssBytes: g.rss,
+            anonymousBytes: g.anonymous,
+            swapBytes: g.swap,
+            anonHugePagesBytes: g.anonHugePages,
+            privateDirtyBytes: g.privateDirty,
+            sharedDirtyBytes: g.sharedDirty,
+            kernelPageSize: g.kernelPageSize,
+            persist,
+            reason,
+            pages,
+          };
+        }),
+      }));
       return Promise.resolve(0);
     }
     const kept = decisions.filter((d) => d.persist);

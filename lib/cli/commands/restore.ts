@@ -7,7 +7,7 @@
 import { restore } from "../../ops/restore.ts";
 import { onePositional, parse, parsePid } from "../args.ts";
 import { humanBytes, humanDuration, printable } from "../format.ts";
-import { toJson } from "../json.ts";
+import { jsonDocument } from "../json.ts";
 import { type Command, out } from "../main.ts";
 import { progressBar } from "../progress.ts";
 import { keyFrom, keyOptions } from "../secure.ts";
@@ -30,8 +30,9 @@ any failure, Ctrl-C or SIGTERM puts PID back exactly as it was. If cryo is kille
 PID stays stopped (state T) and \`cryo restore --recover --pid PID\` (or the same restore again) finishes it
 and resumes PID. A key means the image must be encrypted: a plaintext image is refused.
 
-IMAGE may be - to read the image from stdin (e.g. piped from \`cryo checkpoint -o -\` on another host): the
-layout is checked from its header before the first chunk, and each chunk is verified (and, when encrypted,
+IMAGE may be - to read the image from stdin (e.g. piped from \`cryo checkpoint -o -\` on another host): PID
+is frozen only once the image's header has arrived (a slow pipe does not keep it stopped; it says so on
+stderr), the layout is checked from that header before the first chunk, and each chunk is verified (and, when encrypted,
 authenticated) before it is written; a stream that turns out damaged part-way is undone from the journal.
 
 options:
@@ -53,11 +54,11 @@ options:
   -q, --quiet        no progress bar
 
 examples:
-  deno run -A cli.ts restore --pid 4242 app.cryo
-  deno run -A cli.ts restore --pid 4242 --dry-run app.cryo
-  deno run -A cli.ts restore --pid 4242 --key-env APP_KEY app.cryo
-  deno run -A cli.ts restore --recover --pid 4242
-  ssh host deno run -A cli.ts checkpoint --pid 77 -o - | deno run -A cli.ts restore --pid 4242 -`,
+  cryo restore --pid 4242 app.cryo
+  cryo restore --pid 4242 --dry-run app.cryo
+  cryo restore --pid 4242 --key-env APP_KEY app.cryo
+  cryo restore --recover --pid 4242
+  ssh host cryo checkpoint --pid 77 -o - | cryo restore --pid 4242 -`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
       pid: { type: "string" },
@@ -73,6 +74,11 @@ examples:
     });
     const pid = parsePid(values.pid);
     const image = values.recover && positionals.length === 0 ? "" : onePositional(positionals, "IMAGE");
+    if (image === "-" && !values.quiet) {
+      console.error(
+        `cryo restore: reading the image from stdin; pid ${pid} is frozen once its header has arrived`,
+      );
+    }
     const result = await restore(pid, image, {
       key: await keyFrom(values),
       registers: !values["no-registers"],
@@ -85,7 +91,7 @@ examples:
       signal: ctx.signal,
     });
     if (values.json) {
-      out(toJson(result));
+      out(jsonDocument(result));
       return 0;
     }
     const verb = result.dryRun ? "would write" : "wrote";
