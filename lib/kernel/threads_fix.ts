@@ -16,7 +16,7 @@
  * @module
  */
 
-import { addrOf, PAGE_SIZE, processVmRead } from "../../ffi/libc.ts";
+import { addrOf, PAGE_SIZE, processVmRead, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 import { CryoError, SystemError } from "../errors.ts";
 import type { Frozen } from "./freeze.ts";
@@ -121,6 +121,8 @@ export function clearTidInTarget(pid: number, t: ThreadState): bigint | undefine
   return word[0] === t.tid ? at : undefined;
 }
 
+const NAP = new Int32Array(new SharedArrayBuffer(4));
+
 /** How to recreate one thread. */
 export interface RecreateOptions {
   /** Its name (`/proc/PID/task/TID/comm`), set with `prctl(PR_SET_NAME)`. */
@@ -165,7 +167,18 @@ export function recreateThread(
   inj.write(bytes);
   let tid: number;
   try {
-    tid = Number(inj.syscall(SYS_CLONE3, scratch, 88));
+    // A thread that has just exited leaves /proc before the kernel frees its id: EEXIST for a moment (bounded).
+    for (let waited = 0;; waited++) {
+      const r = inj.raw(SYS_CLONE3, scratch, 88);
+      if (r >= 0n) {
+        tid = Number(r);
+        break;
+      }
+      if (r !== -17n /* EEXIST */ || waited >= 50) {
+        throw systemError("clone3", -Number(r), `in pid ${frozen.pid} (set_tid ${t.tid})`);
+      }
+      Atomics.wait(NAP, 0, 0, 2);
+    }
   } catch (e) {
     if (e instanceof SystemError) {
       throw new CryoError(
