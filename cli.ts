@@ -9,8 +9,10 @@ import { checkpointCommand } from "./lib/cli/commands/checkpoint.ts";
 import { restoreCommand } from "./lib/cli/commands/restore.ts";
 import { diffCommand, inspectCommand, verifyCommand } from "./lib/cli/commands/image.ts";
 import { regionsCommand } from "./lib/cli/commands/regions.ts";
+import { mapCommand } from "./lib/cli/commands/map.ts";
 import { demoCommand } from "./lib/cli/commands/demo.ts";
 import { debugCommand } from "./lib/cli/commands/debug.ts";
+import { flattenCommand } from "./lib/cli/commands/flatten.ts";
 import { hibernateCommand, serveCommand, wakeCommand } from "./lib/cli/commands/hibernate.ts";
 
 if (import.meta.main) {
@@ -23,7 +25,9 @@ if (import.meta.main) {
     inspectCommand,
     verifyCommand,
     diffCommand,
+    flattenCommand,
     regionsCommand,
+    mapCommand,
     demoCommand,
     debugCommand,
   ], Deno.args);

@@ -28,6 +28,19 @@
 export { type ImageSummary, MemoryPersister, type PersisterOptions } from "./lib/image/persister.ts";
 export { type LoadSummary, MemoryLoader } from "./lib/image/loader.ts";
 export { releaseMemory } from "./lib/image/lazy.ts";
+export {
+  type ChainPiece,
+  type ChainRecord,
+  type ChainSource,
+  decodeParentSection,
+  encodeParentSection,
+  ImageChain,
+  imageDigest,
+  isIncremental,
+  PARENT_SECTION,
+  type ParentLink,
+  parentLink,
+} from "./lib/image/chain.ts";
 export type {
   Footer,
   HeaderFields,

@@ -30,7 +30,7 @@ export {
   regionDecisions,
 } from "./lib/ops/checkpoint.ts";
 export type { LiveStats } from "./lib/ops/checkpoint_live.ts";
-export { restore, type RestoreOptions } from "./lib/ops/restore.ts";
+export { type ImageStamp, imageStamp, restore, type RestoreOptions } from "./lib/ops/restore.ts";
 export type { RestoreResult } from "./lib/ops/restore_commit.ts";
 export {
   hibernate,
@@ -60,8 +60,18 @@ export {
   type VerifyResult,
 } from "./lib/ops/inspect.ts";
 export { diff, type DiffResult, type DiffRun } from "./lib/ops/diff.ts";
+export {
+  mapImage,
+  mapProcess,
+  type MapRegion,
+  type MapRun,
+  type MapRunKind,
+  type MemoryMap,
+} from "./lib/ops/map.ts";
 export type { KernelState, OpenDescriptor, ProcessTimer } from "./lib/kernel/kernel_state.ts";
 export { Snapshot, snapshot, type SnapshotOptions } from "./lib/ops/snapshot.ts";
+export type { IncrementalInfo } from "./lib/ops/incremental.ts";
+export { flattenChain } from "./lib/image/chain.ts";
 
 // Keys and codecs.
 export { type KeyFileOptions, keyFromEnv, keyFromFile, SealKey } from "./lib/codecs/seal.ts";
@@ -69,7 +79,7 @@ export { type Codec } from "./lib/codecs/codec.ts";
 export { parseCodec } from "./lib/codecs/select.ts";
 export { ZstdCodec } from "./lib/codecs/zstd.ts";
 export { Lz4Codec } from "./lib/codecs/lz4.ts";
-export { type Progress, silentProgress } from "./lib/ops/progress.ts";
+export { type PhaseName, PHASES, type Progress, silentProgress } from "./lib/ops/progress.ts";
 
 // Errors.
 export {

@@ -90,6 +90,23 @@ export {
   type UserfaultfdOptions,
 } from "./lib/kernel/uffd.ts";
 export {
+  adoptTracking,
+  ProcessTracking,
+  TRACKING_FEATURES,
+  trackingUnavailable,
+  type TrackOptions,
+  trackProcess,
+  type WrittenPages,
+} from "./lib/kernel/tracking.ts";
+export {
+  intersectRuns,
+  runBytes,
+  type Runs,
+  runsOf,
+  subtractRuns,
+  unionRuns,
+} from "./lib/kernel/run_sets.ts";
+export {
   type FaultRun,
   FaultServer,
   type FaultServerOptions,

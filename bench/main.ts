@@ -37,6 +37,7 @@ export const MODULES = [
   "inject",
   "layout",
   "hibernate",
+  "incremental",
   "live",
 ] as const;
 

@@ -88,6 +88,8 @@ export async function main(commands: Command[], argv: string[]): Promise<number>
   const ctx: CommandContext = { args: args.slice(1), signal: controller.signal };
   const onSignal = (sig: Deno.Signal) => () => {
     if (controller.signal.aborted) return;
+    // On a terminal the progress line may be drawn: erase it, so the message has a line of its own.
+    if (Deno.stderr.isTerminal()) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[2K"));
     console.error(
       `cryo: ${sig} received; stopping (${
         ctx.onInterrupt ??

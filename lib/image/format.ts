@@ -126,9 +126,9 @@ export const DIRECTORY_FIELD = {
 } as const;
 
 /** Required feature bits: a reader refuses an image with one it does not know. */
-export const REQUIRED = { CODEC: 1n, ENCRYPTED: 2n } as const;
+export const REQUIRED = { CODEC: 1n, ENCRYPTED: 2n, PARENT: 4n } as const;
 /** The required feature bits this reader knows. */
-export const KNOWN_REQUIRED = REQUIRED.CODEC | REQUIRED.ENCRYPTED;
+export const KNOWN_REQUIRED = REQUIRED.CODEC | REQUIRED.ENCRYPTED | REQUIRED.PARENT;
 /** Optional feature bits: unknown ones are ignored. */
 export const OPTIONAL = { ZERO_DETECTED: 1n } as const;
 /** Record kinds. */

@@ -24,6 +24,7 @@ import type { SectionEntry } from "./sections.ts";
 import { FileSource } from "./byte_source.ts";
 import { type ImageIndex, readImageIndex } from "./reader.ts";
 import { checkStructure, verifyDecoded, verifyImage } from "./verify.ts";
+import { refuseIncremental } from "./rules.ts";
 import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
 import { clearRange, mapRun, protOf } from "./lazy.ts";
 import { RemoteWriter } from "./remote.ts";
@@ -126,12 +127,20 @@ export class MemoryLoader implements Disposable {
    * bounded window at a time) and its decoded checksum checked, so that a record that would fail to decode is
    * found before anything is written. Encrypted records need the key: `verifyStream()` authenticates and
    * decodes them. Throws {@link ImageError} naming the file and offset. Runs once; later calls return at once.
+   *
+   * @param onProgress Called as it goes: in the `verify` pass with the file offset checked up to, in the
+   *   `decode` pass with the decoded bytes checked so far.
    */
-  async verify(): Promise<void> {
+  async verify(onProgress?: (pass: "verify" | "decode", bytes: number) => void): Promise<void> {
     if (this.#verified) return;
     const parts = this.#parts();
-    await verifyImage(parts);
-    await verifyDecoded(parts, (id) => this.#codecs.get(id));
+    await verifyImage(parts, onProgress && ((n) => onProgress("verify", n)));
+    await verifyDecoded(
+      parts,
+      (id) => this.#codecs.get(id),
+      undefined,
+      onProgress && ((n) => onProgress("decode", n)),
+    );
     this.#verified = true;
   }
 
@@ -221,6 +230,7 @@ export class MemoryLoader implements Disposable {
    */
   async load(target: LoadTarget): Promise<LoadSummary> {
     await this.verify();
+    refuseIncremental(this.path, this.header);
     this.#unmapView(); // so that our own mapping of the image is not mistaken for (or placed in) the target
     const plan = this.checkTarget(target);
     for (const r of this.records) {

@@ -64,6 +64,11 @@ export interface PersisterOptions {
    * is pending. `finalize()` waits for every write.
    */
   writeBehind?: number;
+  /**
+   * An incremental image (required feature PARENT): its frames cover only what changed since its parent, and
+   * the bytes they do not cover are the parent's (lib/image/chain.ts). Default false.
+   */
+  incremental?: boolean;
 }
 
 /** What {@link MemoryPersister.finalize} wrote. */
@@ -382,7 +387,7 @@ export class MemoryPersister implements AsyncDisposable {
     const { bytes, fields } = encodeHeaderBlock(
       {
         requiredFeatures: (this.#codec.id !== 0 ? REQUIRED.CODEC : 0n) |
-          (this.#opts.sealer ? REQUIRED.ENCRYPTED : 0n),
+          (this.#opts.sealer ? REQUIRED.ENCRYPTED : 0n) | (this.#opts.incremental ? REQUIRED.PARENT : 0n),
         optionalFeatures: (this.#opts.detectZeros ?? this.#source.detectZeros) ? OPTIONAL.ZERO_DETECTED : 0n,
         pageSize: PAGE_SIZE,
         arch: ARCH_X86_64,

@@ -37,6 +37,24 @@ import type { Footer } from "./footer.ts";
 import type { SectionEntry } from "./sections.ts";
 
 /**
+ * Refuse to load an incremental image (required feature PARENT) on its own: the bytes its frames do not cover
+ * are its parent's. Its chain is loaded instead (lib/image/chain.ts flattens it).
+ *
+ * @param path The image.
+ * @param h Its header.
+ * @throws {ImageError} When the image is incremental.
+ */
+export function refuseIncremental(path: string, h: HeaderFields): void {
+  if (h.requiredFeatures & REQUIRED.PARENT) {
+    throw new ImageError(
+      path,
+      16,
+      "an incremental image (required feature PARENT) cannot be loaded alone: load its chain (restore, flatten)",
+    );
+  }
+}
+
+/**
  * The image must have been written on a machine like this one: the same page size and architecture.
  *
  * @param path The image, for errors.

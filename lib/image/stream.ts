@@ -41,6 +41,7 @@ import {
   checkSectionBounds,
   checkTailLayout,
   checkTailLength,
+  refuseIncremental,
 } from "./rules.ts";
 import { DIRECTORY_ENTRY_LENGTH, sameFrame } from "./frames.ts";
 import { compareTarget, type LoadTarget, targetName } from "./targets.ts";
@@ -171,6 +172,7 @@ async function readStream(
     }
     // 3. The target's layout, from the header's region table, before the first chunk.
     if (target) {
+      refuseIncremental(path, header);
       opts.onHeader?.(h.source, h.regions);
       const { differences, plan } = compareTarget(h.regions, [], target);
       if (differences.length) throw new LayoutMismatchError(targetName(target), differences);

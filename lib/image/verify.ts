@@ -163,8 +163,9 @@ export function checkStructure(p: ImageParts): void {
  * checksum), the END frame, and the tail (sections, section table, nothing else). Throws on the first problem.
  *
  * @param p The image (mapped).
+ * @param onProgress Called as the walk goes with the file offset it has checked up to (`p.fileSize` at the end).
  */
-export async function verifyImage(p: ImageParts): Promise<void> {
+export async function verifyImage(p: ImageParts, onProgress?: (checkedBytes: number) => void): Promise<void> {
   const f = p.footer;
   const src = new MappedSource(p.path, p.base, p.fileSize);
   decodeHeaderBlock(p.path, src.read(0, f.headerLength, "header block")); // its checksum and every byte
@@ -184,6 +185,7 @@ export async function verifyImage(p: ImageParts): Promise<void> {
         release(p, released, r.fileOffset);
         released = r.fileOffset;
       }
+      onProgress?.(r.fileOffset + r.storedLength);
     },
   });
   release(p, released, walk.tailAt);
@@ -201,6 +203,7 @@ export async function verifyImage(p: ImageParts): Promise<void> {
   if (checksum(src.read(f.sectionsOffset, f.sectionsLength, "section table")) !== f.sectionsChecksum) {
     throw new ImageError(p.path, f.sectionsOffset, "section table checksum mismatch");
   }
+  onProgress?.(p.fileSize);
 }
 
 /** Most bytes of decode buffers {@link verifyDecoded} holds at once (a window of records in flight). */
@@ -215,12 +218,14 @@ export const DECODE_BUDGET = 32 << 20;
  * @param p The image (mapped; {@link checkStructure} has passed, so every length is bounded).
  * @param codecOf The codec of a codec id.
  * @param window Records decoded at once (default {@link defaultWindow}, fewer when records are large).
+ * @param onProgress Called with the decoded bytes checked so far, in file order.
  * @throws {ImageError} At the first record that does not decode to its length and decoded checksum.
  */
 export async function verifyDecoded(
   p: ImageParts,
   codecOf: (id: number) => Codec | undefined,
   window: number = defaultWindow(),
+  onProgress?: (decodedBytes: number) => void,
 ): Promise<void> {
   const todo = p.records.filter((r) => r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0);
   if (todo.length === 0) return;
@@ -261,7 +266,10 @@ export async function verifyDecoded(
     }
   };
   let released = 0;
+  let decoded = 0;
   for await (const r of ordered(todo, decode, inFlight)) { // in file order: the first failure is thrown
+    decoded += r.length;
+    onProgress?.(decoded);
     if (r.fileOffset - released >= RELEASE_EVERY) {
       release(p, released, r.fileOffset);
       released = r.fileOffset;

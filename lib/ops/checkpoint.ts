@@ -26,7 +26,9 @@ import { KIND } from "../image/layout.ts";
 import { imageSource, pidSource } from "../image/sources.ts";
 import { dirOf, scratchFile } from "../image/tempfile.ts";
 import type { Region } from "../kernel/region.ts";
-import { type Progress, silentProgress } from "./progress.ts";
+import { type Progress, silentProgress, startPhase } from "./progress.ts";
+import { type IncrementalInfo, IncrementalPlan } from "./incremental.ts";
+import { isIncremental } from "../image/chain.ts";
 import { type LiveStats, persistLive } from "./checkpoint_live.ts";
 
 /** Options of {@link checkpoint}. */
@@ -61,6 +63,19 @@ export interface CheckpointOptions extends PolicyOptions {
    * persisted pages). On failure the target is thawed as usual. Default false.
    */
   keepFrozen?: boolean;
+  /**
+   * Arm write tracking at this checkpoint (kept inside the target, lib/ops/tracked.ts) and record it in the
+   * image, so that a rollback to it writes back only what was written since, and an incremental checkpoint over
+   * it reads only that. Default false.
+   */
+  track?: boolean;
+  /**
+   * Take an incremental image over this parent image (lib/ops/incremental.ts): only what changed since it is
+   * stored; the image names the parent by content and restores with its chain.
+   */
+  parent?: string;
+  /** Codecs the parent chain may use beyond raw. */
+  codecs?: readonly Codec[];
   /**
    * A live checkpoint (lib/ops/checkpoint_live.ts, docs/LIVE.md): the target is stopped only to record its
    * threads and write-protect its memory, then runs while its pages are copied out; a page it writes first is
@@ -102,6 +117,8 @@ export interface CheckpointResult {
   totalMs: number;
   /** With `keepFrozen`: the still frozen target, which the caller thaws. */
   frozen?: Frozen;
+  /** With `track` or `parent`: how the changed pages were found, and whether tracking was armed. */
+  incremental?: IncrementalInfo;
   /** With `live`: pages copied early because of a write, the faults served, what was protected. */
   live?: LiveStats;
 }
@@ -182,9 +199,10 @@ async function transcode(rawPath: string, path: string, opts: CheckpointOptions)
     chunkSize: opts.chunkSize,
     sealer: opts.sealer,
     fsync: opts.fsync ?? true,
+    incremental: isIncremental(loader),
   });
   const progress = opts.progress ?? silentProgress;
-  progress.phase?.(opts.sealer ? "encrypt" : "compress", loader.footer.dataBytes);
+  startPhase(progress, "transcode", loader.footer.dataBytes);
   try {
     for (const r of loader.records) {
       opts.signal?.throwIfAborted();
@@ -198,7 +216,12 @@ async function transcode(rawPath: string, path: string, opts: CheckpointOptions)
     progress.done();
   }
   for (const s of loader.sections) persister.addSection(s.name, loader.section(s.name)!);
-  return await persister.finalize();
+  startPhase(progress, "sync");
+  try {
+    return await persister.finalize();
+  } finally {
+    progress.done();
+  }
 }
 
 /** Checkpoint `pid` into a raw image (or one encoded while the target is stopped, when called so). */
@@ -209,6 +232,9 @@ async function persistPid(
 ): Promise<CheckpointResult> {
   const path = typeof out === "string" ? out : `fd ${out.fd}`;
   const started = performance.now();
+  if (opts.live && (opts.parent || opts.track)) {
+    throw new TypeError("Cannot take a live checkpoint with parent or track: not supported together yet");
+  }
   if (opts.live) {
     const taken = await persistLive(pid, out, opts, regionDecisions);
     const allocatedBytes = typeof out === "string" && out !== "-"
@@ -218,8 +244,12 @@ async function persistPid(
   }
   const progress = opts.progress ?? silentProgress;
   opts.signal?.throwIfAborted();
+  const linkFrom = typeof out === "string" ? out : "-"; // a raw image to transcode: the parent is named absolutely
+  using inc = opts.parent || opts.track ? await IncrementalPlan.open(linkFrom, opts) : undefined;
+  startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
+  progress.stopped?.(true, frozenAt);
   let persister: MemoryPersister | undefined;
   let handedOver = false; // with keepFrozen, set once the image is complete: the caller thaws from then on
   try {
@@ -232,26 +262,19 @@ async function persistPid(
       chunkSize: opts.chunkSize,
       sealer: opts.sealer,
       fsync: opts.fsync ?? true,
+      incremental: inc?.incremental,
     });
-    const plans = (() => {
+    const plans = inc ? await inc.plan(pid, kept, frozen) : (() => {
       using pm = Pagemap.open(pid);
       return kept.map((d) => {
         const runs = pm.runs(d.region.start, d.region.end, { anonOnly: d.pages === "anon" });
         let bytes = 0;
         for (let i = 0; i < runs.length; i += 2) bytes += Number(runs[i + 1] - runs[i]);
-        return { region: d.region, runs, bytes };
+        return { region: d.region, pieces: [{ start: d.region.start, end: d.region.end, runs }], bytes };
       });
     })();
-    progress.total(plans.reduce((n, p) => n + p.bytes, 0));
-    for (const { region, runs } of plans) {
-      opts.signal?.throwIfAborted();
-      await persister.storeRuns(runs, {
-        start: region.start,
-        end: region.end,
-        signal: opts.signal,
-        progress: (n) => progress.advance(n),
-      });
-    }
+    startPhase(progress, "read", plans.reduce((n, p) => n + p.bytes, 0));
+    for (const [name, bytes] of inc?.sections() ?? []) persister.addSection(name, bytes);
     if (frozen.threads.length) {
       const kernel = readThreadKernelStates(frozen); // signal mask, pending, sigaltstack, robust list
       const threads = frozen.threads.map((t) => ({ ...t, kernel: kernel.get(t.tid) ?? null }));
@@ -260,12 +283,36 @@ async function persistPid(
     persister.addSection("identity", encodeIdentity(processIdentity(pid)));
     persister.addSection("layout", encodeLayout(decisions.map((d) => d.region)));
     persister.addSection("kernel", encodeKernelState(readKernelState(pid))); // what a rollback leaves alone
+    // An incremental image's data is copied out first: the target runs again while it is written.
+    const captured = opts.keepFrozen ? undefined : inc?.capture(pid, plans);
+    let stoppedMs = 0;
+    const release = () => {
+      if (stoppedMs) return;
+      if (opts.leaveStopped) Deno.kill(pid, "SIGSTOP");
+      if (!opts.keepFrozen) {
+        frozen.thaw();
+        progress.stopped?.(false);
+      }
+      stoppedMs = performance.now() - frozenAt;
+    };
+    if (captured) release();
+    for (const { pieces } of plans) {
+      for (const { start, end, runs } of pieces) {
+        opts.signal?.throwIfAborted();
+        await persister.storeRuns(runs, {
+          start,
+          end,
+          source: captured,
+          signal: opts.signal,
+          progress: (n) => progress.advance(n),
+        });
+      }
+    }
     opts.signal?.throwIfAborted();
     // Every byte is read: the target may run while the index is written and the file is synced (unless the
     // caller keeps it frozen).
-    if (opts.leaveStopped) Deno.kill(pid, "SIGSTOP");
-    if (!opts.keepFrozen) frozen.thaw();
-    let stoppedMs = performance.now() - frozenAt;
+    release();
+    startPhase(progress, "sync");
     const summary = await persister.finalize();
     persister = undefined;
     if (opts.keepFrozen) stoppedMs = performance.now() - frozenAt;
@@ -291,6 +338,7 @@ async function persistPid(
       stoppedMs,
       totalMs: performance.now() - started,
       frozen: opts.keepFrozen ? frozen : undefined,
+      incremental: inc?.info,
     };
   } catch (e) {
     if (persister) await persister.abort();
@@ -299,7 +347,10 @@ async function persistPid(
     }
     throw e;
   } finally {
-    if (!handedOver) frozen.thaw();
+    if (!handedOver) {
+      frozen.thaw();
+      progress.stopped?.(false);
+    }
     progress.done();
   }
 }

@@ -31,7 +31,7 @@ import { type LiveRun, WriteProtectServer, type WriteProtectStats } from "../ker
 import type { Region } from "../kernel/region.ts";
 import { MemoryPersister } from "../image/persister.ts";
 import { liveSource } from "../image/sources.ts";
-import { type Progress, silentProgress } from "./progress.ts";
+import { type Progress, silentProgress, startPhase } from "./progress.ts";
 
 /** Options of a live checkpoint (a subset of `CheckpointOptions`). */
 export interface LiveCheckpointOptions extends PolicyOptions {
@@ -123,8 +123,10 @@ export async function persistLive(
   requireCapabilities(`take a live checkpoint of pid ${pid}`, ["userfaultfd", "pidfdGetfd", "pagemapScan"]);
   const progress = opts.progress ?? silentProgress;
   opts.signal?.throwIfAborted();
+  startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
+  progress.stopped?.(true, frozenAt);
   let uffd: Userfaultfd | undefined;
   let server: WriteProtectServer | undefined;
   let persister: MemoryPersister | undefined;
@@ -185,6 +187,7 @@ export async function persistLive(
     server = WriteProtectServer.start(uffd, pid, runs, { neighbours: opts.liveNeighbours });
     const protectMs = performance.now() - protectStarted;
     frozen.thaw();
+    progress.stopped?.(false);
     const stoppedMs = performance.now() - frozenAt;
 
     // The target runs. Copy every run out; the server copies what it writes first.
@@ -194,7 +197,7 @@ export async function persistLive(
       regions: kept.map((d) => d.region),
       fsync: opts.fsync ?? true,
     });
-    progress.total(plans.reduce((n, p) => n + p.bytes, 0));
+    startPhase(progress, "read", plans.reduce((n, p) => n + p.bytes, 0)); // while the target runs
     for (const { region, runs } of plans) {
       opts.signal?.throwIfAborted();
       await persister.storeRuns(runs, {
@@ -218,6 +221,7 @@ export async function persistLive(
     persister.addSection("layout", sections.layout);
     persister.addSection("kernel", sections.kernel);
     opts.signal?.throwIfAborted();
+    startPhase(progress, "sync");
     const summary = await persister.finalize();
     persister = undefined;
     return {
@@ -255,6 +259,7 @@ export async function persistLive(
     throw e;
   } finally {
     frozen.thaw();
+    progress.stopped?.(false);
     release();
     progress.done();
   }

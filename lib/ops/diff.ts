@@ -11,6 +11,7 @@ import type { Codec } from "../codecs/codec.ts";
 import { CryoError, KeyError } from "../errors.ts";
 import { type ImageRecord, KIND } from "../image/layout.ts";
 import { MemoryLoader } from "../image/loader.ts";
+import { type Progress, silentProgress, startPhase } from "./progress.ts";
 
 /** A run of pages with the same verdict. */
 export interface DiffRun {
@@ -81,7 +82,8 @@ function samePage(x: Uint8Array | null, y: Uint8Array | null): boolean {
  *
  * @param pathA The first image.
  * @param pathB The second image.
- * @param opts `codecs` for compressed records.
+ * @param opts `codecs` for compressed records; `progress`, told the bytes of address space compared (phase
+ *   `compare`).
  * @returns The differing pages as runs, and counts.
  * @throws {CryoError} When the images come from different page sizes.
  * @throws {KeyError} When either image is encrypted (its records are not decrypted here).
@@ -89,8 +91,9 @@ function samePage(x: Uint8Array | null, y: Uint8Array | null): boolean {
 export async function diff(
   pathA: string,
   pathB: string,
-  opts: { codecs?: readonly Codec[] } = {},
+  opts: { codecs?: readonly Codec[]; progress?: Progress } = {},
 ): Promise<DiffResult> {
+  const progress = opts.progress ?? silentProgress;
   using la = await MemoryLoader.open(pathA, opts);
   using lb = await MemoryLoader.open(pathB, opts);
   if (la.header.pageSize !== lb.header.pageSize || la.header.pageSize !== PAGE_SIZE) {
@@ -112,6 +115,15 @@ export async function diff(
     bounds.add(r.address + BigInt(r.length));
   }
   const points = [...bounds].sort((x, y) => (x < y ? -1 : x > y ? 1 : 0));
+  {
+    // The bytes to compare: every span either image covers (fresh cursors: `at` only moves forward).
+    const ca: Cursor = { ...a, i: 0 }, cb: Cursor = { ...b, i: 0 };
+    let total = 0;
+    for (let k = 0; k + 1 < points.length; k++) {
+      if (at(ca, points[k]) || at(cb, points[k])) total += Number(points[k + 1] - points[k]);
+    }
+    startPhase(progress, "compare", total);
+  }
   const runs: DiffRun[] = [];
   let differentPages = 0;
   let comparedPages = 0;
@@ -122,24 +134,33 @@ export async function diff(
     if (last && last.end === start && last.kind === kind) last.end = end;
     else runs.push({ start, end, kind });
   };
-  for (let k = 0; k + 1 < points.length; k++) {
-    const start = points[k];
-    const end = points[k + 1];
-    const ra = at(a, start);
-    const rb = at(b, start);
-    if (!ra && !rb) continue;
-    if (!ra || !rb) {
-      mark(start, end, ra ? "only-a" : "only-b");
-      continue;
+  try {
+    let pending = 0;
+    for (let k = 0; k + 1 < points.length; k++) {
+      if (pending) progress.advance(pending);
+      pending = 0;
+      const start = points[k];
+      const end = points[k + 1];
+      const ra = at(a, start);
+      const rb = at(b, start);
+      if (!ra && !rb) continue;
+      pending = Number(end - start); // told once it is compared
+      if (!ra || !rb) {
+        mark(start, end, ra ? "only-a" : "only-b");
+        continue;
+      }
+      if (ra.kind === KIND.HOLE && rb.kind === KIND.HOLE) {
+        comparedPages += Number((end - start) / page);
+        continue;
+      }
+      for (let p = start; p < end; p += page) {
+        comparedPages++;
+        if (!samePage(await pageOf(a, ra, p), await pageOf(b, rb, p))) mark(p, p + page, "changed");
+      }
     }
-    if (ra.kind === KIND.HOLE && rb.kind === KIND.HOLE) {
-      comparedPages += Number((end - start) / page);
-      continue;
-    }
-    for (let p = start; p < end; p += page) {
-      comparedPages++;
-      if (!samePage(await pageOf(a, ra, p), await pageOf(b, rb, p))) mark(p, p + page, "changed");
-    }
+    if (pending) progress.advance(pending);
+  } finally {
+    progress.done();
   }
   return { a: pathA, b: pathB, differentPages, comparedPages, runs };
 }

@@ -18,6 +18,7 @@ import { readPrivateMarker, removePrivateMarker, startTimeOf, writePrivateMarker
 import { inject } from "../kernel/inject.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import { MADV } from "../../ffi/constants.ts";
+import { startPhase } from "./progress.ts";
 
 /** Memory figures of a process, from `/proc/PID/status`, in bytes. */
 export interface ProcessMemory {
@@ -274,6 +275,7 @@ export async function hibernate(
   }
   // The release point: the image is complete and synced, the marker written.
   const releaseStarted = performance.now();
+  if (opts.progress) startPhase(opts.progress, "release");
   let regionsReleased = 0;
   let releasedBytes = 0n;
   try {
@@ -296,6 +298,7 @@ export async function hibernate(
     );
   }
   const releaseMs = performance.now() - releaseStarted;
+  opts.progress?.done();
   frozen.thaw(true); // the hold stays: the process is stopped (state T) until wake sends SIGCONT
   const stoppedMs = performance.now() - frozenAt;
   await settleStopped(pid);

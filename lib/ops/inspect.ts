@@ -6,6 +6,7 @@
  */
 
 import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "../image/layout.ts";
+import { ImageChain, imageDigest, isIncremental } from "../image/chain.ts";
 import { requireSealed, sealParamsOf } from "../image/sealing.ts";
 import { FIXED_HEADER_LENGTH } from "../image/format.ts";
 import { decodeFixedHeader } from "../image/header.ts";
@@ -17,6 +18,24 @@ import type { Codec } from "../codecs/codec.ts";
 import { ImageError } from "../errors.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
 import { Sealer, type SealKey } from "../codecs/seal.ts";
+import { phaseCounter, type Progress, silentProgress, startPhase } from "./progress.ts";
+
+/**
+ * `loader.verify()`, reported to `progress` as the phases `verify` (the file's checksums) and `decode` (every
+ * compressed record decoded). A sink without `phase()` is told nothing: its one bar is the operation's main
+ * work (a restore's write), not the verification before it.
+ *
+ * @param loader The open image.
+ * @param progress The progress sink.
+ */
+export async function verifyWithProgress(loader: MemoryLoader, progress: Progress): Promise<void> {
+  if (!progress.phase) return await loader.verify();
+  const decodeBytes = loader.records.reduce(
+    (n, r) => n + (r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0 ? r.length : 0),
+    0,
+  );
+  await loader.verify(phaseCounter(progress, { verify: loader.fileSize, decode: decodeBytes }));
+}
 
 /** One region of {@link ImageInfo}. */
 export interface InspectRegion {
@@ -93,6 +112,13 @@ export interface ImageInfo {
   kernel?: KernelState & { summary: string };
   /** Every record, when asked for. */
   records?: InspectRecord[];
+  /**
+   * An incremental image's chain, this image first, down to the full image it builds on (lib/image/chain.ts);
+   * undefined for a full image.
+   */
+  chain?: { path: string; digest: string; incremental: boolean; dataBytes: number; fileBytes: number }[];
+  /** Why the chain could not be followed (a parent missing or not the one named). */
+  chainError?: string;
 }
 
 const CODECS = ["raw", "zstd", "lz4"];
@@ -124,6 +150,22 @@ function featureNames(bits: bigint, names: Record<string, bigint>): string[] {
 export async function inspect(path: string, opts: { records?: boolean } = {}): Promise<ImageInfo> {
   using loader = await MemoryLoader.open(path);
   const stat = Deno.statSync(path);
+  let chain: ImageInfo["chain"];
+  let chainError: string | undefined;
+  if (isIncremental(loader)) {
+    try {
+      using c = await ImageChain.open(path, { verify: false });
+      chain = c.images.map((l) => ({
+        path: l.path,
+        digest: imageDigest(l.path).digest,
+        incremental: isIncremental(l),
+        dataBytes: l.footer.dataBytes,
+        fileBytes: l.fileSize,
+      }));
+    } catch (e) {
+      chainError = (e as Error).message;
+    }
+  }
   const regions: InspectRegion[] = loader.regions.map((g) => ({
     start: g.start,
     end: g.end,
@@ -193,6 +235,8 @@ export async function inspect(path: string, opts: { records?: boolean } = {}): P
         segment: r.segment,
       }))
       : undefined,
+    chain,
+    chainError,
   };
 }
 
@@ -221,12 +265,14 @@ export interface VerifyResult {
  */
 export async function verify(
   path: string,
-  opts: { codecs?: readonly Codec[]; key?: SealKey } = {},
+  opts: { codecs?: readonly Codec[]; key?: SealKey; progress?: Progress } = {},
 ): Promise<VerifyResult> {
   const started = performance.now();
+  const progress = opts.progress ?? silentProgress;
   let bytes = 0;
   try {
     if (path === "-") {
+      startPhase(progress, "verify"); // a stream's length is known only at its end
       const s = await verifyStream("-", { ...opts, path: "stdin" });
       return {
         path,
@@ -238,10 +284,22 @@ export async function verify(
     }
     using loader = await MemoryLoader.open(path, opts);
     bytes = loader.fileSize;
-    await loader.verify();
+    await verifyWithProgress(loader, progress);
     const encrypted = loader.encrypted;
     requireSealed(encrypted, opts.key, path); // a key means only a sealed image is sound
-    if (encrypted && opts.key) await verifyStream(await openInput(path), { ...opts, path });
+    if (encrypted && opts.key) {
+      startPhase(progress, "decode", loader.fileSize); // authenticated and decrypted as a stream
+      let read = 0;
+      await verifyStream(await openInput(path), {
+        ...opts,
+        path,
+        onChunk: (r) => {
+          read += r.storedLength;
+          progress.advance(r.storedLength);
+        },
+      });
+      progress.advance(Math.max(0, loader.fileSize - read));
+    }
     return { path, ok: true, authenticated: encrypted && !!opts.key, bytes, ms: performance.now() - started };
   } catch (e) {
     if (e instanceof ImageError) {
@@ -255,6 +313,8 @@ export async function verify(
       };
     }
     throw e;
+  } finally {
+    progress.done();
   }
 }
 

@@ -35,7 +35,22 @@ import { KIND } from "../image/layout.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
 import type { SealKey } from "../codecs/seal.ts";
-import { type Progress, silentProgress } from "./progress.ts";
+import { type Progress, silentProgress, startPhase } from "./progress.ts";
+import { verifyWithProgress } from "./inspect.ts";
+import type { ProcessTracking } from "../kernel/tracking.ts";
+import {
+  decodeTrackingSection,
+  readTrackingMark,
+  TRACKING_SECTION,
+  type TrackingMark,
+  trackingSince,
+  writeTrackingMark,
+} from "./tracked.ts";
+import { adoptTracking } from "../kernel/tracking.ts";
+import { isUserfaultfd } from "../kernel/uffd.ts";
+import { loadWritten } from "./restore_written.ts";
+import { openChain } from "./chain_restore.ts";
+import { imageDigest } from "../image/chain.ts";
 
 /** Options of {@link restore}. */
 export interface RestoreOptions {
@@ -82,6 +97,47 @@ export interface RestoreOptions {
    * image is the one that restore recorded (`path` may be empty or the same path). The target is resumed.
    */
   recover?: boolean;
+  /**
+   * Write back only the pages written since the image was taken (lib/ops/restore_written.ts): `"auto"` (the
+   * default) when the image records the tracking it was taken at and the process still holds that arming
+   * (lib/ops/tracked.ts), a {@link ProcessTracking} armed when the image was taken (as `snapshot()` keeps), or
+   * `false` for the full path. When the fast path cannot be used the full one is taken, and the result's
+   * `tracking.reason` says why; either way the tracking is armed again before the target runs.
+   */
+  tracking?: "auto" | ProcessTracking | false;
+  /**
+   * The image was verified before by this process and has not changed since ({@link imageStamp} of it then):
+   * when the file's stamp is still the same, the full verification is not run again (`snapshot()` verifies its
+   * image once, then rolls back many times).
+   */
+  verified?: ImageStamp;
+}
+
+/** What identifies an image file's contents cheaply: device, inode, size, mtime and the footer checksum. */
+export interface ImageStamp {
+  /** `dev:ino:size:mtime:digest`. */
+  readonly stamp: string;
+}
+
+/**
+ * The stamp of the image at `path` (see {@link ImageStamp}).
+ *
+ * @param path The image.
+ * @returns Its stamp.
+ */
+export function imageStamp(path: string): ImageStamp {
+  const st = Deno.statSync(path);
+  return { stamp: `${st.dev}:${st.ino}:${st.size}:${st.mtime?.getTime()}:${imageDigest(path).digest}` };
+}
+
+/** Whether `path` still has the stamp it had when it was verified. */
+function verifiedBefore(path: string, stamp: ImageStamp | undefined): boolean {
+  if (!stamp) return false;
+  try {
+    return imageStamp(path).stamp === stamp.stamp;
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -121,8 +177,9 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     if (opts.recover) throw new CryoError(`Cannot recover pid ${pid}: the interrupted restore read a stream`);
     return await restoreStream(pid, path, opts);
   }
-  using loader = await MemoryLoader.open(path, { codecs: opts.codecs });
-  await loader.verify();
+  using chain = await openChain(path, opts.codecs); // an incremental image: its chain, flattened
+  using loader = await MemoryLoader.open(chain.path, { codecs: opts.codecs });
+  if (!verifiedBefore(chain.path, opts.verified)) await verifyWithProgress(loader, progress);
   requireSealed(loader.encrypted, opts.key, path);
   if (loader.encrypted) {
     // Encrypted records are authenticated and decrypted by the stream reader (the whole file first).
@@ -136,8 +193,11 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
   const dataBytes = absolute.reduce((n, r) => n + (r.kind === KIND.DATA ? r.length : 0), 0);
   const holeBytes = absolute.reduce((n, r) => n + (r.kind === KIND.HOLE ? r.length : 0), 0);
   const recovering = pendingRecovery(pid); // asked before the freeze, which hides the stopped state
+  startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
+  let fast: ReturnType<typeof pickTracking> | undefined;
+  progress.stopped?.(true, frozenAt);
   try {
     const identity = checkIdentity(pid, path, loader.source, loader.section("identity"), opts.force);
     if (identity.length) recorded = matchThreads(recorded, frozen.tids);
@@ -186,18 +246,42 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       stoppedMs: 0,
       totalMs: 0,
     };
+    const trackingSection = loader.section(TRACKING_SECTION);
+    const picked = fast = pickTracking(pid, opts, trackingSection, path);
+    if ("reason" in picked && opts.tracking !== false && (opts.tracking || trackingSection)) {
+      result.tracking = { used: false, reason: picked.reason };
+    }
     if (!opts.dryRun) {
-      progress.total(dataBytes);
-      const done = await commitRestore(frozen, path, recovering, async (ctx) => {
-        ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
-        ctx.fixLayout(layout, layout.scratchAt);
-        ctx.recreateThreads(recreate); // their stacks are mapped again by now
-        ctx.putOffsets(offsets);
-        const summary = await loader.load(ctx.target);
-        progress.advance(summary.copiedBytes);
-        ctx.endAfter(ending); // last: rolled-back memory does not know them, and ending cannot be undone
-        return summary;
-      }, opts.signal);
+      // The loader batches its writes: the phase is shown as a step with its elapsed time, not a percentage.
+      startPhase(progress, "write");
+      const done = await commitRestore(
+        frozen,
+        path,
+        recovering,
+        async (ctx) => {
+          ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
+          ctx.fixLayout(layout, layout.scratchAt);
+          ctx.recreateThreads(recreate); // their stacks are mapped again by now
+          ctx.putOffsets(offsets);
+          if ("tracking" in picked) {
+            const w = await loadWritten(loader, ctx.target, frozen, picked.tracking);
+            result.tracking = { used: true, writtenBytes: w.writtenBytes, releasedBytes: w.releasedBytes };
+            progress.advance(w.copiedBytes);
+            ctx.endAfter(ending);
+            return { copiedBytes: w.copiedBytes, mappedBytes: 0, holeBytes: w.holeBytes, mappedRegions: 0 };
+          }
+          const summary = await loader.load(ctx.target);
+          progress.advance(summary.copiedBytes); // written (the write phase is shown uncounted: these are its bytes)
+          if ("rearm" in picked && picked.rearm && picked.mark) {
+            picked.rearm.arm(); // the memory is the image's again: so are the written bits (still frozen)
+            writeTrackingMark(pid, picked.mark);
+          }
+          ctx.endAfter(ending); // last: rolled-back memory does not know them, and ending cannot be undone
+          return summary;
+        },
+        opts.signal,
+        progress,
+      );
       result.holeBytes = done.value.holeBytes;
       result.threadsRestored = done.threadsRestored;
       result.threadsEnded = done.threadsEnded;
@@ -205,13 +289,45 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       result.recovered = done.recovered;
     }
     frozen.thaw();
+    progress.stopped?.(false);
     result.stoppedMs = performance.now() - frozenAt;
     result.totalMs = performance.now() - started;
     return result;
   } finally {
     frozen.thaw();
+    progress.stopped?.(false);
+    if (fast && "tracking" in fast && fast.own) fast.tracking.close();
+    if (fast && "rearm" in fast) fast.rearm?.close();
     progress.done();
   }
+}
+
+/**
+ * The tracking a rollback may trust (its written bits are those since the image), or why not; with the
+ * reason, a tracking to arm again after a full write (the process holds one for this image's arming).
+ */
+function pickTracking(
+  pid: number,
+  opts: RestoreOptions,
+  section: Uint8Array | undefined,
+  path: string,
+):
+  | { tracking: ProcessTracking; own: boolean }
+  | { reason: string; rearm?: ProcessTracking; mark?: TrackingMark } {
+  if (opts.tracking === false) return { reason: "not asked" };
+  if (opts.tracking && opts.tracking !== "auto") {
+    if (opts.tracking.closed) return { reason: "the tracking was closed" };
+    return { tracking: opts.tracking, own: false };
+  }
+  const found = trackingSince(pid, section, path);
+  if ("tracking" in found) return { tracking: found.tracking, own: true };
+  const mark = readTrackingMark(pid);
+  if (!section || !mark || !isUserfaultfd(pid, mark.fd)) return found;
+  const want = decodeTrackingSection(section, path);
+  if (want.fd !== mark.fd) return found;
+  // The process holds the tracking, armed for another image: after a full write it is this image's again.
+  const rearm = adoptTracking(pid, mark.fd);
+  return { reason: found.reason, rearm, mark: want };
 }
 
 /**

@@ -15,6 +15,7 @@
  * @module
  */
 
+import type { Progress } from "./progress.ts";
 import { LayoutMismatchError, RestoreIncompleteError } from "../errors.ts";
 import type { Frozen } from "../kernel/freeze.ts";
 import { RestoreJournal } from "../kernel/journal.ts";
@@ -154,6 +155,11 @@ export interface RestoreResult {
   recovered: boolean;
   /** How long the target was stopped, in milliseconds (0 for a dry run that did not freeze). */
   stoppedMs: number;
+  /**
+   * Whether only the pages written since the image was taken were written back (write tracking,
+   * lib/ops/restore_written.ts), and if not, why the full path was taken. Absent when tracking was not asked.
+   */
+  tracking?: { used: boolean; reason?: string; writtenBytes?: number; releasedBytes?: number };
   /** How long the whole restore took, in milliseconds. */
   totalMs: number;
 }
@@ -224,6 +230,7 @@ export interface CommitContext {
  *   freeze): the target is then resumed on success, and left stopped on failure.
  * @param write Writes memory and registers through the context.
  * @param signal Aborts: checked after the write, so an abort undoes everything.
+ * @param progress Told when the target runs again.
  * @returns What was done.
  * @throws The write's error, after the target was put back as it was.
  * @throws {RestoreIncompleteError} When putting it back failed too: the target is left stopped.
@@ -234,6 +241,7 @@ export async function commitRestore<T>(
   recovering: boolean,
   write: (ctx: CommitContext) => Promise<T>,
   signal?: AbortSignal,
+  progress?: Progress,
 ): Promise<CommitSummary<T>> {
   const pid = frozen.pid;
   const recovered = recovering;
@@ -336,6 +344,7 @@ export async function commitRestore<T>(
     }
   });
   frozen.thaw();
+  progress?.stopped?.(false);
   if (recovered) libc.kill(pid, SIGCONT); // stopped since the killed restore: let it run again
   removeMarker(pid);
   return {

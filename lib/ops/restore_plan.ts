@@ -17,6 +17,7 @@ import {
   type RecordedRegion,
 } from "../kernel/layout_fix.ts";
 import { readRegions } from "../kernel/maps.ts";
+import { permsString, type Region } from "../kernel/region.ts";
 import { threadStacks } from "../kernel/stacks.ts";
 import type { ImageRegion, SourceInfo } from "../image/layout.ts";
 
@@ -76,9 +77,9 @@ export function planRestoreLayout(
   layout: Uint8Array | undefined,
   ending: readonly number[] = [],
 ): RestoreLayout {
-  const current = readRegions(pid);
+  const current = joinHeap(readRegions(pid));
   const recorded: RecordedRegion[] | undefined = layout ? decodeLayout(layout, path) : undefined;
-  const image = regions.filter((g) => !g.relocatable);
+  const image = joinHeap(regions.filter((g) => !g.relocatable));
   const keep = threadStacks(pid, current).filter((s) => !ending.includes(s.tid)).map((s) => s.region);
   const plan = planLayout(image, current, { recorded, keep });
   if (plan.refusals.length) throw new LayoutMismatchError(`pid ${pid}`, plan.refusals);
@@ -89,4 +90,26 @@ export function planRestoreLayout(
     ? freeGap([...occupied, { start: scratchAt, end: scratchAt + (1n << 16n) }], parking)
     : 0n;
   return { ...plan, scratchAt, parkAt };
+}
+
+/**
+ * The heap as one region: adjacent `[heap]` regions of the same protection joined. The kernel keeps the part
+ * of the heap that `brk` added since a userfaultfd registered it (write tracking) as a region of its own, until
+ * the next arming registers it too; the heap is put back with `brk` as a whole all the same.
+ *
+ * @param regions Regions in address order.
+ * @returns The regions, the heap's joined.
+ */
+export function joinHeap<R extends Region>(regions: readonly R[]): R[] {
+  const out: R[] = [];
+  for (const r of regions) {
+    const last = out[out.length - 1];
+    if (
+      last && last.kind === "heap" && r.kind === "heap" && last.end === r.start &&
+      permsString(last.perms) === permsString(r.perms)
+    ) {
+      out[out.length - 1] = { ...last, end: r.end };
+    } else out.push(r);
+  }
+  return out;
 }

@@ -39,7 +39,7 @@ import {
   type RestoreResult,
   threadChanges,
 } from "./restore_commit.ts";
-import { type Progress, silentProgress } from "./progress.ts";
+import { type Progress, silentProgress, startPhase } from "./progress.ts";
 
 /** Options of {@link restoreStream}. */
 export interface StreamRestoreOptions {
@@ -92,7 +92,12 @@ export async function restoreStream(
   let known: ThreadState[] | undefined; // from a file's verification pass, before anything is written
   let verified: StreamSummary | undefined;
   if (input !== "-") {
-    verified = await verifyStream(await openInput(input), streamOpts); // a key means it must be sealed
+    // Reported to a sink with phases only: a sink with one bar counts the write (see verifyWithProgress).
+    if (progress.phase) startPhase(progress, "verify", (await Deno.stat(input)).size);
+    verified = await verifyStream(await openInput(input), {
+      ...streamOpts,
+      onChunk: progress.phase ? (r) => progress.advance(r.storedLength) : undefined,
+    }); // a key means it must be sealed
     const bytes = verified.sectionBytes.get("threads");
     known = bytes ? decodeThreads(bytes, input) : [];
   }
@@ -103,8 +108,11 @@ export async function restoreStream(
   if (input === "-") opened = await awaitHeader(opened, input, opts.signal);
   const stream = opts.signal ? opened.pipeThrough(new TransformStream(), { signal: opts.signal }) : opened;
   const recovering = pendingRecovery(pid); // asked before the freeze, which hides the stopped state
+  startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
+  progress.stopped?.(true, frozenAt);
+  startPhase(progress, "write", verified?.dataBytes);
   const registers = opts.registers !== false;
   // Threads of the checkpoint that ended since are created again when they can be, threads born since are
   // ended (as restore() does); anything else is refused, unless allowThreadChanges.
@@ -173,8 +181,10 @@ export async function restoreStream(
         return { s, changes };
       },
       opts.signal,
+      progress,
     );
     frozen.thaw();
+    progress.stopped?.(false);
     const { s, changes } = done.value;
     return {
       pid,
@@ -198,6 +208,7 @@ export async function restoreStream(
     };
   } finally {
     frozen.thaw();
+    progress.stopped?.(false);
     progress.done();
   }
 }

@@ -6,8 +6,11 @@
  */
 
 import { checkpoint, type CheckpointOptions, type CheckpointResult } from "./checkpoint.ts";
-import { restore, type RestoreOptions } from "./restore.ts";
+import { type ImageStamp, imageStamp, restore, type RestoreOptions } from "./restore.ts";
+import { MemoryLoader } from "../image/loader.ts";
 import type { RestoreResult } from "./restore_commit.ts";
+import { trackingUnavailable } from "../kernel/tracking.ts";
+import { releaseTracking } from "./tracked.ts";
 
 /** Options of {@link snapshot}: the checkpoint's, and how long to wait for the target to settle. */
 export interface SnapshotOptions extends CheckpointOptions {
@@ -18,6 +21,13 @@ export interface SnapshotOptions extends CheckpointOptions {
   settleMs?: number;
   /** Wait at most this long for it to settle, then snapshot it anyway (default 5000 ms). */
   settleTimeoutMs?: number;
+  /**
+   * Track the writes of the target from the snapshot on (default true where the kernel can,
+   * lib/kernel/tracking.ts), so that a rollback writes back only the pages written since (and releases the
+   * pages first populated since). Without it, or where the kernel cannot, every rollback takes the full path;
+   * its result's `tracking.reason` says why.
+   */
+  track?: boolean;
 }
 
 /** What can be compared of a process's thread set and layout, cheaply. */
@@ -56,13 +66,27 @@ export class Snapshot implements AsyncDisposable {
   /** What the checkpoint persisted. */
   readonly taken: CheckpointResult;
   readonly #dir: string;
+  readonly #untracked: string | undefined;
+  #verified: ImageStamp | undefined;
   #closed = false;
 
-  private constructor(pid: number, dir: string, path: string, taken: CheckpointResult) {
+  private constructor(
+    pid: number,
+    dir: string,
+    path: string,
+    taken: CheckpointResult,
+    untracked: string | undefined,
+  ) {
     this.pid = pid;
     this.#dir = dir;
     this.path = path;
     this.taken = taken;
+    this.#untracked = untracked;
+  }
+
+  /** Whether write tracking was armed at the snapshot (rollbacks then write back only what was written since). */
+  get tracked(): boolean {
+    return this.#untracked === undefined;
   }
 
   /** @internal Use {@link snapshot}. */
@@ -70,9 +94,20 @@ export class Snapshot implements AsyncDisposable {
     await settle(pid, opts.settleMs ?? 200, opts.settleTimeoutMs ?? 5000);
     const dir = await Deno.makeTempDir({ prefix: "cryo-snapshot-" });
     const path = `${dir}/${pid}.cryo`;
+    // Armed inside the checkpoint's own freeze (lib/ops/incremental.ts), kept in the target: a second freeze
+    // just before the checkpoint would leave threads restarting their timed waits (restart_syscall) when their
+    // registers are recorded, and a rollback could not create such a thread again once it ended.
+    const track = opts.track !== false && !trackingUnavailable();
     try {
-      const taken = await checkpoint(pid, path, { fsync: false, ...opts });
-      return new Snapshot(pid, dir, path, taken);
+      const taken = await checkpoint(pid, path, { fsync: false, ...opts, track });
+      const untracked = opts.track === false
+        ? "not asked (track: false)"
+        : !track
+        ? trackingUnavailable()
+        : taken.incremental?.armed
+        ? undefined
+        : taken.incremental?.reason ?? "tracking was not armed";
+      return new Snapshot(pid, dir, path, taken, untracked);
     } catch (e) {
       await Deno.remove(dir, { recursive: true });
       throw e;
@@ -80,20 +115,39 @@ export class Snapshot implements AsyncDisposable {
   }
 
   /**
-   * Roll the process back to the snapshot: memory and (by default) registers.
+   * Roll the process back to the snapshot: memory and (by default) registers. With tracking, only the pages
+   * written since the snapshot are written back, the pages first populated since are released, and the
+   * tracking is armed again; the result's `tracking` says which path was taken.
    *
    * @param opts Restore options (registers, codecs).
    * @returns What was written.
    */
-  rollback(opts: RestoreOptions = {}): Promise<RestoreResult> {
+  async rollback(opts: RestoreOptions = {}): Promise<RestoreResult> {
     if (this.#closed) throw new Error(`Cannot roll back pid ${this.pid}: the snapshot is closed`);
-    return restore(this.pid, this.path, opts);
+    if (!this.#verified) {
+      // Verified once, in full; later rollbacks check that the file is still the one verified (its stamp).
+      using loader = await MemoryLoader.open(this.path, { codecs: opts.codecs });
+      await loader.verify();
+      this.#verified = imageStamp(this.path);
+    }
+    const result = await restore(this.pid, this.path, {
+      tracking: this.tracked ? "auto" : false,
+      verified: this.#verified,
+      ...opts,
+    });
+    if (!this.tracked) result.tracking = { used: false, reason: this.#untracked };
+    return result;
   }
 
   /** Remove the image. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.tracked) {
+      try {
+        releaseTracking(this.pid); // the target's userfaultfd closed (by an injected close), the marker removed
+      } catch { /* the process is gone */ }
+    }
     await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
   }
 

@@ -33,7 +33,8 @@ import { anonymousRange, RemoteWriter } from "../image/remote.ts";
 import { inject } from "../kernel/inject.ts";
 import { isUserfaultfd, UFFDIO_REGISTER_MODE, Userfaultfd } from "../kernel/uffd.ts";
 import { FaultServer, type FaultServerStats } from "../kernel/fault_server.ts";
-import { type Progress, silentProgress } from "./progress.ts";
+import { type Progress, silentProgress, startPhase } from "./progress.ts";
+import { verifyWithProgress } from "./inspect.ts";
 import {
   type HibernationMarker,
   imageIdentity,
@@ -193,6 +194,7 @@ export async function wake(pid: number, path: string, opts: WakeOptions = {}): P
   const abs = found.abs;
   if (found.resume) return await lazyWake(pid, abs, opts, started, found.marker.uffdFd);
   if (!opts.lazy) {
+    opts.progress?.stopped?.(true, started); // hibernated: stopped since then
     const r = await restore(pid, abs, {
       key: opts.key,
       codecs: opts.codecs,
@@ -262,7 +264,8 @@ async function lazyWake(
 ): Promise<WakeResult> {
   const progress = opts.progress ?? silentProgress;
   using loader = await MemoryLoader.open(abs, { codecs: opts.codecs });
-  await loader.verify();
+  progress.stopped?.(true, started); // hibernated: stopped since then
+  await verifyWithProgress(loader, progress);
   requireSealed(loader.encrypted, opts.key, abs);
   if (loader.encrypted) {
     throw new CryoError(
@@ -294,7 +297,7 @@ async function lazyWake(
     source: sources.get(r.address)!,
   }));
   const serverOpts = { maxPrefetch: opts.maxPrefetch ?? 1 << 20 };
-  progress.total(dataBytes);
+  const eagerBytes = eagerRecords.reduce((n, r) => n + (r.kind === KIND.DATA ? r.length : 0), 0);
 
   let uffd: Userfaultfd | undefined;
   let server: FaultServer | undefined;
@@ -304,7 +307,9 @@ async function lazyWake(
     server = FaultServer.start(uffd, runs, serverOpts);
     if (processState(pid) === "T") Deno.kill(pid, "SIGCONT"); // killed after it was set up, before the resume
   } else {
+    startPhase(progress, "freeze");
     const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
+    startPhase(progress, "write", eagerBytes);
     try {
       loader.checkTarget(pidTarget(pid));
       if (threadsBytes) refuseThreadChanges(pid, threadChanges(recorded, frozen.tids));
@@ -354,6 +359,8 @@ async function lazyWake(
     frozen.thaw();
     Deno.kill(pid, "SIGCONT");
   }
+  progress.stopped?.(false);
+  startPhase(progress, "fill", dataBytes - eagerBytes);
   const resumedAt = performance.now();
   const stoppedMs = resumedAt - started;
   await opts.onResumed?.();

@@ -5,6 +5,7 @@
  */
 
 import { checkpoint } from "../../ops/checkpoint.ts";
+import type { IncrementalInfo } from "../../ops/incremental.ts";
 import type { RegionFilter } from "../../kernel/policy.ts";
 import { REGION_KINDS, type RegionKind } from "../../kernel/region.ts";
 import { parse, parsePid, parseRange } from "../args.ts";
@@ -71,6 +72,12 @@ options:
                         the write goes through, so the image is still its memory at the freeze (docs/LIVE.md)
   --live-neighbours N   with --live: pages copied aside per write fault (a power of two, 1-512; default 1)
   --stopped             keep the process stopped while its memory is read (the default)
+  --track               arm write tracking at this checkpoint (a userfaultfd kept in PID): a later
+                        \`restore --pid PID\` of this image writes back only the pages written since, and a
+                        later \`checkpoint --parent\` over it reads only those
+  --parent IMAGE        an incremental image: store only what changed since IMAGE (written pages, by the
+                        tracking armed at IMAGE; else the pages that differ from it). It restores with its
+                        chain, and \`cryo flatten\` makes it a full image again
   --no-registers        do not record thread registers
   --no-fsync            do not fsync the image (faster, not crash safe)
   --leave-stopped       leave the process stopped (SIGSTOP) afterwards; resume it with kill -CONT
@@ -82,6 +89,8 @@ examples:
   cryo checkpoint --pid 4242 -o app.cryo --live
   cryo checkpoint --pid 4242 -o app.cryo --exclude path:'*.so*' --json
   cryo checkpoint --pid 4242 -o app.cryo --compress zstd:1 --key-file app.key
+  cryo checkpoint --pid 4242 -o base.cryo --track
+  cryo checkpoint --pid 4242 -o next.cryo --parent base.cryo --track
   cryo checkpoint --pid 4242 -o - | ssh host cryo restore --pid 99 -`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
@@ -97,6 +106,8 @@ examples:
       "no-registers": { type: "boolean" },
       "no-fsync": { type: "boolean" },
       "leave-stopped": { type: "boolean" },
+      track: { type: "boolean" },
+      parent: { type: "string" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -133,6 +144,8 @@ examples:
       registers: !values["no-registers"],
       fsync: !values["no-fsync"],
       leaveStopped: values["leave-stopped"],
+      track: values.track,
+      parent: values.parent,
       progress: progressBar("checkpoint", values.quiet || values.json),
       signal: ctx.signal,
     });
@@ -155,8 +168,23 @@ examples:
         (result.live
           ? `\n  live      ${result.live.earlyPages} pages copied early, ${result.live.faults} write faults ` +
             `(longest ${humanDuration(result.live.maxFaultMs)})`
-          : ""),
+          : "") +
+        incrementalLines(result.incremental),
     );
     return 0;
   },
 };
+
+/** The lines that say how an incremental or tracked checkpoint found what changed (one line for a fallback). */
+function incrementalLines(inc: IncrementalInfo | undefined): string {
+  if (!inc) return "";
+  let s = "";
+  if (inc.parent) {
+    s += `\n  parent    ${printable(inc.parent)} (a chain of ${(inc.chain ?? 0) + 1}); ${
+      humanBytes(inc.changedBytes)
+    } changed, ${inc.tracked ? "by write tracking" : "found by comparing with the parent"}`;
+  }
+  if (inc.reason) s += `\n  tracking  not used: ${printable(inc.reason)}`;
+  else if (inc.armed) s += "\n  tracking  armed at this image";
+  return s;
+}

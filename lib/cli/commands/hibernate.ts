@@ -126,13 +126,17 @@ examples:
     ctx.onInterrupt = values.lazy
       ? "once the process runs, the rest of its pages are loaded eagerly before cryo exits; before that it stays hibernated"
       : "anything written is undone: the process stays hibernated";
+    const progress = progressBar("wake", values.quiet || values.json);
     const r = await wake(pid, image, {
       lazy: values.lazy,
       key: await keyFrom(values),
-      progress: progressBar("wake", values.quiet || values.json),
+      progress,
       signal: ctx.signal,
       onResumed: values.lazy && !values.json && !values.quiet
-        ? () => console.error(`cryo wake: pid ${pid} runs again; loading the rest in the background`)
+        ? () => {
+          progress.done(); // erase the line: the note gets its own, the next redraw comes below it
+          console.error(`cryo wake: pid ${pid} runs again; loading the rest in the background`);
+        }
         : undefined,
     });
     if (values.json) {

@@ -12,6 +12,7 @@ import { jsonDocument } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { EXIT } from "../exit.ts";
 import { keyFrom, keyOptions } from "../secure.ts";
+import { progressBar } from "../progress.ts";
 
 const hex = (n: bigint) => `0x${n.toString(16)}`;
 
@@ -70,6 +71,17 @@ examples:
       `holes ${humanBytes(t.holeBytes)} in ${t.holeRecords} records`,
       `sections  ${info.sections.map((s) => `${p(s.name)} (${humanBytes(s.bytes)})`).join(", ") || "none"}`,
       ...(info.kernel?.summary ? [`untouched a rollback leaves ${p(info.kernel.summary)}`] : []),
+      ...(info.chain
+        ? [
+          `chain     ${info.chain.length} images, this one first:`,
+          ...info.chain.map((c) =>
+            `          ${p(c.path)} ${c.digest} ${humanBytes(c.dataBytes)} of data${
+              c.incremental ? "" : " (full)"
+            }`
+          ),
+        ]
+        : []),
+      ...(info.chainError ? [`chain     broken: ${p(info.chainError)}`] : []),
       ...(info.encrypted
         ? [
           "encrypted the records and sections are AES-256-GCM: sizes and layout are shown, contents need the key",
@@ -124,14 +136,20 @@ options:
   --key-file FILE   the key of an encrypted image (or --key-env NAME): every chunk is authenticated too
   --strict          refuse a key file that group or others have access to (else: a warning)
   --json            print the result as JSON
+  -q, --quiet       no progress line
 
 examples:
   cryo verify app.cryo && echo sound
   cryo verify --key-file app.key app.cryo`,
   async run(ctx) {
-    const { values, positionals } = parse(ctx.args, { json: { type: "boolean" }, ...keyOptions });
+    const { values, positionals } = parse(ctx.args, {
+      json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
+      ...keyOptions,
+    });
     const path = onePositional(positionals, "IMAGE");
-    const result = await verify(path, { key: await keyFrom(values) });
+    const progress = progressBar("verify", values.quiet || values.json);
+    const result = await verify(path, { key: await keyFrom(values), progress });
     if (values.json) {
       const { bytes, ...rest } = result;
       out(jsonDocument({ ...rest, checkedBytes: bytes }));
@@ -149,7 +167,7 @@ examples:
 export const diffCommand: Command = {
   name: "diff",
   summary: "show which pages differ between two images of a process",
-  help: `cryo diff A B [--json]
+  help: `cryo diff A B [--json] [-q]
 
 Compares two images page by page (a hole reads as zeros). Lists runs of pages that changed, and ranges only one
 image covers. Exit status, like cmp(1): 0 when they hold the same pages, 1 when they differ, 2 and up on
@@ -158,13 +176,19 @@ yet (their records are not decrypted here).
 
 options:
   --json      print the result as JSON (exit status as above)
+  -q, --quiet no progress line
 
 examples:
   cryo diff before.cryo after.cryo`,
   async run(ctx) {
-    const { values, positionals } = parse(ctx.args, { json: { type: "boolean" } });
+    const { values, positionals } = parse(ctx.args, {
+      json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
+    });
     if (positionals.length !== 2) throw new UsageError("expected two images A and B");
-    const result = await diff(positionals[0], positionals[1]);
+    const result = await diff(positionals[0], positionals[1], {
+      progress: progressBar("diff", values.quiet || values.json),
+    });
     const status = result.differentPages > 0 ? EXIT.no.exit : EXIT.ok.exit;
     if (values.json) {
       out(jsonDocument({ ...result, same: status === 0 }));

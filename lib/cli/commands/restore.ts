@@ -42,6 +42,9 @@ options:
                      the checkpoint (or the image holds none of their stacks): a thread resumed with today's
                      registers on a stack rolled back to then may crash
   --dry-run          verify and check, report what would be written, write nothing
+  --no-track         write the whole image back even when the process holds the write tracking armed at
+                     it (by default such a rollback writes back only the pages written since, and releases
+                     the pages populated since: \`checkpoint --track\`)
   --allow-thread-changes  go ahead although threads of the checkpoint have ended since and cannot be created
                      again (refused by default: memory rolled back would still count on them)
   --keep-born-threads  refuse threads started since the checkpoint instead of ending them (by default they
@@ -69,6 +72,7 @@ examples:
       "keep-born-threads": { type: "boolean" },
       recover: { type: "boolean" },
       "dry-run": { type: "boolean" },
+      "no-track": { type: "boolean" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -87,6 +91,7 @@ examples:
       endBornThreads: !values["keep-born-threads"],
       recover: values.recover,
       dryRun: values["dry-run"],
+      tracking: values["no-track"] ? false : "auto",
       progress: progressBar("restore", values.quiet || values.json),
       signal: ctx.signal,
     });
@@ -119,7 +124,14 @@ examples:
         (result.threadsBorn.length ? `, ${result.threadsBorn.length} born since` : "") +
         (result.threadsRecreated.length ? `, ${result.threadsRecreated.length} created again` : "") +
         (result.threadsEnded.length ? `, ${result.threadsEnded.length} ended` : "") + "\n" +
-        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})`,
+        `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})` +
+        (result.tracking?.used
+          ? `\n  tracking  wrote back only what was written since: ${
+            humanBytes(result.tracking.writtenBytes ?? 0)
+          } written, ${humanBytes(result.tracking.releasedBytes ?? 0)} released`
+          : result.tracking?.reason
+          ? `\n  tracking  full rollback: ${printable(result.tracking.reason)}`
+          : ""),
     );
     return 0;
   },

@@ -1,0 +1,373 @@
+/**
+ * Chains of incremental images. An incremental image (required feature PARENT, docs/FORMAT.md) holds the full
+ * region table, sections and registers of its moment, but its frames cover only what changed since its parent:
+ * every byte of its regions that no frame covers is its parent's (and so on down to a full image). Its
+ * `parent` section names the parent by content: the parent's footer checksum (the XXH3 of a footer that holds
+ * the checksums of the header, the index, which pins every frame table and so every record's checksum, and the
+ * sections: a digest of the whole file) and size; a parent whose digest differs is refused, whatever its name.
+ *
+ * {@link ImageChain} opens a chain over the loader's public API and resolves, for every address of the tip's
+ * regions, which image's record holds it; {@link flattenChain} writes the chain as one full image.
+ *
+ * @module
+ */
+
+import { CryoError, ImageError } from "../errors.ts";
+import { hex } from "../hex.ts";
+import type { Codec } from "../codecs/codec.ts";
+import { intersectRuns, type Runs, runsOf, subtractRuns } from "../kernel/run_sets.ts";
+import { type ImageRecord, KIND, REQUIRED } from "./layout.ts";
+import { MemoryLoader } from "./loader.ts";
+import { type ImageSummary, MemoryPersister } from "./persister.ts";
+import type { MemorySource } from "./sources.ts";
+import { dirOf } from "./tempfile.ts";
+
+/** The section of an incremental image that names its parent. */
+export const PARENT_SECTION = "parent";
+
+/** Longest chain followed (a loop of images naming each other is refused long before). */
+export const MAX_CHAIN_LENGTH = 4096;
+
+/** How an incremental image names its parent. */
+export interface ParentLink {
+  /** The parent's footer checksum, 16 hex digits: its content identity. */
+  digest: string;
+  /** The parent's size in bytes. */
+  fileSize: number;
+  /** Where the parent was: a path relative to the child's directory, or absolute. */
+  path: string;
+}
+
+/**
+ * The `parent` section's bytes: UTF-8 JSON `{"version": 1, "digest", "fileSize", "path"}`.
+ *
+ * @param link The parent.
+ * @returns The bytes.
+ */
+export function encodeParentSection(link: ParentLink): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify({ version: 1, ...link }));
+}
+
+/**
+ * Decode a `parent` section.
+ *
+ * @param bytes The section.
+ * @param path The child image, for errors.
+ * @returns The parent's link.
+ * @throws {ImageError} When it is not version 1 of the section.
+ */
+export function decodeParentSection(bytes: Uint8Array, path: string): ParentLink {
+  let v: Record<string, unknown>;
+  try {
+    v = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch {
+    throw new ImageError(path, 0, "the parent section is not UTF-8 JSON");
+  }
+  if (
+    v.version !== 1 || typeof v.digest !== "string" || !/^[0-9a-f]{16}$/.test(v.digest) ||
+    typeof v.fileSize !== "number" || typeof v.path !== "string"
+  ) {
+    throw new ImageError(path, 0, "the parent section is not version 1 with digest, fileSize and path");
+  }
+  return { digest: v.digest, fileSize: v.fileSize, path: v.path };
+}
+
+/**
+ * An image's content identity: its footer checksum (the file's last 8 bytes) and its size.
+ *
+ * @param path The image.
+ * @returns The digest (16 hex digits) and size.
+ */
+export function imageDigest(path: string): { digest: string; fileSize: number } {
+  using f = Deno.openSync(path);
+  const fileSize = f.statSync().size;
+  if (fileSize < 8) throw new ImageError(path, 0, `file of ${fileSize} bytes is too small to be an image`);
+  f.seekSync(fileSize - 8, Deno.SeekMode.Start);
+  const b = new Uint8Array(8);
+  let got = 0;
+  while (got < 8) {
+    const n = f.readSync(b.subarray(got));
+    if (n === null) throw new ImageError(path, fileSize - 8 + got, "unexpected end of file");
+    got += n;
+  }
+  const digest = new DataView(b.buffer).getBigUint64(0, true).toString(16).padStart(16, "0");
+  return { digest, fileSize };
+}
+
+/**
+ * The link a child image at `childPath` records for the parent at `parentPath`.
+ *
+ * @param parentPath The parent image.
+ * @param childPath Where the child is written.
+ * @returns The link (the path relative to the child's directory when the parent lies in it).
+ */
+export function parentLink(parentPath: string, childPath: string): ParentLink {
+  const abs = (p: string) => (p.startsWith("/") ? p : `${Deno.cwd()}/${p}`);
+  const parent = abs(parentPath), dir = abs(dirOf(childPath));
+  const rel = parent.startsWith(`${dir}/`) && !parent.slice(dir.length + 1).includes("/")
+    ? parent.slice(dir.length + 1)
+    : parent;
+  return { ...imageDigest(parentPath), path: childPath === "-" ? parent : rel };
+}
+
+/** Whether an open image is incremental (names a parent). */
+export function isIncremental(loader: MemoryLoader): boolean {
+  return (loader.header.requiredFeatures & REQUIRED.PARENT) !== 0n;
+}
+
+/** One piece of the resolved chain: `[start, end)` is held by `images[image]`'s records. */
+export interface ChainPiece {
+  /** First address. */
+  start: bigint;
+  /** One past the last. */
+  end: bigint;
+  /** Index into {@link ImageChain.images} (0 = the tip). */
+  image: number;
+}
+
+/** An open chain of images, tip first, down to a full image. Close it (or `using`) when done. */
+export class ImageChain implements Disposable {
+  /** The images, tip first; the last is a full image. */
+  readonly images: readonly MemoryLoader[];
+
+  private constructor(images: MemoryLoader[]) {
+    this.images = images;
+  }
+
+  /**
+   * Open the image at `tip` and, while it is incremental, its parent, checking each parent's content identity
+   * against the link its child records. With `verify` (default true) every image is verified.
+   *
+   * @param tip The newest image (a full image makes a chain of one).
+   * @param opts Codecs, verification, and `parents`: paths to use for the parents instead of the recorded ones
+   *   (tip's parent first).
+   * @returns The chain.
+   * @throws {ImageError} When a parent's digest or size is not the one recorded, or a parent is missing.
+   */
+  static async open(
+    tip: string,
+    opts: { codecs?: readonly Codec[]; verify?: boolean; parents?: readonly string[] } = {},
+  ): Promise<ImageChain> {
+    const images: MemoryLoader[] = [];
+    try {
+      let path = tip;
+      for (let depth = 0;; depth++) {
+        if (depth >= MAX_CHAIN_LENGTH) {
+          throw new ImageError(tip, 0, `chain longer than ${MAX_CHAIN_LENGTH} images`);
+        }
+        const loader = await MemoryLoader.open(path, { codecs: opts.codecs });
+        images.push(loader);
+        if (opts.verify ?? true) await loader.verify();
+        if (!isIncremental(loader)) break;
+        const bytes = loader.section(PARENT_SECTION);
+        if (!bytes) throw new ImageError(path, 16, "incremental (PARENT) but has no parent section");
+        const link = decodeParentSection(bytes, path);
+        const next = opts.parents?.[depth] ??
+          (link.path.startsWith("/") ? link.path : `${dirOf(path)}/${link.path}`);
+        let found: { digest: string; fileSize: number };
+        try {
+          found = imageDigest(next);
+        } catch (e) {
+          if (e instanceof Deno.errors.NotFound) {
+            throw new ImageError(path, 0, `its parent ${next} (digest ${link.digest}) is missing`);
+          }
+          throw e;
+        }
+        if (found.digest !== link.digest || found.fileSize !== link.fileSize) {
+          throw new ImageError(
+            path,
+            0,
+            `its parent must have digest ${link.digest} (${link.fileSize} bytes); ${next} has ${found.digest} (${found.fileSize} bytes): not its parent`,
+          );
+        }
+        path = next;
+      }
+      return new ImageChain(images);
+    } catch (e) {
+      for (const l of images) l.close();
+      throw e;
+    }
+  }
+
+  /** The tip. */
+  get tip(): MemoryLoader {
+    return this.images[0];
+  }
+
+  /**
+   * Which image holds each byte of the tip's absolute regions: the newest one whose frames cover it.
+   *
+   * @returns Pieces sorted by address, not overlapping.
+   * @throws {ImageError} When some byte of the tip's regions is covered by no image of the chain.
+   */
+  pieces(): ChainPiece[] {
+    let remaining: Runs = runsOf(this.tip.regions.filter((g) => !g.relocatable));
+    const pieces: ChainPiece[] = [];
+    this.images.forEach((img, i) => {
+      if (!remaining.length) return;
+      const covered = runsOf(img.frames.filter((f) => !f.isEnd && f.segment === 0));
+      const take = intersectRuns(remaining, covered);
+      for (let k = 0; k < take.length; k += 2) pieces.push({ start: take[k], end: take[k + 1], image: i });
+      remaining = subtractRuns(remaining, covered);
+    });
+    if (remaining.length) {
+      throw new ImageError(
+        this.tip.path,
+        0,
+        `${hex(remaining[0])}-${hex(remaining[1])} is in no image of its chain`,
+      );
+    }
+    return pieces.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  }
+
+  /**
+   * The chain's records, as one image's: each piece clipped from the records of the image that holds it
+   * (data records clipped are still read through their image, see {@link ChainRecord}).
+   *
+   * @returns Records sorted by address.
+   */
+  records(): ChainRecord[] {
+    const out: ChainRecord[] = [];
+    // Pieces are in address order, and so are each image's records (segment 0 first): one cursor per image.
+    const cursors = this.images.map(() => 0);
+    for (const p of this.pieces()) {
+      const recs = this.images[p.image].records;
+      let k = cursors[p.image];
+      while (
+        k < recs.length && recs[k].segment === 0 && recs[k].address + BigInt(recs[k].length) <= p.start
+      ) k++;
+      cursors[p.image] = k;
+      for (; k < recs.length && recs[k].segment === 0 && recs[k].address < p.end; k++) {
+        const r = recs[k];
+        const rs = r.address, re = r.address + BigInt(r.length);
+        const s = rs > p.start ? rs : p.start, e = re < p.end ? re : p.end;
+        out.push({ address: s, length: Number(e - s), kind: r.kind, image: p.image, record: r });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * A memory source that reads the chain's bytes: each range must lie inside one data record of one image
+   * ({@link records}); raw records are read in place, others decoded.
+   *
+   * @returns The source; valid while the chain is open.
+   */
+  source(): ChainSource {
+    const bounce = new Uint8Array(16 << 20);
+    const bounceAt = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bounce)));
+    let cached: { r: ImageRecord; bytes: Uint8Array } | undefined;
+    const index = this.records().filter((r) => r.kind === KIND.DATA);
+    const find = (addr: bigint, len: number) => {
+      let lo = 0, hi = index.length - 1;
+      while (lo <= hi) {
+        const mid = (lo + hi) >> 1;
+        const c = index[mid];
+        if (addr < c.address) hi = mid - 1;
+        else if (addr >= c.address + BigInt(c.length)) lo = mid + 1;
+        else if (addr + BigInt(len) <= c.address + BigInt(c.length)) return c;
+        else break;
+      }
+      throw new RangeError(
+        `Cannot read ${len} bytes at ${hex(addr)} of the chain: not inside one data record`,
+      );
+    };
+    const images = this.images;
+    return {
+      kind: "image",
+      pid: this.tip.source.pid,
+      detectZeros: false,
+      window: bounce.length,
+      direct(addr, len) {
+        const c = find(addr, len);
+        if (c.record.codec !== 0) return null;
+        const stored = images[c.image].storedBytes(c.record);
+        return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(stored))) + (addr - c.record.address);
+      },
+      read(addr, len) {
+        const c = find(addr, len);
+        if (cached?.r !== c.record) throw new CryoError(`Cannot read ${hex(addr)}: decode its record first`);
+        const off = Number(addr - c.record.address);
+        bounce.set(cached.bytes.subarray(off, off + len));
+        return bounceAt;
+      },
+      async prepare(c) {
+        if (c.record.codec !== 0 && cached?.r !== c.record) {
+          cached = { r: c.record, bytes: await images[c.image].readRecord(c.record) };
+        }
+      },
+    };
+  }
+
+  /** Close every image. Idempotent. */
+  close(): void {
+    for (const l of this.images) l.close();
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * The chain's bytes as a memory source. `read()` is synchronous, so a compressed record is decoded by
+ * `prepare()` before its pieces are stored.
+ */
+export interface ChainSource extends MemorySource {
+  /**
+   * Decode `c`'s record if it is compressed (a no-op for raw ones, which are read in place).
+   *
+   * @param c The chain record about to be stored.
+   */
+  prepare(c: ChainRecord): Promise<void>;
+}
+
+/** A record of the resolved chain: a piece of one image's record. */
+export interface ChainRecord {
+  /** First address. */
+  address: bigint;
+  /** Bytes. */
+  length: number;
+  /** Data or hole. */
+  kind: number;
+  /** The image holding it (index into {@link ImageChain.images}). */
+  image: number;
+  /** The record it is a piece of. */
+  record: ImageRecord;
+}
+
+/**
+ * Write the chain ending at `tip` as one full image at `out`: the tip's region table and sections (but no
+ * `parent`), and for every address the bytes of the newest image that holds it.
+ *
+ * @param tip The chain's newest image.
+ * @param out The new image's path, or an open descriptor.
+ * @param opts Codecs to read with, fsync, parents' paths (see {@link ImageChain.open}).
+ * @returns What was written.
+ */
+export async function flattenChain(
+  tip: string,
+  out: string | { fd: number },
+  opts: { codecs?: readonly Codec[]; fsync?: boolean; parents?: readonly string[] } = {},
+): Promise<ImageSummary & { chain: number }> {
+  using chain = await ImageChain.open(tip, opts);
+  const source = chain.source();
+  await using persister = await MemoryPersister.create(out, {
+    source,
+    regions: chain.tip.regions,
+    fsync: opts.fsync ?? true,
+    detectZeros: false,
+  });
+  for (const c of chain.records()) {
+    if (c.kind === KIND.HOLE) await persister.storeGap(c.address, c.length);
+    else {
+      await source.prepare(c);
+      await persister.store(c.address, c.length);
+    }
+  }
+  for (const s of chain.tip.sections) {
+    if (s.name !== PARENT_SECTION) persister.addSection(s.name, chain.tip.section(s.name)!);
+  }
+  return { ...(await persister.finalize()), chain: chain.images.length };
+}

@@ -1,0 +1,322 @@
+/**
+ * What a tracked or incremental checkpoint persists (lib/ops/checkpoint.ts calls it while the target is
+ * frozen):
+ *
+ * - `track`: arm write tracking (kept in the target, lib/ops/tracked.ts) at this checkpoint, under a new token
+ *   recorded in the image's `tracking` section and the marker, so that a later rollback to this image, or an
+ *   incremental checkpoint over it, can trust the written bits.
+ * - `parent`: persist only what changed since the parent image: the pages the tracking reports written since
+ *   the parent (when the process holds the arming recorded in the parent), else the pages whose contents
+ *   differ from the parent's (read and compared: a correct fallback that costs a full read), plus, either way,
+ *   the parent's data pages that are no longer populated (they become holes) and every region the parent does
+ *   not cover. Each changed range is stored whole (data and holes); every other byte is the parent's.
+ *
+ * @module
+ */
+
+import { addrOf, libc, PAGE_SIZE, processVmRead, ptrOf } from "../../ffi/libc.ts";
+import { CryoError } from "../errors.ts";
+import type { Frozen } from "../kernel/freeze.ts";
+import { Pagemap } from "../kernel/pagemap.ts";
+import type { Decision } from "../kernel/policy.ts";
+import type { Region } from "../kernel/region.ts";
+import { intersectRuns, type Runs, runsOf, subtractRuns, unionRuns } from "../kernel/run_sets.ts";
+import { RunBuilder } from "../kernel/runs.ts";
+import type { ProcessTracking } from "../kernel/tracking.ts";
+import { trackingUnavailable, trackProcess } from "../kernel/tracking.ts";
+import type { Codec } from "../codecs/codec.ts";
+import {
+  type ChainRecord,
+  encodeParentSection,
+  ImageChain,
+  type ParentLink,
+  parentLink,
+} from "../image/chain.ts";
+import { KIND } from "../image/layout.ts";
+import type { MemorySource } from "../image/sources.ts";
+import { hex } from "../hex.ts";
+import {
+  encodeTrackingSection,
+  readTrackingMark,
+  TRACKING_SECTION,
+  type TrackingMark,
+  trackingSince,
+  writeTrackingMark,
+} from "./tracked.ts";
+import { PARENT_SECTION } from "../image/chain.ts";
+import { adoptTracking } from "../kernel/tracking.ts";
+import { isUserfaultfd } from "../kernel/uffd.ts";
+
+/** What to persist of one region: `pieces` of it, each stored whole (its `runs` as data, the rest as holes). */
+export interface RegionPlan {
+  /** The region. */
+  region: Region;
+  /** Covered ranges, with the runs of populated pages inside each. */
+  pieces: { start: bigint; end: bigint; runs: Runs }[];
+  /** Bytes of runs. */
+  bytes: number;
+}
+
+/** How an incremental or tracked checkpoint found what changed. */
+export interface IncrementalInfo {
+  /** The parent image, when incremental. */
+  parent?: string;
+  /** Images in the chain below this one (1 for a parent that is a full image). */
+  chain?: number;
+  /** Whether the changed pages came from write tracking (else from comparing with the parent). */
+  tracked: boolean;
+  /** Why tracking was not used, when it was not. */
+  reason?: string;
+  /** Whether tracking was armed at this checkpoint (the image records it). */
+  armed: boolean;
+  /** Bytes of the ranges stored (data and holes), against the regions' size. */
+  changedBytes: number;
+}
+
+/** A plan in the making: opened before the freeze, used while frozen, closed after. */
+export class IncrementalPlan implements Disposable {
+  readonly #chain?: ImageChain;
+  readonly #link?: ParentLink;
+  readonly #track: boolean;
+  #tracking?: ProcessTracking;
+  #mark?: TrackingMark;
+  #captured?: Uint8Array;
+  /** What was found (filled by {@link plan}). */
+  readonly info: IncrementalInfo;
+
+  private constructor(track: boolean, chain?: ImageChain, link?: ParentLink, parent?: string) {
+    this.#track = track;
+    this.#chain = chain;
+    this.#link = link;
+    this.info = { parent, chain: chain?.images.length, tracked: false, armed: false, changedBytes: 0 };
+  }
+
+  /**
+   * Open the parent's chain (verified) before the target is frozen.
+   *
+   * @param out Where the new image goes (the parent's link is recorded relative to it).
+   * @param opts `parent` image, `track`, and codecs to read the parent with.
+   * @returns The plan.
+   */
+  static async open(
+    out: string,
+    opts: { parent?: string; track?: boolean; codecs?: readonly Codec[] },
+  ): Promise<IncrementalPlan> {
+    if (!opts.parent) return new IncrementalPlan(opts.track ?? false);
+    const chain = await ImageChain.open(opts.parent, { codecs: opts.codecs });
+    if (chain.tip.encrypted) {
+      chain.close();
+      throw new CryoError(`Cannot checkpoint over ${opts.parent}: encrypted parents are not supported`);
+    }
+    return new IncrementalPlan(opts.track ?? false, chain, parentLink(opts.parent, out), opts.parent);
+  }
+
+  /** Whether the image is incremental. */
+  get incremental(): boolean {
+    return this.#chain !== undefined;
+  }
+
+  /**
+   * Decide what to persist of each kept region, the target frozen: read (and re-arm) the tracking, or compare
+   * with the parent.
+   *
+   * @param pid The target.
+   * @param kept The regions the policy keeps.
+   * @param frozen The freeze.
+   * @returns The plan per region.
+   */
+  async plan(pid: number, kept: readonly Decision<Region>[], frozen: Frozen): Promise<RegionPlan[]> {
+    const present = new Map<Region, Runs>();
+    {
+      using pm = Pagemap.open(pid);
+      for (const d of kept) {
+        present.set(d.region, pm.runs(d.region.start, d.region.end, { anonOnly: d.pages === "anon" }));
+      }
+    }
+    let changed: Runs | undefined;
+    if (this.#chain) {
+      const since = this.#trackingSinceParent(pid);
+      if ("tracking" in since) {
+        this.#tracking = since.tracking;
+        changed = this.#tracking.written({ rearm: false }).all;
+        this.info.tracked = true;
+      } else {
+        this.info.reason = since.reason;
+        changed = await this.#differing(kept, present, pid);
+      }
+      const chainData = runsOf(
+        this.#chain.records().filter((c) => c.kind === KIND.DATA).map((c) => ({
+          start: c.address,
+          end: c.address + BigInt(c.length),
+        })),
+      );
+      let populated: Runs = new BigUint64Array(0);
+      for (const r of present.values()) populated = unionRuns(populated, r);
+      const parentRegions = runsOf(this.#chain.tip.regions.filter((g) => !g.relocatable));
+      changed = unionRuns(changed, subtractRuns(chainData, populated)); // released since: holes now
+      changed = unionRuns(changed, subtractRuns(runsOf(kept.map((d) => d.region)), parentRegions)); // new
+    }
+    if (this.#track) this.#arm(pid, frozen);
+    const plans: RegionPlan[] = [];
+    for (const d of kept) {
+      const g = d.region, runs = present.get(g)!;
+      const covered = changed
+        ? intersectRuns(changed, BigUint64Array.of(g.start, g.end))
+        : BigUint64Array.of(g.start, g.end);
+      const pieces: RegionPlan["pieces"] = [];
+      let bytes = 0;
+      for (let i = 0; i < covered.length; i += 2) {
+        const inside = intersectRuns(runs, covered.subarray(i, i + 2));
+        for (let k = 0; k < inside.length; k += 2) bytes += Number(inside[k + 1] - inside[k]);
+        pieces.push({ start: covered[i], end: covered[i + 1], runs: inside });
+        this.info.changedBytes += Number(covered[i + 1] - covered[i]);
+      }
+      plans.push({ region: g, pieces, bytes });
+    }
+    return plans;
+  }
+
+  /** The tracking whose bits are those since the parent was taken, or why there is none. */
+  #trackingSinceParent(pid: number): { tracking: ProcessTracking } | { reason: string } {
+    const section = this.#chain!.tip.section(TRACKING_SECTION);
+    const found = trackingSince(pid, section, this.info.parent!);
+    return found;
+  }
+
+  /** Arm the tracking at this checkpoint under a new token (the marker first: a failure leaves no stale one). */
+  #arm(pid: number, frozen: Frozen): void {
+    const unavailable = trackingUnavailable();
+    if (unavailable) {
+      this.info.reason ??= unavailable;
+      return;
+    }
+    if (!this.#tracking) {
+      const mark = readTrackingMark(pid);
+      this.#tracking = mark && isUserfaultfd(pid, mark.fd)
+        ? adoptTracking(pid, mark.fd)
+        : trackProcess(pid, { keepInTarget: true, frozen });
+    }
+    this.#mark = { fd: this.#tracking.targetFd, token: crypto.randomUUID() };
+    writeTrackingMark(pid, this.#mark);
+    this.#tracking.arm();
+    this.info.armed = true;
+  }
+
+  /**
+   * The pages of the kept regions whose contents differ from the parent chain's (read from the frozen target
+   * a window at a time and compared page by page), and the parent's holes that are populated now with
+   * something other than zeros.
+   */
+  async #differing(
+    kept: readonly Decision<Region>[],
+    present: Map<Region, Runs>,
+    pid: number,
+  ): Promise<Runs> {
+    const chain = this.#chain!;
+    const records = chain.records();
+    const page = PAGE_SIZE, P = BigInt(page);
+    const window = new Uint8Array(4 << 20);
+    const windowAt = addrOf(Deno.UnsafePointer.of(window));
+    const zero = new Uint8Array(page);
+    const zeroAt = ptrOf(addrOf(Deno.UnsafePointer.of(zero)));
+    const out = new RunBuilder();
+    let rec = 0;
+    let decoded: { c: ChainRecord; bytes: Uint8Array } | undefined;
+    const parentPage = async (a: bigint): Promise<Deno.PointerValue | undefined> => {
+      while (rec < records.length && records[rec].address + BigInt(records[rec].length) <= a) rec++;
+      const c = records[rec];
+      if (!c || c.address > a) return undefined; // not in the parent: counted as changed by the caller
+      if (c.kind === KIND.HOLE) return zeroAt;
+      const img = chain.images[c.image];
+      if (c.record.codec === 0) {
+        return ptrOf(addrOf(Deno.UnsafePointer.of(img.storedBytes(c.record))) + (a - c.record.address));
+      }
+      if (decoded?.c.record !== c.record) decoded = { c, bytes: await img.readRecord(c.record) };
+      return ptrOf(addrOf(Deno.UnsafePointer.of(decoded.bytes)) + (a - c.record.address));
+    };
+    for (const d of kept) {
+      const runs = present.get(d.region)!;
+      for (let i = 0; i < runs.length; i += 2) {
+        for (let at = runs[i]; at < runs[i + 1];) {
+          const n = runs[i + 1] - at < BigInt(window.length) ? runs[i + 1] - at : BigInt(window.length);
+          processVmRead(pid, windowAt, at, n);
+          for (let off = 0n; off < n; off += P) {
+            const a = at + off;
+            const theirs = await parentPage(a);
+            const mine = ptrOf(windowAt + off);
+            if (theirs === undefined || libc.memcmp(mine, theirs, BigInt(page)) !== 0) {
+              out.add(Number(a), Number(a + P));
+            }
+          }
+          at += n;
+        }
+      }
+    }
+    return out.finish();
+  }
+
+  /**
+   * Copy the data the plan stores out of the frozen target into memory, so that the target can be thawed
+   * before the image is written (an incremental image's many small frames take long to write, and they need
+   * not be written while the target waits). Not done above `limit` bytes (then the checkpoint stores while
+   * the target is frozen, as a full one does).
+   *
+   * @param pid The frozen target.
+   * @param plans The plan.
+   * @param limit Most bytes copied (default 256 MiB).
+   * @returns A memory source holding the copy (valid while this plan is open), or undefined.
+   */
+  capture(pid: number, plans: readonly RegionPlan[], limit = 256 << 20): MemorySource | undefined {
+    const total = plans.reduce((n, p) => n + p.bytes, 0);
+    if (total > limit || total === 0) return undefined;
+    const buf = new Uint8Array(total);
+    this.#captured = buf;
+    const at = addrOf(Deno.UnsafePointer.of(buf));
+    const starts: bigint[] = [], ends: bigint[] = [], offs: number[] = [];
+    let off = 0;
+    for (const p of plans) {
+      for (const piece of p.pieces) {
+        for (let i = 0; i < piece.runs.length; i += 2) {
+          const len = piece.runs[i + 1] - piece.runs[i];
+          processVmRead(pid, at + BigInt(off), piece.runs[i], len);
+          starts.push(piece.runs[i]);
+          ends.push(piece.runs[i + 1]);
+          offs.push(off);
+          off += Number(len);
+        }
+      }
+    }
+    const local = (addr: bigint, len: number): bigint => {
+      let lo = 0, hi = starts.length - 1;
+      while (lo <= hi) {
+        const mid = (lo + hi) >> 1;
+        if (addr < starts[mid]) hi = mid - 1;
+        else if (addr >= ends[mid]) lo = mid + 1;
+        else if (addr + BigInt(len) <= ends[mid]) return at + BigInt(offs[mid]) + (addr - starts[mid]);
+        else break;
+      }
+      throw new RangeError(`Cannot read ${len} bytes at ${hex(addr)}: not inside one captured run`);
+    };
+    return { kind: "pid", pid, detectZeros: true, window: Infinity, direct: local, read: local };
+  }
+
+  /** The sections this checkpoint adds: `parent` and `tracking`. */
+  sections(): [string, Uint8Array][] {
+    const s: [string, Uint8Array][] = [];
+    if (this.#link) s.push([PARENT_SECTION, encodeParentSection(this.#link)]);
+    if (this.#mark) s.push([TRACKING_SECTION, encodeTrackingSection(this.#mark)]);
+    return s;
+  }
+
+  /** Close the parent's chain and the tracking handle (the target keeps its own). Idempotent. */
+  close(): void {
+    this.#captured = undefined;
+    this.#chain?.close();
+    this.#tracking?.close();
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
