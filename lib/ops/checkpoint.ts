@@ -14,6 +14,7 @@ import { classify, type Decision, type PolicyOptions } from "../kernel/policy.ts
 import { Pagemap } from "../kernel/pagemap.ts";
 import { markStacks, threadStacks } from "../kernel/stacks.ts";
 import { encodeThreads } from "../kernel/threads.ts";
+import { readThreadKernelStates } from "../kernel/thread_kernel.ts";
 import { encodeIdentity, processIdentity } from "../kernel/identity.ts";
 import { encodeLayout } from "../kernel/layout_fix.ts";
 import { encodeKernelState, readKernelState } from "../kernel/kernel_state.ts";
@@ -283,7 +284,11 @@ async function persistPid(
     })();
     startPhase(progress, "read", plans.reduce((n, p) => n + p.bytes, 0));
     for (const [name, bytes] of inc?.sections() ?? []) persister.addSection(name, bytes);
-    if (frozen.threads.length) persister.addSection("threads", encodeThreads(frozen.threads));
+    if (frozen.threads.length) {
+      const kernel = readThreadKernelStates(frozen); // signal mask, pending, sigaltstack, robust list
+      const threads = frozen.threads.map((t) => ({ ...t, kernel: kernel.get(t.tid) ?? null }));
+      persister.addSection("threads", encodeThreads(threads));
+    }
     persister.addSection("identity", encodeIdentity(processIdentity(pid)));
     persister.addSection("layout", encodeLayout(decisions.map((d) => d.region)));
     persister.addSection("kernel", encodeKernelState(readKernelState(pid))); // what a rollback leaves alone

@@ -12,6 +12,7 @@ import {
   decodeLayout,
   freeGap,
   type LayoutPlan,
+  parkingBytes,
   planLayout,
   type RecordedRegion,
 } from "../kernel/layout_fix.ts";
@@ -82,7 +83,13 @@ export function planRestoreLayout(
   const keep = threadStacks(pid, current).filter((s) => !ending.includes(s.tid)).map((s) => s.region);
   const plan = planLayout(image, current, { recorded, keep });
   if (plan.refusals.length) throw new LayoutMismatchError(`pid ${pid}`, plan.refusals);
-  return { ...plan, scratchAt: freeGap([...current, ...image, ...(recorded ?? [])], 1n << 16n) };
+  const occupied = [...current, ...image, ...(recorded ?? [])];
+  const scratchAt = freeGap(occupied, 1n << 16n);
+  const parking = parkingBytes(plan.changes);
+  const parkAt = parking && scratchAt
+    ? freeGap([...occupied, { start: scratchAt, end: scratchAt + (1n << 16n) }], parking)
+    : 0n;
+  return { ...plan, scratchAt, parkAt };
 }
 
 /**
