@@ -257,8 +257,8 @@ export class IncrementalPlan implements Disposable {
 
   /**
    * Copy the data the plan stores out of the frozen target into memory, so that the target can be thawed
-   * before the image is written (an incremental image's many small frames take long to write, and they need
-   * not be written while the target waits). Not done above `limit` bytes (then the checkpoint stores while
+   * before the image is written (an incremental image's scattered runs, packed into shared frames, need not
+   * be written while the target waits). Not done above `limit` bytes (then the checkpoint stores while
    * the target is frozen, as a full one does).
    *
    * @param pid The frozen target.
