@@ -5,7 +5,7 @@ import { CryoError, ImageError, KeyError } from "../lib/errors.ts";
 import { Sealer, SealKey } from "../lib/codecs/seal.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
-import { KIND } from "../lib/image/layout.ts";
+import { KIND } from "../lib/image/format.ts";
 import { hibernate, processMemory, processState, readHibernationMarker } from "../lib/ops/hibernate.ts";
 import { wake } from "../lib/ops/wake.ts";
 

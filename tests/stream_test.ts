@@ -10,7 +10,7 @@ import { loadStream, loadVerified, verifyStream } from "../lib/image/stream.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
 import { keyFromEnv, NONCE_SIZE, Sealer, SealKey } from "../lib/codecs/seal.ts";
-import { KIND } from "../lib/image/layout.ts";
+import { KIND } from "../lib/image/format.ts";
 
 const MiB = 1 << 20;
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");

@@ -16,7 +16,7 @@ import {
   MAX_FRAME_DATA,
   MAX_FRAME_RECORDS,
 } from "./frames.ts";
-import { alignUp, type ImageRecord, KIND } from "./layout.ts";
+import { alignUp, type ImageRecord, KIND } from "./format.ts";
 import type { WriteQueue } from "./write_queue.ts";
 
 /** The frame being filled: its range so far, its records and where their stored bytes are. */

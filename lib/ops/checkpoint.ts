@@ -21,7 +21,7 @@ import { type Codec, raw } from "../codecs/codec.ts";
 import type { Sealer } from "../codecs/seal.ts";
 import { type ImageSummary, MemoryPersister } from "../image/persister.ts";
 import { MemoryLoader } from "../image/loader.ts";
-import { KIND } from "../image/layout.ts";
+import { KIND } from "../image/format.ts";
 import { imageSource, pidSource } from "../image/sources.ts";
 import { budgetShares } from "../image/budget.ts";
 import { dirOf, scratchFile } from "../image/tempfile.ts";

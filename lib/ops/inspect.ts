@@ -5,7 +5,7 @@
  * @module
  */
 
-import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "../image/layout.ts";
+import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "../image/format.ts";
 import { ImageChain, imageDigest, isIncremental } from "../image/chain.ts";
 import { requireSealed, sealParamsOf } from "../image/sealing.ts";
 import { FIXED_HEADER_LENGTH } from "../image/format.ts";

@@ -14,7 +14,7 @@ import { classify, type PolicyOptions } from "../kernel/policy.ts";
 import { permsString, type Region } from "../kernel/region.ts";
 import { decodeLayout } from "../kernel/layout_fix.ts";
 import { transferRemote } from "../image/sources.ts";
-import { KIND } from "../image/layout.ts";
+import { KIND } from "../image/format.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { regionDecisions } from "./checkpoint.ts";

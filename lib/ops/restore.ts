@@ -26,7 +26,7 @@ import { checkBudget } from "../image/budget.ts";
 import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
 import { describeChange } from "../kernel/layout_fix.ts";
 import { recreatable } from "../kernel/threads_fix.ts";
-import { KIND } from "../image/layout.ts";
+import { KIND } from "../image/format.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
 import type { SealKey } from "../codecs/seal.ts";

@@ -18,7 +18,8 @@ import {
 import { readRegions } from "../kernel/maps.ts";
 import { permsString, type Region } from "../kernel/region.ts";
 import { threadStacks } from "../kernel/stacks.ts";
-import type { ImageRegion, SourceInfo } from "../image/layout.ts";
+import type { ImageRegion } from "../image/format.ts";
+import type { SourceInfo } from "../image/header.ts";
 
 /**
  * Refuse a target that is not the image's process, unless forced. The image's `identity` section (pid, start

@@ -26,7 +26,7 @@ import { decodeThreads } from "../kernel/threads.ts";
 import type { Codec } from "../codecs/codec.ts";
 import type { SealKey } from "../codecs/seal.ts";
 import { MemoryLoader } from "../image/loader.ts";
-import { KIND } from "../image/layout.ts";
+import { KIND } from "../image/format.ts";
 import { pidTarget } from "../image/targets.ts";
 import { requireSealed } from "../image/sealing.ts";
 import { anonymousRange, RemoteWriter } from "../image/remote.ts";
