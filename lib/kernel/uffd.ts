@@ -307,16 +307,7 @@ export class Userfaultfd implements Disposable {
     b[2] = length;
     b[3] = 0n;
     b[4] = 0n;
-    if (this.#closed) throw new CryoError(`Cannot UFFDIO.COPY to ${hex(dst)}: the userfaultfd is closed`);
-    for (let tries = 0;; tries++) {
-      if (libc.ioctl(this.fd, UFFDIO.COPY, this.#bufPtr) === 0) return length;
-      const e = errno();
-      const copied = BigInt.asIntN(64, b[4]);
-      if (e === EEXIST) return copied > 0n ? copied : 0n;
-      if (e === EAGAIN && copied <= 0n && tries < 1000) continue; // the mapping is changing: try again
-      if (e === EAGAIN && copied > 0n) return copied;
-      throw systemError("ioctl UFFDIO.COPY", e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
-    }
+    return this.#fill(UFFDIO.COPY, "UFFDIO.COPY", dst, length, 4);
   }
 
   /**
@@ -332,15 +323,30 @@ export class Userfaultfd implements Disposable {
     b[1] = length;
     b[2] = 0n;
     b[3] = 0n;
-    if (this.#closed) throw new CryoError(`Cannot UFFDIO.ZEROPAGE at ${hex(dst)}: the userfaultfd is closed`);
+    return this.#fill(UFFDIO.ZEROPAGE, "UFFDIO.ZEROPAGE", dst, length, 3);
+  }
+
+  /**
+   * Issue a filling ioctl (`COPY`, `ZEROPAGE`) whose argument is in place, trying again while the mapping is
+   * changing (EAGAIN with nothing done); a page that already existed (EEXIST) ends it early.
+   *
+   * @param req The request.
+   * @param name Its name, for errors.
+   * @param dst First address filled, for errors.
+   * @param length Bytes asked for.
+   * @param doneAt The argument's word where the kernel reports the bytes done.
+   * @returns Bytes filled.
+   */
+  #fill(req: bigint, name: string, dst: bigint, length: bigint, doneAt: number): bigint {
+    if (this.#closed) throw new CryoError(`Cannot ${name} at ${hex(dst)}: the userfaultfd is closed`);
     for (let tries = 0;; tries++) {
-      if (libc.ioctl(this.fd, UFFDIO.ZEROPAGE, this.#bufPtr) === 0) return length;
+      if (libc.ioctl(this.fd, req, this.#bufPtr) === 0) return length;
       const e = errno();
-      const done = BigInt.asIntN(64, b[3]);
+      const done = BigInt.asIntN(64, this.#buf[doneAt]);
       if (e === EEXIST) return done > 0n ? done : 0n;
-      if (e === EAGAIN && done <= 0n && tries < 1000) continue;
+      if (e === EAGAIN && done <= 0n && tries < 1000) continue; // the mapping is changing: try again
       if (e === EAGAIN && done > 0n) return done;
-      throw systemError("ioctl UFFDIO.ZEROPAGE", e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
+      throw systemError(`ioctl ${name}`, e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
     }
   }
 
