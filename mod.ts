@@ -37,10 +37,9 @@ export {
   type HibernateOptions,
   type HibernateResult,
   type HibernationMarker,
-  type ProcessMemory,
-  processMemory,
   readHibernationMarker,
 } from "./lib/ops/hibernate.ts";
+export { type ProcessMemory, processMemory } from "./lib/kernel/process_status.ts";
 export { wake, type WakeOptions, type WakeResult } from "./lib/ops/wake.ts";
 export {
   type HibernationStatus,

@@ -6,7 +6,8 @@ import { Sealer, SealKey } from "../lib/codecs/seal.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
 import { KIND } from "../lib/image/format.ts";
-import { hibernate, processMemory, processState, readHibernationMarker } from "../lib/ops/hibernate.ts";
+import { hibernate, readHibernationMarker } from "../lib/ops/hibernate.ts";
+import { processMemory, processState } from "../lib/kernel/process_status.ts";
 import { wake } from "../lib/ops/wake.ts";
 
 const cli = new URL("../cli.ts", import.meta.url).pathname;

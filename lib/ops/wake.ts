@@ -39,14 +39,11 @@ import {
   type HibernationMarker,
   imageIdentity,
   ownerAlive,
-  type ProcessMemory,
-  processMemory,
-  processState,
   readHibernationMarker,
   removeHibernationMarker,
-  settleStopped,
   writeHibernationMarker,
 } from "./hibernate.ts";
+import { type ProcessMemory, processMemory, processState, settleStopped } from "../kernel/process_status.ts";
 import { addrOf, PAGE_SIZE } from "../../ffi/libc.ts";
 import { PAGE_STATE, Pagemap } from "../kernel/pagemap.ts";
 

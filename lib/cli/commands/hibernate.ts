@@ -4,7 +4,8 @@
  * @module
  */
 
-import { hibernate, type ProcessMemory } from "../../ops/hibernate.ts";
+import { hibernate } from "../../ops/hibernate.ts";
+import type { ProcessMemory } from "../../kernel/process_status.ts";
 import { wake } from "../../ops/wake.ts";
 import { serve } from "../../ops/serve.ts";
 import { Sealer } from "../../codecs/seal.ts";
