@@ -30,6 +30,7 @@ export {
   regionDecisions,
 } from "./lib/ops/checkpoint.ts";
 export type { LiveStats } from "./lib/ops/checkpoint_live.ts";
+export type { TakenFigures } from "./lib/ops/checkpoint_record.ts";
 export { type ImageStamp, imageStamp, restore, type RestoreOptions } from "./lib/ops/restore.ts";
 export type { RestoreResult } from "./lib/ops/restore_commit.ts";
 export {
