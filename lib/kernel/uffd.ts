@@ -244,13 +244,9 @@ export class Userfaultfd implements Disposable {
    * @returns The ioctls the range supports (`1 << _UFFDIO_*` bits).
    */
   register(start: bigint, length: bigint, mode: bigint): bigint {
-    const b = this.#buf;
-    b[0] = start;
-    b[1] = length;
-    b[2] = mode;
-    b[3] = 0n;
+    this.#buf.set([start, length, mode, 0n]);
     this.#ioctl(UFFDIO.REGISTER, "UFFDIO.REGISTER", `${hex(start)}+${length}`);
-    return b[3];
+    return this.#buf[3];
   }
 
   /**
@@ -260,8 +256,7 @@ export class Userfaultfd implements Disposable {
    * @param length Bytes.
    */
   unregister(start: bigint, length: bigint): void {
-    this.#buf[0] = start;
-    this.#buf[1] = length;
+    this.#buf.set([start, length]);
     this.#ioctl(UFFDIO.UNREGISTER, "UFFDIO.UNREGISTER", `${hex(start)}+${length}`);
   }
 
@@ -272,8 +267,7 @@ export class Userfaultfd implements Disposable {
    * @param length Bytes.
    */
   wake(start: bigint, length: bigint): void {
-    this.#buf[0] = start;
-    this.#buf[1] = length;
+    this.#buf.set([start, length]);
     this.#ioctl(UFFDIO.WAKE, "UFFDIO.WAKE", `${hex(start)}+${length}`);
   }
 
@@ -285,10 +279,7 @@ export class Userfaultfd implements Disposable {
    * @param protect True to protect, false to lift it (and wake waiters).
    */
   writeProtect(start: bigint, length: bigint, protect = true): void {
-    const b = this.#buf;
-    b[0] = start;
-    b[1] = length;
-    b[2] = protect ? 1n : 0n;
+    this.#buf.set([start, length, protect ? 1n : 0n]);
     this.#ioctl(UFFDIO.WRITEPROTECT, "UFFDIO.WRITEPROTECT", `${hex(start)}+${length}`);
   }
 
@@ -301,12 +292,7 @@ export class Userfaultfd implements Disposable {
    * @returns Bytes copied; less than `length` when a page already existed (EEXIST) partway.
    */
   copy(dst: bigint, src: bigint, length: bigint): bigint {
-    const b = this.#buf;
-    b[0] = dst;
-    b[1] = src;
-    b[2] = length;
-    b[3] = 0n;
-    b[4] = 0n;
+    this.#buf.set([dst, src, length, 0n, 0n]); // struct uffdio_copy: dst, src, len, mode, copy (out)
     return this.#fill(UFFDIO.COPY, "UFFDIO.COPY", dst, length, 4);
   }
 
@@ -318,11 +304,7 @@ export class Userfaultfd implements Disposable {
    * @returns Bytes filled; less than `length` when a page already existed partway.
    */
   zeropage(dst: bigint, length: bigint): bigint {
-    const b = this.#buf;
-    b[0] = dst;
-    b[1] = length;
-    b[2] = 0n;
-    b[3] = 0n;
+    this.#buf.set([dst, length, 0n, 0n]); // struct uffdio_zeropage: range (start, len), mode, zeropage (out)
     return this.#fill(UFFDIO.ZEROPAGE, "UFFDIO.ZEROPAGE", dst, length, 3);
   }
 
