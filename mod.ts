@@ -74,7 +74,7 @@ export type { IncrementalInfo } from "./lib/ops/incremental.ts";
 export { flattenChain } from "./lib/image/chain.ts";
 
 // Keys and codecs.
-export { type KeyFileOptions, keyFromEnv, keyFromFile, SealKey } from "./lib/codecs/seal.ts";
+export { type KeyFileOptions, keyFromEnv, keyFromFile, SealKey } from "./lib/codecs/keys.ts";
 export { type Codec } from "./lib/codecs/codec.ts";
 export { parseCodec } from "./lib/codecs/select.ts";
 export { ZstdCodec } from "./lib/codecs/zstd.ts";

@@ -9,7 +9,8 @@ import { openInput, verifyStream } from "../lib/image/stream.ts";
 import { MAX_CHUNK_LENGTH, MAX_RECORD_LENGTH } from "../lib/image/format.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
-import { Sealer, SealKey } from "../lib/codecs/seal.ts";
+import { Sealer } from "../lib/codecs/seal.ts";
+import { SealKey } from "../lib/codecs/keys.ts";
 import { ImageError } from "../lib/errors.ts";
 
 const KEY = await SealKey.fromBytes(new Uint8Array(32).fill(7));

@@ -9,7 +9,8 @@ import { pidTarget } from "../lib/image/targets.ts";
 import { loadStream, loadVerified, verifyStream } from "../lib/image/stream.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
-import { keyFromEnv, NONCE_SIZE, Sealer, SealKey } from "../lib/codecs/seal.ts";
+import { NONCE_SIZE, Sealer } from "../lib/codecs/seal.ts";
+import { keyFromEnv, SealKey } from "../lib/codecs/keys.ts";
 import { KIND } from "../lib/image/format.ts";
 
 const MiB = 1 << 20;

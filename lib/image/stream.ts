@@ -13,7 +13,8 @@ import { hex } from "../hex.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { codecForId } from "../codecs/select.ts";
 import { ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
-import { chunkAad, Sealer, type SealKey } from "../codecs/seal.ts";
+import { chunkAad, Sealer } from "../codecs/seal.ts";
+import type { SealKey } from "../codecs/keys.ts";
 import { checksum } from "./checksum.ts";
 import {
   FIXED_HEADER_LENGTH,

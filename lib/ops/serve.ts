@@ -21,7 +21,7 @@
 
 import { CryoError } from "../errors.ts";
 import { markerDir } from "./recovery.ts";
-import { keyFromFile } from "../codecs/seal.ts";
+import { keyFromFile } from "../codecs/keys.ts";
 import { Sealer } from "../codecs/seal.ts";
 import { parseCodec } from "../codecs/select.ts";
 import { hibernate, type HibernationMarker, readHibernationMarker } from "./hibernate.ts";

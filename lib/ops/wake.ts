@@ -24,7 +24,7 @@ import { restore } from "./restore.ts";
 import { refuseThreadChanges, threadChanges } from "./restore_commit.ts";
 import { decodeThreads } from "../kernel/threads.ts";
 import type { Codec } from "../codecs/codec.ts";
-import type { SealKey } from "../codecs/seal.ts";
+import type { SealKey } from "../codecs/keys.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import { KIND } from "../image/format.ts";
 import { pidTarget } from "../image/targets.ts";
