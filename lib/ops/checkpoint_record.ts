@@ -10,7 +10,7 @@ import type { Decision } from "../kernel/policy.ts";
 import type { Region } from "../kernel/region.ts";
 import { encodeThreads } from "../kernel/threads.ts";
 import { encodeIdentity, processIdentity } from "../kernel/identity.ts";
-import { encodeLayout } from "../kernel/layout_fix.ts";
+import { encodeLayout } from "../kernel/layout_section.ts";
 import { encodeKernelState, readKernelState } from "../kernel/kernel_state.ts";
 import type { ImageSummary } from "../image/persister.ts";
 import { CryoError } from "../errors.ts";

@@ -12,7 +12,7 @@ import { Pagemap } from "../kernel/pagemap.ts";
 import { findZeroPages } from "../kernel/zero.ts";
 import { classify, type PolicyOptions } from "../kernel/policy.ts";
 import { permsString, type Region } from "../kernel/region.ts";
-import { decodeLayout } from "../kernel/layout_fix.ts";
+import { decodeLayout } from "../kernel/layout_section.ts";
 import { transferRemote } from "../image/sources.ts";
 import { KIND } from "../image/format.ts";
 import { MemoryLoader } from "../image/loader.ts";

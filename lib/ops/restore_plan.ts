@@ -8,13 +8,8 @@
 
 import { IdentityMismatchError, LayoutMismatchError } from "../errors.ts";
 import { decodeIdentity, identityDifferences, processIdentity } from "../kernel/identity.ts";
-import {
-  decodeLayout,
-  freeGap,
-  type LayoutPlan,
-  planLayout,
-  type RecordedRegion,
-} from "../kernel/layout_fix.ts";
+import { freeGap, type LayoutPlan, planLayout } from "../kernel/layout_fix.ts";
+import { decodeLayout, type RecordedRegion } from "../kernel/layout_section.ts";
 import { readRegions } from "../kernel/maps.ts";
 import { permsString, type Region } from "../kernel/region.ts";
 import { threadStacks } from "../kernel/stacks.ts";
