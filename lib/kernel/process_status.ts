@@ -25,16 +25,25 @@ function procText(pid: number | "self", file: string): string {
 }
 
 /**
- * The fields of `/proc/<pid>/stat` from field 3 (the state) on. The command name (field 2) may hold spaces and
- * parentheses: fields are counted after its last ")".
+ * The fields of a `/proc/<pid>/stat` text from field 3 (the state) on. The command name (field 2) may hold
+ * spaces and parentheses: fields are counted after its last ")".
+ *
+ * @param stat The file's text.
+ * @returns Field 3 at index 0, field N at index N - 3.
+ */
+export function parseStat(stat: string): string[] {
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+}
+
+/**
+ * The fields of `/proc/<pid>/stat` from field 3 (the state) on ({@link parseStat}).
  *
  * @param pid The process.
  * @returns Field 3 at index 0, field N at index N - 3.
  * @throws {CryoError} When the process does not exist.
  */
 export function statFields(pid: number | "self"): string[] {
-  const stat = procText(pid, "stat");
-  return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return parseStat(procText(pid, "stat"));
 }
 
 /**
