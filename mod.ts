@@ -68,7 +68,7 @@ export {
   type MapRunKind,
   type MemoryMap,
 } from "./lib/ops/map.ts";
-export type { KernelState, OpenDescriptor } from "./lib/kernel/kernel_state.ts";
+export type { KernelState, OpenDescriptor, ProcessTimer } from "./lib/kernel/kernel_state.ts";
 export { Snapshot, snapshot, type SnapshotOptions } from "./lib/ops/snapshot.ts";
 export type { IncrementalInfo } from "./lib/ops/incremental.ts";
 export { flattenChain } from "./lib/image/chain.ts";

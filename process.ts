@@ -56,7 +56,13 @@ export {
   safepointLeave,
   safepointPoll,
 } from "./lib/kernel/park.ts";
-export { type Registers, type RseqConfig, type ThreadState } from "./lib/kernel/threads.ts";
+export {
+  type AltStack,
+  type Registers,
+  type RseqConfig,
+  type ThreadKernelState,
+  type ThreadState,
+} from "./lib/kernel/threads.ts";
 export { readSelfRseq, type SelfRseq } from "./lib/kernel/rseq.ts";
 
 // Acting inside a frozen process.

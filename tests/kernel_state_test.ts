@@ -47,3 +47,23 @@ Deno.test("readKernelState() gives a file's offset; decodeKernelState() round-tr
     await Deno.remove(path);
   }
 });
+
+Deno.test("checkpoint() records POSIX timers and timerfds, and inspect() says a rollback leaves them running", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const [id, fd] = (await target.cmd("timers")).split(" ").map(Number);
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    const info = await inspect(`${dir}/a.cryo`);
+    const timers = info.kernel?.timers ?? [];
+    const posix = timers.find((t) => t.kind === "posix");
+    assertEquals([posix?.id, posix?.clock], [id, 1], JSON.stringify(timers));
+    assertMatch(posix?.notify ?? "", /^signal\//);
+    const tfd = timers.find((t) => t.kind === "timerfd");
+    assertEquals([tfd?.id, tfd?.clock, tfd?.intervalNs], [fd, 1, 1e9], JSON.stringify(timers));
+    assert(tfd!.valueNs! > 90e9 && tfd!.valueNs! <= 100e9, `time left ${tfd!.valueNs}`);
+    assertMatch(info.kernel!.summary, /2 timers \(1 timerfd\) \(they run on: not rolled back\)/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

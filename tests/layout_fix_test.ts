@@ -133,6 +133,11 @@ Deno.test("restore() makes the layout follow the image: vanished, born, re-prote
     );
     assertEquals(await target.sum(f, 65536), fsum);
     assert(!mapsOf(target.pid).includes(`${d.toString(16)}-`), "the region born since is gone");
+    const lengths = mapsOf(target.pid).trim().split("\n").map((l) => {
+      const [lo, hi] = l.split(" ")[0].split("-").map((x) => BigInt(`0x${x}`));
+      return hi - lo;
+    });
+    assert(!lengths.includes(BigInt(8 * MiB)), "nor is it left anywhere else (moved aside, then unmapped)");
     await target.fill(c, 4 * MiB, "zero"); // writable again
     assertEquals(await target.cmd("pid"), String(target.pid));
   } finally {

@@ -275,7 +275,7 @@ Deno.test("restore() whose threads section the kernel refuses writes no memory a
       for (let i = 0; i < count; i++) {
         const general = v.getUint32(at + 4, true), vector = v.getUint32(at + 8, true);
         if (i === count - 1) v.setBigUint64(at + 48 + 17 * 8, 0n, true); // cs
-        at += 48 + ((general + 7) & ~7) + ((vector + 7) & ~7);
+        at += 48 + ((general + 7) & ~7) + ((vector + 7) & ~7) + (v.getUint8(at + 14) ? 64 : 0); // kernel state
       }
     });
     assert((await verify(`${dir}/a.cryo`)).ok, "the image itself is sound");

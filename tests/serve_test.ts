@@ -34,6 +34,7 @@ Deno.test("serve() answers hibernate, status and wake on a 0600 socket, one repl
     assert(!bad.ok && bad.error.includes("hibernated into"), JSON.stringify(bad));
     const unknown = await request(socket, { op: "explode" });
     assert(!unknown.ok);
+    assertEquals([h.schema, unknown.schema], [1, 1], "every reply line names its schema");
     const w = await request(socket, { op: "wake", pid: target.pid, image: `${dir}/t.cryo`, lazy: true });
     assert(w.ok, JSON.stringify(w));
     assertEquals(await target.sum(a, 16 * MiB), sum);

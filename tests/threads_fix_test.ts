@@ -1,11 +1,13 @@
-import { assert, assertEquals } from "./_assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "./_assert.ts";
+import { LayoutMismatchError } from "../lib/errors.ts";
+import { freeze } from "../lib/kernel/freeze.ts";
 import { Target } from "./_target.ts";
 import { LineChild } from "../lib/kernel/child.ts";
 import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { restore } from "../lib/ops/restore.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
 import { decodeThreads } from "../lib/kernel/threads.ts";
-import { recreatable } from "../lib/kernel/threads_fix.ts";
+import { endThread, recreatable } from "../lib/kernel/threads_fix.ts";
 
 const workload = new URL("../examples/workload.ts", import.meta.url).pathname;
 const tids = (pid: number) => [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
@@ -69,6 +71,97 @@ Deno.test("restore() with endBornThreads ends the threads started since, and the
     assertEquals(tids(target.pid).sort(), then);
     assertEquals(await target.sum(a, 1 << 20), want);
     assertEquals(await target.cmd("pid"), String(target.pid));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore() creates again a thread that waited for a lock, and it takes the lock once it is free", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const tid = Number(await target.cmd("lockwait")); // the leader holds the mutex, the thread waits for it
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    await target.cmd("unlock");
+    for (let i = 0; tids(target.pid).includes(tid); i++) {
+      assert(i < 500, "the locker did not end");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assertEquals(await target.cmd("lockgot"), "1");
+    const r = await restore(target.pid, `${dir}/a.cryo`);
+    assertEquals(r.threadsRecreated, [tid]);
+    assertEquals(await target.cmd("lockgot"), "0", "rolled back: it has not had the mutex yet");
+    await target.cmd("unlock");
+    for (let i = 0; (await target.cmd("lockgot")) !== "1" || tids(target.pid).includes(tid); i++) {
+      assert(i < 500, "the recreated locker did not take the mutex and end");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assertEquals(await target.cmd("pid"), String(target.pid));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore() refuses a thread of the checkpoint caught running, naming it and why, before writing", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    await target.cmd("threads 1"); // spins in user code
+    const spinner = tids(target.pid).find((t) => t !== target.pid)!;
+    const a = await target.map(1 << 20);
+    await target.fill(a, 1 << 20, "random", 1);
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    {
+      using frozen = freeze(target.pid);
+      endThread(frozen, spinner);
+    }
+    await target.fill(a, 1 << 20, "random", 2);
+    const now = await target.sum(a, 1 << 20);
+    const e = await assertRejects(() => restore(target.pid, `${dir}/a.cryo`), LayoutMismatchError);
+    assertMatch(
+      e.message,
+      new RegExp(
+        `thread ${spinner} of the checkpoint has ended and cannot be created again: it was caught running user code`,
+      ),
+    );
+    assertEquals(await target.sum(a, 1 << 20), now, "nothing was written");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore() into a target whose short-lived threads contend for a mutex is whole or refused, and it lives", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const stats = BigInt(await target.cmd("lockloop"));
+    const ticks = () => target.cmd(`peek 0x${(stats + 8n).toString(16)}`);
+    const a = await target.map(1 << 20);
+    const seen = { restored: 0, refused: 0, recreated: 0 };
+    for (let round = 0; round < 10; round++) {
+      await target.fill(a, 1 << 20, "random", round);
+      const want = await target.sum(a, 1 << 20);
+      await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+      await target.fill(a, 1 << 20, "random", 100 + round);
+      const now = await target.sum(a, 1 << 20);
+      try {
+        const r = await restore(target.pid, `${dir}/a.cryo`);
+        assertEquals(await target.sum(a, 1 << 20), want);
+        seen.restored++;
+        seen.recreated += r.threadsRecreated.length;
+      } catch (e) {
+        assert(e instanceof LayoutMismatchError, String(e));
+        assertMatch(e.message, /cannot be created again: it was/);
+        assertEquals(await target.sum(a, 1 << 20), now, "nothing was written");
+        seen.refused++;
+      }
+      const before = await ticks(); // its threads still take the mutex in turn (bounded wait)
+      for (let i = 0; (await ticks()) === before; i++) {
+        assert(i < 300, `round ${round}: no thread got the mutex for 3 s (${JSON.stringify(seen)})`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+    assertEquals(seen.restored + seen.refused, 10);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -57,15 +57,6 @@ static int cryo_task_exited(int pid, int tid) {
 enum { CRYO_T_SEIZED = 1, CRYO_T_STOPPED = 2, CRYO_T_GONE = 3 };
 
 // struct sched_attr (SCHED_ATTR_SIZE_VER1), declared here: glibc's headers lack it.
-struct cryo_sched_attr {
-  uint32_t size, sched_policy;
-  uint64_t sched_flags;
-  int32_t sched_nice;
-  uint32_t sched_priority;
-  uint64_t sched_runtime, sched_deadline, sched_period;
-  uint32_t sched_util_min, sched_util_max;
-};
-
 // A thread briefly made SCHED_FIFO so it reaches its stop now, and the attributes to give back.
 struct cryo_boost {
   int32_t tid;

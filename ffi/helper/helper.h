@@ -125,4 +125,31 @@ static inline void cryo_nap_ns(long ns) {
   cryo_sys(SYS_nanosleep, (long)&ts, 0, 0, 0, 0, 0);
 }
 
+// struct sched_attr (sched_setattr(2)), for a brief SCHED_FIFO boost of a thread that must run now.
+struct cryo_sched_attr {
+  uint32_t size, sched_policy;
+  uint64_t sched_flags;
+  int32_t sched_nice;
+  uint32_t sched_priority;
+  uint64_t sched_runtime, sched_deadline, sched_period;
+  uint32_t sched_util_min, sched_util_max;
+};
+
+// Make thread tid (0: the calling thread) SCHED_FIFO priority 1 for a moment, saving its attributes; only a
+// SCHED_OTHER or SCHED_BATCH thread is changed. Returns 1 when it changed it (give it back with
+// cryo_fifo_unboost), 0 otherwise (no CAP_SYS_NICE, another policy). Best effort.
+static inline int cryo_fifo_boost(int tid, struct cryo_sched_attr *saved) {
+  __builtin_memset(saved, 0, sizeof *saved);
+  if (cryo_sys(SYS_sched_getattr, tid, (long)saved, sizeof *saved, 0, 0, 0)) return 0;
+  if (saved->sched_policy != 0 /* SCHED_OTHER */ && saved->sched_policy != 3 /* SCHED_BATCH */) return 0;
+  struct cryo_sched_attr fifo = {.size = sizeof fifo, .sched_policy = 1 /* SCHED_FIFO */, .sched_priority = 1};
+  return cryo_sys(SYS_sched_setattr, tid, (long)&fifo, 0, 0, 0, 0) == 0;
+}
+
+static inline void cryo_fifo_unboost(int tid, struct cryo_sched_attr *saved, int boosted) {
+  if (!boosted) return;
+  saved->size = sizeof *saved;
+  cryo_sys(SYS_sched_setattr, tid, (long)saved, 0, 0, 0, 0);  // ESRCH when it died: fine
+}
+
 #endif

@@ -24,6 +24,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "helper.h"
+
 #define INJ_PTRACE_SINGLESTEP 9
 #define INJ_PTRACE_GETREGS 12
 #define INJ_PTRACE_SETREGS 13
@@ -129,6 +131,10 @@ long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr
   uint64_t deadline = inj_now_ns() + (uint64_t)timeout_ns;
   long err = 0;
   int sig = 0, gone = 0;
+  // The stepped thread and this one run SCHED_FIFO until the step is over: on a loaded machine each would
+  // otherwise wait for its turn on a core (milliseconds) to run one instruction or to see it done.
+  struct cryo_sched_attr self_attr, tid_attr;
+  int self_boosted = cryo_fifo_boost(0, &self_attr), tid_boosted = cryo_fifo_boost(tid, &tid_attr);
   for (;;) {
     r = inj_ptrace(INJ_PTRACE_SINGLESTEP, tid, 0, sig);
     sig = 0;
@@ -170,6 +176,8 @@ long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr
     // A signal arrived for the thread: hold it, and queue it again once the registers are back.
     if (nheld < INJ_MAX_HELD) held[nheld++] = stopsig;
   }
+  cryo_fifo_unboost(tid, &tid_attr, tid_boosted && !gone);
+  cryo_fifo_unboost(0, &self_attr, self_boosted);
   long rr = gone ? 0 : inj_restore(tid, &saved, &xs, xs_type);
   // A stop signal stops the whole process wherever it is queued: queue it to the process, as whoever sent it
   // (cryo's hold among them) most likely did, so that any thread may take it.

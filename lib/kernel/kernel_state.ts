@@ -1,8 +1,9 @@
 /**
- * What a memory rollback cannot undo: the kernel objects a process holds (open files and their offsets, pipes,
- * sockets, other descriptors) and its child processes, read from `/proc/PID` while it is frozen. A checkpoint
- * records them in its `kernel` section (JSON) so that `inspect` can say what a rollback to that image will
- * leave as it is.
+ * What a memory rollback cannot undo: the kernel objects a process holds (open files, pipes, sockets, other
+ * descriptors), its timers (POSIX timers and timerfds) and its child processes, read from `/proc/PID` while it is frozen. A checkpoint records them in
+ * its `kernel` section (JSON) so that `inspect` can say what a rollback to that image will leave as it is. The
+ * one thing a restore does put back is a file offset, where the same descriptor is still open on the same file
+ * ({@link planOffsets}: an injected `lseek`).
  *
  * @module
  */
@@ -19,6 +20,33 @@ export interface OpenDescriptor {
   kind: "file" | "pipe" | "socket" | "other";
   /** The file offset (`pos` in /proc/PID/fdinfo), when it has one. */
   offset?: number;
+  /** For a regular file: its device (`st_dev`), so that a restore knows it is still the same file. */
+  device?: number;
+  /** For a regular file: its inode (`st_ino`). */
+  inode?: number;
+  /** For a regular file: the open flags (`flags` in /proc/PID/fdinfo). */
+  flags?: number;
+}
+
+/**
+ * A timer of the process: a POSIX timer (`timer_create`, from `/proc/PID/timers`) or a timerfd (from the
+ * descriptor's fdinfo). A rollback leaves it running as it is.
+ */
+export interface ProcessTimer {
+  /** Which kind. */
+  kind: "posix" | "timerfd";
+  /** The timer id (`posix`) or the descriptor (`timerfd`). */
+  id: number;
+  /** Its clock (`CLOCK_*` number). */
+  clock: number;
+  /** How it notifies (`posix`: e.g. `signal/pid.1234`, signal number in `signal`); absent for a timerfd. */
+  notify?: string;
+  /** The signal it sends (`posix`). */
+  signal?: number;
+  /** Time left until it fires, in nanoseconds (`timerfd`; 0 when disarmed). */
+  valueNs?: number;
+  /** Its interval, in nanoseconds (`timerfd`; 0 for a one-shot). */
+  intervalNs?: number;
 }
 
 /** The kernel state of a process that its memory does not hold. */
@@ -27,6 +55,16 @@ export interface KernelState {
   descriptors: OpenDescriptor[];
   /** Its child processes (pids). */
   children: number[];
+  /** Its timers (an image from before timers were recorded has none listed). */
+  timers?: ProcessTimer[];
+}
+
+function statOrNull(path: string): Deno.FileInfo | null {
+  try {
+    return Deno.statSync(path);
+  } catch {
+    return null;
+  }
 }
 
 function kindOf(target: string): OpenDescriptor["kind"] {
@@ -54,13 +92,24 @@ export function readKernelState(pid: number): KernelState {
       const target = Deno.readLinkSync(`/proc/${pid}/fd/${name}`);
       const info = Deno.readTextFileSync(`/proc/${pid}/fdinfo/${name}`);
       const pos = /^pos:\s+(\d+)/m.exec(info)?.[1];
+      const flags = /^flags:\s+([0-7]+)/m.exec(info)?.[1];
       const kind = kindOf(target);
+      const st = kind === "file" ? statOrNull(`/proc/${pid}/fd/${name}`) : null;
       descriptors.push({
         fd: Number(name),
         target,
         kind,
         ...(kind === "file" && pos ? { offset: Number(pos) } : {}),
+        ...(st?.isFile && flags ? { device: st.dev, inode: st.ino ?? 0, flags: parseInt(flags, 8) } : {}),
       });
+    } catch { /* closed meanwhile */ }
+  }
+  const timers: ProcessTimer[] = [...readPosixTimers(pid)];
+  for (const d of descriptors) {
+    if (d.target !== "anon_inode:[timerfd]") continue;
+    try {
+      const t = timerfdOf(d.fd, Deno.readTextFileSync(`/proc/${pid}/fdinfo/${d.fd}`));
+      if (t) timers.push(t);
     } catch { /* closed meanwhile */ }
   }
   const children = new Set<number>();
@@ -72,7 +121,50 @@ export function readKernelState(pid: number): KernelState {
       } catch { /* thread gone */ }
     }
   } catch { /* gone */ }
-  return { descriptors, children: [...children].sort((a, b) => a - b) };
+  return { descriptors, children: [...children].sort((a, b) => a - b), timers };
+}
+
+/**
+ * The POSIX timers of `/proc/PID/timers` (`ID`, `signal: N/…`, `notify: …`, `ClockID` per timer); none when
+ * the file is missing (a kernel without CONFIG_CHECKPOINT_RESTORE).
+ */
+function readPosixTimers(pid: number): ProcessTimer[] {
+  let text = "";
+  try {
+    text = Deno.readTextFileSync(`/proc/${pid}/timers`);
+  } catch {
+    return [];
+  }
+  const timers: ProcessTimer[] = [];
+  for (const block of text.split(/^(?=ID:)/m)) {
+    const id = /^ID:\s+(-?\d+)/m.exec(block)?.[1];
+    if (id === undefined) continue;
+    timers.push({
+      kind: "posix",
+      id: Number(id),
+      clock: Number(/^ClockID:\s+(\d+)/m.exec(block)?.[1] ?? -1),
+      signal: Number(/^signal:\s+(\d+)/m.exec(block)?.[1] ?? 0),
+      notify: /^notify:\s+(\S+)/m.exec(block)?.[1] ?? "",
+    });
+  }
+  return timers;
+}
+
+/** A timerfd's fdinfo (`clockid`, `it_value: (s, ns)`, `it_interval: (s, ns)`). */
+function timerfdOf(fd: number, info: string): ProcessTimer | null {
+  const clock = /^clockid:\s+(\d+)/m.exec(info)?.[1];
+  if (clock === undefined) return null;
+  const ns = (field: string) => {
+    const m = new RegExp(`^${field}:\\s+\\((\\d+),\\s*(\\d+)\\)`, "m").exec(info);
+    return m ? Number(m[1]) * 1e9 + Number(m[2]) : 0;
+  };
+  return {
+    kind: "timerfd",
+    id: fd,
+    clock: Number(clock),
+    valueNs: ns("it_value"),
+    intervalNs: ns("it_interval"),
+  };
 }
 
 /**
@@ -107,9 +199,22 @@ export function decodeKernelState(bytes: Uint8Array, path: string, offset = 0): 
         target: d.target,
         kind: kindOf(d.target),
         ...(Number.isSafeInteger(d.offset) ? { offset: d.offset } : {}),
+        ...(Number.isSafeInteger(d.device) && Number.isSafeInteger(d.inode) && Number.isSafeInteger(d.flags)
+          ? { device: d.device, inode: d.inode, flags: d.flags }
+          : {}),
       };
     });
-    return { descriptors, children: v.children.filter((c: unknown) => Number.isInteger(c)) };
+    const timers: ProcessTimer[] | undefined = v.timers === undefined ? undefined : v.timers.map(
+      (t: ProcessTimer) => {
+        if ((t.kind !== "posix" && t.kind !== "timerfd") || !Number.isInteger(t.id)) throw new Error("timer");
+        return t;
+      },
+    );
+    return {
+      descriptors,
+      children: v.children.filter((c: unknown) => Number.isInteger(c)),
+      ...(timers ? { timers } : {}),
+    };
   } catch {
     throw new ImageError(path, offset, "the kernel section is not a version 1 JSON record of descriptors");
   }
@@ -126,12 +231,68 @@ export function describeKernelState(state: KernelState): string {
   const n = (k: OpenDescriptor["kind"]) => state.descriptors.filter((d) => d.kind === k).length;
   const parts: string[] = [];
   const plural = (count: number, one: string) => `${count} ${one}${count === 1 ? "" : "s"}`;
-  if (n("file")) parts.push(`${plural(n("file"), "file")} (their offsets are not rolled back)`);
+  if (n("file")) {
+    parts.push(`${plural(n("file"), "file")} (offsets put back where still open on the same file)`);
+  }
   if (n("pipe")) parts.push(`${plural(n("pipe"), "pipe")} (what they held is gone)`);
   if (n("socket")) parts.push(`${plural(n("socket"), "socket")} (connections stay as they are)`);
   if (n("other")) parts.push(`${plural(n("other"), "other descriptor")}`);
   if (state.children.length) {
     parts.push(`${plural(state.children.length, "child process")} (not rolled back)`);
   }
+  const timers = state.timers ?? [];
+  if (timers.length) {
+    const fds = timers.filter((t) => t.kind === "timerfd").length;
+    parts.push(
+      `${plural(timers.length, "timer")}${fds ? ` (${fds} timerfd)` : ""} (they run on: not rolled back)`,
+    );
+  }
   return parts.join(", ");
+}
+
+/** A file offset a restore puts back. */
+export interface OffsetChange {
+  /** The descriptor, in the target. */
+  fd: number;
+  /** The file. */
+  path: string;
+  /** Its offset now. */
+  from: number;
+  /** Its offset at the checkpoint. */
+  to: number;
+}
+
+/**
+ * The file offsets a rollback puts back: each descriptor of the checkpoint that is still open at the same
+ * number on the same regular file (device and inode) with the same open flags, and whose offset moved since.
+ * Anything else (closed, another file, pipes and sockets) is left as it is.
+ *
+ * @param recorded The image's kernel section, decoded.
+ * @param now The target's state now ({@link readKernelState}, while frozen).
+ * @returns The changes, by descriptor.
+ */
+export function planOffsets(recorded: KernelState, now: KernelState): OffsetChange[] {
+  const live = new Map(now.descriptors.map((d) => [d.fd, d]));
+  const changes: OffsetChange[] = [];
+  for (const d of recorded.descriptors) {
+    const n = live.get(d.fd);
+    if (d.inode === undefined || d.offset === undefined || n?.inode === undefined || n.offset === undefined) {
+      continue;
+    }
+    if (n.device !== d.device || n.inode !== d.inode || n.flags !== d.flags || n.offset === d.offset) {
+      continue;
+    }
+    changes.push({ fd: d.fd, path: n.target, from: n.offset, to: d.offset });
+  }
+  return changes;
+}
+
+/**
+ * One line for a dry run, e.g. `fd 3 (/var/log/app.log): offset 8192 -> 4096 (lseek)`.
+ *
+ * @param c The change.
+ * @returns The line.
+ */
+export function describeOffsetChange(c: OffsetChange): string {
+  return `fd ${c.fd} (${c.path}): offset ${c.from} -> ${c.to} (lseek)`;
 }

@@ -61,6 +61,36 @@ export interface LayoutPlan {
   changes: LayoutChange[];
   /** What cannot be made to match (a restore is refused, naming each). */
   refusals: string[];
+  /**
+   * Where regions to unmap are moved aside (`mremap`) instead of having their bytes saved in the journal: a
+   * free range of address space large enough for all of them, out of the way of every change (0n or absent:
+   * save and unmap).
+   */
+  parkAt?: bigint;
+}
+
+/** What {@link applyLayout} leaves to do once the restore has committed. */
+export interface AppliedLayout {
+  /** Unmap the regions moved aside (to run once nothing can be undone any more). */
+  release(): void;
+  /** Bytes moved aside instead of saved. */
+  parkedBytes: bigint;
+}
+
+const SYS_MREMAP = 25;
+const MREMAP_MAYMOVE_FIXED = 3;
+
+/**
+ * Bytes of address space {@link applyLayout} needs at {@link LayoutPlan.parkAt} for the plan's unmaps (each
+ * followed by a free page, so that parked regions never merge).
+ *
+ * @param changes The planned changes.
+ * @returns The bytes (0n when nothing is unmapped).
+ */
+export function parkingBytes(changes: readonly LayoutChange[]): bigint {
+  let n = 0n;
+  for (const c of changes) if (c.op === "unmap") n += c.end - c.start + 4096n;
+  return n;
 }
 
 /** One line describing a change, for `--dry-run` and results. */
@@ -279,19 +309,38 @@ function compatible(m: Region, w: Region, a: bigint): boolean {
 
 /**
  * Make the planned changes in the frozen target, each undo recorded in `journal` before the change: a region
- * about to be unmapped has its populated pages saved and is mapped again on undo; a mapping made is unmapped
- * on undo; protections and the break are put back.
+ * about to be unmapped is moved aside to `plan.parkAt` (`mremap`; the undo moves it back, and `release()`
+ * unmaps it once the restore has committed) or, without a place or when `mremap` refuses, has its populated
+ * pages saved and is mapped again on undo; a mapping made is unmapped on undo; protections and the break are
+ * put back.
  *
  * @param plan The plan (its refusals must be empty).
  * @param inj An injector into the frozen target.
  * @param journal The restore's undo journal.
+ * @returns What is left to do once the restore has committed.
  */
-export function applyLayout(plan: LayoutPlan, inj: Injector, journal: RestoreJournal): void {
+export function applyLayout(plan: LayoutPlan, inj: Injector, journal: RestoreJournal): AppliedLayout {
+  const parked: { at: bigint; length: bigint }[] = [];
+  let park = plan.parkAt ?? 0n;
   for (const c of plan.changes) {
     const what = describeChange(c);
     switch (c.op) {
       case "unmap": {
         const len = c.end - c.start;
+        if (park) {
+          // Moved aside whole, page tables and all: no byte is copied, the undo moves it back.
+          const to = park;
+          let moved = false;
+          journal.recordUndo(`move back ${what}`, () => {
+            if (moved) inj.syscall(SYS_MREMAP, to, len, len, MREMAP_MAYMOVE_FIXED, c.start);
+          });
+          moved = BigInt.asUintN(64, inj.raw(SYS_MREMAP, c.start, len, len, MREMAP_MAYMOVE_FIXED, to)) === to;
+          if (moved) {
+            parked.push({ at: to, length: len });
+            park += len + 4096n;
+            break;
+          } // refused (it spans mappings): saved and unmapped below
+        }
         journal.savePopulated(c.start, c.end);
         const was = c.was;
         journal.recordUndo(`map back ${what}`, () => {
@@ -339,6 +388,12 @@ export function applyLayout(plan: LayoutPlan, inj: Injector, journal: RestoreJou
         break;
     }
   }
+  return {
+    parkedBytes: parked.reduce((n, p) => n + p.length, 0n),
+    release() {
+      for (const p of parked.splice(0)) inj.munmap(p.at, p.length);
+    },
+  };
 }
 
 /**

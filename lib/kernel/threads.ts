@@ -81,6 +81,80 @@ export interface ThreadState extends Registers {
   tid: number;
   /** Its rseq configuration, or `null` when the kernel does not report one. */
   rseq: RseqConfig | null;
+  /**
+   * What the kernel keeps for it beyond registers (signal mask, pending signals, alternate stack, robust list;
+   * lib/kernel/thread_kernel.ts), when recorded (images before the threads section's version 2 have none).
+   */
+  kernel?: ThreadKernelState | null;
+}
+
+/** A thread's alternate signal stack (`stack_t`). */
+export interface AltStack {
+  /** `ss_sp`. */
+  sp: bigint;
+  /** `ss_size`. */
+  size: bigint;
+  /** `ss_flags` (`SS_DISABLE` 2 when there is none, `SS_AUTODISARM` bit 31). */
+  flags: number;
+}
+
+/** Per-thread kernel state recorded at a checkpoint. */
+export interface ThreadKernelState {
+  /** Blocked signals (bit n-1 for signal n). */
+  sigmask: bigint;
+  /** Signals pending for this thread alone (bit n-1 for signal n). */
+  pending: bigint;
+  /** Its alternate signal stack, or `null` when it could not be read. */
+  altstack: AltStack | null;
+  /** Its robust futex list head (`set_robust_list`), 0n when none. */
+  robustHead: bigint;
+  /** The length passed with it. */
+  robustLength: bigint;
+}
+
+/** The bytes one thread's state takes in the threads section. */
+export const THREAD_KERNEL_BYTES = 64;
+
+/**
+ * The 64 bytes of one thread's state in the threads section: `sigmask u64 | pending u64 | altstack sp u64 |
+ * altstack size u64 | altstack flags u32 | has altstack u32 | robust head u64 | robust length u64 | 8 zero`.
+ *
+ * @param s The state.
+ * @returns Its bytes.
+ */
+export function encodeThreadKernel(s: ThreadKernelState): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(THREAD_KERNEL_BYTES);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, s.sigmask, true);
+  v.setBigUint64(8, s.pending, true);
+  if (s.altstack) {
+    v.setBigUint64(16, s.altstack.sp, true);
+    v.setBigUint64(24, s.altstack.size, true);
+    v.setUint32(32, s.altstack.flags, true);
+    v.setUint32(36, 1, true);
+  }
+  v.setBigUint64(40, s.robustHead, true);
+  v.setBigUint64(48, s.robustLength, true);
+  return b;
+}
+
+/**
+ * Decode what {@link encodeThreadKernel} wrote.
+ *
+ * @param b 64 bytes.
+ * @returns The state.
+ */
+export function decodeThreadKernel(b: Uint8Array): ThreadKernelState {
+  const v = new DataView(b.buffer, b.byteOffset, THREAD_KERNEL_BYTES);
+  return {
+    sigmask: v.getBigUint64(0, true),
+    pending: v.getBigUint64(8, true),
+    altstack: v.getUint32(36, true)
+      ? { sp: v.getBigUint64(16, true), size: v.getBigUint64(24, true), flags: v.getUint32(32, true) }
+      : null,
+    robustHead: v.getBigUint64(40, true),
+    robustLength: v.getBigUint64(48, true),
+  };
 }
 
 /**
@@ -211,11 +285,12 @@ export function writeRegisters(tid: number, regs: Registers): void {
 }
 
 // The "threads" section: magic "CRYOTHRD", u32 version, u32 count, then per thread a 48-byte head
-// (i32 tid, u32 general length, u32 vector length, u8 vector kind, u8 has rseq, u16 zero, u64 rseq pointer,
-// u32 rseq size, u32 signature, u32 flags, 12 zero bytes), the general bytes, the vector bytes, zero padding
-// to 8. All little-endian.
+// (i32 tid, u32 general length, u32 vector length, u8 vector kind, u8 has rseq, u8 has kernel state (version 2;
+// 0 in version 1), u8 zero, u64 rseq pointer, u32 rseq size, u32 signature, u32 flags, 12 zero bytes), the
+// general bytes, the vector bytes, zero padding to 8, then (version 2, when flagged) the 64 bytes of
+// encodeThreadKernel. All little-endian. Version 1 images load as before (no kernel state).
 const MAGIC = "CRYOTHRD";
-const VERSION = 1;
+const VERSION = 2;
 const HEAD = 48;
 
 const pad8 = (n: number) => (n + 7) & ~7;
@@ -228,7 +303,10 @@ const pad8 = (n: number) => (n + 7) & ~7;
  */
 export function encodeThreads(threads: readonly ThreadState[]): Uint8Array<ArrayBuffer> {
   let size = 16;
-  for (const t of threads) size += HEAD + pad8(t.general.byteLength) + pad8(t.vector.byteLength);
+  for (const t of threads) {
+    size += HEAD + pad8(t.general.byteLength) + pad8(t.vector.byteLength) +
+      (t.kernel ? THREAD_KERNEL_BYTES : 0);
+  }
   const out = new Uint8Array(size);
   const v = new DataView(out.buffer);
   out.set(new TextEncoder().encode(MAGIC), 0);
@@ -241,6 +319,7 @@ export function encodeThreads(threads: readonly ThreadState[]): Uint8Array<Array
     v.setUint32(at + 8, t.vector.byteLength, true);
     v.setUint8(at + 12, t.vectorKind === "xstate" ? 1 : 2);
     v.setUint8(at + 13, t.rseq ? 1 : 0);
+    v.setUint8(at + 14, t.kernel ? 1 : 0);
     if (t.rseq) {
       v.setBigUint64(at + 16, t.rseq.abiPointer, true);
       v.setUint32(at + 24, t.rseq.abiSize, true);
@@ -252,6 +331,10 @@ export function encodeThreads(threads: readonly ThreadState[]): Uint8Array<Array
     at += pad8(t.general.byteLength);
     out.set(t.vector, at);
     at += pad8(t.vector.byteLength);
+    if (t.kernel) {
+      out.set(encodeThreadKernel(t.kernel), at);
+      at += THREAD_KERNEL_BYTES;
+    }
   }
   return out;
 }
@@ -276,7 +359,9 @@ export function decodeThreads(bytes: Uint8Array, source = "-", base = 0): Thread
     throw fail(0, `threads section magic is ${JSON.stringify(magic)}, expected "${MAGIC}"`);
   }
   const version = v.getUint32(8, true);
-  if (version !== VERSION) throw fail(8, `threads section version is ${version}, expected ${VERSION}`);
+  if (version !== 1 && version !== VERSION) {
+    throw fail(8, `threads section version is ${version}, expected 1 or ${VERSION}`);
+  }
   const count = v.getUint32(12, true);
   const threads: ThreadState[] = [];
   let at = 16;
@@ -294,6 +379,13 @@ export function decodeThreads(bytes: Uint8Array, source = "-", base = 0): Thread
     }
     if (kind !== 1 && kind !== 2) throw fail(at + 12, `thread ${tid}: vector kind ${kind}, expected 1 or 2`);
     if (hasRseq > 1) throw fail(at + 13, `thread ${tid}: rseq flag ${hasRseq}, expected 0 or 1`);
+    const hasKernel = v.getUint8(at + 14);
+    if (hasKernel > (version === 1 ? 0 : 1)) {
+      throw fail(
+        at + 14,
+        `thread ${tid}: kernel state flag ${hasKernel}, expected 0${version === 1 ? "" : " or 1"}`,
+      );
+    }
     const rseq = hasRseq
       ? {
         abiPointer: v.getBigUint64(at + 16, true),
@@ -303,7 +395,8 @@ export function decodeThreads(bytes: Uint8Array, source = "-", base = 0): Thread
       }
       : null;
     const body = at + HEAD;
-    const end = body + pad8(generalLength) + pad8(vectorLength);
+    const kernelAt = body + pad8(generalLength) + pad8(vectorLength);
+    const end = kernelAt + (hasKernel ? THREAD_KERNEL_BYTES : 0);
     if (end > bytes.byteLength) throw fail(at + 8, `thread ${tid}: registers run past the section end`);
     threads.push({
       tid,
@@ -311,6 +404,7 @@ export function decodeThreads(bytes: Uint8Array, source = "-", base = 0): Thread
       vector: bytes.slice(body + pad8(generalLength), body + pad8(generalLength) + vectorLength),
       vectorKind: kind === 1 ? "xstate" : "fpregs",
       rseq,
+      ...(hasKernel ? { kernel: decodeThreadKernel(bytes.subarray(kernelAt, end)) } : {}),
     });
     at = end;
   }

@@ -1,12 +1,14 @@
 /**
  * Make a frozen target's threads follow the image: a thread of the checkpoint that has ended since is created
  * again by an injected `clone3`, with its old thread id (`set_tid`; root), its TLS base, its rseq registration,
- * its name and its recorded registers. A runtime that ended an idle pool thread (Deno's blocking pool ends one
+ * its signal mask, alternate signal stack and robust list, and its recorded registers. A runtime that ended an idle pool thread (Deno's blocking pool ends one
  * idle for ~10 s) would otherwise be rolled back to memory that counts on that thread waiting for work, and
  * hang when it hands it some.
  *
- * What the kernel keeps per thread and the image does not record is not recreated: the signal mask (the new
- * thread has the injecting thread's), the alternate signal stack (none), the robust futex list (none). A thread
+ * What the kernel keeps per thread is set on the new thread as the image recorded it (lib/kernel/thread_kernel.ts:
+ * the signal mask, the alternate signal stack, the robust futex list, its own pending signals sent again); an
+ * image from before the threads section's version 2 has none of it, and the new thread then keeps the injecting
+ * thread's signal mask, no alternate stack and no robust list. A thread
  * that was inside a system call at the checkpoint restarts it (its registers say so), except a call restarted
  * through `restart_syscall` (a `nanosleep` or a futex wait with a timeout), which returns `EINTR` instead: the
  * kernel's restart record of the old thread is gone; callers of those retry.
@@ -14,12 +16,13 @@
  * @module
  */
 
-import { PAGE_SIZE } from "../../ffi/libc.ts";
+import { addrOf, PAGE_SIZE, processVmRead, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 import { CryoError, SystemError } from "../errors.ts";
 import type { Frozen } from "./freeze.ts";
 import { register, type ThreadState } from "./threads.ts";
 import { inject, type Injector } from "./inject.ts";
+import { applyThreadKernelState } from "./thread_kernel.ts";
 
 const SYS_CLONE3 = 435;
 const SYS_RSEQ = 334;
@@ -36,40 +39,89 @@ const CLONE = {
   CHILD_CLEARTID: 0x200000,
 } as const;
 
-/** System calls a thread waits in with a timeout when it is idle (futex, poll, epoll, select, sleeps). */
+/**
+ * System calls a thread waits in with a timeout when it is idle (futex, poll, epoll, select, sleeps): their
+ * callers retry an `EINTR`.
+ */
 const WAITS = new Set([202, 7, 271, 232, 281, 441, 23, 270, 35, 230]);
 /** poll, ppoll, epoll_wait, epoll_pwait, epoll_pwait2, select, pselect6: interrupted, they return EINTR. */
 const POLLS = new Set([7, 271, 232, 281, 441, 23, 270]);
 
 /**
- * Whether a recorded thread can be created again: it was blocked in a wait with a timeout at the checkpoint
- * (an idle pool thread waiting for work or for its keep-alive to run out), interrupted by the freeze (`rax` is
- * `-ERESTART_RESTARTBLOCK`). Recreating threads caught in a wait without a timeout (a lock) made a target
- * that starts short-lived threads in a loop abort now and then ("rseq registration failed" in a later new
- * thread; not understood yet), so they are not recreated. A thread caught
- * anywhere else (running, starting up, half-way through `pthread_create`, or blocked before it registered rseq,
- * which glibc does first in a new thread) is not recreated: its registers
- * alone do not say which per-thread kernel state it had already set up (rseq, signal mask), and a thread that
- * sets it up twice aborts.
+ * Why a recorded thread cannot be created again, or `null` when it can. Its registers, rseq registration and
+ * per-thread kernel state (signal mask, alternate stack, robust list; lib/kernel/thread_kernel.ts) are what the
+ * kernel holds for a thread beyond the shared memory. Created again:
+ * - a thread **blocked in a system call** the freeze interrupted: a wait with a timeout (an idle pool thread's
+ *   keep-alive; `-ERESTART_RESTARTBLOCK`: it comes back as `EINTR`, which callers of waits retry, since the
+ *   kernel's restart record stayed with the old thread), or a call the kernel makes again from the start
+ *   (`-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`: a lock's futex wait, a read, a poll), or a poll
+ *   or epoll wait the freeze made return `EINTR` (retried by its caller);
+ * - a thread **just born** (the child side of `clone`/`clone3`, before it registered rseq: on a new thread,
+ *   which has no registration, it registers itself).
+ *
+ * Refused, with the reason: a thread caught running user code, or stopped just after a system call returned.
+ * Nothing known is missing for them, but a stress run (tests/fixtures/target.c `lockloop`: short-lived threads
+ * contending for a mutex, rolled back 40 times a run) crashed the target about once in 100 rollbacks when they
+ * were created again (a jump to a stack-size value: a stack that did not match its registers; not understood
+ * yet), and none in over 1,500 recreations of the two kinds above.
+ *
+ * @param t The recorded thread.
+ * @returns The reason (for a refusal that names the thread), or `null`.
+ */
+export function whyNotRecreatable(t: ThreadState): string | null {
+  if (!t.general.length) return "its registers were not recorded";
+  const nr = Number(BigInt.asIntN(64, register(t, "orig_rax")));
+  const rax = BigInt.asIntN(64, register(t, "rax"));
+  if (nr < 0) {
+    return "it was caught running user code (only threads blocked in a system call are created again)";
+  }
+  if (rax === -516n) {
+    return WAITS.has(nr)
+      ? null
+      : `it was interrupted in system call ${nr}, which the kernel would restart from ` +
+        `a record that ended with the thread (-ERESTART_RESTARTBLOCK)`;
+  }
+  if (rax === -512n || rax === -513n || rax === -514n) return null;
+  if ((nr === 435 || nr === 56) && rax === 0n && !t.rseq?.abiPointer) return null; // just born
+  if (POLLS.has(nr) && rax === -4n) return null; // a poll the freeze interrupted returns EINTR, retried
+  return `it was stopped just after system call ${nr} returned ${rax} (only threads blocked in a system call ` +
+    `are created again)`;
+}
+
+/**
+ * Whether a recorded thread can be created again ({@link whyNotRecreatable} has no reason).
  *
  * @param t The recorded thread.
  * @returns Whether {@link recreateThread} may recreate it.
  */
 export function recreatable(t: ThreadState): boolean {
-  if (!t.general.length) return false;
-  // A glibc thread registers rseq as it starts: one without is still starting (blocked on its start lock).
-  if (!t.rseq?.abiPointer) return false;
-  const nr = register(t, "orig_rax");
-  const rax = BigInt.asIntN(64, register(t, "rax"));
-  // -ERESTART_RESTARTBLOCK: a wait with a timeout (an idle pool thread's keep-alive), which comes back as EINTR
-  // and is retried by its caller. A read (a pool thread reading a pipe for the runtime) restarts as it was. A
-  // poll or epoll wait the freeze interrupted returns EINTR, retried. A futex wait without a timeout (a lock) is
-  // not recreated: see the module doc.
-  const n = Number(nr);
-  if (WAITS.has(n) && rax === -516n) return true;
-  if (n === 0 && (rax === -512n || rax === -513n || rax === -514n)) return true;
-  return POLLS.has(n) && rax === -4n;
+  return whyNotRecreatable(t) === null;
 }
+
+/** glibc's `struct pthread` keeps the thread id at this offset from the TCB (x86_64, glibc 2.35-2.40). */
+export const PTHREAD_TID_OFFSET = 0x2d0n;
+
+/**
+ * Where the kernel should clear thread `t`'s id when it exits (glibc's `pthread.tid`, the TCB (fs_base) plus
+ * glibc's offset), read from the target's memory once it holds the image's bytes: used only when the thread id
+ * is there (another libc, or none: no clear-tid).
+ *
+ * @param pid The target (its memory already rolled back).
+ * @param t The recorded thread.
+ * @returns The address, or `undefined`.
+ */
+export function clearTidInTarget(pid: number, t: ThreadState): bigint | undefined {
+  const at = register(t, "fs_base") + PTHREAD_TID_OFFSET;
+  const word = new Int32Array(1);
+  try {
+    processVmRead(pid, addrOf(Deno.UnsafePointer.of(word)), at, 4n);
+  } catch {
+    return undefined;
+  }
+  return word[0] === t.tid ? at : undefined;
+}
+
+const NAP = new Int32Array(new SharedArrayBuffer(4));
 
 /** How to recreate one thread. */
 export interface RecreateOptions {
@@ -115,7 +167,18 @@ export function recreateThread(
   inj.write(bytes);
   let tid: number;
   try {
-    tid = Number(inj.syscall(SYS_CLONE3, scratch, 88));
+    // A thread that has just exited leaves /proc before the kernel frees its id: EEXIST for a moment (bounded).
+    for (let waited = 0;; waited++) {
+      const r = inj.raw(SYS_CLONE3, scratch, 88);
+      if (r >= 0n) {
+        tid = Number(r);
+        break;
+      }
+      if (r !== -17n /* EEXIST */ || waited >= 50) {
+        throw systemError("clone3", -Number(r), `in pid ${frozen.pid} (set_tid ${t.tid})`);
+      }
+      Atomics.wait(NAP, 0, 0, 2);
+    }
   } catch (e) {
     if (e instanceof SystemError) {
       throw new CryoError(
@@ -141,6 +204,7 @@ export function recreateThread(
         const at = own.write(new TextEncoder().encode(opts.name.slice(0, 15) + "\0"));
         own.prctl(PR_SET_NAME, at);
       }
+      applyThreadKernelState(own, t); // signal mask, sigaltstack, robust list, pending signals
     } finally {
       own.close();
     }

@@ -9,6 +9,7 @@ import type { Frozen } from "../kernel/freeze.ts";
 import type { Decision } from "../kernel/policy.ts";
 import type { Region } from "../kernel/region.ts";
 import { encodeThreads } from "../kernel/threads.ts";
+import { readThreadKernelStates } from "../kernel/thread_kernel.ts";
 import { encodeIdentity, processIdentity } from "../kernel/identity.ts";
 import { encodeLayout } from "../kernel/layout_section.ts";
 import { encodeKernelState, readKernelState } from "../kernel/kernel_state.ts";
@@ -16,7 +17,8 @@ import type { ImageSummary } from "../image/persister.ts";
 import { CryoError } from "../errors.ts";
 
 /**
- * The sections of the process, read while it is frozen: its threads (when any were recorded), its identity, its
+ * The sections of the process, read while it is frozen: its threads (when any were recorded; each with its
+ * signal mask, pending signals, sigaltstack and robust list), its identity, its
  * whole layout (kept regions and left out ones) and the kernel state a rollback leaves alone.
  *
  * @param pid The process.
@@ -30,7 +32,13 @@ export function processSections(
   decisions: readonly Decision<Region>[],
 ): [string, Uint8Array][] {
   const out: [string, Uint8Array][] = [];
-  if (frozen.threads.length) out.push(["threads", encodeThreads(frozen.threads)]);
+  if (frozen.threads.length) {
+    const kernel = readThreadKernelStates(frozen); // signal mask, pending, sigaltstack, robust list
+    out.push([
+      "threads",
+      encodeThreads(frozen.threads.map((t) => ({ ...t, kernel: kernel.get(t.tid) ?? null }))),
+    ]);
+  }
   out.push(["identity", encodeIdentity(processIdentity(pid))]);
   out.push(["layout", encodeLayout(decisions.map((d) => d.region))]);
   out.push(["kernel", encodeKernelState(readKernelState(pid))]);

@@ -25,7 +25,13 @@ import { MemoryLoader } from "../image/loader.ts";
 import { checkBudget } from "../image/budget.ts";
 import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
 import { describeChange } from "../kernel/layout_fix.ts";
-import { recreatable } from "../kernel/threads_fix.ts";
+import { PTHREAD_TID_OFFSET, recreatable, whyNotRecreatable } from "../kernel/threads_fix.ts";
+import {
+  decodeKernelState,
+  describeOffsetChange,
+  planOffsets,
+  readKernelState,
+} from "../kernel/kernel_state.ts";
 import { KIND } from "../image/format.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
@@ -213,8 +219,15 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       refuseThreadChanges(pid, {
         born: changes.born.filter((t) => !ending.includes(t)),
         gone: changes.gone.filter((t) => !again.some((a) => a.tid === t)),
+      }, (tid) => {
+        const t = recorded.find((r) => r.tid === tid);
+        return t ? whyNotRecreatable(t) : null;
       });
     }
+    const kernelBytes = loader.section("kernel");
+    const offsets = kernelBytes && !identity.length
+      ? planOffsets(decodeKernelState(kernelBytes, path), readKernelState(pid))
+      : []; // a forced restore into another process: its descriptors are its own
     const recreate: { state: ThreadState; clearTid?: bigint }[] = [];
     for (const t of again) recreate.push({ state: t, clearTid: await clearTidOf(loader, t) });
     const result: RestoreResult = {
@@ -231,6 +244,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       threadsEnded: opts.dryRun ? ending : [],
       identity,
       layoutChanges: layout.changes.map(describeChange),
+      offsetChanges: offsets.map(describeOffsetChange),
       journalBytes: 0,
       recovered: false,
       stoppedMs: 0,
@@ -252,6 +266,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
           ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
           ctx.fixLayout(layout, layout.scratchAt);
           ctx.recreateThreads(recreate); // their stacks are mapped again by now
+          ctx.putOffsets(offsets);
           if ("tracking" in picked) {
             const w = await loadWritten(loader, ctx.target, frozen, picked.tracking);
             result.tracking = { used: true, writtenBytes: w.writtenBytes, releasedBytes: w.releasedBytes };
@@ -319,9 +334,6 @@ function pickTracking(
   const rearm = adoptTracking(pid, mark.fd);
   return { reason: found.reason, rearm, mark: want };
 }
-
-/** glibc's `struct pthread` keeps the thread id at this offset from the TCB (x86_64, glibc 2.35-2.40). */
-const PTHREAD_TID_OFFSET = 0x2d0n;
 
 /**
  * Where the kernel should clear thread `t`'s id when it exits (glibc's `pthread.tid`): the TCB (fs_base) plus

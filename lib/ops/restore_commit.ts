@@ -22,13 +22,15 @@ import { RestoreJournal } from "../kernel/journal.ts";
 import { removeMarker, writeMarker } from "./recovery.ts";
 import { readThreadState, type RseqConfig, type ThreadState } from "../kernel/threads.ts";
 import { inject, type Injector, SYS } from "../kernel/inject.ts";
-import { applyLayout, type LayoutPlan } from "../kernel/layout_fix.ts";
+import { type AppliedLayout, applyLayout, type LayoutPlan } from "../kernel/layout_fix.ts";
 import { endThread, type RecreateOptions, recreateThread } from "../kernel/threads_fix.ts";
 import { type LoadTarget, pidTarget } from "../image/targets.ts";
 import { budgetShares } from "../image/budget.ts";
+import type { OffsetChange } from "../kernel/kernel_state.ts";
 import { libc } from "../../ffi/libc.ts";
 
 const SIGCONT = 18;
+const SYS_LSEEK = 8;
 
 /** What the thread set of a target looks like against an image's threads section. */
 export interface ThreadChanges {
@@ -74,11 +76,18 @@ export function matchThreads(threads: readonly ThreadState[], tids: readonly num
  *
  * @param pid The target.
  * @param changes The difference ({@link threadChanges}).
+ * @param why Why a thread of the checkpoint cannot be created again (lib/kernel/threads_fix.ts).
  * @throws {LayoutMismatchError} Listing each thread, unless nothing changed.
  */
-export function refuseThreadChanges(pid: number, changes: ThreadChanges): void {
+export function refuseThreadChanges(
+  pid: number,
+  changes: ThreadChanges,
+  why: (tid: number) => string | null = () => null,
+): void {
   const differences = changes.gone.map((t) =>
-    `thread ${t} of the checkpoint has ended (memory rolled back would still count on it; threads are not yet recreated)`
+    `thread ${t} of the checkpoint has ended and cannot be created again: ${
+      why(t) ?? "the image does not record it"
+    } (memory rolled back would still count on it)`
   );
   if (differences.length) throw new LayoutMismatchError(`pid ${pid}'s threads`, differences);
 }
@@ -139,6 +148,8 @@ export interface RestoreResult {
   identity: string[];
   /** The layout changes made (or, with `dryRun`, that would be made), one line each. */
   layoutChanges: string[];
+  /** The file offsets put back (or, with `dryRun`, that would be), one line each. */
+  offsetChanges: string[];
   /** Bytes of the target saved in the undo journal before they were overwritten. */
   journalBytes: number;
   /** Whether this finished a restore that an earlier, killed cryo had left (the target was resumed). */
@@ -170,6 +181,8 @@ export interface CommitSummary<T> {
   layoutChanges: number;
   /** Threads created again ({@link CommitContext.recreateThreads}). */
   threadsRecreated: number;
+  /** File offsets put back ({@link CommitContext.putOffsets}). */
+  offsetsPut: number;
 }
 
 /** What the write function is given. */
@@ -200,6 +213,12 @@ export interface CommitContext {
    * @param threads The recorded threads to recreate, each with its name and clear-tid address if known.
    */
   recreateThreads(threads: readonly (RecreateOptions & { state: ThreadState })[]): void;
+  /**
+   * Put file offsets back (an injected `lseek` each; the undo seeks back to where it was).
+   *
+   * @param changes The offsets ({@link planOffsets}).
+   */
+  putOffsets(changes: readonly OffsetChange[]): void;
 }
 
 /**
@@ -237,6 +256,8 @@ export async function commitRestore<T>(
   let threadsRestored = 0;
   let layoutChanges = 0;
   let threadsRecreated = 0;
+  let offsetsPut = 0;
+  const releases: AppliedLayout[] = []; // regions moved aside, unmapped once the restore has committed
   let inj: Injector | undefined;
   const toEnd: number[] = [];
   const live = new Set(frozen.tids);
@@ -258,7 +279,7 @@ export async function commitRestore<T>(
     fixLayout(plan, scratchAt) {
       if (!plan.changes.length) return;
       inj ??= inject(frozen, { scratchAt });
-      applyLayout(plan, inj, journal);
+      releases.push(applyLayout(plan, inj, journal));
       layoutChanges += plan.changes.length;
     },
     recreateThreads(threads) {
@@ -271,6 +292,18 @@ export async function commitRestore<T>(
         recreateThread(frozen, inj, t.state, t);
         made = true;
         threadsRecreated++;
+      }
+    },
+    putOffsets(changes) {
+      for (const c of changes) {
+        inj ??= inject(frozen);
+        const on = inj;
+        journal.recordUndo(
+          `offset of fd ${c.fd} back to ${c.from}`,
+          () => on.syscall(SYS_LSEEK, c.fd, c.from, 0),
+        );
+        on.syscall(SYS_LSEEK, c.fd, c.to, 0 /* SEEK_SET */);
+        offsetsPut++;
       }
     },
   };
@@ -300,6 +333,11 @@ export async function commitRestore<T>(
     }
     throw e;
   }
+  for (const r of releases) {
+    try {
+      r.release();
+    } catch { /* left mapped where nothing uses it: a leak, not a fault (a recovering restore unmaps it) */ }
+  }
   inj?.close();
   const threadsEnded = toEnd.filter((tid) => {
     try {
@@ -321,5 +359,6 @@ export async function commitRestore<T>(
     recovered,
     layoutChanges,
     threadsRecreated,
+    offsetsPut,
   };
 }

@@ -8,7 +8,7 @@
 
 import { IdentityMismatchError, LayoutMismatchError } from "../errors.ts";
 import { decodeIdentity, identityDifferences, processIdentity } from "../kernel/identity.ts";
-import { freeGap, type LayoutPlan, planLayout } from "../kernel/layout_fix.ts";
+import { freeGap, type LayoutPlan, parkingBytes, planLayout } from "../kernel/layout_fix.ts";
 import { decodeLayout, type RecordedRegion } from "../kernel/layout_section.ts";
 import { readRegions } from "../kernel/maps.ts";
 import { permsString, type Region } from "../kernel/region.ts";
@@ -78,7 +78,13 @@ export function planRestoreLayout(
   const keep = threadStacks(pid, current).filter((s) => !ending.includes(s.tid)).map((s) => s.region);
   const plan = planLayout(image, current, { recorded, keep });
   if (plan.refusals.length) throw new LayoutMismatchError(`pid ${pid}`, plan.refusals);
-  return { ...plan, scratchAt: freeGap([...current, ...image, ...(recorded ?? [])], 1n << 16n) };
+  const occupied = [...current, ...image, ...(recorded ?? [])];
+  const scratchAt = freeGap(occupied, 1n << 16n);
+  const parking = parkingBytes(plan.changes);
+  const parkAt = parking && scratchAt
+    ? freeGap([...occupied, { start: scratchAt, end: scratchAt + (1n << 16n) }], parking)
+    : 0n;
+  return { ...plan, scratchAt, parkAt };
 }
 
 /**

@@ -8,7 +8,9 @@
  * against the target's and registers put back before memory. From a stream, which can be read only once, each
  * chunk is verified before it is written and the journal is what makes it all or nothing: a stream that turns
  * out truncated or damaged part-way, a threads section that does not fit the target or the kernel refuses,
- * or an abort, undoes every chunk written so far. The journal costs one read of the target's overwritten
+ * or an abort, undoes every chunk written so far. Threads follow the image as in {@link restore}: those of the
+ * checkpoint that ended since are created again (lib/kernel/threads_fix.ts) once the memory is written, those
+ * born since are ended last; file offsets are put back. The journal costs one read of the target's overwritten
  * bytes and one write of them to an unlinked temporary file (see lib/kernel/journal.ts).
  *
  * @module
@@ -23,6 +25,13 @@ import type { SealKey } from "../codecs/keys.ts";
 import { loadStream, openInput, type StreamSummary, verifyStream } from "../image/stream.ts";
 import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
 import { describeChange } from "../kernel/layout_fix.ts";
+import { clearTidInTarget, recreatable, whyNotRecreatable } from "../kernel/threads_fix.ts";
+import {
+  decodeKernelState,
+  describeOffsetChange,
+  planOffsets,
+  readKernelState,
+} from "../kernel/kernel_state.ts";
 import {
   commitRestore,
   matchThreads,
@@ -40,8 +49,13 @@ export interface StreamRestoreOptions {
   codecs?: readonly Codec[];
   /** Put the recorded registers back into threads that still exist (default true). */
   registers?: boolean;
-  /** Go ahead although threads of the checkpoint have ended since (default false: refused). */
+  /**
+   * Go ahead although threads of the checkpoint have ended since and cannot be created again (default false:
+   * refused).
+   */
   allowThreadChanges?: boolean;
+  /** End the threads born since the checkpoint (default true), as `restore()` does; false refuses them. */
+  endBornThreads?: boolean;
   /** Restore into a process that is not the image's (default false: refused). */
   force?: boolean;
   /** How long the freeze may take, in milliseconds. */
@@ -101,14 +115,30 @@ export async function restoreStream(
   const frozenAt = performance.now() - frozen.freezeMs;
   progress.stopped?.(true, frozenAt);
   startPhase(progress, "write", verified?.dataBytes);
+  const registers = opts.registers !== false;
+  // Threads of the checkpoint that ended since are created again when they can be, threads born since are
+  // ended (as restore() does); anything else is refused, unless allowThreadChanges.
   const checkThreads = (threads: readonly ThreadState[], present: boolean) => {
     const changes = threadChanges(threads, frozen.tids);
-    if (present && !opts.allowThreadChanges) refuseThreadChanges(pid, changes);
-    return changes;
+    const again = registers && present
+      ? threads.filter((t) => changes.gone.includes(t.tid) && recreatable(t))
+      : [];
+    const ending = registers && present && opts.endBornThreads !== false ? changes.born : [];
+    if (present && !opts.allowThreadChanges) {
+      refuseThreadChanges(pid, {
+        gone: changes.gone.filter((t) => !again.some((a) => a.tid === t)),
+        born: changes.born.filter((t) => !ending.includes(t)),
+      }, (tid) => {
+        const t = threads.find((r) => r.tid === tid);
+        return t ? whyNotRecreatable(t) : null;
+      });
+    }
+    return { ...changes, again, ending };
   };
   try {
     let identity: string[] = [];
     let layoutChanges: string[] = [];
+    let offsetChanges: string[] = [];
     if (verified) {
       const id = verified.sectionBytes.get("identity");
       identity = checkIdentity(pid, input, verified.source, id, opts.force);
@@ -119,8 +149,8 @@ export async function restoreStream(
       frozen,
       input,
       recovering,
-      async ({ target, setThreads, fixLayout, endAfter }) => {
-        if (known && opts.registers !== false) setThreads(known); // first: refused registers fail before memory
+      async ({ target, setThreads, fixLayout, endAfter, recreateThreads, putOffsets }) => {
+        if (known && registers) setThreads(known); // first: refused registers fail before memory
         const s = await loadStream(stream, target, {
           ...streamOpts,
           onHeader: (source, regions) => {
@@ -140,8 +170,16 @@ export async function restoreStream(
         const changes = checkThreads(threads, bytes !== undefined);
         const id = s.sectionBytes.get("identity");
         if (!verified && id) identity = checkIdentity(pid, input, s.source, id, opts.force);
-        if (!known && opts.registers !== false) setThreads(threads);
-        if (opts.registers !== false && threads.length) endAfter(changes.born);
+        if (!known && registers) setThreads(threads);
+        // Memory holds the image's bytes now: glibc's pthread.tid of each thread to create again is read there.
+        recreateThreads(changes.again.map((t) => ({ state: t, clearTid: clearTidInTarget(pid, t) })));
+        const kernel = verified?.sectionBytes.get("kernel") ?? s.sectionBytes.get("kernel");
+        const offsets = kernel && !identity.length
+          ? planOffsets(decodeKernelState(kernel, input), readKernelState(pid))
+          : [];
+        putOffsets(offsets);
+        offsetChanges = offsets.map(describeOffsetChange);
+        if (threads.length) endAfter(changes.ending); // last: ending a thread cannot be undone
         return { s, changes };
       },
       opts.signal,
@@ -161,10 +199,11 @@ export async function restoreStream(
       threadsRestored: done.threadsRestored,
       threadsGone: changes.gone,
       threadsBorn: changes.born,
-      threadsRecreated: [],
+      threadsRecreated: changes.again.map((t) => t.tid),
       threadsEnded: done.threadsEnded,
       identity,
       layoutChanges,
+      offsetChanges,
       journalBytes: done.journalBytes,
       recovered: done.recovered,
       stoppedMs: performance.now() - frozenAt,

@@ -41,7 +41,7 @@ export interface ServeOptions {
 }
 
 /** One reply line. */
-export type ServeReply = { ok: true; result: unknown } | { ok: false; error: string };
+export type ServeReply = { schema?: number } & ({ ok: true; result: unknown } | { ok: false; error: string });
 
 /** What `status` says about one process. */
 export interface HibernationStatus {
@@ -123,8 +123,14 @@ async function handle(req: Record<string, unknown>, signal?: AbortSignal): Promi
   throw new TypeError(`unknown op ${JSON.stringify(op)}: one of hibernate, wake, status`);
 }
 
+/** The version of the reply lines' shape, first in every line (bumped when a key changes meaning). */
+export const SERVE_SCHEMA = 1;
+
 function replyLine(reply: ServeReply): string {
-  return JSON.stringify(reply, (_k, v) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v)) + "\n";
+  return JSON.stringify(
+    { schema: SERVE_SCHEMA, ...reply },
+    (_k, v) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v),
+  ) + "\n";
 }
 
 /** Check that nobody but this user (or root) can replace what lies in `dir`. */

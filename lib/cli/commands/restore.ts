@@ -114,6 +114,12 @@ examples:
             : "layout matches\n"
         }` +
         (result.identity.length ? `  identity  forced: ${printable(result.identity.join("; "))}\n` : "") +
+        (result.offsetChanges.length
+          ? `  offsets   ${result.offsetChanges.length} file offset(s)${
+            result.dryRun ? " to put back" : " put back"
+          }:\n` +
+            result.offsetChanges.map((c) => `              ${printable(c)}\n`).join("")
+          : "") +
         `  memory    ${verb} ${humanBytes(result.dataBytes)} of data, zeroed holes of ${
           humanBytes(result.holeBytes)
         }\n` +

@@ -1,0 +1,123 @@
+import { assert, assertEquals } from "./_assert.ts";
+import { Target } from "./_target.ts";
+import { checkpoint } from "../lib/ops/checkpoint.ts";
+import { restore } from "../lib/ops/restore.ts";
+import { Sealer } from "../lib/codecs/seal.ts";
+import { SealKey } from "../lib/codecs/keys.ts";
+import { type KernelState, planOffsets } from "../lib/kernel/kernel_state.ts";
+
+const tids = (pid: number) => [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
+const fdPos = (pid: number, fd: number) =>
+  Number(/^pos:\s+(\d+)/m.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd}`))![1]);
+
+async function dataFile(dir: string): Promise<string> {
+  const path = `${dir}/data.bin`;
+  const bytes = new Uint8Array(64 << 10);
+  for (let i = 0; i < bytes.length; i += 65536) crypto.getRandomValues(bytes.subarray(i, i + 65536));
+  await Deno.writeFile(path, bytes);
+  return path;
+}
+
+Deno.test("restore() puts back the offset of a file the target still has open (lseek), listed by a dry run", async () => {
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const fd = Number(await target.cmd(`fopen ${await dataFile(dir)}`));
+    await target.cmd(`fread ${fd} 4096`);
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    const next = await target.cmd(`fread ${fd} 4096`); // what the program reads next after the checkpoint
+    assertEquals(next.split(" ")[0], "8192");
+    await target.cmd(`fread ${fd} 20000`);
+    assertEquals(fdPos(target.pid, fd), 28192);
+    const dry = await restore(target.pid, `${dir}/a.cryo`, { dryRun: true });
+    assertEquals(dry.offsetChanges, [`fd ${fd} (${dir}/data.bin): offset 28192 -> 4096 (lseek)`]);
+    assertEquals(fdPos(target.pid, fd), 28192, "a dry run changes nothing");
+    const r = await restore(target.pid, `${dir}/a.cryo`);
+    assertEquals(r.offsetChanges.length, 1);
+    assertEquals(fdPos(target.pid, fd), 4096);
+    assertEquals(await target.cmd(`fread ${fd} 4096`), next, "it reads the same bytes again");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("planOffsets() leaves a descriptor alone when its file or open flags changed", () => {
+  const file = { fd: 3, target: "/a", kind: "file" as const, device: 1, inode: 2, flags: 0o100000 };
+  const recorded: KernelState = { descriptors: [{ ...file, offset: 10 }], children: [] };
+  const at = (d: Partial<typeof file>): KernelState => ({
+    descriptors: [{ ...file, offset: 99, ...d }],
+    children: [],
+  });
+  assertEquals(planOffsets(recorded, at({})), [{ fd: 3, path: "/a", from: 99, to: 10 }]);
+  assertEquals(planOffsets(recorded, at({ inode: 5 })), []);
+  assertEquals(planOffsets(recorded, at({ flags: 0o102000 })), []);
+  assertEquals(planOffsets(recorded, at({ fd: 4 })), []);
+  assertEquals(planOffsets(recorded, { descriptors: [{ ...file, offset: 10 }], children: [] }), []);
+});
+
+async function streamedRestore(pid: number, image: string): Promise<Record<string, unknown>> {
+  const url = JSON.stringify(new URL("../lib/ops/restore_stream.ts", import.meta.url).href);
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      "--ext=ts",
+      `import { restoreStream } from ${url};
+       console.log(JSON.stringify(await restoreStream(Number(Deno.args[0]), "-")));`,
+      String(pid),
+    ],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  try {
+    const w = child.stdin.getWriter();
+    await w.write(await Deno.readFile(image));
+    await w.close();
+    const res = await child.output();
+    assert(res.success, new TextDecoder().decode(res.stderr));
+    return JSON.parse(new TextDecoder().decode(res.stdout));
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+  }
+}
+
+for (const mode of ["stdin", "encrypted file"] as const) {
+  Deno.test(`restoreStream() (${mode}) creates ended threads again, ends born ones, fixes the layout and offsets`, async () => {
+    const dir = await Deno.makeTempDir();
+    await using target = Target.start();
+    try {
+      const key = await SealKey.fromBytes(new Uint8Array(32).fill(7));
+      const fd = Number(await target.cmd(`fopen ${await dataFile(dir)}`));
+      const a = await target.map(1 << 20);
+      await target.fill(a, 1 << 20, "random", 3);
+      const want = await target.sum(a, 1 << 20);
+      const idler = Number(await target.cmd("idler"));
+      const report = await target.cmd("idlerreport");
+      const then = tids(target.pid).sort();
+      await checkpoint(target.pid, `${dir}/a.cryo`, {
+        fsync: false,
+        sealer: mode === "stdin" ? undefined : await Sealer.create(key),
+      });
+      await target.cmd("idlerexit");
+      await target.cmd("threads 1"); // born since
+      await target.cmd(`unmap 0x${a.toString(16)} ${1 << 20}`); // vanished since
+      await target.cmd(`fread ${fd} 9000`);
+      const r = mode === "stdin"
+        ? await streamedRestore(target.pid, `${dir}/a.cryo`)
+        : await restore(target.pid, `${dir}/a.cryo`, { key }) as unknown as Record<string, unknown>;
+      assertEquals(r.threadsRecreated, [idler]);
+      assertEquals((r.threadsEnded as number[]).length, 1);
+      assert((r.layoutChanges as string[]).length > 0, JSON.stringify(r));
+      assertEquals((r.offsetChanges as string[]).length, 1);
+      assertEquals(tids(target.pid).sort(), then);
+      assertEquals(await target.sum(a, 1 << 20), want);
+      assertEquals(fdPos(target.pid, fd), 0);
+      assertEquals(await target.cmd("idlerreport"), report);
+      await target.cmd("idlerexit");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
