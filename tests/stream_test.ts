@@ -120,9 +120,8 @@ Deno.test("`loadStream()` restores a checkpoint streamed through a pipe from ano
   };
     import { pidSource } from ${JSON.stringify(new URL("../lib/image/sources.ts", import.meta.url).href)};
     import { ZstdCodec } from ${JSON.stringify(new URL("../lib/codecs/zstd.ts", import.meta.url).href)};
-    import { keyFromEnv, Sealer } from ${
-    JSON.stringify(new URL("../lib/codecs/seal.ts", import.meta.url).href)
-  };
+    import { Sealer } from ${JSON.stringify(new URL("../lib/codecs/seal.ts", import.meta.url).href)};
+    import { keyFromEnv } from ${JSON.stringify(new URL("../lib/codecs/keys.ts", import.meta.url).href)};
     import { regionAt } from ${JSON.stringify(new URL("./_image.ts", import.meta.url).href)};
     const [pid, addr, len, keyEnv] = Deno.args;
     const sealer = await Sealer.create(await keyFromEnv(keyEnv));
