@@ -41,14 +41,10 @@ export {
   type ParentLink,
   parentLink,
 } from "./lib/image/chain.ts";
-export type {
-  Footer,
-  HeaderFields,
-  ImageRecord,
-  ImageRegion,
-  SectionEntry,
-  SourceInfo,
-} from "./lib/image/layout.ts";
+export type { ImageRecord, ImageRegion } from "./lib/image/format.ts";
+export type { HeaderFields, SourceInfo } from "./lib/image/header.ts";
+export type { SectionEntry } from "./lib/image/sections.ts";
+export type { Footer } from "./lib/image/footer.ts";
 export type { FrameInfo } from "./lib/image/frames.ts";
 export { type MemorySource, pidSource, segmentSource, selfSource } from "./lib/image/sources.ts";
 export {

@@ -30,6 +30,7 @@ export {
   regionDecisions,
 } from "./lib/ops/checkpoint.ts";
 export type { LiveStats } from "./lib/ops/checkpoint_live.ts";
+export type { TakenFigures } from "./lib/ops/checkpoint_record.ts";
 export { type ImageStamp, imageStamp, restore, type RestoreOptions } from "./lib/ops/restore.ts";
 export type { RestoreResult } from "./lib/ops/restore_commit.ts";
 export {
@@ -37,10 +38,9 @@ export {
   type HibernateOptions,
   type HibernateResult,
   type HibernationMarker,
-  type ProcessMemory,
-  processMemory,
   readHibernationMarker,
 } from "./lib/ops/hibernate.ts";
+export { type ProcessMemory, processMemory } from "./lib/kernel/process_status.ts";
 export { wake, type WakeOptions, type WakeResult } from "./lib/ops/wake.ts";
 export {
   type HibernationStatus,
@@ -74,7 +74,7 @@ export type { IncrementalInfo } from "./lib/ops/incremental.ts";
 export { flattenChain } from "./lib/image/chain.ts";
 
 // Keys and codecs.
-export { type KeyFileOptions, keyFromEnv, keyFromFile, SealKey } from "./lib/codecs/seal.ts";
+export { type KeyFileOptions, keyFromEnv, keyFromFile, SealKey } from "./lib/codecs/keys.ts";
 export { type Codec } from "./lib/codecs/codec.ts";
 export { parseCodec } from "./lib/codecs/select.ts";
 export { ZstdCodec } from "./lib/codecs/zstd.ts";

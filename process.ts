@@ -82,13 +82,8 @@ export {
   requireCapabilities,
   UFFD_FEATURE,
 } from "./lib/kernel/capabilities.ts";
-export {
-  track,
-  Tracking,
-  UFFDIO_REGISTER_MODE,
-  Userfaultfd,
-  type UserfaultfdOptions,
-} from "./lib/kernel/uffd.ts";
+export { UFFDIO_REGISTER_MODE, Userfaultfd, type UserfaultfdOptions } from "./lib/kernel/uffd.ts";
+export { track, Tracking } from "./lib/kernel/range_tracking.ts";
 export {
   adoptTracking,
   ProcessTracking,

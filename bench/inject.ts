@@ -18,7 +18,8 @@
 import { Target } from "../tests/_target.ts";
 import { freeze } from "../lib/kernel/freeze.ts";
 import { inject, SYS } from "../lib/kernel/inject.ts";
-import { track, UFFDIO_REGISTER_MODE, Userfaultfd } from "../lib/kernel/uffd.ts";
+import { UFFDIO_REGISTER_MODE, Userfaultfd } from "../lib/kernel/uffd.ts";
+import { track } from "../lib/kernel/range_tracking.ts";
 import { UFFD_FEATURE } from "../lib/kernel/capabilities.ts";
 import { FaultServer } from "../lib/kernel/fault_server.ts";
 import { Pagemap } from "../lib/kernel/pagemap.ts";

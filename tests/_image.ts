@@ -9,7 +9,7 @@ import { MAP, PROT } from "../ffi/constants.ts";
 import { mmap, munmap, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
 import type { Region } from "../lib/kernel/region.ts";
 import { checksum, checksumAt } from "../lib/image/checksum.ts";
-import type { ImageRecord } from "../lib/image/layout.ts";
+import type { ImageRecord } from "../lib/image/format.ts";
 import {
   decodeDirectory,
   decodeFrameHeader,

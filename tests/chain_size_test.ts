@@ -13,7 +13,7 @@ import { diff } from "../lib/ops/diff.ts";
 import { mapImage } from "../lib/ops/map.ts";
 import { flattenChain } from "../lib/image/chain.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
-import { type ImageRecord, KIND, REQUIRED, uncoveredMeaning } from "../lib/image/layout.ts";
+import { type ImageRecord, KIND, REQUIRED, uncoveredMeaning } from "../lib/image/format.ts";
 import {
   addFrameRecords,
   decodeTable,

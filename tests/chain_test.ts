@@ -6,7 +6,7 @@ import { restore } from "../lib/ops/restore.ts";
 import { inspect } from "../lib/ops/inspect.ts";
 import { flattenChain, ImageChain } from "../lib/image/chain.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
-import { KIND } from "../lib/image/layout.ts";
+import { KIND } from "../lib/image/format.ts";
 import { removeTrackingMark } from "../lib/ops/tracked.ts";
 import { decodeThreads } from "../lib/kernel/threads.ts";
 import { loadStream, verifyStream } from "../lib/image/stream.ts";

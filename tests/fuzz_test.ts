@@ -28,10 +28,11 @@ import { MemoryPersister, type PersisterOptions } from "../lib/image/persister.t
 import { MemoryLoader } from "../lib/image/loader.ts";
 import { segmentSource } from "../lib/image/sources.ts";
 import { openInput, verifyStream } from "../lib/image/stream.ts";
-import { KIND, MAX_CHUNK_LENGTH, MAX_RECORD_LENGTH, RECORD_FLAG } from "../lib/image/layout.ts";
+import { KIND, MAX_CHUNK_LENGTH, MAX_RECORD_LENGTH, RECORD_FLAG } from "../lib/image/format.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
-import { Sealer, SealKey } from "../lib/codecs/seal.ts";
+import { Sealer } from "../lib/codecs/seal.ts";
+import { SealKey } from "../lib/codecs/keys.ts";
 import { CryoError } from "../lib/errors.ts";
 import { diff } from "../lib/ops/diff.ts";
 import { inspect } from "../lib/ops/inspect.ts";

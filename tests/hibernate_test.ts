@@ -2,11 +2,13 @@ import { assert, assertEquals, assertRejects } from "./_assert.ts";
 import { Target } from "./_target.ts";
 import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { CryoError, ImageError, KeyError } from "../lib/errors.ts";
-import { Sealer, SealKey } from "../lib/codecs/seal.ts";
+import { Sealer } from "../lib/codecs/seal.ts";
+import { SealKey } from "../lib/codecs/keys.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
-import { KIND } from "../lib/image/layout.ts";
-import { hibernate, processMemory, processState, readHibernationMarker } from "../lib/ops/hibernate.ts";
+import { KIND } from "../lib/image/format.ts";
+import { hibernate, readHibernationMarker } from "../lib/ops/hibernate.ts";
+import { processMemory, processState } from "../lib/kernel/process_status.ts";
 import { wake } from "../lib/ops/wake.ts";
 
 const cli = new URL("../cli.ts", import.meta.url).pathname;

@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { assert, assertEquals } from "./_assert.ts";
 import { compareRecord, findRecord, indexProblem, recordsIn } from "../lib/image/index.ts";
-import { type ImageRecord, KIND } from "../lib/image/layout.ts";
+import { type ImageRecord, KIND } from "../lib/image/format.ts";
 import { decodeDirectory, encodeDirectory, type FrameInfo } from "../lib/image/frames.ts";
 
 function rec(address: bigint, length: number, segment = 0): ImageRecord {

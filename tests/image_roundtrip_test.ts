@@ -4,7 +4,7 @@ import { MemoryPersister } from "../lib/image/persister.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
 import { selfTarget } from "../lib/image/targets.ts";
 import { releaseMemory } from "../lib/image/lazy.ts";
-import { KIND } from "../lib/image/layout.ts";
+import { KIND } from "../lib/image/format.ts";
 import { munmap } from "../ffi/libc.ts";
 import { parseCodec } from "../lib/codecs/select.ts";
 

@@ -6,10 +6,11 @@ import { MemoryLoader } from "../lib/image/loader.ts";
 import { segmentSource } from "../lib/image/sources.ts";
 import { segmentTarget } from "../lib/image/targets.ts";
 import { openInput, verifyStream } from "../lib/image/stream.ts";
-import { MAX_CHUNK_LENGTH, MAX_RECORD_LENGTH } from "../lib/image/layout.ts";
+import { MAX_CHUNK_LENGTH, MAX_RECORD_LENGTH } from "../lib/image/format.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
-import { Sealer, SealKey } from "../lib/codecs/seal.ts";
+import { Sealer } from "../lib/codecs/seal.ts";
+import { SealKey } from "../lib/codecs/keys.ts";
 import { ImageError } from "../lib/errors.ts";
 
 const KEY = await SealKey.fromBytes(new Uint8Array(32).fill(7));

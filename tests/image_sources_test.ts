@@ -7,7 +7,7 @@ import { MemoryLoader } from "../lib/image/loader.ts";
 import { pidSource, segmentSource } from "../lib/image/sources.ts";
 import { pidTarget, segmentTarget, selfTarget } from "../lib/image/targets.ts";
 import { releaseMemory } from "../lib/image/lazy.ts";
-import { KIND } from "../lib/image/layout.ts";
+import { KIND } from "../lib/image/format.ts";
 import { O } from "../ffi/constants.ts";
 import { close, open } from "../ffi/libc.ts";
 

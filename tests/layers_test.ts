@@ -98,3 +98,37 @@ Deno.test("no modules import each other in a circle", () => {
   for (const p of all) visit(p);
   assertEquals(cycles, []);
 });
+
+Deno.test("docs/LAYERS.md names every file of ffi/ and lib/ in its layer's row, and no file that is not there", () => {
+  const table = Deno.readTextFileSync(root + "docs/LAYERS.md").split("\n").filter((l) => l.startsWith("| "));
+  const rows: { folders: string[]; names: Set<string> }[] = [];
+  for (const line of table) {
+    const [, , where, what] = line.split("|");
+    if (!where || !what) continue;
+    const folders = [...where.matchAll(/`([^`]+\/)`/g)].map((m) => m[1]);
+    if (folders.length !== 1) continue; // the header, the leaf (files named as paths) and the entry points
+    rows.push({ folders, names: new Set([...what.matchAll(/`([a-z_0-9]+)`/g)].map((m) => m[1])) });
+  }
+  const missing: string[] = [];
+  const stale: string[] = [];
+  for (const { folders, names } of rows) {
+    const dirs = folders[0] === "lib/cli/" ? ["lib/cli", "lib/cli/commands"] : [folders[0].slice(0, -1)];
+    const files = new Set<string>();
+    for (const dir of dirs) {
+      for (const e of Deno.readDirSync(root + dir)) {
+        if (e.isFile && e.name.endsWith(".ts")) files.add(e.name.slice(0, -3));
+      }
+    }
+    for (const f of files) if (!names.has(f)) missing.push(`${folders[0]}${f}.ts`);
+    for (const n of names) if (!files.has(n)) stale.push(`${folders[0]}: \`${n}\``);
+  }
+  assertEquals(rows.map((r) => r.folders[0]).sort(), [
+    "ffi/",
+    "lib/cli/",
+    "lib/codecs/",
+    "lib/image/",
+    "lib/kernel/",
+    "lib/ops/",
+  ]);
+  assertEquals({ missing, stale }, { missing: [], stale: [] });
+});

@@ -16,7 +16,7 @@ import { LineChild } from "../lib/kernel/child.ts";
 import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { restore } from "../lib/ops/restore.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
-import { KIND } from "../lib/image/layout.ts";
+import { KIND } from "../lib/image/format.ts";
 import { transferRemote } from "../lib/image/sources.ts";
 import { CryoError } from "../lib/errors.ts";
 import { parseCodec } from "../lib/codecs/select.ts";

@@ -2,7 +2,8 @@ import { assert, assertEquals } from "./_assert.ts";
 import { Target } from "./_target.ts";
 import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { restore } from "../lib/ops/restore.ts";
-import { Sealer, SealKey } from "../lib/codecs/seal.ts";
+import { Sealer } from "../lib/codecs/seal.ts";
+import { SealKey } from "../lib/codecs/keys.ts";
 import { type KernelState, planOffsets } from "../lib/kernel/kernel_state.ts";
 
 const tids = (pid: number) => [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));

@@ -8,7 +8,8 @@ import { checksum } from "../lib/image/checksum.ts";
 import { RestoreJournal } from "../lib/kernel/journal.ts";
 import { freeze } from "../lib/kernel/freeze.ts";
 import { RemoteWriter } from "../lib/image/remote.ts";
-import { Sealer, SealKey } from "../lib/codecs/seal.ts";
+import { Sealer } from "../lib/codecs/seal.ts";
+import { SealKey } from "../lib/codecs/keys.ts";
 import { markerDir } from "../lib/ops/recovery.ts";
 import type { Progress } from "../lib/ops/progress.ts";
 

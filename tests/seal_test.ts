@@ -3,17 +3,8 @@ import { Target } from "./_target.ts";
 import { addrOf, processVmRead } from "../ffi/libc.ts";
 import { ImageError, KeyError, KeyFileError } from "../lib/errors.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
-import {
-  chunkAad,
-  keyFromEnv,
-  keyFromFile,
-  loadKey,
-  NONCE_SIZE,
-  SEAL_OVERHEAD,
-  SEAL_PARAMS_SIZE,
-  Sealer,
-  SealKey,
-} from "../lib/codecs/seal.ts";
+import { chunkAad, NONCE_SIZE, SEAL_OVERHEAD, SEAL_PARAMS_SIZE, Sealer } from "../lib/codecs/seal.ts";
+import { keyFromEnv, keyFromFile, loadKey, SealKey } from "../lib/codecs/keys.ts";
 
 const KiB = 1024;
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");

@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertRejects } from "./_assert.ts";
 import { Target } from "./_target.ts";
 import { CryoError } from "../lib/errors.ts";
-import { processState } from "../lib/ops/hibernate.ts";
+import { processState } from "../lib/kernel/process_status.ts";
 import { request, serve } from "../lib/ops/serve.ts";
 
 const MiB = 1 << 20;

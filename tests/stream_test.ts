@@ -9,8 +9,9 @@ import { pidTarget } from "../lib/image/targets.ts";
 import { loadStream, loadVerified, verifyStream } from "../lib/image/stream.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
-import { keyFromEnv, NONCE_SIZE, Sealer, SealKey } from "../lib/codecs/seal.ts";
-import { KIND } from "../lib/image/layout.ts";
+import { NONCE_SIZE, Sealer } from "../lib/codecs/seal.ts";
+import { keyFromEnv, SealKey } from "../lib/codecs/keys.ts";
+import { KIND } from "../lib/image/format.ts";
 
 const MiB = 1 << 20;
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
@@ -119,9 +120,8 @@ Deno.test("`loadStream()` restores a checkpoint streamed through a pipe from ano
   };
     import { pidSource } from ${JSON.stringify(new URL("../lib/image/sources.ts", import.meta.url).href)};
     import { ZstdCodec } from ${JSON.stringify(new URL("../lib/codecs/zstd.ts", import.meta.url).href)};
-    import { keyFromEnv, Sealer } from ${
-    JSON.stringify(new URL("../lib/codecs/seal.ts", import.meta.url).href)
-  };
+    import { Sealer } from ${JSON.stringify(new URL("../lib/codecs/seal.ts", import.meta.url).href)};
+    import { keyFromEnv } from ${JSON.stringify(new URL("../lib/codecs/keys.ts", import.meta.url).href)};
     import { regionAt } from ${JSON.stringify(new URL("./_image.ts", import.meta.url).href)};
     const [pid, addr, len, keyEnv] = Deno.args;
     const sealer = await Sealer.create(await keyFromEnv(keyEnv));

@@ -11,7 +11,8 @@ import {
   requireCapabilities,
   UFFD_FEATURE,
 } from "../lib/kernel/capabilities.ts";
-import { track, UFFDIO_REGISTER_MODE, Userfaultfd } from "../lib/kernel/uffd.ts";
+import { UFFDIO_REGISTER_MODE, Userfaultfd } from "../lib/kernel/uffd.ts";
+import { track } from "../lib/kernel/range_tracking.ts";
 import { FaultServer } from "../lib/kernel/fault_server.ts";
 import { Target } from "./_target.ts";
 

@@ -6,7 +6,7 @@
 
 import type { Codec } from "../codecs/codec.ts";
 import { parseCodec } from "../codecs/select.ts";
-import { loadKey, type SealKey } from "../codecs/seal.ts";
+import { loadKey, type SealKey } from "../codecs/keys.ts";
 import { printable } from "./format.ts";
 import { CryoError } from "../errors.ts";
 import { UsageError } from "./main.ts";

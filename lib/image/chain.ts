@@ -17,7 +17,7 @@ import { CryoError, ImageError } from "../errors.ts";
 import { hex } from "../hex.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { intersectRuns, type Runs, runsOf, subtractRuns } from "../kernel/run_sets.ts";
-import { type ImageRecord, KIND, REQUIRED } from "./layout.ts";
+import { type ImageRecord, KIND, REQUIRED } from "./format.ts";
 import { MemoryLoader } from "./loader.ts";
 import { type ImageSummary, MemoryPersister } from "./persister.ts";
 import type { MemorySource } from "./sources.ts";

@@ -12,7 +12,7 @@ import { ordered } from "../codecs/pool.ts";
 import { chunkAad, type Sealer } from "../codecs/seal.ts";
 import { findZeroPages } from "../kernel/zero.ts";
 import { checksum, checksumAt, checksumAtAsync } from "./checksum.ts";
-import { MAX_RECORD_LENGTH, RECORD_FLAG } from "./layout.ts";
+import { MAX_RECORD_LENGTH, RECORD_FLAG } from "./format.ts";
 import { dataRecord, type FrameWriter } from "./frame_writer.ts";
 
 /** How chunks are made. */

@@ -10,7 +10,7 @@ import { helper } from "../../ffi/helper.ts";
 import { MAP, PROT } from "../../ffi/constants.ts";
 import { mmap, munmap, PAGE_SIZE, ptrOf, systemError, unwrap } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
-import { MAX_RECORD_LENGTH } from "./layout.ts";
+import { MAX_RECORD_LENGTH } from "./format.ts";
 import { dataRecord, type FrameWriter } from "./frame_writer.ts";
 import type { MemorySource } from "./sources.ts";
 import type { WriteQueue } from "./write_queue.ts";

@@ -7,7 +7,7 @@
 
 import { compareAddress, type Region } from "../kernel/region.ts";
 import { hex } from "../hex.ts";
-import { type ImageRecord, KIND } from "./layout.ts";
+import { type ImageRecord, KIND } from "./format.ts";
 
 const U64_END = 1n << 64n;
 

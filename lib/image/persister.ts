@@ -18,16 +18,8 @@ import type { Sealer } from "../codecs/seal.ts";
 import { ChunkWriter } from "./chunks.ts";
 import { FrameWriter } from "./frame_writer.ts";
 import { BouncePool } from "./gather.ts";
-import {
-  alignUp,
-  ARCH_X86_64,
-  encodeHeaderBlock,
-  MAX_CHUNK_LENGTH,
-  MAX_SECTIONS_LENGTH,
-  OPTIONAL,
-  REQUIRED,
-  type SourceInfo,
-} from "./layout.ts";
+import { alignUp, ARCH_X86_64, MAX_CHUNK_LENGTH, MAX_SECTIONS_LENGTH, OPTIONAL, REQUIRED } from "./format.ts";
+import { encodeHeaderBlock, type SourceInfo } from "./header.ts";
 import { headerDigest } from "./sealing.ts";
 import { type MemorySource, selfSource } from "./sources.ts";
 import { encodeTail } from "./tail.ts";

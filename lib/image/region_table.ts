@@ -8,7 +8,7 @@
 
 import { hex } from "../hex.ts";
 import type { Region } from "../kernel/region.ts";
-import type { ImageRegion } from "./layout.ts";
+import type { ImageRegion } from "./format.ts";
 import type { MemorySource } from "./sources.ts";
 
 /** The region table of one image being written, and where each segment's stores have reached. */

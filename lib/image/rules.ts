@@ -35,6 +35,7 @@ import {
 import type { HeaderFields } from "./header.ts";
 import type { Footer } from "./footer.ts";
 import type { SectionEntry } from "./sections.ts";
+import { indexProblem } from "./index.ts";
 
 /**
  * Refuse to load an incremental image (required feature PARENT) on its own: the bytes its frames do not cover
@@ -230,7 +231,7 @@ export function checkTailLength(path: string, at: number, tailLength: number, fr
  * @param records The records (data and holes).
  * @throws {ImageError} When they differ.
  */
-export function checkDataBytes(
+function checkDataBytes(
   path: string,
   footerAt: number,
   footerDataBytes: number,
@@ -291,7 +292,7 @@ export function checkTailLayout(
  * @param h The header's fields.
  * @throws {ImageError} Naming the footer field that differs.
  */
-export function checkFooterCopy(path: string, footerAt: number, f: Footer, h: HeaderFields): void {
+function checkFooterCopy(path: string, footerAt: number, f: Footer, h: HeaderFields): void {
   if (h.headerChecksum !== f.headerChecksum || h.headerLength !== f.headerLength) {
     throw new ImageError(
       path,
@@ -317,7 +318,7 @@ export function checkFooterCopy(path: string, footerAt: number, f: Footer, h: He
  * @param sections The section table.
  * @throws {ImageError} When it is missing or of another size.
  */
-export function checkSealSection(
+function checkSealSection(
   path: string,
   at: number,
   h: HeaderFields,
@@ -343,7 +344,7 @@ export function checkSealSection(
  * @param sections The section table.
  * @throws {ImageError} Naming the section.
  */
-export function checkSectionBounds(
+function checkSectionBounds(
   path: string,
   footer: { indexOffset: number; indexLength: number; sectionsOffset: number },
   sections: readonly SectionEntry[],
@@ -360,4 +361,62 @@ export function checkSectionBounds(
       );
     }
   }
+}
+
+/**
+ * The footer against the image it ends: the image's size, and the footer's copy of the header's fields. Both
+ * readers check it once the footer is read (a file at open, a stream at its end).
+ *
+ * @param path The image, for errors.
+ * @param footerAt The footer's offset.
+ * @param f The footer.
+ * @param h The header's fields.
+ * @param size Bytes of the image.
+ * @param what `"file"` or `"stream"`, for errors.
+ * @throws {ImageError} Naming the footer field that differs.
+ */
+export function checkFooter(
+  path: string,
+  footerAt: number,
+  f: Footer,
+  h: HeaderFields,
+  size: number,
+  what: "file" | "stream",
+): void {
+  if (f.fileSize !== size) {
+    throw new ImageError(
+      path,
+      footerAt + FOOTER_FIELD.FILE_SIZE,
+      `${what} of ${size} bytes, the footer says ${f.fileSize}`,
+    );
+  }
+  checkFooterCopy(path, footerAt, f, h);
+}
+
+/**
+ * The tail's contents against the footer: the index in order and without overlaps, an encrypted image's seal
+ * section, every section blob between the index and the section table, the footer's data total. Both readers
+ * check it once the tail is decoded, before a byte is written.
+ *
+ * @param path The image, for errors.
+ * @param footerAt The footer's offset.
+ * @param f The footer.
+ * @param h The header's fields.
+ * @param sections The section table.
+ * @param records The index.
+ * @throws {ImageError} On the first rule broken, naming where.
+ */
+export function checkTail(
+  path: string,
+  footerAt: number,
+  f: Footer,
+  h: HeaderFields,
+  sections: readonly SectionEntry[],
+  records: readonly ImageRecord[],
+): void {
+  const problem = indexProblem(records);
+  if (problem) throw new ImageError(path, f.indexOffset, problem.message);
+  checkSealSection(path, f.sectionsOffset, h, sections);
+  checkSectionBounds(path, f, sections);
+  checkDataBytes(path, footerAt, f.dataBytes, records);
 }

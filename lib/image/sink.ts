@@ -9,7 +9,7 @@
 import { MAP, PROT } from "../../ffi/constants.ts";
 import { errno, libc, mmap, ptrOf, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
-import type { ImageRecord, ImageRegion } from "./layout.ts";
+import type { ImageRecord, ImageRegion } from "./format.ts";
 import { clearRange, protOf } from "./lazy.ts";
 import { RemoteWriter } from "./remote.ts";
 import { type LoadTarget, type RegionPlan, segmentBytes } from "./targets.ts";

@@ -9,7 +9,7 @@
 import { MADV } from "../../ffi/constants.ts";
 import { errno, libc, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
-import { type ImageRecord, KIND } from "./layout.ts";
+import { type ImageRecord, KIND } from "./format.ts";
 import { CryoError } from "../errors.ts";
 import type { WriteProtectServer } from "../kernel/wp_server.ts";
 

@@ -13,9 +13,9 @@ import { hex } from "../hex.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { codecForId } from "../codecs/select.ts";
 import { ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
-import { chunkAad, Sealer, type SealKey } from "../codecs/seal.ts";
+import { chunkAad, Sealer } from "../codecs/seal.ts";
+import type { SealKey } from "../codecs/keys.ts";
 import { checksum } from "./checksum.ts";
-import { indexProblem } from "./index.ts";
 import {
   FIXED_HEADER_LENGTH,
   FOOTER_FIELD,
@@ -34,11 +34,9 @@ import { type FrameWalk, readTail, walkFrames } from "./reader.ts";
 import { BytesSource } from "./byte_source.ts";
 import { concatBytes } from "./cursor.ts";
 import {
-  checkDataBytes,
-  checkFooterCopy,
+  checkFooter,
   checkHost,
-  checkSealSection,
-  checkSectionBounds,
+  checkTail,
   checkTailLayout,
   checkTailLength,
   refuseIncremental,
@@ -240,14 +238,7 @@ async function readStream(
       fileSize,
       tailAt,
     );
-    if (footer.fileSize !== fileSize) {
-      throw new ImageError(
-        path,
-        footerAt + FOOTER_FIELD.FILE_SIZE,
-        `stream of ${fileSize} bytes, the footer says ${footer.fileSize}`,
-      );
-    }
-    checkFooterCopy(path, footerAt, footer, header);
+    checkFooter(path, footerAt, footer, header, fileSize, "stream");
     if (footer.indexOffset !== tailAt) {
       throw new ImageError(path, footerAt + FOOTER_FIELD.INDEX_OFFSET, "index is not after the END frame");
     }
@@ -271,10 +262,7 @@ async function readStream(
         `${frameInfos.length - directory.length} frame(s) missing from the index`,
       );
     }
-    const problem = indexProblem(records);
-    if (problem) throw new ImageError(path, footer.indexOffset, problem.message);
-    checkSealSection(path, footer.sectionsOffset, header, sections);
-    checkSectionBounds(path, footer, sections);
+    checkTail(path, footerAt, footer, header, sections, records);
     const blobs = sections.map((s) => {
       const data = tailSource.read(s.offset, s.length, `section "${s.name}"`);
       if (checksum(data) !== s.checksum) {
@@ -291,7 +279,6 @@ async function readStream(
       sink?.zero(r);
       holeBytes += r.length;
     }
-    checkDataBytes(path, footerAt, footer.dataBytes, records);
     const dataBytes = footer.dataBytes;
     return {
       header,

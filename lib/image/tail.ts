@@ -9,15 +9,10 @@ import { concatBytes } from "./cursor.ts";
 import type { Sealer } from "../codecs/seal.ts";
 import { checksum } from "./checksum.ts";
 import { encodeDirectory, encodeFrameHeader, type FrameInfo } from "./frames.ts";
-import {
-  alignUp,
-  encodeFooter,
-  encodeSectionTable,
-  FOOTER_LENGTH,
-  FRAME_LENGTH,
-  type HeaderFields,
-  type SectionEntry,
-} from "./layout.ts";
+import { alignUp, FOOTER_LENGTH, FRAME_LENGTH } from "./format.ts";
+import { encodeFooter } from "./footer.ts";
+import type { HeaderFields } from "./header.ts";
+import { encodeSectionTable, type SectionEntry } from "./sections.ts";
 import { metadataMac, SEAL_SECTION } from "./sealing.ts";
 
 /** What {@link encodeTail} needs to know of the image. */

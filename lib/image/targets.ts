@@ -9,7 +9,7 @@
 import { hex } from "../hex.ts";
 import { readRegions } from "../kernel/maps.ts";
 import { permsString, type Region } from "../kernel/region.ts";
-import type { ImageRecord, ImageRegion } from "./layout.ts";
+import type { ImageRecord, ImageRegion } from "./format.ts";
 import type { RestoreJournal } from "../kernel/journal.ts";
 
 /** Bytes a segment can be loaded into. */

@@ -16,6 +16,7 @@
 
 import { AT, O } from "../../ffi/constants.ts";
 import { check, cstr, errno, libc, open, systemError } from "../../ffi/libc.ts";
+import { startTimeOf } from "../kernel/process_status.ts";
 
 const EEXIST = 17;
 const EISDIR = 21;
@@ -61,16 +62,6 @@ export function scratchFile(dir: string): number {
   return named;
 }
 
-/** The start time of PID in clock ticks since boot (field 22 of `/proc/PID/stat`), or undefined when it is gone. */
-function startTime(pid: number | "self"): string | undefined {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-  } catch {
-    return undefined;
-  }
-}
-
 function readOr(read: () => string, fallback: string): string {
   try {
     return read();
@@ -95,7 +86,9 @@ const TEMP_NAME = /^\..*\.cryo-([0-9a-f]+-\d+)-(\d+)-(\d+)-[0-9a-f]{8}\.tmp$/;
  */
 export function tempName(path: string): string {
   const slash = path.lastIndexOf("/");
-  const mark = `${where}-${Deno.pid}-${startTime("self") ?? 0}-${crypto.randomUUID().slice(0, 8)}`;
+  const mark = `${where}-${Deno.pid}-${readOr(() => startTimeOf("self"), "0")}-${
+    crypto.randomUUID().slice(0, 8)
+  }`;
   return `${path.slice(0, slash + 1)}.${path.slice(slash + 1)}.cryo-${mark}.tmp`;
 }
 
@@ -118,7 +111,7 @@ export function sweepStale(dir: string): string[] {
   for (const e of entries) {
     const m = TEMP_NAME.exec(e.name);
     if (!m || !e.isFile || m[1] !== where) continue;
-    if (startTime(Number(m[2])) === m[3]) continue; // its writer runs
+    if (readOr(() => startTimeOf(Number(m[2])), "") === m[3]) continue; // its writer runs
     try {
       Deno.removeSync(`${dir}/${e.name}`);
       removed.push(e.name);

@@ -16,7 +16,6 @@ import { CryoError, ImageError } from "../errors.ts";
 import { checksum, checksumAtAsync } from "./checksum.ts";
 import { MappedSource } from "./byte_source.ts";
 import { walkFrames } from "./reader.ts";
-import { indexProblem } from "./index.ts";
 import {
   alignUp,
   FOOTER_FIELD,
@@ -31,13 +30,11 @@ import { decodeHeaderBlock, type HeaderFields } from "./header.ts";
 import type { SectionEntry } from "./sections.ts";
 import { DIRECTORY_ENTRY_LENGTH, type FrameInfo, tableEnd } from "./frames.ts";
 import {
-  checkDataBytes,
-  checkFooterCopy,
+  checkFooter,
   checkFrameRange,
   checkHost,
   checkRecord,
-  checkSealSection,
-  checkSectionBounds,
+  checkTail,
   checkTailLayout,
   checkTailLength,
 } from "./rules.ts";
@@ -98,14 +95,9 @@ function inFile(p: ImageParts, offset: number, len: number, what: string, at = o
  */
 export function checkStructure(p: ImageParts): void {
   const f = p.footer;
+  const h = p.header;
   const footerAt = p.fileSize - FOOTER_LENGTH;
-  if (f.fileSize !== p.fileSize) {
-    throw new ImageError(
-      p.path,
-      footerAt + FOOTER_FIELD.FILE_SIZE,
-      `file size ${p.fileSize} != ${f.fileSize} in the footer`,
-    );
-  }
+  checkFooter(p.path, footerAt, f, h, p.fileSize, "file");
   inFile(p, 0, f.headerLength, "header block", footerAt + FOOTER_FIELD.HEADER_LENGTH);
   inFile(p, f.indexOffset, f.indexLength, "index", footerAt + FOOTER_FIELD.INDEX_OFFSET);
   inFile(p, f.sectionsOffset, f.sectionsLength, "section table", footerAt + FOOTER_FIELD.SECTIONS_OFFSET);
@@ -116,8 +108,6 @@ export function checkStructure(p: ImageParts): void {
       `index length ${f.indexLength} != ${f.frameCount} frames`,
     );
   }
-  const h = p.header;
-  checkFooterCopy(p.path, footerAt, f, h);
   const indexAt = f.indexOffset;
   const dataEnd = indexAt - FRAME_LENGTH;
   p.frames.forEach((fr, i) => {
@@ -127,17 +117,13 @@ export function checkStructure(p: ImageParts): void {
     }
     checkFrameRange(p.path, at, fr, p.frames[i - 1], p.regions);
   });
-  const problem = indexProblem(p.records);
-  if (problem) throw new ImageError(p.path, indexAt, problem.message);
+  checkTail(p.path, footerAt, f, h, p.sections, p.records);
   checkTailLength(
     p.path,
     footerAt + FOOTER_FIELD.INDEX_OFFSET,
     footerAt + FOOTER_LENGTH - indexAt,
     f.frameCount,
   );
-  checkSealSection(p.path, f.sectionsOffset, h, p.sections);
-  checkSectionBounds(p.path, f, p.sections);
-  checkDataBytes(p.path, footerAt, f.dataBytes, p.records);
   p.records.forEach((r, i) => {
     const bad = (m: string) =>
       new ImageError(p.path, r.fileOffset || indexAt, `record ${i} at ${hex(r.address)}: ${m}`);

@@ -9,6 +9,7 @@
 
 import { ImageError } from "../errors.ts";
 import { procPath, readProcText } from "./procfs.ts";
+import { parseStat } from "./process_status.ts";
 
 /** The identity of a process. */
 export interface ProcessIdentity {
@@ -28,10 +29,7 @@ export interface ProcessIdentity {
 
 /** The start time of `pid` in clock ticks after boot. */
 export function startTicks(pid: number): bigint {
-  const stat = readProcText(procPath(pid, "stat"));
-  // The command name (field 2) may hold spaces and parentheses: fields after it follow the last ")".
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return BigInt(fields[19]); // field 22 is the 20th after the name
+  return BigInt(parseStat(readProcText(procPath(pid, "stat")))[22 - 3]);
 }
 
 /**

@@ -1,9 +1,9 @@
 /**
  * A userfaultfd on this process's memory or on another process's: created inside the target by an injected
  * `userfaultfd(2)`, copied into this process with `pidfd_getfd(2)` and closed in the target again. From then on
- * the `UFFDIO_*` ioctls issued here act on the target's memory (the descriptor carries the target's mm), and
- * `PAGEMAP_SCAN` on `/proc/<pid>/pagemap` reads and re-arms the write-protection: {@link track} reports
- * exactly the pages written since the last look.
+ * the `UFFDIO_*` ioctls issued here act on the target's memory (the descriptor carries the target's mm).
+ * Write tracking of a range over one (`PAGEMAP_SCAN` reading and re-arming its write-protection) is
+ * lib/kernel/range_tracking.ts's.
  *
  * The structures of linux/userfaultfd.h are declared here as `BigUint64Array`s (the headers on our machines
  * predate `UFFD_FEATURE_WP_ASYNC`).
@@ -25,8 +25,7 @@ import { rawSyscall } from "./syscall.ts";
 import { CryoError } from "../errors.ts";
 import { type Injector, SYS } from "./inject.ts";
 import { capabilities, requireCapabilities, UFFD_FEATURE } from "./capabilities.ts";
-import { PAGE_IS, PagemapScan, PM_SCAN } from "./pagescan.ts";
-import { check, errno, libc, open, PAGE_SIZE, systemError } from "../../ffi/libc.ts";
+import { errno, libc, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 
 const EEXIST = 17;
@@ -244,13 +243,9 @@ export class Userfaultfd implements Disposable {
    * @returns The ioctls the range supports (`1 << _UFFDIO_*` bits).
    */
   register(start: bigint, length: bigint, mode: bigint): bigint {
-    const b = this.#buf;
-    b[0] = start;
-    b[1] = length;
-    b[2] = mode;
-    b[3] = 0n;
+    this.#buf.set([start, length, mode, 0n]);
     this.#ioctl(UFFDIO.REGISTER, "UFFDIO.REGISTER", `${hex(start)}+${length}`);
-    return b[3];
+    return this.#buf[3];
   }
 
   /**
@@ -260,8 +255,7 @@ export class Userfaultfd implements Disposable {
    * @param length Bytes.
    */
   unregister(start: bigint, length: bigint): void {
-    this.#buf[0] = start;
-    this.#buf[1] = length;
+    this.#buf.set([start, length]);
     this.#ioctl(UFFDIO.UNREGISTER, "UFFDIO.UNREGISTER", `${hex(start)}+${length}`);
   }
 
@@ -272,8 +266,7 @@ export class Userfaultfd implements Disposable {
    * @param length Bytes.
    */
   wake(start: bigint, length: bigint): void {
-    this.#buf[0] = start;
-    this.#buf[1] = length;
+    this.#buf.set([start, length]);
     this.#ioctl(UFFDIO.WAKE, "UFFDIO.WAKE", `${hex(start)}+${length}`);
   }
 
@@ -285,10 +278,7 @@ export class Userfaultfd implements Disposable {
    * @param protect True to protect, false to lift it (and wake waiters).
    */
   writeProtect(start: bigint, length: bigint, protect = true): void {
-    const b = this.#buf;
-    b[0] = start;
-    b[1] = length;
-    b[2] = protect ? 1n : 0n;
+    this.#buf.set([start, length, protect ? 1n : 0n]);
     this.#ioctl(UFFDIO.WRITEPROTECT, "UFFDIO.WRITEPROTECT", `${hex(start)}+${length}`);
   }
 
@@ -301,22 +291,8 @@ export class Userfaultfd implements Disposable {
    * @returns Bytes copied; less than `length` when a page already existed (EEXIST) partway.
    */
   copy(dst: bigint, src: bigint, length: bigint): bigint {
-    const b = this.#buf;
-    b[0] = dst;
-    b[1] = src;
-    b[2] = length;
-    b[3] = 0n;
-    b[4] = 0n;
-    if (this.#closed) throw new CryoError(`Cannot UFFDIO.COPY to ${hex(dst)}: the userfaultfd is closed`);
-    for (let tries = 0;; tries++) {
-      if (libc.ioctl(this.fd, UFFDIO.COPY, this.#bufPtr) === 0) return length;
-      const e = errno();
-      const copied = BigInt.asIntN(64, b[4]);
-      if (e === EEXIST) return copied > 0n ? copied : 0n;
-      if (e === EAGAIN && copied <= 0n && tries < 1000) continue; // the mapping is changing: try again
-      if (e === EAGAIN && copied > 0n) return copied;
-      throw systemError("ioctl UFFDIO.COPY", e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
-    }
+    this.#buf.set([dst, src, length, 0n, 0n]); // struct uffdio_copy: dst, src, len, mode, copy (out)
+    return this.#fill(UFFDIO.COPY, "UFFDIO.COPY", dst, length, 4);
   }
 
   /**
@@ -327,20 +303,31 @@ export class Userfaultfd implements Disposable {
    * @returns Bytes filled; less than `length` when a page already existed partway.
    */
   zeropage(dst: bigint, length: bigint): bigint {
-    const b = this.#buf;
-    b[0] = dst;
-    b[1] = length;
-    b[2] = 0n;
-    b[3] = 0n;
-    if (this.#closed) throw new CryoError(`Cannot UFFDIO.ZEROPAGE at ${hex(dst)}: the userfaultfd is closed`);
+    this.#buf.set([dst, length, 0n, 0n]); // struct uffdio_zeropage: range (start, len), mode, zeropage (out)
+    return this.#fill(UFFDIO.ZEROPAGE, "UFFDIO.ZEROPAGE", dst, length, 3);
+  }
+
+  /**
+   * Issue a filling ioctl (`COPY`, `ZEROPAGE`) whose argument is in place, trying again while the mapping is
+   * changing (EAGAIN with nothing done); a page that already existed (EEXIST) ends it early.
+   *
+   * @param req The request.
+   * @param name Its name, for errors.
+   * @param dst First address filled, for errors.
+   * @param length Bytes asked for.
+   * @param doneAt The argument's word where the kernel reports the bytes done.
+   * @returns Bytes filled.
+   */
+  #fill(req: bigint, name: string, dst: bigint, length: bigint, doneAt: number): bigint {
+    if (this.#closed) throw new CryoError(`Cannot ${name} at ${hex(dst)}: the userfaultfd is closed`);
     for (let tries = 0;; tries++) {
-      if (libc.ioctl(this.fd, UFFDIO.ZEROPAGE, this.#bufPtr) === 0) return length;
+      if (libc.ioctl(this.fd, req, this.#bufPtr) === 0) return length;
       const e = errno();
-      const done = BigInt.asIntN(64, b[3]);
+      const done = BigInt.asIntN(64, this.#buf[doneAt]);
       if (e === EEXIST) return done > 0n ? done : 0n;
-      if (e === EAGAIN && done <= 0n && tries < 1000) continue;
+      if (e === EAGAIN && done <= 0n && tries < 1000) continue; // the mapping is changing: try again
       if (e === EAGAIN && done > 0n) return done;
-      throw systemError("ioctl UFFDIO.ZEROPAGE", e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
+      throw systemError(`ioctl ${name}`, e, `${length} bytes at ${hex(dst)} of ${this.#who()}`);
     }
   }
 
@@ -360,131 +347,4 @@ export class Userfaultfd implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
-}
-
-/**
- * Write tracking on one range: registered for asynchronous write-protection, armed, and read with
- * `PAGEMAP_SCAN` (`PAGE_IS_WRITTEN`), which re-arms what it reports in the same walk (`PM_SCAN_WP_MATCHING`),
- * so no write between the look and the re-arm is lost. Disposable: `close()` unregisters the range.
- */
-export class Tracking implements Disposable {
-  /** The tracked range's first address. */
-  readonly start: bigint;
-  /** One past its last address. */
-  readonly end: bigint;
-  readonly #uffd: Userfaultfd;
-  readonly #pagemap: number;
-  readonly #path: string;
-  readonly #scan = new PagemapScan();
-  #closed = false;
-
-  /** @internal Use {@link track}. */
-  constructor(uffd: Userfaultfd, start: bigint, end: bigint, pagemap: number, path: string) {
-    this.#uffd = uffd;
-    this.start = start;
-    this.end = end;
-    this.#pagemap = pagemap;
-    this.#path = path;
-  }
-
-  /**
-   * The pages written since arming or since the last call, as runs `[start0, end0, start1, end1, …]`, and
-   * (by default) write-protect them again in the same walk.
-   *
-   * @param opts `rearm: false` to look without re-arming.
-   * @returns Sorted, merged runs of written pages.
-   */
-  written(opts: { rearm?: boolean } = {}): BigUint64Array {
-    if (this.#closed) {
-      throw new CryoError(`Cannot read written pages of ${hex(this.start)}: tracking is closed`);
-    }
-    const rearm = opts.rearm ?? true;
-    return this.#scan.runs(this.#pagemap, this.start, this.end, false, this.#path, this.#uffd.pid, {
-      flags: (rearm ? PM_SCAN.WP_MATCHING : 0n) | PM_SCAN.CHECK_WPASYNC,
-      categoryInverted: 0n,
-      categoryMask: PAGE_IS.WRITTEN,
-      categoryAnyof: 0n,
-      returnMask: PAGE_IS.WRITTEN,
-    });
-  }
-
-  /**
-   * Write-protect the whole range again (forget what was written). Done by the same `PAGEMAP_SCAN` walk as
-   * {@link written} (every page not protected counts as written, and the walk protects it): on 1 GiB of
-   * populated 4 KiB pages here that takes 3-8 ms, where `UFFDIO.WRITEPROTECT` takes 23-27 ms.
-   */
-  rearm(): void {
-    this.written();
-  }
-
-  /** Stop tracking: unregister the range (unless the userfaultfd is closed already). Idempotent. */
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    libc.close(this.#pagemap);
-    if (!this.#uffd.closed) {
-      try {
-        this.#uffd.unregister(this.start, this.end - this.start);
-      } catch { /* the process or the range is gone */ }
-    }
-  }
-
-  /** Same as {@link close}. */
-  [Symbol.dispose](): void {
-    this.close();
-  }
-}
-
-/**
- * Track the pages written in `[start, start + length)` of the userfaultfd's process: register the range for
- * write-protection, protect it (writes then mark pages written, resolved by the kernel without waiting on
- * anyone), and return a {@link Tracking} whose `written()` reports and re-arms.
- *
- * @example Track a child's writes from outside
- * ```ts ignore
- * using frozen = freeze(pid);
- * using inj = inject(frozen);
- * using uffd = Userfaultfd.inTarget(inj, { features: UFFD_FEATURE.WP_ASYNC | UFFD_FEATURE.WP_UNPOPULATED });
- * inj.close();
- * frozen.thaw();
- * using tracking = track(uffd, start, length);
- * // ... later:
- * const runs = tracking.written(); // [s0, e0, s1, e1, …], and armed again
- * ```
- *
- * @param uffd A userfaultfd created with `UFFD_FEATURE.WP_ASYNC` (and `WP_UNPOPULATED` to track pages never
- *   touched before).
- * @param start First address, page aligned.
- * @param length Bytes, page aligned.
- * @returns The tracking; close it to unregister.
- * @throws {CryoError} Naming a missing feature (`UFFD_FEATURE_WP_ASYNC`, `PAGEMAP_SCAN`).
- */
-export function track(uffd: Userfaultfd, start: bigint, length: bigint): Tracking {
-  const page = BigInt(PAGE_SIZE);
-  if (start % page !== 0n || length % page !== 0n || length <= 0n) {
-    throw new RangeError(`Cannot track ${hex(start)}+${length}: not a page-aligned, non-empty range`);
-  }
-  const who = uffd.pid === "self" ? "this process" : `pid ${uffd.pid}`;
-  requireCapabilities(`track writes in ${who}`, ["wpAsync", "pagemapScan"]);
-  if ((uffd.features & UFFD_FEATURE.WP_ASYNC) === 0n) {
-    throw new CryoError(
-      `Cannot track writes in ${who}: its userfaultfd was created without UFFD_FEATURE_WP_ASYNC`,
-    );
-  }
-  const path = `/proc/${uffd.pid}/pagemap`;
-  const fd = open(path, 0 /* O_RDONLY */ | O_CLOEXEC);
-  try {
-    uffd.register(start, length, UFFDIO_REGISTER_MODE.WP);
-  } catch (e) {
-    check(libc.close(fd), "close");
-    throw e;
-  }
-  const t = new Tracking(uffd, start, start + length, fd, path);
-  try {
-    t.rearm();
-  } catch (e) {
-    t.close();
-    throw e;
-  }
-  return t;
 }

@@ -7,22 +7,16 @@
  */
 
 import { close, memfdCreate } from "../../ffi/libc.ts";
-import { CryoError } from "../errors.ts";
 import { freeze, type Frozen } from "../kernel/freeze.ts";
 import { readRegions } from "../kernel/maps.ts";
 import { classify, type Decision, type PolicyOptions } from "../kernel/policy.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
 import { markStacks, threadStacks } from "../kernel/stacks.ts";
-import { encodeThreads } from "../kernel/threads.ts";
-import { readThreadKernelStates } from "../kernel/thread_kernel.ts";
-import { encodeIdentity, processIdentity } from "../kernel/identity.ts";
-import { encodeLayout } from "../kernel/layout_fix.ts";
-import { encodeKernelState, readKernelState } from "../kernel/kernel_state.ts";
 import { type Codec, raw } from "../codecs/codec.ts";
 import type { Sealer } from "../codecs/seal.ts";
 import { type ImageSummary, MemoryPersister } from "../image/persister.ts";
 import { MemoryLoader } from "../image/loader.ts";
-import { KIND } from "../image/layout.ts";
+import { KIND } from "../image/format.ts";
 import { imageSource, pidSource } from "../image/sources.ts";
 import { budgetShares } from "../image/budget.ts";
 import { dirOf, scratchFile } from "../image/tempfile.ts";
@@ -31,6 +25,13 @@ import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { type IncrementalInfo, IncrementalPlan } from "./incremental.ts";
 import { isIncremental } from "../image/chain.ts";
 import { type LiveStats, persistLive } from "./checkpoint_live.ts";
+import {
+  allocatedBytes,
+  failure,
+  processSections,
+  type TakenFigures,
+  takenFigures,
+} from "./checkpoint_record.ts";
 
 /** Options of {@link checkpoint}. */
 export interface CheckpointOptions extends PolicyOptions {
@@ -96,25 +97,11 @@ export interface CheckpointOptions extends PolicyOptions {
 }
 
 /** What {@link checkpoint} did. */
-export interface CheckpointResult {
+export interface CheckpointResult extends TakenFigures {
   /** The image path. */
   path: string;
   /** The process. */
   pid: number;
-  /** Regions persisted. */
-  regions: number;
-  /** Regions excluded, each with the policy's reason. */
-  excluded: { start: bigint; end: bigint; path: string; reason: string }[];
-  /** Threads frozen (and recorded, with `registers`). */
-  threads: number;
-  /** Bytes of data persisted (decoded). */
-  dataBytes: number;
-  /** Bytes of holes (unpopulated or all-zero). */
-  holeBytes: number;
-  /** Index records. */
-  records: number;
-  /** The image's size in bytes. */
-  imageBytes: number;
   /** Disk space the image takes (blocks × 512), 0 for a stream. */
   allocatedBytes: number;
   /** How long the target was stopped, in milliseconds. */
@@ -180,13 +167,12 @@ export async function checkpoint(
       taken.frozen?.thaw();
       throw e;
     }
-    const allocatedBytes = path === "-" ? 0 : (Deno.statSync(path).blocks ?? 0) * 512;
     return {
       ...taken,
       path,
       records: summary.records,
       imageBytes: summary.fileSize,
-      allocatedBytes,
+      allocatedBytes: allocatedBytes(path),
       totalMs: performance.now() - started,
     };
   } finally {
@@ -244,10 +230,7 @@ async function persistPid(
   }
   if (opts.live) {
     const taken = await persistLive(pid, out, opts, regionDecisions);
-    const allocatedBytes = typeof out === "string" && out !== "-"
-      ? (Deno.statSync(out).blocks ?? 0) * 512
-      : 0;
-    return { ...taken, path, pid, allocatedBytes, totalMs: performance.now() - started };
+    return { ...taken, path, pid, allocatedBytes: allocatedBytes(out), totalMs: performance.now() - started };
   }
   const progress = opts.progress ?? silentProgress;
   opts.signal?.throwIfAborted();
@@ -284,14 +267,7 @@ async function persistPid(
     })();
     startPhase(progress, "read", plans.reduce((n, p) => n + p.bytes, 0));
     for (const [name, bytes] of inc?.sections() ?? []) persister.addSection(name, bytes);
-    if (frozen.threads.length) {
-      const kernel = readThreadKernelStates(frozen); // signal mask, pending, sigaltstack, robust list
-      const threads = frozen.threads.map((t) => ({ ...t, kernel: kernel.get(t.tid) ?? null }));
-      persister.addSection("threads", encodeThreads(threads));
-    }
-    persister.addSection("identity", encodeIdentity(processIdentity(pid)));
-    persister.addSection("layout", encodeLayout(decisions.map((d) => d.region)));
-    persister.addSection("kernel", encodeKernelState(readKernelState(pid))); // what a rollback leaves alone
+    for (const [name, bytes] of processSections(pid, frozen, decisions)) persister.addSection(name, bytes);
     // An incremental image's data is copied out first: the target runs again while it is written.
     const captured = opts.keepFrozen ? undefined : inc?.capture(pid, plans);
     let stoppedMs = 0;
@@ -326,24 +302,11 @@ async function persistPid(
     persister = undefined;
     if (opts.keepFrozen) stoppedMs = performance.now() - frozenAt;
     handedOver = opts.keepFrozen ?? false;
-    let allocatedBytes = 0;
-    if (typeof out === "string" && out !== "-") allocatedBytes = (Deno.statSync(out).blocks ?? 0) * 512;
     return {
+      ...takenFigures(decisions, frozen, summary),
       path,
       pid,
-      regions: kept.length,
-      excluded: decisions.filter((d) => !d.persist).map((d) => ({
-        start: d.region.start,
-        end: d.region.end,
-        path: d.region.path,
-        reason: d.reason,
-      })),
-      threads: frozen.tids.length,
-      dataBytes: summary.dataBytes,
-      holeBytes: summary.holeBytes,
-      records: summary.records,
-      imageBytes: summary.fileSize,
-      allocatedBytes,
+      allocatedBytes: allocatedBytes(out),
       stoppedMs,
       totalMs: performance.now() - started,
       frozen: opts.keepFrozen ? frozen : undefined,
@@ -351,10 +314,7 @@ async function persistPid(
     };
   } catch (e) {
     if (persister) await persister.abort();
-    if (opts.signal?.aborted && !(e instanceof CryoError && e === opts.signal.reason)) {
-      throw opts.signal.reason;
-    }
-    throw e;
+    throw failure(e, opts.signal);
   } finally {
     if (!handedOver) {
       frozen.thaw();

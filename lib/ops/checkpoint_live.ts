@@ -20,10 +20,6 @@ import { CryoError } from "../errors.ts";
 import { freeze } from "../kernel/freeze.ts";
 import type { Decision, PolicyOptions } from "../kernel/policy.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
-import { encodeThreads } from "../kernel/threads.ts";
-import { encodeIdentity, processIdentity } from "../kernel/identity.ts";
-import { encodeLayout } from "../kernel/layout_fix.ts";
-import { encodeKernelState, readKernelState } from "../kernel/kernel_state.ts";
 import { inject } from "../kernel/inject.ts";
 import { UFFDIO_REGISTER_MODE, Userfaultfd } from "../kernel/uffd.ts";
 import { requireCapabilities } from "../kernel/capabilities.ts";
@@ -33,6 +29,7 @@ import { MemoryPersister } from "../image/persister.ts";
 import { liveSource } from "../image/sources.ts";
 import { budgetShares } from "../image/budget.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
+import { failure, processSections, type TakenFigures, takenFigures } from "./checkpoint_record.ts";
 
 /** Options of a live checkpoint (a subset of `CheckpointOptions`). */
 export interface LiveCheckpointOptions extends PolicyOptions {
@@ -77,22 +74,8 @@ export interface LiveStats {
   server: WriteProtectStats;
 }
 
-/** What {@link persistLive} took. */
-export interface LiveTaken {
-  /** Regions persisted. */
-  regions: number;
-  /** Regions excluded, each with the policy's reason. */
-  excluded: { start: bigint; end: bigint; path: string; reason: string }[];
-  /** Threads frozen. */
-  threads: number;
-  /** Bytes of data persisted (decoded). */
-  dataBytes: number;
-  /** Bytes of holes. */
-  holeBytes: number;
-  /** Index records. */
-  records: number;
-  /** The image's size in bytes. */
-  imageBytes: number;
+/** What {@link persistLive} took: every checkpoint's figures, the stop, and the live checkpoint's own. */
+export interface LiveTaken extends TakenFigures {
   /** How long the target was stopped, in milliseconds. */
   stoppedMs: number;
   /** The live checkpoint's own figures. */
@@ -155,12 +138,7 @@ export async function persistLive(
     for (const p of plans) {
       for (let i = 0; i < p.runs.length; i += 2) p.bytes += Number(p.runs[i + 1] - p.runs[i]);
     }
-    const sections = {
-      threads: frozen.threads.length ? encodeThreads(frozen.threads) : undefined,
-      identity: encodeIdentity(processIdentity(pid)),
-      layout: encodeLayout(decisions.map((d) => d.region)),
-      kernel: encodeKernelState(readKernelState(pid)),
-    };
+    const sections = processSections(pid, frozen, decisions);
     opts.onFrozen?.();
     const protectStarted = performance.now();
     {
@@ -221,27 +199,13 @@ export async function persistLive(
         } on were gone before they were copied; take a stopped checkpoint instead`,
       );
     }
-    if (sections.threads) persister.addSection("threads", sections.threads);
-    persister.addSection("identity", sections.identity);
-    persister.addSection("layout", sections.layout);
-    persister.addSection("kernel", sections.kernel);
+    for (const [name, bytes] of sections) persister.addSection(name, bytes);
     opts.signal?.throwIfAborted();
     startPhase(progress, "sync");
     const summary = await persister.finalize();
     persister = undefined;
     return {
-      regions: kept.length,
-      excluded: decisions.filter((d) => !d.persist).map((d) => ({
-        start: d.region.start,
-        end: d.region.end,
-        path: d.region.path,
-        reason: d.reason,
-      })),
-      threads: frozen.tids.length,
-      dataBytes: summary.dataBytes,
-      holeBytes: summary.holeBytes,
-      records: summary.records,
-      imageBytes: summary.fileSize,
+      ...takenFigures(decisions, frozen, summary),
       stoppedMs,
       live: {
         earlyPages: stats.earlyPages,
@@ -258,10 +222,7 @@ export async function persistLive(
     frozen.thaw();
     if (persister) await persister.abort(); // no gather runs after this: the server may stop
     release();
-    if (opts.signal?.aborted && !(e instanceof CryoError && e === opts.signal.reason)) {
-      throw opts.signal.reason;
-    }
-    throw e;
+    throw failure(e, opts.signal);
   } finally {
     frozen.thaw();
     progress.stopped?.(false);

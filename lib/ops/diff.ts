@@ -10,7 +10,7 @@
 import { PAGE_SIZE } from "../../ffi/libc.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { CryoError, KeyError } from "../errors.ts";
-import { type ImageRecord, KIND } from "../image/layout.ts";
+import { type ImageRecord, KIND } from "../image/format.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import { ImageChain, isIncremental } from "../image/chain.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";

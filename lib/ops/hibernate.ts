@@ -14,75 +14,18 @@
 
 import { checkpoint, type CheckpointOptions } from "./checkpoint.ts";
 import { CryoError } from "../errors.ts";
-import { readPrivateMarker, removePrivateMarker, startTimeOf, writePrivateMarker } from "./recovery.ts";
+import { readPrivateMarker, removePrivateMarker, writePrivateMarker } from "./recovery.ts";
+import {
+  type ProcessMemory,
+  processMemory,
+  processState,
+  settleStopped,
+  startTimeOf,
+} from "../kernel/process_status.ts";
 import { inject } from "../kernel/inject.ts";
 import { MemoryLoader } from "../image/loader.ts";
 import { MADV } from "../../ffi/constants.ts";
 import { startPhase } from "./progress.ts";
-
-/** Memory figures of a process, from `/proc/PID/status`, in bytes. */
-export interface ProcessMemory {
-  /** Resident set size (VmRSS). */
-  rss: number;
-  /** Resident anonymous memory (RssAnon). */
-  rssAnon: number;
-  /** Resident file-backed memory (RssFile). */
-  rssFile: number;
-  /** Resident shared memory (RssShmem). */
-  rssShmem: number;
-}
-
-/**
- * Read a process's resident memory from `/proc/PID/status`.
- *
- * @param pid The process.
- * @returns VmRSS, RssAnon, RssFile, RssShmem in bytes.
- * @throws {CryoError} When the process does not exist.
- */
-export function processMemory(pid: number): ProcessMemory {
-  let text: string;
-  try {
-    text = Deno.readTextFileSync(`/proc/${pid}/status`);
-  } catch {
-    throw new CryoError(`Cannot read /proc/${pid}/status: no such process`);
-  }
-  const kb = (field: string) =>
-    Number(text.match(new RegExp(`^${field}:\\s*(\\d+) kB`, "m"))?.[1] ?? 0) * 1024;
-  return { rss: kb("VmRSS"), rssAnon: kb("RssAnon"), rssFile: kb("RssFile"), rssShmem: kb("RssShmem") };
-}
-
-/**
- * The state letter of a process (field 3 of `/proc/PID/stat`): `T` stopped, `t` traced, `R`, `S`, `Z`, ….
- *
- * @param pid The process.
- * @returns The letter, or undefined when there is no such process.
- */
-export function processState(pid: number): string | undefined {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Wait until `pid` is stopped (state `T`): after a detach with a pending SIGSTOP, its threads take it as they
- * leave their ptrace stops, a moment later.
- *
- * @param pid The process.
- * @param timeoutMs How long to wait.
- * @returns Whether it is stopped.
- */
-export async function settleStopped(pid: number, timeoutMs = 2000): Promise<boolean> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    const s = processState(pid);
-    if (s === "T") return true;
-    if (s === undefined || s === "Z" || performance.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 1));
-  }
-}
 
 /** What a hibernation marker records. */
 export interface HibernationMarker {

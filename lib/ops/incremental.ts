@@ -32,7 +32,7 @@ import {
   type ParentLink,
   parentLink,
 } from "../image/chain.ts";
-import { KIND } from "../image/layout.ts";
+import { KIND } from "../image/format.ts";
 import type { MemorySource } from "../image/sources.ts";
 import { hex } from "../hex.ts";
 import {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "../image/layout.ts";
+import { ARCH_X86_64, KIND, OPTIONAL, REQUIRED } from "../image/format.ts";
 import { ImageChain, imageDigest, isIncremental } from "../image/chain.ts";
 import { requireSealed, sealParamsOf } from "../image/sealing.ts";
 import { FIXED_HEADER_LENGTH } from "../image/format.ts";
@@ -17,7 +17,8 @@ import { permsString } from "../kernel/region.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { ImageError } from "../errors.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
-import { Sealer, type SealKey } from "../codecs/seal.ts";
+import { Sealer } from "../codecs/seal.ts";
+import type { SealKey } from "../codecs/keys.ts";
 import { phaseCounter, type Progress, silentProgress, startPhase } from "./progress.ts";
 
 /**

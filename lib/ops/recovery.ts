@@ -13,6 +13,7 @@
  */
 
 import { CryoError } from "../errors.ts";
+import { processState, startTimeOf } from "../kernel/process_status.ts";
 
 /** What a marker records. */
 export interface RestoreMarker {
@@ -32,26 +33,6 @@ export function markerDir(): string {
   if (uid === 0) return "/run/cryo";
   const runtime = Deno.env.get("XDG_RUNTIME_DIR");
   return runtime ? `${runtime}/cryo` : `/tmp/cryo-${uid}`;
-}
-
-/**
- * The start time of `pid` (field 22 of `/proc/PID/stat`), which tells a process from a later one with the
- * same pid.
- *
- * @param pid The process.
- * @returns The field, as text.
- * @throws {CryoError} When the process does not exist.
- */
-export function startTimeOf(pid: number): string {
-  let stat: string;
-  try {
-    stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  } catch {
-    throw new CryoError(`Cannot read /proc/${pid}/stat: no such process`);
-  }
-  // The command name (field 2) may hold spaces and parentheses: count fields after its last ")".
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return fields[22 - 3];
 }
 
 /**
@@ -152,11 +133,7 @@ export function removeMarker(pid: number): void {
  */
 export function pendingRecovery(pid: number): boolean {
   if (!readMarker(pid)) return false;
-  let state = "?";
-  try {
-    state = Deno.readTextFileSync(`/proc/${pid}/status`).match(/^State:\s+(\S)/m)?.[1] ?? "?";
-  } catch { /* gone */ }
-  if (state === "T") return true;
+  if (processState(pid) === "T") return true;
   removeMarker(pid);
   return false;
 }

@@ -32,10 +32,10 @@ import {
   planOffsets,
   readKernelState,
 } from "../kernel/kernel_state.ts";
-import { KIND } from "../image/layout.ts";
+import { KIND } from "../image/format.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
-import type { SealKey } from "../codecs/seal.ts";
+import type { SealKey } from "../codecs/keys.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { verifyWithProgress } from "./inspect.ts";
 import type { ProcessTracking } from "../kernel/tracking.ts";

@@ -8,18 +8,13 @@
 
 import { IdentityMismatchError, LayoutMismatchError } from "../errors.ts";
 import { decodeIdentity, identityDifferences, processIdentity } from "../kernel/identity.ts";
-import {
-  decodeLayout,
-  freeGap,
-  type LayoutPlan,
-  parkingBytes,
-  planLayout,
-  type RecordedRegion,
-} from "../kernel/layout_fix.ts";
+import { freeGap, type LayoutPlan, parkingBytes, planLayout } from "../kernel/layout_fix.ts";
+import { decodeLayout, type RecordedRegion } from "../kernel/layout_section.ts";
 import { readRegions } from "../kernel/maps.ts";
 import { permsString, type Region } from "../kernel/region.ts";
 import { threadStacks } from "../kernel/stacks.ts";
-import type { ImageRegion, SourceInfo } from "../image/layout.ts";
+import type { ImageRegion } from "../image/format.ts";
+import type { SourceInfo } from "../image/header.ts";
 
 /**
  * Refuse a target that is not the image's process, unless forced. The image's `identity` section (pid, start

@@ -21,7 +21,7 @@ import { awaitHeader } from "./stream_head.ts";
 import { pendingRecovery } from "./recovery.ts";
 import { decodeThreads, type ThreadState } from "../kernel/threads.ts";
 import type { Codec } from "../codecs/codec.ts";
-import type { SealKey } from "../codecs/seal.ts";
+import type { SealKey } from "../codecs/keys.ts";
 import { loadStream, openInput, type StreamSummary, verifyStream } from "../image/stream.ts";
 import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
 import { describeChange } from "../kernel/layout_fix.ts";

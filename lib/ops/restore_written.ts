@@ -21,7 +21,7 @@ import type { Frozen } from "../kernel/freeze.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
 import type { ProcessTracking } from "../kernel/tracking.ts";
 import { intersectRuns, runBytes, type Runs, runsOf, subtractRuns, unionRuns } from "../kernel/run_sets.ts";
-import { KIND } from "../image/layout.ts";
+import { KIND } from "../image/format.ts";
 import type { MemoryLoader } from "../image/loader.ts";
 import { anonymousRange, RemoteWriter } from "../image/remote.ts";
 import type { LoadTarget } from "../image/targets.ts";

@@ -21,17 +21,11 @@
 
 import { CryoError } from "../errors.ts";
 import { markerDir } from "./recovery.ts";
-import { keyFromFile } from "../codecs/seal.ts";
+import { keyFromFile } from "../codecs/keys.ts";
 import { Sealer } from "../codecs/seal.ts";
 import { parseCodec } from "../codecs/select.ts";
-import {
-  hibernate,
-  type HibernationMarker,
-  type ProcessMemory,
-  processMemory,
-  processState,
-  readHibernationMarker,
-} from "./hibernate.ts";
+import { hibernate, type HibernationMarker, readHibernationMarker } from "./hibernate.ts";
+import { type ProcessMemory, processMemory, processState } from "../kernel/process_status.ts";
 import { wake } from "./wake.ts";
 
 /** Options of {@link serve}. */

@@ -21,7 +21,8 @@ import {
   trackProcess,
 } from "../kernel/tracking.ts";
 import { isUserfaultfd } from "../kernel/uffd.ts";
-import { readPrivateMarker, removePrivateMarker, startTimeOf, writePrivateMarker } from "./recovery.ts";
+import { readPrivateMarker, removePrivateMarker, writePrivateMarker } from "./recovery.ts";
+import { startTimeOf } from "../kernel/process_status.ts";
 
 /** The image section that records the tracking a checkpoint was taken at. */
 export const TRACKING_SECTION = "tracking";

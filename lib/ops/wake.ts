@@ -24,9 +24,9 @@ import { restore } from "./restore.ts";
 import { refuseThreadChanges, threadChanges } from "./restore_commit.ts";
 import { decodeThreads } from "../kernel/threads.ts";
 import type { Codec } from "../codecs/codec.ts";
-import type { SealKey } from "../codecs/seal.ts";
+import type { SealKey } from "../codecs/keys.ts";
 import { MemoryLoader } from "../image/loader.ts";
-import { KIND } from "../image/layout.ts";
+import { KIND } from "../image/format.ts";
 import { pidTarget } from "../image/targets.ts";
 import { requireSealed } from "../image/sealing.ts";
 import { anonymousRange, RemoteWriter } from "../image/remote.ts";
@@ -39,14 +39,11 @@ import {
   type HibernationMarker,
   imageIdentity,
   ownerAlive,
-  type ProcessMemory,
-  processMemory,
-  processState,
   readHibernationMarker,
   removeHibernationMarker,
-  settleStopped,
   writeHibernationMarker,
 } from "./hibernate.ts";
+import { type ProcessMemory, processMemory, processState, settleStopped } from "../kernel/process_status.ts";
 import { addrOf, PAGE_SIZE } from "../../ffi/libc.ts";
 import { PAGE_STATE, Pagemap } from "../kernel/pagemap.ts";
 

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { checkpoint } from "../../ops/checkpoint.ts";
+import { checkpoint, type CheckpointOptions } from "../../ops/checkpoint.ts";
 import type { IncrementalInfo } from "../../ops/incremental.ts";
 import type { RegionFilter } from "../../kernel/policy.ts";
 import { REGION_KINDS, type RegionKind } from "../../kernel/region.ts";
@@ -38,6 +38,44 @@ export const filterOptions = {
   exclude: { type: "string", multiple: true },
   shared: { type: "boolean" },
 } as const;
+
+/** The options of every command that takes a checkpoint (checkpoint, hibernate): target, image, regions, codec, key. */
+export const captureOptions = {
+  pid: { type: "string" },
+  output: { type: "string", short: "o" },
+  ...filterOptions,
+  compress: { type: "string" },
+  ...keyOptions,
+  ...memoryOption,
+} as const;
+
+/**
+ * The checkpoint options {@link captureOptions} give (the target and the image are the command's).
+ *
+ * @param values The parsed flags.
+ * @returns Codec, sealer, region filters and memory budget.
+ * @throws {UsageError} On a malformed flag.
+ */
+export async function captureFrom(values: {
+  include?: string[];
+  exclude?: string[];
+  shared?: boolean;
+  compress?: string;
+  "key-file"?: string;
+  "key-env"?: string;
+  memory?: string;
+}): Promise<Pick<CheckpointOptions, "codec" | "sealer" | "include" | "exclude" | "shared" | "memoryBudget">> {
+  const codec = values.compress === undefined ? undefined : parseCodecOption(values.compress);
+  const key = await keyFrom(values);
+  return {
+    codec,
+    sealer: key ? await Sealer.create(key) : undefined,
+    include: (values.include ?? []).map(parseFilter),
+    exclude: (values.exclude ?? []).map(parseFilter),
+    shared: values.shared,
+    memoryBudget: parseMemory(values.memory),
+  };
+}
 
 export const checkpointCommand: Command = {
   name: "checkpoint",
@@ -96,13 +134,8 @@ examples:
   cryo checkpoint --pid 4242 -o - | ssh host cryo restore --pid 99 -`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
-      pid: { type: "string" },
-      output: { type: "string", short: "o" },
-      ...filterOptions,
-      compress: { type: "string" },
-      ...keyOptions,
+      ...captureOptions,
       "encode-while-stopped": { type: "boolean" },
-      ...memoryOption,
       live: { type: "boolean" },
       "live-neighbours": { type: "string" },
       stopped: { type: "boolean" },
@@ -132,22 +165,16 @@ examples:
         `--live-neighbours takes a power of two from 1 to 512, got "${values["live-neighbours"]}"`,
       );
     }
-    const codec = values.compress === undefined ? undefined : parseCodecOption(values.compress);
-    const key = await keyFrom(values);
+    const capture = await captureFrom(values);
     ctx.imageOnStdout = values.output === "-";
     const result = await checkpoint(pid, values.output, {
-      codec,
-      sealer: key ? await Sealer.create(key) : undefined,
+      ...capture,
       encodeWhileStopped: values["encode-while-stopped"],
       live: values.live,
       liveNeighbours: neighbours,
-      include: (values.include ?? []).map(parseFilter),
-      exclude: (values.exclude ?? []).map(parseFilter),
-      shared: values.shared,
       registers: !values["no-registers"],
       fsync: !values["no-fsync"],
       leaveStopped: values["leave-stopped"],
-      memoryBudget: parseMemory(values.memory),
       track: values.track,
       parent: values.parent,
       progress: progressBar("checkpoint", values.quiet || values.json),

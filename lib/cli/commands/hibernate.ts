@@ -4,17 +4,17 @@
  * @module
  */
 
-import { hibernate, type ProcessMemory } from "../../ops/hibernate.ts";
+import { hibernate } from "../../ops/hibernate.ts";
+import type { ProcessMemory } from "../../kernel/process_status.ts";
 import { wake } from "../../ops/wake.ts";
 import { serve } from "../../ops/serve.ts";
-import { Sealer } from "../../codecs/seal.ts";
 import { memoryOption, onePositional, parse, parseMemory, parsePid } from "../args.ts";
 import { humanBytes, humanDuration, printable } from "../format.ts";
 import { jsonDocument } from "../json.ts";
 import { type Command, out, UsageError } from "../main.ts";
 import { progressBar } from "../progress.ts";
-import { keyFrom, keyOptions, parseCodecOption } from "../secure.ts";
-import { filterOptions, parseFilter } from "./checkpoint.ts";
+import { keyFrom, keyOptions } from "../secure.ts";
+import { captureFrom, captureOptions } from "./checkpoint.ts";
 
 export const hibernateCommand: Command = {
   name: "hibernate",
@@ -46,12 +46,7 @@ examples:
   cryo hibernate --pid 4242 -o /var/lib/app.cryo --compress zstd:1 --key-file app.key`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.args, {
-      pid: { type: "string" },
-      output: { type: "string", short: "o" },
-      ...filterOptions,
-      compress: { type: "string" },
-      ...keyOptions,
-      ...memoryOption,
+      ...captureOptions,
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -59,14 +54,8 @@ examples:
     const pid = parsePid(values.pid);
     if (!values.output) throw new UsageError("-o IMAGE is required");
     if (values.output === "-") throw new UsageError("-o - is not possible: wake reads the image file again");
-    const key = await keyFrom(values);
     const r = await hibernate(pid, values.output, {
-      codec: values.compress === undefined ? undefined : parseCodecOption(values.compress),
-      sealer: key ? await Sealer.create(key) : undefined,
-      include: (values.include ?? []).map(parseFilter),
-      exclude: (values.exclude ?? []).map(parseFilter),
-      shared: values.shared,
-      memoryBudget: parseMemory(values.memory),
+      ...await captureFrom(values),
       progress: progressBar("hibernate", values.quiet || values.json),
       signal: ctx.signal,
     });
