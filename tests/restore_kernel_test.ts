@@ -98,6 +98,7 @@ for (const mode of ["stdin", "encrypted file"] as const) {
       const then = tids(target.pid).sort();
       await checkpoint(target.pid, `${dir}/a.cryo`, {
         fsync: false,
+        altStacks: true,
         sealer: mode === "stdin" ? undefined : await Sealer.create(key),
       });
       await target.cmd("idlerexit");

@@ -26,7 +26,7 @@ Deno.test("restore() sets the recorded signal mask, pending signals, sigaltstack
     const blocked = sigBlk(target.pid, tid);
     assertEquals(rawSyscall(234, /* tgkill */ BigInt(target.pid), BigInt(tid), 10n), 0n); // SIGUSR1, blocked
     assert(BigInt(`0x${status(target.pid, tid, "SigPnd")}`) & SIGUSR1_BIT, "pending on the idler");
-    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false, altStacks: true });
     {
       using loader = await MemoryLoader.open(`${dir}/a.cryo`);
       const t = decodeThreads(loader.section("threads")!, "a.cryo").find((t) => t.tid === tid)!;

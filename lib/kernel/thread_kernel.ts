@@ -102,13 +102,16 @@ function altStackBytes(s: AltStack): Uint8Array<ArrayBuffer> {
  * field: what the kernel refuses for one thread is recorded as unknown (`altstack: null`) or empty.
  *
  * @param frozen The frozen process (frozen by this thread, with registers).
+ * @param altStacks Whether to read alternate stacks: an injected `sigaltstack` steps each thread blocked in a
+ *   system call, and a stepped thread keeps its trap flag until resumed by its tracer, so a tracer killed before
+ *   the thaw leaves it to die of SIGTRAP (default false: `altstack` is null, unknown).
  * @returns The state of each thread, by tid.
  */
-export function readThreadKernelStates(frozen: Frozen): Map<number, ThreadKernelState> {
+export function readThreadKernelStates(frozen: Frozen, altStacks = false): Map<number, ThreadKernelState> {
   const states = new Map<number, ThreadKernelState>();
   let syscallAt = 0n;
   try {
-    syscallAt = findSyscallInstruction(frozen.pid);
+    if (altStacks) syscallAt = findSyscallInstruction(frozen.pid);
   } catch { /* no vDSO: the alternate stacks stay unknown */ }
   const saved = new Uint8Array(24), got = new Uint8Array(24);
   for (const t of frozen.threads) {

@@ -41,6 +41,15 @@ export interface CheckpointOptions extends PolicyOptions {
   leaveStopped?: boolean;
   /** Record registers and rseq of every thread (default true). */
   registers?: boolean;
+  /**
+   * Record the alternate signal stack of each thread blocked in a system call (what a restore sets on such a
+   * thread if it has ended and is created again). Default false: reading it takes an injected call, a single
+   * step of that thread, and the kernel keeps a stepped thread's trap flag until the tracer resumes it; were
+   * cryo killed (SIGKILL) between that step and the thaw, the thread would die of SIGTRAP when it runs again.
+   * Without it a checkpoint never changes a thread's registers, and a killed checkpoint leaves the target
+   * running.
+   */
+  altStacks?: boolean;
   /** The codec of data chunks (default raw). */
   codec?: Codec;
   /** Decoded bytes per compressed record. */
@@ -267,7 +276,9 @@ async function persistPid(
     })();
     startPhase(progress, "read", plans.reduce((n, p) => n + p.bytes, 0));
     for (const [name, bytes] of inc?.sections() ?? []) persister.addSection(name, bytes);
-    for (const [name, bytes] of processSections(pid, frozen, decisions)) persister.addSection(name, bytes);
+    for (const [name, bytes] of processSections(pid, frozen, decisions, opts.altStacks)) {
+      persister.addSection(name, bytes);
+    }
     // An incremental image's data is copied out first: the target runs again while it is written.
     const captured = opts.keepFrozen ? undefined : inc?.capture(pid, plans);
     let stoppedMs = 0;

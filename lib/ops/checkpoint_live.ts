@@ -37,6 +37,8 @@ export interface LiveCheckpointOptions extends PolicyOptions {
   fsync?: boolean;
   /** Record registers and rseq of every thread (default true). */
   registers?: boolean;
+  /** Record the alternate signal stacks of threads blocked in a system call (`CheckpointOptions.altStacks`). */
+  altStacks?: boolean;
   /** How long the freeze may take, in milliseconds. */
   freezeTimeoutMs?: number;
   /** Receives bytes persisted. */
@@ -138,7 +140,7 @@ export async function persistLive(
     for (const p of plans) {
       for (let i = 0; i < p.runs.length; i += 2) p.bytes += Number(p.runs[i + 1] - p.runs[i]);
     }
-    const sections = processSections(pid, frozen, decisions);
+    const sections = processSections(pid, frozen, decisions, opts.altStacks);
     opts.onFrozen?.();
     const protectStarted = performance.now();
     {

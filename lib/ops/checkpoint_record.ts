@@ -24,16 +24,19 @@ import { CryoError } from "../errors.ts";
  * @param pid The process.
  * @param frozen It, frozen.
  * @param decisions The policy's decisions for its regions.
+ * @param altStacks Whether to read the alternate signal stacks (an injected step of each thread blocked in a
+ *   system call; `CheckpointOptions.altStacks`).
  * @returns `[name, bytes]` in the order they are added to the image.
  */
 export function processSections(
   pid: number,
   frozen: Frozen,
   decisions: readonly Decision<Region>[],
+  altStacks = false,
 ): [string, Uint8Array][] {
   const out: [string, Uint8Array][] = [];
   if (frozen.threads.length) {
-    const kernel = readThreadKernelStates(frozen); // signal mask, pending, sigaltstack, robust list
+    const kernel = readThreadKernelStates(frozen, altStacks); // signal mask, pending, sigaltstack, robust list
     out.push([
       "threads",
       encodeThreads(frozen.threads.map((t) => ({ ...t, kernel: kernel.get(t.tid) ?? null }))),
