@@ -26,6 +26,7 @@
 
 #include "helper.h"
 
+#define INJ_PTRACE_CONT 7
 #define INJ_PTRACE_SINGLESTEP 9
 #define INJ_PTRACE_GETREGS 12
 #define INJ_PTRACE_SETREGS 13
@@ -89,6 +90,29 @@ static long inj_restore(int tid, struct user_regs_struct *saved, struct iovec *x
     return 0;
   r = inj_ptrace(INJ_PTRACE_SETREGSET, tid, xs_type, (long)xs);
   return r < 0 ? r : 0;
+}
+
+// Put the thread back in the stop the freeze left it in (a PTRACE_EVENT_STOP inside get_signal()), with no
+// single step pending. The step leaves TIF_SINGLESTEP and a forced TF set, and only a ptrace resume clears
+// them: a tracer's death does not (exit_ptrace unlinks without ptrace_disable), so a thread stepped and never
+// resumed would die of SIGTRAP the next time it runs, if cryo were killed before the thaw. So: interrupt,
+// resume with PTRACE_CONT (which clears the step), and take the interrupt's stop, which comes in get_signal()
+// before the thread returns to user space: none of its instructions runs. Signals that stop it on the way are
+// held like the ones during the step. Returns 0 or -errno.
+static long inj_settle(int tid, int *held, int *nheld) {
+  long r = inj_ptrace(INJ_PTRACE_INTERRUPT, tid, 0, 0);
+  if (r < 0) return r;
+  uint64_t deadline = inj_now_ns() + 1000000000ull;
+  for (;;) {
+    r = inj_ptrace(INJ_PTRACE_CONT, tid, 0, 0);
+    if (r < 0) return r;
+    int status = 0;
+    int w = inj_wait_stop(tid, deadline, &status);
+    if (w < 0) return w;
+    int event = status >> 16, stopsig = WSTOPSIG(status);
+    if (event == INJ_PTRACE_EVENT_STOP) return 0;
+    if (event == 0 && stopsig != SIGTRAP && *nheld < INJ_MAX_HELD) held[(*nheld)++] = stopsig;
+  }
 }
 
 // Run system call nr(args[0..5]) in the stopped tracee tid (a thread this thread froze, in a ptrace stop), at
@@ -179,6 +203,11 @@ long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr
   cryo_fifo_unboost(tid, &tid_attr, tid_boosted && !gone);
   cryo_fifo_unboost(0, &self_attr, self_boosted);
   long rr = gone ? 0 : inj_restore(tid, &saved, &xs, xs_type);
+  if (!gone && rr == 0) {
+    long sr = inj_settle(tid, held, &nheld);
+    if (sr == -ESRCH) gone = 1;
+    else if (sr < 0) rr = sr;
+  }
   // A stop signal stops the whole process wherever it is queued: queue it to the process, as whoever sent it
   // (cryo's hold among them) most likely did, so that any thread may take it.
   for (int i = 0; i < nheld; i++) {

@@ -102,9 +102,8 @@ function altStackBytes(s: AltStack): Uint8Array<ArrayBuffer> {
  * field: what the kernel refuses for one thread is recorded as unknown (`altstack: null`) or empty.
  *
  * @param frozen The frozen process (frozen by this thread, with registers).
- * @param altStacks Whether to read alternate stacks: an injected `sigaltstack` steps each thread blocked in a
- *   system call, and a stepped thread keeps its trap flag until resumed by its tracer, so a tracer killed before
- *   the thaw leaves it to die of SIGTRAP (default false: `altstack` is null, unknown).
+ * @param altStacks Whether to read alternate stacks, by an injected `sigaltstack` on each thread blocked in a
+ *   system call (default false: `altstack` is null, unknown).
  * @returns The state of each thread, by tid.
  */
 export function readThreadKernelStates(frozen: Frozen, altStacks = false): Map<number, ThreadKernelState> {

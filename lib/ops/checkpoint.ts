@@ -43,11 +43,9 @@ export interface CheckpointOptions extends PolicyOptions {
   registers?: boolean;
   /**
    * Record the alternate signal stack of each thread blocked in a system call (what a restore sets on such a
-   * thread if it has ended and is created again). Default false: reading it takes an injected call, a single
-   * step of that thread, and the kernel keeps a stepped thread's trap flag until the tracer resumes it; were
-   * cryo killed (SIGKILL) between that step and the thaw, the thread would die of SIGTRAP when it runs again.
-   * Without it a checkpoint never changes a thread's registers, and a killed checkpoint leaves the target
-   * running.
+   * thread if it has ended and is created again). Default true. Reading it takes an injected call on that
+   * thread (its registers are put back and its single step cleared before the next thread, see
+   * ffi/helper/inject.c); false injects nothing.
    */
   altStacks?: boolean;
   /** The codec of data chunks (default raw). */
@@ -276,7 +274,7 @@ async function persistPid(
     })();
     startPhase(progress, "read", plans.reduce((n, p) => n + p.bytes, 0));
     for (const [name, bytes] of inc?.sections() ?? []) persister.addSection(name, bytes);
-    for (const [name, bytes] of processSections(pid, frozen, decisions, opts.altStacks)) {
+    for (const [name, bytes] of processSections(pid, frozen, decisions, opts.altStacks ?? true)) {
       persister.addSection(name, bytes);
     }
     // An incremental image's data is copied out first: the target runs again while it is written.

@@ -140,7 +140,7 @@ export async function persistLive(
     for (const p of plans) {
       for (let i = 0; i < p.runs.length; i += 2) p.bytes += Number(p.runs[i + 1] - p.runs[i]);
     }
-    const sections = processSections(pid, frozen, decisions, opts.altStacks);
+    const sections = processSections(pid, frozen, decisions, opts.altStacks ?? true);
     opts.onFrozen?.();
     const protectStarted = performance.now();
     {
