@@ -108,6 +108,12 @@ Deno.test("restore() refuses a thread of the checkpoint caught running, naming i
   try {
     await target.cmd("threads 1"); // spins in user code
     const spinner = tids(target.pid).find((t) => t !== target.pid)!;
+    // Under load the new thread may not have run yet (then it is caught just after clone3, which is
+    // recreatable): wait, bounded, until it has spent user time spinning.
+    const utime = () =>
+      Number(Deno.readTextFileSync(`/proc/${target.pid}/task/${spinner}/stat`).split(") ")[1].split(" ")[11]);
+    for (let i = 0; i < 500 && utime() === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert(utime() > 0, "the spinner ran");
     const a = await target.map(1 << 20);
     await target.fill(a, 1 << 20, "random", 1);
     await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
