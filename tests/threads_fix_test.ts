@@ -29,7 +29,25 @@ Deno.test("restore() creates again the idle pool threads a Deno program ended, a
     const r = await restore(app.pid, `${dir}/a.cryo`, { endBornThreads: true }); // it may have started new ones
     assert(r.threadsRecreated.length > 0, JSON.stringify(r));
     assertEquals(r.threadsRecreated, r.threadsGone);
-    assertEquals(await app.request("state", 10_000), first);
+    let after: string;
+    try {
+      after = await app.request("state", 30_000);
+    } catch (e) {
+      // What each thread of the program is doing, for the report: the state letter, the wait channel and
+      // the system call it is blocked in.
+      const threads = tids(app.pid).map((t) => {
+        const read = (f: string) => {
+          try {
+            return Deno.readTextFileSync(`/proc/${app.pid}/task/${t}/${f}`).trim();
+          } catch {
+            return "?";
+          }
+        };
+        return `${t} ${read("stat").split(") ")[1]?.split(" ")[0]} ${read("wchan")} ${read("syscall")}`;
+      });
+      throw new Error(`${(e as Error).message}; the recreated ${r.threadsRecreated}:\n${threads.join("\n")}`);
+    }
+    assertEquals(after, first);
     await app.request("work 1", 10_000);
     assert(/ledger=2 /.test(await app.request("state", 10_000)));
   } finally {
