@@ -4,24 +4,9 @@
 // its RSS must not grow over the rounds.
 import { assert, assertEquals } from "./_assert.ts";
 import { snapshot } from "../lib/ops/snapshot.ts";
-import { Pipe } from "./fidelity/_harness.ts";
+import { Pipe, PYTHON_REPL } from "./fidelity/_harness.ts";
 
 const ROUNDS = Number(Deno.env.get("CRYO_ROLLBACKS") ?? 100);
-
-const SCRIPT = `
-import sys, hashlib
-g = {'hashlib': hashlib}
-for line in sys.stdin:
-    try:
-        exec(line, g)
-        r = g.pop('_r', '')
-        sys.stdout.write('ok %s\\n' % (r,))
-    except SystemExit:
-        raise
-    except BaseException as e:
-        sys.stdout.write('err %r\\n' % (e,))
-    sys.stdout.flush()
-`;
 
 function rss(pid: number): number {
   return Number(Deno.readTextFileSync(`/proc/${pid}/status`).match(/VmRSS:\s+(\d+) kB/)![1]) * 1024;
@@ -32,7 +17,7 @@ Deno.test({
     `snapshot().rollback() of python3, ${ROUNDS} times with tracking: the same fingerprint every time, RSS does not grow`,
   ignore: !new Deno.Command("python3", { args: ["-c", "1"] }).outputSync().success,
   async fn() {
-    const p = new Pipe("python3", ["-u", "-c", SCRIPT]);
+    const p = new Pipe("python3", ["-u", "-c", PYTHON_REPL]);
     try {
       await p.request("d = {i: str(i) * 3 for i in range(50000)}");
       const print =

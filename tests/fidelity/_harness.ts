@@ -229,3 +229,22 @@ export function fidelity(p: Program): void {
     });
   }
 }
+
+/**
+ * A python3 program that runs each line of its stdin (`exec`, in one namespace with `hashlib`) and answers
+ * `ok <_r>` or `err <exception>`: run with `python3 -c PYTHON_REPL`.
+ */
+export const PYTHON_REPL = `
+import sys, hashlib
+g = {'hashlib': hashlib}
+for line in sys.stdin:
+    try:
+        exec(line, g)
+        r = g.pop('_r', '')
+        sys.stdout.write('ok %s\\n' % (r,))
+    except SystemExit:
+        raise
+    except BaseException as e:
+        sys.stdout.write('err %r\\n' % (e,))
+    sys.stdout.flush()
+`;

@@ -1,27 +1,12 @@
 // python3: a dict of a million entries; fingerprint a SHA-256 of its sorted items.
 import { assertEquals } from "../_assert.ts";
-import { fidelity, Pipe } from "./_harness.ts";
-
-const SCRIPT = `
-import sys, hashlib
-g = {'hashlib': hashlib}
-for line in sys.stdin:
-    try:
-        exec(line, g)
-        r = g.pop('_r', '')
-        sys.stdout.write('ok %s\\n' % (r,))
-    except SystemExit:
-        raise
-    except BaseException as e:
-        sys.stdout.write('err %r\\n' % (e,))
-    sys.stdout.flush()
-`;
+import { fidelity, Pipe, PYTHON_REPL } from "./_harness.ts";
 
 fidelity({
   name: "python3",
   binary: "python3",
   async start() {
-    const p = new Pipe("python3", ["-u", "-c", SCRIPT]);
+    const p = new Pipe("python3", ["-u", "-c", PYTHON_REPL]);
     await p.request("d = {i: str(i) * 3 for i in range(1000000)}");
     return {
       pid: p.pid,
