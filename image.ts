@@ -25,7 +25,12 @@
  */
 
 // The image.
-export { type ImageSummary, MemoryPersister, type PersisterOptions } from "./lib/image/persister.ts";
+export {
+  type ImageSummary,
+  type LocalPiece,
+  MemoryPersister,
+  type PersisterOptions,
+} from "./lib/image/persister.ts";
 export { type LoadSummary, MemoryLoader } from "./lib/image/loader.ts";
 export { releaseMemory } from "./lib/image/lazy.ts";
 export {

@@ -7,6 +7,9 @@
 /** Page protection bits for mmap/mprotect. */
 export const PROT = { NONE: 0, READ: 1, WRITE: 2, EXEC: 4 } as const;
 
+/** fallocate modes. */
+export const FALLOC = { KEEP_SIZE: 0x01, PUNCH_HOLE: 0x02 } as const;
+
 /** mmap flags. */
 export const MAP = {
   SHARED: 0x01,

@@ -67,6 +67,8 @@ const symbols = {
   fsync: { parameters: [int], result: int },
   // int ftruncate(int fd, off_t length);
   ftruncate: { parameters: [int, off_t], result: int },
+  // int fallocate(int fd, int mode, off_t offset, off_t len);
+  fallocate: { parameters: [int, int, off_t, off_t], result: int },
   // int rename(const char *oldpath, const char *newpath);
   rename: { parameters: [buf, buf], result: int },
   // int unlink(const char *pathname);

@@ -105,44 +105,96 @@ export class ChunkWriter {
     }
   }
 
+  /**
+   * Store pieces of one segment whose bytes are in local memory, in address order, encoding (and sealing) the
+   * chunks of all of them in one window on pool threads: a piece without `local` is a hole. Several small
+   * pieces (the records of a raw image read again to be transcoded) thus keep every core busy, where one call
+   * per piece would encode one chunk at a time.
+   *
+   * @param pieces The pieces, in address order.
+   * @param segment Their segment (0 for absolute addresses).
+   * @param stable Whether the bytes stay readable, unchanged, until the image is finalized (see {@link data}).
+   */
+  async pieces(pieces: readonly LocalPiece[], segment: number, stable = false): Promise<void> {
+    if (!this.encoding) {
+      for (const p of pieces) {
+        if (p.local === undefined) this.#frames.hole(p.addr, p.len, segment);
+        else this.#raw(p.local, p.addr, p.len, segment);
+      }
+      return;
+    }
+    await this.#encodedPieces(pieces, segment, stable);
+  }
+
   async #encoded(local: bigint, addr: bigint, len: number, segment: number, stable: boolean): Promise<void> {
+    await this.#encodedPieces([{ local, addr, len }], segment, stable);
+  }
+
+  async #encodedPieces(pieces: readonly LocalPiece[], segment: number, stable: boolean): Promise<void> {
     const { codec: theCodec, chunkSize, sealer } = this.#opts;
     const digest = sealer ? await this.digest! : undefined;
-    const offsets: number[] = [];
-    for (let off = 0; off < len; off += chunkSize) offsets.push(off);
+    // One item per chunk of a data piece (with its ordinal among the image's data records), one per hole.
+    const items: { local?: bigint; addr: bigint; n: number; ordinal: number; sum?: bigint }[] = [];
+    let ordinal = this.#ordinal;
+    for (const p of pieces) {
+      if (p.local === undefined) {
+        items.push({ addr: p.addr, n: p.len, ordinal: -1 });
+        continue;
+      }
+      for (let off = 0; off < p.len; off += chunkSize) {
+        const n = Math.min(chunkSize, p.len - off);
+        const sum = n === p.len ? p.checksum : undefined; // known for a piece that is one chunk
+        items.push({ local: p.local + BigInt(off), addr: p.addr + BigInt(off), n, ordinal: ordinal++, sum });
+      }
+    }
     // Encode (and seal) on pool threads, `window` chunks at once; records are added in input order.
-    const work = async (off: number, i: number) => {
-      const n = Math.min(chunkSize, len - off);
-      const p = local + BigInt(off);
+    const work = async (it: typeof items[number]) => {
+      const { local: p, n, addr: a } = it;
+      if (p === undefined) return { it, codec: 0, enc: null, decoded: 0n };
       const src = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(p)!, n));
       const [decoded, encoded] = await Promise.all([
-        sealer ? 0n : checksumAtAsync(p, BigInt(n)), // on a pool thread too; a sealed record keeps no plain checksum
+        // On a pool thread too; a sealed record keeps no plain checksum.
+        sealer ? 0n : it.sum ?? checksumAtAsync(p, BigInt(n)),
         theCodec.encode(src),
       ]);
       let enc = encoded;
       if (enc !== null && enc.length >= n) enc = null;
       const codec = enc === null ? 0 : theCodec.id;
-      const a = addr + BigInt(off);
-      if (!sealer) return { off, n, a, codec, enc, decoded };
-      const sealed = await sealer.seal(enc ?? src, chunkAad(this.#ordinal + i, a, n, codec, segment, digest));
-      return { off, n, a, codec, enc: sealed, decoded };
+      if (!sealer) return { it, codec, enc, decoded };
+      const sealed = await sealer.seal(enc ?? src, chunkAad(it.ordinal, a, n, codec, segment, digest));
+      return { it, codec, enc: sealed, decoded };
     };
-    const first = this.#ordinal;
-    for await (const c of ordered(offsets, work, this.#opts.window)) {
-      if (c.enc === null && stable && !sealer) {
-        const r = dataRecord(c.a, c.n, segment, 0, c.n, c.decoded, c.decoded);
-        this.#frames.append(r, local + BigInt(c.off), undefined, true);
-      } else if (c.enc === null) {
-        const copy = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(local + BigInt(c.off))!, c.n))
-          .slice();
-        const r = dataRecord(c.a, c.n, segment, 0, c.n, c.decoded, c.decoded);
-        this.#frames.append(r, addrOf(Deno.UnsafePointer.of(copy)), copy); // a copy: the source may be a bounce buffer
-      } else {
-        const r = dataRecord(c.a, c.n, segment, c.codec, c.enc.length, checksum(c.enc), c.decoded);
-        r.flags = sealer ? RECORD_FLAG.ENCRYPTED : 0;
-        this.#frames.append(r, addrOf(Deno.UnsafePointer.of(c.enc)), c.enc);
+    try {
+      for await (const c of ordered(items, work, this.#opts.window)) {
+        const { local, addr: a, n } = c.it;
+        if (local === undefined) this.#frames.hole(a, n, segment);
+        else if (c.enc === null && stable && !sealer) {
+          const r = dataRecord(a, n, segment, 0, n, c.decoded, c.decoded);
+          this.#frames.append(r, local, undefined, true);
+        } else if (c.enc === null) {
+          const copy = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(local)!, n)).slice();
+          const r = dataRecord(a, n, segment, 0, n, c.decoded, c.decoded);
+          this.#frames.append(r, addrOf(Deno.UnsafePointer.of(copy)), copy); // a copy: the source may be a bounce buffer
+        } else {
+          const r = dataRecord(a, n, segment, c.codec, c.enc.length, checksum(c.enc), c.decoded);
+          r.flags = sealer ? RECORD_FLAG.ENCRYPTED : 0;
+          this.#frames.append(r, addrOf(Deno.UnsafePointer.of(c.enc)), c.enc);
+        }
       }
+    } finally {
+      this.#ordinal = ordinal;
     }
-    this.#ordinal = first + offsets.length;
   }
+}
+
+/** Bytes to store from local memory ({@link ChunkWriter.pieces}), or a hole (no `local`). */
+export interface LocalPiece {
+  /** Where the bytes are; undefined for a hole. */
+  local?: bigint;
+  /** First address (offset, for a segment). */
+  addr: bigint;
+  /** Bytes. */
+  len: number;
+  /** The XXH3-64 of the bytes, when known (a raw image's record): not computed again. */
+  checksum?: bigint;
 }

@@ -15,7 +15,7 @@ import { hex } from "../hex.ts";
 import { type Codec, raw } from "../codecs/codec.ts";
 import type { Region } from "../kernel/region.ts";
 import type { Sealer } from "../codecs/seal.ts";
-import { ChunkWriter } from "./chunks.ts";
+import { ChunkWriter, type LocalPiece } from "./chunks.ts";
 import { FrameWriter } from "./frame_writer.ts";
 import { BouncePool } from "./gather.ts";
 import { alignUp, ARCH_X86_64, MAX_CHUNK_LENGTH, MAX_SECTIONS_LENGTH, OPTIONAL, REQUIRED } from "./format.ts";
@@ -29,6 +29,7 @@ import { insideRegions } from "./rules.ts";
 import { dirOf, linkUnnamed, openUnnamed, sweepStale, tempName } from "./tempfile.ts";
 
 export { covered } from "./region_table.ts";
+export type { LocalPiece } from "./chunks.ts";
 
 /** Options of {@link MemoryPersister.create}. */
 export interface PersisterOptions {
@@ -285,6 +286,35 @@ export class MemoryPersister implements AsyncDisposable {
       }
       if (end > at) this.#frames.hole(at, Number(end - at), segment);
       await this.#frames.settle();
+    });
+  }
+
+  /**
+   * Persist pieces whose bytes are already in this process's memory, in address order, and holes (pieces
+   * without `local`): all the chunks of all of them are encoded at once on pool threads, while the pieces
+   * stored by the call before are written behind on another. What a raw image read again is transcoded with:
+   * its records are 1 MiB each, one chunk, so a `store()` per record would encode one chunk at a time and wait
+   * for each write. The memory of the pieces must stay unchanged until the next call (or `finalize()`); with
+   * `stable`, until the image is finalized (incompressible chunks are then written from there, not copied).
+   *
+   * @param pieces Data (`local`, `addr`, `len`) and holes (`addr`, `len`), sorted and disjoint.
+   * @param opts `stable`: see above; `source`: the source the pieces belong to (default: the persister's).
+   */
+  async storeLocal(
+    pieces: readonly LocalPiece[],
+    opts: { stable?: boolean; source?: MemorySource } = {},
+  ): Promise<void> {
+    if (!pieces.length) return;
+    const source = opts.source ?? this.#source;
+    let segment = 0;
+    for (const p of pieces) segment = this.#claim(p.addr, p.len, source, "store");
+    await this.#guard(async () => {
+      this.#writeHeader();
+      this.#frames.flush(); // the records of the call before: written behind, after the writes in flight
+      await this.#queue.writing;
+      if (this.#queue.pending) this.#queue.writeBehind();
+      await this.#chunks.pieces(pieces, segment, opts.stable);
+      if (this.#queue.pending) this.#queue.writeBehind(); // frames filled meanwhile
     });
   }
 

@@ -15,15 +15,13 @@ import { markStacks, threadStacks } from "../kernel/stacks.ts";
 import { type Codec, raw } from "../codecs/codec.ts";
 import type { Sealer } from "../codecs/seal.ts";
 import { type ImageSummary, MemoryPersister } from "../image/persister.ts";
-import { MemoryLoader } from "../image/loader.ts";
-import { KIND } from "../image/format.ts";
-import { imageSource, pidSource } from "../image/sources.ts";
+import { transcode } from "./transcode.ts";
+import { pidSource } from "../image/sources.ts";
 import { budgetShares } from "../image/budget.ts";
 import { dirOf, scratchFile } from "../image/tempfile.ts";
 import type { Region } from "../kernel/region.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { type IncrementalInfo, IncrementalPlan } from "./incremental.ts";
-import { isIncremental } from "../image/chain.ts";
 import { type LiveStats, persistLive } from "./checkpoint_live.ts";
 import {
   allocatedBytes,
@@ -184,43 +182,6 @@ export async function checkpoint(
     };
   } finally {
     close(fd);
-  }
-}
-
-/** Write the raw image at `rawPath` again at `path` with the options' codec and sealer. */
-async function transcode(rawPath: string, path: string, opts: CheckpointOptions): Promise<ImageSummary> {
-  using loader = await MemoryLoader.open(rawPath);
-  const source = imageSource(loader, { window: budgetShares(opts.memoryBudget).window });
-  await using persister = await MemoryPersister.create(path, {
-    source,
-    regions: loader.regions,
-    codec: opts.codec,
-    chunkSize: opts.chunkSize,
-    sealer: opts.sealer,
-    fsync: opts.fsync ?? true,
-    incremental: isIncremental(loader),
-  });
-  const progress = opts.progress ?? silentProgress;
-  startPhase(progress, "transcode", loader.footer.dataBytes);
-  try {
-    for (const r of loader.records) {
-      opts.signal?.throwIfAborted();
-      if (r.kind === KIND.HOLE) await persister.storeGap(r.address, r.length);
-      else {
-        await persister.store(r.address, r.length);
-        progress.advance(r.length);
-      }
-    }
-  } finally {
-    progress.done();
-  }
-  source.release?.();
-  for (const s of loader.sections) persister.addSection(s.name, loader.section(s.name)!);
-  startPhase(progress, "sync");
-  try {
-    return await persister.finalize();
-  } finally {
-    progress.done();
   }
 }
 
