@@ -113,6 +113,20 @@ Deno.test("cryo checkpoint keeps its peak RSS within --memory, whatever the proc
   );
 });
 
+/** A key file for the encrypted modes (32 random bytes, mode 0600), removed with `dir`. */
+async function keyIn(dir: string): Promise<string[]> {
+  const path = `${dir}/key`;
+  await Deno.writeFile(path, crypto.getRandomValues(new Uint8Array(32)), { mode: 0o600 });
+  return ["--key-file", path];
+}
+
+Deno.test("cryo checkpoint keeps its peak RSS within --memory, whatever the process's size (encrypted)", async () => {
+  await assertBounded("encrypted", async (pid, dir) => {
+    const key = await keyIn(dir);
+    return await cryo(["checkpoint", "--pid", String(pid), "-o", `${dir}/i`, ...key, ...memory]);
+  });
+});
+
 Deno.test("cryo hibernate keeps its peak RSS within --memory, whatever the process's size", async () => {
   await assertBounded("hibernate", async (pid, dir) => {
     const h = await cryo(["hibernate", "--pid", String(pid), "-o", `${dir}/i`, ...memory]);

@@ -216,7 +216,7 @@ export class FrameWriter {
       q.zerosTo(r.fileOffset);
       q.at(f.ptrs[i], r.storedLength);
     });
-    q.keep(f.keep);
+    q.free(f.keep); // encoded chunks and copies: ours alone, freed once written
     this.frames.push(info);
     if (this.#keepTables) this.tables.push(table);
   }

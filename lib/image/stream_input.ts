@@ -23,6 +23,7 @@ export class StreamSource implements ByteSource {
   readonly #byob?: ReadableStreamBYOBReader;
   #buf: Uint8Array = new Uint8Array(0);
   #spare: ArrayBuffer = new ArrayBuffer(WINDOW);
+  readonly #zeroScratch = new Uint8Array(WINDOW);
   #at = 0;
   /** The offset the stream has reached (bytes consumed). */
   offset = 0;
@@ -86,7 +87,7 @@ export class StreamSource implements ByteSource {
   /** Consume `n` bytes at `offset` (where the stream stands) that must be zero. */
   async zeros(offset: number, n: number, what: string): Promise<void> {
     if (offset !== this.offset) throw this.#notHere(offset, what);
-    const chunk = new Uint8Array(Math.min(n, 1 << 16));
+    const chunk = this.#zeroScratch; // one buffer for every padding: a stream of many frames makes no garbage
     for (let left = n; left > 0;) {
       const k = Math.min(left, chunk.length);
       const at = this.offset;

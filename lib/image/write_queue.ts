@@ -19,6 +19,7 @@ interface Taken {
   iov: BigUint64Array<ArrayBuffer>;
   count: number;
   keep: Uint8Array[];
+  free: Uint8Array[];
 }
 
 /** The iovecs waiting for their write to the image's fd, and the chain of writes in flight. */
@@ -30,6 +31,7 @@ export class WriteQueue {
   #iovCount = 0;
   #spareIov: BigUint64Array<ArrayBuffer> | undefined;
   #keep: Uint8Array[] = [];
+  #free: Uint8Array[] = [];
   /** The chain of writes in flight (each starts when the one before has finished). */
   #writing: Promise<void> = Promise.resolve();
 
@@ -93,6 +95,17 @@ export class WriteQueue {
   }
 
   /**
+   * Keep buffers alive until the queued iovecs are written, then free them (detach their `ArrayBuffer`s, so that
+   * their memory goes back at once rather than when the garbage collector gets to it: an image of many encoded
+   * or sealed chunks would otherwise hold tens of MiB of written chunks). They must be ours alone.
+   *
+   * @param buffers Whole buffers queued iovecs point into, referenced nowhere else.
+   */
+  free(buffers: readonly Uint8Array[]): void {
+    this.#free.push(...buffers);
+  }
+
+  /**
    * Queue `len` bytes at `ptr` for the next write, merging with the previous iovec when contiguous.
    *
    * @param ptr The bytes' address.
@@ -122,6 +135,7 @@ export class WriteQueue {
     const q = this.#take();
     for (let i = 0; i < q.count;) i = advance(q.iov, i, this.#writevNow(q.iov, i, q.count));
     this.#spareIov = q.iov;
+    release(q.free);
   }
 
   /**
@@ -140,11 +154,12 @@ export class WriteQueue {
 
   /** Take the queue (iovecs and the buffers they point into) for writing. */
   #take(): Taken {
-    const q = { iov: this.#iov, count: this.#iovCount, keep: this.#keep };
+    const q = { iov: this.#iov, count: this.#iovCount, keep: this.#keep, free: this.#free };
     this.#iov = this.#spareIov ?? new BigUint64Array(2 * IOV_MAX);
     this.#spareIov = undefined;
     this.#iovCount = 0;
     this.#keep = [];
+    this.#free = [];
     return q;
   }
 
@@ -155,6 +170,7 @@ export class WriteQueue {
       i = advance(q.iov, i, n);
     }
     this.#spareIov = q.iov;
+    release(q.free);
   }
 
   #writevNow(iov: BigUint64Array, i: number, count: number): bigint {
@@ -181,4 +197,12 @@ function advance(iov: BigUint64Array, i: number, n: bigint): number {
     }
   }
   return i;
+}
+
+/** Free written buffers now: detach each whole, unshared `ArrayBuffer` (its backing store is released). */
+function release(buffers: readonly Uint8Array[]): void {
+  for (const b of buffers) {
+    const ab = b.buffer;
+    if (ab instanceof ArrayBuffer && b.byteOffset === 0 && b.byteLength === ab.byteLength) ab.transfer(0);
+  }
 }
