@@ -4,7 +4,8 @@
  * `$MEMCR_SRC` (a source tree, built outside the project) is given. For each: the wall time of the command
  * (bench/rusage.c), the stop window from the target's own 1 ms heartbeat thread, the tool's peak RSS
  * (`wait4`'s `ru_maxrss`) and the image's allocated bytes (`st_blocks × 512`). Workloads (full / --quick):
- * 1 GiB / 64 MiB random (raw, `--compress zstd:1`, restore), 4 GiB / 256 MiB sparse with a quarter resident.
+ * 1 GiB / 64 MiB random (raw, `--compress zstd:1`, encrypted, restore from the file and streamed on stdin), 4 GiB
+ * / 256 MiB sparse with a quarter resident.
  * A second group per workload measures cryo warm, `checkpoint()` inside this process, in the same run.
  *
  * @module
@@ -84,8 +85,10 @@ async function measure(
     await target.fill(addr, w.bytes, w.kind, 1);
   };
   const image = `${dir}/cold.cryo`;
-  const cli = async (key: string, args: string[]) => {
-    const c = await withStopWindow(target, () => cryoCli(args));
+  const keyFile = `${dir}/cold.key`; // for the encrypted checkpoint
+  await Deno.writeFile(keyFile, crypto.getRandomValues(new Uint8Array(32)), { mode: 0o600 });
+  const cli = async (key: string, args: string[], stdinFrom?: string) => {
+    const c = await withStopWindow(target, () => cryoCli(args, stdinFrom));
     add(`${key}.ms`, c.value.ms);
     add(`${key}.stop`, c.stopMs);
     add(`${key}.rss`, c.value.rssBytes);
@@ -97,12 +100,17 @@ async function measure(
     if (!sparse) {
       await target.fill(addr, w.bytes, w.kind, 2); // every page changed since the checkpoint
       await cli("restore", ["restore", "--pid", String(target.pid), "-q", image]);
+      // The same image streamed to the restore on stdin (`restore -`: verified chunk by chunk as it comes).
+      await target.fill(addr, w.bytes, w.kind, 3);
+      await cli("stream", ["restore", "--pid", String(target.pid), "-q", "-"], image);
     }
     await Deno.remove(image);
     if (!sparse) {
       const args = ["checkpoint", "--pid", String(target.pid), "-o", image, "--no-fsync", "-q"];
       await cli("zstd", [...args, "--compress", "zstd:1"]);
       add("zstd.allocated", (await fileSize(image)).allocated);
+      await Deno.remove(image);
+      await cli("sealed", [...args, "--key-file", keyFile]);
       await Deno.remove(image);
     }
     // Warm: the same checkpoint inside this long-lived process.
@@ -152,7 +160,8 @@ async function measure(
     console.error(
       `cold ${w.label}, run ${run + 1}: cryo ${last("cryo.ms")} (warm ${last("warm.ms")}), gcore ` +
         `${last("gcore.ms")}, memcr ${last("memcr.ms")}; restore: cryo ${last("restore.ms")}, memcr ` +
-        `${last("memcr.restore")}; zstd:1 ${last("zstd.ms")}`,
+        `${last("memcr.restore")}, streamed ${last("stream.ms")}; zstd:1 ${last("zstd.ms")}, encrypted ` +
+        `${last("sealed.ms")}`,
     );
   }
   return rowsOf(w, opts, s, { gcore: hasGcore, memcr: memcr !== null });

@@ -143,6 +143,32 @@ export function rowsOf(
       baselineSamples: resident,
     });
   }
+  if (s["sealed.ms"]) {
+    const egroup = `cold checkpoint ${w.label}, encrypted (--key-file)`;
+    rows.push({
+      group: egroup,
+      name: "cryo CLI: checkpoint time",
+      samples: s["sealed.ms"],
+      unit: "ms",
+      baseline: "cryo CLI raw",
+      baselineSamples: s["cryo.ms"],
+    });
+    rows.push({ group: egroup, name: "cryo CLI: stop window", samples: s["sealed.stop"], unit: "ms" });
+    rows.push(rssRow(egroup, "cryo CLI: peak RSS", s["sealed.rss"], size));
+  }
+  if (s["stream.ms"]) {
+    const sgroup = `cold restore ${w.label}, streamed on stdin (restore -)`;
+    rows.push({
+      group: sgroup,
+      name: "cryo CLI: restore time, every page changed",
+      samples: s["stream.ms"],
+      unit: "ms",
+      baseline: "restore from the file",
+      baselineSamples: s["restore.ms"],
+    });
+    rows.push({ group: sgroup, name: "cryo CLI: stop window", samples: s["stream.stop"], unit: "ms" });
+    rows.push(rssRow(sgroup, "cryo CLI: peak RSS", s["stream.rss"], size));
+  }
   if (s["restore.ms"]) {
     const rgroup = `cold restore ${w.label}`;
     rows.push({

@@ -61,10 +61,20 @@ function parseReport(text: string, program: string): Cost {
  * Run cryo's CLI (`deno run -A cli.ts ARGS`) as a fresh process.
  *
  * @param args The CLI's arguments.
+ * @param stdinFrom A file to give it as stdin (`restore -`), if any.
  * @returns Its wall time and peak RSS.
  */
-export function cryoCli(args: string[]): Promise<Cost> {
-  return measured(Deno.execPath(), ["run", "-A", cliPath, ...args]);
+export function cryoCli(args: string[], stdinFrom?: string): Promise<Cost> {
+  if (stdinFrom === undefined) return measured(Deno.execPath(), ["run", "-A", cliPath, ...args]);
+  // `sh` execs Deno with stdin redirected: the measured process is still the CLI alone.
+  return measured("sh", [
+    "-c",
+    'f="$1"; shift; exec "$0" run -A "$@" < "$f"',
+    Deno.execPath(),
+    stdinFrom,
+    cliPath,
+    ...args,
+  ]);
 }
 
 /** What one memcr hibernation cost, split at its prompt. */
