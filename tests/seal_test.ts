@@ -236,3 +236,45 @@ Deno.test("`keyFromFile()` refuses a key file that is not a regular file, withou
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("an image sealed with libcrypto restores with WebCrypto and the other way round, byte for byte", async () => {
+  // The same chunks, two AES-256-GCM implementations: `CRYO_LIBCRYPTO` naming no library makes the CLI use
+  // WebCrypto (lib/codecs/seal.ts); the default loads libcrypto.so.3.
+  const cli = new URL("../cli.ts", import.meta.url).pathname;
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const MiB = 1 << 20;
+    const a = await target.map(8 * MiB);
+    await target.fill(a, 4 * MiB, "text", 1);
+    await target.fill(a + BigInt(4 * MiB), 4 * MiB, "random", 2);
+    const want = await target.sum(a, 8 * MiB);
+    await Deno.writeFile(`${dir}/key`, crypto.getRandomValues(new Uint8Array(32)), { mode: 0o600 });
+    const run = async (webCrypto: boolean, args: string[]) => {
+      const env: Record<string, string> = webCrypto ? { CRYO_LIBCRYPTO: `${dir}/no-such-library.so` } : {};
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", cli, ...args, "--key-file", `${dir}/key`, "-q"],
+        env,
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    };
+    for (const sealWithWebCrypto of [false, true]) {
+      for (const codec of [[], ["--compress", "zstd:1"]]) {
+        const image = `${dir}/i.cryo`;
+        await run(sealWithWebCrypto, ["checkpoint", "--pid", String(target.pid), "-o", image, ...codec]);
+        await target.fill(a, 8 * MiB, "random", 9);
+        await run(!sealWithWebCrypto, ["restore", "--pid", String(target.pid), image]);
+        assertEquals(
+          await target.sum(a, 8 * MiB),
+          want,
+          `sealed with ${sealWithWebCrypto ? "WebCrypto" : "libcrypto"}`,
+        );
+        await Deno.remove(image);
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -17,6 +17,7 @@
 
 import { CryoError, ImageError, KeyError } from "../errors.ts";
 import type { SealKey } from "./keys.ts";
+import { EVP_CTRL_GCM_GET_TAG, EVP_CTRL_GCM_SET_TAG, libcrypto } from "../../ffi/crypto.ts";
 
 /** Bytes of the seal parameters an image stores: salt(16) | key check(16). */
 export const SEAL_PARAMS_SIZE = 32;
@@ -91,8 +92,113 @@ async function derive(key: SealKey, salt: Uint8Array<ArrayBuffer>) {
     ),
     crypto.subtle.deriveBits(hkdf("cryo v1 key check"), key.master, 128),
   ]);
-  return { aes, hmac, check: new Uint8Array(check) };
+  // The same key as raw bytes, for libcrypto (HKDF's output is the key either way): only when it loads.
+  const raw = libcrypto()
+    ? new Uint8Array(await crypto.subtle.deriveBits(hkdf("cryo v1 aes-256-gcm"), key.master, 256))
+    : undefined;
+  return { aes, hmac, check: new Uint8Array(check), raw };
 }
+
+/** One libcrypto AES-256-GCM context with its key set, and its output-length cell. */
+interface Gcm {
+  ctx: Deno.PointerValue;
+  outl: Int32Array<ArrayBuffer>;
+}
+
+/**
+ * AES-256-GCM through libcrypto (ffi/crypto.ts): contexts keyed once, one per call in flight, reused; the bulk
+ * of each chunk is encrypted or decrypted on a pool thread straight into the caller's buffer, so sealing makes
+ * no copy and leaves nothing for the garbage collector but the output itself.
+ */
+class NativeGcm {
+  readonly #key: Uint8Array<ArrayBuffer>;
+  readonly #free: [Gcm[], Gcm[]] = [[], []];
+  readonly #all: Deno.PointerValue[] = [];
+
+  constructor(key: Uint8Array<ArrayBuffer>) {
+    this.#key = key;
+    registry.register(this, this.#all);
+  }
+
+  #take(enc: 0 | 1): Gcm {
+    const got = this.#free[enc].pop();
+    if (got) return got;
+    const c = libcrypto()!;
+    const ctx = c.EVP_CIPHER_CTX_new();
+    if (ctx === null) throw new CryoError("Cannot create an AES-GCM context (EVP_CIPHER_CTX_new)");
+    this.#all.push(ctx);
+    if (c.EVP_CipherInit_ex(ctx, c.EVP_aes_256_gcm(), null, this.#key, null, enc) !== 1) {
+      throw new CryoError("Cannot key an AES-256-GCM context (EVP_CipherInit_ex)");
+    }
+    return { ctx, outl: new Int32Array(1) };
+  }
+
+  /** Run `iv`, `aad` and `n` bytes from `src` to `dst` through a context of direction `enc`. */
+  async #run(enc: 0 | 1, iv: Uint8Array, aad: Uint8Array, src: Uint8Array, dst: Uint8Array): Promise<Gcm> {
+    const c = libcrypto()!;
+    const g = this.#take(enc);
+    try {
+      if (c.EVP_CipherInit_ex(g.ctx, null, null, null, bytes(iv), enc) !== 1) {
+        throw new Error("EVP_CipherInit_ex");
+      }
+      if (c.EVP_CipherUpdate(g.ctx, null, g.outl, Deno.UnsafePointer.of(bytes(aad)), aad.length) !== 1) {
+        throw new Error("EVP_CipherUpdate (AAD)");
+      }
+      if (src.length) {
+        const ok = await c.EVP_CipherUpdate_nb(
+          g.ctx,
+          Deno.UnsafePointer.of(bytes(dst)),
+          g.outl,
+          Deno.UnsafePointer.of(bytes(src)),
+          src.length,
+        );
+        if (ok !== 1 || g.outl[0] !== src.length) throw new Error("EVP_CipherUpdate");
+      }
+      return g;
+    } catch (e) {
+      this.#free[enc].push(g);
+      throw e;
+    }
+  }
+
+  async seal(iv: Uint8Array, aad: Uint8Array, plain: Uint8Array, into?: Uint8Array): Promise<Uint8Array> {
+    const n = plain.length;
+    const out = into ?? new Uint8Array(NONCE_SIZE + n + TAG_SIZE);
+    out.set(iv);
+    const g = await this.#run(1, iv, aad, plain, out.subarray(NONCE_SIZE, NONCE_SIZE + n));
+    try {
+      const c = libcrypto()!;
+      const end = out.subarray(NONCE_SIZE + n);
+      if (c.EVP_CipherFinal_ex(g.ctx, Deno.UnsafePointer.of(end), g.outl) !== 1) throw new Error("final");
+      if (c.EVP_CIPHER_CTX_ctrl(g.ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, end) !== 1) throw new Error("tag");
+    } catch (e) {
+      throw new CryoError(`Cannot seal a ${n}-byte chunk with libcrypto: ${(e as Error).message} failed`);
+    } finally {
+      this.#free[1].push(g);
+    }
+    return out;
+  }
+
+  /** Whether the chunk authenticates; its plaintext is in `dst` (not to be used unless true). */
+  async open(sealed: Uint8Array, aad: Uint8Array, dst: Uint8Array): Promise<boolean> {
+    const n = sealed.length - SEAL_OVERHEAD;
+    const ct = sealed.subarray(NONCE_SIZE, NONCE_SIZE + n);
+    const g = await this.#run(0, sealed.subarray(0, NONCE_SIZE), aad, ct, dst);
+    try {
+      const c = libcrypto()!;
+      const tag = sealed.slice(NONCE_SIZE + n); // the call may write to it
+      if (c.EVP_CIPHER_CTX_ctrl(g.ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, tag) !== 1) return false;
+      return c.EVP_CipherFinal_ex(g.ctx, Deno.UnsafePointer.of(tag), g.outl) === 1;
+    } finally {
+      this.#free[0].push(g);
+    }
+  }
+}
+
+const registry = new FinalizationRegistry<Deno.PointerValue[]>((all) => {
+  const c = libcrypto();
+  for (const ctx of all.splice(0)) c?.EVP_CIPHER_CTX_free(ctx);
+});
 
 /** Seals and opens the chunks of one image under its derived key. */
 export class Sealer {
@@ -100,13 +206,15 @@ export class Sealer {
   readonly params: Uint8Array;
   readonly #aes: CryptoKey;
   readonly #hmac: CryptoKey;
+  readonly #native: NativeGcm | undefined;
   readonly #prefix = crypto.getRandomValues(new Uint8Array(8));
   #counter = 0;
 
-  private constructor(params: Uint8Array, aes: CryptoKey, hmac: CryptoKey) {
+  private constructor(params: Uint8Array, aes: CryptoKey, hmac: CryptoKey, raw?: Uint8Array<ArrayBuffer>) {
     this.params = params;
     this.#aes = aes;
     this.#hmac = hmac;
+    this.#native = raw ? new NativeGcm(raw) : undefined;
   }
 
   /**
@@ -117,11 +225,11 @@ export class Sealer {
    */
   static async create(key: SealKey): Promise<Sealer> {
     const salt = crypto.getRandomValues(new Uint8Array(16));
-    const { aes, hmac, check } = await derive(key, salt);
+    const { aes, hmac, check, raw } = await derive(key, salt);
     const params = new Uint8Array(SEAL_PARAMS_SIZE);
     params.set(salt);
     params.set(check, 16);
-    return new Sealer(params, aes, hmac);
+    return new Sealer(params, aes, hmac, raw);
   }
 
   /**
@@ -142,7 +250,7 @@ export class Sealer {
         `seal parameters are ${params.length} bytes, expected ${SEAL_PARAMS_SIZE}`,
       );
     }
-    const { aes, hmac, check } = await derive(key, new Uint8Array(params.subarray(0, 16)));
+    const { aes, hmac, check, raw } = await derive(key, new Uint8Array(params.subarray(0, 16)));
     let diff = 0;
     for (let i = 0; i < 16; i++) diff |= check[i] ^ params[16 + i];
     if (diff !== 0) {
@@ -150,7 +258,7 @@ export class Sealer {
         `Cannot open image ${path}: the key (${key.source}) is not the one it was sealed with`,
       );
     }
-    return new Sealer(new Uint8Array(params), aes, hmac);
+    return new Sealer(new Uint8Array(params), aes, hmac, raw);
   }
 
   /** How many chunks this sealer has sealed. */
@@ -163,14 +271,22 @@ export class Sealer {
    *
    * @param plain The chunk (encoded or raw); not modified.
    * @param aad Its additional authenticated data ({@link chunkAad}).
+   * @param into Where to put the sealed chunk (`plain.length` + {@link SEAL_OVERHEAD} bytes), if anywhere: with
+   *   libcrypto it is written there (and returned); else a new buffer is returned.
    * @returns `nonce(12) | ciphertext | tag(16)`.
    * @throws {CryoError} After 2^32 chunks (a nonce would repeat).
    */
-  async seal(plain: Uint8Array, aad: Uint8Array): Promise<Uint8Array> {
+  async seal(plain: Uint8Array, aad: Uint8Array, into?: Uint8Array): Promise<Uint8Array> {
+    if (into && into.length !== plain.length + SEAL_OVERHEAD) {
+      throw new RangeError(
+        `Cannot seal ${plain.length} bytes into ${into.length}: expected plain + ${SEAL_OVERHEAD}`,
+      );
+    }
     if (this.#counter > 0xffffffff) throw new CryoError("Cannot seal more than 2^32 chunks with one sealer");
     const iv = new Uint8Array(NONCE_SIZE);
     iv.set(this.#prefix);
     new DataView(iv.buffer).setUint32(8, this.#counter++, false);
+    if (this.#native) return await this.#native.seal(iv, aad, plain, into);
     const ct = await crypto.subtle.encrypt(
       { name: "AES-GCM", iv, additionalData: bytes(aad), tagLength: TAG_SIZE * 8 },
       this.#aes,
@@ -199,6 +315,16 @@ export class Sealer {
         path,
         offset,
         `sealed chunk is ${sealed.length} bytes, shorter than ${SEAL_OVERHEAD}`,
+      );
+    }
+    if (this.#native) {
+      const plain = new Uint8Array(sealed.length - SEAL_OVERHEAD);
+      if (await this.#native.open(sealed, aad, plain)) return plain;
+      plain.fill(0);
+      throw new ImageError(
+        path,
+        offset,
+        "chunk authentication failed: it was modified, moved, or belongs to another image",
       );
     }
     try {

@@ -9,7 +9,11 @@
 import { addrOf, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { ordered } from "../codecs/pool.ts";
-import { chunkAad, type Sealer } from "../codecs/seal.ts";
+import { chunkAad, SEAL_OVERHEAD, type Sealer } from "../codecs/seal.ts";
+import { returnsTo } from "./write_queue.ts";
+
+/** Sealed-chunk buffers kept for reuse, at most (the chunks in flight and those waiting for their write). */
+const MAX_POOLED = 32;
 import { findZeroPages } from "../kernel/zero.ts";
 import { checksum, checksumAt, checksumAtAsync } from "./checksum.ts";
 import { MAX_RECORD_LENGTH, RECORD_FLAG } from "./format.ts";
@@ -36,6 +40,21 @@ export class ChunkWriter {
   #ordinal = 0;
   /** The header block's digest, set once the header is written (sealed images). */
   digest: Promise<Uint8Array> | undefined;
+  /** Buffers sealed chunks are written into, back here once written (see `returnsTo`). */
+  readonly #sealedPool: Uint8Array<ArrayBuffer>[] = [];
+
+  /** A view of `plain + SEAL_OVERHEAD` bytes of a pooled buffer (one of the chunk size, or a larger one). */
+  #sealedBuffer(plain: number): Uint8Array<ArrayBuffer> {
+    const size = Math.max(plain, this.#opts.chunkSize) + SEAL_OVERHEAD;
+    let b = this.#sealedPool.pop();
+    if (!b || b.length < size) {
+      b = new Uint8Array(size);
+      returnsTo(b, (x) => {
+        if (this.#sealedPool.length < MAX_POOLED) this.#sealedPool.push(x);
+      });
+    }
+    return b.subarray(0, plain + SEAL_OVERHEAD);
+  }
 
   /**
    * Make the data path of one image.
@@ -161,7 +180,10 @@ export class ChunkWriter {
       if (enc !== null && enc.length >= n) enc = null;
       const codec = enc === null ? 0 : theCodec.id;
       if (!sealer) return { it, codec, enc, decoded };
-      const sealed = await sealer.seal(enc ?? src, chunkAad(it.ordinal, a, n, codec, segment, digest));
+      const plain = enc ?? src;
+      const into = this.#sealedBuffer(plain.length);
+      const sealed = await sealer.seal(plain, chunkAad(it.ordinal, a, n, codec, segment, digest), into);
+      if (sealed !== into) this.#sealedPool.push(new Uint8Array(into.buffer)); // WebCrypto: a buffer of its own
       return { it, codec, enc: sealed, decoded };
     };
     try {

@@ -199,10 +199,29 @@ function advance(iov: BigUint64Array, i: number, n: bigint): number {
   return i;
 }
 
-/** Free written buffers now: detach each whole, unshared `ArrayBuffer` (its backing store is released). */
+/** Buffers that go back to their pool once written, rather than being freed. */
+const pools = new WeakMap<ArrayBufferLike, (b: Uint8Array<ArrayBuffer>) => void>();
+
+/**
+ * Have `buffer` given back to `give` once a write queue has written it (and it was handed to
+ * {@link WriteQueue.free}), instead of freed: a pool of output buffers reused chunk after chunk, whose pages are
+ * faulted in once (memory touched for the first time costs a fault per page, and more on a virtual machine).
+ *
+ * @param buffer A whole buffer of the pool.
+ * @param give Takes it back.
+ */
+export function returnsTo(buffer: Uint8Array<ArrayBuffer>, give: (b: Uint8Array<ArrayBuffer>) => void): void {
+  pools.set(buffer.buffer, give);
+}
+
+/** Free written buffers now: back to their pool, or detach each whole, unshared `ArrayBuffer`. */
 function release(buffers: readonly Uint8Array[]): void {
   for (const b of buffers) {
     const ab = b.buffer;
-    if (ab instanceof ArrayBuffer && b.byteOffset === 0 && b.byteLength === ab.byteLength) ab.transfer(0);
+    const give = pools.get(ab);
+    if (give) give(new Uint8Array(ab as ArrayBuffer));
+    else if (ab instanceof ArrayBuffer && b.byteOffset === 0 && b.byteLength === ab.byteLength) {
+      ab.transfer(0);
+    }
   }
 }
