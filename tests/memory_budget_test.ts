@@ -127,6 +127,23 @@ Deno.test("cryo checkpoint keeps its peak RSS within --memory, whatever the proc
   });
 });
 
+Deno.test("cryo restore keeps its peak RSS within --memory, whatever the process's size (streamed from stdin)", async () => {
+  await assertBounded("restore streamed", async (pid, dir) => {
+    const c = await cryo(["checkpoint", "--pid", String(pid), "-o", `${dir}/i`, "--no-fsync", "-q"]);
+    assertEquals(c.code, 0, c.stderr);
+    return await cryo(["restore", "--pid", String(pid), "-", ...memory], `< '${dir}/i'`);
+  });
+});
+
+Deno.test("cryo restore keeps its peak RSS within --memory, whatever the process's size (encrypted)", async () => {
+  await assertBounded("restore encrypted", async (pid, dir) => {
+    const key = await keyIn(dir);
+    const c = await cryo(["checkpoint", "--pid", String(pid), "-o", `${dir}/i`, "--no-fsync", "-q", ...key]);
+    assertEquals(c.code, 0, c.stderr);
+    return await cryo(["restore", "--pid", String(pid), `${dir}/i`, ...key, ...memory]);
+  });
+});
+
 Deno.test("cryo hibernate keeps its peak RSS within --memory, whatever the process's size", async () => {
   await assertBounded("hibernate", async (pid, dir) => {
     const h = await cryo(["hibernate", "--pid", String(pid), "-o", `${dir}/i`, ...memory]);

@@ -306,10 +306,17 @@ export class Sealer {
    * @param aad The additional authenticated data it must have been sealed with.
    * @param path The image, for the error.
    * @param offset Where the sealed bytes lie in the image, for the error.
-   * @returns The plaintext.
+   * @param into Where to put the plaintext, if it fits (with libcrypto; else a new buffer is returned).
+   * @returns The plaintext (a view of `into`, or a buffer of its own).
    * @throws {ImageError} When the chunk was modified, moved, or belongs to another image.
    */
-  async open(sealed: Uint8Array, aad: Uint8Array, path = "-", offset?: number): Promise<Uint8Array> {
+  async open(
+    sealed: Uint8Array,
+    aad: Uint8Array,
+    path = "-",
+    offset?: number,
+    into?: Uint8Array,
+  ): Promise<Uint8Array> {
     if (sealed.length < SEAL_OVERHEAD) {
       throw new ImageError(
         path,
@@ -318,7 +325,8 @@ export class Sealer {
       );
     }
     if (this.#native) {
-      const plain = new Uint8Array(sealed.length - SEAL_OVERHEAD);
+      const n = sealed.length - SEAL_OVERHEAD;
+      const plain = into && into.length >= n ? into.subarray(0, n) : new Uint8Array(n);
       if (await this.#native.open(sealed, aad, plain)) return plain;
       plain.fill(0);
       throw new ImageError(

@@ -308,16 +308,23 @@ async function openChunk(
   codec: Codec | undefined,
   sealer: Sealer | undefined,
   digest: Uint8Array | undefined,
-  scratch: { buf: Uint8Array },
+  scratch: { buf: Uint8Array; plain?: Uint8Array },
 ): Promise<Uint8Array> {
+  // Decrypted into the ring (a raw record's plaintext is its decoded bytes) when the sealer can.
+  if (sealer && !codec && scratch.buf.length < r.length) scratch.buf = new Uint8Array(r.length);
+  if (sealer && codec && (scratch.plain?.length ?? 0) < r.storedLength) {
+    scratch.plain = new Uint8Array(r.storedLength);
+  }
   const plain = sealer
     ? await sealer.open(
       stored,
       chunkAad(ordinal, r.address, r.length, r.codec, r.segment, digest),
       path,
       r.fileOffset,
+      codec ? scratch.plain : scratch.buf,
     )
     : stored;
+  const ours = (b: Uint8Array) => b.buffer !== scratch.buf.buffer && b.buffer !== scratch.plain?.buffer;
   if (!codec) {
     if (plain.length !== r.length) {
       throw new ImageError(path, r.fileOffset, `raw record holds ${plain.length} of ${r.length} bytes`);
@@ -327,8 +334,10 @@ async function openChunk(
   if (scratch.buf.length < r.length) scratch.buf = new Uint8Array(r.length);
   const decoded = scratch.buf.subarray(0, r.length);
   if (!codec) { // decrypted raw: into the ring, so that the plaintext can be freed now (below)
-    decoded.set(plain);
-    (plain.buffer as ArrayBuffer).transfer(0);
+    if (ours(plain)) {
+      decoded.set(plain);
+      (plain.buffer as ArrayBuffer).transfer(0);
+    }
     return decoded;
   }
   try {
@@ -342,7 +351,7 @@ async function openChunk(
   }
   // The plaintext is ours alone and done with: free it now (detaching it) rather than when the collector gets
   // to it, so that a stream of large chunks does not pile them up.
-  if (sealer) (plain.buffer as ArrayBuffer).transfer(0);
+  if (sealer && ours(plain)) (plain.buffer as ArrayBuffer).transfer(0);
   if (!sealer && checksum(decoded) !== r.decodedChecksum) {
     throw new ImageError(path, r.fileOffset, `decoded bytes of the record at ${hex(r.address)} do not match`);
   }

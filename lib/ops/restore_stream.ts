@@ -17,7 +17,7 @@
  */
 
 import { freeze } from "../kernel/freeze.ts";
-import { awaitHeader } from "./stream_head.ts";
+import { awaitHeader, byteStream } from "./stream_head.ts";
 import { pendingRecovery } from "./recovery.ts";
 import { decodeThreads, type ThreadState } from "../kernel/threads.ts";
 import type { Codec } from "../codecs/codec.ts";
@@ -107,8 +107,10 @@ export async function restoreStream(
   // An abort must not wait for the next byte of a stream that may never come: it errors the stream.
   let opened = await openInput(input);
   // A stream: the target is frozen only once the header has arrived (a slow writer must not keep it stopped).
+  // Either way read through BYOB reads into the reader's buffers, and errored at once by an abort.
   if (input === "-") opened = await awaitHeader(opened, input, opts.signal);
-  const stream = opts.signal ? opened.pipeThrough(new TransformStream(), { signal: opts.signal }) : opened;
+  else opened = byteStream(opened, undefined, opts.signal);
+  const stream = opened;
   const recovering = pendingRecovery(pid); // asked before the freeze, which hides the stopped state
   startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
