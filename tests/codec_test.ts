@@ -191,3 +191,35 @@ Deno.test("`ZstdCodec.close()` is idempotent and refuses later work", async () =
   await assertRejects(() => codec.encode(mem), CryoError, "closed");
   await assertRejects(() => codec.decode(enc, new Uint8Array(MiB)), CryoError, "closed");
 });
+
+Deno.test("a compressed checkpoint of memory that does not compress keeps its raw image; one that does is transcoded", async () => {
+  const { checkpoint, restore } = await import("../mod.ts");
+  const { MemoryLoader } = await import("../lib/image/loader.ts");
+  const { REQUIRED } = await import("../lib/image/format.ts");
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const MiB = 1 << 20;
+    const a = await target.map(16 * MiB);
+    for (const [kind, compressed] of [["random", false], ["text", true]] as const) {
+      await target.fill(a, 16 * MiB, kind, 1);
+      const want = await target.sum(a, 16 * MiB);
+      const codec = parseCodec("zstd:1");
+      await checkpoint(target.pid, `${dir}/raw.cryo`, { fsync: false });
+      const r = await checkpoint(target.pid, `${dir}/z.cryo`, { codec });
+      {
+        using l = await MemoryLoader.open(`${dir}/z.cryo`, { codecs: [codec] });
+        await l.verify();
+        assertEquals((l.header.requiredFeatures & REQUIRED.CODEC) !== 0n, compressed, kind);
+        const rawSize = (await Deno.stat(`${dir}/raw.cryo`)).size;
+        if (compressed) assert(l.fileSize < rawSize / 2, `${kind}: ${l.fileSize} of ${rawSize} bytes`);
+        else assertEquals(l.fileSize, r.imageBytes, kind);
+      }
+      await target.fill(a, 16 * MiB, "random", 9);
+      await restore(target.pid, `${dir}/z.cryo`, { codecs: [codec] });
+      assertEquals(await target.sum(a, 16 * MiB), want, kind);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -15,7 +15,7 @@ import { markStacks, threadStacks } from "../kernel/stacks.ts";
 import { type Codec, raw } from "../codecs/codec.ts";
 import type { Sealer } from "../codecs/seal.ts";
 import { type ImageSummary, MemoryPersister } from "../image/persister.ts";
-import { transcode } from "./transcode.ts";
+import { incompressible, nameRawImage, transcode } from "./transcode.ts";
 import { pidSource } from "../image/sources.ts";
 import { budgetShares } from "../image/budget.ts";
 import { dirOf, scratchFile } from "../image/tempfile.ts";
@@ -166,7 +166,12 @@ export async function checkpoint(
     try {
       opts.signal?.throwIfAborted();
       const encodeStarted = performance.now();
-      summary = await transcode(rawPath, path, opts);
+      // Memory that does not compress: the raw image is the image (its chunks would all be stored raw).
+      const asIs = !opts.sealer && path !== "-" && !opts.parent && !opts.track && opts.keepFrozen !== true &&
+        await incompressible(rawPath, opts.codec!) && nameRawImage(fd, path, opts.fsync ?? true);
+      summary = asIs
+        ? { path, fileSize: taken.imageBytes, records: taken.records } as ImageSummary
+        : await transcode(rawPath, path, opts);
       if (taken.frozen) taken.stoppedMs += performance.now() - encodeStarted; // still stopped meanwhile
     } catch (e) {
       taken.frozen?.thaw();

@@ -20,6 +20,7 @@ import { type ImageSummary, type LocalPiece, MemoryPersister } from "../image/pe
 import { imageSource } from "../image/sources.ts";
 import { checkBudget, DEFAULT_MEMORY_BUDGET } from "../image/budget.ts";
 import { isIncremental } from "../image/chain.ts";
+import { dirOf, linkUnnamed } from "../image/tempfile.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
 
 /** Options of {@link transcode}. */
@@ -135,4 +136,62 @@ function readAt(fd: number, local: bigint, n: number, offset: number, path: stri
     if (got === 0) throw new RangeError(`Cannot read ${path} at ${offset + done}: the file ends there`);
     done += got;
   }
+}
+
+/** Bytes sampled from each sampled record by {@link incompressible}, and records sampled at most. */
+const SAMPLE_BYTES = 64 << 10, SAMPLES = 64;
+
+/**
+ * Whether the raw image at `rawPath` is so incompressible that `codec` would store it raw anyway: `codec`
+ * compresses 64 KiB from each of up to 64 data records spread over the image, and the answer is yes when that
+ * saves less than 2%. A compressed checkpoint of such memory then keeps its raw intermediate as the image (zstd
+ * stores an incompressible chunk raw, so the image would hold the same bytes), instead of writing every byte a
+ * second time: measured, that second write is most of a compressed checkpoint's cost on random data.
+ *
+ * @param rawPath A raw image.
+ * @param codec The codec the checkpoint was asked for.
+ * @returns Whether to keep the raw image.
+ */
+export async function incompressible(rawPath: string, codec: Codec): Promise<boolean> {
+  using loader = await MemoryLoader.open(rawPath);
+  const data = loader.records.filter((r) => r.kind !== KIND.HOLE && r.length >= SAMPLE_BYTES);
+  if (data.length === 0) return false;
+  const fd = open(rawPath, O.RDONLY | O.CLOEXEC);
+  try {
+    const sample = new Uint8Array(SAMPLE_BYTES);
+    const at = addrOf(Deno.UnsafePointer.of(sample));
+    let raw = 0, stored = 0;
+    const step = Math.max(1, Math.floor(data.length / SAMPLES));
+    for (let i = 0; i < data.length; i += step) {
+      readAt(fd, at, SAMPLE_BYTES, data[i].fileOffset, rawPath);
+      raw += SAMPLE_BYTES;
+      stored += (await codec.encode(sample))?.length ?? SAMPLE_BYTES;
+    }
+    return stored >= raw * 0.98;
+  } finally {
+    close(fd);
+  }
+}
+
+/**
+ * Give the unnamed raw image open at `fd` the name `path` (fsynced first when asked), as the image itself.
+ *
+ * @param fd An unnamed file (`O_TMPFILE`) holding a complete raw image.
+ * @param path The image's name.
+ * @param fsync fsync the file and the directory.
+ * @returns False when the file cannot be named (a file system without `O_TMPFILE`): transcode it instead.
+ */
+export function nameRawImage(fd: number, path: string, fsync: boolean): boolean {
+  if (fsync && libc.fsync(fd) !== 0) throw systemError("fsync", errno(), path);
+  try {
+    linkUnnamed(fd, path);
+  } catch {
+    return false;
+  }
+  if (fsync) {
+    const dir = open(dirOf(path), O.RDONLY | O.DIRECTORY | O.CLOEXEC);
+    libc.fsync(dir);
+    close(dir);
+  }
+  return true;
 }
