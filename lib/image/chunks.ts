@@ -10,14 +10,14 @@ import { addrOf, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { ordered } from "../codecs/pool.ts";
 import { chunkAad, SEAL_OVERHEAD, type Sealer } from "../codecs/seal.ts";
-import { returnsTo } from "./write_queue.ts";
-
-/** Sealed-chunk buffers kept for reuse, at most (the chunks in flight and those waiting for their write). */
-const MAX_POOLED = 32;
 import { findZeroPages } from "../kernel/zero.ts";
 import { checksum, checksumAt, checksumAtAsync } from "./checksum.ts";
 import { MAX_RECORD_LENGTH, RECORD_FLAG } from "./format.ts";
 import { dataRecord, type FrameWriter } from "./frame_writer.ts";
+import { returnsTo } from "./write_queue.ts";
+
+/** Sealed-chunk buffers kept for reuse, at most (the chunks in flight and those waiting for their write). */
+const MAX_POOLED = 32;
 
 /** How chunks are made. */
 export interface ChunkOptions {
