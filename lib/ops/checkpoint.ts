@@ -166,9 +166,11 @@ export async function checkpoint(
     try {
       opts.signal?.throwIfAborted();
       const encodeStarted = performance.now();
-      // Memory that does not compress: the raw image is the image (its chunks would all be stored raw).
-      const asIs = !opts.sealer && path !== "-" && !opts.parent && !opts.track && opts.keepFrozen !== true &&
-        await incompressible(rawPath, opts.codec!) && nameRawImage(fd, path, opts.fsync ?? true);
+      // Memory that does not compress: the raw image is the image (its chunks would all be stored raw). Not for
+      // a live checkpoint (its image is compressed as taken), an incremental one, a stream or a sealed one.
+      const asIs = !opts.sealer && path !== "-" && !opts.parent && !opts.track && !opts.live &&
+        opts.keepFrozen !== true && await incompressible(rawPath, opts.codec!) &&
+        nameRawImage(fd, path, opts.fsync ?? true);
       summary = asIs
         ? { path, fileSize: taken.imageBytes, records: taken.records } as ImageSummary
         : await transcode(rawPath, path, opts);

@@ -97,7 +97,8 @@ options:
   --exclude FILTER      never persist these regions (wins over --include)
   --shared              persist shared mappings too
   --compress CODEC      compress each chunk: zstd[:LEVEL] (1-22, default 3), lz4[:LEVEL], or raw (default);
-                        all cores, incompressible chunks stored raw
+                        all cores, incompressible chunks stored raw (memory that does not compress at
+                        all: the raw image is kept as it is)
   --key-file FILE       encrypt each chunk with AES-256-GCM, key from FILE (32 bytes, or 64 hex characters)
   --key-env NAME        the same, key from the environment variable NAME (never from the command line)
   --strict              refuse a key file that group or others have access to (else: a warning, and the
