@@ -99,8 +99,10 @@ export interface CheckpointOptions extends PolicyOptions {
   live?: boolean;
   /** With `live`: pages copied aside per write fault (an aligned block, a power of two up to 512; default 1). */
   liveNeighbours?: number;
-  /** With `live`: called while the target is frozen, before it is protected and thawed. */
+  /** With `live`: called while the target is frozen, before it is thawed (the moment the image shows). */
   onFrozen?: () => void;
+  /** With `live`: called (and awaited) after the arm, before the freeze (the target runs, its memory protected). */
+  onArmed?: () => void | Promise<void>;
 }
 
 /** What {@link checkpoint} did. */

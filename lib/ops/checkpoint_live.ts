@@ -85,8 +85,16 @@ export interface LiveStats {
   rearmedPages: number;
   /** How long registering and protecting again took at the freeze (part of the second stop), in ms. */
   rearmMs: number;
+  /**
+   * What the second stop was made of, in milliseconds: stopping every thread, reading the layout and the
+   * threads' and kernel's state, stopping the arm server, re-protecting ({@link rearmMs}), starting the
+   * copy's server (with the copy of what cannot be protected).
+   */
+  freezeParts: { freeze: number; record: number; armServer: number; rearm: number; server: number };
   /** How long the background copy took (the target running), in milliseconds. */
   copyMs: number;
+  /** How long stopping the server and closing the userfaultfd (lifting what protection is left) took, in ms. */
+  closeMs: number;
   /** Everything the write-fault server counted. */
   server: WriteProtectStats;
 }
@@ -149,6 +157,7 @@ export async function persistLive(
     // server must still serve those faults. The pages they touch are protected again below.
     const sections = processSections(pid, frozen, decisions, opts.altStacks ?? true);
     opts.onFrozen?.();
+    const recorded = performance.now();
     const armStats = armed.server.stop(); // joined: nothing lifts a protection from here until the thaw
     const rearmStarted = performance.now();
     const plans = (() => {
@@ -166,7 +175,15 @@ export async function persistLive(
       if (p.preload) copiedStoppedBytes += p.bytes;
       rearmedPages += p.rearmedPages;
     }
+    const serverStarted = performance.now();
     server = WriteProtectServer.start(uffd, pid, runs, { neighbours: opts.liveNeighbours });
+    const freezeParts = {
+      freeze: frozen.freezeMs,
+      record: recorded - (frozenAt + frozen.freezeMs),
+      armServer: rearmStarted - recorded,
+      rearm: serverStarted - rearmStarted,
+      server: performance.now() - serverStarted,
+    };
     frozen.thaw();
     progress.stopped?.(false);
     const freezeStoppedMs = performance.now() - frozenAt;
@@ -190,8 +207,10 @@ export async function persistLive(
         progress: (n) => progress.advance(n),
       });
     }
+    const closing = performance.now();
     const stats = release()!;
-    const copyMs = performance.now() - copyStarted;
+    const closeMs = performance.now() - closing;
+    const copyMs = closing - copyStarted;
     if (stats.lostPages) {
       throw new CryoError(
         `Cannot take a live checkpoint of pid ${pid}: ${stats.lostPages} page(s) from 0x${
@@ -219,7 +238,9 @@ export async function persistLive(
         armFaults: armStats.outsideFaults,
         rearmedPages,
         rearmMs,
+        freezeParts,
         copyMs,
+        closeMs,
         server: stats,
       },
     };
