@@ -22,14 +22,14 @@ import { freeze, type Frozen } from "../kernel/freeze.ts";
 import type { Decision, PolicyOptions } from "../kernel/policy.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
 import { requireCapabilities } from "../kernel/capabilities.ts";
-import { type LiveRun, WriteProtectServer, type WriteProtectStats } from "../kernel/wp_server.ts";
+import { liveRunTable, WriteProtectServer, type WriteProtectStats } from "../kernel/wp_server.ts";
 import type { Region } from "../kernel/region.ts";
 import { MemoryPersister } from "../image/persister.ts";
 import { liveSource } from "../image/sources.ts";
 import { budgetShares } from "../image/budget.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { failure, processSections, type TakenFigures, takenFigures } from "./checkpoint_record.ts";
-import { arm, type Armed, rearm } from "./live_arm.ts";
+import { arm, type Armed, freezeDecisions, rearm } from "./live_arm.ts";
 
 /** Options of a live checkpoint (a subset of `CheckpointOptions`). */
 export interface LiveCheckpointOptions extends PolicyOptions {
@@ -107,6 +107,14 @@ export interface LiveTaken extends TakenFigures {
   live: LiveStats;
 }
 
+/** The bytes of runs `[start0, end0, …]`, without a bigint per run. */
+function runBytes(runs: BigUint64Array): number {
+  const w = new Uint32Array(runs.buffer, runs.byteOffset, 2 * runs.length);
+  let n = 0;
+  for (let i = 0; i < w.length; i += 4) n += (w[i + 2] - w[i]) + (w[i + 3] - w[i + 1]) * 4294967296;
+  return n;
+}
+
 /**
  * Take a raw image of `pid` at `out` live: freeze, record, write-protect, thaw, copy in the background.
  *
@@ -151,7 +159,8 @@ export async function persistLive(
     frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
     const frozenAt = performance.now() - frozen.freezeMs;
     progress.stopped?.(true, frozenAt);
-    const decisions = decide(pid, opts);
+    using pm = Pagemap.open(pid);
+    const decisions = freezeDecisions(pid, opts, pm, armed.regions);
     const kept = decisions.filter((d) => d.persist);
     // Recording the threads injects system calls, which write into the target's (protected) memory: the arm
     // server must still serve those faults. The pages they touch are protected again below.
@@ -160,21 +169,15 @@ export async function persistLive(
     const recorded = performance.now();
     const armStats = armed.server.stop(); // joined: nothing lifts a protection from here until the thaw
     const rearmStarted = performance.now();
-    const plans = (() => {
-      using pm = Pagemap.open(pid);
-      return kept.map((d) => ({ region: d.region, bytes: 0, ...rearm(uffd, pm, d) }));
-    })();
+    const plans = kept.map((d) => ({ region: d.region, bytes: 0, ...rearm(uffd, pm, d) }));
     const rearmMs = performance.now() - rearmStarted;
     let copiedStoppedBytes = 0, rearmedPages = 0;
-    const runs: LiveRun[] = [];
     for (const p of plans) {
-      for (let i = 0; i < p.runs.length; i += 2) {
-        p.bytes += Number(p.runs[i + 1] - p.runs[i]);
-        runs.push({ start: p.runs[i], end: p.runs[i + 1], preload: p.preload });
-      }
+      p.bytes = runBytes(p.runs);
       if (p.preload) copiedStoppedBytes += p.bytes;
       rearmedPages += p.rearmedPages;
     }
+    const runs = liveRunTable(plans);
     const serverStarted = performance.now();
     server = WriteProtectServer.start(uffd, pid, runs, { neighbours: opts.liveNeighbours });
     const freezeParts = {
