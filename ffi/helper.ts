@@ -13,7 +13,7 @@ import { buf, int, long, ptr, size_t, uint } from "./types.ts";
 import { cachedHelper, HELPER_FILE } from "./helper_build.ts";
 
 /** The ABI version this TypeScript expects; must equal `CRYO_HELPER_ABI` in ffi/helper/helper.h. */
-export const HELPER_ABI = 6;
+export const HELPER_ABI = 5;
 
 const symbols = {
   // int cryo_helper_abi(void);

@@ -149,7 +149,7 @@ Deno.test("checkpoint({ live: true }) takes the memory at the freeze while every
   const dir = await tempDir();
   await using w = await startWriter(1024, 2, { read: true });
   try {
-    let early = 0, maxStop = 0, faults = 0, doneFaults = 0, deferred = 0;
+    let early = 0, maxStop = 0, faults = 0;
     for (let round = 0; round < ROUNDS; round++) {
       const path = `${dir}/live-${round % 2}.cryo`;
       let frozenDone: number[] = [];
@@ -161,8 +161,6 @@ Deno.test("checkpoint({ live: true }) takes the memory at the freeze while every
       assert(r.live, "a live result");
       early += r.live.earlyPages;
       faults += r.live.faults;
-      doneFaults += r.live.server.doneFaults;
-      deferred += r.live.server.deferredFaults;
       maxStop = Math.max(maxStop, r.stoppedMs);
       await checkImage(path, w, frozenDone);
       assertEquals(r.live.server.lostPages, 0);
@@ -171,13 +169,11 @@ Deno.test("checkpoint({ live: true }) takes the memory at the freeze while every
     // The writers outran the copy: pages were copied early because of writes, in every sense of the test.
     assert(early > 0, `no page was copied early in ${ROUNDS} rounds`);
     assert(faults > 0);
-    // Pages the copy took keep their protection until a write (or the close) lifts it: the writers, which
-    // rewrite every page in turn, met some of them.
-    assert(doneFaults > 0, `no write met a page already copied in ${ROUNDS} rounds`);
     assert((await w.child.request("verify", 30_000)).length > 0); // the child still checks out whole
     console.log(
-      `${ROUNDS} rounds: ${early} pages copied early, ${faults} faults (${doneFaults} on pages already copied, ` +
-        `${deferred} waiting for the copy's check), longest stop ${maxStop.toFixed(1)} ms`,
+      `${ROUNDS} rounds: ${early} pages copied early, ${faults} faults, longest stop ${
+        maxStop.toFixed(1)
+      } ms`,
     );
   } finally {
     await Deno.remove(dir, { recursive: true });

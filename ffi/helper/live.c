@@ -6,7 +6,6 @@
 //   TAKEN     (2)  the background copy read it while it was protected (its copy is in a gather buffer)
 //   ASIDE     (3)  its copy at the freeze is in the aside area (a fault copied it, or it was read while stopped)
 //   LOST      (4)  it was gone (unmapped, or replaced) before anyone copied it: the image cannot be exact
-//   DONE      (5)  the background copy took it and checked it was still protected; its protection may still be on
 //
 // The fault server (a native thread) reads write faults: it claims the faulting page (and its neighbours, up
 // to `neighbours` pages of an aligned block, within its run) with UNCOPIED -> COPYING, copies them aside with
@@ -17,12 +16,8 @@
 // un-protected only after it left UNCOPIED, so a page still UNCOPIED after the read was protected during it.
 // A claimed page must still be protected when the claim is checked (PAGEMAP_SCAN: not PAGE_IS_WRITTEN): if the
 // target unmapped it and something else now lies at its address, the read saw that, and the page is LOST. Then
-// the page is DONE. Its protection stays on (lifting it walks the page tables of the batch's span and flushes the
-// TLB of every CPU the target runs on, and closing the userfaultfd at the end lifts every protection in one walk
-// anyway), unless a writer waits on one of the batch's pages: a fault on a TAKEN page is left to the background
-// (it counts it in `deferred`), which then lifts the batch's span, waking it. A fault on a DONE page is lifted
-// by the server at once. The handshake is a store then a load on both sides (seq_cst): the server counts, then
-// reads the state again; the background publishes DONE, then reads the count. One of them sees the other.
+// the background lifts the protection of what it took (waking a writer that faulted there meanwhile), so that
+// later writes there do not fault.
 //
 // Why C: a write fault stops the writing thread until it is served; serving it must not wait for the
 // JavaScript event loop (or a garbage collection), and the claim must be atomic against the server.
@@ -34,6 +29,7 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -42,7 +38,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-enum { ST_UNCOPIED = 0, ST_COPYING = 1, ST_TAKEN = 2, ST_ASIDE = 3, ST_LOST = 4, ST_DONE = 5 };
+enum { ST_UNCOPIED = 0, ST_COPYING = 1, ST_TAKEN = 2, ST_ASIDE = 3, ST_LOST = 4 };
 
 enum {
   LV_FAULTS,          // write faults read
@@ -59,15 +55,12 @@ enum {
   LV_PRELOADED,       // pages copied aside while the target was stopped (regions that cannot be protected)
   LV_UNPROTECTS,      // UFFDIO_WRITEPROTECT calls of the background copy
   LV_UNREADABLE,      // pages the background could not read (unmapped since) and took from the aside area
-  LV_DONE_FAULTS,     // faults on pages copied and checked, their protection left on: lifted by the server
-  LV_DEFERRED,        // faults on pages the background held (TAKEN): lifted by the background after its check
-  LV_NSTATS = 16
+  LV_NSTATS = 14
 };
 
 #define LV_SPIN_NS 50000             // how long the server looks for the next fault before sleeping in poll()
 #define LV_WAIT_NS 5000000000ull     // how long the background waits for a page the server is copying
 #define LV_MAX_NEIGHBOURS 512
-#define LV_DONE_BLOCK 16             // a fault on a DONE page lifts the DONE pages of its aligned 16-page block
 
 // linux/fs.h 6.7+ (our headers predate it): PAGEMAP_SCAN and its structures.
 #define LV_PAGEMAP_SCAN 0xc0606610ul
@@ -93,7 +86,6 @@ struct lv_server {
   uint8_t *state;
   unsigned char *aside;
   size_t aside_len;
-  uint64_t deferred;  // faults left to the background (on TAKEN pages); see the head of this file
   uint64_t stats[LV_NSTATS];
 };
 
@@ -156,43 +148,6 @@ static void lv_lift(struct lv_server *s, uint64_t addr, uint64_t len, uint64_t a
   }
 }
 
-// A fault on a page of run r that this fault did not copy: copied before (ASIDE: a fault raced with another),
-// DONE (the background took and checked it, and left its protection on), or TAKEN (the background holds it).
-static void lv_done_fault(struct lv_server *s, const struct lv_run *r, uint64_t at) {
-  size_t idx = lv_index(s, r, at);
-  uint8_t st = __atomic_load_n(&s->state[idx], __ATOMIC_SEQ_CST);
-  if (st == ST_TAKEN) {
-    __atomic_add_fetch(&s->deferred, 1, __ATOMIC_SEQ_CST);
-    st = __atomic_load_n(&s->state[idx], __ATOMIC_SEQ_CST);
-    if (st == ST_TAKEN || st == ST_COPYING) {
-      lv_add(s, LV_DEFERRED, 1);
-      return;  // the background sees the count after its check, and lifts the batch's span
-    }
-  }
-  if (st != ST_DONE) {
-    lv_lift(s, at, s->page, at);
-    return;
-  }
-  // Lift the DONE (or ASIDE: already lifted) pages around it in its aligned block, within the run: later writes
-  // there do not fault.
-  uint64_t page = s->page, block = LV_DONE_BLOCK * page;
-  uint64_t lo = at, hi = at + page, first = at - at % block, last = first + block;
-  if (first < r->addr) first = r->addr;
-  if (last > r->addr + r->len) last = r->addr + r->len;
-  while (lo > first) {
-    uint8_t b = __atomic_load_n(&s->state[lv_index(s, r, lo - page)], __ATOMIC_ACQUIRE);
-    if (b != ST_DONE && b != ST_ASIDE) break;
-    lo -= page;
-  }
-  while (hi < last) {
-    uint8_t b = __atomic_load_n(&s->state[lv_index(s, r, hi)], __ATOMIC_ACQUIRE);
-    if (b != ST_DONE && b != ST_ASIDE) break;
-    hi += page;
-  }
-  lv_add(s, LV_DONE_FAULTS, 1);
-  lv_lift(s, lo, hi - lo, at);
-}
-
 // Serve one write fault at addr: copy the unclaimed pages of its block aside and lift their protection. A page
 // the background copy has taken keeps its protection until the background has checked it (lv_settle): it lifts
 // it then, which wakes the writer.
@@ -237,7 +192,10 @@ static void lv_fault(struct lv_server *s, uint64_t addr) {
       if (at >= stretch && at < stretch + claimed * page) served = 1;
       claimed = 0;
     }
-    if (!served) lv_done_fault(s, r, at);
+    // Its page was copied before (a fault raced with another): lift it again, unless the background holds it.
+    if (!served && __atomic_load_n(&s->state[lv_index(s, r, at)], __ATOMIC_ACQUIRE) != ST_TAKEN) {
+      lv_lift(s, at, page, at);
+    }
   }
   uint64_t took = cryo_now_ns() - t0;
   lv_add(s, LV_BUSY_NS, took);
@@ -271,6 +229,13 @@ static int lv_drain(struct lv_server *s) {
 
 static void *lv_main(void *arg) {
   struct lv_server *s = arg;
+  // SCHED_FIFO priority 2 where allowed (CAP_SYS_NICE; else it stays as it is): above the freeze's and the
+  // injection's boost (priority 1). A thread of the target in a kernel-mode fault when the freeze interrupts it
+  // (read(2) into a protected buffer) retries the fault until it is served, and stops only then; boosted, it
+  // and the freezing thread can hold both cores of a small machine, and a server of normal priority would wait
+  // for the kernel's real-time throttling (most of a second: seen as a 1 s freeze of a live checkpoint).
+  struct sched_param sp = {.sched_priority = 2};
+  pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
   struct pollfd p[2] = {{.fd = s->uffd, .events = POLLIN}, {.fd = s->stopfd, .events = POLLIN}};
   for (;;) {
     if (lv_drain(s) < 0) break;
@@ -360,7 +325,7 @@ void *cryo_live_start(int uffd, int pid, int pagemap, const uint64_t *runs, size
   return s;
 }
 
-// Read the counters (LV_* order, LV_NSTATS of them).
+// Read the counters (LV_* order, 14 of them).
 long cryo_live_stats(void *server, uint64_t *out) {
   struct lv_server *s = server;
   for (int i = 0; i < LV_NSTATS; i++) out[i] = __atomic_load_n(&s->stats[i], __ATOMIC_RELAXED);
@@ -455,24 +420,14 @@ static long lv_verify(struct lv_server *s, const uint64_t *st, size_t n) {
   return 0;
 }
 
-// The claimed stretches are checked: mark their pages DONE; if a writer waits on one (the server deferred a
-// fault since `base`), lift the protection of their span with one call, which wakes it: every page of the runs
-// in it was read by this batch and is settled (taken now, or copied aside, with its protection lifted, by the
-// server, which claims only UNCOPIED pages: none is left here), and pages between the runs (not populated at the
-// freeze) carry no protection. One call instead of one per stretch: each call flushes the TLB of every CPU the
-// target runs on. Otherwise the protection stays until a write faults there (the server lifts it) or the close.
-static void lv_release(struct lv_server *s, const uint64_t *st, size_t n, uint64_t base) {
+// Lift the protection of the claimed stretches with one call over their span: every page of the runs in it was
+// read by this batch and is settled (taken now, or copied aside, with its protection lifted, by the server, which
+// claims only UNCOPIED pages: none is left here), and pages between the runs (not populated at the freeze) carry
+// no protection. One call instead of one per stretch: each call flushes the TLB of every CPU the target runs on.
+static void lv_release(struct lv_server *s, const uint64_t *st, size_t n) {
   if (!n) return;
   uint64_t pages = 0;
-  for (size_t k = 0; k < n; k++) {
-    const struct lv_run *r = lv_find(s, st[2 * k]);
-    for (uint64_t a = st[2 * k]; a < st[2 * k + 1]; a += s->page) {
-      __atomic_store_n(&s->state[lv_index(s, r, a)], ST_DONE, __ATOMIC_SEQ_CST);
-    }
-    pages += (st[2 * k + 1] - st[2 * k]) / s->page;
-  }
-  lv_add(s, LV_TAKEN, pages);
-  if (__atomic_load_n(&s->deferred, __ATOMIC_SEQ_CST) == base) return;
+  for (size_t k = 0; k < n; k++) pages += (st[2 * k + 1] - st[2 * k]) / s->page;
   long e = lv_unprotect(s, st[0], st[2 * n - 1] - st[0]);
   lv_add(s, LV_UNPROTECTS, 1);
   if (e == -ENOENT) {  // part of the span is no longer registered (unmapped since): stretch by stretch
@@ -484,6 +439,7 @@ static void lv_release(struct lv_server *s, const uint64_t *st, size_t n, uint64
   } else if (e < 0) {
     lv_error(s, (int)-e);
   }
+  lv_add(s, LV_TAKEN, pages);
 }
 
 // The gather's `settle` hook: claim each page read (UNCOPIED -> TAKEN), or put its aside copy into the buffer;
@@ -492,8 +448,6 @@ static long lv_settle(void *ctx, unsigned char *local, const uint64_t *runs, uin
                       size_t filled) {
   struct lv_server *s = ctx;
   uint64_t page = s->page, st[2 * LV_STRETCHES] = {0};
-  // Read before any claim: a fault the server defers on a page claimed below counts after it (lv_release).
-  uint64_t base = __atomic_load_n(&s->deferred, __ATOMIC_SEQ_CST);
   size_t n = 0;
   long result = 0;
   for (size_t b = 0; b < filled;) {
@@ -513,7 +467,7 @@ static long lv_settle(void *ctx, unsigned char *local, const uint64_t *runs, uin
           if (n == LV_STRETCHES) {  // full: check and release these, go on with a new list
             long e = lv_verify(s, st, n);
             if (e < 0) return e;
-            lv_release(s, st, n, base);
+            lv_release(s, st, n);
             n = 0;
           }
           st[2 * n] = a + p;
@@ -529,7 +483,7 @@ static long lv_settle(void *ctx, unsigned char *local, const uint64_t *runs, uin
         lv_add(s, LV_FROM_ASIDE, 1);
       } else if (state == ST_LOST) {
         result = -ESTALE;
-      } else if (state == ST_TAKEN || state == ST_DONE) {
+      } else if (state == ST_TAKEN) {
         return -EINVAL;  // read twice: the runs overlap
       }
     }
@@ -542,7 +496,7 @@ static long lv_settle(void *ctx, unsigned char *local, const uint64_t *runs, uin
   }
   long e = lv_verify(s, st, n);
   if (e < 0) return e;
-  lv_release(s, st, n, base);
+  lv_release(s, st, n);
   return result;
 }
 

@@ -95,20 +95,13 @@ export interface WriteProtectStats {
   maxFaultMs: number;
   /** Pages copied aside while the target was stopped. */
   preloadedPages: number;
-  /**
-   * `UFFDIO_WRITEPROTECT` calls of the background copy lifting the protection of what it took: only for a batch
-   * on whose pages a writer waited (the rest stays protected until a write or the close lifts it).
-   */
+  /** `UFFDIO_WRITEPROTECT` calls of the background copy lifting the protection of what it took. */
   unprotectCalls: number;
   /** Pages the background copy could not read (unmapped since) and took from the aside area. */
   unreadable: number;
-  /** Faults on pages already copied and checked, whose protection the background had left on (lifted then). */
-  doneFaults: number;
-  /** Faults on pages the background held; it lifted them after its check. */
-  deferredFaults: number;
 }
 
-const NSTATS = 16;
+const NSTATS = 14;
 
 function toStats(s: BigUint64Array): WriteProtectStats {
   const n = (i: number) => Number(s[i]);
@@ -127,8 +120,6 @@ function toStats(s: BigUint64Array): WriteProtectStats {
     preloadedPages: n(11),
     unprotectCalls: n(12),
     unreadable: n(13),
-    doneFaults: n(14),
-    deferredFaults: n(15),
   };
 }
 

@@ -29,7 +29,7 @@ import { liveSource } from "../image/sources.ts";
 import { budgetShares } from "../image/budget.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { failure, processSections, type TakenFigures, takenFigures } from "./checkpoint_record.ts";
-import { arm, type Armed, freezeDecisions, rearm } from "./live_arm.ts";
+import { arm, type Armed, disarm, freezeDecisions, rearm } from "./live_arm.ts";
 
 /** Options of a live checkpoint (a subset of `CheckpointOptions`). */
 export interface LiveCheckpointOptions extends PolicyOptions {
@@ -93,7 +93,10 @@ export interface LiveStats {
   freezeParts: { freeze: number; record: number; armServer: number; rearm: number; server: number };
   /** How long the background copy took (the target running), in milliseconds. */
   copyMs: number;
-  /** How long stopping the server and closing the userfaultfd (lifting what protection is left) took, in ms. */
+  /**
+   * How long lifting the protection left (unregistering chunk by chunk, the server serving), stopping the server
+   * and closing the userfaultfd took, in milliseconds.
+   */
   closeMs: number;
   /** Everything the write-fault server counted. */
   server: WriteProtectStats;
@@ -211,6 +214,10 @@ export async function persistLive(
       });
     }
     const closing = performance.now();
+    disarm(uffd, [
+      ...armed.registered,
+      ...plans.filter((p) => !p.preload).map((p) => ({ start: p.region.start, end: p.region.end })),
+    ]);
     const stats = release()!;
     const closeMs = performance.now() - closing;
     const copyMs = closing - copyStarted;

@@ -57,6 +57,8 @@ export interface Armed {
   skipped: number;
   /** The regions as the arm read them (with their smaps facts, when the policy read them): see {@link freezeDecisions}. */
   regions: Region[];
+  /** The ranges registered (for {@link disarm}). */
+  registered: { start: bigint; end: bigint }[];
 }
 
 /** Options of {@link arm}. */
@@ -107,12 +109,14 @@ export function arm(
     server = WriteProtectServer.start(uffd, pid, []);
     const started = performance.now();
     let protectedBytes = 0, skipped = 0;
+    const registered: { start: bigint; end: bigint }[] = [];
     const decisions = decide(pid, opts);
     for (const d of decisions) {
       if (!d.persist || !protectable(d.region)) continue;
       const { start, end } = d.region;
       try {
         uffd.register(start, end - start, UFFDIO_REGISTER_MODE.WP);
+        registered.push({ start, end });
         for (let at = start; at < end; at += ARM_CHUNK) {
           opts.signal?.throwIfAborted();
           uffd.writeProtect(at, end - at < ARM_CHUNK ? end - at : ARM_CHUNK, true);
@@ -132,6 +136,7 @@ export function arm(
       protectedBytes,
       skipped,
       regions,
+      registered,
     };
   } catch (e) {
     server?.stop();
@@ -239,4 +244,34 @@ export function freezeDecisions(
     return merged;
   });
   return classify(markStacks(regions, threadStacks(pid, regions)), opts);
+}
+
+/**
+ * Unregister `ranges` {@link ARM_CHUNK} at a time, the write-fault server still serving: each call lifts the
+ * protection left in its chunk and wakes its waiters. Closing the userfaultfd does the same for every range at
+ * once, but under the target's mmap write lock for the whole walk of its page tables, during which no thread of
+ * the target can take a page fault: hundreds of milliseconds for gigabytes, a stop in all but name. Chunk by
+ * chunk, a fault waits for one chunk at most. A range gone since is skipped (the close releases whatever is
+ * left).
+ *
+ * @param uffd The userfaultfd.
+ * @param ranges The ranges registered, in any order (overlaps allowed).
+ * @returns The calls that failed (a range unmapped or changed since).
+ */
+export function disarm(uffd: Userfaultfd, ranges: readonly { start: bigint; end: bigint }[]): number {
+  let failed = 0;
+  const sorted = [...ranges].sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  let done = 0n; // ranges overlap when a region was registered at the arm and at the freeze
+  for (const { start, end } of sorted) {
+    for (let at = start > done ? start : done; at < end; at += ARM_CHUNK) {
+      const len = end - at < ARM_CHUNK ? end - at : ARM_CHUNK;
+      try {
+        uffd.unregister(at, len);
+      } catch {
+        failed++;
+      }
+    }
+    if (end > done) done = end;
+  }
+  return failed;
 }
