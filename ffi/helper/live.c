@@ -29,7 +29,6 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -229,13 +228,6 @@ static int lv_drain(struct lv_server *s) {
 
 static void *lv_main(void *arg) {
   struct lv_server *s = arg;
-  // SCHED_FIFO priority 2 where allowed (CAP_SYS_NICE; else it stays as it is): above the freeze's and the
-  // injection's boost (priority 1). A thread of the target in a kernel-mode fault when the freeze interrupts it
-  // (read(2) into a protected buffer) retries the fault until it is served, and stops only then; boosted, it
-  // and the freezing thread can hold both cores of a small machine, and a server of normal priority would wait
-  // for the kernel's real-time throttling (most of a second: seen as a 1 s freeze of a live checkpoint).
-  struct sched_param sp = {.sched_priority = 2};
-  pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
   struct pollfd p[2] = {{.fd = s->uffd, .events = POLLIN}, {.fd = s->stopfd, .events = POLLIN}};
   for (;;) {
     if (lv_drain(s) < 0) break;
