@@ -21,6 +21,9 @@ import { CryoError } from "../errors.ts";
 import { freeze, type Frozen } from "../kernel/freeze.ts";
 import type { Decision, PolicyOptions } from "../kernel/policy.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
+import type { Userfaultfd } from "../kernel/uffd.ts";
+import { register } from "../kernel/threads.ts";
+import { PAGE_SIZE } from "../../ffi/libc.ts";
 import { requireCapabilities } from "../kernel/capabilities.ts";
 import { liveRunTable, WriteProtectServer, type WriteProtectStats } from "../kernel/wp_server.ts";
 import type { Region } from "../kernel/region.ts";
@@ -110,6 +113,28 @@ export interface LiveTaken extends TakenFigures {
   live: LiveStats;
 }
 
+/**
+ * Lift the protection of the pages the freeze's own recording writes into, in each frozen thread: just below
+ * its red zone (recording a blocked thread's alternate signal stack injects `sigaltstack()` into it, which
+ * writes 24 bytes at `(rsp - 192) & ~15`, and the bytes are put back after: lib/kernel/thread_kernel.ts) and its
+ * rseq area (the kernel updates it when a stepped thread returns to user mode). With those pages protected, each
+ * write waits for a fault the arm server serves, a wake-up and a scheduling delay each: tens of milliseconds of
+ * the stop on a loaded machine. `rearm()` protects them again (written since the arm).
+ */
+function liftWhereRecorded(uffd: Userfaultfd, frozen: Frozen): void {
+  const page = BigInt(PAGE_SIZE);
+  const lift = (at: bigint, len: bigint) => {
+    const from = at - at % page, end = at + len, to = end + (page - end % page) % page;
+    try {
+      uffd.writeProtect(from, to - from, false);
+    } catch { /* not a registered range: nothing to lift */ }
+  };
+  for (const t of frozen.threads) {
+    if (t.general.length) lift((register(t, "rsp") - 192n) & ~15n, 24n);
+    if (t.rseq?.abiPointer) lift(t.rseq.abiPointer, BigInt(t.rseq.abiSize || 32));
+  }
+}
+
 /** The bytes of runs `[start0, end0, …]`, without a bigint per run. */
 function runBytes(runs: BigUint64Array): number {
   const w = new Uint32Array(runs.buffer, runs.byteOffset, 2 * runs.length);
@@ -174,6 +199,7 @@ export async function persistLive(
     const kept = decisions.filter((d) => d.persist);
     // Recording the threads injects system calls, which write into the target's (protected) memory: the arm
     // server must still serve those faults. The pages they touch are protected again below.
+    liftWhereRecorded(uffd, frozen);
     const sections = processSections(pid, frozen, decisions, opts.altStacks ?? true);
     opts.onFrozen?.();
     const recorded = performance.now();
