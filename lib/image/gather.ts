@@ -48,7 +48,8 @@ export class BouncePool {
    * @param source A pid source (with `bounce`).
    * @param frames Where records go.
    * @param queue The image's write queue.
-   * @param opts `detect` zero pages; `writeBehind` bytes (default 1 GiB); `signal` to abort between batches.
+   * @param opts `detect` zero pages; `writeBehind` bytes (default 1 GiB); `signal` to abort between batches;
+   *   `hole` records a gap between runs (default: one hole record for it).
    * @returns Where the last data ends.
    */
   async gather(
@@ -58,8 +59,15 @@ export class BouncePool {
     source: MemorySource,
     frames: FrameWriter,
     queue: WriteQueue,
-    opts: { detect: boolean; writeBehind?: number; signal?: AbortSignal; progress?: (bytes: number) => void },
+    opts: {
+      detect: boolean;
+      writeBehind?: number;
+      signal?: AbortSignal;
+      progress?: (bytes: number) => void;
+      hole?: (from: bigint, to: bigint) => void;
+    },
   ): Promise<bigint> {
+    const hole = opts.hole ?? ((from: bigint, to: bigint) => frames.hole(from, Number(to - from), segment));
     const signal = opts.signal;
     const done = { run: 0, off: 0n }; // where the progress reported so far ends
     const window = source.window;
@@ -149,7 +157,7 @@ export class BouncePool {
         } else next = undefined;
         for (let j = 0, np = Number(n[0]); j < np; j++) {
           const a = pieces[3 * j + 2], len = Number(pieces[3 * j + 1]), sum = sums[j];
-          if (a > at) frames.hole(at, Number(a - at), segment);
+          if (a > at) hole(at, a);
           frames.append(dataRecord(a, len, segment, 0, len, sum, sum), pieces[3 * j]);
           at = a + BigInt(len);
         }

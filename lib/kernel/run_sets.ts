@@ -94,6 +94,22 @@ export function subtractRuns(a: Runs, b: Runs): Runs {
 }
 
 /**
+ * Lists of runs that follow each other (each list's runs lie before the next list's) as one list.
+ *
+ * @param lists The lists, in address order.
+ * @returns Their runs, in order.
+ */
+export function concatRuns(lists: readonly Runs[]): Runs {
+  const out = new BigUint64Array(lists.reduce((n, l) => n + l.length, 0));
+  let at = 0;
+  for (const l of lists) {
+    out.set(l, at);
+    at += l.length;
+  }
+  return out;
+}
+
+/**
  * Bytes the runs cover.
  *
  * @param runs Runs.

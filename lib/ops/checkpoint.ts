@@ -11,6 +11,7 @@ import { freeze, type Frozen } from "../kernel/freeze.ts";
 import { readRegions } from "../kernel/maps.ts";
 import { classify, type Decision, type PolicyOptions } from "../kernel/policy.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
+import { concatRuns } from "../kernel/run_sets.ts";
 import { markStacks, threadStacks } from "../kernel/stacks.ts";
 import { type Codec, raw } from "../codecs/codec.ts";
 import type { Sealer } from "../codecs/seal.ts";
@@ -243,7 +244,7 @@ async function persistPid(
   opts.signal?.throwIfAborted();
   const shares = budgetShares(opts.memoryBudget); // checked before the target is frozen
   const linkFrom = typeof out === "string" ? out : "-"; // a raw image to transcode: the parent is named absolutely
-  using inc = opts.parent || opts.track ? await IncrementalPlan.open(linkFrom, opts) : undefined;
+  using inc = opts.parent || opts.track ? await IncrementalPlan.open(pid, linkFrom, opts) : undefined;
   startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
@@ -277,8 +278,6 @@ async function persistPid(
     for (const [name, bytes] of processSections(pid, frozen, decisions, opts.altStacks ?? true)) {
       persister.addSection(name, bytes);
     }
-    // An incremental image's data is copied out first: the target runs again while it is written.
-    const captured = opts.keepFrozen ? undefined : inc?.capture(pid, plans);
     let stoppedMs = 0;
     const release = () => {
       if (stoppedMs) return;
@@ -289,18 +288,21 @@ async function persistPid(
       }
       stoppedMs = performance.now() - frozenAt;
     };
-    if (captured) release();
+    // The gathered store returns once the memory is read (its writes run behind, within the budget): the
+    // target is thawed as soon as the last run is read. An incremental plan's pieces of a region go in one call.
     for (const { pieces } of plans) {
-      for (const { start, end, runs } of pieces) {
-        opts.signal?.throwIfAborted();
-        await persister.storeRuns(runs, {
-          start,
-          end,
-          source: captured,
+      opts.signal?.throwIfAborted();
+      if (!pieces.length) continue;
+      await persister.storeRuns(
+        pieces.length === 1 ? pieces[0].runs : concatRuns(pieces.map((p) => p.runs)),
+        {
+          start: pieces[0].start,
+          end: pieces[pieces.length - 1].end,
+          within: inc?.incremental ? BigUint64Array.from(pieces.flatMap((p) => [p.start, p.end])) : undefined,
           signal: opts.signal,
           progress: (n) => progress.advance(n),
-        });
-      }
+        },
+      );
     }
     opts.signal?.throwIfAborted();
     // Every byte is read: the target may run while the index is written and the file is synced (unless the
