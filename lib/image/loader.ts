@@ -22,6 +22,7 @@ import type { Footer } from "./footer.ts";
 import type { HeaderFields, SourceInfo } from "./header.ts";
 import type { SectionEntry } from "./sections.ts";
 import { FileSource } from "./byte_source.ts";
+import { fileStamp } from "./file_stamp.ts";
 import { type ImageIndex, readImageIndex } from "./reader.ts";
 import { checkStructure, verifyDecoded, verifyImage } from "./verify.ts";
 import { refuseIncremental } from "./rules.ts";
@@ -166,6 +167,47 @@ export class MemoryLoader implements Disposable {
    */
   storedBytes(r: ImageRecord): Uint8Array {
     return this.#stored(r);
+  }
+
+  /**
+   * Read `length` stored bytes of a record, from `offset` in it, into local memory at `dst`, with `pread`: a few
+   * scattered pages of a large image cost a read each, not a page fault each in a mapping of it. Not checked
+   * against the record's checksum (see {@link storedBytes}).
+   *
+   * @param r A record of this image.
+   * @param offset Where in its stored bytes.
+   * @param length Bytes.
+   * @param dst Local address with room for them.
+   * @throws {ImageError} When the file ends early.
+   */
+  readStored(r: ImageRecord, offset: number, length: number, dst: bigint): void {
+    if (offset < 0 || length < 0 || offset + length > r.storedLength) {
+      throw new RangeError(`Cannot read ${length} bytes at ${offset} of a record of ${r.storedLength}`);
+    }
+    if (this.#fd < 0) throw new TypeError(`Cannot use the closed image ${this.path}`);
+    for (let done = 0; done < length;) {
+      const n = Number(
+        libc.pread(
+          this.#fd,
+          ptrOf(dst + BigInt(done)),
+          BigInt(length - done),
+          BigInt(r.fileOffset + offset + done),
+        ),
+      );
+      if (n < 0) throw systemError("pread", errno(), this.path);
+      if (n === 0) throw new ImageError(this.path, r.fileOffset + offset + done, "unexpected end of file");
+      done += n;
+    }
+  }
+
+  /**
+   * The open file's stamp (lib/image/file_stamp.ts): equal stamps mean unchanged contents.
+   *
+   * @returns `dev:ino:size:mtime:ctime`.
+   */
+  stamp(): string {
+    if (this.#fd < 0) throw new TypeError(`Cannot use the closed image ${this.path}`);
+    return fileStamp(this.#fd, this.path);
   }
 
   /**
