@@ -24,6 +24,7 @@ import { dirOf, scratchFile } from "../image/tempfile.ts";
 import type { Region } from "../kernel/region.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { type IncrementalInfo, IncrementalPlan } from "./incremental.ts";
+import { decisionsWithEarlyFacts, readEarlyFacts } from "./early_facts.ts";
 import { isIncremental } from "../image/chain.ts";
 import { type LiveStats, persistLive } from "./checkpoint_live.ts";
 import {
@@ -245,6 +246,7 @@ async function persistPid(
   const shares = budgetShares(opts.memoryBudget); // checked before the target is frozen
   const linkFrom = typeof out === "string" ? out : "-"; // a raw image to transcode: the parent is named absolutely
   using inc = opts.parent || opts.track ? await IncrementalPlan.open(pid, linkFrom, opts) : undefined;
+  const early = inc ? readEarlyFacts(pid) : undefined; // smaps walks every page table: not in the stop window
   startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
@@ -252,7 +254,7 @@ async function persistPid(
   let persister: MemoryPersister | undefined;
   let handedOver = false; // with keepFrozen, set once the image is complete: the caller thaws from then on
   try {
-    const decisions = regionDecisions(pid, opts);
+    const decisions = early ? decisionsWithEarlyFacts(pid, early, opts) : regionDecisions(pid, opts);
     const kept = decisions.filter((d) => d.persist);
     persister = await MemoryPersister.create(out, {
       source: pidSource(pid, { bufferSize: shares.bounceSize }),
