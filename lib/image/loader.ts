@@ -23,6 +23,9 @@ import type { HeaderFields, SourceInfo } from "./header.ts";
 import type { SectionEntry } from "./sections.ts";
 import { FileSource } from "./byte_source.ts";
 import { fileStamp } from "./file_stamp.ts";
+import { helper } from "../../ffi/helper.ts";
+
+const EIO = 5;
 import { type ImageIndex, readImageIndex } from "./reader.ts";
 import { checkStructure, verifyDecoded, verifyImage } from "./verify.ts";
 import { refuseIncremental } from "./rules.ts";
@@ -170,34 +173,28 @@ export class MemoryLoader implements Disposable {
   }
 
   /**
-   * Read `length` stored bytes of a record, from `offset` in it, into local memory at `dst`, with `pread`: a few
-   * scattered pages of a large image cost a read each, not a page fault each in a mapping of it. Not checked
-   * against the record's checksum (see {@link storedBytes}).
+   * Read many pieces of stored bytes into local memory with `pread`, all in one helper call
+   * (`cryo_pread_many`): a few scattered pages of a large image cost a read each, not a page fault each in a
+   * mapping of it. Each piece is a triple in `ops`: local address, length, and offset in the file (a record's
+   * `fileOffset` plus the offset in its stored bytes). Not checked against checksums (verify first).
    *
-   * @param r A record of this image.
-   * @param offset Where in its stored bytes.
-   * @param length Bytes.
-   * @param dst Local address with room for them.
-   * @throws {ImageError} When the file ends early.
+   * @param ops Triples `[dst0, len0, at0, dst1, …]`.
+   * @param n How many triples.
+   * @throws {ImageError} When a piece lies past the file's end.
    */
-  readStored(r: ImageRecord, offset: number, length: number, dst: bigint): void {
-    if (offset < 0 || length < 0 || offset + length > r.storedLength) {
-      throw new RangeError(`Cannot read ${length} bytes at ${offset} of a record of ${r.storedLength}`);
-    }
+  readStoredMany(ops: BigUint64Array, n: number): void {
     if (this.#fd < 0) throw new TypeError(`Cannot use the closed image ${this.path}`);
-    for (let done = 0; done < length;) {
-      const n = Number(
-        libc.pread(
-          this.#fd,
-          ptrOf(dst + BigInt(done)),
-          BigInt(length - done),
-          BigInt(r.fileOffset + offset + done),
-        ),
-      );
-      if (n < 0) throw systemError("pread", errno(), this.path);
-      if (n === 0) throw new ImageError(this.path, r.fileOffset + offset + done, "unexpected end of file");
-      done += n;
+    for (let i = 0; i < n; i++) {
+      if (Number(ops[3 * i + 2] + ops[3 * i + 1]) > this.fileSize) {
+        throw new ImageError(this.path, Number(ops[3 * i + 2]), "a read past the end of the file");
+      }
     }
+    const failed = new BigUint64Array(1);
+    const r = Number(helper().cryo_pread_many(this.#fd, ops, BigInt(n), failed));
+    if (r >= 0) return;
+    const at = Number(ops[3 * Number(failed[0]) + 2]);
+    if (-r === EIO) throw new ImageError(this.path, at, "unexpected end of file");
+    throw systemError("pread", -r, `${this.path} at ${at}`);
   }
 
   /**

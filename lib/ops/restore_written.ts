@@ -48,7 +48,11 @@ export interface WrittenLoad {
 
 /** Bytes of the buffer the written pages are read into from the image. */
 const BUFFER = 8 << 20;
+/** Pieces read (and written) per batch. */
+const IOV_BATCH = 1024;
 let sharedBuffer: Uint8Array | undefined;
+/** The runs of each open image's data records. */
+const dataRuns = new WeakMap<MemoryLoader, Runs>();
 
 const isFile = (g: { inode: bigint; kind: string }) =>
   g.inode !== 0n || g.kind === "file" || g.kind === "deleted";
@@ -79,12 +83,16 @@ export async function loadWritten(
     for (const g of regions) present.push(pm.runs(g.start, g.end, { anonOnly: isFile(g) }));
   }
   const populated = concatRuns(present); // the image's regions are in address order, disjoint
-  const data = runsOf(
-    absolute.filter((r) => r.kind === KIND.DATA).map((r) => ({
-      start: r.address,
-      end: r.address + BigInt(r.length),
-    })),
-  );
+  let data = dataRuns.get(loader); // found once per open image (a snapshot holds its image open)
+  if (!data) {
+    data = runsOf(
+      absolute.filter((r) => r.kind === KIND.DATA).map((r) => ({
+        start: r.address,
+        end: r.address + BigInt(r.length),
+      })),
+    );
+    dataRuns.set(loader, data);
+  }
   const lost = subtractRuns(data, populated);
   const todo = intersectRuns(unionRuns(written.all, lost), runsOf(regions));
   const out: WrittenLoad = {
@@ -97,12 +105,22 @@ export async function loadWritten(
   const fileHoles: { address: bigint; length: number }[] = [];
   {
     using remote = new RemoteWriter(pid, target.journal);
-    // Raw pages are read from the image with pread into a buffer (not through a mapping of it, where each
-    // scattered page would cost a page fault), then written from there; the buffer is reused after a flush.
+    // Raw pages are read from the image with pread (all of a batch in one helper call) into a buffer, not
+    // through a mapping of it, where each scattered page would cost a page fault; then written from there.
     // One buffer for every rollback of this process: a new one would cost a page fault per page each time.
     const buffer = sharedBuffer ??= new Uint8Array(BUFFER);
     const bufferAt = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer)));
-    let used = 0;
+    const ops = new BigUint64Array(3 * IOV_BATCH);
+    const writes: bigint[] = [];
+    let used = 0, n = 0;
+    const readAndWrite = () => { // the batch's reads, then its writes (queued: they go out in batches)
+      if (n === 0) return;
+      loader.readStoredMany(ops, n);
+      for (let k = 0; k < n; k++) remote.queue(writes[k], ops[3 * k], Number(ops[3 * k + 1]));
+      remote.flush();
+      used = n = 0;
+      writes.length = 0;
+    };
     let j = 0;
     for (const r of absolute) {
       const rs = r.address, re = r.address + BigInt(r.length);
@@ -120,23 +138,25 @@ export async function loadWritten(
         out.copiedBytes += len;
         if (r.codec === 0) {
           for (let done = 0; done < len;) {
-            if (used === buffer.length) {
-              remote.flush();
-              used = 0;
-            }
-            const n = Math.min(len - done, buffer.length - used);
-            loader.readStored(r, off + done, n, bufferAt + BigInt(used));
-            remote.queue(s + BigInt(done), bufferAt + BigInt(used), n);
-            used += n;
-            done += n;
+            if (used === buffer.length || n === IOV_BATCH) readAndWrite();
+            const piece = Math.min(len - done, buffer.length - used);
+            ops[3 * n] = bufferAt + BigInt(used);
+            ops[3 * n + 1] = BigInt(piece);
+            ops[3 * n + 2] = BigInt(r.fileOffset + off + done);
+            writes.push(s + BigInt(done));
+            n++;
+            used += piece;
+            done += piece;
           }
         } else {
           decoded ??= await loader.readRecord(r);
+          readAndWrite();
           remote.flush();
           remote.write(s, decoded.subarray(off, off + len));
         }
       }
     }
+    readAndWrite();
     remote.flush();
     if (fileHoles.length) remote.holes(fileHoles, regions);
   }
