@@ -34,6 +34,10 @@ import { clearRange, mapRun, protOf } from "./lazy.ts";
 import { RemoteWriter } from "./remote.ts";
 import type { FrameInfo } from "./frames.ts";
 
+/** Indexes of the images opened last, by their file's stamp (lib/image/file_stamp.ts): at most {@link INDEXES}. */
+const indexes = new Map<string, ImageIndex>();
+const INDEXES = 16;
+
 /** Raw runs shorter than this are copied, not mapped, by a lazy load (each mapping costs a VMA). */
 export const LAZY_MAP_MIN = 64 << 10;
 
@@ -98,7 +102,9 @@ export class MemoryLoader implements Disposable {
   /**
    * Open an image: footer first, then bounds, then header and index, read by the frame reader
    * (lib/image/reader.ts; their checksums and order are checked; data is not read until {@link verify} or
-   * {@link load}).
+   * {@link load}). The index of a file this process opened before is reused while the file's `statx` stamp
+   * (device, inode, size, modification and change times to the nanosecond) is the same: any write to it moves
+   * its change time, and then it is read and checked again.
    *
    * @param path The image file.
    * @param opts `codecs`: codecs for compressed records (default: raw, zstd and lz4 from lib/codecs).
@@ -108,7 +114,16 @@ export class MemoryLoader implements Disposable {
     const fd = open(path, O.RDONLY | O.CLOEXEC);
     try {
       const src = new FileSource(path, fd, Deno.statSync(path).size);
-      return new MemoryLoader(src, await readImageIndex(src, src.size), opts.codecs ?? []);
+      // The index of a file opened before and unchanged since (its statx stamp) is not read again: a chain's
+      // full image has a frame per MiB or so, and an incremental checkpoint opens its chain each time.
+      const stamp = fileStamp(fd, path);
+      let index = indexes.get(stamp);
+      if (!index) {
+        index = await readImageIndex(src, src.size);
+        indexes.set(stamp, index);
+        if (indexes.size > INDEXES) indexes.delete(indexes.keys().next().value!);
+      }
+      return new MemoryLoader(src, index, opts.codecs ?? []);
     } catch (e) {
       libc.close(fd);
       throw e;
