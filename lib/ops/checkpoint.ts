@@ -290,8 +290,9 @@ async function persistPid(
       }
       stoppedMs = performance.now() - frozenAt;
     };
-    // The gathered store returns once the memory is read (its writes run behind, within the budget): the
-    // target is thawed as soon as the last run is read. An incremental plan's pieces of a region go in one call.
+    // The gathered store reads a region's runs in batches while earlier batches are written behind (within the
+    // budget); the target is thawed once the last store has returned. An incremental plan's changed pieces of a
+    // region go in one call, the gaps between them left to the parent.
     for (const { pieces } of plans) {
       opts.signal?.throwIfAborted();
       if (!pieces.length) continue;
