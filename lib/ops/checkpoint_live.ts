@@ -32,7 +32,8 @@ import { liveSource } from "../image/sources.ts";
 import { budgetShares } from "../image/budget.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { failure, processSections, type TakenFigures, takenFigures } from "./checkpoint_record.ts";
-import { arm, type Armed, disarm, freezeDecisions, rearm } from "./live_arm.ts";
+import { arm, type Armed, disarm, rearm } from "./live_arm.ts";
+import { decisionsWithEarlyFacts } from "./early_facts.ts";
 
 /** Options of a live checkpoint (a subset of `CheckpointOptions`). */
 export interface LiveCheckpointOptions extends PolicyOptions {
@@ -195,7 +196,7 @@ export async function persistLive(
     const frozenAt = performance.now() - frozen.freezeMs;
     progress.stopped?.(true, frozenAt);
     using pm = Pagemap.open(pid);
-    const decisions = freezeDecisions(pid, opts, pm, armed.regions);
+    const decisions = decisionsWithEarlyFacts(pid, armed.regions, opts); // smaps was read at the arm
     const kept = decisions.filter((d) => d.persist);
     // Recording the threads injects system calls, which write into the target's (protected) memory: the arm
     // server must still serve those faults. The pages they touch are protected again below.

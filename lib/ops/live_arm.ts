@@ -12,15 +12,14 @@
  */
 
 import { freeze } from "../kernel/freeze.ts";
-import { classify, type Decision, type PolicyOptions } from "../kernel/policy.ts";
-import { readRegions, type SmapsRegion } from "../kernel/maps.ts";
-import { markStacks, threadStacks } from "../kernel/stacks.ts";
+import type { Decision, PolicyOptions } from "../kernel/policy.ts";
+import type { SmapsRegion } from "../kernel/maps.ts";
 import { inject } from "../kernel/inject.ts";
 import { UFFDIO_REGISTER_MODE, Userfaultfd } from "../kernel/uffd.ts";
 import { WriteProtectServer } from "../kernel/wp_server.ts";
 import type { Pagemap } from "../kernel/pagemap.ts";
 import { PAGE_IS } from "../kernel/pagescan.ts";
-import { permsString, type Region } from "../kernel/region.ts";
+import type { Region } from "../kernel/region.ts";
 import type { Progress } from "./progress.ts";
 import { PAGE_SIZE } from "../../ffi/libc.ts";
 
@@ -55,8 +54,11 @@ export interface Armed {
   protectedBytes: number;
   /** Regions the kernel refused to register or protect (gone or changed since the layout was read). */
   skipped: number;
-  /** The regions as the arm read them (with their smaps facts, when the policy read them): see {@link freezeDecisions}. */
-  regions: Region[];
+  /**
+   * The regions as the arm read them, with their smaps facts (the policy's `regionDecisions` reads smaps), for
+   * the freeze's decisions (lib/ops/early_facts.ts: `smaps` is not read again in the stop).
+   */
+  regions: SmapsRegion[];
   /** The ranges registered (for {@link disarm}). */
   registered: { start: bigint; end: bigint }[];
 }
@@ -127,7 +129,7 @@ export function arm(
         skipped++; // unmapped or changed since the layout was read: the freeze registers what is there then
       }
     }
-    const regions = decisions.map((d) => d.region);
+    const regions = decisions.map((d) => d.region as SmapsRegion);
     return {
       uffd,
       server,
@@ -203,47 +205,6 @@ export function rearm(uffd: Userfaultfd, pm: Pagemap, d: Decision<Region>): Rear
     rearmedPages: 0,
     calls: 0,
   };
-}
-
-const regionKey = (r: Region) =>
-  `${r.start}-${r.end} ${permsString(r.perms)} ${r.offset} ${r.inode} ${r.path}`;
-
-/**
- * The policy's decisions at the freeze, without reading `/proc/PID/smaps` while the target is stopped (it walks
- * every page table of every region: about as long as the rest of the stop for a large process). The layout is
- * the freeze's (`maps`); each region's VmFlags (`dd`, `io`, `pf`) are the ones the arm read for the same
- * mapping (none for a region born since); a private file mapping's copied-on-write pages are counted at the
- * freeze from the page tables (the arm's count may have grown since, and a mapping with none is not persisted).
- *
- * @param pid The frozen process.
- * @param opts The policy.
- * @param pm The process's pagemap.
- * @param armed The regions the arm read ({@link Armed.regions}).
- * @returns One decision per region of the freeze's layout.
- * @throws {SystemError} When the maps or the page tables cannot be read.
- */
-export function freezeDecisions(
-  pid: number,
-  opts: PolicyOptions,
-  pm: Pagemap,
-  armed: readonly Region[],
-): Decision<Region>[] {
-  const facts = new Map(armed.map((r) => [regionKey(r), r as Partial<SmapsRegion>]));
-  const regions = readRegions(pid).map((r): Region => {
-    const f = facts.get(regionKey(r));
-    if (!f?.vmFlags) return r;
-    const merged = { ...r, vmFlags: f.vmFlags } as Region & {
-      vmFlags: string[];
-      anonymous?: number;
-      swap?: number;
-    };
-    if ((r.kind === "file" || r.kind === "deleted") && !r.perms.shared) {
-      merged.anonymous = pm.runs(r.start, r.end, { anonOnly: true }).length > 0 ? PAGE_SIZE : 0;
-      merged.swap = 0;
-    }
-    return merged;
-  });
-  return classify(markStacks(regions, threadStacks(pid, regions)), opts);
 }
 
 /**
