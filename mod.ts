@@ -32,6 +32,7 @@ export {
 export type { LiveStats } from "./lib/ops/checkpoint_live.ts";
 export type { TakenFigures } from "./lib/ops/checkpoint_record.ts";
 export { type ImageStamp, imageStamp, restore, type RestoreOptions } from "./lib/ops/restore.ts";
+export { HeldImage } from "./lib/ops/held_image.ts";
 export type { RestoreResult } from "./lib/ops/restore_commit.ts";
 export {
   hibernate,

@@ -13,7 +13,7 @@ import { buf, int, long, ptr, size_t, uint } from "./types.ts";
 import { cachedHelper, HELPER_FILE } from "./helper_build.ts";
 
 /** The ABI version this TypeScript expects; must equal `CRYO_HELPER_ABI` in ffi/helper/helper.h. */
-export const HELPER_ABI = 5;
+export const HELPER_ABI = 6;
 
 const symbols = {
   // int cryo_helper_abi(void);
@@ -68,6 +68,9 @@ const symbols = {
   //                     size_t max_runs);  (which pages of a batch of writes would change anything: runs of
   //                     (index, offset, length, old bytes all zero))
   cryo_diff_runs: { parameters: [buf, size_t, ptr, size_t, buf, size_t], result: long },
+  // long cryo_pread_many(int fd, const uint64_t *ops, size_t n, uint64_t *failed);
+  //   (triples: local address, length, file offset; -errno with *failed the piece's index)
+  cryo_pread_many: { parameters: [int, buf, size_t, buf], result: long },
   // long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr, long timeout_ns,
   //                          int64_t *out);  (synchronous on purpose: ptrace belongs to the calling thread)
   cryo_inject_syscall: { parameters: [int, int, long, buf, long, long, buf], result: long },

@@ -16,6 +16,7 @@ import helper_h from "./helper/helper.h" with { type: "text" };
 import hold_c from "./helper/hold.c" with { type: "text" };
 import inject_c from "./helper/inject.c" with { type: "text" };
 import live_c from "./helper/live.c" with { type: "text" };
+import pread_c from "./helper/pread.c" with { type: "text" };
 import rseq_c from "./helper/rseq.c" with { type: "text" };
 import safepoint_c from "./helper/safepoint.c" with { type: "text" };
 
@@ -31,6 +32,7 @@ export const HELPER_SOURCES: Readonly<Record<string, string>> = {
   "hold.c": hold_c,
   "inject.c": inject_c,
   "live.c": live_c,
+  "pread.c": pread_c,
   "rseq.c": rseq_c,
   "safepoint.c": safepoint_c,
 };

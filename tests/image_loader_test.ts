@@ -5,7 +5,7 @@ import { MemoryLoader } from "../lib/image/loader.ts";
 import { selfTarget } from "../lib/image/targets.ts";
 import { releaseMemory } from "../lib/image/lazy.ts";
 import { KIND } from "../lib/image/format.ts";
-import { LayoutMismatchError } from "../lib/errors.ts";
+import { ImageError, LayoutMismatchError } from "../lib/errors.ts";
 import { mprotect } from "../ffi/libc.ts";
 import { PROT } from "../ffi/constants.ts";
 
@@ -161,4 +161,35 @@ Deno.test("MemoryPersister killed mid-write (SIGKILL on a child) leaves no file,
   // The image was written into an unnamed file (O_TMPFILE): nothing at all is left, not even a temporary name.
   const names = [...Deno.readDirSync(dir.path)].map((e) => e.name);
   assertEquals(names, ["writer.ts"]);
+});
+
+Deno.test("MemoryLoader.open() reuses an unchanged file's index, and reads it again once the file changed in place", async () => {
+  await using dir = await tempDir();
+  using m = new Mapping(2 * MiB);
+  fillRandom(m.bytes(), 3);
+  const path = `${dir.path}/i.img`;
+  await persist(path, m);
+  let records: readonly unknown[];
+  {
+    using a = await MemoryLoader.open(path);
+    using b = await MemoryLoader.open(path);
+    assert(a.records === b.records, "the second open reuses the index read by the first");
+    records = a.records;
+  }
+  // One byte of the header block flipped in place (same inode, same size): the index is read again, and refused.
+  using f = await Deno.open(path, { read: true, write: true });
+  const at = 100, byte = new Uint8Array(1);
+  await f.seek(at, Deno.SeekMode.Start);
+  await f.read(byte);
+  byte[0] ^= 0xff;
+  await f.seek(at, Deno.SeekMode.Start);
+  await f.write(byte);
+  const e = await assertRejects(() => MemoryLoader.open(path), ImageError);
+  assert(e.message.includes(path), e.message);
+  byte[0] ^= 0xff; // put back: read again, a new index equal to the first
+  await f.seek(at, Deno.SeekMode.Start);
+  await f.write(byte);
+  using c = await MemoryLoader.open(path);
+  assert(c.records !== records);
+  assertEquals(c.records, records);
 });

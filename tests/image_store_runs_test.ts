@@ -198,3 +198,28 @@ Deno.test("`pidTarget()` zeroes a hole's touched pages and leaves its never-popu
   const zeros = await t.map(len - PAGE_SIZE);
   assertEquals(await t.sum(addr + P, len - PAGE_SIZE), await t.sum(zeros, len - PAGE_SIZE));
 });
+
+Deno.test("`storeRuns({ within })` of an incremental image records holes only inside the ranges, and is refused for a full one", async () => {
+  await using a = Target.start();
+  await using dir = await tempDir();
+  const len = 4 * MiB;
+  const addr = await a.map(len);
+  await a.fill(addr, len, "random", 3);
+  await a.fill(addr + P, PAGE_SIZE, "zero"); // a zero page inside the first range: a hole
+  // Two changed ranges of 4 pages; the runs inside them leave a page out of each.
+  const within = BigUint64Array.of(addr, addr + 4n * P, addr + 100n * P, addr + 104n * P);
+  const runs = BigUint64Array.of(addr, addr + 3n * P, addr + 101n * P, addr + 104n * P);
+  const opts = { source: pidSource(a.pid), regions: [regionAt(addr, len)], fsync: false };
+  const full = await MemoryPersister.create(`${dir.path}/full.cryo`, opts);
+  await assertRejects(() => full.storeRuns(runs, { start: addr, end: addr + 104n * P, within }), TypeError);
+  await full.abort();
+  const p = await MemoryPersister.create(`${dir.path}/inc.cryo`, { ...opts, incremental: true });
+  await p.storeRuns(runs, { start: addr, end: addr + 104n * P, within });
+  await p.finalize();
+  using l = await MemoryLoader.open(`${dir.path}/inc.cryo`);
+  const seen = l.records.map((r) =>
+    `${(r.address - addr) / P}+${r.length / PAGE_SIZE} ${r.kind ? "hole" : "data"}`
+  );
+  // Page 1 (zero) and page 3 (not a run) are holes, page 100 too; pages 4-99 are the parent's: no record.
+  assertEquals(seen, ["0+1 data", "1+1 hole", "2+1 data", "3+1 hole", "100+1 hole", "101+3 data"]);
+});

@@ -9,6 +9,8 @@ import {
   scanPages,
 } from "../lib/kernel/pagemap.ts";
 import { SystemError } from "../lib/errors.ts";
+import { PAGE_IS } from "../lib/kernel/pagescan.ts";
+import { UFFDIO_REGISTER_MODE, Userfaultfd } from "../lib/kernel/uffd.ts";
 import { close, libc, madvise, mmap, munmap, open, PAGE_SIZE, ptrOf } from "../ffi/libc.ts";
 import { MAP, O, PROT } from "../ffi/constants.ts";
 import { Target } from "./_target.ts";
@@ -218,4 +220,34 @@ Deno.test("scanPages() of a pid that does not exist throws ENOENT naming the fil
   pm.close();
   pm.close();
   assertThrows(() => pm.scan(0n, PAGE), TypeError, "closed");
+});
+
+Deno.test("Pagemap.runsSplit() reports the pages to persist and, among them, those without the write-protect bit", () => {
+  if (!pagemapScanSupported()) return;
+  const len = 64 * PAGE_SIZE;
+  const at = mmap(0n, BigInt(len), PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
+  try {
+    const bytes = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(at)!, len));
+    bytes.fill(7, 0, 32 * PAGE_SIZE);
+    const page = BigInt(PAGE_SIZE);
+    using uffd = Userfaultfd.create();
+    uffd.register(at, BigInt(len), UFFDIO_REGISTER_MODE.WP);
+    uffd.writeProtect(at, BigInt(len), true);
+    // What a live checkpoint's arm server does on a write fault: lift the protection of the page written.
+    uffd.writeProtect(at + 3n * page, page, false);
+    uffd.writeProtect(at + 10n * page, 2n * page, false);
+    // A page not populated when the range was protected carries no bit: writing it does not fault.
+    bytes.fill(9, 40 * PAGE_SIZE, 42 * PAGE_SIZE);
+    using pm = Pagemap.open("self");
+    const { all, marked } = pm.runsSplit(at, at + BigInt(len), PAGE_IS.WRITTEN);
+    const pages = (runs: BigUint64Array) =>
+      Array.from(
+        { length: runs.length / 2 },
+        (_, i) => [Number((runs[2 * i] - at) / page), Number((runs[2 * i + 1] - at) / page)],
+      );
+    assertEquals(pages(all), [[0, 32], [40, 42]]);
+    assertEquals(pages(marked), [[3, 4], [10, 12], [40, 42]]);
+  } finally {
+    munmap(at, BigInt(len));
+  }
 });

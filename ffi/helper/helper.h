@@ -24,7 +24,7 @@
 
 // The version of the exported interface. Bump it (and HELPER_ABI in ffi/helper.ts) whenever a function is
 // added, removed or changes its prototype or meaning: ffi/helper.ts refuses a helper built from another version.
-#define CRYO_HELPER_ABI 5
+#define CRYO_HELPER_ABI 6
 
 // ---- abi.c ----
 int cryo_helper_abi(void);
@@ -60,6 +60,9 @@ long cryo_live_stop(void *server, uint64_t *out);
 long cryo_live_gather(void *server, int pid, unsigned char *local, size_t capacity, const uint64_t *runs,
                       size_t nruns, uint64_t *cursor, size_t page, int detect, size_t max_piece, uint64_t *pieces,
                       uint64_t *sums, size_t max_pieces, uint64_t *npieces);
+
+// ---- pread.c ----
+long cryo_pread_many(int fd, const uint64_t *ops, size_t n, uint64_t *failed);
 
 // ---- freeze.c ----
 long cryo_freeze(int pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns, int32_t *info, int boost);

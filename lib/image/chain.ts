@@ -16,7 +16,8 @@
 import { CryoError, ImageError } from "../errors.ts";
 import { hex } from "../hex.ts";
 import type { Codec } from "../codecs/codec.ts";
-import { intersectRuns, type Runs, runsOf, subtractRuns } from "../kernel/run_sets.ts";
+import { intersectRuns, type Runs, runsOf, subtractRuns, unionRuns } from "../kernel/run_sets.ts";
+import { RunBuilder } from "../kernel/runs.ts";
 import { type ImageRecord, KIND, REQUIRED } from "./format.ts";
 import { MemoryLoader } from "./loader.ts";
 import { type ImageSummary, MemoryPersister } from "./persister.ts";
@@ -200,6 +201,11 @@ export class ImageChain implements Disposable {
     }
   }
 
+  /** Verify every image of the chain in full (each once: see `MemoryLoader.verify`). */
+  async verify(): Promise<void> {
+    for (const l of this.images) await l.verify();
+  }
+
   /** The tip. */
   get tip(): MemoryLoader {
     return this.images[0];
@@ -236,6 +242,30 @@ export class ImageChain implements Disposable {
       );
     }
     return pieces.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  }
+
+  /**
+   * The addresses the chain holds data for (what {@link records} gives as data), as runs, found with one
+   * merge of each image's records rather than by resolving every record.
+   *
+   * @returns Sorted, merged runs.
+   */
+  dataRuns(): Runs {
+    let remaining: Runs = runsOf(this.tip.regions.filter((g) => !g.relocatable));
+    let data: Runs = new BigUint64Array(0);
+    for (const img of this.images) {
+      if (!remaining.length) break;
+      const covered = new RunBuilder(), own = new RunBuilder();
+      for (const r of img.records) { // sorted by (segment, address), not overlapping
+        if (r.segment !== 0) break;
+        const s = Number(r.address), e = s + r.length;
+        covered.add(s, e);
+        if (r.kind === KIND.DATA) own.add(s, e);
+      }
+      data = unionRuns(data, intersectRuns(own.finish(), remaining));
+      remaining = subtractRuns(remaining, covered.finish());
+    }
+    return data;
   }
 
   /**

@@ -23,17 +23,33 @@ interface Slot {
   free: Promise<void>;
 }
 
+/**
+ * Bounce buffers kept for the next image's stores, up to {@link SPARE_BYTES}: a buffer mapped afresh costs a page
+ * fault per page on its first read (2-7 µs each here, tens under load), which for a checkpoint of a few MiB
+ * (an incremental one) is most of its read. Each is owned by one pool at a time.
+ */
+const spare: { addr: bigint; len: number }[] = [];
+const SPARE_BYTES = 8 << 20;
+
 /** The bounce buffers of one image's gathered stores, each free once its last write finished. */
 export class BouncePool {
   #slots: Slot[] = [];
   #oldest = 0;
 
   /**
-   * Unmap the buffers (every write using them has finished): they are mapped, not garbage-collected, so that
-   * memory returns at once and the pool stays within its memory budget.
+   * Give the buffers back (every write using them has finished): up to 8 MiB are kept for the next image's
+   * stores, the others unmapped (they are mapped, not garbage-collected, so that memory returns at once and the
+   * pool stays within its memory budget).
    */
   clear(): void {
-    for (const s of this.#slots) if (s.mapped) munmap(s.addr, BigInt(s.mapped));
+    let kept = spare.reduce((n, s) => n + s.len, 0);
+    for (const s of this.#slots) {
+      if (!s.mapped) continue;
+      if (kept + s.mapped <= SPARE_BYTES) {
+        spare.push({ addr: s.addr, len: s.mapped });
+        kept += s.mapped;
+      } else munmap(s.addr, BigInt(s.mapped));
+    }
     this.#slots = [];
   }
 
@@ -48,7 +64,8 @@ export class BouncePool {
    * @param source A pid source (with `bounce`).
    * @param frames Where records go.
    * @param queue The image's write queue.
-   * @param opts `detect` zero pages; `writeBehind` bytes (default 1 GiB); `signal` to abort between batches.
+   * @param opts `detect` zero pages; `writeBehind` bytes (default 1 GiB); `signal` to abort between batches;
+   *   `hole` records a gap between runs (default: one hole record for it).
    * @returns Where the last data ends.
    */
   async gather(
@@ -58,8 +75,15 @@ export class BouncePool {
     source: MemorySource,
     frames: FrameWriter,
     queue: WriteQueue,
-    opts: { detect: boolean; writeBehind?: number; signal?: AbortSignal; progress?: (bytes: number) => void },
+    opts: {
+      detect: boolean;
+      writeBehind?: number;
+      signal?: AbortSignal;
+      progress?: (bytes: number) => void;
+      hole?: (from: bigint, to: bigint) => void;
+    },
   ): Promise<bigint> {
+    const hole = opts.hole ?? ((from: bigint, to: bigint) => frames.hole(from, Number(to - from), segment));
     const signal = opts.signal;
     const done = { run: 0, off: 0n }; // where the progress reported so far ends
     const window = source.window;
@@ -111,7 +135,10 @@ export class BouncePool {
     const nextSlot = (current = -1) => {
       let slot = this.#slots.findIndex((b) => !b.busy);
       if (slot < 0 && this.#slots.length < slots) {
-        const addr = mmap(0n, BigInt(window), PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
+        const k = spare.findIndex((s) => s.len === window);
+        const addr = k >= 0
+          ? spare.splice(k, 1)[0].addr
+          : mmap(0n, BigInt(window), PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS);
         slot = this.#slots.push({ addr, mapped: window, busy: false, free: Promise.resolve() }) - 1;
       }
       while (slot < 0 || slot === current) { // never the buffer whose batch is being made into records
@@ -149,7 +176,7 @@ export class BouncePool {
         } else next = undefined;
         for (let j = 0, np = Number(n[0]); j < np; j++) {
           const a = pieces[3 * j + 2], len = Number(pieces[3 * j + 1]), sum = sums[j];
-          if (a > at) frames.hole(at, Number(a - at), segment);
+          if (a > at) hole(at, a);
           frames.append(dataRecord(a, len, segment, 0, len, sum, sum), pieces[3 * j]);
           at = a + BigInt(len);
         }

@@ -22,6 +22,10 @@ import type { Footer } from "./footer.ts";
 import type { HeaderFields, SourceInfo } from "./header.ts";
 import type { SectionEntry } from "./sections.ts";
 import { FileSource } from "./byte_source.ts";
+import { fileStamp } from "./file_stamp.ts";
+import { helper } from "../../ffi/helper.ts";
+
+const EIO = 5;
 import { type ImageIndex, readImageIndex } from "./reader.ts";
 import { checkStructure, verifyDecoded, verifyImage } from "./verify.ts";
 import { refuseIncremental } from "./rules.ts";
@@ -32,6 +36,10 @@ import { RemoteWriter } from "./remote.ts";
 /** Bytes of the mapped image read by a load between two releases of its pages. */
 const RELEASE_EVERY = 16 << 20;
 import type { FrameInfo } from "./frames.ts";
+
+/** Indexes of the images opened last, by their file's stamp (lib/image/file_stamp.ts): at most {@link INDEXES}. */
+const indexes = new Map<string, ImageIndex>();
+const INDEXES = 16;
 
 /** Raw runs shorter than this are copied, not mapped, by a lazy load (each mapping costs a VMA). */
 export const LAZY_MAP_MIN = 64 << 10;
@@ -97,7 +105,9 @@ export class MemoryLoader implements Disposable {
   /**
    * Open an image: footer first, then bounds, then header and index, read by the frame reader
    * (lib/image/reader.ts; their checksums and order are checked; data is not read until {@link verify} or
-   * {@link load}).
+   * {@link load}). The index of a file this process opened before is reused while the file's `statx` stamp
+   * (device, inode, size, modification and change times to the nanosecond) is the same: any write to it moves
+   * its change time, and then it is read and checked again.
    *
    * @param path The image file.
    * @param opts `codecs`: codecs for compressed records (default: raw, zstd and lz4 from lib/codecs).
@@ -107,7 +117,16 @@ export class MemoryLoader implements Disposable {
     const fd = open(path, O.RDONLY | O.CLOEXEC);
     try {
       const src = new FileSource(path, fd, Deno.statSync(path).size);
-      return new MemoryLoader(src, await readImageIndex(src, src.size), opts.codecs ?? []);
+      // The index of a file opened before and unchanged since (its statx stamp) is not read again: a chain's
+      // full image has a frame per MiB or so, and an incremental checkpoint opens its chain each time.
+      const stamp = fileStamp(fd, path);
+      let index = indexes.get(stamp);
+      if (!index) {
+        index = await readImageIndex(src, src.size);
+        indexes.set(stamp, index);
+        if (indexes.size > INDEXES) indexes.delete(indexes.keys().next().value!);
+      }
+      return new MemoryLoader(src, index, opts.codecs ?? []);
     } catch (e) {
       libc.close(fd);
       throw e;
@@ -169,6 +188,41 @@ export class MemoryLoader implements Disposable {
    */
   storedBytes(r: ImageRecord): Uint8Array {
     return this.#stored(r);
+  }
+
+  /**
+   * Read many pieces of stored bytes into local memory with `pread`, all in one helper call
+   * (`cryo_pread_many`): a few scattered pages of a large image cost a read each, not a page fault each in a
+   * mapping of it. Each piece is a triple in `ops`: local address, length, and offset in the file (a record's
+   * `fileOffset` plus the offset in its stored bytes). Not checked against checksums (verify first).
+   *
+   * @param ops Triples `[dst0, len0, at0, dst1, …]`.
+   * @param n How many triples.
+   * @throws {ImageError} When a piece lies past the file's end.
+   */
+  readStoredMany(ops: BigUint64Array, n: number): void {
+    if (this.#fd < 0) throw new TypeError(`Cannot use the closed image ${this.path}`);
+    for (let i = 0; i < n; i++) {
+      if (Number(ops[3 * i + 2] + ops[3 * i + 1]) > this.fileSize) {
+        throw new ImageError(this.path, Number(ops[3 * i + 2]), "a read past the end of the file");
+      }
+    }
+    const failed = new BigUint64Array(1);
+    const r = Number(helper().cryo_pread_many(this.#fd, ops, BigInt(n), failed));
+    if (r >= 0) return;
+    const at = Number(ops[3 * Number(failed[0]) + 2]);
+    if (-r === EIO) throw new ImageError(this.path, at, "unexpected end of file");
+    throw systemError("pread", -r, `${this.path} at ${at}`);
+  }
+
+  /**
+   * The open file's stamp (lib/image/file_stamp.ts): equal stamps mean unchanged contents.
+   *
+   * @returns `dev:ino:size:mtime:ctime`.
+   */
+  stamp(): string {
+    if (this.#fd < 0) throw new TypeError(`Cannot use the closed image ${this.path}`);
+    return fileStamp(this.#fd, this.path);
   }
 
   /**

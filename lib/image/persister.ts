@@ -230,7 +230,9 @@ export class MemoryPersister implements AsyncDisposable {
    * @param runs Sorted, disjoint runs: `{ start, end }` objects or `[start0, end0, start1, end1, …]`.
    * @param opts `start`/`end` of the range (default: the first run's start, the last run's end); `source`
    *   (default: the persister's); `signal` to abort between batches; `progress`, called with the bytes of runs
-   *   stored as each batch is read.
+   *   stored as each batch is read; `within`, for an incremental image only: sorted, disjoint ranges that hold
+   *   every run, outside which the gaps are left uncovered (the parent's bytes) rather than recorded as holes,
+   *   so that many changed ranges of a region are stored in one call.
    */
   async storeRuns(
     runs: BigUint64Array | readonly { start: bigint; end: bigint }[],
@@ -240,8 +242,12 @@ export class MemoryPersister implements AsyncDisposable {
       source?: MemorySource;
       signal?: AbortSignal;
       progress?: (bytes: number) => void;
+      within?: BigUint64Array;
     } = {},
   ): Promise<void> {
+    if (opts.within && !this.#opts.incremental) {
+      throw new TypeError("Cannot store runs within ranges: the image is not incremental");
+    }
     const pairs = runs instanceof BigUint64Array
       ? runs
       : BigUint64Array.from(runs.flatMap((r) => [r.start, r.end]));
@@ -262,6 +268,16 @@ export class MemoryPersister implements AsyncDisposable {
     if (end < at) throw new RangeError(`Cannot store runs: range ends at ${hex(end)}, before the last run`);
     const source = opts.source ?? this.#source;
     const segment = this.#claim(start, Number(end - start), source, "store runs");
+    const within = opts.within;
+    let w = 0; // the first range of `within` that may still meet a gap
+    const hole = (from: bigint, to: bigint) => {
+      if (!within) return this.#frames.hole(from, Number(to - from), segment);
+      while (w < within.length && within[w + 1] <= from) w += 2;
+      for (let k = w; k < within.length && within[k] < to; k += 2) {
+        const s = within[k] > from ? within[k] : from, e = within[k + 1] < to ? within[k + 1] : to;
+        if (s < e) this.#frames.hole(s, Number(e - s), segment);
+      }
+    };
     await this.#guard(async () => {
       this.#writeHeader();
       const page = BigInt(PAGE_SIZE);
@@ -273,18 +289,19 @@ export class MemoryPersister implements AsyncDisposable {
           writeBehind: this.#opts.writeBehind,
           signal: opts.signal,
           progress: opts.progress,
+          hole,
         });
       } else {
         await this.#queue.writing;
         for (let i = 0; i < count; i++) {
           opts.signal?.throwIfAborted();
           const s = pairs[2 * i], e = pairs[2 * i + 1];
-          if (s > at) this.#frames.hole(at, Number(s - at), segment);
+          if (s > at) hole(at, s);
           await this.#storeRange(s, Number(e - s), segment, source, opts.progress);
           at = e;
         }
       }
-      if (end > at) this.#frames.hole(at, Number(end - at), segment);
+      if (end > at) hole(at, end);
       await this.#frames.settle();
     });
   }

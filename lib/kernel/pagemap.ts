@@ -242,6 +242,24 @@ export class Pagemap implements Disposable {
   }
 
   /**
+   * The runs of pages in `[start, end)` that hold data (present or swapped), and among them those that carry
+   * category `bit` (e.g. `PAGE_IS.WRITTEN`: not write-protected), from one `PAGEMAP_SCAN` walk.
+   *
+   * @param start First address, page aligned.
+   * @param end One past the last address, page aligned.
+   * @param bit One `PAGE_IS.*` category.
+   * @returns `all` and `marked` runs, `[start0, end0, …]` each.
+   * @throws {SystemError} When the process exited (ESRCH) or the kernel lacks `PAGEMAP_SCAN` (ENOTTY).
+   */
+  runsSplit(start: bigint, end: bigint, bit: bigint): { all: BigUint64Array; marked: BigUint64Array } {
+    checkRange(start, end);
+    this.#checkOpen();
+    if (end > USER_TOP) end = USER_TOP;
+    if (start >= end) return { all: new BigUint64Array(0), marked: new BigUint64Array(0) };
+    return this.#scanner.runsSplit(this.#fd, start, end, bit, this.path, this.pid);
+  }
+
+  /**
    * The runs of pages in `[start, end)` that hold data (present or swapped).
    *
    * @param start First address, page aligned.

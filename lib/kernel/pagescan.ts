@@ -168,4 +168,62 @@ export class PagemapScan {
     }
     return runs.finish();
   }
+
+  /**
+   * The runs of present or swapped pages of `[start, end)`, and among them the runs whose pages carry category
+   * `bit`: both from one walk of the page tables (a live checkpoint's freeze reads the pages to persist and the
+   * pages written since they were write-protected, `PAGE_IS.WRITTEN`, at once).
+   *
+   * @param fd An open `/proc/<pid>/pagemap`.
+   * @param start First address, page aligned.
+   * @param end One past the last address, page aligned, above `start`.
+   * @param bit The category to split on (one `PAGE_IS.*` bit).
+   * @param path The file, for errors.
+   * @param pid The pid, for errors.
+   * @returns `all` and `marked`, each `[start0, end0, start1, end1, …]`; `marked` is part of `all`.
+   * @throws {SystemError} When the kernel refuses, or the walk does not advance.
+   */
+  runsSplit(
+    fd: number,
+    start: bigint,
+    end: bigint,
+    bit: bigint,
+    path: string,
+    pid: number | "self",
+  ): { all: BigUint64Array; marked: BigUint64Array } {
+    const all = new RunBuilder(), marked = new RunBuilder();
+    const v = this.#vec32;
+    const query: ScanQuery = {
+      flags: 0n,
+      categoryInverted: guardKnown ? PAGE_IS_GUARD : 0n,
+      categoryMask: guardKnown ? PAGE_IS_GUARD : 0n,
+      categoryAnyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+      // PRESENT and SWAPPED returned too: asked for WRITTEN alone, the kernel takes a fast path that counts every
+      // pte without the uffd-wp bit as written, a page under migration too (ffi/helper/live.c, lv_verify).
+      returnMask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | bit,
+    };
+    const want = Number(bit);
+    let cur = start;
+    for (let calls = 0; cur < end; calls++) {
+      if (calls > 1 + Number((end - start) / BigInt(PAGE_SIZE))) {
+        throw systemError("ioctl PAGEMAP_SCAN", 5, /* EIO */ `${path} at ${hex(cur)}: no progress`);
+      }
+      const n = this.call(fd, cur, end, false, path, pid, query);
+      for (let i = 0, k = 0; i < n; i++, k += 6) {
+        const s = v[k] + v[k + 1] * 4294967296, e = v[k + 2] + v[k + 3] * 4294967296;
+        all.add(s, e);
+        if (v[k + 4] & want) marked.add(s, e);
+      }
+      const walkEnd = this.walkEnd;
+      if (walkEnd <= cur) {
+        throw systemError(
+          "ioctl PAGEMAP_SCAN",
+          5,
+          /* EIO */ `${path} at ${hex(cur)}: walk_end did not advance`,
+        );
+      }
+      cur = walkEnd;
+    }
+    return { all: all.finish(), marked: marked.finish() };
+  }
 }

@@ -27,6 +27,17 @@ export function runsOf(ranges: readonly { start: bigint; end: bigint }[]): Runs 
 }
 
 /**
+ * Runs as numbers (user addresses are below 2^47, exact in a double), read through a `Uint32Array` view so that
+ * no bigint is made per bound: the set operations below run on these.
+ */
+function numbers(runs: Runs): Float64Array {
+  const w = new Uint32Array(runs.buffer, runs.byteOffset, runs.length * 2);
+  const out = new Float64Array(runs.length);
+  for (let k = 0; k < runs.length; k++) out[k] = w[2 * k] + w[2 * k + 1] * 4294967296;
+  return out;
+}
+
+/**
  * Every address in `a` or in `b`.
  *
  * @param a Runs.
@@ -34,15 +45,16 @@ export function runsOf(ranges: readonly { start: bigint; end: bigint }[]): Runs 
  * @returns Sorted, merged runs.
  */
 export function unionRuns(a: Runs, b: Runs): Runs {
+  const x = numbers(a), y = numbers(b);
   const out = new RunBuilder();
   let i = 0, j = 0;
-  while (i < a.length || j < b.length) {
-    const takeA = j >= b.length || (i < a.length && a[i] <= b[j]);
+  while (i < x.length || j < y.length) {
+    const takeA = j >= y.length || (i < x.length && x[i] <= y[j]);
     if (takeA) {
-      out.add(Number(a[i]), Number(a[i + 1]));
+      out.add(x[i], x[i + 1]);
       i += 2;
     } else {
-      out.add(Number(b[j]), Number(b[j + 1]));
+      out.add(y[j], y[j + 1]);
       j += 2;
     }
   }
@@ -57,13 +69,14 @@ export function unionRuns(a: Runs, b: Runs): Runs {
  * @returns Sorted runs.
  */
 export function intersectRuns(a: Runs, b: Runs): Runs {
+  const x = numbers(a), y = numbers(b);
   const out = new RunBuilder();
   let i = 0, j = 0;
-  while (i < a.length && j < b.length) {
-    const s = a[i] > b[j] ? a[i] : b[j];
-    const e = a[i + 1] < b[j + 1] ? a[i + 1] : b[j + 1];
-    if (s < e) out.add(Number(s), Number(e));
-    if (a[i + 1] < b[j + 1]) i += 2;
+  while (i < x.length && j < y.length) {
+    const s = x[i] > y[j] ? x[i] : y[j];
+    const e = x[i + 1] < y[j + 1] ? x[i + 1] : y[j + 1];
+    if (s < e) out.add(s, e);
+    if (x[i + 1] < y[j + 1]) i += 2;
     else j += 2;
   }
   return out.finish();
@@ -77,20 +90,37 @@ export function intersectRuns(a: Runs, b: Runs): Runs {
  * @returns Sorted runs.
  */
 export function subtractRuns(a: Runs, b: Runs): Runs {
+  const x = numbers(a), y = numbers(b);
   const out = new RunBuilder();
   let j = 0;
-  for (let i = 0; i < a.length; i += 2) {
-    let s = a[i];
-    const e = a[i + 1];
-    while (j < b.length && b[j + 1] <= s) j += 2;
-    for (let k = j; k < b.length && b[k] < e; k += 2) {
-      if (b[k] > s) out.add(Number(s), Number(b[k]));
-      if (b[k + 1] > s) s = b[k + 1];
+  for (let i = 0; i < x.length; i += 2) {
+    let s = x[i];
+    const e = x[i + 1];
+    while (j < y.length && y[j + 1] <= s) j += 2;
+    for (let k = j; k < y.length && y[k] < e; k += 2) {
+      if (y[k] > s) out.add(s, y[k]);
+      if (y[k + 1] > s) s = y[k + 1];
       if (s >= e) break;
     }
-    if (s < e) out.add(Number(s), Number(e));
+    if (s < e) out.add(s, e);
   }
   return out.finish();
+}
+
+/**
+ * Lists of runs that follow each other (each list's runs lie before the next list's) as one list.
+ *
+ * @param lists The lists, in address order.
+ * @returns Their runs, in order.
+ */
+export function concatRuns(lists: readonly Runs[]): Runs {
+  const out = new BigUint64Array(lists.reduce((n, l) => n + l.length, 0));
+  let at = 0;
+  for (const l of lists) {
+    out.set(l, at);
+    at += l.length;
+  }
+  return out;
 }
 
 /**

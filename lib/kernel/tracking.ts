@@ -38,7 +38,7 @@ import { PAGE_IS, PagemapScan, PM_SCAN } from "./pagescan.ts";
 import type { Region } from "./region.ts";
 import { markStacks, threadStacks } from "./stacks.ts";
 import { isUserfaultfd, UFFDIO_REGISTER_MODE, Userfaultfd } from "./uffd.ts";
-import { type Runs, runsOf, unionRuns } from "./run_sets.ts";
+import { concatRuns, type Runs, runsOf, unionRuns } from "./run_sets.ts";
 
 /**
  * The features a tracking userfaultfd asks for: `UFFD_FEATURE_WP_ASYNC` only. Not `WP_UNPOPULATED`: its
@@ -133,18 +133,20 @@ export class ProcessTracking implements Disposable {
    * Persistable regions that are not tracked (mapped or moved since) are reported whole in `untracked`, and
    * with `rearm` registered and armed, so from now on they are tracked.
    *
-   * @param opts `rearm: false` to look without re-arming (and without registering anything).
+   * @param opts `rearm: false` to look without re-arming (and without registering anything); `regions` to
+   *   scan only these (sorted, disjoint: e.g. a checkpoint's kept regions or an image's, which the caller has
+   *   read already) instead of reading the process's map again.
    * @returns The written runs and the untracked regions.
    * @throws {CryoError} When tracking is closed.
    */
-  written(opts: { rearm?: boolean } = {}): WrittenPages {
+  written(opts: { rearm?: boolean; regions?: readonly Region[] } = {}): WrittenPages {
     if (this.#closed) {
       throw new CryoError(`Cannot read the pages written in ${this.#who()}: tracking is closed`);
     }
     const rearm = opts.rearm ?? true;
     const written: Runs[] = [];
     const untracked: Region[] = [];
-    for (const r of this.regions()) {
+    for (const r of opts.regions ?? this.regions()) {
       try {
         written.push(this.#scanRegion(r.start, r.end, rearm));
       } catch (e) {
@@ -154,14 +156,17 @@ export class ProcessTracking implements Disposable {
         if (rearm) this.#arm(r);
       }
     }
-    let runs: Runs = new BigUint64Array(0);
-    for (const w of written) runs = unionRuns(runs, w);
+    const runs = concatRuns(written); // the regions are in address order, disjoint
     return { runs, untracked, all: unionRuns(runs, runsOf(untracked)) };
   }
 
-  /** Arm every persistable region: forget what was written so far. */
-  arm(): void {
-    this.written({ rearm: true });
+  /**
+   * Arm every persistable region (or only `regions`): forget what was written so far.
+   *
+   * @param regions Arm only these (sorted, disjoint), as {@link written} scans them.
+   */
+  arm(regions?: readonly Region[]): void {
+    this.written({ rearm: true, regions });
   }
 
   #scanRegion(start: bigint, end: bigint, rearm: boolean): Runs {

@@ -29,6 +29,46 @@ export interface LiveRun {
   preload: boolean;
 }
 
+/**
+ * The run table {@link WriteProtectServer.start} passes to the helper (`address, length, flags` per run), built
+ * from runs as `[start0, end0, …]` pairs, a group per region, without a bigint per run (a sparse region has tens
+ * of thousands of runs, and this is built while the target is stopped).
+ *
+ * @param groups Each region's runs (sorted, disjoint, page aligned; groups in address order) and whether they are
+ *   copied aside at the start.
+ * @returns The table.
+ * @throws {RangeError} When a run is misaligned, empty or out of order.
+ */
+export function liveRunTable(groups: readonly { runs: BigUint64Array; preload: boolean }[]): BigUint64Array {
+  let n = 0;
+  for (const g of groups) n += g.runs.length / 2;
+  const table = new BigUint64Array(3 * n);
+  const out = new Uint32Array(table.buffer);
+  const two32 = 4294967296;
+  let k = 0, prevEnd = 0;
+  for (const g of groups) {
+    const w = new Uint32Array(g.runs.buffer, g.runs.byteOffset, 2 * g.runs.length);
+    for (let i = 0; i < g.runs.length; i += 2) {
+      const start = w[2 * i] + w[2 * i + 1] * two32, end = w[2 * i + 2] + w[2 * i + 3] * two32;
+      if (start % PAGE_SIZE !== 0 || end % PAGE_SIZE !== 0 || end <= start || start < prevEnd) {
+        throw new RangeError(
+          `Cannot serve run ${hex(g.runs[i])}-${hex(g.runs[i + 1])}: misaligned, empty or out of order`,
+        );
+      }
+      prevEnd = end;
+      const len = end - start;
+      out[6 * k] = w[2 * i];
+      out[6 * k + 1] = w[2 * i + 1];
+      out[6 * k + 2] = len % two32;
+      out[6 * k + 3] = Math.floor(len / two32);
+      out[6 * k + 4] = g.preload ? 1 : 0;
+      out[6 * k + 5] = 0;
+      k++;
+    }
+  }
+  return table;
+}
+
 /** What a {@link WriteProtectServer} has done. */
 export interface WriteProtectStats {
   /** Write faults served. */
@@ -110,7 +150,7 @@ export class WriteProtectServer implements Disposable {
    *
    * @param uffd A userfaultfd on `pid` (non-blocking, as `Userfaultfd.inTarget` creates it).
    * @param pid The process.
-   * @param runs Every run of pages to persist: sorted, disjoint, page aligned.
+   * @param runs Every run of pages to persist: sorted, disjoint, page aligned; or their {@link liveRunTable}.
    * @param opts Neighbours copied per fault.
    * @returns The running server.
    * @throws {RangeError} When a run is misaligned, empty or out of order, or `neighbours` is not a power of two.
@@ -119,7 +159,7 @@ export class WriteProtectServer implements Disposable {
   static start(
     uffd: Userfaultfd,
     pid: number,
-    runs: readonly LiveRun[],
+    runs: readonly LiveRun[] | BigUint64Array,
     opts: WriteProtectServerOptions = {},
   ): WriteProtectServer {
     if (uffd.closed) {
@@ -133,18 +173,9 @@ export class WriteProtectServer implements Disposable {
         `Cannot copy ${neighbours} pages per fault: expected a power of two from 1 to 512`,
       );
     }
-    const page = BigInt(PAGE_SIZE);
-    const table = new BigUint64Array(3 * runs.length);
-    let prevEnd = 0n;
-    for (const [i, r] of runs.entries()) {
-      if (r.start % page !== 0n || r.end % page !== 0n || r.end <= r.start || r.start < prevEnd) {
-        throw new RangeError(
-          `Cannot serve run ${hex(r.start)}-${hex(r.end)}: misaligned, empty or out of order`,
-        );
-      }
-      prevEnd = r.end;
-      table.set([r.start, r.end - r.start, r.preload ? 1n : 0n], 3 * i);
-    }
+    const table = runs instanceof BigUint64Array
+      ? runs
+      : liveRunTable(runs.map((r) => ({ runs: new BigUint64Array([r.start, r.end]), preload: r.preload })));
     const pagemap = open(`/proc/${pid}/pagemap`, O_CLOEXEC);
     try {
       const err = new BigInt64Array(1);
@@ -153,7 +184,7 @@ export class WriteProtectServer implements Disposable {
         pid,
         pagemap,
         table,
-        BigInt(runs.length),
+        BigInt(table.length / 3),
         BigInt(PAGE_SIZE),
         BigInt(neighbours),
         err,

@@ -11,6 +11,7 @@ import { freeze, type Frozen } from "../kernel/freeze.ts";
 import { readRegions } from "../kernel/maps.ts";
 import { classify, type Decision, type PolicyOptions } from "../kernel/policy.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
+import { concatRuns } from "../kernel/run_sets.ts";
 import { markStacks, threadStacks } from "../kernel/stacks.ts";
 import { type Codec, raw } from "../codecs/codec.ts";
 import type { Sealer } from "../codecs/seal.ts";
@@ -22,6 +23,7 @@ import { dirOf, scratchFile } from "../image/tempfile.ts";
 import type { Region } from "../kernel/region.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { type IncrementalInfo, IncrementalPlan } from "./incremental.ts";
+import { decisionsWithEarlyFacts, readEarlyFacts } from "./early_facts.ts";
 import { type LiveStats, persistLive } from "./checkpoint_live.ts";
 import {
   allocatedBytes,
@@ -97,8 +99,10 @@ export interface CheckpointOptions extends PolicyOptions {
   live?: boolean;
   /** With `live`: pages copied aside per write fault (an aligned block, a power of two up to 512; default 1). */
   liveNeighbours?: number;
-  /** With `live`: called while the target is frozen, before it is protected and thawed. */
+  /** With `live`: called while the target is frozen, before it is thawed (the moment the image shows). */
   onFrozen?: () => void;
+  /** With `live`: called (and awaited) after the arm, before the freeze (the target runs, its memory protected). */
+  onArmed?: () => void | Promise<void>;
 }
 
 /** What {@link checkpoint} did. */
@@ -211,7 +215,8 @@ async function persistPid(
   opts.signal?.throwIfAborted();
   const shares = budgetShares(opts.memoryBudget); // checked before the target is frozen
   const linkFrom = typeof out === "string" ? out : "-"; // a raw image to transcode: the parent is named absolutely
-  using inc = opts.parent || opts.track ? await IncrementalPlan.open(linkFrom, opts) : undefined;
+  using inc = opts.parent || opts.track ? await IncrementalPlan.open(pid, linkFrom, opts) : undefined;
+  const early = inc ? readEarlyFacts(pid) : undefined; // smaps walks every page table: not in the stop window
   startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
   const frozenAt = performance.now() - frozen.freezeMs;
@@ -219,7 +224,7 @@ async function persistPid(
   let persister: MemoryPersister | undefined;
   let handedOver = false; // with keepFrozen, set once the image is complete: the caller thaws from then on
   try {
-    const decisions = regionDecisions(pid, opts);
+    const decisions = early ? decisionsWithEarlyFacts(pid, early, opts) : regionDecisions(pid, opts);
     const kept = decisions.filter((d) => d.persist);
     persister = await MemoryPersister.create(out, {
       source: pidSource(pid, { bufferSize: shares.bounceSize }),
@@ -245,8 +250,6 @@ async function persistPid(
     for (const [name, bytes] of processSections(pid, frozen, decisions, opts.altStacks ?? true)) {
       persister.addSection(name, bytes);
     }
-    // An incremental image's data is copied out first: the target runs again while it is written.
-    const captured = opts.keepFrozen ? undefined : inc?.capture(pid, plans);
     let stoppedMs = 0;
     const release = () => {
       if (stoppedMs) return;
@@ -257,18 +260,22 @@ async function persistPid(
       }
       stoppedMs = performance.now() - frozenAt;
     };
-    if (captured) release();
+    // The gathered store reads a region's runs in batches while earlier batches are written behind (within the
+    // budget); the target is thawed once the last store has returned. An incremental plan's changed pieces of a
+    // region go in one call, the gaps between them left to the parent.
     for (const { pieces } of plans) {
-      for (const { start, end, runs } of pieces) {
-        opts.signal?.throwIfAborted();
-        await persister.storeRuns(runs, {
-          start,
-          end,
-          source: captured,
+      opts.signal?.throwIfAborted();
+      if (!pieces.length) continue;
+      await persister.storeRuns(
+        pieces.length === 1 ? pieces[0].runs : concatRuns(pieces.map((p) => p.runs)),
+        {
+          start: pieces[0].start,
+          end: pieces[pieces.length - 1].end,
+          within: inc?.incremental ? BigUint64Array.from(pieces.flatMap((p) => [p.start, p.end])) : undefined,
           signal: opts.signal,
           progress: (n) => progress.advance(n),
-        });
-      }
+        },
+      );
     }
     opts.signal?.throwIfAborted();
     // Every byte is read: the target may run while the index is written and the file is synced (unless the

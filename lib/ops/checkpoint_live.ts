@@ -1,7 +1,8 @@
 /**
- * A live checkpoint of another process (`checkpoint(pid, path, { live: true })`): the target is stopped only to
- * record its threads and layout and to write-protect its memory, then runs on while its pages are copied out
- * through the usual pipeline. A write to a page not yet copied is held by the kernel (a synchronous
+ * A live checkpoint of another process (`checkpoint(pid, path, { live: true })`): the target is stopped twice,
+ * briefly: once to create a userfaultfd in it (lib/ops/live_arm.ts: its memory is then write-protected while it
+ * runs), once to record its threads and layout and to protect again what it wrote since; then it runs on while
+ * its pages are copied out through the usual pipeline. A write to a page not yet copied is held by the kernel (a synchronous
  * write-protect fault of a userfaultfd) until the write-fault server (`lib/kernel/wp_server.ts`, a native thread)
  * has copied that page aside; the background copy takes that copy. The image is the memory at the freeze.
  *
@@ -17,19 +18,22 @@
  */
 
 import { CryoError } from "../errors.ts";
-import { freeze } from "../kernel/freeze.ts";
+import { freeze, type Frozen } from "../kernel/freeze.ts";
 import type { Decision, PolicyOptions } from "../kernel/policy.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
-import { inject } from "../kernel/inject.ts";
-import { UFFDIO_REGISTER_MODE, Userfaultfd } from "../kernel/uffd.ts";
+import type { Userfaultfd } from "../kernel/uffd.ts";
+import { register } from "../kernel/threads.ts";
+import { PAGE_SIZE } from "../../ffi/libc.ts";
 import { requireCapabilities } from "../kernel/capabilities.ts";
-import { type LiveRun, WriteProtectServer, type WriteProtectStats } from "../kernel/wp_server.ts";
+import { liveRunTable, WriteProtectServer, type WriteProtectStats } from "../kernel/wp_server.ts";
 import type { Region } from "../kernel/region.ts";
 import { MemoryPersister } from "../image/persister.ts";
 import { liveSource } from "../image/sources.ts";
 import { budgetShares } from "../image/budget.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { failure, processSections, type TakenFigures, takenFigures } from "./checkpoint_record.ts";
+import { arm, type Armed, disarm, rearm } from "./live_arm.ts";
+import { decisionsWithEarlyFacts } from "./early_facts.ts";
 
 /** Options of a live checkpoint (a subset of `CheckpointOptions`). */
 export interface LiveCheckpointOptions extends PolicyOptions {
@@ -50,10 +54,15 @@ export interface LiveCheckpointOptions extends PolicyOptions {
   /** Bytes of bounce buffers and write-behind the copy may hold (lib/image/budget.ts; default 64 MiB). */
   memoryBudget?: number;
   /**
-   * Called while the target is frozen, after its layout was read and before it is protected and thawed: to
-   * record something of the process at the exact moment the image shows (a test reads counters here).
+   * Called while the target is frozen, after its layout was read and before it is thawed: to record something
+   * of the process at the exact moment the image shows (a test reads counters here).
    */
   onFrozen?: () => void;
+  /**
+   * Called (and awaited) after the arm, the target running with its memory protected, before the freeze: a
+   * test changes the target here (maps, unmaps, writes) to see that the freeze's layout and page tables win.
+   */
+  onArmed?: () => void | Promise<void>;
 }
 
 /** What a live checkpoint did besides what every checkpoint reports. */
@@ -64,32 +73,75 @@ export interface LiveStats {
   faults: number;
   /** The longest a write waited for its fault to be served, in milliseconds. */
   maxFaultMs: number;
-  /** Bytes write-protected while the target was stopped (the regions that could be). */
+  /** Bytes of the regions write-protected while the target ran (address space: populated or not). */
   protectedBytes: number;
   /** Bytes copied aside while the target was stopped (regions that cannot be write-protected). */
   copiedStoppedBytes: number;
-  /** How long protecting took (part of the stop window), in milliseconds. */
+  /** The first stop (creating the userfaultfd in the target), freeze to thaw, in milliseconds. */
+  armStoppedMs: number;
+  /** The second stop (recording, re-protecting what was written since the arm), freeze to thaw, in ms. */
+  freezeStoppedMs: number;
+  /** How long registering and protecting took while the target ran, before the freeze, in milliseconds. */
   protectMs: number;
+  /** Write faults served between the arm and the freeze (each lifted its page's protection). */
+  armFaults: number;
+  /** Pages protected again at the freeze: written, or populated, since they were protected at the arm. */
+  rearmedPages: number;
+  /** How long registering and protecting again took at the freeze (part of the second stop), in ms. */
+  rearmMs: number;
+  /**
+   * What the second stop was made of, in milliseconds: stopping every thread, reading the layout and the
+   * threads' and kernel's state, stopping the arm server, re-protecting ({@link rearmMs}), starting the
+   * copy's server (with the copy of what cannot be protected).
+   */
+  freezeParts: { freeze: number; record: number; armServer: number; rearm: number; server: number };
   /** How long the background copy took (the target running), in milliseconds. */
   copyMs: number;
+  /**
+   * How long lifting the protection left (unregistering chunk by chunk, the server serving), stopping the server
+   * and closing the userfaultfd took, in milliseconds.
+   */
+  closeMs: number;
   /** Everything the write-fault server counted. */
   server: WriteProtectStats;
 }
 
 /** What {@link persistLive} took: every checkpoint's figures, the stop, and the live checkpoint's own. */
 export interface LiveTaken extends TakenFigures {
-  /** How long the target was stopped, in milliseconds. */
+  /** The longer of the two stops (the arm's and the freeze's), in milliseconds. */
   stoppedMs: number;
   /** The live checkpoint's own figures. */
   live: LiveStats;
 }
 
 /**
- * Whether a region can be write-protected synchronously: private anonymous memory (the kernel refuses
- * synchronous write-protection of file mappings, and a shared mapping's pages are also other processes').
+ * Lift the protection of the pages the freeze's own recording writes into, in each frozen thread: just below
+ * its red zone (recording a blocked thread's alternate signal stack injects `sigaltstack()` into it, which
+ * writes 24 bytes at `(rsp - 192) & ~15`, and the bytes are put back after: lib/kernel/thread_kernel.ts) and its
+ * rseq area (the kernel updates it when a stepped thread returns to user mode). With those pages protected, each
+ * write waits for a fault the arm server serves, a wake-up and a scheduling delay each: tens of milliseconds of
+ * the stop on a loaded machine. `rearm()` protects them again (written since the arm).
  */
-function protectable(r: Region): boolean {
-  return !r.perms.shared && r.inode === 0n;
+function liftWhereRecorded(uffd: Userfaultfd, frozen: Frozen): void {
+  const page = BigInt(PAGE_SIZE);
+  const lift = (at: bigint, len: bigint) => {
+    const from = at - at % page, end = at + len, to = end + (page - end % page) % page;
+    try {
+      uffd.writeProtect(from, to - from, false);
+    } catch { /* not a registered range: nothing to lift */ }
+  };
+  for (const t of frozen.threads) {
+    if (t.general.length) lift((register(t, "rsp") - 192n) & ~15n, 24n);
+    if (t.rseq?.abiPointer) lift(t.rseq.abiPointer, BigInt(t.rseq.abiSize || 32));
+  }
+}
+
+/** The bytes of runs `[start0, end0, …]`, without a bigint per run. */
+function runBytes(runs: BigUint64Array): number {
+  const w = new Uint32Array(runs.buffer, runs.byteOffset, 2 * runs.length);
+  let n = 0;
+  for (let i = 0; i < w.length; i += 4) n += (w[i + 2] - w[i]) + (w[i + 3] - w[i + 1]) * 4294967296;
+  return n;
 }
 
 /**
@@ -112,66 +164,69 @@ export async function persistLive(
   const progress = opts.progress ?? silentProgress;
   opts.signal?.throwIfAborted();
   startPhase(progress, "freeze");
-  const frozen = freeze(pid, { registers: opts.registers ?? true, timeoutMs: opts.freezeTimeoutMs });
-  const frozenAt = performance.now() - frozen.freezeMs;
-  progress.stopped?.(true, frozenAt);
-  let uffd: Userfaultfd | undefined;
+  let armed: Armed | undefined;
+  let frozen: Frozen | undefined;
   let server: WriteProtectServer | undefined;
   let persister: MemoryPersister | undefined;
-  // Lift every protection and wake every waiter: stop the server (no gather runs any more), close the
+  // Lift every protection and wake every waiter: stop the servers (no gather runs any more), close the
   // userfaultfd (its release un-protects what is left). Idempotent.
   const release = () => {
+    armed?.server.stop();
     const stats = server?.stop();
-    uffd?.close();
+    armed?.uffd.close();
     return stats;
   };
   try {
-    const decisions = decide(pid, opts);
+    // 1. Arm: a short stop for the userfaultfd, then protect everything while the target runs.
+    armed = arm(pid, { ...opts, progress }, decide);
+    const uffd = armed.uffd;
+    await opts.onArmed?.();
+    opts.signal?.throwIfAborted();
+
+    // 2. Freeze: record, protect again what was written since the arm, start the copy's server, thaw. The arm
+    // server serves until every thread stopped (a thread in a kernel-mode fault stops only once it is served).
+    // Not boosted (SCHED_FIFO for threads slow to stop, freeze.ts): a thread in a kernel-mode write fault when
+    // it is interrupted retries the fault until the server has served it, and, boosted, it held the freeze for
+    // a second (the kernel's real-time throttling) in 2 of 60 rounds here; unboosted, the longest was 72 ms.
+    frozen = freeze(pid, {
+      registers: opts.registers ?? true,
+      timeoutMs: opts.freezeTimeoutMs,
+      boost: false,
+    });
+    const frozenAt = performance.now() - frozen.freezeMs;
+    progress.stopped?.(true, frozenAt);
+    using pm = Pagemap.open(pid);
+    const decisions = decisionsWithEarlyFacts(pid, armed.regions, opts); // smaps was read at the arm
     const kept = decisions.filter((d) => d.persist);
-    const plans = (() => {
-      using pm = Pagemap.open(pid);
-      return kept.map((d) => ({
-        region: d.region,
-        runs: pm.runs(d.region.start, d.region.end, { anonOnly: d.pages === "anon" }),
-        bytes: 0,
-        preload: !protectable(d.region),
-      }));
-    })();
-    for (const p of plans) {
-      for (let i = 0; i < p.runs.length; i += 2) p.bytes += Number(p.runs[i + 1] - p.runs[i]);
-    }
+    // Recording the threads injects system calls, which write into the target's (protected) memory: the arm
+    // server must still serve those faults. The pages they touch are protected again below.
+    liftWhereRecorded(uffd, frozen);
     const sections = processSections(pid, frozen, decisions, opts.altStacks ?? true);
     opts.onFrozen?.();
-    const protectStarted = performance.now();
-    {
-      using inj = inject(frozen);
-      uffd = Userfaultfd.inTarget(inj, { features: 0n }); // the target's copy is closed: cryo's is the only one
-    }
-    let protectedBytes = 0, copiedStoppedBytes = 0;
+    const recorded = performance.now();
+    const armStats = armed.server.stop(); // joined: nothing lifts a protection from here until the thaw
+    const rearmStarted = performance.now();
+    const plans = kept.map((d) => ({ region: d.region, bytes: 0, ...rearm(uffd, pm, d) }));
+    const rearmMs = performance.now() - rearmStarted;
+    let copiedStoppedBytes = 0, rearmedPages = 0;
     for (const p of plans) {
-      if (p.preload || p.bytes === 0) continue;
-      const len = p.region.end - p.region.start;
-      try {
-        uffd.register(p.region.start, len, UFFDIO_REGISTER_MODE.WP);
-      } catch {
-        p.preload = true; // e.g. a hugetlb or VM_DROPPABLE region: copied now instead
-        continue;
-      }
-      uffd.writeProtect(p.region.start, len, true);
-      protectedBytes += p.bytes;
-    }
-    const runs: LiveRun[] = [];
-    for (const p of plans) {
+      p.bytes = runBytes(p.runs);
       if (p.preload) copiedStoppedBytes += p.bytes;
-      for (let i = 0; i < p.runs.length; i += 2) {
-        runs.push({ start: p.runs[i], end: p.runs[i + 1], preload: p.preload });
-      }
+      rearmedPages += p.rearmedPages;
     }
+    const runs = liveRunTable(plans);
+    const serverStarted = performance.now();
     server = WriteProtectServer.start(uffd, pid, runs, { neighbours: opts.liveNeighbours });
-    const protectMs = performance.now() - protectStarted;
+    const freezeParts = {
+      freeze: frozen.freezeMs,
+      record: recorded - (frozenAt + frozen.freezeMs),
+      armServer: rearmStarted - recorded,
+      rearm: serverStarted - rearmStarted,
+      server: performance.now() - serverStarted,
+    };
     frozen.thaw();
     progress.stopped?.(false);
-    const stoppedMs = performance.now() - frozenAt;
+    const freezeStoppedMs = performance.now() - frozenAt;
 
     // The target runs. Copy every run out; the server copies what it writes first.
     const copyStarted = performance.now();
@@ -192,8 +247,14 @@ export async function persistLive(
         progress: (n) => progress.advance(n),
       });
     }
+    const closing = performance.now();
+    disarm(uffd, [
+      ...armed.registered,
+      ...plans.filter((p) => !p.preload).map((p) => ({ start: p.region.start, end: p.region.end })),
+    ]);
     const stats = release()!;
-    const copyMs = performance.now() - copyStarted;
+    const closeMs = performance.now() - closing;
+    const copyMs = closing - copyStarted;
     if (stats.lostPages) {
       throw new CryoError(
         `Cannot take a live checkpoint of pid ${pid}: ${stats.lostPages} page(s) from 0x${
@@ -208,25 +269,32 @@ export async function persistLive(
     persister = undefined;
     return {
       ...takenFigures(decisions, frozen, summary),
-      stoppedMs,
+      stoppedMs: Math.max(armed.stoppedMs, freezeStoppedMs),
       live: {
         earlyPages: stats.earlyPages,
         faults: stats.faults,
         maxFaultMs: stats.maxFaultMs,
-        protectedBytes,
+        protectedBytes: armed.protectedBytes,
         copiedStoppedBytes,
-        protectMs,
+        armStoppedMs: armed.stoppedMs,
+        freezeStoppedMs,
+        protectMs: armed.protectMs,
+        armFaults: armStats.outsideFaults,
+        rearmedPages,
+        rearmMs,
+        freezeParts,
         copyMs,
+        closeMs,
         server: stats,
       },
     };
   } catch (e) {
-    frozen.thaw();
+    frozen?.thaw();
     if (persister) await persister.abort(); // no gather runs after this: the server may stop
     release();
     throw failure(e, opts.signal);
   } finally {
-    frozen.thaw();
+    frozen?.thaw();
     progress.stopped?.(false);
     release();
     progress.done();

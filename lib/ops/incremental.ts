@@ -20,7 +20,7 @@ import type { Frozen } from "../kernel/freeze.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
 import type { Decision } from "../kernel/policy.ts";
 import type { Region } from "../kernel/region.ts";
-import { intersectRuns, type Runs, runsOf, subtractRuns, unionRuns } from "../kernel/run_sets.ts";
+import { concatRuns, type Runs, runsOf, subtractRuns, unionRuns } from "../kernel/run_sets.ts";
 import { RunBuilder } from "../kernel/runs.ts";
 import type { ProcessTracking } from "../kernel/tracking.ts";
 import { trackingUnavailable, trackProcess } from "../kernel/tracking.ts";
@@ -33,11 +33,11 @@ import {
   parentLink,
 } from "../image/chain.ts";
 import { KIND } from "../image/format.ts";
-import type { MemorySource } from "../image/sources.ts";
-import { hex } from "../hex.ts";
 import {
   encodeTrackingSection,
   readTrackingMark,
+  removeTrackingMark,
+  trackedSince,
   TRACKING_SECTION,
   type TrackingMark,
   trackingSince,
@@ -80,7 +80,6 @@ export class IncrementalPlan implements Disposable {
   readonly #track: boolean;
   #tracking?: ProcessTracking;
   #mark?: TrackingMark;
-  #captured?: Uint8Array;
   /** What was found (filled by {@link plan}). */
   readonly info: IncrementalInfo;
 
@@ -92,21 +91,32 @@ export class IncrementalPlan implements Disposable {
   }
 
   /**
-   * Open the parent's chain (verified) before the target is frozen.
+   * Open the parent's chain before the target is frozen: its index and sections (checksummed), and each
+   * parent's content identity. Its data is verified in full only when the changed pages will be found by
+   * comparing with it: with the tracking armed at the parent, not one byte of the parent's data is read (the
+   * new image names the parent by digest, and a restore or flatten of the chain verifies every image of it).
    *
+   * @param pid The target.
    * @param out Where the new image goes (the parent's link is recorded relative to it).
    * @param opts `parent` image, `track`, and codecs to read the parent with.
    * @returns The plan.
    */
   static async open(
+    pid: number,
     out: string,
     opts: { parent?: string; track?: boolean; codecs?: readonly Codec[] },
   ): Promise<IncrementalPlan> {
     if (!opts.parent) return new IncrementalPlan(opts.track ?? false);
-    const chain = await ImageChain.open(opts.parent, { codecs: opts.codecs });
-    if (chain.tip.encrypted) {
+    const chain = await ImageChain.open(opts.parent, { codecs: opts.codecs, verify: false });
+    try {
+      if (chain.tip.encrypted) {
+        throw new CryoError(`Cannot checkpoint over ${opts.parent}: encrypted parents are not supported`);
+      }
+      const since = trackedSince(pid, chain.tip.section(TRACKING_SECTION), opts.parent);
+      if ("reason" in since) await chain.verify(); // its data will be read and compared
+    } catch (e) {
       chain.close();
-      throw new CryoError(`Cannot checkpoint over ${opts.parent}: encrypted parents are not supported`);
+      throw e;
     }
     return new IncrementalPlan(opts.track ?? false, chain, parentLink(opts.parent, out), opts.parent);
   }
@@ -134,42 +144,55 @@ export class IncrementalPlan implements Disposable {
       }
     }
     let changed: Runs | undefined;
+    const regions = kept.map((d) => d.region);
     if (this.#chain) {
       const since = this.#trackingSinceParent(pid);
       if ("tracking" in since) {
         this.#tracking = since.tracking;
-        changed = this.#tracking.written({ rearm: false }).all;
+        // One walk reads the written bits and, when this checkpoint arms the tracking, arms them again: the new
+        // token is recorded first, so that from then on no image's token matches bits that were reset.
+        const rearm = this.#track && this.#newArming(pid);
+        changed = this.#tracking.written({ rearm, regions }).all;
+        this.info.armed = rearm;
         this.info.tracked = true;
       } else {
         this.info.reason = since.reason;
+        await this.#chain.verify(); // done before the freeze unless the tracking was lost since (runs once)
         changed = await this.#differing(kept, present, pid);
       }
-      const chainData = runsOf(
-        this.#chain.records().filter((c) => c.kind === KIND.DATA).map((c) => ({
-          start: c.address,
-          end: c.address + BigInt(c.length),
-        })),
-      );
-      let populated: Runs = new BigUint64Array(0);
-      for (const r of present.values()) populated = unionRuns(populated, r);
+      const chainData = this.#chain.dataRuns();
+      const populated = concatRuns([...present.values()]); // the regions are in address order, disjoint
       const parentRegions = runsOf(this.#chain.tip.regions.filter((g) => !g.relocatable));
       changed = unionRuns(changed, subtractRuns(chainData, populated)); // released since: holes now
-      changed = unionRuns(changed, subtractRuns(runsOf(kept.map((d) => d.region)), parentRegions)); // new
+      changed = unionRuns(changed, subtractRuns(runsOf(regions), parentRegions)); // new
     }
-    if (this.#track) this.#arm(pid, frozen);
+    if (this.#track && !this.info.armed) this.#arm(pid, frozen, regions);
     const plans: RegionPlan[] = [];
+    let c = 0; // cursor into `changed` (the kept regions are in address order)
     for (const d of kept) {
       const g = d.region, runs = present.get(g)!;
-      const covered = changed
-        ? intersectRuns(changed, BigUint64Array.of(g.start, g.end))
-        : BigUint64Array.of(g.start, g.end);
       const pieces: RegionPlan["pieces"] = [];
-      let bytes = 0;
-      for (let i = 0; i < covered.length; i += 2) {
-        const inside = intersectRuns(runs, covered.subarray(i, i + 2));
-        for (let k = 0; k < inside.length; k += 2) bytes += Number(inside[k + 1] - inside[k]);
-        pieces.push({ start: covered[i], end: covered[i + 1], runs: inside });
-        this.info.changedBytes += Number(covered[i + 1] - covered[i]);
+      let bytes = 0, r = 0;
+      const piece = (s: bigint, e: bigint) => {
+        // The populated runs inside [s, e): a slice of `runs`, its ends clipped.
+        while (r < runs.length && runs[r + 1] <= s) r += 2;
+        let k = r;
+        while (k < runs.length && runs[k] < e) k += 2;
+        const inside = runs.slice(r, k);
+        if (inside.length) {
+          if (inside[0] < s) inside[0] = s;
+          if (inside[inside.length - 1] > e) inside[inside.length - 1] = e;
+        }
+        for (let i = 0; i < inside.length; i += 2) bytes += Number(inside[i + 1] - inside[i]);
+        pieces.push({ start: s, end: e, runs: inside });
+        this.info.changedBytes += Number(e - s);
+      };
+      if (!changed) piece(g.start, g.end);
+      else {
+        while (c < changed.length && changed[c + 1] <= g.start) c += 2;
+        for (let k = c; k < changed.length && changed[k] < g.end; k += 2) {
+          piece(changed[k] > g.start ? changed[k] : g.start, changed[k + 1] < g.end ? changed[k + 1] : g.end);
+        }
       }
       plans.push({ region: g, pieces, bytes });
     }
@@ -183,8 +206,18 @@ export class IncrementalPlan implements Disposable {
     return found;
   }
 
-  /** Arm the tracking at this checkpoint under a new token (the marker first: a failure leaves no stale one). */
-  #arm(pid: number, frozen: Frozen): void {
+  /** Record a new arming of the tracking held (its token in the marker, for the image's `tracking` section). */
+  #newArming(pid: number): boolean {
+    this.#mark = { fd: this.#tracking!.targetFd, token: crypto.randomUUID() };
+    writeTrackingMark(pid, this.#mark);
+    return true;
+  }
+
+  /**
+   * Arm the tracking at this checkpoint under a new token: the one the process holds (the marker written
+   * first, so a failure leaves no stale token), or a new one (any old marker removed first).
+   */
+  #arm(pid: number, frozen: Frozen, regions: readonly Region[]): void {
     const unavailable = trackingUnavailable();
     if (unavailable) {
       this.info.reason ??= unavailable;
@@ -192,13 +225,14 @@ export class IncrementalPlan implements Disposable {
     }
     if (!this.#tracking) {
       const mark = readTrackingMark(pid);
-      this.#tracking = mark && isUserfaultfd(pid, mark.fd)
-        ? adoptTracking(pid, mark.fd)
-        : trackProcess(pid, { keepInTarget: true, frozen });
+      if (mark && isUserfaultfd(pid, mark.fd)) this.#tracking = adoptTracking(pid, mark.fd);
+      else {
+        removeTrackingMark(pid); // its descriptor number may be the new userfaultfd's
+        this.#tracking = trackProcess(pid, { keepInTarget: true, frozen });
+      }
     }
-    this.#mark = { fd: this.#tracking.targetFd, token: crypto.randomUUID() };
-    writeTrackingMark(pid, this.#mark);
-    this.#tracking.arm();
+    this.#newArming(pid);
+    this.#tracking.arm(regions);
     this.info.armed = true;
   }
 
@@ -255,51 +289,6 @@ export class IncrementalPlan implements Disposable {
     return out.finish();
   }
 
-  /**
-   * Copy the data the plan stores out of the frozen target into memory, so that the target can be thawed
-   * before the image is written (an incremental image's scattered runs, packed into shared frames, need not
-   * be written while the target waits). Not done above `limit` bytes (then the checkpoint stores while
-   * the target is frozen, as a full one does).
-   *
-   * @param pid The frozen target.
-   * @param plans The plan.
-   * @param limit Most bytes copied (default 256 MiB).
-   * @returns A memory source holding the copy (valid while this plan is open), or undefined.
-   */
-  capture(pid: number, plans: readonly RegionPlan[], limit = 256 << 20): MemorySource | undefined {
-    const total = plans.reduce((n, p) => n + p.bytes, 0);
-    if (total > limit || total === 0) return undefined;
-    const buf = new Uint8Array(total);
-    this.#captured = buf;
-    const at = addrOf(Deno.UnsafePointer.of(buf));
-    const starts: bigint[] = [], ends: bigint[] = [], offs: number[] = [];
-    let off = 0;
-    for (const p of plans) {
-      for (const piece of p.pieces) {
-        for (let i = 0; i < piece.runs.length; i += 2) {
-          const len = piece.runs[i + 1] - piece.runs[i];
-          processVmRead(pid, at + BigInt(off), piece.runs[i], len);
-          starts.push(piece.runs[i]);
-          ends.push(piece.runs[i + 1]);
-          offs.push(off);
-          off += Number(len);
-        }
-      }
-    }
-    const local = (addr: bigint, len: number): bigint => {
-      let lo = 0, hi = starts.length - 1;
-      while (lo <= hi) {
-        const mid = (lo + hi) >> 1;
-        if (addr < starts[mid]) hi = mid - 1;
-        else if (addr >= ends[mid]) lo = mid + 1;
-        else if (addr + BigInt(len) <= ends[mid]) return at + BigInt(offs[mid]) + (addr - starts[mid]);
-        else break;
-      }
-      throw new RangeError(`Cannot read ${len} bytes at ${hex(addr)}: not inside one captured run`);
-    };
-    return { kind: "pid", pid, detectZeros: true, window: Infinity, direct: local, read: local };
-  }
-
   /** The sections this checkpoint adds: `parent` and `tracking`. */
   sections(): [string, Uint8Array][] {
     const s: [string, Uint8Array][] = [];
@@ -310,7 +299,6 @@ export class IncrementalPlan implements Disposable {
 
   /** Close the parent's chain and the tracking handle (the target keeps its own). Idempotent. */
   close(): void {
-    this.#captured = undefined;
     this.#chain?.close();
     this.#tracking?.close();
   }

@@ -52,6 +52,7 @@ import { isUserfaultfd } from "../kernel/uffd.ts";
 import { loadWritten } from "./restore_written.ts";
 import { openChain } from "./chain_restore.ts";
 import { imageDigest } from "../image/chain.ts";
+import type { HeldImage } from "./held_image.ts";
 
 /** Options of {@link restore}. */
 export interface RestoreOptions {
@@ -114,6 +115,12 @@ export interface RestoreOptions {
    * image once, then rolls back many times).
    */
   verified?: ImageStamp;
+  /**
+   * The image, held open and verified once ({@link HeldImage}, as `snapshot()` keeps it): used instead of
+   * opening and verifying `path` again while {@link HeldImage.stands} for it (the same file, unchanged); else
+   * ignored.
+   */
+  held?: HeldImage;
 }
 
 /** What identifies an image file's contents cheaply: device, inode, size, mtime and the footer checksum. */
@@ -181,9 +188,11 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
     if (opts.recover) throw new CryoError(`Cannot recover pid ${pid}: the interrupted restore read a stream`);
     return await restoreStream(pid, path, opts);
   }
-  using chain = await openChain(path, opts.codecs); // an incremental image: its chain, flattened
-  using loader = await MemoryLoader.open(chain.path, { codecs: opts.codecs });
-  if (!verifiedBefore(chain.path, opts.verified)) await verifyWithProgress(loader, progress);
+  const held = opts.held?.stands(path) ? opts.held : undefined; // verified once, unchanged since
+  using chain = held ? undefined : await openChain(path, opts.codecs); // an incremental image: its chain, flattened
+  using opened = chain ? await MemoryLoader.open(chain.path, { codecs: opts.codecs }) : undefined;
+  const loader = held?.loader ?? opened!;
+  if (chain && !verifiedBefore(chain.path, opts.verified)) await verifyWithProgress(loader, progress);
   requireSealed(loader.encrypted, opts.key, path);
   if (loader.encrypted) {
     // Encrypted records are authenticated and decrypted by the stream reader (the whole file first).

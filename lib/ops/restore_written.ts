@@ -20,7 +20,15 @@ import { inject } from "../kernel/inject.ts";
 import type { Frozen } from "../kernel/freeze.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
 import type { ProcessTracking } from "../kernel/tracking.ts";
-import { intersectRuns, runBytes, type Runs, runsOf, subtractRuns, unionRuns } from "../kernel/run_sets.ts";
+import {
+  concatRuns,
+  intersectRuns,
+  runBytes,
+  type Runs,
+  runsOf,
+  subtractRuns,
+  unionRuns,
+} from "../kernel/run_sets.ts";
 import { KIND } from "../image/format.ts";
 import type { MemoryLoader } from "../image/loader.ts";
 import { anonymousRange, RemoteWriter } from "../image/remote.ts";
@@ -37,6 +45,14 @@ export interface WrittenLoad {
   /** Bytes released by `MADV_DONTNEED` (populated since the image, a hole in it). */
   releasedBytes: number;
 }
+
+/** Bytes of the buffer the written pages are read into from the image. */
+const BUFFER = 8 << 20;
+/** Pieces read (and written) per batch. */
+const IOV_BATCH = 1024;
+let sharedBuffer: Uint8Array | undefined;
+/** The runs of each open image's data records. */
+const dataRuns = new WeakMap<MemoryLoader, Runs>();
 
 const isFile = (g: { inode: bigint; kind: string }) =>
   g.inode !== 0n || g.kind === "file" || g.kind === "deleted";
@@ -58,22 +74,25 @@ export async function loadWritten(
   tracking: ProcessTracking,
 ): Promise<WrittenLoad> {
   const pid = frozen.pid;
-  const regions = loader.regions.filter((g) => !g.relocatable);
+  const regions = loader.regions.filter((g) => !g.relocatable).sort((x, y) => (x.start < y.start ? -1 : 1));
   const absolute = loader.records.filter((r) => r.segment === 0);
-  const written = tracking.written({ rearm: false });
+  const written = tracking.written({ rearm: false, regions });
   const present: Runs[] = [];
   {
     using pm = Pagemap.open(pid);
     for (const g of regions) present.push(pm.runs(g.start, g.end, { anonOnly: isFile(g) }));
   }
-  let populated: Runs = new BigUint64Array(0);
-  for (const p of present) populated = unionRuns(populated, p);
-  const data = runsOf(
-    absolute.filter((r) => r.kind === KIND.DATA).map((r) => ({
-      start: r.address,
-      end: r.address + BigInt(r.length),
-    })),
-  );
+  const populated = concatRuns(present); // the image's regions are in address order, disjoint
+  let data = dataRuns.get(loader); // found once per open image (a snapshot holds its image open)
+  if (!data) {
+    data = runsOf(
+      absolute.filter((r) => r.kind === KIND.DATA).map((r) => ({
+        start: r.address,
+        end: r.address + BigInt(r.length),
+      })),
+    );
+    dataRuns.set(loader, data);
+  }
   const lost = subtractRuns(data, populated);
   const todo = intersectRuns(unionRuns(written.all, lost), runsOf(regions));
   const out: WrittenLoad = {
@@ -86,12 +105,27 @@ export async function loadWritten(
   const fileHoles: { address: bigint; length: number }[] = [];
   {
     using remote = new RemoteWriter(pid, target.journal);
+    // Raw pages are read from the image with pread (all of a batch in one helper call) into a buffer, not
+    // through a mapping of it, where each scattered page would cost a page fault; then written from there.
+    // One buffer for every rollback of this process: a new one would cost a page fault per page each time.
+    const buffer = sharedBuffer ??= new Uint8Array(BUFFER);
+    const bufferAt = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer)));
+    const ops = new BigUint64Array(3 * IOV_BATCH);
+    const writes: bigint[] = [];
+    let used = 0, n = 0;
+    const readAndWrite = () => { // the batch's reads, then its writes (queued: they go out in batches)
+      if (n === 0) return;
+      loader.readStoredMany(ops, n);
+      for (let k = 0; k < n; k++) remote.queue(writes[k], ops[3 * k], Number(ops[3 * k + 1]));
+      remote.flush();
+      used = n = 0;
+      writes.length = 0;
+    };
     let j = 0;
     for (const r of absolute) {
       const rs = r.address, re = r.address + BigInt(r.length);
       while (j < todo.length && todo[j + 1] <= rs) j += 2;
       let decoded: Uint8Array | undefined;
-      let storedAt: bigint | undefined; // the record's bytes in the mapped image, found once per record
       for (let k = j; k < todo.length && todo[k] < re; k += 2) {
         const s = todo[k] > rs ? todo[k] : rs, e = todo[k + 1] < re ? todo[k + 1] : re;
         const len = Number(e - s), off = Number(s - rs);
@@ -103,15 +137,26 @@ export async function loadWritten(
         }
         out.copiedBytes += len;
         if (r.codec === 0) {
-          storedAt ??= BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(loader.storedBytes(r))));
-          remote.queue(s, storedAt + BigInt(off), len);
+          for (let done = 0; done < len;) {
+            if (used === buffer.length || n === IOV_BATCH) readAndWrite();
+            const piece = Math.min(len - done, buffer.length - used);
+            ops[3 * n] = bufferAt + BigInt(used);
+            ops[3 * n + 1] = BigInt(piece);
+            ops[3 * n + 2] = BigInt(r.fileOffset + off + done);
+            writes.push(s + BigInt(done));
+            n++;
+            used += piece;
+            done += piece;
+          }
         } else {
           decoded ??= await loader.readRecord(r);
+          readAndWrite();
           remote.flush();
           remote.write(s, decoded.subarray(off, off + len));
         }
       }
     }
+    readAndWrite();
     remote.flush();
     if (fileHoles.length) remote.holes(fileHoles, regions);
   }
@@ -125,6 +170,6 @@ export async function loadWritten(
       out.releasedBytes += Number(len);
     }
   }
-  tracking.arm(); // the target is still frozen: nothing can write between the rollback and the arming
+  tracking.arm(regions); // the target is still frozen: nothing can write between the rollback and the arming
   return out;
 }

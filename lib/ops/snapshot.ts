@@ -6,8 +6,8 @@
  */
 
 import { checkpoint, type CheckpointOptions, type CheckpointResult } from "./checkpoint.ts";
-import { type ImageStamp, imageStamp, restore, type RestoreOptions } from "./restore.ts";
-import { MemoryLoader } from "../image/loader.ts";
+import { restore, type RestoreOptions } from "./restore.ts";
+import { HeldImage } from "./held_image.ts";
 import type { RestoreResult } from "./restore_commit.ts";
 import { trackingUnavailable } from "../kernel/tracking.ts";
 import { releaseTracking } from "./tracked.ts";
@@ -67,7 +67,7 @@ export class Snapshot implements AsyncDisposable {
   readonly taken: CheckpointResult;
   readonly #dir: string;
   readonly #untracked: string | undefined;
-  #verified: ImageStamp | undefined;
+  #held: HeldImage | undefined;
   #closed = false;
 
   private constructor(
@@ -124,15 +124,16 @@ export class Snapshot implements AsyncDisposable {
    */
   async rollback(opts: RestoreOptions = {}): Promise<RestoreResult> {
     if (this.#closed) throw new Error(`Cannot roll back pid ${this.pid}: the snapshot is closed`);
-    if (!this.#verified) {
-      // Verified once, in full; later rollbacks check that the file is still the one verified (its stamp).
-      using loader = await MemoryLoader.open(this.path, { codecs: opts.codecs });
-      await loader.verify();
-      this.#verified = imageStamp(this.path);
+    if (!this.#held?.stands(this.path)) {
+      // Verified once, in full, and held open; later rollbacks check that the held file is unchanged (its
+      // statx stamp, lib/ops/held_image.ts) and read only the pages they write back from it.
+      this.#held?.close();
+      this.#held = undefined;
+      this.#held = await HeldImage.open(this.path, opts.codecs);
     }
     const result = await restore(this.pid, this.path, {
       tracking: this.tracked ? "auto" : false,
-      verified: this.#verified,
+      held: this.#held,
       ...opts,
     });
     if (!this.tracked) result.tracking = { used: false, reason: this.#untracked };
@@ -143,6 +144,7 @@ export class Snapshot implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#held?.close();
     if (this.tracked) {
       try {
         releaseTracking(this.pid); // the target's userfaultfd closed (by an injected close), the marker removed

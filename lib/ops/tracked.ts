@@ -109,6 +109,35 @@ export function keptTracking(pid: number, opts: PolicyOptions & { frozen?: Froze
 }
 
 /**
+ * Whether `pid` holds the tracking armed when the image with the `tracking` section `section` was taken (its
+ * written bits are those since), without taking it: the marker, the token and the descriptor are checked.
+ *
+ * @param pid The process.
+ * @param section The image's `tracking` section (undefined: the image was taken without tracking).
+ * @param path The image, for messages.
+ * @returns The arming, or why there is none.
+ */
+export function trackedSince(
+  pid: number,
+  section: Uint8Array | undefined,
+  path: string,
+): { mark: TrackingMark } | { reason: string } {
+  const unavailable = trackingUnavailable();
+  if (unavailable) return { reason: unavailable };
+  if (!section) return { reason: `${path} was taken without write tracking (checkpoint --track)` };
+  const want = decodeTrackingSection(section, path);
+  const mark = readTrackingMark(pid);
+  if (!mark) return { reason: `pid ${pid} has no write tracking recorded (or it is another process now)` };
+  if (mark.fd !== want.fd || mark.token !== want.token) {
+    return { reason: `the write tracking of pid ${pid} was armed again since ${path} was taken` };
+  }
+  if (!isUserfaultfd(pid, mark.fd)) {
+    return { reason: `pid ${pid} no longer holds its tracking userfaultfd (fd ${mark.fd})` };
+  }
+  return { mark };
+}
+
+/**
  * The tracking of `pid` whose written bits are those since the image with the `tracking` section `section`
  * was taken, or why there is none (then the caller takes the full path, and says so).
  *
@@ -122,19 +151,9 @@ export function trackingSince(
   section: Uint8Array | undefined,
   path: string,
 ): { tracking: ProcessTracking; mark: TrackingMark } | { reason: string } {
-  const unavailable = trackingUnavailable();
-  if (unavailable) return { reason: unavailable };
-  if (!section) return { reason: `${path} was taken without write tracking (checkpoint --track)` };
-  const want = decodeTrackingSection(section, path);
-  const mark = readTrackingMark(pid);
-  if (!mark) return { reason: `pid ${pid} has no write tracking recorded (or it is another process now)` };
-  if (mark.fd !== want.fd || mark.token !== want.token) {
-    return { reason: `the write tracking of pid ${pid} was armed again since ${path} was taken` };
-  }
-  if (!isUserfaultfd(pid, mark.fd)) {
-    return { reason: `pid ${pid} no longer holds its tracking userfaultfd (fd ${mark.fd})` };
-  }
-  return { tracking: adoptTracking(pid, mark.fd), mark };
+  const found = trackedSince(pid, section, path);
+  if ("reason" in found) return found;
+  return { tracking: adoptTracking(pid, found.mark.fd), mark: found.mark };
 }
 
 /**

@@ -108,9 +108,11 @@ options:
                         target is stopped only to read its memory)
   --memory SIZE         buffers cryo may hold at once, whatever the process's size: BYTES, or with K, M or G
                         (default 64M, plus one chunk per codec worker; at least 4M)
-  --live                stop the process only to record its threads and write-protect its memory (a few
-                        ms), then copy its memory while it runs; a page it writes first is copied aside before
-                        the write goes through, so the image is still its memory at the freeze (docs/LIVE.md)
+  --live                stop the process only twice, briefly: to create a userfaultfd in it (its memory is
+                        then write-protected while it runs), and to record its threads and layout and protect
+                        again what it wrote meanwhile; then copy its memory while it runs; a page it writes
+                        first is copied aside before the write goes through, so the image is still its memory
+                        at the freeze (docs/LIVE.md)
   --live-neighbours N   with --live: pages copied aside per write fault (a power of two, 1-512; default 1)
   --stopped             keep the process stopped while its memory is read (the default)
   --track               arm write tracking at this checkpoint (a userfaultfd kept in PID): a later
@@ -197,6 +199,11 @@ examples:
         `  image     ${humanBytes(result.imageBytes)}` +
         (values.output === "-" ? " (streamed)\n" : ` (${humanBytes(result.allocatedBytes)} on disk)\n`) +
         `  stopped   ${humanDuration(result.stoppedMs)} (total ${humanDuration(result.totalMs)})` +
+        (result.live
+          ? ` (twice: ${humanDuration(result.live.armStoppedMs)} to arm, ${
+            humanDuration(result.live.freezeStoppedMs)
+          } at the freeze)`
+          : "") +
         (result.live
           ? `\n  live      ${result.live.earlyPages} pages copied early, ${result.live.faults} write faults ` +
             `(longest ${humanDuration(result.live.maxFaultMs)})`

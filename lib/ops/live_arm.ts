@@ -1,0 +1,238 @@
+/**
+ * The arm of a live checkpoint (lib/ops/checkpoint_live.ts), before its freeze: a short stop to create the
+ * userfaultfd inside the target, then, while the target runs, every persisted region that can be is registered
+ * in synchronous write-protect mode and protected, chunk by chunk, with the write-fault server already serving
+ * in arm mode (no runs: a write fault lifts the protection of its page at once). At the freeze,
+ * {@link rearm} registers what was born since and protects again only what the page tables say was written
+ * since: the pages the server lifted, and the pages populated after their chunk was protected (those never
+ * fault: a none pte carries no write-protect bit). The page tables are the dirty log: complete, and bounded by
+ * nothing.
+ *
+ * @module
+ */
+
+import { freeze } from "../kernel/freeze.ts";
+import type { Decision, PolicyOptions } from "../kernel/policy.ts";
+import type { SmapsRegion } from "../kernel/maps.ts";
+import { inject } from "../kernel/inject.ts";
+import { UFFDIO_REGISTER_MODE, Userfaultfd } from "../kernel/uffd.ts";
+import { WriteProtectServer } from "../kernel/wp_server.ts";
+import type { Pagemap } from "../kernel/pagemap.ts";
+import { PAGE_IS } from "../kernel/pagescan.ts";
+import type { Region } from "../kernel/region.ts";
+import type { Progress } from "./progress.ts";
+import { PAGE_SIZE } from "../../ffi/libc.ts";
+
+/** Bytes write-protected per `UFFDIO_WRITEPROTECT` while the target runs: a write never waits behind more. */
+export const ARM_CHUNK = 64n << 20n;
+
+/** Re-protected runs closer than this are protected with one call (the pages between are no-ops to it). */
+const REARM_GAP = 2n << 20n;
+
+/**
+ * Whether a region can be write-protected synchronously: private anonymous memory (the kernel refuses
+ * synchronous write-protection of file mappings, and a shared mapping's pages are also other processes').
+ *
+ * @param r The region.
+ * @returns True when it can.
+ */
+export function protectable(r: Region): boolean {
+  return !r.perms.shared && r.inode === 0n;
+}
+
+/** What {@link arm} did. */
+export interface Armed {
+  /** The userfaultfd (cryo holds its only descriptor). */
+  uffd: Userfaultfd;
+  /** The write-fault server in arm mode: stop it at the freeze, before {@link rearm}. */
+  server: WriteProtectServer;
+  /** How long the target was stopped to create the userfaultfd, in milliseconds. */
+  stoppedMs: number;
+  /** How long registering and protecting took while the target ran, in milliseconds. */
+  protectMs: number;
+  /** Bytes of the regions protected (address space, not only populated pages). */
+  protectedBytes: number;
+  /** Regions the kernel refused to register or protect (gone or changed since the layout was read). */
+  skipped: number;
+  /**
+   * The regions as the arm read them, with their smaps facts (the policy's `regionDecisions` reads smaps), for
+   * the freeze's decisions (lib/ops/early_facts.ts: `smaps` is not read again in the stop).
+   */
+  regions: SmapsRegion[];
+  /** The ranges registered (for {@link disarm}). */
+  registered: { start: bigint; end: bigint }[];
+}
+
+/** Options of {@link arm}. */
+export interface ArmOptions extends PolicyOptions {
+  /** How long the freeze may take, in milliseconds. */
+  freezeTimeoutMs?: number;
+  /** Told about the stop. */
+  progress: Progress;
+  /** Aborts between chunks. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Stop `pid` just long enough to create its userfaultfd (an injected `userfaultfd(2)`, copied here, closed in
+ * the target), thaw it, start the write-fault server in arm mode, and register and protect every persisted
+ * protectable region while it runs, {@link ARM_CHUNK} at a time. A region that changed meanwhile is skipped:
+ * the freeze's layout wins ({@link rearm}).
+ *
+ * @param pid The process.
+ * @param opts The policy, the freeze's timeout, progress and abort.
+ * @param decide The policy's decisions (read while the target runs).
+ * @returns The userfaultfd, the server and the figures; on error nothing is left protected.
+ * @throws {SystemError} When the freeze, the injection or the server fails.
+ */
+export function arm(
+  pid: number,
+  opts: ArmOptions,
+  decide: (pid: number, opts: PolicyOptions) => Decision<Region>[],
+): Armed {
+  let uffd: Userfaultfd | undefined;
+  let server: WriteProtectServer | undefined;
+  try {
+    let stoppedMs: number;
+    {
+      using frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });
+      const frozenAt = performance.now() - frozen.freezeMs;
+      opts.progress.stopped?.(true, frozenAt);
+      {
+        using inj = inject(frozen);
+        uffd = Userfaultfd.inTarget(inj, { features: 0n }); // the target's copy is closed: cryo's is the only one
+      }
+      frozen.thaw();
+      stoppedMs = performance.now() - frozenAt;
+      opts.progress.stopped?.(false);
+    }
+    // The target runs. Every write fault from here on lifts its page's protection at once; the freeze finds
+    // those pages in the page tables (not write-protected) and protects them again.
+    server = WriteProtectServer.start(uffd, pid, []);
+    const started = performance.now();
+    let protectedBytes = 0, skipped = 0;
+    const registered: { start: bigint; end: bigint }[] = [];
+    const decisions = decide(pid, opts);
+    for (const d of decisions) {
+      if (!d.persist || !protectable(d.region)) continue;
+      const { start, end } = d.region;
+      try {
+        uffd.register(start, end - start, UFFDIO_REGISTER_MODE.WP);
+        registered.push({ start, end });
+        for (let at = start; at < end; at += ARM_CHUNK) {
+          opts.signal?.throwIfAborted();
+          uffd.writeProtect(at, end - at < ARM_CHUNK ? end - at : ARM_CHUNK, true);
+        }
+        protectedBytes += Number(end - start);
+      } catch (e) {
+        if (opts.signal?.aborted) throw e;
+        skipped++; // unmapped or changed since the layout was read: the freeze registers what is there then
+      }
+    }
+    const regions = decisions.map((d) => d.region as SmapsRegion);
+    return {
+      uffd,
+      server,
+      stoppedMs,
+      protectMs: performance.now() - started,
+      protectedBytes,
+      skipped,
+      regions,
+      registered,
+    };
+  } catch (e) {
+    server?.stop();
+    uffd?.close(); // lifts every protection, wakes every waiter
+    throw e;
+  }
+}
+
+/** What {@link rearm} did for one region. */
+export interface Rearmed {
+  /** The runs of pages to persist (present or swapped at the freeze). */
+  runs: BigUint64Array;
+  /** The region cannot be protected (or registering it failed): copy its pages while the target is stopped. */
+  preload: boolean;
+  /** Pages protected again because they were written (or populated) since the arm. */
+  rearmedPages: number;
+  /** `UFFDIO_WRITEPROTECT` calls it took. */
+  calls: number;
+}
+
+/**
+ * At the freeze (the target stopped, the arm server stopped): register region `r` (again: a region registered
+ * at the arm is left as it is; one born since is registered now), read its pages to persist and those written
+ * since they were protected in one `PAGEMAP_SCAN`, and protect those again (runs closer than 2 MiB in one
+ * call). After it, every page to persist of `r` is write-protected.
+ *
+ * @param uffd The armed userfaultfd.
+ * @param pm The target's pagemap.
+ * @param d The policy's decision for the region (persisted).
+ * @returns Its runs and what was done.
+ * @throws {SystemError} When the page tables cannot be read or a re-protect fails.
+ */
+export function rearm(uffd: Userfaultfd, pm: Pagemap, d: Decision<Region>): Rearmed {
+  const { start, end } = d.region;
+  if (protectable(d.region)) {
+    let registered = true;
+    try {
+      uffd.register(start, end - start, UFFDIO_REGISTER_MODE.WP);
+    } catch {
+      registered = false; // e.g. a hugetlb or VM_DROPPABLE region: copied now instead
+    }
+    if (registered) {
+      const { all, marked } = pm.runsSplit(start, end, PAGE_IS.WRITTEN);
+      let rearmedPages = 0, calls = 0;
+      for (let i = 0; i < marked.length;) {
+        const from = marked[i];
+        let to = marked[i + 1];
+        rearmedPages += Number(to - from) / PAGE_SIZE;
+        i += 2;
+        while (i < marked.length && marked[i] - to <= REARM_GAP) {
+          rearmedPages += Number(marked[i + 1] - marked[i]) / PAGE_SIZE;
+          to = marked[i + 1];
+          i += 2;
+        }
+        uffd.writeProtect(from, to - from, true);
+        calls++;
+      }
+      return { runs: all, preload: false, rearmedPages, calls };
+    }
+  }
+  return {
+    runs: pm.runs(start, end, { anonOnly: d.pages === "anon" }),
+    preload: true,
+    rearmedPages: 0,
+    calls: 0,
+  };
+}
+
+/**
+ * Unregister `ranges` {@link ARM_CHUNK} at a time, the write-fault server still serving: each call lifts the
+ * protection left in its chunk and wakes its waiters. Closing the userfaultfd does the same for every range at
+ * once, but under the target's mmap write lock for the whole walk of its page tables, during which no thread of
+ * the target can take a page fault: hundreds of milliseconds for gigabytes, a stop in all but name. Chunk by
+ * chunk, a fault waits for one chunk at most. A range gone since is skipped (the close releases whatever is
+ * left).
+ *
+ * @param uffd The userfaultfd.
+ * @param ranges The ranges registered, in any order (overlaps allowed).
+ * @returns The calls that failed (a range unmapped or changed since).
+ */
+export function disarm(uffd: Userfaultfd, ranges: readonly { start: bigint; end: bigint }[]): number {
+  let failed = 0;
+  const sorted = [...ranges].sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  let done = 0n; // ranges overlap when a region was registered at the arm and at the freeze
+  for (const { start, end } of sorted) {
+    for (let at = start > done ? start : done; at < end; at += ARM_CHUNK) {
+      const len = end - at < ARM_CHUNK ? end - at : ARM_CHUNK;
+      try {
+        uffd.unregister(at, len);
+      } catch {
+        failed++;
+      }
+    }
+    if (end > done) done = end;
+  }
+  return failed;
+}

@@ -1,0 +1,86 @@
+// What the fast paths of issue 15 skip, and the guarantees that stand: a snapshot's image is verified in full
+// once and held open; changed since (one data byte flipped in place), it is verified again before the next
+// rollback, which is refused with nothing written. An incremental checkpoint over a parent whose tracking it
+// uses does not read the parent's data (nor verify it), but a restore of the chain verifies every image and
+// refuses a corrupted parent; without that tracking the parent is verified before the target is frozen.
+import { assert, assertEquals, assertRejects } from "./_assert.ts";
+import { PAGE_SIZE } from "../ffi/libc.ts";
+import { ImageError } from "../lib/errors.ts";
+import { checkpoint } from "../lib/ops/checkpoint.ts";
+import { restore } from "../lib/ops/restore.ts";
+import { snapshot } from "../lib/ops/snapshot.ts";
+import { removeTrackingMark } from "../lib/ops/tracked.ts";
+import { MemoryLoader } from "../lib/image/loader.ts";
+import { KIND } from "../lib/image/format.ts";
+import { Target } from "./_target.ts";
+
+const MiB = 1n << 20n;
+const P = BigInt(PAGE_SIZE);
+
+/** Flip one byte in the middle of the image's largest data record, in place (same file, same size). */
+async function corrupt(path: string): Promise<void> {
+  let at: number;
+  {
+    using l = await MemoryLoader.open(path);
+    const r =
+      l.records.filter((r) => r.kind === KIND.DATA).sort((a, b) => b.storedLength - a.storedLength)[0];
+    at = r.fileOffset + Math.floor(r.storedLength / 2);
+  }
+  using f = await Deno.open(path, { read: true, write: true });
+  const b = new Uint8Array(1);
+  await f.seek(at, Deno.SeekMode.Start);
+  await f.read(b);
+  b[0] ^= 0xff;
+  await f.seek(at, Deno.SeekMode.Start);
+  await f.write(b);
+}
+
+Deno.test("a snapshot's image changed after it was verified is verified again: the rollback is refused, nothing written", async () => {
+  await using t = Target.start();
+  const a = await t.map(8n * MiB);
+  await t.fill(a, 8n * MiB, "random", 1);
+  const at = await t.sum(a, 8n * MiB);
+  await using snap = await snapshot(t.pid, { settleMs: 50 });
+  await t.cmd(`writepages 0x${a.toString(16)} ${8n * MiB} 40 2`);
+  assertEquals((await snap.rollback()).tracking?.used, true);
+  assertEquals(await t.sum(a, 8n * MiB), at);
+  // Held open and unchanged: the next rollbacks use it as verified.
+  await t.cmd(`writepages 0x${a.toString(16)} ${8n * MiB} 40 3`);
+  await snap.rollback();
+  assertEquals(await t.sum(a, 8n * MiB), at);
+  await corrupt(snap.path);
+  await t.cmd(`writepages 0x${a.toString(16)} ${8n * MiB} 40 4`);
+  const scribbled = await t.sum(a, 8n * MiB);
+  const e = await assertRejects(() => snap.rollback(), ImageError);
+  assert(e.message.includes("checksum"), e.message);
+  assertEquals(await t.sum(a, 8n * MiB), scribbled, "nothing was written");
+});
+
+Deno.test("an incremental checkpoint over a tracked parent does not read its data; the chain's restore refuses a corrupted parent", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cryo-verified-" });
+  await using t = Target.start();
+  try {
+    const a = await t.map(8n * MiB);
+    await t.fill(a, 8n * MiB, "random", 1);
+    await checkpoint(t.pid, `${dir}/base.cryo`, { fsync: false, track: true });
+    await corrupt(`${dir}/base.cryo`);
+    await t.fill(a, P, "random", 2);
+    const tip = await checkpoint(t.pid, `${dir}/tip.cryo`, { fsync: false, parent: `${dir}/base.cryo` });
+    assertEquals(tip.incremental?.tracked, true, tip.incremental?.reason);
+    await t.fill(a + P, P, "random", 3);
+    const sum = await t.sum(a, 8n * MiB);
+    const e = await assertRejects(() => restore(t.pid, `${dir}/tip.cryo`), ImageError);
+    assert(e.message.includes("base.cryo") && e.message.includes("checksum"), e.message);
+    assertEquals(await t.sum(a, 8n * MiB), sum, "nothing was written");
+    // Without the tracking armed at the parent, its data is compared: it is verified first, and refused.
+    removeTrackingMark(t.pid);
+    const untracked = await assertRejects(
+      () => checkpoint(t.pid, `${dir}/tip2.cryo`, { fsync: false, parent: `${dir}/base.cryo` }),
+      ImageError,
+    );
+    assert(untracked.message.includes("checksum"), untracked.message);
+  } finally {
+    removeTrackingMark(t.pid);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
