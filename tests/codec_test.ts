@@ -207,6 +207,11 @@ Deno.test("a compressed checkpoint of memory that does not compress keeps its ra
       const codec = parseCodec("zstd:1");
       await checkpoint(target.pid, `${dir}/raw.cryo`, { fsync: false });
       const r = await checkpoint(target.pid, `${dir}/z.cryo`, { codec });
+      assertEquals(
+        r.storedRaw ?? false,
+        !compressed,
+        `${kind}: the result says whether the raw image was kept`,
+      );
       {
         using l = await MemoryLoader.open(`${dir}/z.cryo`, { codecs: [codec] });
         await l.verify();

@@ -123,6 +123,11 @@ export interface CheckpointResult extends TakenFigures {
   incremental?: IncrementalInfo;
   /** With `live`: pages copied early because of a write, the faults served, what was protected. */
   live?: LiveStats;
+  /**
+   * With a `codec`: `true` when a sample of the memory did not compress (the codec would have stored every chunk
+   * raw), so the raw image was named as the image instead of being written again; its records are uncompressed.
+   */
+  storedRaw?: boolean;
 }
 
 /** The persistable regions of `pid` with the policy's decisions (for `cryo regions` and checkpoint). */
@@ -167,6 +172,7 @@ export async function checkpoint(
     const rawOpts = { ...opts, codec: undefined, sealer: undefined, fsync: false };
     const taken = await persistPid(pid, { fd }, rawOpts);
     let summary: ImageSummary;
+    let storedRaw = false;
     try {
       opts.signal?.throwIfAborted();
       const encodeStarted = performance.now();
@@ -175,6 +181,7 @@ export async function checkpoint(
       const asIs = !opts.sealer && path !== "-" && !opts.parent && !opts.track && !opts.live &&
         opts.keepFrozen !== true && await incompressible(rawPath, opts.codec!) &&
         nameRawImage(fd, path, opts.fsync ?? true);
+      storedRaw = asIs;
       summary = asIs
         ? { path, fileSize: taken.imageBytes, records: taken.records } as ImageSummary
         : await transcode(rawPath, path, opts);
@@ -190,6 +197,7 @@ export async function checkpoint(
       imageBytes: summary.fileSize,
       allocatedBytes: allocatedBytes(path),
       totalMs: performance.now() - started,
+      ...(storedRaw ? { storedRaw } : {}),
     };
   } finally {
     close(fd);

@@ -208,6 +208,10 @@ examples:
           ? `\n  live      ${result.live.earlyPages} pages copied early, ${result.live.faults} write faults ` +
             `(longest ${humanDuration(result.live.maxFaultMs)})`
           : "") +
+        (result.storedRaw
+          ? `\n  codec     none: a sample of the memory did not compress (${values.compress} would have stored ` +
+            `every chunk raw)`
+          : "") +
         incrementalLines(result.incremental),
     );
     return 0;
