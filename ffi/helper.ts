@@ -13,7 +13,7 @@ import { buf, int, long, ptr, size_t, uint } from "./types.ts";
 import { cachedHelper, HELPER_FILE } from "./helper_build.ts";
 
 /** The ABI version this TypeScript expects; must equal `CRYO_HELPER_ABI` in ffi/helper/helper.h. */
-export const HELPER_ABI = 6;
+export const HELPER_ABI = 7;
 
 const symbols = {
   // int cryo_helper_abi(void);
@@ -68,6 +68,14 @@ const symbols = {
   //                     size_t max_runs);  (which pages of a batch of writes would change anything: runs of
   //                     (index, offset, length, old bytes all zero))
   cryo_diff_runs: { parameters: [buf, size_t, ptr, size_t, buf, size_t], result: long },
+  // long cryo_save_write(int pid, const uint64_t *liov, const uint64_t *riov, size_t n, unsigned char *old,
+  //                      size_t old_cap, size_t page, uint64_t *runs, size_t max_runs, uint64_t *out);
+  //   (a batch of writes: the old bytes read, the differing runs kept (as cryo_diff_runs) and written;
+  //   out = bytes written, old bytes kept; -EAGAIN: unreadable, nothing written)
+  cryo_save_write: {
+    parameters: [int, buf, buf, size_t, ptr, size_t, size_t, buf, size_t, buf],
+    result: long,
+  },
   // long cryo_pread_many(int fd, const uint64_t *ops, size_t n, uint64_t *failed);
   //   (triples: local address, length, file offset; -errno with *failed the piece's index)
   cryo_pread_many: { parameters: [int, buf, size_t, buf], result: long },

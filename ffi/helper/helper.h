@@ -24,7 +24,7 @@
 
 // The version of the exported interface. Bump it (and HELPER_ABI in ffi/helper.ts) whenever a function is
 // added, removed or changes its prototype or meaning: ffi/helper.ts refuses a helper built from another version.
-#define CRYO_HELPER_ABI 6
+#define CRYO_HELPER_ABI 7
 
 // ---- abi.c ----
 int cryo_helper_abi(void);
@@ -60,6 +60,14 @@ long cryo_live_stop(void *server, uint64_t *out);
 long cryo_live_gather(void *server, int pid, unsigned char *local, size_t capacity, const uint64_t *runs,
                       size_t nruns, uint64_t *cursor, size_t page, int detect, size_t max_piece, uint64_t *pieces,
                       uint64_t *sums, size_t max_pieces, uint64_t *npieces);
+
+// ---- diff.c ----
+long cryo_diff_runs(const uint64_t *liov, size_t n, unsigned char *old, size_t page, uint64_t *runs,
+                    size_t max_runs);
+
+// ---- save_write.c ----
+long cryo_save_write(int pid, const uint64_t *liov, const uint64_t *riov, size_t n, unsigned char *old,
+                     size_t old_cap, size_t page, uint64_t *runs, size_t max_runs, uint64_t *out);
 
 // ---- pread.c ----
 long cryo_pread_many(int fd, const uint64_t *ops, size_t n, uint64_t *failed);

@@ -249,7 +249,8 @@ export class RemoteWriter implements Disposable {
 
   #flush(count: number): void {
     let liov = this.#liov, riov = this.#riov;
-    if (count && this.journal) ({ liov, riov, count } = this.journal.saveChanged(liov, riov, count));
+    // Journaled and written in the helper, a batch a call; what it could not write is written below.
+    if (count && this.journal) ({ liov, riov, count } = this.journal.saveAndWrite(liov, riov, count));
     for (let i = 0; i < count;) {
       const n = BigInt(Math.min(count - i, IOV_BATCH));
       let got = libc.process_vm_writev(

@@ -52,6 +52,25 @@ interface Entry {
   zero?: boolean;
 }
 
+/**
+ * A batch written by {@link RestoreJournal.saveAndWrite}: its runs as `cryo_diff_runs` found them (range index,
+ * offset, length, old bytes all zero), the batch's remote iovecs, and the data runs' old bytes packed in `mem`
+ * from `at` (kept in memory: no copy into the journal file).
+ */
+interface MemEntry {
+  runs: BigUint64Array;
+  riov: BigUint64Array;
+  mem: Uint8Array<ArrayBuffer>;
+  at: number;
+}
+
+/** Bytes of a chunk of old bytes kept in memory. */
+const CHUNK = 16 << 20;
+/** Chunks a journal may keep in memory (the rest goes to its file). */
+const MEMORY_CHUNKS = 2;
+/** Chunks given back by closed journals, for the next (a snapshot's rollbacks would fault them in each time). */
+const chunkPool: Uint8Array<ArrayBuffer>[] = [];
+
 /** A change other than a write (a mapping, a protection, the break), with its undo. */
 interface Undo {
   what: string;
@@ -79,7 +98,10 @@ export class RestoreJournal implements Disposable {
   readonly #fds: number[] = [];
   #mem = -1;
   #size = 0;
-  readonly #entries: (Entry | Undo)[] = [];
+  readonly #entries: (Entry | Undo | MemEntry)[] = [];
+  readonly #chunks: Uint8Array<ArrayBuffer>[] = [];
+  #chunkAt = CHUNK;
+  #result = new BigUint64Array(2);
   readonly #registers = new Map<number, Registers>();
   readonly #actions: (() => void)[] = [];
   #bounce: Uint8Array<ArrayBuffer> | undefined;
@@ -271,6 +293,104 @@ export class RestoreJournal implements Disposable {
     return out;
   }
 
+  /**
+   * Save what a batch of writes would overwrite and write the pages that change, in one helper call per batch
+   * of up to 1024 writes (`cryo_save_write`): the target's bytes under the batch are read, compared page by
+   * page, and only the differing pages are kept (in memory, up to {@link MEMORY_CHUNKS} chunks; then in the
+   * journal file, {@link saveChanged}) and written. A batch the helper cannot read or write in full goes
+   * through the slow path: its writes are returned.
+   *
+   * @param liov Local iovecs (the new bytes).
+   * @param riov Remote iovecs (where they go).
+   * @param count Pairs.
+   * @returns The writes still to do (journaled already): those the helper could not do.
+   */
+  saveAndWrite(liov: BigUint64Array, riov: BigUint64Array, count: number): IovBatch {
+    const left: IovBatch = { liov: new BigUint64Array(0), riov: new BigUint64Array(0), count: 0 };
+    const keep = (b: IovBatch) => {
+      if (!b.count) return;
+      const l = new BigUint64Array(2 * (left.count + b.count)), r = new BigUint64Array(l.length);
+      l.set(left.liov.subarray(0, 2 * left.count));
+      r.set(left.riov.subarray(0, 2 * left.count));
+      l.set(b.liov.subarray(0, 2 * b.count), 2 * left.count);
+      r.set(b.riov.subarray(0, 2 * b.count), 2 * left.count);
+      left.liov = l, left.riov = r, left.count += b.count;
+    };
+    let i = 0;
+    while (i < count) {
+      let n = 0, used = 0;
+      while (i + n < count && n < 1024) {
+        const len = Number(riov[2 * (i + n) + 1]);
+        if (used + len > CHUNK) break;
+        used += len;
+        n++;
+      }
+      const batchL = liov.subarray(2 * i, 2 * (i + n)), batchR = riov.subarray(2 * i, 2 * (i + n));
+      const mem = n === 0 ? undefined : this.#room(used);
+      if (!mem) { // one range larger than a chunk, or the memory allowed is used: the journal file
+        const m = Math.max(n, 1);
+        keep(this.saveChanged(liov.subarray(2 * i, 2 * (i + m)), riov.subarray(2 * i, 2 * (i + m)), m));
+        i += m;
+        continue;
+      }
+      const runs = this.#runs(n, used);
+      const at = this.#chunkAt;
+      const found = Number(
+        helper().cryo_save_write(
+          this.pid,
+          batchL,
+          batchR,
+          BigInt(n),
+          ptrOf(BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(mem))) + BigInt(at)),
+          BigInt(CHUNK - at),
+          BigInt(PAGE_SIZE),
+          runs,
+          BigInt(runs.length / 4),
+          this.#result,
+        ),
+      );
+      if (found === -11 /* EAGAIN: not all readable, nothing written */) {
+        keep(this.saveChanged(batchL, batchR, n));
+        i += n;
+        continue;
+      }
+      if (found < 0) throw systemError("cryo_save_write", -found, `pid ${this.pid}`);
+      const kept = Number(this.#result[1]);
+      let written = this.#result[0];
+      if (found > 0) {
+        this.#entries.push({ runs: runs.slice(0, 4 * found), riov: batchR.slice(), mem, at });
+        this.#chunkAt += kept;
+        this.#size += kept;
+      }
+      for (let k = 0; k < found; k++) { // what the helper did not write (a page the process cannot write)
+        const idx = Number(runs[4 * k]), off = runs[4 * k + 1], len = runs[4 * k + 2];
+        if (written >= len) {
+          written -= len;
+          continue;
+        }
+        const from = off + written;
+        keep({
+          liov: new BigUint64Array([batchL[2 * idx] + from, len - written]),
+          riov: new BigUint64Array([batchR[2 * idx] + from, len - written]),
+          count: 1,
+        });
+        written = 0n;
+      }
+      i += n;
+    }
+    return left;
+  }
+
+  /** A chunk with `bytes` free from {@link #chunkAt} (a new one when the last is full), or none. */
+  #room(bytes: number): Uint8Array<ArrayBuffer> | undefined {
+    if (bytes > CHUNK) return undefined;
+    if (this.#chunks.length && CHUNK - this.#chunkAt >= bytes) return this.#chunks[this.#chunks.length - 1];
+    if (this.#chunks.length >= MEMORY_CHUNKS) return undefined;
+    this.#chunks.push(chunkPool.pop() ?? new Uint8Array(CHUNK));
+    this.#chunkAt = 0;
+    return this.#chunks[this.#chunks.length - 1];
+  }
+
   #runsBuf = new BigUint64Array(0);
 
   /** Room for the runs of a batch of `n` ranges and `bytes` bytes (at most one run per page, plus one each). */
@@ -335,6 +455,21 @@ export class RestoreJournal implements Disposable {
           e.undo();
         } catch (err) {
           throw new Error(`Cannot undo "${e.what}": ${(err as Error).message}`, { cause: err });
+        }
+        continue;
+      }
+      if ("mem" in e) {
+        let at = e.at;
+        const base = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(e.mem)));
+        for (let k = 0; k < e.runs.length; k += 4) {
+          const idx = Number(e.runs[k]), len = Number(e.runs[k + 2]);
+          const addr = e.riov[2 * idx] + e.runs[k + 1];
+          if (e.runs[k + 3]) this.#writeZeros(addr, len);
+          else {
+            this.#writeTarget(addr, base + BigInt(at), len);
+            written += len;
+            at += len;
+          }
         }
         continue;
       }
@@ -444,6 +579,10 @@ export class RestoreJournal implements Disposable {
     if (this.#mem >= 0) libc.close(this.#mem);
     this.#fd = this.#mem = -1;
     this.#entries.length = 0;
+    for (const c of this.#chunks.splice(0)) { // for the next journal (a snapshot's next rollback)
+      if (chunkPool.length < MEMORY_CHUNKS) chunkPool.push(c);
+    }
+    this.#chunkAt = CHUNK;
     this.#registers.clear();
     this.#actions.length = 0;
     this.#bounce = undefined;
