@@ -3,7 +3,8 @@
  * was there is saved here, so that a restore that fails, is aborted (SIGINT, SIGTERM) or meets a register set
  * the kernel refuses can put the target back exactly as it was. Memory goes to an unlinked 0600 temporary file
  * (`O_TMPFILE`: it has no name, so nothing is left behind even if cryo is killed), read through a bounded
- * bounce buffer; registers are kept in memory.
+ * bounce buffer, except what {@link RestoreJournal.saveAndWrite} keeps in memory (up to two 16 MiB chunks);
+ * registers are kept in memory.
  *
  * @module
  */
