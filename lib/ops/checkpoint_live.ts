@@ -201,7 +201,9 @@ export async function persistLive(
     const frozenAt = performance.now() - frozen.freezeMs;
     progress.stopped?.(true, frozenAt);
     using pm = Pagemap.open(pid);
-    const decisions = decisionsWithEarlyFacts(pid, armed.regions, opts); // smaps was read at the arm
+    // smaps was read at the arm; the stacks are where the threads' registers say.
+    const sps = frozen.threads.filter((t) => t.general.length).map((t) => register(t, "rsp"));
+    const decisions = decisionsWithEarlyFacts(pid, armed.regions, opts, sps.length ? sps : undefined);
     const kept = decisions.filter((d) => d.persist);
     // Recording the threads injects system calls, which write into the target's (protected) memory: the arm
     // server must still serve those faults. The pages they touch are protected again below.
