@@ -26,6 +26,16 @@ import { PAGE_SIZE } from "../../ffi/libc.ts";
 /** Bytes write-protected per `UFFDIO_WRITEPROTECT` while the target runs: a write never waits behind more. */
 export const ARM_CHUNK = 64n << 20n;
 
+/**
+ * A region with no more than this resident (smaps `Rss`, read at the arm) is registered but not protected at the
+ * arm while the arm's small regions fit in half of {@link HOT_PAGES}: the threads' stacks and the variables the
+ * target updates in a loop live in such regions, and each write there after the arm's protection would wait for
+ * the arm server (a wake-up, a few milliseconds on a loaded machine: a gap in the target's running that is not
+ * cryo's stop). Unprotected, its populated pages carry no write-protect bit at the freeze, which reads them as
+ * written: {@link rearm} copies them aside (hot pages) or protects them, as for a page written after the arm.
+ */
+export const ARM_SMALL = 64 * 1024;
+
 /** Re-protected runs closer than this are protected with one call (the pages between are no-ops to it). */
 const REARM_GAP = 2n << 20n;
 
@@ -126,15 +136,20 @@ export function arm(
     // those pages in the page tables (not write-protected) and protects them again.
     server = WriteProtectServer.start(uffd, pid, []);
     const started = performance.now();
-    let protectedBytes = 0, skipped = 0;
+    let protectedBytes = 0, skipped = 0, small = HOT_PAGES * PAGE_SIZE / 2;
     const registered: { start: bigint; end: bigint }[] = [];
     const decisions = decide(pid, opts);
     for (const d of decisions) {
       if (!d.persist || !protectable(d.region)) continue;
       const { start, end } = d.region;
+      const rss = (d.region as Partial<SmapsRegion>).rss;
       try {
         uffd.register(start, end - start, UFFDIO_REGISTER_MODE.WP);
         registered.push({ start, end });
+        if (rss !== undefined && rss <= ARM_SMALL && rss <= small) {
+          small -= rss; // left unprotected: the freeze takes its pages as written since the arm
+          continue;
+        }
         for (let at = start; at < end; at += ARM_CHUNK) {
           opts.signal?.throwIfAborted();
           uffd.writeProtect(at, end - at < ARM_CHUNK ? end - at : ARM_CHUNK, true);
