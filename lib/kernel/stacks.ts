@@ -102,3 +102,20 @@ export function markStacks<R extends Region>(regions: readonly R[], stacks: read
   const starts = new Set(stacks.map((s) => s.region.start));
   return regions.map((r) => (starts.has(r.start) && r.kind === "anonymous" ? { ...r, kind: "stack" } : r));
 }
+
+/**
+ * {@link markStacks} from the threads' stack pointers as a freeze read them (their registers), with no read of
+ * `/proc/<pid>/task` (two files per thread, in a live checkpoint's stop).
+ *
+ * @param regions The regions, sorted by address.
+ * @param sps Each thread's stack pointer.
+ * @returns The regions, those holding a stack pointer with kind `stack` when anonymous.
+ */
+export function markStacksAt<R extends Region>(regions: readonly R[], sps: readonly bigint[]): R[] {
+  const starts = new Set<bigint>();
+  for (const sp of sps) {
+    const r = regionAt(regions, sp);
+    if (r) starts.add(r.start);
+  }
+  return regions.map((r) => (starts.has(r.start) && r.kind === "anonymous" ? { ...r, kind: "stack" } : r));
+}

@@ -35,11 +35,13 @@ export interface LiveRun {
  * of thousands of runs, and this is built while the target is stopped).
  *
  * @param groups Each region's runs (sorted, disjoint, page aligned; groups in address order) and whether they are
- *   copied aside at the start.
+ *   copied aside at the start: all of them (`preload`), or those whose `hot` flag (one per run) is 1.
  * @returns The table.
  * @throws {RangeError} When a run is misaligned, empty or out of order.
  */
-export function liveRunTable(groups: readonly { runs: BigUint64Array; preload: boolean }[]): BigUint64Array {
+export function liveRunTable(
+  groups: readonly { runs: BigUint64Array; preload: boolean; hot?: Uint8Array }[],
+): BigUint64Array {
   let n = 0;
   for (const g of groups) n += g.runs.length / 2;
   const table = new BigUint64Array(3 * n);
@@ -61,7 +63,7 @@ export function liveRunTable(groups: readonly { runs: BigUint64Array; preload: b
       out[6 * k + 1] = w[2 * i + 1];
       out[6 * k + 2] = len % two32;
       out[6 * k + 3] = Math.floor(len / two32);
-      out[6 * k + 4] = g.preload ? 1 : 0;
+      out[6 * k + 4] = g.preload || g.hot?.[i / 2] ? 1 : 0;
       out[6 * k + 5] = 0;
       k++;
     }

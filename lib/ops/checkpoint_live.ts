@@ -32,7 +32,7 @@ import { liveSource } from "../image/sources.ts";
 import { budgetShares } from "../image/budget.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
 import { failure, processSections, type TakenFigures, takenFigures } from "./checkpoint_record.ts";
-import { arm, type Armed, disarm, rearm } from "./live_arm.ts";
+import { arm, type Armed, disarm, HOT_PAGES, rearm } from "./live_arm.ts";
 import { decisionsWithEarlyFacts } from "./early_facts.ts";
 
 /** Options of a live checkpoint (a subset of `CheckpointOptions`). */
@@ -75,7 +75,7 @@ export interface LiveStats {
   maxFaultMs: number;
   /** Bytes of the regions write-protected while the target ran (address space: populated or not). */
   protectedBytes: number;
-  /** Bytes copied aside while the target was stopped (regions that cannot be write-protected). */
+  /** Bytes copied aside while the target was stopped (regions that cannot be write-protected, hot pages). */
   copiedStoppedBytes: number;
   /** The first stop (creating the userfaultfd in the target), freeze to thaw, in milliseconds. */
   armStoppedMs: number;
@@ -87,6 +87,11 @@ export interface LiveStats {
   armFaults: number;
   /** Pages protected again at the freeze: written, or populated, since they were protected at the arm. */
   rearmedPages: number;
+  /**
+   * Pages written since the arm that the freeze copied aside instead of protecting again (the target's hot pages,
+   * up to 1 MiB: lib/ops/live_arm.ts `HOT_PAGES`); they are part of {@link copiedStoppedBytes}.
+   */
+  hotPages: number;
   /** How long registering and protecting again took at the freeze (part of the second stop), in ms. */
   rearmMs: number;
   /**
@@ -196,7 +201,9 @@ export async function persistLive(
     const frozenAt = performance.now() - frozen.freezeMs;
     progress.stopped?.(true, frozenAt);
     using pm = Pagemap.open(pid);
-    const decisions = decisionsWithEarlyFacts(pid, armed.regions, opts); // smaps was read at the arm
+    // smaps was read at the arm; the stacks are where the threads' registers say.
+    const sps = frozen.threads.filter((t) => t.general.length).map((t) => register(t, "rsp"));
+    const decisions = decisionsWithEarlyFacts(pid, armed.regions, opts, sps.length ? sps : undefined);
     const kept = decisions.filter((d) => d.persist);
     // Recording the threads injects system calls, which write into the target's (protected) memory: the arm
     // server must still serve those faults. The pages they touch are protected again below.
@@ -206,14 +213,17 @@ export async function persistLive(
     const recorded = performance.now();
     const armStats = armed.server.stop(); // joined: nothing lifts a protection from here until the thaw
     const rearmStarted = performance.now();
-    const plans = kept.map((d) => ({ region: d.region, bytes: 0, ...rearm(uffd, pm, d) }));
+    const budget = { pages: HOT_PAGES }; // the hot pages, written since the arm: copied aside, not protected
+    const plans = kept.map((d) => ({ region: d.region, bytes: 0, ...rearm(uffd, pm, d, budget) }));
     const rearmMs = performance.now() - rearmStarted;
-    let copiedStoppedBytes = 0, rearmedPages = 0;
+    let copiedStoppedBytes = 0, rearmedPages = 0, hotPages = 0;
     for (const p of plans) {
       p.bytes = runBytes(p.runs);
       if (p.preload) copiedStoppedBytes += p.bytes;
       rearmedPages += p.rearmedPages;
+      hotPages += p.hotPages;
     }
+    copiedStoppedBytes += hotPages * PAGE_SIZE;
     const runs = liveRunTable(plans);
     const serverStarted = performance.now();
     server = WriteProtectServer.start(uffd, pid, runs, { neighbours: opts.liveNeighbours });
@@ -281,6 +291,7 @@ export async function persistLive(
         protectMs: armed.protectMs,
         armFaults: armStats.outsideFaults,
         rearmedPages,
+        hotPages,
         rearmMs,
         freezeParts,
         copyMs,

@@ -17,7 +17,7 @@ import { readRegions, type SmapsRegion } from "../kernel/maps.ts";
 import { classify, type Decision, type PolicyOptions } from "../kernel/policy.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
 import { permsString, type Region } from "../kernel/region.ts";
-import { markStacks, threadStacks } from "../kernel/stacks.ts";
+import { markStacks, markStacksAt, threadStacks } from "../kernel/stacks.ts";
 
 /** The policy's reason for a private file mapping kept by default (lib/kernel/policy.ts). */
 const FILE_KEPT = "private file mapping: its private dirty pages";
@@ -41,22 +41,26 @@ export function readEarlyFacts(pid: number): SmapsRegion[] {
  * @param pid The frozen process.
  * @param early Its regions from {@link readEarlyFacts}.
  * @param opts The policy's options.
+ * @param sps The threads' stack pointers, when the freeze read their registers: the stacks are found from them
+ *   rather than from `/proc/<pid>/task` (two reads per thread).
  * @returns One decision per region, as `regionDecisions` gives them.
  */
 export function decisionsWithEarlyFacts(
   pid: number,
   early: readonly SmapsRegion[],
   opts: PolicyOptions = {},
+  sps?: readonly bigint[],
 ): Decision<Region>[] {
   const before = new Map(early.map((r) => [lineOf(r), r]));
   const now = readRegions(pid);
   if (now.some((r) => !before.has(lineOf(r)))) {
     const regions = readRegions(pid, { smaps: true }); // the layout changed in between: read it frozen
-    return classify(markStacks(regions, threadStacks(pid, regions)), opts);
+    return classify(sps ? markStacksAt(regions, sps) : markStacks(regions, threadStacks(pid, regions)), opts);
   }
   // VmFlags only: with them the policy applies its flag rules, and keeps every private file mapping.
   const regions = now.map((r) => ({ ...r, vmFlags: before.get(lineOf(r))!.vmFlags }));
-  const decisions: Decision<Region>[] = classify(markStacks(regions, threadStacks(pid, regions)), opts);
+  const marked = sps ? markStacksAt(regions, sps) : markStacks(regions, threadStacks(pid, regions));
+  const decisions: Decision<Region>[] = classify(marked, opts);
   using pm = Pagemap.open(pid);
   return decisions.map((d) => {
     if (!d.persist || d.reason !== FILE_KEPT) return d;
