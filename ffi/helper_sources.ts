@@ -19,6 +19,7 @@ import live_c from "./helper/live.c" with { type: "text" };
 import pread_c from "./helper/pread.c" with { type: "text" };
 import rseq_c from "./helper/rseq.c" with { type: "text" };
 import safepoint_c from "./helper/safepoint.c" with { type: "text" };
+import save_write_c from "./helper/save_write.c" with { type: "text" };
 
 /** The helper's source files by name (`freeze.c`, `helper.h`, …), sorted by name. */
 export const HELPER_SOURCES: Readonly<Record<string, string>> = {
@@ -35,4 +36,5 @@ export const HELPER_SOURCES: Readonly<Record<string, string>> = {
   "pread.c": pread_c,
   "rseq.c": rseq_c,
   "safepoint.c": safepoint_c,
+  "save_write.c": save_write_c,
 };
