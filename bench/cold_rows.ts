@@ -143,32 +143,34 @@ export function rowsOf(
       baselineSamples: resident,
     });
   }
-  if (s["sealed.ms"]) {
-    const egroup = `cold checkpoint ${w.label}, encrypted (--key-file)`;
+  // A mode measured like the raw checkpoint or the restore: its time against a baseline, its stop, its memory.
+  const modeRows = (key: string, group: string, name: string, baseline: string, baselineKey: string) => {
+    if (!s[`${key}.ms`]) return;
     rows.push({
-      group: egroup,
-      name: "cryo CLI: checkpoint time",
-      samples: s["sealed.ms"],
+      group,
+      name: `cryo CLI: ${name}`,
+      samples: s[`${key}.ms`],
       unit: "ms",
-      baseline: "cryo CLI raw",
-      baselineSamples: s["cryo.ms"],
+      baseline,
+      baselineSamples: s[baselineKey],
     });
-    rows.push({ group: egroup, name: "cryo CLI: stop window", samples: s["sealed.stop"], unit: "ms" });
-    rows.push(rssRow(egroup, "cryo CLI: peak RSS", s["sealed.rss"], size));
-  }
-  if (s["stream.ms"]) {
-    const sgroup = `cold restore ${w.label}, streamed on stdin (restore -)`;
-    rows.push({
-      group: sgroup,
-      name: "cryo CLI: restore time, every page changed",
-      samples: s["stream.ms"],
-      unit: "ms",
-      baseline: "restore from the file",
-      baselineSamples: s["restore.ms"],
-    });
-    rows.push({ group: sgroup, name: "cryo CLI: stop window", samples: s["stream.stop"], unit: "ms" });
-    rows.push(rssRow(sgroup, "cryo CLI: peak RSS", s["stream.rss"], size));
-  }
+    rows.push({ group, name: "cryo CLI: stop window", samples: s[`${key}.stop`], unit: "ms" });
+    rows.push(rssRow(group, "cryo CLI: peak RSS", s[`${key}.rss`], size));
+  };
+  modeRows(
+    "sealed",
+    `cold checkpoint ${w.label}, encrypted (--key-file)`,
+    "checkpoint time",
+    "cryo CLI raw",
+    "cryo.ms",
+  );
+  modeRows(
+    "stream",
+    `cold restore ${w.label}, streamed on stdin (restore -)`,
+    "restore time, every page changed",
+    "restore from the file",
+    "restore.ms",
+  );
   if (s["restore.ms"]) {
     const rgroup = `cold restore ${w.label}`;
     rows.push({
