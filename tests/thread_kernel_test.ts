@@ -69,3 +69,26 @@ Deno.test("decodeThreads() reads a version 1 section (no per-thread kernel state
   assertEquals(decodeThreads(v1)[0].kernel, undefined);
   assertEquals(decodeThreads(v1)[0].tid, 7);
 });
+
+Deno.test("restore() ends a thread born since without clearing the tid word of the thread whose descriptor it reuses", async () => {
+  // glibc gives a new thread the descriptor and stack of a thread joined before. Rolled back, that memory is the
+  // old thread's again (created again by the restore, running), while the new thread still has the kernel clear
+  // that descriptor's tid word when it exits: ending it that way told the program its old thread had ended
+  // (a Rust JoinHandle then found no result: "threads should not terminate unexpectedly").
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const idler = Number(await target.cmd("idler"));
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    await target.cmd("idlerexit");
+    assertEquals(await target.cmd("reuser"), "same", "glibc reused the joined idler's descriptor");
+    const r = await restore(target.pid, `${dir}/a.cryo`);
+    assertEquals(r.threadsRecreated, [idler]);
+    assertEquals(r.threadsEnded.length, 1);
+    assert(tids(target.pid).includes(idler), "the idler runs again");
+    assertEquals(await target.cmd("idlertryjoin"), "busy", "the idler's descriptor says it runs");
+    await target.cmd("idlerexit"); // it returns, and is joined
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

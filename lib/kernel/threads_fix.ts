@@ -27,6 +27,10 @@ import { applyThreadKernelState } from "./thread_kernel.ts";
 const SYS_CLONE3 = 435;
 const SYS_RSEQ = 334;
 const SYS_EXIT = 60;
+const SYS_SET_TID_ADDRESS = 218;
+const SYS_SET_ROBUST_LIST = 273;
+/** `sizeof(struct robust_list_head)`: the only length `set_robust_list` accepts. */
+const ROBUST_LIST_HEAD_SIZE = 24;
 const PR_SET_NAME = 15;
 const CLONE = {
   VM: 0x100,
@@ -220,12 +224,20 @@ export function recreateThread(
  * End a thread of the frozen target with an injected `exit(0)` on it (its stack and TLS stay mapped), and drop
  * it from the frozen set.
  *
+ * Its exit must not write into memory a restore put back: first it is told to forget its tid word
+ * (`set_tid_address(NULL)`) and its robust futex list (`set_robust_list(NULL)`). glibc gives a new thread the
+ * descriptor and stack of one joined before, so a thread born since a checkpoint often has the kernel clear, at
+ * its exit, the tid word of a thread the restore created again: the program's `pthread_join` then returned at
+ * once, as if that thread had ended (a Rust `JoinHandle` found no result and panicked).
+ *
  * @param frozen The frozen target.
  * @param tid The thread.
  */
 export function endThread(frozen: Frozen, tid: number): void {
   const inj = inject(frozen, { tid });
   try {
+    inj.raw(SYS_SET_TID_ADDRESS, 0);
+    inj.raw(SYS_SET_ROBUST_LIST, 0, ROBUST_LIST_HEAD_SIZE);
     inj.raw(SYS_EXIT, 0);
   } catch (e) {
     if (!(e instanceof SystemError && e.code === "ESRCH")) throw e; // ESRCH: it exited, as asked
