@@ -37,6 +37,8 @@ export const SYS = {
   userfaultfd: 323,
   rseq: 334,
   exit: 60,
+  set_tid_address: 218,
+  set_robust_list: 273,
 } as const;
 
 /** `AT_FDCWD`: `openat` relative to the current directory. */

@@ -18,14 +18,13 @@
 
 import { addrOf, libc, processVmRead, processVmWrite } from "../../ffi/libc.ts";
 import type { Frozen } from "./freeze.ts";
-import { findSyscallInstruction, Injector } from "./inject.ts";
+import { findSyscallInstruction, Injector, SYS } from "./inject.ts";
 import { rawSyscall } from "./syscall.ts";
 import { type AltStack, register, type ThreadKernelState, type ThreadState } from "./threads.ts";
 
 const PTRACE_GETSIGMASK = 0x420a;
 const SYS_SIGALTSTACK = 131;
 const SYS_RT_SIGPROCMASK = 14;
-const SYS_SET_ROBUST_LIST = 273;
 const SYS_GET_ROBUST_LIST = 274;
 const SYS_TGKILL = 234;
 const SIG_SETMASK = 2;
@@ -175,7 +174,7 @@ export function applyThreadKernelState(inj: Injector, t: ThreadState): string[] 
     done.push("sigaltstack");
   }
   if (k.robustHead) {
-    inj.syscall(SYS_SET_ROBUST_LIST, k.robustHead, k.robustLength);
+    inj.syscall(SYS.set_robust_list, k.robustHead, k.robustLength);
     done.push("robust list");
   }
   for (let sig = 1; sig <= 64; sig++) {

@@ -21,14 +21,11 @@ import { hex } from "../hex.ts";
 import { CryoError, SystemError } from "../errors.ts";
 import type { Frozen } from "./freeze.ts";
 import { register, type ThreadState } from "./threads.ts";
-import { inject, type Injector } from "./inject.ts";
+import { inject, type Injector, SYS } from "./inject.ts";
 import { applyThreadKernelState } from "./thread_kernel.ts";
 
 const SYS_CLONE3 = 435;
 const SYS_RSEQ = 334;
-const SYS_EXIT = 60;
-const SYS_SET_TID_ADDRESS = 218;
-const SYS_SET_ROBUST_LIST = 273;
 /** `sizeof(struct robust_list_head)`: the only length `set_robust_list` accepts. */
 const ROBUST_LIST_HEAD_SIZE = 24;
 const PR_SET_NAME = 15;
@@ -236,9 +233,9 @@ export function recreateThread(
 export function endThread(frozen: Frozen, tid: number): void {
   const inj = inject(frozen, { tid });
   try {
-    inj.raw(SYS_SET_TID_ADDRESS, 0);
-    inj.raw(SYS_SET_ROBUST_LIST, 0, ROBUST_LIST_HEAD_SIZE);
-    inj.raw(SYS_EXIT, 0);
+    inj.raw(SYS.set_tid_address, 0);
+    inj.raw(SYS.set_robust_list, 0, ROBUST_LIST_HEAD_SIZE);
+    inj.raw(SYS.exit, 0);
   } catch (e) {
     if (!(e instanceof SystemError && e.code === "ESRCH")) throw e; // ESRCH: it exited, as asked
   } finally {
