@@ -179,6 +179,29 @@ export interface ImageRecord {
   segment: number;
 }
 
+/**
+ * A hole record: `length` bytes at `address` of `segment` that the image holds no data for.
+ *
+ * @param address First address (or offset in a relocatable segment).
+ * @param length Bytes.
+ * @param segment 0, or the relocatable segment's 1-based region table entry.
+ * @returns The record.
+ */
+export function holeRecord(address: bigint, length: number, segment: number): ImageRecord {
+  return {
+    address,
+    length,
+    kind: KIND.HOLE,
+    fileOffset: 0,
+    storedLength: 0,
+    checksum: 0n,
+    decodedChecksum: 0n,
+    codec: 0,
+    flags: 0,
+    segment,
+  };
+}
+
 /** A region of the image's region table: a {@link Region}, or a relocatable named segment. */
 export interface ImageRegion extends Region {
   /** A named segment (start 0, end its length), not a place in memory. */

@@ -21,7 +21,7 @@ import {
   MAX_FRAME_DATA,
   MAX_FRAME_RECORDS,
 } from "./frames.ts";
-import { alignUp, type ImageRecord, KIND, MAX_RECORD_LENGTH } from "./format.ts";
+import { alignUp, holeRecord, type ImageRecord, KIND, MAX_RECORD_LENGTH } from "./format.ts";
 import type { WriteQueue } from "./write_queue.ts";
 
 /** The frame being filled: its range so far, its records and where their stored bytes are. */
@@ -153,18 +153,7 @@ export class FrameWriter {
       const n = Math.min(len - off, MAX_RECORD_LENGTH);
       const a = addr + BigInt(off);
       const g = this.#room(segment, a, 0);
-      g.records.push({
-        address: a,
-        length: n,
-        kind: KIND.HOLE,
-        fileOffset: 0,
-        storedLength: 0,
-        checksum: 0n,
-        decodedChecksum: 0n,
-        codec: 0,
-        flags: 0,
-        segment,
-      });
+      g.records.push(holeRecord(a, n, segment));
       g.ptrs.push(0n);
       g.borrowed.push(false);
       g.end = a + BigInt(n);

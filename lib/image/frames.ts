@@ -17,6 +17,7 @@ import {
   FRAME_FIELD,
   FRAME_LENGTH,
   FRAME_MAGIC,
+  holeRecord,
   type ImageRecord,
   KIND,
   MAX_FRAME_RANGE,
@@ -353,18 +354,7 @@ export function addFrameRecords(
     ) {
       last.length += Number(to - at);
     } else {
-      out.push({
-        address: at,
-        length: Number(to - at),
-        kind: KIND.HOLE,
-        fileOffset: 0,
-        storedLength: 0,
-        checksum: 0n,
-        decodedChecksum: 0n,
-        codec: 0,
-        flags: 0,
-        segment: f.segment,
-      });
+      out.push(holeRecord(at, Number(to - at), f.segment));
     }
   };
   for (const r of entries) {

@@ -39,6 +39,11 @@ export const SYS = {
   exit: 60,
   set_tid_address: 218,
   set_robust_list: 273,
+  get_robust_list: 274,
+  sigaltstack: 131,
+  rt_sigprocmask: 14,
+  tgkill: 234,
+  clone3: 435,
 } as const;
 
 /** `AT_FDCWD`: `openat` relative to the current directory. */

@@ -23,10 +23,6 @@ import { rawSyscall } from "./syscall.ts";
 import { type AltStack, register, type ThreadKernelState, type ThreadState } from "./threads.ts";
 
 const PTRACE_GETSIGMASK = 0x420a;
-const SYS_SIGALTSTACK = 131;
-const SYS_RT_SIGPROCMASK = 14;
-const SYS_GET_ROBUST_LIST = 274;
-const SYS_TGKILL = 234;
 const SIG_SETMASK = 2;
 const SS_DISABLE = 2;
 /** SIGKILL and SIGSTOP cannot be blocked; glibc's SIGCANCEL (32) and SIGSETXID (33) are left as they are. */
@@ -72,7 +68,7 @@ export function readPending(pid: number, tid: number): bigint {
 export function readRobustList(tid: number): { head: bigint; length: bigint } | null {
   const head = new BigUint64Array(1), length = new BigUint64Array(1);
   const r = rawSyscall(
-    SYS_GET_ROBUST_LIST,
+    SYS.get_robust_list,
     BigInt(tid),
     addrOf(Deno.UnsafePointer.of(head)),
     addrOf(Deno.UnsafePointer.of(length)),
@@ -128,7 +124,7 @@ export function readThreadKernelStates(frozen: Frozen, altStacks = false): Map<n
         processVmRead(frozen.pid, addrOf(Deno.UnsafePointer.of(saved)), at, 24n);
         const inj = new Injector(frozen, t.tid, syscallAt, 2_000);
         try {
-          if (inj.raw(SYS_SIGALTSTACK, 0, at) === 0n) {
+          if (inj.raw(SYS.sigaltstack, 0, at) === 0n) {
             processVmRead(frozen.pid, addrOf(Deno.UnsafePointer.of(got)), at, 24n);
             altstack = altStackFrom(got);
           }
@@ -165,12 +161,12 @@ export function applyThreadKernelState(inj: Injector, t: ThreadState): string[] 
   if (!k) return [];
   const done: string[] = [];
   const mask = new Uint8Array(new BigUint64Array([k.sigmask & ~UNBLOCKABLE]).buffer);
-  inj.syscall(SYS_RT_SIGPROCMASK, SIG_SETMASK, inj.write(mask), 0, 8);
+  inj.syscall(SYS.rt_sigprocmask, SIG_SETMASK, inj.write(mask), 0, 8);
   done.push("sigmask");
   if (k.altstack && !(k.altstack.flags & SS_DISABLE)) {
     // SS_ONSTACK (1) is a report, not a request: the thread was on its stack; it is set up all the same.
     const flags = k.altstack.flags & ~1;
-    inj.syscall(SYS_SIGALTSTACK, inj.write(altStackBytes({ ...k.altstack, flags })), 0);
+    inj.syscall(SYS.sigaltstack, inj.write(altStackBytes({ ...k.altstack, flags })), 0);
     done.push("sigaltstack");
   }
   if (k.robustHead) {
@@ -179,7 +175,7 @@ export function applyThreadKernelState(inj: Injector, t: ThreadState): string[] 
   }
   for (let sig = 1; sig <= 64; sig++) {
     if (!(k.pending & (1n << BigInt(sig - 1))) || NOT_REQUEUED.has(sig)) continue;
-    if (rawSyscall(SYS_TGKILL, BigInt(inj.pid), BigInt(inj.tid), BigInt(sig)) === 0n) {
+    if (rawSyscall(SYS.tgkill, BigInt(inj.pid), BigInt(inj.tid), BigInt(sig)) === 0n) {
       done.push(`signal ${sig}`);
     }
   }

@@ -24,8 +24,6 @@ import { register, type ThreadState } from "./threads.ts";
 import { inject, type Injector, SYS } from "./inject.ts";
 import { applyThreadKernelState } from "./thread_kernel.ts";
 
-const SYS_CLONE3 = 435;
-const SYS_RSEQ = 334;
 /** `sizeof(struct robust_list_head)`: the only length `set_robust_list` accepts. */
 const ROBUST_LIST_HEAD_SIZE = 24;
 const PR_SET_NAME = 15;
@@ -170,7 +168,7 @@ export function recreateThread(
   try {
     // A thread that has just exited leaves /proc before the kernel frees its id: EEXIST for a moment (bounded).
     for (let waited = 0;; waited++) {
-      const r = inj.raw(SYS_CLONE3, scratch, 88);
+      const r = inj.raw(SYS.clone3, scratch, 88);
       if (r >= 0n) {
         tid = Number(r);
         break;
@@ -194,7 +192,7 @@ export function recreateThread(
     const own = inject(frozen, { tid });
     try {
       if (t.rseq && t.rseq.abiPointer) {
-        const r = own.raw(SYS_RSEQ, t.rseq.abiPointer, t.rseq.abiSize, 0, t.rseq.signature);
+        const r = own.raw(SYS.rseq, t.rseq.abiPointer, t.rseq.abiSize, 0, t.rseq.signature);
         if (r < 0n && r !== -16n /* EBUSY: already */) {
           throw new CryoError(
             `Cannot register rseq ${hex(t.rseq.abiPointer)} for thread ${tid}: errno ${-r}`,
