@@ -3,7 +3,7 @@ import { Target } from "./_target.ts";
 import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { restore } from "../lib/ops/restore.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
-import { decodeThreads, encodeThreads } from "../lib/kernel/threads.ts";
+import { decodeThreads, encodeThreads, register } from "../lib/kernel/threads.ts";
 import { rawSyscall } from "../lib/kernel/syscall.ts";
 
 const tids = (pid: number) => [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
@@ -88,6 +88,33 @@ Deno.test("restore() ends a thread born since without clearing the tid word of t
     assert(tids(target.pid).includes(idler), "the idler runs again");
     assertEquals(await target.cmd("idlertryjoin"), "busy", "the idler's descriptor says it runs");
     await target.cmd("idlerexit"); // it returns, and is joined
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore() does not resume a thread's later timed wait in place of the checkpoint's (the kernel's restart record is not rolled back)", async () => {
+  // A thread interrupted in a wait with a timeout resumes through restart_syscall, which the kernel runs from the
+  // thread's restart record: the one of the wait it is in now, not the one the image's registers describe. Put
+  // back as it was, the hopper waited on its second word while the program woke it on its first, and hung.
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const tid = Number(await target.cmd("hopper"));
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    {
+      using loader = await MemoryLoader.open(`${dir}/a.cryo`);
+      const t = decodeThreads(loader.section("threads")!, "a.cryo").find((t) => t.tid === tid)!;
+      assertEquals(
+        BigInt.asIntN(64, register(t, "rax")),
+        -516n,
+        "the hopper was caught in its timed wait (-ERESTART_RESTARTBLOCK)",
+      );
+    }
+    assertEquals(await target.cmd("hopwake"), "2", "it moved on to its second word");
+    await restore(target.pid, `${dir}/a.cryo`);
+    assertEquals(await target.cmd("hopwake"), "2", "rolled back, woken on its first word, it moves on again");
+    assertEquals(await target.cmd("hopwake"), "3");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

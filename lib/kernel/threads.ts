@@ -183,6 +183,49 @@ export function setRegister(regs: Pick<Registers, "general">, name: RegisterName
     .setBigUint64(i * 8, BigInt.asUintN(64, value), true);
 }
 
+/** `-ERESTART_RESTARTBLOCK`: the interrupted call resumes through `restart_syscall` and the thread's restart record. */
+const ERESTART_RESTARTBLOCK = -516n;
+const EINTR = -4n;
+/** The registers that say which call a thread is in, with which arguments, from where. */
+const CALL_REGISTERS: readonly RegisterName[] = [
+  "orig_rax",
+  "rax",
+  "rip",
+  "rsp",
+  "rdi",
+  "rsi",
+  "rdx",
+  "r10",
+  "r8",
+  "r9",
+];
+
+/**
+ * The registers to put back on a thread so that the system call they were recorded in resumes as that call.
+ *
+ * A call interrupted with `-ERESTART_RESTARTBLOCK` (a `nanosleep`, a `poll` or a futex wait with a timeout)
+ * resumes through `restart_syscall`, which the kernel runs from the thread's restart record: the record of the
+ * wait the thread is in **now**, not of the one the registers describe, and a rollback cannot put a record back.
+ * Put back as they were, such registers made a thread that had moved on to another wait resume that one (waiting
+ * on another futex word while the program woke the first: a hang until its timeout), or the record of the
+ * thread that created it (a thread created again inherits its creator's). Unless the thread is in that very
+ * call now (`now` agrees in every register that names it: the record is that call's), the call returns `EINTR`
+ * instead, which the callers of waits take for an early wake and retry (a `nanosleep` caller may sleep its
+ * whole request again). Every other register set is returned as it is.
+ *
+ * @param recorded The registers of the image.
+ * @param now The thread's registers now, or `undefined` for a thread created again.
+ * @returns `recorded`, or a copy whose interrupted call returns `EINTR`.
+ */
+export function resumable<T extends Registers>(recorded: T, now?: Pick<Registers, "general">): T {
+  if (BigInt.asIntN(64, register(recorded, "rax")) !== ERESTART_RESTARTBLOCK) return recorded;
+  if (BigInt.asIntN(64, register(recorded, "orig_rax")) < 0n) return recorded;
+  if (now && CALL_REGISTERS.every((r) => register(now, r) === register(recorded, r))) return recorded;
+  const copy = { ...recorded, general: recorded.general.slice() };
+  setRegister(copy, "rax", EINTR);
+  return copy;
+}
+
 /** `PTRACE_GETREGSET`/`PTRACE_SETREGSET` of regset `type` through an iovec over `data`; the bytes moved. */
 function regset(request: number, tid: number, type: number, data: Uint8Array<ArrayBuffer>): number {
   const iov = new BigUint64Array([

@@ -20,7 +20,7 @@ import { addrOf, PAGE_SIZE, processVmRead, systemError } from "../../ffi/libc.ts
 import { hex } from "../hex.ts";
 import { CryoError, SystemError } from "../errors.ts";
 import type { Frozen } from "./freeze.ts";
-import { register, type ThreadState } from "./threads.ts";
+import { register, resumable, type ThreadState } from "./threads.ts";
 import { inject, type Injector, SYS } from "./inject.ts";
 import { applyThreadKernelState } from "./thread_kernel.ts";
 
@@ -207,7 +207,7 @@ export function recreateThread(
     } finally {
       own.close();
     }
-    frozen.setRegisters(tid, t);
+    frozen.setRegisters(tid, resumable(t)); // its creator's restart record is not its own: a timed wait gets EINTR
   } catch (e) {
     endThread(frozen, tid);
     throw e;

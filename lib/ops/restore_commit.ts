@@ -20,7 +20,7 @@ import { LayoutMismatchError, RestoreIncompleteError } from "../errors.ts";
 import type { Frozen } from "../kernel/freeze.ts";
 import { RestoreJournal } from "../kernel/journal.ts";
 import { removeMarker, writeMarker } from "./recovery.ts";
-import { readThreadState, type RseqConfig, type ThreadState } from "../kernel/threads.ts";
+import { readThreadState, resumable, type RseqConfig, type ThreadState } from "../kernel/threads.ts";
 import { inject, type Injector, SYS } from "../kernel/inject.ts";
 import { type AppliedLayout, applyLayout, type LayoutPlan } from "../kernel/layout_fix.ts";
 import { endThread, type RecreateOptions, recreateThread } from "../kernel/threads_fix.ts";
@@ -269,7 +269,7 @@ export async function commitRestore<T>(
         const now = readThreadState(t.tid);
         journal.saveRegisters(t.tid, now);
         setRseq(frozen, journal, t.tid, now.rseq, t.rseq);
-        frozen.setRegisters(t.tid, t);
+        frozen.setRegisters(t.tid, resumable(t, now)); // a timed wait it has left since returns EINTR
         threadsRestored++;
       }
     },
