@@ -4,11 +4,23 @@ import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { restore } from "../lib/ops/restore.ts";
 import { Sealer } from "../lib/codecs/seal.ts";
 import { SealKey } from "../lib/codecs/keys.ts";
-import { type KernelState, planOffsets } from "../lib/kernel/kernel_state.ts";
+import { type KernelState, type OpenDescriptor, planOffsets } from "../lib/kernel/kernel_state.ts";
+import { planDescriptors } from "../lib/kernel/descriptors_fix.ts";
 
 const tids = (pid: number) => [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => Number(e.name));
 const fdPos = (pid: number, fd: number) =>
   Number(/^pos:\s+(\d+)/m.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd}`))![1]);
+
+const fdOpen = (pid: number, fd: number) => {
+  try {
+    Deno.readLinkSync(`/proc/${pid}/fd/${fd}`);
+    return true;
+  } catch {
+    return false;
+  }
+};
+const fdFlags = (pid: number, fd: number) =>
+  parseInt(/^flags:\s+([0-7]+)/m.exec(Deno.readTextFileSync(`/proc/${pid}/fdinfo/${fd}`))![1], 8);
 
 async function dataFile(dir: string): Promise<string> {
   const path = `${dir}/data.bin`;
@@ -39,6 +51,73 @@ Deno.test("restore() puts back the offset of a file the target still has open (l
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("restore() opens again a copy of a descriptor closed since (dup3 of the one it shared its file with), listed by a dry run", async () => {
+  // Deno reads its standard input through a copy of descriptor 0 that it closes after each read: a rollback
+  // caught between two reads left a thread reading a closed descriptor (EBADF).
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const fd = Number(await target.cmd(`fopen ${await dataFile(dir)}`));
+    const copy = Number(await target.cmd(`fdup ${fd}`));
+    await target.cmd(`fread ${copy} 4096`);
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    const next = await target.cmd(`fread ${copy} 4096`);
+    await target.cmd(`fclose ${copy}`);
+    const link = Deno.readLinkSync(`/proc/${target.pid}/fd/${fd}`);
+    const dry = await restore(target.pid, `${dir}/a.cryo`, { dryRun: true });
+    assertEquals(dry.descriptorChanges, [
+      `fd ${copy} (${link}): closed since, opened again as a copy of fd ${fd} (dup3)`,
+    ]);
+    assert(!fdOpen(target.pid, copy), "a dry run changes nothing");
+    const r = await restore(target.pid, `${dir}/a.cryo`);
+    assertEquals(r.descriptorChanges.length, 1);
+    assertEquals(r.offsetChanges.length, 1, "the offset is put back through the partner");
+    assertEquals(Deno.readLinkSync(`/proc/${target.pid}/fd/${copy}`), link);
+    assert(fdFlags(target.pid, copy) & 0o2000000, "close-on-exec, as it was");
+    assertEquals(await target.cmd(`fread ${copy} 4096`), next, "the copy reads on from the same offset");
+    assertEquals(fdPos(target.pid, fd), 8192, "and shares it with its partner again");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("planDescriptors() opens again only a copy whose partner is still the same open file", () => {
+  const pipe = { target: "pipe:[7]", kind: "pipe" as const, flags: 0 };
+  const recorded: KernelState = {
+    descriptors: [{ fd: 0, ...pipe }, { fd: 33, ...pipe, flags: 0o2000000, shares: 0 }, { fd: 40, ...pipe }],
+    children: [],
+  };
+  const at = (...ds: OpenDescriptor[]): KernelState => ({ descriptors: ds, children: [] });
+  assertEquals(planDescriptors(recorded, at({ fd: 0, ...pipe })), [
+    { fd: 33, from: 0, target: "pipe:[7]", cloexec: true },
+  ]);
+  assertEquals(
+    planDescriptors(recorded, at({ fd: 0, ...pipe }, { fd: 33, ...pipe })),
+    [],
+    "open now: left alone",
+  );
+  assertEquals(planDescriptors(recorded, at({ fd: 0, ...pipe, target: "pipe:[8]" })), [], "another pipe now");
+  assertEquals(
+    planDescriptors(recorded, at({ fd: 0, ...pipe, flags: 0o4000 })),
+    [],
+    "other status flags now",
+  );
+  assertEquals(
+    planDescriptors(recorded, at({ fd: 0, ...pipe, flags: 0o2000000 })).length,
+    1,
+    "cloexec aside",
+  );
+  assertEquals(planDescriptors(recorded, at()), [], "no partner left");
+  assertEquals(
+    planDescriptors(
+      { descriptors: [{ fd: 0, ...pipe }, { fd: 33, ...pipe }], children: [] },
+      at({ fd: 0, ...pipe }),
+    ),
+    [],
+    "the same pipe, but not a copy of the same open file",
+  );
 });
 
 Deno.test("planOffsets() leaves a descriptor alone when its file or open flags changed", () => {
@@ -84,12 +163,13 @@ async function streamedRestore(pid: number, image: string): Promise<Record<strin
 }
 
 for (const mode of ["stdin", "encrypted file"] as const) {
-  Deno.test(`restoreStream() (${mode}) creates ended threads again, ends born ones, fixes the layout and offsets`, async () => {
+  Deno.test(`restoreStream() (${mode}) creates ended threads again, ends born ones, fixes the layout, descriptors and offsets`, async () => {
     const dir = await Deno.makeTempDir();
     await using target = Target.start();
     try {
       const key = await SealKey.fromBytes(new Uint8Array(32).fill(7));
       const fd = Number(await target.cmd(`fopen ${await dataFile(dir)}`));
+      const copy = Number(await target.cmd(`fdup ${fd}`));
       const a = await target.map(1 << 20);
       await target.fill(a, 1 << 20, "random", 3);
       const want = await target.sum(a, 1 << 20);
@@ -105,6 +185,7 @@ for (const mode of ["stdin", "encrypted file"] as const) {
       await target.cmd("threads 1"); // born since
       await target.cmd(`unmap 0x${a.toString(16)} ${1 << 20}`); // vanished since
       await target.cmd(`fread ${fd} 9000`);
+      await target.cmd(`fclose ${copy}`); // closed since
       const r = mode === "stdin"
         ? await streamedRestore(target.pid, `${dir}/a.cryo`)
         : await restore(target.pid, `${dir}/a.cryo`, { key }) as unknown as Record<string, unknown>;
@@ -112,6 +193,8 @@ for (const mode of ["stdin", "encrypted file"] as const) {
       assertEquals((r.threadsEnded as number[]).length, 1);
       assert((r.layoutChanges as string[]).length > 0, JSON.stringify(r));
       assertEquals((r.offsetChanges as string[]).length, 1);
+      assertEquals((r.descriptorChanges as string[]).length, 1, JSON.stringify(r));
+      assert(fdOpen(target.pid, copy), "the copy is open again");
       assertEquals(tids(target.pid).sort(), then);
       assertEquals(await target.sum(a, 1 << 20), want);
       assertEquals(fdPos(target.pid, fd), 0);

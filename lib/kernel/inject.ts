@@ -24,6 +24,8 @@ export const SYS = {
   read: 0,
   write: 1,
   close: 3,
+  lseek: 8,
+  dup3: 292,
   mmap: 9,
   mprotect: 10,
   munmap: 11,

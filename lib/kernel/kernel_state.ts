@@ -9,6 +9,7 @@
  */
 
 import { ImageError } from "../errors.ts";
+import { rawSyscall } from "./syscall.ts";
 
 /** One open descriptor of a process. */
 export interface OpenDescriptor {
@@ -24,8 +25,16 @@ export interface OpenDescriptor {
   device?: number;
   /** For a regular file: its inode (`st_ino`). */
   inode?: number;
-  /** For a regular file: the open flags (`flags` in /proc/PID/fdinfo). */
+  /**
+   * The open flags (`flags` in /proc/PID/fdinfo, `O_CLOEXEC` included when the descriptor has it): recorded for
+   * every descriptor since the `shares` field; older images have them for regular files only.
+   */
   flags?: number;
+  /**
+   * The lowest other descriptor of the process that shares this one's open file description (a `dup`: the same
+   * file, offset and status flags), by `kcmp(KCMP_FILE)`; absent when none does (or in an older image).
+   */
+  shares?: number;
 }
 
 /**
@@ -100,10 +109,12 @@ export function readKernelState(pid: number): KernelState {
         target,
         kind,
         ...(kind === "file" && pos ? { offset: Number(pos) } : {}),
-        ...(st?.isFile && flags ? { device: st.dev, inode: st.ino ?? 0, flags: parseInt(flags, 8) } : {}),
+        ...(st?.isFile ? { device: st.dev, inode: st.ino ?? 0 } : {}),
+        ...(flags ? { flags: parseInt(flags, 8) } : {}),
       });
     } catch { /* closed meanwhile */ }
   }
+  markShared(pid, descriptors);
   const timers: ProcessTimer[] = [...readPosixTimers(pid)];
   for (const d of descriptors) {
     if (d.target !== "anon_inode:[timerfd]") continue;
@@ -122,6 +133,40 @@ export function readKernelState(pid: number): KernelState {
     }
   } catch { /* gone */ }
   return { descriptors, children: [...children].sort((a, b) => a - b), timers };
+}
+
+/** `kcmp(2)` and its `KCMP_FILE`: whether two descriptors name the same open file description. */
+const SYS_KCMP = 312;
+const KCMP_FILE = 0n;
+
+/**
+ * Set `shares` on each descriptor that shares its open file description with a lower one of the same process
+ * (`kcmp(KCMP_FILE)`, asked only between descriptors with the same `/proc` link target). Without `kcmp` (a
+ * kernel without CONFIG_KCMP, or not permitted) nothing is marked.
+ */
+function markShared(pid: number, descriptors: OpenDescriptor[]): void {
+  const byTarget = new Map<string, OpenDescriptor[]>();
+  for (const d of descriptors) byTarget.set(d.target, [...byTarget.get(d.target) ?? [], d]);
+  for (const group of byTarget.values()) {
+    for (let i = 1; i < group.length; i++) {
+      for (let j = 0; j < i; j++) {
+        if (group[j].shares !== undefined) continue; // compare with the lowest of each description only
+        const r = rawSyscall(
+          SYS_KCMP,
+          BigInt(pid),
+          BigInt(pid),
+          KCMP_FILE,
+          BigInt(group[j].fd),
+          BigInt(group[i].fd),
+        );
+        if (r < 0n) return;
+        if (r === 0n) {
+          group[i].shares = group[j].fd;
+          break;
+        }
+      }
+    }
+  }
 }
 
 /**
@@ -199,9 +244,11 @@ export function decodeKernelState(bytes: Uint8Array, path: string, offset = 0): 
         target: d.target,
         kind: kindOf(d.target),
         ...(Number.isSafeInteger(d.offset) ? { offset: d.offset } : {}),
-        ...(Number.isSafeInteger(d.device) && Number.isSafeInteger(d.inode) && Number.isSafeInteger(d.flags)
-          ? { device: d.device, inode: d.inode, flags: d.flags }
+        ...(Number.isSafeInteger(d.device) && Number.isSafeInteger(d.inode)
+          ? { device: d.device, inode: d.inode }
           : {}),
+        ...(Number.isSafeInteger(d.flags) ? { flags: d.flags } : {}),
+        ...(Number.isInteger(d.shares) ? { shares: d.shares } : {}),
       };
     });
     const timers: ProcessTimer[] | undefined = v.timers === undefined ? undefined : v.timers.map(

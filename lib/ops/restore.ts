@@ -26,12 +26,12 @@ import { checkBudget } from "../image/budget.ts";
 import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
 import { describeChange } from "../kernel/layout_fix.ts";
 import { PTHREAD_TID_OFFSET, recreatable, whyNotRecreatable } from "../kernel/threads_fix.ts";
+import { decodeKernelState, describeOffsetChange, readKernelState } from "../kernel/kernel_state.ts";
 import {
-  decodeKernelState,
-  describeOffsetChange,
-  planOffsets,
-  readKernelState,
-} from "../kernel/kernel_state.ts";
+  describeDescriptorChange,
+  NO_DESCRIPTOR_FIXES,
+  planDescriptorFixes,
+} from "../kernel/descriptors_fix.ts";
 import { KIND } from "../image/format.ts";
 import { openInput, verifyStream } from "../image/stream.ts";
 import { restoreStream } from "./restore_stream.ts";
@@ -234,9 +234,9 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       });
     }
     const kernelBytes = loader.section("kernel");
-    const offsets = kernelBytes && !identity.length
-      ? planOffsets(decodeKernelState(kernelBytes, path), readKernelState(pid))
-      : []; // a forced restore into another process: its descriptors are its own
+    const fixes = kernelBytes && !identity.length
+      ? planDescriptorFixes(decodeKernelState(kernelBytes, path), readKernelState(pid))
+      : NO_DESCRIPTOR_FIXES; // a forced restore into another process: its descriptors are its own
     const recreate: { state: ThreadState; clearTid?: bigint }[] = [];
     for (const t of again) recreate.push({ state: t, clearTid: await clearTidOf(loader, t) });
     const result: RestoreResult = {
@@ -253,7 +253,8 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       threadsEnded: opts.dryRun ? ending : [],
       identity,
       layoutChanges: layout.changes.map(describeChange),
-      offsetChanges: offsets.map(describeOffsetChange),
+      offsetChanges: fixes.offsets.map(describeOffsetChange),
+      descriptorChanges: fixes.reopen.map(describeDescriptorChange),
       journalBytes: 0,
       recovered: false,
       stoppedMs: 0,
@@ -275,7 +276,8 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
           ctx.setThreads(threads); // first: a register set the kernel refuses fails before any memory is written
           ctx.fixLayout(layout, layout.scratchAt);
           ctx.recreateThreads(recreate); // their stacks are mapped again by now
-          ctx.putOffsets(offsets);
+          ctx.reopenDescriptors(fixes.reopen); // before the offsets: a copy shares its partner's
+          ctx.putOffsets(fixes.offsets);
           if ("tracking" in picked) {
             const w = await loadWritten(loader, ctx.target, frozen, picked.tracking);
             result.tracking = { used: true, writtenBytes: w.writtenBytes, releasedBytes: w.releasedBytes };

@@ -27,10 +27,12 @@ import { endThread, type RecreateOptions, recreateThread } from "../kernel/threa
 import { type LoadTarget, pidTarget } from "../image/targets.ts";
 import { budgetShares } from "../image/budget.ts";
 import type { OffsetChange } from "../kernel/kernel_state.ts";
+import type { DescriptorChange } from "../kernel/descriptors_fix.ts";
 import { libc } from "../../ffi/libc.ts";
 
 const SIGCONT = 18;
-const SYS_LSEEK = 8;
+/** `O_CLOEXEC` for `dup3`. */
+const O_CLOEXEC = 0o2000000;
 
 /** What the thread set of a target looks like against an image's threads section. */
 export interface ThreadChanges {
@@ -150,6 +152,8 @@ export interface RestoreResult {
   layoutChanges: string[];
   /** The file offsets put back (or, with `dryRun`, that would be), one line each. */
   offsetChanges: string[];
+  /** The descriptors opened again (or, with `dryRun`, that would be), one line each. */
+  descriptorChanges: string[];
   /** Bytes of the target saved in the undo journal before they were overwritten. */
   journalBytes: number;
   /** Whether this finished a restore that an earlier, killed cryo had left (the target was resumed). */
@@ -181,6 +185,8 @@ export interface CommitSummary<T> {
   layoutChanges: number;
   /** Threads created again ({@link CommitContext.recreateThreads}). */
   threadsRecreated: number;
+  /** Descriptors opened again ({@link CommitContext.reopenDescriptors}). */
+  descriptorsReopened: number;
   /** File offsets put back ({@link CommitContext.putOffsets}). */
   offsetsPut: number;
 }
@@ -219,6 +225,11 @@ export interface CommitContext {
    * @param changes The offsets ({@link planOffsets}).
    */
   putOffsets(changes: readonly OffsetChange[]): void;
+  /**
+   * Open again the descriptors closed since that were copies of one still open: an injected `dup3` each, its
+   * undo (a `close`) journaled first. Before {@link putOffsets} (a copy shares its partner's offset).
+   */
+  reopenDescriptors(changes: readonly DescriptorChange[]): void;
 }
 
 /**
@@ -257,6 +268,7 @@ export async function commitRestore<T>(
   let layoutChanges = 0;
   let threadsRecreated = 0;
   let offsetsPut = 0;
+  let descriptorsReopened = 0;
   const releases: AppliedLayout[] = []; // regions moved aside, unmapped once the restore has committed
   let inj: Injector | undefined;
   const toEnd: number[] = [];
@@ -294,15 +306,28 @@ export async function commitRestore<T>(
         threadsRecreated++;
       }
     },
+    reopenDescriptors(changes) {
+      for (const c of changes) {
+        inj ??= inject(frozen);
+        const on = inj;
+        let made = false;
+        journal.recordUndo(`close the reopened fd ${c.fd}`, () => {
+          if (made) on.closeFd(c.fd);
+        });
+        on.syscall(SYS.dup3, c.from, c.fd, c.cloexec ? O_CLOEXEC : 0);
+        made = true;
+        descriptorsReopened++;
+      }
+    },
     putOffsets(changes) {
       for (const c of changes) {
         inj ??= inject(frozen);
         const on = inj;
         journal.recordUndo(
           `offset of fd ${c.fd} back to ${c.from}`,
-          () => on.syscall(SYS_LSEEK, c.fd, c.from, 0),
+          () => on.syscall(SYS.lseek, c.fd, c.from, 0),
         );
-        on.syscall(SYS_LSEEK, c.fd, c.to, 0 /* SEEK_SET */);
+        on.syscall(SYS.lseek, c.fd, c.to, 0 /* SEEK_SET */);
         offsetsPut++;
       }
     },
@@ -360,5 +385,6 @@ export async function commitRestore<T>(
     layoutChanges,
     threadsRecreated,
     offsetsPut,
+    descriptorsReopened,
   };
 }

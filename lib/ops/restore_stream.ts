@@ -26,12 +26,12 @@ import { loadStream, openInput, type StreamSummary, verifyStream } from "../imag
 import { checkIdentity, planRestoreLayout } from "./restore_plan.ts";
 import { describeChange } from "../kernel/layout_fix.ts";
 import { clearTidInTarget, recreatable, whyNotRecreatable } from "../kernel/threads_fix.ts";
+import { decodeKernelState, describeOffsetChange, readKernelState } from "../kernel/kernel_state.ts";
 import {
-  decodeKernelState,
-  describeOffsetChange,
-  planOffsets,
-  readKernelState,
-} from "../kernel/kernel_state.ts";
+  describeDescriptorChange,
+  NO_DESCRIPTOR_FIXES,
+  planDescriptorFixes,
+} from "../kernel/descriptors_fix.ts";
 import {
   commitRestore,
   matchThreads,
@@ -141,6 +141,7 @@ export async function restoreStream(
     let identity: string[] = [];
     let layoutChanges: string[] = [];
     let offsetChanges: string[] = [];
+    let descriptorChanges: string[] = [];
     if (verified) {
       const id = verified.sectionBytes.get("identity");
       identity = checkIdentity(pid, input, verified.source, id, opts.force);
@@ -151,7 +152,7 @@ export async function restoreStream(
       frozen,
       input,
       recovering,
-      async ({ target, setThreads, fixLayout, endAfter, recreateThreads, putOffsets }) => {
+      async ({ target, setThreads, fixLayout, endAfter, recreateThreads, putOffsets, reopenDescriptors }) => {
         if (known && registers) setThreads(known); // first: refused registers fail before memory
         const s = await loadStream(stream, target, {
           ...streamOpts,
@@ -176,11 +177,13 @@ export async function restoreStream(
         // Memory holds the image's bytes now: glibc's pthread.tid of each thread to create again is read there.
         recreateThreads(changes.again.map((t) => ({ state: t, clearTid: clearTidInTarget(pid, t) })));
         const kernel = verified?.sectionBytes.get("kernel") ?? s.sectionBytes.get("kernel");
-        const offsets = kernel && !identity.length
-          ? planOffsets(decodeKernelState(kernel, input), readKernelState(pid))
-          : [];
-        putOffsets(offsets);
-        offsetChanges = offsets.map(describeOffsetChange);
+        const fixes = kernel && !identity.length
+          ? planDescriptorFixes(decodeKernelState(kernel, input), readKernelState(pid))
+          : NO_DESCRIPTOR_FIXES;
+        reopenDescriptors(fixes.reopen);
+        putOffsets(fixes.offsets);
+        descriptorChanges = fixes.reopen.map(describeDescriptorChange);
+        offsetChanges = fixes.offsets.map(describeOffsetChange);
         if (threads.length) endAfter(changes.ending); // last: ending a thread cannot be undone
         return { s, changes };
       },
@@ -206,6 +209,7 @@ export async function restoreStream(
       identity,
       layoutChanges,
       offsetChanges,
+      descriptorChanges,
       journalBytes: done.journalBytes,
       recovered: done.recovered,
       stoppedMs: performance.now() - frozenAt,

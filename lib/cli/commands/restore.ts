@@ -114,6 +114,12 @@ examples:
             : "layout matches\n"
         }` +
         (result.identity.length ? `  identity  forced: ${printable(result.identity.join("; "))}\n` : "") +
+        (result.descriptorChanges.length
+          ? `  fds       ${result.descriptorChanges.length} descriptor(s)${
+            result.dryRun ? " to open again" : " opened again"
+          }:\n` +
+            result.descriptorChanges.map((c) => `              ${printable(c)}\n`).join("")
+          : "") +
         (result.offsetChanges.length
           ? `  offsets   ${result.offsetChanges.length} file offset(s)${
             result.dryRun ? " to put back" : " put back"
