@@ -256,7 +256,7 @@ long cryo_freeze(int pid, int32_t *tids, int32_t *sigs, int max, long timeout_ns
     while ((e = readdir(d))) {
       int tid = atoi(e->d_name);
       if (tid <= 0 || cryo_frz_find(&f, tid) >= 0) continue;
-      long r = cryo_ptrace(CRYO_PTRACE_SEIZE, tid, 0, CRYO_PTRACE_O_TRACECLONE);
+      long r = cryo_ptrace(CRYO_PTRACE_SEIZE, tid, 0, CRYO_PTRACE_O_TRACECLONE | CRYO_PTRACE_O_TRACESYSGOOD);
       if (r == -ESRCH) continue;  // exited meanwhile
       // Already ours: auto-attached at clone, its clone event not yet consumed.
       if (r == -EPERM && f.n > 0 && cryo_status_field(pid, tid, "TracerPid") == self) r = 1;

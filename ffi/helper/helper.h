@@ -97,6 +97,7 @@ long cryo_rseq_self(const int32_t *tids, int n, void *out, long timeout_ns);
 #define CRYO_PTRACE_INTERRUPT 0x4207
 #define CRYO_PTRACE_GET_RSEQ_CONFIGURATION 0x420f
 #define CRYO_PTRACE_O_TRACECLONE 0x8
+#define CRYO_PTRACE_O_TRACESYSGOOD 0x1  // syscall stops say so (SIGTRAP | 0x80): injected calls stop at entry
 #define CRYO_PTRACE_EVENT_CLONE 3
 #define CRYO_PTRACE_EVENT_STOP 128
 #define CRYO_WALL 0x40000000  // __WALL: wait for threads (clones) too

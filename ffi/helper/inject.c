@@ -2,9 +2,16 @@
 // and memcr's parasite, reduced to a single syscall instruction that already exists in the target.
 //
 // Why C: ptrace requests are only accepted from the thread that attached, and the sequence (save registers,
-// point RIP at a `syscall`, single-step, wait for exactly that stop, put every register back) must not be
-// interleaved with anything else on that thread; a JavaScript loop around FFI calls could do it, but each
-// step would cost a crossing and the wait loop needs waitid(WNOWAIT) peeks that are simpler here.
+// point RIP at a `syscall`, resume it to its syscall-entry and syscall-exit stops (PTRACE_SYSCALL), put every
+// register back) must not be interleaved with anything else on that thread; a JavaScript loop around FFI
+// calls could do it, but each step would cost a crossing and the wait loop needs waitid(WNOWAIT) peeks that
+// are simpler here.
+//
+// A restore's hold (a SIGSTOP pending for the process, so that it stays stopped should cryo die) is taken by
+// the injecting thread on its way out of its stop, and must be queued again. It is queued again at the
+// syscall-entry stop for calls that never wait (inj_never_waits): from then on the process stops when the call
+// returns, should cryo die; only the instructions between the stop and the `syscall` run without it. (It was
+// queued again after the call before: cryo killed during a call left the process running, half restored.)
 //
 // Restart semantics: a thread stopped inside an interrupted system call shows orig_rax = its number and
 // rax = -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND/-ERESTART_RESTARTBLOCK; when it resumes, the kernel
@@ -27,7 +34,10 @@
 #include "helper.h"
 
 #define INJ_PTRACE_CONT 7
-#define INJ_PTRACE_SINGLESTEP 9
+#define INJ_PTRACE_SYSCALL 24
+#define INJ_PTRACE_GET_SYSCALL_INFO 0x420e
+#define INJ_SYSCALL_INFO_ENTRY 1
+#define INJ_SYSCALL_INFO_EXIT 2
 #define INJ_PTRACE_GETREGS 12
 #define INJ_PTRACE_SETREGS 13
 #define INJ_PTRACE_GETREGSET 0x4204
@@ -39,6 +49,29 @@
 #define INJ_WALL 0x40000000
 #define INJ_XSTATE_MAX 16384
 #define INJ_MAX_HELD 8
+
+// The start of the kernel's struct ptrace_syscall_info (PTRACE_GET_SYSCALL_INFO): op says which stop this is.
+struct inj_syscall_info {
+  uint8_t op;
+  uint8_t pad[3];
+  uint32_t arch;
+  uint64_t instruction_pointer, stack_pointer;
+  uint64_t words[7];
+};
+
+// Calls that return without waiting (nothing in them sleeps interruptibly), so a pending signal does not cut
+// them short: the ones cryo injects while a restore holds the process.
+static int inj_never_waits(long nr) {
+  switch (nr) {
+    case SYS_lseek: case SYS_mmap: case SYS_mprotect: case SYS_munmap: case SYS_brk: case SYS_rt_sigprocmask:
+    case SYS_mremap: case SYS_madvise: case SYS_close: case SYS_dup3: case SYS_sigaltstack: case SYS_prctl:
+    case SYS_set_tid_address: case SYS_set_robust_list: case SYS_get_robust_list: case SYS_tgkill:
+    case SYS_rseq: case SYS_userfaultfd: case SYS_getpid: case SYS_gettid: case SYS_exit:
+      return 1;
+    default:
+      return 0;
+  }
+}
 
 static long inj_ptrace(long req, long tid, long addr, long data) {
   long r = syscall(SYS_ptrace, req, tid, addr, data);
@@ -93,10 +126,9 @@ static long inj_restore(int tid, struct user_regs_struct *saved, struct iovec *x
 }
 
 // Put the thread back in the stop the freeze left it in (a PTRACE_EVENT_STOP inside get_signal()), with no
-// single step pending. The step leaves TIF_SINGLESTEP and a forced TF set, and only a ptrace resume clears
-// them: a tracer's death does not (exit_ptrace unlinks without ptrace_disable), so a thread stepped and never
-// resumed would die of SIGTRAP the next time it runs, if cryo were killed before the thaw. So: interrupt,
-// resume with PTRACE_CONT (which clears the step), and take the interrupt's stop, which comes in get_signal()
+// syscall tracing pending. PTRACE_SYSCALL leaves syscall stops armed, and only a ptrace resume clears them
+// (a tracer's death does not: exit_ptrace unlinks without ptrace_disable). So: interrupt, resume with
+// PTRACE_CONT (which clears them), and take the interrupt's stop, which comes in get_signal()
 // before the thread returns to user space: none of its instructions runs. Signals that stop it on the way are
 // held like the ones during the step. Returns 0 or -errno.
 static long inj_settle(int tid, int *held, int *nheld) {
@@ -154,13 +186,14 @@ long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr
   if (r < 0) return r;
   uint64_t deadline = inj_now_ns() + (uint64_t)timeout_ns;
   long err = 0;
-  int sig = 0, gone = 0;
-  // The stepped thread and this one run SCHED_FIFO until the step is over: on a loaded machine each would
+  int sig = 0, gone = 0, requeued = 0;
+  int early = inj_never_waits(nr);
+  // The stepped thread and this one run SCHED_FIFO until the call is over: on a loaded machine each would
   // otherwise wait for its turn on a core (milliseconds) to run one instruction or to see it done.
   struct cryo_sched_attr self_attr, tid_attr;
   int self_boosted = cryo_fifo_boost(0, &self_attr), tid_boosted = cryo_fifo_boost(tid, &tid_attr);
   for (;;) {
-    r = inj_ptrace(INJ_PTRACE_SINGLESTEP, tid, 0, sig);
+    r = inj_ptrace(INJ_PTRACE_SYSCALL, tid, 0, sig);
     sig = 0;
     if (r < 0) {
       err = r;
@@ -181,22 +214,44 @@ long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr
       break;
     }
     int event = status >> 16, stopsig = WSTOPSIG(status);
-    if (event == INJ_PTRACE_EVENT_STOP) continue;  // a group stop or a late interrupt: step on
-    if (event != 0) continue;                      // another ptrace event (clone): step on
-    if (stopsig == SIGTRAP) {
-      r = inj_ptrace(INJ_PTRACE_GETREGS, tid, 0, (long)&regs);
-      if (r < 0) {
-        err = r;
-        break;
+    if (event == INJ_PTRACE_EVENT_STOP) continue;  // a group stop or a late interrupt: go on
+    if (event != 0) continue;                      // another ptrace event (clone): go on
+    if (stopsig == (SIGTRAP | 0x80)) {  // a syscall stop (PTRACE_O_TRACESYSGOOD, set by the freeze)
+      struct inj_syscall_info info;
+      memset(&info, 0, sizeof info);
+      r = inj_ptrace(INJ_PTRACE_GET_SYSCALL_INFO, tid, sizeof info, (long)&info);
+      if (r > 0 && info.op == INJ_SYSCALL_INFO_ENTRY) {
+        // Inside the call now, past the signal checks on the way out of the stop. A SIGSTOP of cryo's hold
+        // that the thread took on its way here is queued again at once: should cryo die during the call, the
+        // process stops when the call returns instead of running on (a call that could wait would be cut
+        // short by it, so those get it back only afterwards).
+        if (early) {
+          for (int i = 0; i < nheld; i++) {
+            if (held[i] != SIGSTOP) continue;
+            syscall(SYS_kill, pid, SIGSTOP);
+            held[i] = held[--nheld];
+            requeued = 1;
+            break;
+          }
+        }
+        continue;
       }
-      if (regs.rip == (unsigned long long)ip + 2) {
+      if (r > 0 && info.op == INJ_SYSCALL_INFO_EXIT) {
+        r = inj_ptrace(INJ_PTRACE_GETREGS, tid, 0, (long)&regs);
+        if (r < 0) {
+          err = r;
+          break;
+        }
+        if (regs.rip != (unsigned long long)ip + 2) {
+          err = -EIO;
+          break;
+        }
         out[0] = (int64_t)regs.rax;
         break;
       }
-      if (regs.rip == (unsigned long long)ip) continue;  // a SIGTRAP from elsewhere before the step: drop it
-      err = -EIO;
-      break;
+      continue;
     }
+    if (stopsig == SIGTRAP) continue;  // a SIGTRAP from elsewhere: drop it
     // A signal arrived for the thread: hold it, and queue it again once the registers are back.
     if (nheld < INJ_MAX_HELD) held[nheld++] = stopsig;
   }
@@ -214,7 +269,7 @@ long cryo_inject_syscall(int pid, int tid, long ip, const int64_t *args, long nr
     if (held[i] == SIGSTOP) syscall(SYS_kill, pid, SIGSTOP);
     else if (!gone) syscall(SYS_tgkill, pid, tid, held[i]);
   }
-  out[1] = nheld;
+  out[1] = nheld + requeued;
   if (err) return err;
   return rr;
 }
