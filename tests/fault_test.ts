@@ -84,6 +84,13 @@ Deno.test(`cryo restore killed or interrupted at random moments never leaves a t
     assertEquals((await restoreCli(target.pid, image).status).code, 0);
     const span = performance.now() - t0;
     assertEquals(await target.sum(a, len), want);
+    const maps = Deno.readTextFileSync(`/proc/${target.pid}/maps`);
+    const sameMap = (where: string) =>
+      assertEquals(
+        Deno.readTextFileSync(`/proc/${target.pid}/maps`),
+        maps,
+        `${where}: nothing left mapped aside`,
+      );
     const seen = { finished: 0, undone: 0, stopped: 0 };
     let seed = 0x9e3779b9;
     const random = () => ((seed = (seed * 1664525 + 1013904223) >>> 0) / 2 ** 32);
@@ -115,6 +122,7 @@ Deno.test(`cryo restore killed or interrupted at random moments never leaves a t
         assertEquals(await settled(target.pid) === "T", false, `${where}: recovery resumes it`);
         await alive(target, `${where}, recovered`);
         assertEquals(await target.sum(a, len), want, `${where}: recovery finished the restore`);
+        sameMap(where);
         continue;
       }
       assert(s !== "t", `${where}: the target must not stay traced`);
@@ -126,6 +134,7 @@ Deno.test(`cryo restore killed or interrupted at random moments never leaves a t
       );
       if (now === want) seen.finished++;
       else seen.undone++;
+      sameMap(where);
       await alive(target, where);
     }
     console.log(

@@ -69,30 +69,37 @@ Deno.test("restore() with a key refuses a plaintext image put in place of the se
   }
 });
 
-Deno.test("restore() that is aborted after writing puts memory and registers back exactly as they were", async () => {
-  const dir = await Deno.makeTempDir();
-  await using target = Target.start();
-  try {
-    const a = await target.map(32 * MiB);
-    await target.fill(a, 32 * MiB, "random", 1);
-    await target.fill(a + BigInt(8 * MiB), 4 * MiB, "zero");
-    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
-    await target.fill(a, 32 * MiB, "text", 2); // everything differs now, the zero MiBs included
-    const before = await target.sum(a, 32 * MiB);
-    await assertRejects(
-      () => restore(target.pid, `${dir}/a.cryo`, abortAfterWriting()),
-      Error,
-      "interrupted in the test",
-    );
-    assertEquals(await target.sum(a, 32 * MiB), before, "every written byte was put back");
-    assertEquals(await target.cmd("pid"), String(target.pid), "registers back: it runs on");
-    assertEquals(state(target.pid) === "T", false);
-    const r = await restore(target.pid, `${dir}/a.cryo`); // and the real restore still works after
-    assert(r.journalBytes >= 32 * MiB, `journaled ${r.journalBytes}`);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+for (const moveAside of [true, false]) {
+  const how = moveAside ? "its old pages moved aside" : "every page journaled";
+  Deno.test(`restore() that is aborted after writing puts memory and registers back exactly as they were (${how})`, async () => {
+    const dir = await Deno.makeTempDir();
+    await using target = Target.start();
+    try {
+      const a = await target.map(32 * MiB);
+      await target.fill(a, 32 * MiB, "random", 1);
+      await target.fill(a + BigInt(8 * MiB), 4 * MiB, "zero");
+      await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+      await target.fill(a, 32 * MiB, "text", 2); // everything differs now, the zero MiBs included
+      const before = await target.sum(a, 32 * MiB);
+      const maps = Deno.readTextFileSync(`/proc/${target.pid}/maps`);
+      await assertRejects(
+        () => restore(target.pid, `${dir}/a.cryo`, { ...abortAfterWriting(), moveAside }),
+        Error,
+        "interrupted in the test",
+      );
+      assertEquals(await target.sum(a, 32 * MiB), before, "every written byte was put back");
+      assertEquals(Deno.readTextFileSync(`/proc/${target.pid}/maps`), maps, "and the map is as it was");
+      assertEquals(await target.cmd("pid"), String(target.pid), "registers back: it runs on");
+      assertEquals(state(target.pid) === "T", false);
+      const r = await restore(target.pid, `${dir}/a.cryo`, { moveAside }); // and the real restore still works
+      if (moveAside) assert(r.asideBytes >= 32 * MiB && r.journalBytes < MiB, JSON.stringify(r));
+      else assert(r.journalBytes >= 32 * MiB && r.asideBytes === 0, `journaled ${r.journalBytes}`);
+      assertEquals(Deno.readTextFileSync(`/proc/${target.pid}/maps`), maps, "nothing left mapped aside");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
 
 Deno.test("restore() ends the threads born since the checkpoint, after everything else is written", async () => {
   const dir = await Deno.makeTempDir();
@@ -341,12 +348,12 @@ Deno.test("restore() journals and writes only the pages that changed since the c
     await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
     await target.fill(a, 8 * MiB, "stride:4", 7); // every 4th page changes: 512 pages
     assert(await target.sum(a, 8 * MiB) !== want);
-    const r = await restore(target.pid, `${dir}/a.cryo`);
+    const r = await restore(target.pid, `${dir}/a.cryo`, { moveAside: false });
     assertEquals(await target.sum(a, 8 * MiB), want);
     // The changed pages, plus the few the target's own stack and stdio buffers changed while it answered.
     const extra = (n: number) => n - 512 * 4096;
     assert(extra(r.journalBytes) >= 0 && extra(r.journalBytes) < 64 * 4096, `journaled ${r.journalBytes}`);
-    const again = await restore(target.pid, `${dir}/a.cryo`);
+    const again = await restore(target.pid, `${dir}/a.cryo`, { moveAside: false });
     assert(again.journalBytes < 64 * 4096, `nothing more changed, yet ${again.journalBytes} bytes journaled`);
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -30,6 +30,7 @@ export const SYS = {
   mprotect: 10,
   munmap: 11,
   brk: 12,
+  mremap: 25,
   madvise: 28,
   getpid: 39,
   gettid: 186,

@@ -93,6 +93,8 @@ export class RestoreJournal implements Disposable {
   /** The process. */
   readonly pid: number;
   readonly #dirs: string[];
+  /** Ranges whose old pages were moved aside ({@link markAside}), by address. */
+  #aside: { start: bigint; end: bigint }[] = [];
   #dir = 0;
   #fd = -1;
   #at = 0;
@@ -163,6 +165,7 @@ export class RestoreJournal implements Disposable {
    * @param len Bytes.
    */
   save(addr: bigint, len: number): void {
+    if (this.#inAside(addr, BigInt(len))) return; // its old pages are aside, whole
     for (let off = 0; off < len; off += BOUNCE) {
       const n = Math.min(BOUNCE, len - off);
       const a = addr + BigInt(off);
@@ -190,6 +193,25 @@ export class RestoreJournal implements Disposable {
         this.save(a, n);
       }
     }
+  }
+
+  /**
+   * Record that the old pages of `[start, end)` were moved aside whole (an injected `mremap` with
+   * `MREMAP_DONTUNMAP`, whose undo, moving them back, the caller recorded with {@link recordUndo}): the range is
+   * empty now, and writes into it are not saved (nor compared: there is nothing to compare with).
+   *
+   * @param start First address, page aligned.
+   * @param end One past the last.
+   */
+  markAside(start: bigint, end: bigint): void {
+    this.#aside.push({ start, end });
+    this.#aside.sort((a, b) => (a.start < b.start ? -1 : 1));
+  }
+
+  /** Whether `[addr, addr + len)` lies inside one range marked aside. */
+  #inAside(addr: bigint, len: bigint): boolean {
+    for (const r of this.#aside) if (r.start <= addr && addr + len <= r.end) return true;
+    return false;
   }
 
   /**
@@ -307,6 +329,12 @@ export class RestoreJournal implements Disposable {
    * @returns The writes still to do (journaled already): those the helper could not do.
    */
   saveAndWrite(liov: BigUint64Array, riov: BigUint64Array, count: number): IovBatch {
+    if (this.#aside.length) {
+      let all = true;
+      for (let k = 0; k < count && all; k++) all = this.#inAside(riov[2 * k], riov[2 * k + 1]);
+      // Into pages moved aside: nothing to save, all to write.
+      if (all) return { liov: liov.slice(0, 2 * count), riov: riov.slice(0, 2 * count), count };
+    }
     const left: IovBatch = { liov: new BigUint64Array(0), riov: new BigUint64Array(0), count: 0 };
     const keep = (b: IovBatch) => {
       if (!b.count) return;

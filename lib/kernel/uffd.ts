@@ -84,6 +84,19 @@ export function isUserfaultfd(pid: number, fd: number): boolean {
 }
 
 /**
+ * Whether process `pid` holds a userfaultfd (its own, or one cryo left in it for write tracking).
+ *
+ * @param pid The process.
+ * @returns Whether one of its descriptors is a userfaultfd.
+ */
+export function holdsUserfaultfd(pid: number): boolean {
+  try {
+    for (const e of Deno.readDirSync(`/proc/${pid}/fd`)) if (isUserfaultfd(pid, Number(e.name))) return true;
+  } catch { /* gone */ }
+  return false;
+}
+
+/**
  * A userfaultfd held by this process, on its own memory or another process's. Disposable: `close()` closes
  * the descriptor, which unregisters every range it registered.
  */

@@ -48,7 +48,7 @@ import {
   writeTrackingMark,
 } from "./tracked.ts";
 import { adoptTracking } from "../kernel/tracking.ts";
-import { isUserfaultfd } from "../kernel/uffd.ts";
+import { holdsUserfaultfd, isUserfaultfd } from "../kernel/uffd.ts";
 import { loadWritten } from "./restore_written.ts";
 import { openChain } from "./chain_restore.ts";
 import { imageDigest } from "../image/chain.ts";
@@ -64,6 +64,14 @@ export interface RestoreOptions {
   registers?: boolean;
   /** Verify and check the layout, report what would be written, write nothing (default false). */
   dryRun?: boolean;
+  /**
+   * Empty the image's large private regions before writing them, their old pages moved aside whole for the undo
+   * (default true): only the image's data is written, and nothing is read, compared or journaled there.
+   * `false` journals every page instead (each is read and compared, and only those that changed are saved and
+   * written), which costs less only when few pages differ. Not done in a process that holds a userfaultfd (a
+   * region moved with `mremap` would lose its registration).
+   */
+  moveAside?: boolean;
   /** Codecs the image may use beyond raw. */
   codecs?: readonly Codec[];
   /** The key of an encrypted image (`keyFromFile`/`keyFromEnv`). */
@@ -256,6 +264,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
       offsetChanges: fixes.offsets.map(describeOffsetChange),
       descriptorChanges: fixes.reopen.map(describeDescriptorChange),
       journalBytes: 0,
+      asideBytes: 0,
       recovered: false,
       stoppedMs: 0,
       totalMs: 0,
@@ -284,6 +293,9 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
             progress.advance(w.copiedBytes);
             ctx.endAfter(ending);
             return { copiedBytes: w.copiedBytes, mappedBytes: 0, holeBytes: w.holeBytes, mappedRegions: 0 };
+          }
+          if (opts.moveAside !== false && !holdsUserfaultfd(pid)) {
+            result.asideBytes = ctx.moveAside(layout.aside, layout.asideAt);
           }
           const summary = await loader.load(ctx.target);
           progress.advance(summary.copiedBytes); // written (the write phase is shown uncounted: these are its bytes)

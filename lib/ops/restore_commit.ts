@@ -29,8 +29,11 @@ import { budgetShares } from "../image/budget.ts";
 import type { OffsetChange } from "../kernel/kernel_state.ts";
 import type { DescriptorChange } from "../kernel/descriptors_fix.ts";
 import { libc } from "../../ffi/libc.ts";
+import { hex } from "../hex.ts";
 
 const SIGCONT = 18;
+/** `mremap` flags. */
+const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2, MREMAP_DONTUNMAP = 4;
 /** `O_CLOEXEC` for `dup3`. */
 const O_CLOEXEC = 0o2000000;
 
@@ -156,6 +159,8 @@ export interface RestoreResult {
   descriptorChanges: string[];
   /** Bytes of the target saved in the undo journal before they were overwritten. */
   journalBytes: number;
+  /** Bytes of regions whose old pages were moved aside whole instead (`RestoreOptions.moveAside`). */
+  asideBytes: number;
   /** Whether this finished a restore that an earlier, killed cryo had left (the target was resumed). */
   recovered: boolean;
   /** How long the target was stopped, in milliseconds (0 for a dry run that did not freeze). */
@@ -230,6 +235,17 @@ export interface CommitContext {
    * undo (a `close`) journaled first. Before {@link putOffsets} (a copy shares its partner's offset).
    */
   reopenDescriptors(changes: readonly DescriptorChange[]): void;
+  /**
+   * Empty whole regions before the image is written over them, their old pages moved aside to `at` (an injected
+   * `mremap` with `MREMAP_DONTUNMAP`: page tables move, no byte is copied; the undo, journaled first, moves them
+   * back; the commit unmaps them). Writes into a region moved aside are not journaled. A region the kernel
+   * refuses to move (it spans mappings, it is locked) is journaled page by page as before.
+   *
+   * @param ranges The regions (page aligned).
+   * @param at A free range for all of them, each followed by a free page.
+   * @returns Bytes moved aside.
+   */
+  moveAside(ranges: readonly { start: bigint; end: bigint }[], at: bigint): number;
 }
 
 /**
@@ -270,6 +286,7 @@ export async function commitRestore<T>(
   let offsetsPut = 0;
   let descriptorsReopened = 0;
   const releases: AppliedLayout[] = []; // regions moved aside, unmapped once the restore has committed
+  const asides: { at: bigint; length: bigint }[] = []; // old pages moved aside ({@link CommitContext.moveAside})
   let inj: Injector | undefined;
   const toEnd: number[] = [];
   const live = new Set(frozen.tids);
@@ -319,6 +336,26 @@ export async function commitRestore<T>(
         descriptorsReopened++;
       }
     },
+    moveAside(ranges, at) {
+      let bytes = 0;
+      for (const r of ranges) {
+        if (!at) break;
+        inj ??= inject(frozen);
+        const on = inj, len = r.end - r.start, to = at;
+        let moved = false;
+        journal.recordUndo(`move the old pages of ${hex(r.start)}-${hex(r.end)} back`, () => {
+          if (moved) on.syscall(SYS.mremap, to, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, r.start);
+        });
+        const flags = MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP;
+        moved = BigInt.asUintN(64, on.raw(SYS.mremap, r.start, len, len, flags, to)) === to;
+        if (!moved) continue; // refused: journaled page by page as it is written
+        journal.markAside(r.start, r.end);
+        asides.push({ at: to, length: len });
+        at += len + 4096n;
+        bytes += Number(len);
+      }
+      return bytes;
+    },
     putOffsets(changes) {
       for (const c of changes) {
         inj ??= inject(frozen);
@@ -362,6 +399,11 @@ export async function commitRestore<T>(
     try {
       r.release();
     } catch { /* left mapped where nothing uses it: a leak, not a fault (a recovering restore unmaps it) */ }
+  }
+  for (const a of asides) {
+    try {
+      inj!.munmap(a.at, a.length);
+    } catch { /* as above */ }
   }
   inj?.close();
   const threadsEnded = toEnd.filter((tid) => {

@@ -52,6 +52,34 @@ export function checkIdentity(
 export interface RestoreLayout extends LayoutPlan {
   /** Where the scratch page goes: out of the way of every change. */
   scratchAt: bigint;
+  /**
+   * The image regions whose old pages a full restore moves aside whole before writing ({@link asideRegions}),
+   * and where (a free range for all of them, each followed by a free page; 0n: nowhere, they are journaled).
+   */
+  aside: { start: bigint; end: bigint }[];
+  /** Where {@link aside} goes (0n for nowhere). */
+  asideAt: bigint;
+}
+
+/** Regions smaller than this are journaled page by page (moving one aside saves less than it costs). */
+const ASIDE_MIN = 1n << 20n;
+
+/**
+ * The image regions a full restore may empty before writing, their old pages moved aside whole (`mremap` with
+ * `MREMAP_DONTUNMAP`, undone by moving them back): private anonymous memory, the heap and private file
+ * mappings, writable, of at least 1 MiB. Emptied, such a region reads as a hole does (zero, or its file's
+ * contents), so only the image's data is written, and nothing is read, compared or saved.
+ *
+ * @param image The image's regions.
+ * @returns The ranges.
+ */
+export function asideRegions(image: readonly ImageRegion[]): { start: bigint; end: bigint }[] {
+  return image
+    .filter((g) =>
+      !g.relocatable && !g.perms.shared && g.perms.write && g.end - g.start >= ASIDE_MIN &&
+      (g.kind === "anonymous" || g.kind === "heap" || g.kind === "named" || g.kind === "file")
+    )
+    .map((g) => ({ start: g.start, end: g.end }));
 }
 
 /**
@@ -84,7 +112,16 @@ export function planRestoreLayout(
   const parkAt = parking && scratchAt
     ? freeGap([...occupied, { start: scratchAt, end: scratchAt + (1n << 16n) }], parking)
     : 0n;
-  return { ...plan, scratchAt, parkAt };
+  const aside = asideRegions(image);
+  const asideBytes = aside.reduce((n, r) => n + r.end - r.start + 4096n, 0n);
+  const asideAt = asideBytes && scratchAt
+    ? freeGap([
+      ...occupied,
+      { start: scratchAt, end: scratchAt + (1n << 16n) },
+      ...(parkAt ? [{ start: parkAt, end: parkAt + parking }] : []),
+    ], asideBytes)
+    : 0n;
+  return { ...plan, scratchAt, parkAt, aside, asideAt };
 }
 
 /**

@@ -40,6 +40,7 @@ import {
   threadChanges,
 } from "./restore_commit.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
+import { holdsUserfaultfd } from "../kernel/uffd.ts";
 
 /** Options of {@link restoreStream}. */
 export interface StreamRestoreOptions {
@@ -56,6 +57,8 @@ export interface StreamRestoreOptions {
   allowThreadChanges?: boolean;
   /** End the threads born since the checkpoint (default true), as `restore()` does; false refuses them. */
   endBornThreads?: boolean;
+  /** Move the old pages of large private regions aside instead of journaling them (default true), as `restore()` does. */
+  moveAside?: boolean;
   /** Restore into a process that is not the image's (default false: refused). */
   force?: boolean;
   /** How long the freeze may take, in milliseconds. */
@@ -142,6 +145,7 @@ export async function restoreStream(
     let layoutChanges: string[] = [];
     let offsetChanges: string[] = [];
     let descriptorChanges: string[] = [];
+    let asideBytes = 0;
     if (verified) {
       const id = verified.sectionBytes.get("identity");
       identity = checkIdentity(pid, input, verified.source, id, opts.force);
@@ -152,7 +156,9 @@ export async function restoreStream(
       frozen,
       input,
       recovering,
-      async ({ target, setThreads, fixLayout, endAfter, recreateThreads, putOffsets, reopenDescriptors }) => {
+      async (ctx) => {
+        const { target, setThreads, fixLayout, endAfter, recreateThreads, putOffsets, reopenDescriptors } =
+          ctx;
         if (known && registers) setThreads(known); // first: refused registers fail before memory
         const s = await loadStream(stream, target, {
           ...streamOpts,
@@ -162,6 +168,9 @@ export async function restoreStream(
             const layout = planRestoreLayout(pid, input, regions, verified?.sectionBytes.get("layout"));
             fixLayout(layout, layout.scratchAt);
             layoutChanges = layout.changes.map(describeChange);
+            if (opts.moveAside !== false && !holdsUserfaultfd(pid)) {
+              asideBytes = ctx.moveAside(layout.aside, layout.asideAt);
+            }
           },
           onChunk: (r) => {
             progress.advance(r.length);
@@ -211,6 +220,7 @@ export async function restoreStream(
       offsetChanges,
       descriptorChanges,
       journalBytes: done.journalBytes,
+      asideBytes,
       recovered: done.recovered,
       stoppedMs: performance.now() - frozenAt,
       totalMs: performance.now() - started,

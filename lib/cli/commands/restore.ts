@@ -25,7 +25,9 @@ is refused, naming it), puts each thread's registers back, writes the memory bac
 the threads born since the checkpoint, and thaws PID. --dry-run lists every layout change it would make.
 
 All or nothing: while it writes, PID is held by a stop that outlives cryo, and every byte and register set
-overwritten is saved in an undo journal (an unlinked 0600 file in $CRYO_JOURNAL_DIR, else /dev/shm, then $TMPDIR or /var/tmp);
+overwritten is saved for the undo: the old pages of each large private region are moved aside whole (page
+tables, no copy; --journal-every-page to read and save them instead), the rest is saved in an undo journal
+(an unlinked 0600 file in $CRYO_JOURNAL_DIR, else /dev/shm, then $TMPDIR or /var/tmp);
 any failure, Ctrl-C or SIGTERM puts PID back exactly as it was. If cryo is killed (SIGKILL) while writing,
 PID stays stopped (state T) and \`cryo restore --recover --pid PID\` (or the same restore again) finishes it
 and resumes PID. A key means the image must be encrypted: a plaintext image is refused.
@@ -45,6 +47,9 @@ options:
   --no-track         write the whole image back even when the process holds the write tracking armed at
                      it (by default such a rollback writes back only the pages written since, and releases
                      the pages populated since: \`checkpoint --track\`)
+  --journal-every-page  read every page of the target before overwriting it and save those that differ
+                     (by default the old pages of regions of 1 MiB or more are moved aside whole instead,
+                     which is faster unless few pages changed)
   --allow-thread-changes  go ahead although threads of the checkpoint have ended since and cannot be created
                      again (refused by default: memory rolled back would still count on them)
   --keep-born-threads  refuse threads started since the checkpoint instead of ending them (by default they
@@ -76,6 +81,7 @@ examples:
       "dry-run": { type: "boolean" },
       ...memoryOption,
       "no-track": { type: "boolean" },
+      "journal-every-page": { type: "boolean" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
     });
@@ -96,6 +102,7 @@ examples:
       dryRun: values["dry-run"],
       memoryBudget: parseMemory(values.memory),
       tracking: values["no-track"] ? false : "auto",
+      moveAside: !values["journal-every-page"],
       progress: progressBar("restore", values.quiet || values.json),
       signal: ctx.signal,
     });
@@ -128,6 +135,10 @@ examples:
           : "") +
         `  memory    ${verb} ${humanBytes(result.dataBytes)} of data, zeroed holes of ${
           humanBytes(result.holeBytes)
+        }${
+          result.asideBytes
+            ? `; the old pages of ${humanBytes(result.asideBytes)} moved aside for the undo`
+            : ""
         }\n` +
         `  threads   ${result.dryRun ? "-" : `${result.threadsRestored} registers restored`}` +
         (result.threadsGone.length ? `, ${result.threadsGone.length} recorded threads gone` : "") +
