@@ -68,7 +68,7 @@ async function injectRows(runs: number, quick: boolean): Promise<BenchRow[]> {
     baselineSamples: base,
     goal: "≤ 0.05 ms",
     met: median(samples) <= 0.05,
-    note: "save regs + XSAVE, set, PTRACE_SINGLESTEP, wait, restore: two context switches each way",
+    note: "save regs + XSAVE, set, PTRACE_SYSCALL to the entry and exit stops, restore",
   }];
 }
 
