@@ -34,6 +34,14 @@ export const MADV = {
   POPULATE_WRITE: 23,
 } as const;
 
+/** mremap(2) flags. */
+export const MREMAP = {
+  MAYMOVE: 1,
+  FIXED: 2,
+  /** Leave the old range mapped, empty (Linux 5.7+; private mappings of any kind since 5.13). */
+  DONTUNMAP: 4,
+} as const;
+
 /** open(2) flags. */
 export const O = {
   RDONLY: 0,

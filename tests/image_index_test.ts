@@ -1,23 +1,11 @@
 import fc from "fast-check";
 import { assert, assertEquals } from "./_assert.ts";
 import { compareRecord, findRecord, indexProblem, recordsIn } from "../lib/image/index.ts";
-import { type ImageRecord, KIND } from "../lib/image/format.ts";
+import { holeRecord, type ImageRecord } from "../lib/image/format.ts";
 import { decodeDirectory, encodeDirectory, type FrameInfo } from "../lib/image/frames.ts";
 
-function rec(address: bigint, length: number, segment = 0): ImageRecord {
-  return {
-    address,
-    length,
-    kind: KIND.HOLE,
-    fileOffset: 0,
-    storedLength: 0,
-    checksum: 0n,
-    decodedChecksum: 0n,
-    codec: 0,
-    flags: 0,
-    segment,
-  };
-}
+const rec = (address: bigint, length: number, segment = 0): ImageRecord =>
+  holeRecord(address, length, segment);
 
 const u64 = fc.bigInt({ min: 0n, max: 0xffffffffffffffffn });
 

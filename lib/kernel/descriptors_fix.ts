@@ -14,10 +14,8 @@
  * @module
  */
 
+import { O } from "../../ffi/constants.ts";
 import { type KernelState, type OffsetChange, type OpenDescriptor, planOffsets } from "./kernel_state.ts";
-
-/** `O_CLOEXEC` as /proc/PID/fdinfo shows it in `flags`. */
-const O_CLOEXEC = 0o2000000;
 
 /** A descriptor a restore opens again, as a copy of another. */
 export interface DescriptorChange {
@@ -37,7 +35,7 @@ function same(then: OpenDescriptor, now: OpenDescriptor | undefined): boolean {
     return false;
   }
   return then.flags !== undefined && now.flags !== undefined &&
-    (then.flags & ~O_CLOEXEC) === (now.flags & ~O_CLOEXEC);
+    (then.flags & ~O.CLOEXEC) === (now.flags & ~O.CLOEXEC);
 }
 
 /**
@@ -59,7 +57,7 @@ export function planDescriptors(recorded: KernelState, now: KernelState): Descri
       p.fd !== d.fd && (p.fd === root || p.shares === root) && same(p, open.get(p.fd))
     );
     if (partner) {
-      changes.push({ fd: d.fd, from: partner.fd, target: d.target, cloexec: (d.flags & O_CLOEXEC) !== 0 });
+      changes.push({ fd: d.fd, from: partner.fd, target: d.target, cloexec: (d.flags & O.CLOEXEC) !== 0 });
     }
   }
   return changes;

@@ -146,7 +146,11 @@ const KCMP_FILE = 0n;
  */
 function markShared(pid: number, descriptors: OpenDescriptor[]): void {
   const byTarget = new Map<string, OpenDescriptor[]>();
-  for (const d of descriptors) byTarget.set(d.target, [...byTarget.get(d.target) ?? [], d]);
+  for (const d of descriptors) {
+    const group = byTarget.get(d.target);
+    if (group) group.push(d);
+    else byTarget.set(d.target, [d]);
+  }
   for (const group of byTarget.values()) {
     for (let i = 1; i < group.length; i++) {
       for (let j = 0; j < i; j++) {

@@ -25,10 +25,10 @@
  */
 
 import { hex } from "../hex.ts";
-import { MAP, PROT } from "../../ffi/constants.ts";
+import { MAP, MREMAP, PROT } from "../../ffi/constants.ts";
 import type { RestoreJournal } from "./journal.ts";
 import { type Perms, permsString, type Region, type RegionKind } from "./region.ts";
-import type { Injector } from "./inject.ts";
+import { type Injector, SYS } from "./inject.ts";
 import type { RecordedRegion } from "./layout_section.ts";
 
 /** An address range. */
@@ -77,8 +77,7 @@ export interface AppliedLayout {
   parkedBytes: bigint;
 }
 
-const SYS_MREMAP = 25;
-const MREMAP_MAYMOVE_FIXED = 3;
+const MREMAP_MAYMOVE_FIXED = MREMAP.MAYMOVE | MREMAP.FIXED;
 
 /**
  * Bytes of address space {@link applyLayout} needs at {@link LayoutPlan.parkAt} for the plan's unmaps (each
@@ -332,9 +331,9 @@ export function applyLayout(plan: LayoutPlan, inj: Injector, journal: RestoreJou
           const to = park;
           let moved = false;
           journal.recordUndo(`move back ${what}`, () => {
-            if (moved) inj.syscall(SYS_MREMAP, to, len, len, MREMAP_MAYMOVE_FIXED, c.start);
+            if (moved) inj.syscall(SYS.mremap, to, len, len, MREMAP_MAYMOVE_FIXED, c.start);
           });
-          moved = BigInt.asUintN(64, inj.raw(SYS_MREMAP, c.start, len, len, MREMAP_MAYMOVE_FIXED, to)) === to;
+          moved = BigInt.asUintN(64, inj.raw(SYS.mremap, c.start, len, len, MREMAP_MAYMOVE_FIXED, to)) === to;
           if (moved) {
             parked.push({ at: to, length: len });
             park += len + 4096n;

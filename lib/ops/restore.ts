@@ -48,7 +48,7 @@ import {
   writeTrackingMark,
 } from "./tracked.ts";
 import { adoptTracking } from "../kernel/tracking.ts";
-import { holdsUserfaultfd, isUserfaultfd } from "../kernel/uffd.ts";
+import { isUserfaultfd } from "../kernel/uffd.ts";
 import { loadWritten } from "./restore_written.ts";
 import { openChain } from "./chain_restore.ts";
 import { imageDigest } from "../image/chain.ts";
@@ -294,9 +294,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
             ctx.endAfter(ending);
             return { copiedBytes: w.copiedBytes, mappedBytes: 0, holeBytes: w.holeBytes, mappedRegions: 0 };
           }
-          if (opts.moveAside !== false && !holdsUserfaultfd(pid)) {
-            result.asideBytes = ctx.moveAside(layout.aside, layout.asideAt);
-          }
+          if (opts.moveAside !== false) result.asideBytes = ctx.moveAside(layout.aside, layout.asideAt);
           const summary = await loader.load(ctx.target);
           progress.advance(summary.copiedBytes); // written (the write phase is shown uncounted: these are its bytes)
           if ("rearm" in picked && picked.rearm && picked.mark) {

@@ -29,13 +29,11 @@ import { budgetShares } from "../image/budget.ts";
 import type { OffsetChange } from "../kernel/kernel_state.ts";
 import type { DescriptorChange } from "../kernel/descriptors_fix.ts";
 import { libc } from "../../ffi/libc.ts";
+import { MREMAP, O } from "../../ffi/constants.ts";
+import { holdsUserfaultfd } from "../kernel/uffd.ts";
 import { hex } from "../hex.ts";
 
 const SIGCONT = 18;
-/** `mremap` flags. */
-const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2, MREMAP_DONTUNMAP = 4;
-/** `O_CLOEXEC` for `dup3`. */
-const O_CLOEXEC = 0o2000000;
 
 /** What the thread set of a target looks like against an image's threads section. */
 export interface ThreadChanges {
@@ -190,8 +188,6 @@ export interface CommitSummary<T> {
   layoutChanges: number;
   /** Threads created again ({@link CommitContext.recreateThreads}). */
   threadsRecreated: number;
-  /** Descriptors opened again ({@link CommitContext.reopenDescriptors}). */
-  descriptorsReopened: number;
   /** File offsets put back ({@link CommitContext.putOffsets}). */
   offsetsPut: number;
 }
@@ -239,7 +235,8 @@ export interface CommitContext {
    * Empty whole regions before the image is written over them, their old pages moved aside to `at` (an injected
    * `mremap` with `MREMAP_DONTUNMAP`: page tables move, no byte is copied; the undo, journaled first, moves them
    * back; the commit unmaps them). Writes into a region moved aside are not journaled. A region the kernel
-   * refuses to move (it spans mappings, it is locked) is journaled page by page as before.
+   * refuses to move (it spans mappings, it is locked) is journaled page by page as before, and so is every
+   * region of a process that holds a userfaultfd (a region moved by `mremap` would lose its registration).
    *
    * @param ranges The regions (page aligned).
    * @param at A free range for all of them, each followed by a free page.
@@ -284,7 +281,6 @@ export async function commitRestore<T>(
   let layoutChanges = 0;
   let threadsRecreated = 0;
   let offsetsPut = 0;
-  let descriptorsReopened = 0;
   const releases: AppliedLayout[] = []; // regions moved aside, unmapped once the restore has committed
   const asides: { at: bigint; length: bigint }[] = []; // old pages moved aside ({@link CommitContext.moveAside})
   let inj: Injector | undefined;
@@ -331,22 +327,22 @@ export async function commitRestore<T>(
         journal.recordUndo(`close the reopened fd ${c.fd}`, () => {
           if (made) on.closeFd(c.fd);
         });
-        on.syscall(SYS.dup3, c.from, c.fd, c.cloexec ? O_CLOEXEC : 0);
+        on.syscall(SYS.dup3, c.from, c.fd, c.cloexec ? O.CLOEXEC : 0);
         made = true;
-        descriptorsReopened++;
       }
     },
     moveAside(ranges, at) {
       let bytes = 0;
+      if (holdsUserfaultfd(pid)) return 0; // a region moved by mremap would lose its registration there
       for (const r of ranges) {
         if (!at) break;
         inj ??= inject(frozen);
         const on = inj, len = r.end - r.start, to = at;
         let moved = false;
         journal.recordUndo(`move the old pages of ${hex(r.start)}-${hex(r.end)} back`, () => {
-          if (moved) on.syscall(SYS.mremap, to, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, r.start);
+          if (moved) on.syscall(SYS.mremap, to, len, len, MREMAP.MAYMOVE | MREMAP.FIXED, r.start);
         });
-        const flags = MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP;
+        const flags = MREMAP.MAYMOVE | MREMAP.FIXED | MREMAP.DONTUNMAP;
         moved = BigInt.asUintN(64, on.raw(SYS.mremap, r.start, len, len, flags, to)) === to;
         if (!moved) continue; // refused: journaled page by page as it is written
         journal.markAside(r.start, r.end);
@@ -427,6 +423,5 @@ export async function commitRestore<T>(
     layoutChanges,
     threadsRecreated,
     offsetsPut,
-    descriptorsReopened,
   };
 }

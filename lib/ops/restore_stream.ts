@@ -40,7 +40,6 @@ import {
   threadChanges,
 } from "./restore_commit.ts";
 import { type Progress, silentProgress, startPhase } from "./progress.ts";
-import { holdsUserfaultfd } from "../kernel/uffd.ts";
 
 /** Options of {@link restoreStream}. */
 export interface StreamRestoreOptions {
@@ -168,9 +167,7 @@ export async function restoreStream(
             const layout = planRestoreLayout(pid, input, regions, verified?.sectionBytes.get("layout"));
             fixLayout(layout, layout.scratchAt);
             layoutChanges = layout.changes.map(describeChange);
-            if (opts.moveAside !== false && !holdsUserfaultfd(pid)) {
-              asideBytes = ctx.moveAside(layout.aside, layout.asideAt);
-            }
+            if (opts.moveAside !== false) asideBytes = ctx.moveAside(layout.aside, layout.asideAt);
           },
           onChunk: (r) => {
             progress.advance(r.length);
