@@ -10,6 +10,7 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { Target } from "./_target.ts";
+import { threadReport } from "./_thread_report.ts";
 import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { markerDir } from "../lib/ops/recovery.ts";
 
@@ -36,15 +37,7 @@ async function alive(target: Target, where: string): Promise<void> {
   try {
     assertEquals(await target.cmd("pid", 5000), String(target.pid));
   } catch (e) {
-    const pid = target.pid;
-    const status = Deno.readTextFileSync(`/proc/${pid}/status`).split("\n");
-    const tasks = [...Deno.readDirSync(`/proc/${pid}/task`)].map((t) => {
-      const d = `/proc/${pid}/task/${t.name}`;
-      const policy = Deno.readTextFileSync(`${d}/sched`).match(/policy\s*:\s*(\d+)/)?.[1];
-      return `${t.name}: ${Deno.readTextFileSync(`${d}/syscall`).trim()} policy ${policy}`;
-    });
-    const lines = status.filter((l) => /State|Tracer|Sig|Shd/.test(l));
-    throw new Error(`${where}: ${(e as Error).message}\n${[...lines, ...tasks].join("\n")}`);
+    throw new Error(`${where}: ${(e as Error).message}\n${threadReport(target.pid)}`);
   }
 }
 

@@ -2,6 +2,7 @@ import { assert, assertEquals, assertMatch, assertRejects } from "./_assert.ts";
 import { LayoutMismatchError } from "../lib/errors.ts";
 import { freeze } from "../lib/kernel/freeze.ts";
 import { Target } from "./_target.ts";
+import { threadReport } from "./_thread_report.ts";
 import { LineChild } from "../lib/kernel/child.ts";
 import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { restore } from "../lib/ops/restore.ts";
@@ -33,19 +34,9 @@ Deno.test("restore() creates again the idle pool threads a Deno program ended, a
     try {
       after = await app.request("state", 30_000);
     } catch (e) {
-      // What each thread of the program is doing, for the report: the state letter, the wait channel and
-      // the system call it is blocked in.
-      const threads = tids(app.pid).map((t) => {
-        const read = (f: string) => {
-          try {
-            return Deno.readTextFileSync(`/proc/${app.pid}/task/${t}/${f}`).trim();
-          } catch {
-            return "?";
-          }
-        };
-        return `${t} ${read("stat").split(") ")[1]?.split(" ")[0]} ${read("wchan")} ${read("syscall")}`;
-      });
-      throw new Error(`${(e as Error).message}; the recreated ${r.threadsRecreated}:\n${threads.join("\n")}`);
+      throw new Error(
+        `${(e as Error).message}; the recreated ${r.threadsRecreated}:\n${threadReport(app.pid)}`,
+      );
     }
     assertEquals(after, first);
     await app.request("work 1", 10_000);

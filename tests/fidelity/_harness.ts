@@ -12,6 +12,7 @@ import { assert, assertEquals } from "../_assert.ts";
 import { checkpoint } from "../../lib/ops/checkpoint.ts";
 import { restore, type RestoreOptions } from "../../lib/ops/restore.ts";
 import type { RestoreResult } from "../../lib/ops/restore_commit.ts";
+import { threadReport } from "../_thread_report.ts";
 
 /** Rounds per run: `CRYO_FIDELITY_ROUNDS`, default 20. */
 export const ROUNDS = Number(Deno.env.get("CRYO_FIDELITY_ROUNDS") ?? 20);
@@ -92,7 +93,10 @@ export class Pipe {
   async line(timeoutMs = 120_000): Promise<string> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`pid ${this.pid}: no output in ${timeoutMs} ms`)), timeoutMs);
+      timer = setTimeout(
+        () => reject(new Error(`pid ${this.pid}: no output in ${timeoutMs} ms\n${threadReport(this.pid)}`)),
+        timeoutMs,
+      );
     });
     try {
       const next = await Promise.race([this.#lines.next(), timeout]);
@@ -169,12 +173,15 @@ async function run(p: Program, loaded: boolean): Promise<Figures> {
   const load = loaded ? startLoad() : [];
   let s: Session | undefined;
   const figures: Figures = { restoreMs: [], layoutChanges: 0 };
+  let step = "start";
+  let last: RestoreResult | undefined;
   try {
     s = await p.start();
     const image = `${dir}/${p.name}.cryo`;
     const f0 = await s.fingerprint();
     await checkpoint(s.pid, image, { fsync: false });
     for (let round = 0; round < ROUNDS; round++) {
+      step = `round ${round}: change`;
       await s.change(round);
       const changed = await s.fingerprint();
       assert(changed !== f0, `round ${round}: the change changed the fingerprint`);
@@ -187,20 +194,43 @@ async function run(p: Program, loaded: boolean): Promise<Figures> {
       }
       figures.restoreMs.push(performance.now() - t0);
       figures.layoutChanges += r.layoutChanges.length;
+      last = r;
+      step = `round ${round}: the fingerprint after the rollback`;
       assertEquals(
         await s.fingerprint(),
         f0,
         `${p.name} round ${round}: the fingerprint is the checkpoint's`,
       );
+      step = `round ${round}: use after the rollback`;
       await s.use(round);
     }
+    step = "exit";
     assertEquals(await s.exit(), 0, `${p.name} exits cleanly`);
     return figures;
+  } catch (e) {
+    throw new Error(
+      `${p.name} at ${step}: ${(e as Error).message}${last ? `\nthe last restore: ${brief(last)}` : ""}`,
+      {
+        cause: e,
+      },
+    );
   } finally {
     await s?.close();
     await stopLoad(load);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
+}
+
+/** The parts of a restore's result that tell what it did to threads, descriptors and the layout. */
+function brief(r: RestoreResult): string {
+  return JSON.stringify({
+    threadsGone: r.threadsGone,
+    threadsRecreated: r.threadsRecreated,
+    threadsEnded: r.threadsEnded,
+    descriptorChanges: r.descriptorChanges,
+    offsetChanges: r.offsetChanges,
+    layoutChanges: r.layoutChanges.length,
+  });
 }
 
 /**
