@@ -34,6 +34,9 @@ export const MADV = {
   POPULATE_WRITE: 23,
 } as const;
 
+/** fcntl(2) commands. */
+export const F = { DUPFD_CLOEXEC: 1030 } as const;
+
 /** mremap(2) flags. */
 export const MREMAP = {
   MAYMOVE: 1,

@@ -1,4 +1,5 @@
-import { assert, assertEquals } from "./_assert.ts";
+import { assert, assertEquals, assertRejects } from "./_assert.ts";
+import { abortAfterWriting } from "./_abort.ts";
 import { Target } from "./_target.ts";
 import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { restore } from "../lib/ops/restore.ts";
@@ -83,6 +84,49 @@ Deno.test("restore() opens again a copy of a descriptor closed since (dup3 of th
   }
 });
 
+Deno.test("restore() puts a copy of a descriptor back over another file that took its number since, and an abort puts that file back", async () => {
+  // Deno's update check opens sockets at start-up: one that took the number of a closed copy of descriptor 0 left
+  // the rolled-back reader waiting on the socket for ever.
+  const dir = await Deno.makeTempDir();
+  await using target = Target.start();
+  try {
+    const fd = Number(await target.cmd(`fopen ${await dataFile(dir)}`));
+    const copy = Number(await target.cmd(`fdup ${fd}`));
+    await target.cmd(`fread ${copy} 4096`);
+    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+    const next = await target.cmd(`fread ${copy} 4096`);
+    await target.cmd(`fclose ${copy}`);
+    await Deno.writeTextFile(`${dir}/other`, "other");
+    assertEquals(Number(await target.cmd(`fopen ${dir}/other`)), copy, "the other file takes the number");
+    const link = Deno.readLinkSync(`/proc/${target.pid}/fd/${fd}`);
+    const others = () =>
+      [...Deno.readDirSync(`/proc/${target.pid}/fd`)].filter((e) =>
+        Deno.readLinkSync(`/proc/${target.pid}/fd/${e.name}`) === `${dir}/other`
+      ).map((e) => Number(e.name));
+    const dry = await restore(target.pid, `${dir}/a.cryo`, { dryRun: true });
+    assertEquals(dry.descriptorChanges, [
+      `fd ${copy} (${link}): ${dir}/other there now, replaced by a copy of fd ${fd} (dup3)`,
+    ]);
+    await assertRejects(
+      () => restore(target.pid, `${dir}/a.cryo`, abortAfterWriting()),
+      Error,
+      "interrupted in the test",
+    );
+    assertEquals(
+      others(),
+      [copy],
+      "the abort put the other file back at its number, and kept no second copy",
+    );
+    const r = await restore(target.pid, `${dir}/a.cryo`);
+    assertEquals(r.descriptorChanges.length, 1);
+    assertEquals(Deno.readLinkSync(`/proc/${target.pid}/fd/${copy}`), link);
+    assertEquals(others(), [], "the other file is closed: nothing under the rolled-back memory names it");
+    assertEquals(await target.cmd(`fread ${copy} 4096`), next, "the copy reads on from the same offset");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("planDescriptors() opens again only a copy whose partner is still the same open file", () => {
   const pipe = { target: "pipe:[7]", kind: "pipe" as const, flags: 0 };
   const recorded: KernelState = {
@@ -96,7 +140,29 @@ Deno.test("planDescriptors() opens again only a copy whose partner is still the 
   assertEquals(
     planDescriptors(recorded, at({ fd: 0, ...pipe }, { fd: 33, ...pipe })),
     [],
-    "open now: left alone",
+    "open now on the same pipe: left alone",
+  );
+  assertEquals(
+    planDescriptors(
+      recorded,
+      at({ fd: 0, ...pipe }, { fd: 33, target: "socket:[9]", kind: "socket", flags: 2 }),
+    ),
+    [{
+      fd: 33,
+      from: 0,
+      target: "pipe:[7]",
+      cloexec: true,
+      displaced: { target: "socket:[9]", cloexec: false },
+    }],
+    "another object at its number: replaced",
+  );
+  assertEquals(
+    planDescriptors(
+      recorded,
+      at({ fd: 0, ...pipe }, { fd: 33, target: "anon_inode:[userfaultfd]", kind: "other" }),
+    ),
+    [],
+    "a userfaultfd is never replaced",
   );
   assertEquals(planDescriptors(recorded, at({ fd: 0, ...pipe, target: "pipe:[8]" })), [], "another pipe now");
   assertEquals(

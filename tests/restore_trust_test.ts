@@ -11,7 +11,7 @@ import { RemoteWriter } from "../lib/image/remote.ts";
 import { Sealer } from "../lib/codecs/seal.ts";
 import { SealKey } from "../lib/codecs/keys.ts";
 import { markerDir } from "../lib/ops/recovery.ts";
-import type { Progress } from "../lib/ops/progress.ts";
+import { abortAfterWriting } from "./_abort.ts";
 
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 const MiB = 1 << 20;
@@ -27,19 +27,6 @@ async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
-}
-
-/** Restore options whose progress report (made once the memory is written) aborts the restore. */
-function abortAfterWriting(): { signal: AbortSignal; progress: Progress } {
-  const controller = new AbortController();
-  const progress: Progress = {
-    total() {},
-    advance() {
-      controller.abort(new Error("interrupted in the test"));
-    },
-    done() {},
-  };
-  return { signal: controller.signal, progress };
 }
 
 Deno.test("restore() with a key refuses a plaintext image put in place of the sealed one (no downgrade)", async () => {

@@ -8,8 +8,15 @@
  * What can be opened again without guessing is a copy: a descriptor of the checkpoint that shared its open file
  * description with another (`shares` in the `kernel` section, by `kcmp`), when that other is still open on the
  * same object with the same flags. It is made again by an injected `dup3` onto its old number, with its old
- * close-on-exec flag; the undo closes it. A descriptor open now at its number (on whatever) is left as it is,
- * and so is one whose every partner is closed too: its file cannot be told from a different one opened since.
+ * close-on-exec flag; the undo closes it. One whose every partner is closed too is left closed: its file cannot
+ * be told from a different one opened since.
+ *
+ * Its number may have been taken since by another object: Deno's update check opens sockets at start-up, and a
+ * socket that took the number of a closed copy of descriptor 0 left the rolled-back reader waiting on that
+ * socket for ever (tests/fidelity/deno_test.ts, 2 runs in 40). Under memory rolled back, nothing names that
+ * newer object by the number, so the copy replaces it (`dup3` closes what the number held). The newer object is
+ * first kept at another number by an injected `fcntl(F_DUPFD_CLOEXEC)`, so that the undo can put it back, and
+ * closed when the restore commits. A userfaultfd is never replaced (it is cryo's own write tracking).
  *
  * @module
  */
@@ -27,21 +34,26 @@ export interface DescriptorChange {
   target: string;
   /** Whether it had close-on-exec. */
   cloexec: boolean;
+  /** What holds its number now, replaced (absent when the number is closed). */
+  displaced?: { target: string; cloexec: boolean };
+}
+
+/** Whether `now` names the object `then` named (its link target, and for a file its device and inode). */
+function sameObject(then: OpenDescriptor, now: OpenDescriptor): boolean {
+  return now.target === then.target && now.device === then.device && now.inode === then.inode;
 }
 
 /** Whether `now` is still the descriptor `then` was: the same object, the same flags (close-on-exec aside). */
 function same(then: OpenDescriptor, now: OpenDescriptor | undefined): boolean {
-  if (!now || now.target !== then.target || now.device !== then.device || now.inode !== then.inode) {
-    return false;
-  }
+  if (!now || !sameObject(then, now)) return false;
   return then.flags !== undefined && now.flags !== undefined &&
     (then.flags & ~O.CLOEXEC) === (now.flags & ~O.CLOEXEC);
 }
 
 /**
- * The descriptors a rollback opens again: each descriptor of the checkpoint closed now whose open file
- * description another descriptor of the checkpoint shared, and that other still open on the same object with
- * the same flags.
+ * The descriptors a rollback opens again: each descriptor of the checkpoint closed now, or open on another
+ * object (not a userfaultfd), whose open file description another descriptor of the checkpoint shared, and that
+ * other still open on the same object with the same flags.
  *
  * @param recorded The image's kernel section, decoded.
  * @param now The target's state now (while frozen).
@@ -51,26 +63,42 @@ export function planDescriptors(recorded: KernelState, now: KernelState): Descri
   const open = new Map(now.descriptors.map((d) => [d.fd, d]));
   const changes: DescriptorChange[] = [];
   for (const d of recorded.descriptors) {
-    if (open.has(d.fd) || d.flags === undefined) continue;
+    const there = open.get(d.fd);
+    if (d.flags === undefined || there && (sameObject(d, there) || there.target === USERFAULTFD)) continue;
     const root = d.shares ?? d.fd;
     const partner = recorded.descriptors.find((p) =>
       p.fd !== d.fd && (p.fd === root || p.shares === root) && same(p, open.get(p.fd))
     );
     if (partner) {
-      changes.push({ fd: d.fd, from: partner.fd, target: d.target, cloexec: (d.flags & O.CLOEXEC) !== 0 });
+      const cloexec = (d.flags & O.CLOEXEC) !== 0;
+      changes.push(
+        there
+          ? {
+            fd: d.fd,
+            from: partner.fd,
+            target: d.target,
+            cloexec,
+            displaced: { target: there.target, cloexec: ((there.flags ?? 0) & O.CLOEXEC) !== 0 },
+          }
+          : { fd: d.fd, from: partner.fd, target: d.target, cloexec },
+      );
     }
   }
   return changes;
 }
 
+const USERFAULTFD = "anon_inode:[userfaultfd]";
+
 /**
- * One line for a dry run, e.g. `fd 33 (pipe:[1691514]): closed since, opened again as a copy of fd 0 (dup3)`.
+ * One line for a dry run, e.g. `fd 33 (pipe:[1691514]): closed since, opened again as a copy of fd 0 (dup3)`,
+ * or `fd 33 (pipe:[1691514]): socket:[1691600] there now, replaced by a copy of fd 0 (dup3)`.
  *
  * @param c The change.
  * @returns The line.
  */
 export function describeDescriptorChange(c: DescriptorChange): string {
-  return `fd ${c.fd} (${c.target}): closed since, opened again as a copy of fd ${c.from} (dup3)`;
+  const was = c.displaced ? `${c.displaced.target} there now, replaced by` : "closed since, opened again as";
+  return `fd ${c.fd} (${c.target}): ${was} a copy of fd ${c.from} (dup3)`;
 }
 
 /** What a rollback does to the target's descriptors. */

@@ -25,6 +25,7 @@ export const SYS = {
   write: 1,
   close: 3,
   lseek: 8,
+  fcntl: 72,
   dup3: 292,
   mmap: 9,
   mprotect: 10,

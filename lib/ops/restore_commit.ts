@@ -29,7 +29,7 @@ import { budgetShares } from "../image/budget.ts";
 import type { OffsetChange } from "../kernel/kernel_state.ts";
 import type { DescriptorChange } from "../kernel/descriptors_fix.ts";
 import { libc } from "../../ffi/libc.ts";
-import { MREMAP, O } from "../../ffi/constants.ts";
+import { F, MREMAP, O } from "../../ffi/constants.ts";
 import { holdsUserfaultfd } from "../kernel/uffd.ts";
 import { hex } from "../hex.ts";
 
@@ -227,8 +227,9 @@ export interface CommitContext {
    */
   putOffsets(changes: readonly OffsetChange[]): void;
   /**
-   * Open again the descriptors closed since that were copies of one still open: an injected `dup3` each, its
-   * undo (a `close`) journaled first. Before {@link putOffsets} (a copy shares its partner's offset).
+   * Open again the descriptors closed since (or taken by another object) that were copies of one still open: an
+   * injected `dup3` each, its undo (a `close`, or putting the other object back from where it was kept)
+   * journaled first. Before {@link putOffsets} (a copy shares its partner's offset).
    */
   reopenDescriptors(changes: readonly DescriptorChange[]): void;
   /**
@@ -282,6 +283,7 @@ export async function commitRestore<T>(
   let threadsRecreated = 0;
   let offsetsPut = 0;
   const releases: AppliedLayout[] = []; // regions moved aside, unmapped once the restore has committed
+  const displaced: number[] = []; // descriptors kept aside, closed at the commit ({@link CommitContext.reopenDescriptors})
   const asides: { at: bigint; length: bigint }[] = []; // old pages moved aside ({@link CommitContext.moveAside})
   let inj: Injector | undefined;
   const toEnd: number[] = [];
@@ -324,9 +326,19 @@ export async function commitRestore<T>(
         inj ??= inject(frozen);
         const on = inj;
         let made = false;
-        journal.recordUndo(`close the reopened fd ${c.fd}`, () => {
-          if (made) on.closeFd(c.fd);
-        });
+        if (c.displaced) {
+          const { target, cloexec } = c.displaced;
+          const kept = Number(on.syscall(SYS.fcntl, c.fd, F.DUPFD_CLOEXEC, 0));
+          displaced.push(kept);
+          journal.recordUndo(`put ${target} back at fd ${c.fd}`, () => {
+            on.syscall(SYS.dup3, kept, c.fd, cloexec ? O.CLOEXEC : 0);
+            on.closeFd(kept);
+          });
+        } else {
+          journal.recordUndo(`close the reopened fd ${c.fd}`, () => {
+            if (made) on.closeFd(c.fd);
+          });
+        }
         on.syscall(SYS.dup3, c.from, c.fd, c.cloexec ? O.CLOEXEC : 0);
         made = true;
       }
@@ -400,6 +412,11 @@ export async function commitRestore<T>(
     try {
       inj!.munmap(a.at, a.length);
     } catch { /* as above */ }
+  }
+  for (const fd of displaced) {
+    try {
+      inj!.closeFd(fd);
+    } catch { /* left open where nothing names it: a leak, not a fault */ }
   }
   inj?.close();
   const threadsEnded = toEnd.filter((tid) => {
