@@ -1,7 +1,7 @@
 /**
  * The byte sources the frame reader (lib/image/reader.ts) reads an image from, positional or sequential:
- * - {@link FileSource}: `pread` at any offset of an open file (the loader's `open()`);
- * - {@link MappedSource}: views of a read-only mapping of the whole file (the verification pass);
+ * - {@link FileSource}: `pread` at any offset of an open file (the loader's `open()`, the verification pass);
+ * - {@link MappedSource}: views of a read-only mapping of the whole file;
  * - {@link BytesSource}: bytes already in memory, at their file offset (a streamed image's tail);
  * - `StreamSource` (lib/image/stream_input.ts): a stream read once, front to back.
  *
@@ -11,9 +11,9 @@
  * @module
  */
 
-import { errno, libc, ptrOf, systemError } from "../../ffi/libc.ts";
+import { addrOf, errno, libc, ptrOf, systemError } from "../../ffi/libc.ts";
 import { ImageError } from "../errors.ts";
-import { checksum, checksumAt } from "./checksum.ts";
+import { checksum, checksumAt, Checksummer } from "./checksum.ts";
 
 /** Where the frame reader gets an image's bytes. */
 export interface ByteSource {
@@ -48,8 +48,22 @@ export function nonZero(path: string, b: Uint8Array, at: number, what: string): 
   return i < 0 ? undefined : new ImageError(path, at + i, `non-zero byte in ${what}`);
 }
 
-/** Positional reads of an open file with `pread` (copies). */
+/** Bytes of a {@link FileSource}'s read-ahead window. */
+const WINDOW = 1 << 20;
+
+/**
+ * Positional reads of an open file with `pread` (copies). Checksums and zero checks read through a window of
+ * {@link WINDOW} bytes, refilled with one `pread` when a range leaves it, so that a walk from the front to the
+ * back of an image makes one call per MiB however small its records. Copying a page-cache page into a buffer
+ * that stays in the CPU's cache is cheaper than mapping it: on our machines XXH3 over a 1 GiB image in the page
+ * cache ran at 1.6-1.7 GiB/s through a mapping (released every 16 MiB) and 5.8-6.2 GiB/s through `pread` into a
+ * 1 MiB buffer (alternated in one C program).
+ */
 export class FileSource implements ByteSource {
+  #window: Uint8Array<ArrayBuffer> | undefined;
+  #windowAt = 0;
+  #windowLength = 0;
+
   /**
    * @param path The file, for errors.
    * @param fd An open descriptor (not closed here).
@@ -59,9 +73,7 @@ export class FileSource implements ByteSource {
 
   /** Read `len` bytes at `offset` into a new buffer (or `into`). */
   read(offset: number, len: number, what: string, into: Uint8Array = new Uint8Array(len)): Uint8Array {
-    if (offset < 0 || len < 0 || offset + len > this.size) {
-      throw pastEnd(this.path, offset, len, what, this.size);
-    }
+    this.#inFile(offset, len, what);
     const b = into.subarray(0, len);
     if (len) this.readInto(BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b))), len, offset, what);
     return b;
@@ -84,18 +96,47 @@ export class FileSource implements ByteSource {
     }
   }
 
-  /** XXH3-64 of `len` bytes at `offset` (read into a buffer). */
+  /** XXH3-64 of `len` bytes at `offset`, read through the window. */
   checksum(offset: number, len: number, what: string): bigint {
-    return checksum(this.read(offset, len, what));
+    this.#inFile(offset, len, what);
+    if (len <= WINDOW) return checksum(this.#span(offset, len, what));
+    using sum = new Checksummer();
+    for (let at = offset; at < offset + len; at += WINDOW) {
+      const b = this.#span(at, Math.min(WINDOW, offset + len - at), what);
+      sum.updateAt(addrOf(Deno.UnsafePointer.of(b)), BigInt(b.length));
+    }
+    return sum.digest();
   }
 
-  /** Check that `len` bytes at `offset` are zero. */
+  /** Check that `len` bytes at `offset` are zero, read through the window. */
   zeros(offset: number, len: number, what: string): void {
-    for (let at = offset; at < offset + len; at += 1 << 16) {
-      const n = Math.min(1 << 16, offset + len - at);
-      const e = nonZero(this.path, this.read(at, n, what), at, what);
-      if (e) throw e;
+    this.#inFile(offset, len, what);
+    for (let at = offset; at < offset + len; at += ZERO_PAGE.length) {
+      const n = Math.min(ZERO_PAGE.length, offset + len - at);
+      const b = this.#span(at, n, what);
+      if (libc.memcmp(Deno.UnsafePointer.of(b), zeroPtr(), BigInt(n)) !== 0) {
+        throw nonZero(this.path, b, at, what)!;
+      }
     }
+  }
+
+  #inFile(offset: number, len: number, what: string): void {
+    if (offset < 0 || len < 0 || offset + len > this.size) {
+      throw pastEnd(this.path, offset, len, what, this.size);
+    }
+  }
+
+  /** A view of `[offset, offset + len)` (`len` at most {@link WINDOW}) in the window, refilled when needed. */
+  #span(offset: number, len: number, what: string): Uint8Array {
+    if (offset < this.#windowAt || offset + len > this.#windowAt + this.#windowLength) {
+      this.#window ??= new Uint8Array(WINDOW);
+      const n = Math.min(WINDOW, this.size - offset);
+      this.readInto(addrOf(Deno.UnsafePointer.of(this.#window)), n, offset, what);
+      this.#windowAt = offset;
+      this.#windowLength = n;
+    }
+    const at = offset - this.#windowAt;
+    return this.#window!.subarray(at, at + len);
   }
 }
 

@@ -32,6 +32,7 @@ import { refuseIncremental } from "./rules.ts";
 import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
 import { clearRange, mapRun, protOf } from "./lazy.ts";
 import { RemoteWriter } from "./remote.ts";
+import { BouncedWrites } from "./bounce.ts";
 
 /** Bytes of the mapped image read by a load between two releases of its pages. */
 const RELEASE_EVERY = 16 << 20;
@@ -99,7 +100,7 @@ export class MemoryLoader implements Disposable {
     this.frames = index.frames;
     this.records = index.records;
     this.sections = index.sections;
-    checkStructure({ ...this.#parts(), base: 0n });
+    checkStructure(this.#parts());
   }
 
   /**
@@ -329,11 +330,13 @@ export class MemoryLoader implements Disposable {
       };
       const holes: ImageRecord[] = [];
       const absolute = this.records.filter((r) => r.segment === 0);
-      const base = this.#parts().base;
-      // Compressed records are read from the mapped image: the pages before the record being written leave this
-      // process's RSS every budget window (16 MiB without one; a private file mapping faults a released page back in if a queued raw
-      // record still needs it), else the whole compressed image would stay mapped in (measured: 512 MiB of text,
-      // a 104 MiB image, peaked at 180 MiB).
+      const compressed = absolute.some((r) => r.codec !== 0);
+      const base = compressed ? this.#mapped() : 0n;
+      // Raw records are read with pread into a small buffer and written from there (lib/image/bounce.ts).
+      // Compressed records are decoded from the mapped image: the pages before the record being written leave
+      // this process's RSS every budget window (16 MiB without one), else the whole compressed image would stay
+      // mapped in (measured: 512 MiB of text, a 104 MiB image, peaked at 180 MiB).
+      const bounced = new BouncedWrites((ops, n) => this.readStoredMany(ops, n), remote, target.window);
       let released = 0;
       const page = BigInt(PAGE_SIZE);
       const put = (r: ImageRecord, decoded: Uint8Array | undefined) => {
@@ -347,17 +350,17 @@ export class MemoryLoader implements Disposable {
           summary.holeBytes += r.length;
           return;
         }
-        // Raw data is a view of the mapped image, valid until close: batched. Decoded data sits in a ring
-        // buffer that is reused: written now.
+        // Decoded data sits in a ring buffer that is reused: written now.
         if (decoded) remote.write(r.address, decoded);
-        else remote.queue(r.address, base + BigInt(r.fileOffset), r.length, true);
+        else bounced.add(r.address, r.fileOffset, r.length);
         summary.copiedBytes += r.length;
       };
-      if (absolute.some((r) => r.codec !== 0)) {
+      if (compressed) {
         for await (const [r, decoded] of ordered(absolute, decode, window)) put(r, decoded);
       } else {
         for (const r of absolute) put(r, undefined); // nothing to decode: no pipeline per record
       }
+      bounced.flush();
       remote.flush();
       remote.holes(holes, this.regions);
       return summary;
@@ -437,11 +440,15 @@ export class MemoryLoader implements Disposable {
     this.close();
   }
 
+  /** A read-only mapping of the whole file, made on first use (decoding, {@link storedBytes}). */
+  #mapped(): bigint {
+    if (this.#fd < 0) throw new TypeError(`Cannot use the closed image ${this.path}`);
+    if (this.#base === 0n) this.#base = mmap(0n, BigInt(this.fileSize), PROT.READ, MAP.PRIVATE, this.#fd, 0n);
+    return this.#base;
+  }
+
   #parts() {
     if (this.#fd < 0) throw new TypeError(`Cannot use the closed image ${this.path}`);
-    if (this.#base === 0n && this.header) {
-      this.#base = mmap(0n, BigInt(this.fileSize), PROT.READ, MAP.PRIVATE, this.#fd, 0n);
-    }
     return {
       path: this.path,
       fileSize: this.fileSize,
@@ -451,13 +458,14 @@ export class MemoryLoader implements Disposable {
       frames: this.frames,
       records: this.records,
       sections: this.sections,
-      base: this.#base,
+      fd: this.#fd,
+      mapped: () => this.#mapped(),
     };
   }
 
   #stored(r: ImageRecord): Uint8Array {
-    const base = this.#parts().base;
     if (r.storedLength === 0) return new Uint8Array(0);
+    const base = this.#mapped();
     return new Uint8Array(
       Deno.UnsafePointerView.getArrayBuffer(ptrOf(base + BigInt(r.fileOffset))!, r.storedLength),
     );

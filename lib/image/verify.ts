@@ -1,8 +1,9 @@
 /**
  * The verification pass: footer, header, bounds of every offset and length against the file size, index order
  * and overlap, every byte between records (zero padding and frame headers), and all checksums. It reads the
- * image through a read-only mapping, the frames with the frame reader (lib/image/reader.ts), and throws
- * {@link ImageError} naming the file and offset.
+ * image with `pread` through a window (lib/image/byte_source.ts), the frames with the frame reader
+ * (lib/image/reader.ts); compressed records are decoded from a read-only mapping. It throws {@link ImageError}
+ * naming the file and offset.
  *
  * @module
  */
@@ -14,7 +15,7 @@ import type { Codec } from "../codecs/codec.ts";
 import { defaultWindow, ordered } from "../codecs/pool.ts";
 import { CryoError, ImageError } from "../errors.ts";
 import { checksum, checksumAtAsync } from "./checksum.ts";
-import { MappedSource } from "./byte_source.ts";
+import { FileSource, MappedSource } from "./byte_source.ts";
 import { walkFrames } from "./reader.ts";
 import {
   alignUp,
@@ -57,12 +58,14 @@ export interface ImageParts {
   records: readonly ImageRecord[];
   /** The section table. */
   sections: readonly SectionEntry[];
-  /** Address of a read-only mapping of the whole file. */
-  base: bigint;
+  /** An open descriptor of the file. */
+  fd: number;
+  /** Address of a read-only mapping of the whole file, made on first use. */
+  mapped(): bigint;
 }
 
 function view(p: ImageParts, offset: number, len: number): Uint8Array {
-  return new MappedSource(p.path, p.base, p.fileSize).read(offset, len, "bytes");
+  return new MappedSource(p.path, p.mapped(), p.fileSize).read(offset, len, "bytes");
 }
 
 /**
@@ -71,10 +74,10 @@ function view(p: ImageParts, offset: number, len: number): Uint8Array {
  */
 function release(p: ImageParts, from: number, to: number): void {
   const a = alignUp(from, PAGE_SIZE), b = to - (to % PAGE_SIZE);
-  if (b > a) madvise(p.base + BigInt(a), BigInt(b - a), MADV.DONTNEED);
+  if (b > a) madvise(p.mapped() + BigInt(a), BigInt(b - a), MADV.DONTNEED);
 }
 
-/** Bytes of the mapped image verified between two {@link release} calls. */
+/** Bytes of the mapped image decoded between two {@link release} calls. */
 const RELEASE_EVERY = 16 << 20;
 
 function inFile(p: ImageParts, offset: number, len: number, what: string, at = offset): void {
@@ -144,7 +147,7 @@ export function checkStructure(p: ImageParts): void {
 }
 
 /**
- * The full verification pass, over the image's mapping: header block, this machine, structure, index checksum,
+ * The full verification pass, read with `pread` through a window: header block, this machine, structure, index checksum,
  * then the frame reader's walk of the data area (lib/image/reader.ts: every padding byte, frame and record
  * checksum), the END frame, and the tail (sections, section table, nothing else). Throws on the first problem.
  *
@@ -153,28 +156,20 @@ export function checkStructure(p: ImageParts): void {
  */
 export async function verifyImage(p: ImageParts, onProgress?: (checkedBytes: number) => void): Promise<void> {
   const f = p.footer;
-  const src = new MappedSource(p.path, p.base, p.fileSize);
+  const src = new FileSource(p.path, p.fd, p.fileSize);
   decodeHeaderBlock(p.path, src.read(0, f.headerLength, "header block")); // its checksum and every byte
   checkHost(p.path, p.header);
   checkStructure(p);
   if (checksum(src.read(f.indexOffset, f.indexLength, "index")) !== f.indexChecksum) {
     throw new ImageError(p.path, f.indexOffset, "index checksum mismatch");
   }
-  let released = 0;
   const walk = await walkFrames(src, {
     header: p.header,
     regions: p.regions,
     directory: p.frames,
     endAt: f.indexOffset - FRAME_LENGTH,
-    onChecked: (r) => { // verified pages leave this process's RSS every RELEASE_EVERY bytes
-      if (r.fileOffset - released >= RELEASE_EVERY) {
-        release(p, released, r.fileOffset);
-        released = r.fileOffset;
-      }
-      onProgress?.(r.fileOffset + r.storedLength);
-    },
+    onChecked: (r) => onProgress?.(r.fileOffset + r.storedLength),
   });
-  release(p, released, walk.tailAt);
   if (walk.end.dataLength !== p.fileSize - f.indexOffset) {
     throw new ImageError(p.path, walk.tailAt - FRAME_LENGTH, "bad END frame");
   }
