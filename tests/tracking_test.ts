@@ -2,7 +2,7 @@ import { assert, assertEquals } from "./_assert.ts";
 import { PAGE_SIZE } from "../ffi/libc.ts";
 import { adoptTracking, trackProcess } from "../lib/kernel/tracking.ts";
 import { intersectRuns, runBytes, runsOf, subtractRuns, unionRuns } from "../lib/kernel/run_sets.ts";
-import { isUserfaultfd } from "../lib/kernel/uffd.ts";
+import { isUserfaultfd, KEPT_FD_FROM } from "../lib/kernel/uffd.ts";
 import { freeze } from "../lib/kernel/freeze.ts";
 import { Target } from "./_target.ts";
 import { readRegions } from "../lib/kernel/maps.ts";
@@ -92,6 +92,11 @@ Deno.test("trackProcess({ keepInTarget }) outlives this handle: adoptTracking() 
   const fd = first.targetFd;
   first.close();
   assert(fd >= 0 && isUserfaultfd(t.pid, fd), "the target keeps the userfaultfd");
+  assert(fd >= KEPT_FD_FROM, `at a high number, out of the program's way: ${fd}`);
+  for (const e of Deno.readDirSync(`/proc/${t.pid}/fd`)) {
+    const link = Deno.readLinkSync(`/proc/${t.pid}/fd/${e.name}`);
+    assert(Number(e.name) === fd || link !== "anon_inode:[userfaultfd]", `a second userfaultfd at ${e.name}`);
+  }
   const written = indices(await t.cmd(`writepages 0x${a.toString(16)} ${4n * MiB} 12 8`));
   const zombie = Number(await t.cmd("zombie")); // a fork: the child exits at once, its parent runs on
   assert(zombie > 0);

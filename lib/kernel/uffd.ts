@@ -27,6 +27,7 @@ import { type Injector, SYS } from "./inject.ts";
 import { capabilities, requireCapabilities, UFFD_FEATURE } from "./capabilities.ts";
 import { errno, libc, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
+import { F } from "../../ffi/constants.ts";
 
 const EEXIST = 17;
 const EAGAIN = 11;
@@ -48,9 +49,26 @@ export interface UserfaultfdOptions {
    * {@link Userfaultfd.inTarget} only: leave the descriptor open in the target too (its number is
    * {@link Userfaultfd.targetFd}), so that the userfaultfd outlives this process: if it dies, threads faulting
    * on registered ranges wait instead of getting zero pages, and {@link Userfaultfd.adopt} takes it back. The
-   * caller closes the target's copy (an injected `close`) when done. Default false.
+   * caller closes the target's copy (an injected `close`) when done. It is kept at a high number (the lowest
+   * free one from {@link KEPT_FD_FROM}, when the process's limit allows), out of the numbers the program uses
+   * and reuses: a program that names a descriptor by a number it closed since must not land on cryo's
+   * userfaultfd after a rollback. Default false.
    */
   keepInTarget?: boolean;
+}
+
+/** Where a userfaultfd kept in a target is numbered from (`fcntl(F_DUPFD_CLOEXEC)`; 1024 is the usual limit). */
+export const KEPT_FD_FROM = 1000;
+
+/**
+ * Move the target's descriptor `tfd` to the lowest free number from {@link KEPT_FD_FROM}; when the process's
+ * limit refuses (EINVAL, EMFILE), it stays where it is.
+ */
+function keptHigh(inj: Injector, tfd: bigint): bigint {
+  const high = inj.raw(SYS.fcntl, tfd, F.DUPFD_CLOEXEC, KEPT_FD_FROM);
+  if (high < 0n) return tfd;
+  inj.closeFd(Number(tfd));
+  return high;
 }
 
 function featureNames(bits: bigint): string {
@@ -201,6 +219,7 @@ export class Userfaultfd implements Disposable {
         `in pid ${inj.pid}${userModeOnly ? " (user mode only)" : ""}`,
       );
     }
+    if (opts.keepInTarget) tfd = keptHigh(inj, tfd);
     let fd = -1;
     let kept = false;
     try {
