@@ -225,15 +225,21 @@ export interface WalkOptions {
   onRecord?: (r: ImageRecord, stored: Uint8Array, ordinal: number) => void | Promise<void>;
   /** Called with each data record once its stored bytes passed their checksum, when there is no `onRecord`. */
   onChecked?: (r: ImageRecord) => void;
+  /**
+   * Whether to return the frames, tables and records read (default true). The verification of an opened file
+   * has them from its index already: without them, each frame's decoded entries are garbage as soon as the
+   * frame is checked (an image of half a million records otherwise held a second copy of its index).
+   */
+  collect?: boolean;
 }
 
 /** What {@link walkFrames} read. */
 export interface FrameWalk {
-  /** The frames, in file order. */
+  /** The frames, in file order (none with `collect: false`). */
   frames: FrameInfo[];
-  /** Their tables' bytes. */
+  /** Their tables' bytes (none with `collect: false`). */
   tables: Uint8Array[];
-  /** The records (data and holes) the frames describe, in file order. */
+  /** The records (data and holes) the frames describe, in file order (none with `collect: false`). */
   records: ImageRecord[];
   /** Data records read. */
   dataRecords: number;
@@ -258,11 +264,12 @@ export async function walkFrames(src: ByteSource, opts: WalkOptions): Promise<Fr
   const { path } = src;
   const { header, regions, directory } = opts;
   const frames: FrameInfo[] = [], tables: Uint8Array[] = [], records: ImageRecord[] = [];
-  let pos = header.headerLength, ordinal = 0;
+  let pos = header.headerLength, ordinal = 0, count = 0;
+  let last: FrameInfo | undefined;
   const uncovered = uncoveredMeaning(header.requiredFeatures);
   for (;;) {
     const frameAt = alignUp(pos, 8);
-    const entry = directory?.[frames.length];
+    const entry = directory?.[count];
     if (entry && entry.offset !== frameAt) {
       throw new ImageError(path, frameAt, `expected the frame of ${hex(entry.start)} here`);
     }
@@ -277,7 +284,7 @@ export async function walkFrames(src: ByteSource, opts: WalkOptions): Promise<Fr
       return { frames, tables, records, dataRecords: ordinal, end: fr.frame, tailAt: frameAt + FRAME_LENGTH };
     }
     if (atEnd) throw new ImageError(path, frameAt, "expected the END frame here");
-    checkFrameRange(path, frameAt, fr.frame, frames[frames.length - 1], regions);
+    checkFrameRange(path, frameAt, fr.frame, last, regions);
     pos = tableEnd(fr.frame);
     for (const r of fr.records) {
       checkRecord(path, r, header, regions); // order: decodeTable (in a frame), checkFrameRange (frames)
@@ -308,6 +315,9 @@ export async function walkFrames(src: ByteSource, opts: WalkOptions): Promise<Fr
       ordinal++;
       pos = r.fileOffset + r.storedLength;
     }
+    last = fr.frame;
+    count++;
+    if (opts.collect === false) continue;
     frames.push(fr.frame);
     tables.push(fr.table);
     addFrameRecords(records, fr.frame, fr.entries, uncovered);

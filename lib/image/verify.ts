@@ -169,6 +169,7 @@ export async function verifyImage(p: ImageParts, onProgress?: (checkedBytes: num
     directory: p.frames,
     endAt: f.indexOffset - FRAME_LENGTH,
     onChecked: (r) => onProgress?.(r.fileOffset + r.storedLength),
+    collect: false,
   });
   if (walk.end.dataLength !== p.fileSize - f.indexOffset) {
     throw new ImageError(p.path, walk.tailAt - FRAME_LENGTH, "bad END frame");
