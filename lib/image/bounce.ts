@@ -12,13 +12,17 @@
 import { addrOf } from "../../ffi/libc.ts";
 import type { RemoteWriter } from "./remote.ts";
 
-/** Bytes of the buffer (a memory budget's window may make it smaller). */
+/** Bytes of the buffer by default (a memory budget's window may make it smaller). */
 export const BOUNCE_BYTES = 1 << 20;
 
 /** Pieces read in one helper call. */
 const PIECES = 1024;
 
-let kept: Uint8Array<ArrayBuffer> | undefined; // for this process's next loads: its pages are faulted in once
+/**
+ * The buffers, by size, kept for this process's next loads: a new one would cost a page fault per page each
+ * time. Two loads may share one: a batch is read and written with no `await` between (in {@link flush}).
+ */
+const kept = new Map<number, Uint8Array<ArrayBuffer>>();
 
 /** Writes raw records into a process through the buffer, a buffer at a time. */
 export class BouncedWrites {
@@ -32,16 +36,17 @@ export class BouncedWrites {
   /**
    * @param readMany Reads the pieces: triples of local address, length and file offset (`readStoredMany`).
    * @param remote Where they are written.
-   * @param bytes The buffer's size, at most {@link BOUNCE_BYTES}.
+   * @param bytes The buffer's size (default {@link BOUNCE_BYTES}; at least a page).
    */
   constructor(
     readonly readMany: (ops: BigUint64Array, n: number) => void,
     readonly remote: RemoteWriter,
     bytes: number = BOUNCE_BYTES,
   ) {
-    kept ??= new Uint8Array(BOUNCE_BYTES);
-    this.#base = addrOf(Deno.UnsafePointer.of(kept));
-    this.#bytes = Math.max(4096, Math.min(bytes, BOUNCE_BYTES));
+    this.#bytes = Math.max(4096, bytes);
+    let buffer = kept.get(this.#bytes);
+    if (!buffer) kept.set(this.#bytes, buffer = new Uint8Array(this.#bytes));
+    this.#base = addrOf(Deno.UnsafePointer.of(buffer));
   }
 
   /**

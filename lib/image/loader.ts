@@ -32,7 +32,7 @@ import { refuseIncremental } from "./rules.ts";
 import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
 import { clearRange, mapRun, protOf } from "./lazy.ts";
 import { RemoteWriter } from "./remote.ts";
-import { BouncedWrites } from "./bounce.ts";
+import { BOUNCE_BYTES, BouncedWrites } from "./bounce.ts";
 
 /** Bytes of the mapped image read by a load between two releases of its pages. */
 const RELEASE_EVERY = 16 << 20;
@@ -336,7 +336,11 @@ export class MemoryLoader implements Disposable {
       // Compressed records are decoded from the mapped image: the pages before the record being written leave
       // this process's RSS every budget window (16 MiB without one), else the whole compressed image would stay
       // mapped in (measured: 512 MiB of text, a 104 MiB image, peaked at 180 MiB).
-      const bounced = new BouncedWrites((ops, n) => this.readStoredMany(ops, n), remote, target.window);
+      const bounced = new BouncedWrites(
+        (ops, n) => this.readStoredMany(ops, n),
+        remote,
+        Math.min(BOUNCE_BYTES, target.window ?? BOUNCE_BYTES),
+      );
       let released = 0;
       const page = BigInt(PAGE_SIZE);
       const put = (r: ImageRecord, decoded: Uint8Array | undefined) => {

@@ -32,6 +32,7 @@ import {
 import { KIND } from "../image/format.ts";
 import type { MemoryLoader } from "../image/loader.ts";
 import { anonymousRange, RemoteWriter } from "../image/remote.ts";
+import { BouncedWrites } from "../image/bounce.ts";
 import type { LoadTarget } from "../image/targets.ts";
 
 /** What {@link loadWritten} did. */
@@ -48,9 +49,6 @@ export interface WrittenLoad {
 
 /** Bytes of the buffer the written pages are read into from the image. */
 const BUFFER = 8 << 20;
-/** Pieces read (and written) per batch. */
-const IOV_BATCH = 1024;
-let sharedBuffer: Uint8Array | undefined;
 /** The runs of each open image's data records. */
 const dataRuns = new WeakMap<MemoryLoader, Runs>();
 
@@ -107,20 +105,7 @@ export async function loadWritten(
     using remote = new RemoteWriter(pid, target.journal);
     // Raw pages are read from the image with pread (all of a batch in one helper call) into a buffer, not
     // through a mapping of it, where each scattered page would cost a page fault; then written from there.
-    // One buffer for every rollback of this process: a new one would cost a page fault per page each time.
-    const buffer = sharedBuffer ??= new Uint8Array(BUFFER);
-    const bufferAt = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer)));
-    const ops = new BigUint64Array(3 * IOV_BATCH);
-    const writes: bigint[] = [];
-    let used = 0, n = 0;
-    const readAndWrite = () => { // the batch's reads, then its writes (queued: they go out in batches)
-      if (n === 0) return;
-      loader.readStoredMany(ops, n);
-      for (let k = 0; k < n; k++) remote.queue(writes[k], ops[3 * k], Number(ops[3 * k + 1]));
-      remote.flush();
-      used = n = 0;
-      writes.length = 0;
-    };
+    const bounced = new BouncedWrites((ops, n) => loader.readStoredMany(ops, n), remote, BUFFER);
     let j = 0;
     for (const r of absolute) {
       const rs = r.address, re = r.address + BigInt(r.length);
@@ -137,27 +122,15 @@ export async function loadWritten(
         }
         out.copiedBytes += len;
         if (r.codec === 0) {
-          for (let done = 0; done < len;) {
-            if (used === buffer.length || n === IOV_BATCH) readAndWrite();
-            const piece = Math.min(len - done, buffer.length - used);
-            ops[3 * n] = bufferAt + BigInt(used);
-            ops[3 * n + 1] = BigInt(piece);
-            ops[3 * n + 2] = BigInt(r.fileOffset + off + done);
-            writes.push(s + BigInt(done));
-            n++;
-            used += piece;
-            done += piece;
-          }
+          bounced.add(s, r.fileOffset + off, len);
         } else {
           decoded ??= await loader.readRecord(r);
-          readAndWrite();
-          remote.flush();
+          bounced.flush();
           remote.write(s, decoded.subarray(off, off + len));
         }
       }
     }
-    readAndWrite();
-    remote.flush();
+    bounced.flush();
     if (fileHoles.length) remote.holes(fileHoles, regions);
   }
   const toRelease = intersectRuns(runsOf(release), populated);
