@@ -31,6 +31,25 @@ async function dataFile(dir: string): Promise<string> {
   return path;
 }
 
+/**
+ * A file opened in `target` and a copy of it (`dup`) read from, checkpointed to `dir/a.cryo`, the copy read on
+ * and closed since.
+ *
+ * @returns The descriptors and what the copy read after the checkpoint.
+ */
+async function copyClosedSince(
+  target: Target,
+  dir: string,
+): Promise<{ fd: number; copy: number; next: string }> {
+  const fd = Number(await target.cmd(`fopen ${await dataFile(dir)}`));
+  const copy = Number(await target.cmd(`fdup ${fd}`));
+  await target.cmd(`fread ${copy} 4096`);
+  await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
+  const next = await target.cmd(`fread ${copy} 4096`);
+  await target.cmd(`fclose ${copy}`);
+  return { fd, copy, next };
+}
+
 Deno.test("restore() puts back the offset of a file the target still has open (lseek), listed by a dry run", async () => {
   const dir = await Deno.makeTempDir();
   await using target = Target.start();
@@ -60,12 +79,7 @@ Deno.test("restore() opens again a copy of a descriptor closed since (dup3 of th
   const dir = await Deno.makeTempDir();
   await using target = Target.start();
   try {
-    const fd = Number(await target.cmd(`fopen ${await dataFile(dir)}`));
-    const copy = Number(await target.cmd(`fdup ${fd}`));
-    await target.cmd(`fread ${copy} 4096`);
-    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
-    const next = await target.cmd(`fread ${copy} 4096`);
-    await target.cmd(`fclose ${copy}`);
+    const { fd, copy, next } = await copyClosedSince(target, dir);
     const link = Deno.readLinkSync(`/proc/${target.pid}/fd/${fd}`);
     const dry = await restore(target.pid, `${dir}/a.cryo`, { dryRun: true });
     assertEquals(dry.descriptorChanges, [
@@ -90,12 +104,7 @@ Deno.test("restore() puts a copy of a descriptor back over another file that too
   const dir = await Deno.makeTempDir();
   await using target = Target.start();
   try {
-    const fd = Number(await target.cmd(`fopen ${await dataFile(dir)}`));
-    const copy = Number(await target.cmd(`fdup ${fd}`));
-    await target.cmd(`fread ${copy} 4096`);
-    await checkpoint(target.pid, `${dir}/a.cryo`, { fsync: false });
-    const next = await target.cmd(`fread ${copy} 4096`);
-    await target.cmd(`fclose ${copy}`);
+    const { fd, copy, next } = await copyClosedSince(target, dir);
     await Deno.writeTextFile(`${dir}/other`, "other");
     assertEquals(Number(await target.cmd(`fopen ${dir}/other`)), copy, "the other file takes the number");
     const link = Deno.readLinkSync(`/proc/${target.pid}/fd/${fd}`);
