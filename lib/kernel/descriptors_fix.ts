@@ -13,10 +13,11 @@
  *
  * Its number may have been taken since by another object: Deno's update check opens sockets at start-up, and a
  * socket that took the number of a closed copy of descriptor 0 left the rolled-back reader waiting on that
- * socket for ever (tests/fidelity/deno_test.ts, 2 runs in 40). Under memory rolled back, nothing names that
- * newer object by the number, so the copy replaces it (`dup3` closes what the number held). The newer object is
- * first kept at another number by an injected `fcntl(F_DUPFD_CLOEXEC)`, so that the undo can put it back, and
- * closed when the restore commits. A userfaultfd is never replaced (it is cryo's own write tracking).
+ * socket for ever (tests/fidelity/deno_test.ts: 2 of 8 quiet runs hung before this, 0 of 40 after). Under
+ * memory rolled back, nothing names that newer object by the number, so the copy replaces it (`dup3` closes
+ * what the number held). The newer object is first kept at another number by an injected
+ * `fcntl(F_DUPFD_CLOEXEC)`, so that the undo can put it back, and closed when the restore commits. A userfaultfd
+ * is never replaced (it is cryo's own write tracking).
  *
  * @module
  */
