@@ -75,7 +75,7 @@ export class FileSource implements ByteSource {
   read(offset: number, len: number, what: string, into: Uint8Array = new Uint8Array(len)): Uint8Array {
     this.#inFile(offset, len, what);
     const b = into.subarray(0, len);
-    if (len) this.readInto(BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b))), len, offset, what);
+    if (len) this.readInto(addrOf(Deno.UnsafePointer.of(b)), len, offset, what);
     return b;
   }
 

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { MADV, O } from "../../ffi/constants.ts";
+import { O } from "../../ffi/constants.ts";
 import { cstr, errno, libc, open, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 import { CryoError, SystemError } from "../errors.ts";
@@ -66,8 +66,6 @@ export class RemoteWriter implements Disposable {
   #riov = new BigUint64Array(2 * IOV_BATCH);
   #queued = 0;
   #queuedBytes = 0;
-  /** Local ranges (of a mapped image) to release from our mapping once the queued writes are done. */
-  #releases: [bigint, number][] = [];
   readonly #window: number;
 
   /**
@@ -212,11 +210,8 @@ export class RemoteWriter implements Disposable {
    * @param addr Remote address.
    * @param local Local address.
    * @param len Bytes.
-   * @param release Whether `local` is a read-only mapping of a file (an image) whose pages may be released
-   *   from this process once written (`MADV_DONTNEED`: they are read from the file again if touched), so that
-   *   a mapped image does not grow the resident set past a window.
    */
-  queue(addr: bigint, local: bigint, len: number, release = false): void {
+  queue(addr: bigint, local: bigint, len: number): void {
     for (let off = 0; off < len;) {
       const n = Math.min(len - off, this.#window);
       const q = this.#queued++;
@@ -225,7 +220,6 @@ export class RemoteWriter implements Disposable {
       this.#riov[2 * q] = addr + BigInt(off);
       this.#riov[2 * q + 1] = BigInt(n);
       this.#queuedBytes += n;
-      if (release) this.#releases.push([local + BigInt(off), n]);
       off += n;
       if (this.#queued === IOV_BATCH || this.#queuedBytes >= this.#window) this.flush();
     }
@@ -236,15 +230,7 @@ export class RemoteWriter implements Disposable {
     const count = this.#queued;
     this.#queued = 0;
     this.#queuedBytes = 0;
-    try {
-      this.#flush(count);
-    } finally {
-      const page = BigInt(PAGE_SIZE);
-      for (const [at, n] of this.#releases.splice(0)) {
-        const a = (at + page - 1n) / page * page, e = (at + BigInt(n)) / page * page;
-        if (e > a) libc.madvise(ptrOf(a), e - a, MADV.DONTNEED); // advice: a failure costs only memory
-      }
-    }
+    this.#flush(count);
   }
 
   #flush(count: number): void {

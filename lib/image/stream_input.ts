@@ -10,11 +10,11 @@ import { ImageError } from "../errors.ts";
 import { type ByteSource, nonZero } from "./byte_source.ts";
 import { checksum } from "./checksum.ts";
 
-/** Bytes read from a byte stream at once, into one buffer that is reused (no garbage per read). */
 /**
- * Bytes asked of the stream per read: each read of a file or stdin is an async op of Deno's (a blocking-pool
- * call, tens of microseconds here), so 64 KiB reads cost about 16,000 of them per GiB. A streamed CLI restore of
- * 1 GiB from a file on stdin, alternated in one run: 1433-1658 ms with 64 KiB reads, 901-1341 ms with 1 MiB.
+ * Bytes read from a byte stream at once, into one buffer that is reused (no garbage per read). Each read of a
+ * file or stdin is an async op of Deno's (a blocking-pool call, tens of microseconds here), so 64 KiB reads cost
+ * about 16,000 of them per GiB. A streamed CLI restore of 1 GiB from a file on stdin, alternated in one run:
+ * 1433-1658 ms with 64 KiB reads, 901-1341 ms with 1 MiB.
  */
 const WINDOW = 1 << 20;
 /** Bytes of padding checked at a time. */

@@ -147,11 +147,12 @@ export function checkStructure(p: ImageParts): void {
 }
 
 /**
- * The full verification pass, read with `pread` through a window: header block, this machine, structure, index checksum,
- * then the frame reader's walk of the data area (lib/image/reader.ts: every padding byte, frame and record
- * checksum), the END frame, and the tail (sections, section table, nothing else). Throws on the first problem.
+ * The full verification pass, read with `pread` through a window: header block, this machine, structure, index
+ * checksum, then the frame reader's walk of the data area (lib/image/reader.ts: every padding byte, frame and
+ * record checksum), the END frame, and the tail (sections, section table, nothing else). Throws on the first
+ * problem.
  *
- * @param p The image (mapped).
+ * @param p The image.
  * @param onProgress Called as the walk goes with the file offset it has checked up to (`p.fileSize` at the end).
  */
 export async function verifyImage(p: ImageParts, onProgress?: (checkedBytes: number) => void): Promise<void> {
