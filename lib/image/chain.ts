@@ -30,6 +30,10 @@ export const PARENT_SECTION = "parent";
 /** Longest chain followed (a loop of images naming each other is refused long before). */
 export const MAX_CHAIN_LENGTH = 4096;
 
+/** Images whose {@link ImageChain.dataRuns} below them are kept, by their file's stamp (the newest). */
+const DATA_BELOW = 64;
+const dataBelow = new Map<string, Runs>();
+
 /** How an incremental image names its parent. */
 export interface ParentLink {
   /** The parent's footer checksum, 16 hex digits: its content identity. */
@@ -245,27 +249,33 @@ export class ImageChain implements Disposable {
   }
 
   /**
-   * The addresses the chain holds data for (what {@link records} gives as data), as runs, found with one
-   * merge of each image's records rather than by resolving every record.
+   * The addresses the chain holds data for (what {@link records} gives as data), as runs. Found bottom-up: the
+   * data below an image is its own data runs and, outside the runs its records cover, the data below its parent.
+   * That does not depend on the tip, so it is kept per image (by its file's stamp) for the next chain over it: an
+   * incremental checkpoint over a chain of N images merges only its parent's runs, not N images' (each image's
+   * covered runs fragment what is left below it, so the merges from the tip down grew with the chain).
    *
    * @returns Sorted, merged runs.
    */
   dataRuns(): Runs {
-    let remaining: Runs = runsOf(this.tip.regions.filter((g) => !g.relocatable));
-    let data: Runs = new BigUint64Array(0);
-    for (const img of this.images) {
-      if (!remaining.length) break;
+    const keys = this.images.map((img) => img.stamp());
+    let i = keys.findIndex((k) => dataBelow.has(k));
+    let below: Runs = i < 0 ? new BigUint64Array(0) : dataBelow.get(keys[i])!;
+    if (i < 0) i = this.images.length;
+    for (i--; i >= 0; i--) {
       const covered = new RunBuilder(), own = new RunBuilder();
-      for (const r of img.records) { // sorted by (segment, address), not overlapping
+      for (const r of this.images[i].records) { // sorted by (segment, address), not overlapping
         if (r.segment !== 0) break;
         const s = Number(r.address), e = s + r.length;
         covered.add(s, e);
         if (r.kind === KIND.DATA) own.add(s, e);
       }
-      data = unionRuns(data, intersectRuns(own.finish(), remaining));
-      remaining = subtractRuns(remaining, covered.finish());
+      below = unionRuns(own.finish(), subtractRuns(below, covered.finish()));
+      dataBelow.delete(keys[i]); // the newest last, for the bound
+      dataBelow.set(keys[i], below);
+      while (dataBelow.size > DATA_BELOW) dataBelow.delete(dataBelow.keys().next().value!);
     }
-    return data;
+    return intersectRuns(below, runsOf(this.tip.regions.filter((g) => !g.relocatable)));
   }
 
   /**

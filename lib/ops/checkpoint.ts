@@ -11,7 +11,6 @@ import { freeze, type Frozen } from "../kernel/freeze.ts";
 import { readRegions } from "../kernel/maps.ts";
 import { classify, type Decision, type PolicyOptions } from "../kernel/policy.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
-import { concatRuns } from "../kernel/run_sets.ts";
 import { markStacks, threadStacks } from "../kernel/stacks.ts";
 import { type Codec, raw } from "../codecs/codec.ts";
 import type { Sealer } from "../codecs/seal.ts";
@@ -250,7 +249,7 @@ async function persistPid(
         const runs = pm.runs(d.region.start, d.region.end, { anonOnly: d.pages === "anon" });
         let bytes = 0;
         for (let i = 0; i < runs.length; i += 2) bytes += Number(runs[i + 1] - runs[i]);
-        return { region: d.region, pieces: [{ start: d.region.start, end: d.region.end, runs }], bytes };
+        return { region: d.region, within: BigUint64Array.of(d.region.start, d.region.end), runs, bytes };
       });
     })();
     startPhase(progress, "read", plans.reduce((n, p) => n + p.bytes, 0));
@@ -271,19 +270,16 @@ async function persistPid(
     // The gathered store reads a region's runs in batches while earlier batches are written behind (within the
     // budget); the target is thawed once the last store has returned. An incremental plan's changed pieces of a
     // region go in one call, the gaps between them left to the parent.
-    for (const { pieces } of plans) {
+    for (const { within, runs } of plans) {
       opts.signal?.throwIfAborted();
-      if (!pieces.length) continue;
-      await persister.storeRuns(
-        pieces.length === 1 ? pieces[0].runs : concatRuns(pieces.map((p) => p.runs)),
-        {
-          start: pieces[0].start,
-          end: pieces[pieces.length - 1].end,
-          within: inc?.incremental ? BigUint64Array.from(pieces.flatMap((p) => [p.start, p.end])) : undefined,
-          signal: opts.signal,
-          progress: (n) => progress.advance(n),
-        },
-      );
+      if (!within.length) continue;
+      await persister.storeRuns(runs, {
+        start: within[0],
+        end: within[within.length - 1],
+        within: inc?.incremental ? within : undefined,
+        signal: opts.signal,
+        progress: (n) => progress.advance(n),
+      });
     }
     opts.signal?.throwIfAborted();
     // Every byte is read: the target may run while the index is written and the file is synced (unless the

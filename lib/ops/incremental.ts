@@ -20,7 +20,15 @@ import type { Frozen } from "../kernel/freeze.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
 import type { Decision } from "../kernel/policy.ts";
 import type { Region } from "../kernel/region.ts";
-import { concatRuns, type Runs, runsOf, subtractRuns, unionRuns } from "../kernel/run_sets.ts";
+import {
+  concatRuns,
+  intersectRuns,
+  runBytes,
+  type Runs,
+  runsOf,
+  subtractRuns,
+  unionRuns,
+} from "../kernel/run_sets.ts";
 import { RunBuilder } from "../kernel/runs.ts";
 import type { ProcessTracking } from "../kernel/tracking.ts";
 import { trackingUnavailable, trackProcess } from "../kernel/tracking.ts";
@@ -47,12 +55,17 @@ import { PARENT_SECTION } from "../image/chain.ts";
 import { adoptTracking } from "../kernel/tracking.ts";
 import { isUserfaultfd } from "../kernel/uffd.ts";
 
-/** What to persist of one region: `pieces` of it, each stored whole (its `runs` as data, the rest as holes). */
+/**
+ * What to persist of one region: the ranges it covers (`within`, each stored whole: its `runs` as data, the rest
+ * as holes), from `start` to `end`.
+ */
 export interface RegionPlan {
   /** The region. */
   region: Region;
-  /** Covered ranges, with the runs of populated pages inside each. */
-  pieces: { start: bigint; end: bigint; runs: Runs }[];
+  /** The ranges covered, as runs (empty: nothing of the region is stored). */
+  within: Runs;
+  /** The populated pages inside them, as runs. */
+  runs: Runs;
   /** Bytes of runs. */
   bytes: number;
 }
@@ -168,33 +181,13 @@ export class IncrementalPlan implements Disposable {
     }
     if (this.#track && !this.info.armed) this.#arm(pid, frozen, regions);
     const plans: RegionPlan[] = [];
-    let c = 0; // cursor into `changed` (the kept regions are in address order)
     for (const d of kept) {
-      const g = d.region, runs = present.get(g)!;
-      const pieces: RegionPlan["pieces"] = [];
-      let bytes = 0, r = 0;
-      const piece = (s: bigint, e: bigint) => {
-        // The populated runs inside [s, e): a slice of `runs`, its ends clipped.
-        while (r < runs.length && runs[r + 1] <= s) r += 2;
-        let k = r;
-        while (k < runs.length && runs[k] < e) k += 2;
-        const inside = runs.slice(r, k);
-        if (inside.length) {
-          if (inside[0] < s) inside[0] = s;
-          if (inside[inside.length - 1] > e) inside[inside.length - 1] = e;
-        }
-        for (let i = 0; i < inside.length; i += 2) bytes += Number(inside[i + 1] - inside[i]);
-        pieces.push({ start: s, end: e, runs: inside });
-        this.info.changedBytes += Number(e - s);
-      };
-      if (!changed) piece(g.start, g.end);
-      else {
-        while (c < changed.length && changed[c + 1] <= g.start) c += 2;
-        for (let k = c; k < changed.length && changed[k] < g.end; k += 2) {
-          piece(changed[k] > g.start ? changed[k] : g.start, changed[k + 1] < g.end ? changed[k + 1] : g.end);
-        }
-      }
-      plans.push({ region: g, pieces, bytes });
+      const g = d.region;
+      const whole = BigUint64Array.of(g.start, g.end);
+      const within = changed ? intersectRuns(changed, whole) : whole;
+      const runs = intersectRuns(present.get(g)!, within);
+      this.info.changedBytes += runBytes(within);
+      plans.push({ region: g, within, runs, bytes: runBytes(runs) });
     }
     return plans;
   }
