@@ -32,6 +32,7 @@ export {
   type PersisterOptions,
 } from "./lib/image/persister.ts";
 export { type LoadSummary, MemoryLoader } from "./lib/image/loader.ts";
+export type { IndexRecords } from "./lib/image/records.ts";
 export { releaseMemory } from "./lib/image/lazy.ts";
 export {
   type ChainPiece,

@@ -5,7 +5,8 @@
  * (bench/rusage.c), the stop window from the target's own 1 ms heartbeat thread, the tool's peak RSS
  * (`wait4`'s `ru_maxrss`) and the image's allocated bytes (`st_blocks × 512`). Workloads (full / --quick):
  * 1 GiB / 64 MiB random (raw, `--compress zstd:1`, encrypted, restore from the file and streamed on stdin), 4 GiB
- * / 256 MiB sparse with a quarter resident.
+ * / 256 MiB sparse with a quarter resident (every fourth page: an image of a record per data page and a hole
+ * between, checkpointed, inspected and restored).
  * A second group per workload measures cryo warm, `checkpoint()` inside this process, in the same run.
  *
  * @module
@@ -103,6 +104,11 @@ async function measure(
       // The same image streamed to the restore on stdin (`restore -`: verified chunk by chunk as it comes).
       await target.fill(addr, w.bytes, w.kind, 3);
       await cli("stream", ["restore", "--pid", String(target.pid), "-q", "-"], image);
+    } else {
+      // A fragmented image (a record per data page, and a hole between): what reading its index costs.
+      await cli("inspect", ["inspect", image]);
+      await target.fill(addr, w.bytes, w.kind, 2); // every data page changed since the checkpoint
+      await cli("restore", ["restore", "--pid", String(target.pid), "-q", image]);
     }
     await Deno.remove(image);
     if (!sparse) {

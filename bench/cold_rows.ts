@@ -171,6 +171,11 @@ export function rowsOf(
     "restore from the file",
     "restore.ms",
   );
+  if (s["inspect.ms"]) {
+    const igroup = `cold inspect ${w.label}`;
+    rows.push({ group: igroup, name: "cryo CLI: inspect time", samples: s["inspect.ms"], unit: "ms" });
+    rows.push(rssRow(igroup, "cryo CLI: peak RSS", s["inspect.rss"], size));
+  }
   if (s["restore.ms"]) {
     const rgroup = `cold restore ${w.label}`;
     rows.push({

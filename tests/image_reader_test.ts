@@ -79,7 +79,7 @@ Deno.test("`walkFrames()` reads the same frames, records and bytes through pread
   try {
     const file = new FileSource(path, fd, size);
     const index = await readImageIndex(file, size);
-    assertEquals(index.records, img.records);
+    assertEquals(index.tableChecksums.length, index.frames.length);
     assertEquals(index.frames, img.frames);
     const byPread = await walk(file, path, index.frames);
     const byMap = await walk(new MappedSource(path, base, size), path, index.frames);

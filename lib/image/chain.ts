@@ -229,7 +229,7 @@ export class ImageChain implements Disposable {
       if (!remaining.length) return;
       // The image's own bytes are its records' (uncovered bytes of an incremental image are its parent's).
       const covered = runsOf(
-        img.records.filter((r) => r.segment === 0).map((r) => ({
+        [...img.index.segment(0)].map((r) => ({
           start: r.address,
           end: r.address + BigInt(r.length),
         })),
@@ -264,8 +264,7 @@ export class ImageChain implements Disposable {
     if (i < 0) i = this.images.length;
     for (i--; i >= 0; i--) {
       const covered = new RunBuilder(), own = new RunBuilder();
-      for (const r of this.images[i].records) { // sorted by (segment, address), not overlapping
-        if (r.segment !== 0) break;
+      for (const r of this.images[i].index.segment(0)) { // sorted by address, not overlapping
         const s = Number(r.address), e = s + r.length;
         covered.add(s, e);
         if (r.kind === KIND.DATA) own.add(s, e);
@@ -288,8 +287,9 @@ export class ImageChain implements Disposable {
     const out: ChainRecord[] = [];
     // Pieces are in address order, and so are each image's records (segment 0 first): one cursor per image.
     const cursors = this.images.map(() => 0);
+    const all = this.images.map((img) => img.records); // each made once: a record is one object throughout
     for (const p of this.pieces()) {
-      const recs = this.images[p.image].records;
+      const recs = all[p.image];
       let k = cursors[p.image];
       while (
         k < recs.length && recs[k].segment === 0 && recs[k].address + BigInt(recs[k].length) <= p.start
@@ -314,7 +314,10 @@ export class ImageChain implements Disposable {
   source(): ChainSource {
     const bounce = new Uint8Array(16 << 20);
     const bounceAt = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bounce)));
-    let cached: { r: ImageRecord; bytes: Uint8Array } | undefined;
+    // The record decoded last, by image and file offset (records are made afresh each time the index is walked).
+    let cached: { image: number; fileOffset: number; bytes: Uint8Array } | undefined;
+    const isCached = (c: ChainRecord) =>
+      cached?.image === c.image && cached.fileOffset === c.record.fileOffset;
     const index = this.records().filter((r) => r.kind === KIND.DATA);
     const find = (addr: bigint, len: number) => {
       let lo = 0, hi = index.length - 1;
@@ -344,14 +347,15 @@ export class ImageChain implements Disposable {
       },
       read(addr, len) {
         const c = find(addr, len);
-        if (cached?.r !== c.record) throw new CryoError(`Cannot read ${hex(addr)}: decode its record first`);
+        if (!isCached(c)) throw new CryoError(`Cannot read ${hex(addr)}: decode its record first`);
         const off = Number(addr - c.record.address);
-        bounce.set(cached.bytes.subarray(off, off + len));
+        bounce.set(cached!.bytes.subarray(off, off + len));
         return bounceAt;
       },
       async prepare(c) {
-        if (c.record.codec !== 0 && cached?.r !== c.record) {
-          cached = { r: c.record, bytes: await images[c.image].readRecord(c.record) };
+        if (c.record.codec !== 0 && !isCached(c)) {
+          const bytes = await images[c.image].readRecord(c.record);
+          cached = { image: c.image, fileOffset: c.record.fileOffset, bytes };
         }
       },
     };

@@ -35,27 +35,32 @@ export function recordEnd(r: Pick<ImageRecord, "address" | "length">): bigint {
  * Why `records` is not a valid index (sorted by `(segment, address)`, non-empty records, no overlap, no
  * wrap past 2^64), or `undefined` when it is.
  *
- * @param records The records, in index order.
+ * @param records The records, in index order (an array, or lib/image/records.ts walking an image's frames).
  * @returns The index of the first bad record and what is wrong with it, or undefined.
  */
-export function indexProblem(records: readonly ImageRecord[]): { at: number; message: string } | undefined {
-  for (let i = 0; i < records.length; i++) {
-    const r = records[i];
+export function indexProblem(records: Iterable<ImageRecord>): { at: number; message: string } | undefined {
+  let i = 0, p: ImageRecord | undefined;
+  for (const r of records) {
     if (r.length <= 0) return { at: i, message: `record ${i} at ${hex(r.address)} is empty` };
     if (recordEnd(r) > U64_END) return { at: i, message: `record ${i} at ${hex(r.address)} wraps past 2^64` };
-    if (i === 0) continue;
-    const p = records[i - 1];
-    const c = compareRecord(p, r);
-    if (c > 0) {
-      return { at: i, message: `record ${i} at ${hex(r.address)} is out of order (after ${hex(p.address)})` };
+    if (p) {
+      const c = compareRecord(p, r);
+      if (c > 0) {
+        return {
+          at: i,
+          message: `record ${i} at ${hex(r.address)} is out of order (after ${hex(p.address)})`,
+        };
+      }
+      if (p.segment === r.segment && recordEnd(p) > r.address) {
+        return {
+          at: i,
+          message: `record ${i} at ${hex(r.address)} overlaps record ${i - 1} ` +
+            `(${hex(p.address)}-${hex(recordEnd(p))})`,
+        };
+      }
     }
-    if (p.segment === r.segment && recordEnd(p) > r.address) {
-      return {
-        at: i,
-        message: `record ${i} at ${hex(r.address)} overlaps record ${i - 1} ` +
-          `(${hex(p.address)}-${hex(recordEnd(p))})`,
-      };
-    }
+    p = r;
+    i++;
   }
   return undefined;
 }

@@ -16,8 +16,15 @@ import { codecForId } from "../codecs/select.ts";
 import { defaultWindow, ordered } from "../codecs/pool.ts";
 import { CryoError, ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
-import { findRecord } from "./index.ts";
-import { type ImageRecord, type ImageRegion, KIND, RECORD_FLAG, REQUIRED } from "./format.ts";
+import {
+  type ImageRecord,
+  type ImageRegion,
+  KIND,
+  RECORD_FLAG,
+  REQUIRED,
+  uncoveredMeaning,
+} from "./format.ts";
+import { IndexRecords } from "./records.ts";
 import type { Footer } from "./footer.ts";
 import type { HeaderFields, SourceInfo } from "./header.ts";
 import type { SectionEntry } from "./sections.ts";
@@ -73,14 +80,18 @@ export class MemoryLoader implements Disposable {
   readonly regions: readonly ImageRegion[];
   /** The frame directory (the index), in file order. */
   readonly frames: readonly FrameInfo[];
-  /** The records the frames describe (data and holes), sorted by (segment, address). */
-  readonly records: readonly ImageRecord[];
+  /**
+   * The records the frames describe (data and holes), sorted by (segment, address), read a frame at a time
+   * (lib/image/records.ts): walk them, or find one, without holding them all.
+   */
+  readonly index: IndexRecords;
   /** The section table. */
   readonly sections: readonly SectionEntry[];
   #fd: number;
   readonly #src: FileSource;
   #base = 0n;
   #verified = false;
+  #structureChecked = false;
   readonly #codecs: Map<number, Codec>;
 
   private constructor(src: FileSource, index: ImageIndex, codecs: readonly Codec[]) {
@@ -98,9 +109,17 @@ export class MemoryLoader implements Disposable {
     this.source = index.source;
     this.regions = index.regions;
     this.frames = index.frames;
-    this.records = index.records;
+    const uncovered = uncoveredMeaning(index.header.requiredFeatures);
+    this.index = new IndexRecords(
+      src,
+      index.frames,
+      index.tableChecksums,
+      index.header.pageSize,
+      uncovered,
+    );
     this.sections = index.sections;
     checkStructure(this.#parts());
+    this.#structureChecked = true;
   }
 
   /**
@@ -132,6 +151,16 @@ export class MemoryLoader implements Disposable {
       libc.close(fd);
       throw e;
     }
+  }
+
+  /**
+   * Every record (data and holes) in an array, sorted by (segment, address): made on each call, as much memory
+   * as the index holds records (about 160 bytes each); operations walk {@link index} instead.
+   *
+   * @returns The records.
+   */
+  get records(): readonly ImageRecord[] {
+    return this.index.toArray();
   }
 
   /** Whether the records are encrypted (their contents need the key: see lib/image/stream.ts). */
@@ -174,7 +203,7 @@ export class MemoryLoader implements Disposable {
    * @returns The plan for each absolute region.
    */
   checkTarget(target: LoadTarget): RegionPlan[] {
-    const { differences, plan } = compareTarget(this.regions, this.records, target);
+    const { differences, plan } = compareTarget(this.regions, this.frames, target);
     if (differences.length) throw new LayoutMismatchError(targetName(target), differences);
     return plan;
   }
@@ -234,8 +263,7 @@ export class MemoryLoader implements Disposable {
    * @returns The record, or undefined.
    */
   findRecord(address: bigint, segment = 0): ImageRecord | undefined {
-    const i = findRecord(this.records, address, segment);
-    return i >= 0 ? this.records[i] : undefined;
+    return this.index.find(address, segment);
   }
 
   /**
@@ -291,10 +319,10 @@ export class MemoryLoader implements Disposable {
     refuseIncremental(this.path, this.header);
     this.#unmapView(); // so that our own mapping of the image is not mistaken for (or placed in) the target
     const plan = this.checkTarget(target);
-    for (const r of this.records) {
-      if (r.flags & RECORD_FLAG.ENCRYPTED) {
-        throw new CryoError(`Cannot load ${this.path}: records are encrypted`);
-      }
+    // Without the features CODEC and ENCRYPTED no record is compressed or encrypted (checked at open).
+    const compressed = (this.header.requiredFeatures & REQUIRED.CODEC) !== 0n;
+    if (this.encrypted) throw new CryoError(`Cannot load ${this.path}: records are encrypted`);
+    for (const r of compressed ? this.index : []) {
       if (!this.#codecs.has(r.codec)) {
         throw new CryoError(`Cannot load ${this.path}: codec ${r.codec} not given`);
       }
@@ -305,14 +333,13 @@ export class MemoryLoader implements Disposable {
       const b = target.segments[g.path];
       if (g.relocatable && b !== undefined) segBase.set(i + 1, segmentBytes(b));
     });
-    for (const r of this.records) {
-      if (r.segment === 0) continue;
-      const buf = segBase.get(r.segment);
-      if (!buf) continue;
-      const dst = buf.subarray(Number(r.address), Number(r.address) + r.length);
-      await this.readRecord(r, dst);
-      if (r.kind === KIND.HOLE) summary.holeBytes += r.length;
-      else summary.copiedBytes += r.length;
+    for (const [segment, buf] of segBase) {
+      for (const r of this.index.segment(segment)) {
+        const dst = buf.subarray(Number(r.address), Number(r.address) + r.length);
+        await this.readRecord(r, dst);
+        if (r.kind === KIND.HOLE) summary.holeBytes += r.length;
+        else summary.copiedBytes += r.length;
+      }
     }
     if (target.kind === "segments") return summary;
     if (target.kind === "pid") {
@@ -328,9 +355,6 @@ export class MemoryLoader implements Disposable {
         if (!(ring[slot]?.length >= r.length)) ring[slot] = new Uint8Array(r.length);
         return [r, await this.readRecord(r, ring[slot].subarray(0, r.length))] as const;
       };
-      const holes: ImageRecord[] = [];
-      const absolute = this.records.filter((r) => r.segment === 0);
-      const compressed = absolute.some((r) => r.codec !== 0);
       const base = compressed ? this.#mapped() : 0n;
       // Raw records are read with pread into a small buffer and written from there (lib/image/bounce.ts).
       // Compressed records are decoded from the mapped image: the pages before the record being written leave
@@ -341,6 +365,7 @@ export class MemoryLoader implements Disposable {
         remote,
         Math.min(BOUNCE_BYTES, target.window ?? BOUNCE_BYTES),
       );
+      const zeroHole = remote.holeZeroer(this.regions);
       let released = 0;
       const page = BigInt(PAGE_SIZE);
       const put = (r: ImageRecord, decoded: Uint8Array | undefined) => {
@@ -349,8 +374,8 @@ export class MemoryLoader implements Disposable {
           if (to > from) libc.madvise(ptrOf(base + from), to - from, MADV.DONTNEED);
           released = r.fileOffset;
         }
-        if (r.kind === KIND.HOLE) {
-          holes.push(r);
+        if (r.kind === KIND.HOLE) { // its pages the process has now, made zero (disjoint from the data)
+          zeroHole(r);
           summary.holeBytes += r.length;
           return;
         }
@@ -360,13 +385,12 @@ export class MemoryLoader implements Disposable {
         summary.copiedBytes += r.length;
       };
       if (compressed) {
-        for await (const [r, decoded] of ordered(absolute, decode, window)) put(r, decoded);
+        for await (const [r, decoded] of ordered(this.index.segment(0), decode, window)) put(r, decoded);
       } else {
-        for (const r of absolute) put(r, undefined); // nothing to decode: no pipeline per record
+        for (const r of this.index.segment(0)) put(r, undefined); // nothing to decode: no pipeline per record
       }
       bounced.flush();
       remote.flush();
-      remote.holes(holes, this.regions);
       return summary;
     }
     return await this.#loadSelf(target, plan, summary);
@@ -388,8 +412,7 @@ export class MemoryLoader implements Disposable {
       }
     }
     try {
-      for (const r of this.records) {
-        if (r.segment !== 0) continue;
+      for (const r of this.index.segment(0)) {
         const p = plan.find((x) => x.region.start <= r.address && r.address < x.region.end)!;
         if (r.kind === KIND.HOLE) {
           if (p.existing.length > 0) clearRange(r.address, r.length, p.existing);
@@ -460,8 +483,9 @@ export class MemoryLoader implements Disposable {
       header: this.header,
       regions: this.regions,
       frames: this.frames,
-      records: this.records,
+      records: this.index,
       sections: this.sections,
+      structureChecked: this.#structureChecked,
       fd: this.#fd,
       mapped: () => this.#mapped(),
     };

@@ -18,11 +18,11 @@ import { hex } from "../hex.ts";
 import { ImageError } from "../errors.ts";
 import type { ByteSource } from "./byte_source.ts";
 import { checksum } from "./checksum.ts";
+import { checkTable, frameEntries } from "./records.ts";
 import {
   addFrameRecords,
   decodeDirectory,
   decodeFrameHeader,
-  decodeTable,
   DIRECTORY_ENTRY_LENGTH,
   ENTRY_LENGTH,
   type FrameInfo,
@@ -67,6 +67,7 @@ export interface FrameRead {
  * @param pageSize The image's page size.
  * @param entry The frame's directory entry, when it is known.
  * @param uncovered What the bytes of its range no entry covers mean (lib/image/format.ts `uncoveredMeaning`).
+ * @param decode Whether to decode the table's entries (else only its checksum is checked: no records).
  * @returns The frame.
  * @throws {ImageError} Naming the frame's offset.
  */
@@ -76,6 +77,7 @@ export async function readFrame(
   pageSize: number,
   entry?: FrameInfo,
   uncovered: "hole" | "parent" = "hole",
+  decode = true,
 ): Promise<FrameRead> {
   const frame = decodeFrameHeader(src.path, await src.read(at, FRAME_LENGTH, "frame header"), at);
   if (entry && !sameFrame(frame, entry)) {
@@ -86,12 +88,12 @@ export async function readFrame(
     );
   }
   if (frame.isEnd) return { frame, table: new Uint8Array(0), records: [], entries: [] };
-  const tableAt = at + FRAME_LENGTH;
-  const table = await src.read(tableAt, frame.count * ENTRY_LENGTH, "frame table");
-  if (checksum(table) !== frame.tableChecksum) {
-    throw new ImageError(src.path, tableAt, "frame table checksum mismatch");
+  const table = await src.read(at + FRAME_LENGTH, frame.count * ENTRY_LENGTH, "frame table");
+  if (!decode) {
+    checkTable(src.path, frame, table, frame.tableChecksum);
+    return { frame, table, records: [], entries: [] };
   }
-  const entries = decodeTable(src.path, frame, table, pageSize, uncovered);
+  const entries = frameEntries(src.path, frame, table, frame.tableChecksum, pageSize, uncovered);
   return { frame, table, records: entries.filter((r) => r.kind === KIND.DATA), entries };
 }
 
@@ -166,15 +168,16 @@ export interface ImageIndex {
   regions: ImageRegion[];
   /** The frame directory, in file order. */
   frames: FrameInfo[];
-  /** The records the frames describe (data and holes), in file order. */
-  records: ImageRecord[];
+  /** Each frame's table checksum (from its header), for reading its table again (lib/image/records.ts). */
+  tableChecksums: BigUint64Array;
   /** The section table. */
   sections: SectionEntry[];
 }
 
 /**
  * Read an image's index from a positional source: its tail ({@link readTail}), the header block, each frame's
- * header and table at the offset its directory entry gives. Data is not read.
+ * header and table at the offset its directory entry gives (the header and the table's checksum checked; the
+ * table's entries are decoded and checked when lib/image/records.ts walks them). Data is not read.
  *
  * @param src A positional source over the whole file.
  * @param fileSize The file's size.
@@ -185,7 +188,7 @@ export async function readImageIndex(src: ByteSource, fileSize: number): Promise
   const path = src.path;
   const { footer, directory: frames, sections } = await readTail(src, fileSize);
   const h = decodeHeaderBlock(path, await src.read(0, footer.headerLength, "header block"));
-  const records: ImageRecord[] = [];
+  const tableChecksums = new BigUint64Array(frames.length);
   const limit = footer.indexOffset - FRAME_LENGTH; // the END frame's header
   for (let i = 0; i < frames.length; i++) {
     const d = frames[i];
@@ -193,11 +196,12 @@ export async function readImageIndex(src: ByteSource, fileSize: number): Promise
       const at = footer.indexOffset + i * DIRECTORY_ENTRY_LENGTH;
       throw new ImageError(path, at, `frame ${i} at ${d.offset} lies outside the data area`);
     }
-    const uncovered = uncoveredMeaning(h.fields.requiredFeatures);
-    const fr = await readFrame(src, d.offset, h.fields.pageSize, d, uncovered);
-    addFrameRecords(records, fr.frame, fr.entries, uncovered);
+    // Its entries are decoded (and their rules checked) when the records are walked: lib/image/records.ts.
+    const fr = await readFrame(src, d.offset, h.fields.pageSize, d, "hole", false);
+    tableChecksums[i] = fr.frame.tableChecksum;
   }
-  return { footer, header: h.fields, source: h.source, regions: h.regions, frames, records, sections };
+  const { fields: header, source, regions } = h;
+  return { footer, header, source, regions, frames, tableChecksums, sections };
 }
 
 /** What {@link walkFrames} checks against, and what it calls for each record. */

@@ -174,33 +174,48 @@ export class RemoteWriter implements Disposable {
    * @param holes Holes sorted by address, not overlapping.
    * @param regions The image's region table.
    */
-  holes(holes: readonly { address: bigint; length: number }[], regions: readonly ImageRegionLike[]): void {
+  holes(holes: Iterable<{ address: bigint; length: number }>, regions: readonly ImageRegionLike[]): void {
+    const zero = this.holeZeroer(regions);
+    for (const h of holes) zero(h);
+  }
+
+  /**
+   * {@link holes}, one hole at a time: a function to call with each hole in address order (they need not all be
+   * known at once, so a load can make them zero as it walks the index).
+   *
+   * @param regions The image's region table.
+   * @returns The function.
+   */
+  holeZeroer(regions: readonly ImageRegionLike[]): (hole: { address: bigint; length: number }) => void {
     const absolute = regions.filter((g) => !g.relocatable).sort((x, y) => (x.start < y.start ? -1 : 1));
-    let h = 0;
-    for (const g of absolute) {
-      while (h < holes.length && holes[h].address < g.start) {
-        this.#zeroScan(holes[h].address, holes[h].length); // outside every region: read and compare
-        h++;
+    // Holes and regions are both sorted: a cursor over the regions, the pages of the current one read once.
+    let gi = 0, runs: BigUint64Array | undefined, r = 0, file = false;
+    return (hole) => {
+      while (gi < absolute.length && absolute[gi].end <= hole.address) {
+        gi++;
+        runs = undefined;
       }
-      const first = h;
-      while (h < holes.length && holes[h].address < g.end) h++;
-      if (h === first || g.perms.shared) continue; // a shared mapping's holes are its object's: untouched
-      const file = g.inode !== 0n || g.kind === "file" || g.kind === "deleted";
-      this.#pagemap ??= Pagemap.open(this.pid);
-      const runs = this.#pagemap.runs(g.start, g.end, { anonOnly: file });
-      // Intersect the holes with the pages the process has (both sorted): two cursors.
-      let r = 0;
-      for (let k = first; k < h; k++) {
-        const hs = holes[k].address, he = hs + BigInt(holes[k].length);
-        while (r < runs.length && runs[r + 1] <= hs) r += 2;
-        for (let q = r; q < runs.length && runs[q] < he; q += 2) {
-          const a = runs[q] > hs ? runs[q] : hs, e = runs[q + 1] < he ? runs[q + 1] : he;
-          if (file) this.#fileRange(a, e, g);
-          else this.#zeroScan(a, Number(e - a));
-        }
+      const g = absolute[gi];
+      if (!g || hole.address < g.start) {
+        this.#zeroScan(hole.address, hole.length); // outside every region: read and compare
+        return;
       }
-    }
-    for (; h < holes.length; h++) this.#zeroScan(holes[h].address, holes[h].length);
+      if (g.perms.shared) return; // a shared mapping's holes are its object's: untouched
+      if (!runs) {
+        file = g.inode !== 0n || g.kind === "file" || g.kind === "deleted";
+        this.#pagemap ??= Pagemap.open(this.pid);
+        runs = this.#pagemap.runs(g.start, g.end, { anonOnly: file });
+        r = 0;
+      }
+      // Intersect the hole with the pages the process has (both sorted): two cursors.
+      const hs = hole.address, he = hs + BigInt(hole.length);
+      while (r < runs.length && runs[r + 1] <= hs) r += 2;
+      for (let q = r; q < runs.length && runs[q] < he; q += 2) {
+        const a = runs[q] > hs ? runs[q] : hs, e = runs[q + 1] < he ? runs[q + 1] : he;
+        if (file) this.#fileRange(a, e, g);
+        else this.#zeroScan(a, Number(e - a));
+      }
+    };
   }
 
   /**

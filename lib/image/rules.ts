@@ -223,32 +223,6 @@ export function checkTailLength(path: string, at: number, tailLength: number, fr
 }
 
 /**
- * The footer's `dataBytes` is the sum of the data records' lengths.
- *
- * @param path The image, for errors.
- * @param footerAt The footer's offset.
- * @param footerDataBytes What the footer says.
- * @param records The records (data and holes).
- * @throws {ImageError} When they differ.
- */
-function checkDataBytes(
-  path: string,
-  footerAt: number,
-  footerDataBytes: number,
-  records: readonly ImageRecord[],
-): void {
-  let n = 0;
-  for (const r of records) if (r.kind === KIND.DATA) n += r.length;
-  if (n !== footerDataBytes) {
-    throw new ImageError(
-      path,
-      footerAt + FOOTER_FIELD.DATA_BYTES,
-      `${n} data bytes, the footer says ${footerDataBytes}`,
-    );
-  }
-}
-
-/**
  * The tail holds exactly: index, section blobs (8 aligned, zero padded), section table, footer.
  *
  * @param path The input, for errors.
@@ -412,11 +386,26 @@ export function checkTail(
   f: Footer,
   h: HeaderFields,
   sections: readonly SectionEntry[],
-  records: readonly ImageRecord[],
+  records: Iterable<ImageRecord>,
 ): void {
-  const problem = indexProblem(records);
+  // One walk of the records: their order, and (as they go by) the sum of the data records' lengths, which the
+  // footer's `dataBytes` must equal.
+  let dataBytes = 0;
+  function* counted() {
+    for (const r of records) {
+      if (r.kind === KIND.DATA) dataBytes += r.length;
+      yield r;
+    }
+  }
+  const problem = indexProblem(counted());
   if (problem) throw new ImageError(path, f.indexOffset, problem.message);
   checkSealSection(path, f.sectionsOffset, h, sections);
   checkSectionBounds(path, f, sections);
-  checkDataBytes(path, footerAt, f.dataBytes, records);
+  if (dataBytes !== f.dataBytes) {
+    throw new ImageError(
+      path,
+      footerAt + FOOTER_FIELD.DATA_BYTES,
+      `${dataBytes} data bytes, the footer says ${f.dataBytes}`,
+    );
+  }
 }

@@ -113,20 +113,21 @@ export interface RegionPlan {
  * for each absolute region, what covers it in the target.
  *
  * @param regions The image's region table.
- * @param records The index (segments without records need no buffer).
+ * @param records The index, or its frames (segments without records need no buffer).
  * @param target The target.
  * @param current The target's regions (read from its maps when omitted).
  * @returns The differences and the plan.
  */
 export function compareTarget(
   regions: readonly ImageRegion[],
-  records: readonly ImageRecord[],
+  records: Iterable<Pick<ImageRecord, "segment">>,
   target: LoadTarget,
   current?: readonly Region[],
 ): { differences: string[]; plan: RegionPlan[] } {
   const differences: string[] = [];
   const plan: RegionPlan[] = [];
-  const used = new Set(records.map((r) => r.segment));
+  const used = new Set<number>();
+  for (const r of records) used.add(r.segment);
   regions.forEach((g, i) => {
     if (!g.relocatable) return;
     const want = target.segments[g.path];

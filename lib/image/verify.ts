@@ -25,6 +25,7 @@ import {
   type ImageRecord,
   type ImageRegion,
   KIND,
+  REQUIRED,
 } from "./format.ts";
 import type { Footer } from "./footer.ts";
 import { decodeHeaderBlock, type HeaderFields } from "./header.ts";
@@ -54,10 +55,15 @@ export interface ImageParts {
   regions: readonly ImageRegion[];
   /** The frame directory (the index). */
   frames: readonly FrameInfo[];
-  /** The records (data and holes) the frames describe. */
-  records: readonly ImageRecord[];
+  /** The records (data and holes) the frames describe, in index order (walked, not held: lib/image/records.ts). */
+  records: Iterable<ImageRecord>;
   /** The section table. */
   sections: readonly SectionEntry[];
+  /**
+   * Whether {@link checkStructure} has passed on these very records (the loader checks them at open; each frame's
+   * table is read again against its checksum): the full pass does not walk them again.
+   */
+  structureChecked?: boolean;
   /** An open descriptor of the file. */
   fd: number;
   /** Address of a read-only mapping of the whole file, made on first use. */
@@ -120,21 +126,32 @@ export function checkStructure(p: ImageParts): void {
     }
     checkFrameRange(p.path, at, fr, p.frames[i - 1], p.regions);
   });
-  checkTail(p.path, footerAt, f, h, p.sections, p.records);
+  checkTail(p.path, footerAt, f, h, p.sections, eachChecked(p, dataEnd));
   checkTailLength(
     p.path,
     footerAt + FOOTER_FIELD.INDEX_OFFSET,
     footerAt + FOOTER_LENGTH - indexAt,
     f.frameCount,
   );
-  p.records.forEach((r, i) => {
-    const bad = (m: string) =>
-      new ImageError(p.path, r.fileOffset || indexAt, `record ${i} at ${hex(r.address)}: ${m}`);
+}
+
+function badRecord(path: string, r: ImageRecord, i: number, indexAt: number, m: string): ImageError {
+  return new ImageError(path, r.fileOffset || indexAt, `record ${i} at ${hex(r.address)}: ${m}`);
+}
+
+/** The records, each one's own fields checked as it goes by (so that the records are walked once). */
+function* eachChecked(p: ImageParts, dataEnd: number): Generator<ImageRecord> {
+  const h = p.header, indexAt = p.footer.indexOffset;
+  let n = 0;
+  for (const r of p.records) {
+    const i = n++;
+    const bad = (m: string) => badRecord(p.path, r, i, indexAt, m);
     if (r.kind === KIND.HOLE) {
       if (r.fileOffset || r.storedLength || r.checksum || r.decodedChecksum || r.codec || r.flags) {
         throw bad("a hole with file data");
       }
-      return;
+      yield r;
+      continue;
     }
     checkRecord(p.path, r, h, p.regions);
     if (r.codec === 0 && r.flags === 0 && r.fileOffset % h.pageSize !== 0) {
@@ -143,7 +160,8 @@ export function checkStructure(p: ImageParts): void {
     if (r.fileOffset < h.headerLength + FRAME_LENGTH || r.fileOffset + r.storedLength > dataEnd) {
       throw bad(`data [${r.fileOffset}, ${r.fileOffset + r.storedLength}) outside the data area`);
     }
-  });
+    yield r;
+  }
 }
 
 /**
@@ -160,7 +178,7 @@ export async function verifyImage(p: ImageParts, onProgress?: (checkedBytes: num
   const src = new FileSource(p.path, p.fd, p.fileSize);
   decodeHeaderBlock(p.path, src.read(0, f.headerLength, "header block")); // its checksum and every byte
   checkHost(p.path, p.header);
-  checkStructure(p);
+  if (!p.structureChecked) checkStructure(p);
   if (checksum(src.read(f.indexOffset, f.indexLength, "index")) !== f.indexChecksum) {
     throw new ImageError(p.path, f.indexOffset, "index checksum mismatch");
   }
@@ -210,9 +228,14 @@ export async function verifyDecoded(
   window: number = defaultWindow(),
   onProgress?: (decodedBytes: number) => void,
 ): Promise<void> {
-  const todo = p.records.filter((r) => r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0);
-  if (todo.length === 0) return;
-  const longest = todo.reduce((n, r) => Math.max(n, r.length), 1);
+  if (!(p.header.requiredFeatures & REQUIRED.CODEC)) return; // no record is compressed (a rule checked at open)
+  const decodable = (r: ImageRecord) => r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0;
+  let longest = 0;
+  for (const r of p.records) if (decodable(r)) longest = Math.max(longest, r.length);
+  if (longest === 0) return;
+  function* todo() { // walked again, not held
+    for (const r of p.records) if (decodable(r)) yield r;
+  }
   const inFlight = Math.max(1, Math.min(window, Math.floor(DECODE_BUDGET / longest)));
   const free: Uint8Array<ArrayBuffer>[] = [];
   const decode = async (r: ImageRecord) => {
@@ -250,7 +273,7 @@ export async function verifyDecoded(
   };
   let released = 0;
   let decoded = 0;
-  for await (const r of ordered(todo, decode, inFlight)) { // in file order: the first failure is thrown
+  for await (const r of ordered(todo(), decode, inFlight)) { // in file order: the first failure is thrown
     decoded += r.length;
     onProgress?.(decoded);
     if (r.fileOffset - released >= RELEASE_EVERY) {

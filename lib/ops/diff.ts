@@ -121,7 +121,7 @@ export async function diff(
   using chains = new DisposableStack();
   const piecesOf = async (l: MemoryLoader): Promise<Piece[]> => {
     if (!isIncremental(l)) {
-      return l.records.filter((r) => r.segment === 0).map((r) => ({ ...r, record: r, loader: l }));
+      return [...l.index.segment(0)].map((r) => ({ ...r, record: r, loader: l }));
     }
     const chain = chains.use(await ImageChain.open(l.path, { codecs: opts.codecs, verify: false }));
     return chain.records().map((c) => ({ ...c, loader: chain.images[c.image] }));

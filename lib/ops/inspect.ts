@@ -31,10 +31,10 @@ import { phaseCounter, type Progress, silentProgress, startPhase } from "./progr
  */
 export async function verifyWithProgress(loader: MemoryLoader, progress: Progress): Promise<void> {
   if (!progress.phase) return await loader.verify();
-  const decodeBytes = loader.records.reduce(
-    (n, r) => n + (r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0 ? r.length : 0),
-    0,
-  );
+  let decodeBytes = 0;
+  for (const r of loader.index) {
+    if (r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0) decodeBytes += r.length;
+  }
   await loader.verify(phaseCounter(progress, { verify: loader.fileSize, decode: decodeBytes }));
 }
 
@@ -180,7 +180,7 @@ export async function inspect(path: string, opts: { records?: boolean } = {}): P
   const totals = { records: 0, dataRecords: 0, holeRecords: 0, dataBytes: 0, holeBytes: 0, storedBytes: 0 };
   const absolute = regions.map((g, i) => ({ g, i })).filter(({ g }) => !g.relocatable);
   let cursor = 0;
-  for (const r of loader.records) {
+  for (const r of loader.index) {
     totals.records++;
     const data = r.kind === KIND.DATA;
     if (data) {
@@ -225,7 +225,7 @@ export async function inspect(path: string, opts: { records?: boolean } = {}): P
     sections: loader.sections.map((s) => ({ name: s.name, bytes: s.length })),
     kernel: kernelOf(loader),
     records: opts.records
-      ? loader.records.map((r) => ({
+      ? loader.index.toArray().map((r) => ({
         address: r.address,
         length: r.length,
         kind: r.kind === KIND.DATA ? "data" : "hole",

@@ -210,9 +210,7 @@ export async function restore(pid: number, path: string, opts: RestoreOptions = 
   opts.signal?.throwIfAborted();
   const threadsBytes = loader.section("threads");
   let recorded = threadsBytes ? decodeThreads(threadsBytes, path) : [];
-  const absolute = loader.records.filter((r) => r.segment === 0);
-  const dataBytes = absolute.reduce((n, r) => n + (r.kind === KIND.DATA ? r.length : 0), 0);
-  const holeBytes = absolute.reduce((n, r) => n + (r.kind === KIND.HOLE ? r.length : 0), 0);
+  const { dataBytes, holeBytes } = loader.index.absolute;
   const recovering = pendingRecovery(pid); // asked before the freeze, which hides the stopped state
   startPhase(progress, "freeze");
   const frozen = freeze(pid, { registers: false, timeoutMs: opts.freezeTimeoutMs });

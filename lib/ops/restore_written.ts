@@ -19,6 +19,7 @@ import { MADV } from "../../ffi/constants.ts";
 import { inject } from "../kernel/inject.ts";
 import type { Frozen } from "../kernel/freeze.ts";
 import { Pagemap } from "../kernel/pagemap.ts";
+import { RunBuilder } from "../kernel/runs.ts";
 import type { ProcessTracking } from "../kernel/tracking.ts";
 import {
   concatRuns,
@@ -73,7 +74,6 @@ export async function loadWritten(
 ): Promise<WrittenLoad> {
   const pid = frozen.pid;
   const regions = loader.regions.filter((g) => !g.relocatable).sort((x, y) => (x.start < y.start ? -1 : 1));
-  const absolute = loader.records.filter((r) => r.segment === 0);
   const written = tracking.written({ rearm: false, regions });
   const present: Runs[] = [];
   {
@@ -83,12 +83,11 @@ export async function loadWritten(
   const populated = concatRuns(present); // the image's regions are in address order, disjoint
   let data = dataRuns.get(loader); // found once per open image (a snapshot holds its image open)
   if (!data) {
-    data = runsOf(
-      absolute.filter((r) => r.kind === KIND.DATA).map((r) => ({
-        start: r.address,
-        end: r.address + BigInt(r.length),
-      })),
-    );
+    const b = new RunBuilder(); // user addresses (below 2^57) are exact as numbers
+    for (const r of loader.index.segment(0)) {
+      if (r.kind === KIND.DATA) b.add(Number(r.address), Number(r.address) + r.length);
+    }
+    data = b.finish();
     dataRuns.set(loader, data);
   }
   const lost = subtractRuns(data, populated);
@@ -107,7 +106,7 @@ export async function loadWritten(
     // through a mapping of it, where each scattered page would cost a page fault; then written from there.
     const bounced = new BouncedWrites((ops, n) => loader.readStoredMany(ops, n), remote, BUFFER);
     let j = 0;
-    for (const r of absolute) {
+    for (const r of loader.index.segment(0)) {
       const rs = r.address, re = r.address + BigInt(r.length);
       while (j < todo.length && todo[j + 1] <= rs) j += 2;
       let decoded: Uint8Array | undefined;

@@ -87,7 +87,7 @@ export async function transcode(
       [turn, batch, used] = [(turn + 1) % ring.length, [], 0];
     };
     try {
-      for (const r of loader.records) {
+      for (const r of loader.index) {
         opts.signal?.throwIfAborted();
         if (r.kind === KIND.HOLE) {
           batch.push({ addr: r.address, len: r.length });
