@@ -45,9 +45,14 @@ import { BOUNCE_BYTES, BouncedWrites } from "./bounce.ts";
 const RELEASE_EVERY = 16 << 20;
 import type { FrameInfo } from "./frames.ts";
 
-/** Indexes of the images opened last, by their file's stamp (lib/image/file_stamp.ts): at most {@link INDEXES}. */
+/**
+ * Indexes of the images used last, by their file's stamp (lib/image/file_stamp.ts): at most {@link INDEXES}, the
+ * least recently used dropped first. An index holds its frame directory, not its records (lib/image/records.ts),
+ * so a whole chain's fit: with 16, kept in the order they were read, every incremental checkpoint over a chain
+ * of more than 16 images read all of their indexes again.
+ */
 const indexes = new Map<string, ImageIndex>();
-const INDEXES = 16;
+const INDEXES = 256;
 
 /** Raw runs shorter than this are copied, not mapped, by a lazy load (each mapping costs a VMA). */
 export const LAZY_MAP_MIN = 64 << 10;
@@ -141,11 +146,10 @@ export class MemoryLoader implements Disposable {
       // full image has a frame per MiB or so, and an incremental checkpoint opens its chain each time.
       const stamp = fileStamp(fd, path);
       let index = indexes.get(stamp);
-      if (!index) {
-        index = await readImageIndex(src, src.size);
-        indexes.set(stamp, index);
-        if (indexes.size > INDEXES) indexes.delete(indexes.keys().next().value!);
-      }
+      if (index) indexes.delete(stamp); // set again below: the most recently used last
+      else index = await readImageIndex(src, src.size);
+      indexes.set(stamp, index);
+      if (indexes.size > INDEXES) indexes.delete(indexes.keys().next().value!);
       return new MemoryLoader(src, index, opts.codecs ?? []);
     } catch (e) {
       libc.close(fd);
