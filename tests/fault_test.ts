@@ -10,7 +10,7 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { Target } from "./_target.ts";
-import { threadReport } from "./_thread_report.ts";
+import { threadReport } from "../lib/kernel/thread_report.ts";
 import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { markerDir } from "../lib/ops/recovery.ts";
 

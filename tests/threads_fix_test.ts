@@ -2,7 +2,7 @@ import { assert, assertEquals, assertMatch, assertRejects } from "./_assert.ts";
 import { LayoutMismatchError } from "../lib/errors.ts";
 import { freeze } from "../lib/kernel/freeze.ts";
 import { Target } from "./_target.ts";
-import { threadReport } from "./_thread_report.ts";
+import { threadReport } from "../lib/kernel/thread_report.ts";
 import { LineChild } from "../lib/kernel/child.ts";
 import { checkpoint } from "../lib/ops/checkpoint.ts";
 import { restore } from "../lib/ops/restore.ts";

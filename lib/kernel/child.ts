@@ -6,6 +6,8 @@
  * @module
  */
 
+import { threadReport } from "./thread_report.ts";
+
 /** A running child answering one line per request. */
 export class LineChild implements AsyncDisposable {
   /** The child's pid. */
@@ -36,7 +38,8 @@ export class LineChild implements AsyncDisposable {
   }
 
   /**
-   * Send one line; resolve with the answer after `ok ` (throws on `err …`, on exit, or after `timeoutMs`).
+   * Send one line; resolve with the answer after `ok ` (throws on `err …`, on exit, or after `timeoutMs`: then
+   * the error says what each of the child's threads is doing, lib/kernel/thread_report.ts).
    *
    * @param line The request, without a newline.
    * @param timeoutMs How long to wait for the answer.
@@ -47,7 +50,12 @@ export class LineChild implements AsyncDisposable {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(new Error(`pid ${this.pid}: no answer to "${line}" in ${timeoutMs} ms`)),
+        () =>
+          reject(
+            new Error(
+              `pid ${this.pid}: no answer to "${line}" in ${timeoutMs} ms\n${threadReport(this.pid)}`,
+            ),
+          ),
         timeoutMs,
       );
     });

@@ -12,7 +12,7 @@ import { assert, assertEquals } from "../_assert.ts";
 import { checkpoint } from "../../lib/ops/checkpoint.ts";
 import { restore, type RestoreOptions } from "../../lib/ops/restore.ts";
 import type { RestoreResult } from "../../lib/ops/restore_commit.ts";
-import { threadReport } from "../_thread_report.ts";
+import { threadReport } from "../../lib/kernel/thread_report.ts";
 
 /** Rounds per run: `CRYO_FIDELITY_ROUNDS`, default 20. */
 export const ROUNDS = Number(Deno.env.get("CRYO_FIDELITY_ROUNDS") ?? 20);

@@ -1,9 +1,9 @@
 /**
- * What a test's child is doing when it stopped answering, for the failure message: its process-wide status
- * lines (state, tracer, pending and blocked signals) and, per thread, its name, state letter, wait channel,
- * scheduling policy and the system call it is in (`/proc/PID/task/TID/syscall`: number, arguments, stack and
- * instruction pointers), then its descriptors and what each names. A file that cannot be read (the thread left)
- * shows `?`.
+ * What a child is doing when it stopped answering, for a failure message (`LineChild.request`'s timeout, a
+ * test's assertion): its process-wide status lines (state, tracer, pending and blocked signals) and, per thread,
+ * its name, state letter, wait channel, scheduling policy and the system call it is in
+ * (`/proc/PID/task/TID/syscall`: number, arguments, stack and instruction pointers), then its descriptors and
+ * what each names. A file that cannot be read (the thread left) shows `?`.
  *
  * @module
  */
