@@ -39,8 +39,44 @@ export function recordEnd(r: Pick<ImageRecord, "address" | "length">): bigint {
  * @returns The index of the first bad record and what is wrong with it, or undefined.
  */
 export function indexProblem(records: Iterable<ImageRecord>): { at: number; message: string } | undefined {
-  let i = 0, p: ImageRecord | undefined;
+  const check = new IndexCheck();
   for (const r of records) {
+    const problem = check.add(r);
+    if (problem) return problem;
+  }
+  return undefined;
+}
+
+/**
+ * {@link indexProblem} a record at a time, for a reader that learns the records as it goes (the stream reader):
+ * it keeps only the record before and the sum of the data records' lengths.
+ */
+export class IndexCheck {
+  #i = 0;
+  #p: ImageRecord | undefined;
+  /** Bytes of the data records added. */
+  dataBytes = 0;
+  /** The first problem found (records added after it are not checked). */
+  problem: { at: number; message: string } | undefined;
+
+  /** Records added. */
+  get count(): number {
+    return this.#i;
+  }
+
+  /**
+   * Check the next record against the one before.
+   *
+   * @param r The record.
+   * @returns What is wrong with it (and its position), or undefined.
+   */
+  add(r: ImageRecord): { at: number; message: string } | undefined {
+    if (this.problem) return this.problem;
+    return (this.problem = this.#check(r));
+  }
+
+  #check(r: ImageRecord): { at: number; message: string } | undefined {
+    const i = this.#i, p = this.#p;
     if (r.length <= 0) return { at: i, message: `record ${i} at ${hex(r.address)} is empty` };
     if (recordEnd(r) > U64_END) return { at: i, message: `record ${i} at ${hex(r.address)} wraps past 2^64` };
     if (p) {
@@ -59,10 +95,11 @@ export function indexProblem(records: Iterable<ImageRecord>): { at: number; mess
         };
       }
     }
-    p = r;
-    i++;
+    if (r.kind === KIND.DATA) this.dataBytes += r.length;
+    this.#p = r;
+    this.#i++;
+    return undefined;
   }
-  return undefined;
 }
 
 /**

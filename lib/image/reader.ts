@@ -230,6 +230,11 @@ export interface WalkOptions {
   /** Called with each data record once its stored bytes passed their checksum, when there is no `onRecord`. */
   onChecked?: (r: ImageRecord) => void;
   /**
+   * Called with each frame once its records have been read and checked (before the next frame is read): a reader
+   * that keeps what it needs of each frame (lib/image/stream.ts keeps its header and table) with `collect: false`.
+   */
+  onFrame?: (fr: FrameRead) => void;
+  /**
    * Whether to return the frames, tables and records read (default true). The verification of an opened file
    * has them from its index already: without them, each frame's decoded entries are garbage as soon as the
    * frame is checked (an image of half a million records otherwise held a second copy of its index).
@@ -321,6 +326,7 @@ export async function walkFrames(src: ByteSource, opts: WalkOptions): Promise<Fr
     }
     last = fr.frame;
     count++;
+    opts.onFrame?.(fr);
     if (opts.collect === false) continue;
     frames.push(fr.frame);
     tables.push(fr.table);

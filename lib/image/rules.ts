@@ -35,7 +35,7 @@ import {
 import type { HeaderFields } from "./header.ts";
 import type { Footer } from "./footer.ts";
 import type { SectionEntry } from "./sections.ts";
-import { indexProblem } from "./index.ts";
+import { IndexCheck } from "./index.ts";
 
 /**
  * Refuse to load an incremental image (required feature PARENT) on its own: the bytes its frames do not cover
@@ -377,7 +377,7 @@ export function checkFooter(
  * @param f The footer.
  * @param h The header's fields.
  * @param sections The section table.
- * @param records The index.
+ * @param records The index, or the check of it a reader made as it read the records.
  * @throws {ImageError} On the first rule broken, naming where.
  */
 export function checkTail(
@@ -386,26 +386,23 @@ export function checkTail(
   f: Footer,
   h: HeaderFields,
   sections: readonly SectionEntry[],
-  records: Iterable<ImageRecord>,
+  records: Iterable<ImageRecord> | IndexCheck,
 ): void {
   // One walk of the records: their order, and (as they go by) the sum of the data records' lengths, which the
-  // footer's `dataBytes` must equal.
-  let dataBytes = 0;
-  function* counted() {
-    for (const r of records) {
-      if (r.kind === KIND.DATA) dataBytes += r.length;
-      yield r;
-    }
+  // footer's `dataBytes` must equal. A reader that checked them as it read them gives its check.
+  let check = records as IndexCheck;
+  if (!(records instanceof IndexCheck)) {
+    check = new IndexCheck();
+    for (const r of records) if (check.add(r)) break;
   }
-  const problem = indexProblem(counted());
-  if (problem) throw new ImageError(path, f.indexOffset, problem.message);
+  if (check.problem) throw new ImageError(path, f.indexOffset, check.problem.message);
   checkSealSection(path, f.sectionsOffset, h, sections);
   checkSectionBounds(path, f, sections);
-  if (dataBytes !== f.dataBytes) {
+  if (check.dataBytes !== f.dataBytes) {
     throw new ImageError(
       path,
       footerAt + FOOTER_FIELD.DATA_BYTES,
-      `${dataBytes} data bytes, the footer says ${f.dataBytes}`,
+      `${check.dataBytes} data bytes, the footer says ${f.dataBytes}`,
     );
   }
 }

@@ -18,7 +18,7 @@ import { type LoadTarget, type RegionPlan, segmentBytes } from "./targets.ts";
 export interface ChunkSink {
   /** Write `bytes` (decoded, verified) at offset `off` of record `r`. */
   write(r: ImageRecord, off: number, bytes: Uint8Array): void;
-  /** Make hole record `r` read as zero. */
+  /** Make hole record `r` read as zero (as it read at the checkpoint); holes come in address order. */
   zero(r: ImageRecord): void;
   /** Restore protections and release resources. Idempotent. */
   close(): void;
@@ -53,14 +53,14 @@ export function openSink(
   }
   if (target.kind === "pid") {
     const remote = new RemoteWriter(target.pid, target.journal);
+    // Holes come in address order: one pagemap scan per region (as the file loader does), not one per hole.
+    let zero: ((hole: ImageRecord) => void) | undefined;
     return {
       write(r, off, bytes) {
         if (r.segment === 0) remote.write(r.address + BigInt(off), bytes);
       },
       zero(r) {
-        if (r.segment === 0) {
-          remote.hole(r.address, r.length, regions);
-        }
+        if (r.segment === 0) (zero ??= remote.holeZeroer(regions))(r);
       },
       close: () => remote.close(),
     };

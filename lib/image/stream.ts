@@ -21,10 +21,12 @@ import {
   FOOTER_FIELD,
   FRAME_FIELD,
   FRAME_LENGTH,
+  holeRecord,
   type ImageRecord,
   type ImageRegion,
   KIND,
   REQUIRED,
+  uncoveredMeaning,
 } from "./format.ts";
 import { decodeFixedHeader, decodeHeaderBlock, type HeaderFields, type SourceInfo } from "./header.ts";
 import type { SectionEntry } from "./sections.ts";
@@ -41,7 +43,10 @@ import {
   checkTailLength,
   refuseIncremental,
 } from "./rules.ts";
-import { DIRECTORY_ENTRY_LENGTH, sameFrame } from "./frames.ts";
+import { DIRECTORY_ENTRY_LENGTH, type FrameInfo, sameFrame } from "./frames.ts";
+import { addHeld } from "./records.ts";
+import { IndexCheck } from "./index.ts";
+import { Spool } from "./spool.ts";
 import { compareTarget, type LoadTarget, targetName } from "./targets.ts";
 import { type ChunkSink, openSink } from "./sink.ts";
 
@@ -72,8 +77,8 @@ export interface StreamSummary {
   source: SourceInfo;
   /** The region table. */
   regions: readonly ImageRegion[];
-  /** The index, from the tail. */
-  records: readonly ImageRecord[];
+  /** Records (data and holes) of the index. */
+  recordCount: number;
   /** The section table. */
   sections: readonly SectionEntry[];
   /** Each section's bytes (checksummed; authenticated when encrypted), by name. */
@@ -139,6 +144,11 @@ async function readStream(
   const path = opts.path ?? "-";
   const input = new StreamSource(stream, path);
   let sink: ChunkSink | undefined;
+  // Kept until the tail is checked (in memory, past 4 MiB in a scratch file): the holes, zeroed only then, and
+  // an encrypted image's frame tables, which its metadata MAC covers. The records are checked as they are read
+  // (lib/image/index.ts `IndexCheck`) and not kept.
+  using holes = new Spool(`holes of ${path}`);
+  using tables = new Spool(`frame tables of ${path}`);
   try {
     // 1. The header block, checked.
     const fixed = await input.read(0, FIXED_HEADER_LENGTH, "fixed header");
@@ -186,10 +196,35 @@ async function readStream(
     const storedRing: Uint8Array<ArrayBuffer>[] = [new Uint8Array(0), new Uint8Array(0)];
     let pending: Promise<void> = Promise.resolve();
     let walk: FrameWalk;
+    const frameInfos: FrameInfo[] = [];
+    const check = new IndexCheck();
+    const uncovered = uncoveredMeaning(header.requiredFeatures);
+    const held: ImageRecord[] = []; // at most a frame's records and the hole before them (lib/image/records.ts)
+    const pairs = new BigUint64Array(3 * 4096); // holes as (address, length, segment), appended 4096 at a time
+    let paired = 0;
+    const take = (r: ImageRecord) => {
+      check.add(r);
+      if (r.kind !== KIND.HOLE) return;
+      pairs[paired++] = r.address;
+      pairs[paired++] = BigInt(r.length);
+      pairs[paired++] = BigInt(r.segment);
+      if (paired === pairs.length) {
+        holes.append(new Uint8Array(pairs.buffer));
+        paired = 0;
+      }
+    };
     try {
       walk = await walkFrames(input, {
         header,
         regions: h.regions,
+        collect: false,
+        onFrame: (fr) => {
+          frameInfos.push(fr.frame);
+          if (sealer) tables.append(fr.table);
+          const done = addHeld(held, fr.frame, fr.entries, uncovered);
+          for (let k = 0; k < done; k++) take(held[k]);
+          held.splice(0, done);
+        },
         prepare: (r, ordinal) => {
           const codec = r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec);
           if (r.codec !== 0 && !codec) throw new ImageError(path, r.fileOffset, `unknown codec ${r.codec}`);
@@ -220,7 +255,9 @@ async function readStream(
       await pending.catch(() => {}); // nothing may still be writing when the sink closes
       throw e;
     }
-    const { frames: frameInfos, tables, records, end: endFrame } = walk;
+    for (const r of held.splice(0)) take(r);
+    holes.append(new Uint8Array(pairs.buffer, 0, 8 * paired));
+    const endFrame = walk.end;
     // 5. The tail, checked against the frames seen.
     const tailAt = walk.tailAt;
     checkTailLength(
@@ -262,7 +299,7 @@ async function readStream(
         `${frameInfos.length - directory.length} frame(s) missing from the index`,
       );
     }
-    checkTail(path, footerAt, footer, header, sections, records);
+    checkTail(path, footerAt, footer, header, sections, check);
     const blobs = sections.map((s) => {
       const data = tailSource.read(s.offset, s.length, `section "${s.name}"`);
       if (checksum(data) !== s.checksum) {
@@ -271,20 +308,32 @@ async function readStream(
       return { name: s.name, data, offset: s.offset };
     });
     checkTailLayout(path, tail, tailAt, footer, sections);
-    if (sealer) await checkMetadataMac(sealer, path, digest!, concatBytes([indexBytes, ...tables]), blobs);
-    // 6. Holes, now that the index is known to be good.
+    if (sealer) {
+      await checkMetadataMac(
+        sealer,
+        path,
+        digest!,
+        concatBytes([indexBytes, tables.read(0, tables.length)]),
+        blobs,
+      );
+    }
+    // 6. Holes, now that the index is known to be good, read back a piece at a time.
     let holeBytes = 0;
-    for (const r of records) {
-      if (r.kind !== KIND.HOLE) continue;
-      sink?.zero(r);
-      holeBytes += r.length;
+    for (let at = 0; at < holes.length; at += pairs.byteLength) {
+      const n = Math.min(pairs.byteLength, holes.length - at);
+      holes.read(at, n, new Uint8Array(pairs.buffer));
+      for (let k = 0; k < n / 8; k += 3) {
+        const length = Number(pairs[k + 1]);
+        sink?.zero(holeRecord(pairs[k], length, Number(pairs[k + 2])));
+        holeBytes += length;
+      }
     }
     const dataBytes = footer.dataBytes;
     return {
       header,
       source: h.source,
       regions: h.regions,
-      records,
+      recordCount: check.count,
       sections,
       sectionBytes: new Map(blobs.map((b) => [b.name, b.data])),
       bytesRead: fileSize,
