@@ -6,9 +6,9 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { Target } from "./_target.ts";
+import { peakRss } from "./_peak_rss.ts";
 
 const cli = new URL("../cli.ts", import.meta.url).pathname;
-const rusage = new URL("../ffi/build/cryo_rusage", import.meta.url).pathname;
 const MiB = 2 ** 20;
 const GOAL = 96 * MiB;
 const BYTES = 2 * 2 ** 30;
@@ -16,27 +16,6 @@ const BYTES = 2 * 2 ** 30;
 const SUM_MS = 600_000;
 /** The streamed restore's bound until it meets the goal (it peaked at 320-338 MiB, now at 143-147 MiB). */
 const STREAM_BOUND = 192 * MiB;
-
-/** Run `deno run -A cli.ts ARGS` as a fresh process (`stdin` piped from a file); its exit code, stderr, peak RSS. */
-async function cryo(args: string[], stdin?: string): Promise<{ rss: number; code: number; stderr: string }> {
-  const report = await Deno.makeTempFile();
-  try {
-    const child = new Deno.Command(rusage, {
-      args: [report, Deno.execPath(), "run", "-A", cli, ...args],
-      stdin: stdin ? "piped" : "null",
-      stdout: "null",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    }).spawn();
-    const fed = stdin ? (await Deno.open(stdin)).readable.pipeTo(child.stdin).catch(() => {}) : undefined;
-    const out = await child.output();
-    await fed;
-    const [kib] = (await Deno.readTextFile(report)).split(" ").map(Number);
-    return { rss: kib * 1024, code: out.code, stderr: new TextDecoder().decode(out.stderr) };
-  } finally {
-    await Deno.remove(report);
-  }
-}
 
 Deno.test("cryo inspect, verify, restore and a streamed restore of an image of 524,288 records stay under 96 MiB of RSS (the streamed one under 192 MiB)", async () => {
   const dir = await Deno.makeTempDir();
@@ -48,14 +27,14 @@ Deno.test("cryo inspect, verify, restore and a streamed restore of an image of 5
     const original = await sum();
     const image = `${dir}/fragmented.cryo`;
     const pid = String(target.pid);
-    const taken = await cryo(["checkpoint", "--pid", pid, "-o", image, "--no-fsync", "-q"]);
+    const taken = await peakRss(["checkpoint", "--pid", pid, "-o", image, "--no-fsync", "-q"]);
     assertEquals(taken.code, 0, taken.stderr);
     const info = new Deno.Command(Deno.execPath(), { args: ["run", "-A", cli, "inspect", "--json", image] });
     const totals = JSON.parse(new TextDecoder().decode((await info.output()).stdout)).totals;
     assert(totals.records >= 524_288, `${totals.records} records`);
     await target.cmd(`fill 0x${a.toString(16)} ${BYTES} stride:2 2`, SUM_MS); // every data page changed: all written back
     for (const args of [["inspect", image], ["verify", image], ["restore", "--pid", pid, "-q", image]]) {
-      const c = await cryo(args);
+      const c = await peakRss(args);
       assertEquals(c.code, 0, c.stderr);
       console.log(`cryo ${args[0]}: peak RSS ${(c.rss / MiB).toFixed(1)} MiB`);
       assert(c.rss <= GOAL, `cryo ${args[0]}: peak RSS ${(c.rss / MiB).toFixed(1)} MiB, above 96 MiB`);
@@ -65,7 +44,7 @@ Deno.test("cryo inspect, verify, restore and a streamed restore of an image of 5
     // it now keeps the holes and (encrypted) tables in a spool, and peaked at 143 MiB. The bound here is that
     // one's, not yet the goal (V8's young generation grows over its walk: docs/BENCHMARKING.md).
     await target.cmd(`fill 0x${a.toString(16)} ${BYTES} stride:2 2`, SUM_MS);
-    const streamed = await cryo(["restore", "--pid", pid, "-q", "-"], image);
+    const streamed = await peakRss(["restore", "--pid", pid, "-q", "-"], { stdin: image });
     assertEquals(streamed.code, 0, streamed.stderr);
     console.log(`cryo restore -: peak RSS ${(streamed.rss / MiB).toFixed(1)} MiB`);
     assert(streamed.rss <= STREAM_BOUND, `cryo restore -: peak RSS ${(streamed.rss / MiB).toFixed(1)} MiB`);

@@ -6,12 +6,11 @@
 
 import { assert, assertEquals } from "./_assert.ts";
 import { Target } from "./_target.ts";
+import { type Cost, peakRss } from "./_peak_rss.ts";
 import { checkpoint, restore } from "../mod.ts";
 import { parseCodec } from "../lib/codecs/select.ts";
 import { MIN_MEMORY_BUDGET } from "../lib/image/budget.ts";
 
-const cli = new URL("../cli.ts", import.meta.url).pathname;
-const rusage = new URL("../ffi/build/cryo_rusage", import.meta.url).pathname;
 const MiB = 2 ** 20;
 const BUDGET = 16 * MiB;
 /** Codec workers (2 × cores + 2) times a chunk's input and output (1 MiB each). */
@@ -24,31 +23,8 @@ const SLACK = 24 * MiB;
 const BIG = 512 * MiB;
 const SMALL = 8 * MiB;
 
-interface Cost {
-  rss: number;
-  code: number;
-  stderr: string;
-}
-
-/** Run `deno run -A cli.ts ARGS` (through `sh -c` when `shell`, for a redirection) and read its peak RSS. */
-async function cryo(args: string[], shell?: string): Promise<Cost> {
-  const report = await Deno.makeTempFile();
-  try {
-    const cmd = shell === undefined
-      ? [Deno.execPath(), "run", "-A", cli, ...args]
-      : ["sh", "-c", `exec "$0" run -A "$@" ${shell}`, Deno.execPath(), cli, ...args];
-    const out = await new Deno.Command(rusage, {
-      args: [report, ...cmd],
-      stdout: "null",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    }).output();
-    const [kib] = (await Deno.readTextFile(report)).split(" ").map(Number);
-    return { rss: kib * 1024, code: out.code, stderr: new TextDecoder().decode(out.stderr) };
-  } finally {
-    await Deno.remove(report);
-  }
-}
+/** The CLI once, measured (a redirection through `sh -c` when `shell`). */
+const cryo = (args: string[], shell?: string): Promise<Cost> => peakRss(args, { shell });
 
 const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
 
