@@ -56,8 +56,8 @@ import { adoptTracking } from "../kernel/tracking.ts";
 import { isUserfaultfd } from "../kernel/uffd.ts";
 
 /**
- * What to persist of one region: the ranges it covers (`within`, each stored whole: its `runs` as data, the rest
- * as holes), from `start` to `end`.
+ * What to persist of one region: the ranges it covers (`within`), each stored whole: its populated `runs` as data,
+ * the rest as holes.
  */
 export interface RegionPlan {
   /** The region. */
