@@ -39,12 +39,7 @@ export function recordEnd(r: Pick<ImageRecord, "address" | "length">): bigint {
  * @returns The index of the first bad record and what is wrong with it, or undefined.
  */
 export function indexProblem(records: Iterable<ImageRecord>): { at: number; message: string } | undefined {
-  const check = new IndexCheck();
-  for (const r of records) {
-    const problem = check.add(r);
-    if (problem) return problem;
-  }
-  return undefined;
+  return IndexCheck.of(records).problem;
 }
 
 /**
@@ -58,6 +53,18 @@ export class IndexCheck {
   dataBytes = 0;
   /** The first problem found (records added after it are not checked). */
   problem: { at: number; message: string } | undefined;
+
+  /**
+   * Check `records` in order, up to the first problem.
+   *
+   * @param records The records, in index order.
+   * @returns The check: its `problem`, and the data bytes of the records before it.
+   */
+  static of(records: Iterable<ImageRecord>): IndexCheck {
+    const check = new IndexCheck();
+    for (const r of records) if (check.add(r)) break;
+    return check;
+  }
 
   /** Records added. */
   get count(): number {

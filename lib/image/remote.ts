@@ -91,60 +91,10 @@ export class RemoteWriter implements Disposable {
   }
 
   /**
-   * Make `[addr, addr + len)` read as zero, writing only pages that are not zero already (so never-populated
-   * pages stay unpopulated). In private anonymous memory (`anonymous`), only the pages the process's pagemap
-   * shows present or swapped are read at all: a page never populated reads as zero already.
-   *
-   * @param addr Remote address.
-   * @param len Bytes.
-   * @param anonymous Whether the range is private anonymous memory (see {@link anonymousRange}).
+   * Write the file's contents over `[a, e)` of a private file mapping, where the process wrote its pages since
+   * (they are anonymous now). The file is read through `/proc/<pid>/map_files/`, so it is the very object mapped
+   * (a deleted file too).
    */
-  zero(addr: bigint, len: number, anonymous = false): void {
-    const page = BigInt(PAGE_SIZE);
-    const end = addr + BigInt(len);
-    const a = ((addr + page - 1n) / page) * page, e = (end / page) * page;
-    if (!anonymous || a >= e) return this.#zeroScan(addr, len);
-    if (a > addr) this.#zeroScan(addr, Number(a - addr));
-    this.#pagemap ??= Pagemap.open(this.pid);
-    const runs = this.#pagemap.runs(a, e);
-    for (let i = 0; i < runs.length; i += 2) this.#zeroScan(runs[i], Number(runs[i + 1] - runs[i]));
-    if (end > e) this.#zeroScan(e, Number(end - e));
-  }
-
-  /**
-   * Make the hole `[addr, addr + len)` read as it did at the checkpoint: zero in private anonymous memory; the
-   * file's contents in a private file mapping ({@link fileContents}); a shared mapping is left as its object
-   * holds it (it was never the process's alone to roll back).
-   *
-   * @param addr Remote address.
-   * @param len Bytes.
-   * @param regions The image's region table.
-   */
-  hole(addr: bigint, len: number, regions: readonly ImageRegionLike[]): void {
-    const g = regions.find((x) => !x.relocatable && x.start <= addr && addr < x.end);
-    if (g && (g.perms.shared || g.inode !== 0n || g.kind === "file" || g.kind === "deleted")) {
-      if (!g.perms.shared) this.fileContents(addr, len, g);
-      return;
-    }
-    this.zero(addr, len, anonymousRange(regions, addr, addr + BigInt(len)));
-  }
-
-  /**
-   * Give the pages of `[addr, addr + len)` in a private file mapping the file's contents again where the process
-   * wrote them since (they are anonymous now); the others read the file already and are left alone. The file is
-   * read through `/proc/<pid>/map_files/`, so it is the very object mapped (a deleted file too).
-   *
-   * @param addr Remote address, page aligned.
-   * @param len Bytes, a multiple of the page size.
-   * @param region The image's region the range lies in (its start and file offset place the range in the file).
-   */
-  fileContents(addr: bigint, len: number, region: Region): void {
-    this.#pagemap ??= Pagemap.open(this.pid);
-    const runs = this.#pagemap.runs(addr, addr + BigInt(len), { anonOnly: true });
-    for (let i = 0; i < runs.length; i += 2) this.#fileRange(runs[i], runs[i + 1], region);
-  }
-
-  /** Write the file's contents over `[a, e)` of a private file mapping (see {@link fileContents}). */
   #fileRange(a: bigint, e: bigint, region: Region): void {
     const fd = this.#mappedFile(a);
     const size = 16 << 20;
@@ -167,9 +117,10 @@ export class RemoteWriter implements Disposable {
   }
 
   /**
-   * Make many holes read as they did at the checkpoint (as {@link hole} does one), with one pagemap scan per
-   * region rather than one per hole: only the pages the process has now (anonymous ones, in a file mapping)
-   * inside a hole are touched.
+   * Make holes read as they did at the checkpoint, with one pagemap scan per region rather than one per hole:
+   * zero in private anonymous memory, the file's contents in a private file mapping, and a shared mapping left
+   * as its object holds it (it was never the process's alone to roll back). Only the pages the process has now
+   * (anonymous ones, in a file mapping) inside a hole are touched.
    *
    * @param holes Holes sorted by address, not overlapping.
    * @param regions The image's region table.

@@ -390,11 +390,7 @@ export function checkTail(
 ): void {
   // One walk of the records: their order, and (as they go by) the sum of the data records' lengths, which the
   // footer's `dataBytes` must equal. A reader that checked them as it read them gives its check.
-  let check = records as IndexCheck;
-  if (!(records instanceof IndexCheck)) {
-    check = new IndexCheck();
-    for (const r of records) if (check.add(r)) break;
-  }
+  const check = records instanceof IndexCheck ? records : IndexCheck.of(records);
   if (check.problem) throw new ImageError(path, f.indexOffset, check.problem.message);
   checkSealSection(path, f.sectionsOffset, h, sections);
   checkSectionBounds(path, f, sections);
