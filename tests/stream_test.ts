@@ -411,3 +411,37 @@ Deno.test("`MemoryLoader` opens and checks an encrypted image without the key bu
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a streamed and a file load make zero again each page a child populated in a hole since, across the hole zeroer's 64 MiB windows", async () => {
+  await using t = Target.start();
+  const len = 200 * MiB;
+  const addr = await t.map(len);
+  await t.fill(addr, MiB, "random", 11);
+  await t.fill(addr + BigInt(len - MiB), MiB, "random", 12);
+  const want = await t.sum(addr, len);
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/holes.cryo`;
+    const taken = await checkpointTo(path, t.pid, addr, len, {});
+    assert(taken.holeBytes >= len - 2 * MiB, `${taken.holeBytes} bytes of holes`);
+    // Pages populated in the hole since: scattered, and on both sides of each 64 MiB step from its start (the
+    // zeroer reads the pages the process has a window at a time from the first hole on).
+    const populate = async () => {
+      await t.fill(addr + BigInt(MiB), len - 2 * MiB, "stride:509", 13);
+      for (let k = 1; k <= 3; k++) {
+        await t.fill(addr + BigInt(MiB + k * 64 * MiB - 4096), 8192, "random", 13 + k);
+      }
+      assert(await t.sum(addr, len) !== want, "the hole holds data now");
+    };
+    await populate();
+    const streamed = await loadStream(await fileStream(path), pidTarget(t.pid));
+    assertEquals(streamed.holeBytes, taken.holeBytes);
+    assertEquals(await t.sum(addr, len), want, "after the streamed load");
+    await populate();
+    using img = await MemoryLoader.open(path);
+    await img.load(pidTarget(t.pid));
+    assertEquals(await t.sum(addr, len), want, "after the file load");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -18,8 +18,11 @@ import { type LoadTarget, type RegionPlan, segmentBytes } from "./targets.ts";
 export interface ChunkSink {
   /** Write `bytes` (decoded, verified) at offset `off` of record `r`. */
   write(r: ImageRecord, off: number, bytes: Uint8Array): void;
-  /** Make hole record `r` read as zero (as it read at the checkpoint); holes come in address order. */
-  zero(r: ImageRecord): void;
+  /**
+   * Make the hole `[address, address + length)` of `segment` (0: absolute) read as it did at the checkpoint;
+   * holes come in address order. Numbers, not a record: a load may zero hundreds of thousands.
+   */
+  zero(address: number, length: number, segment: number): void;
   /** Restore protections and release resources. Idempotent. */
   close(): void;
 }
@@ -45,8 +48,10 @@ export function openSink(
   const segmentWrite = (r: ImageRecord, off: number, bytes: Uint8Array) => {
     segments(r)?.set(bytes, Number(r.address) + off);
   };
-  const segmentZero = (r: ImageRecord) => {
-    segments(r)?.fill(0, Number(r.address), Number(r.address) + r.length);
+  const segmentZero = (address: number, length: number, segment: number) => {
+    const g = regions[segment - 1];
+    const b = g ? target.segments[g.path] : undefined;
+    if (b !== undefined) segmentBytes(b).fill(0, address, address + length);
   };
   if (target.kind === "segments") {
     return { write: segmentWrite, zero: segmentZero, close() {} };
@@ -54,13 +59,13 @@ export function openSink(
   if (target.kind === "pid") {
     const remote = new RemoteWriter(target.pid, target.journal);
     // Holes come in address order: one pagemap scan per region (as the file loader does), not one per hole.
-    let zero: ((hole: ImageRecord) => void) | undefined;
+    let zero: ((address: number, length: number) => void) | undefined;
     return {
       write(r, off, bytes) {
         if (r.segment === 0) remote.write(r.address + BigInt(off), bytes);
       },
-      zero(r) {
-        if (r.segment === 0) (zero ??= remote.holeZeroer(regions))(r);
+      zero(address, length, segment) {
+        if (segment === 0) (zero ??= remote.holeZeroerAt(regions))(address, length);
       },
       close: () => remote.close(),
     };
@@ -103,10 +108,11 @@ export function openSink(
       if (bytes.length === 0) return;
       libc.memcpy(ptrOf(r.address + BigInt(off)), Deno.UnsafePointer.of(bytes), BigInt(bytes.length));
     },
-    zero(r) {
-      if (r.segment !== 0) return segmentZero(r);
-      const p = plan.find((x) => x.region.start <= r.address && r.address < x.region.end);
-      if (p && p.existing.length > 0) clearRange(r.address, r.length, p.existing);
+    zero(address, length, segment) {
+      if (segment !== 0) return segmentZero(address, length, segment);
+      const a = BigInt(address);
+      const p = plan.find((x) => x.region.start <= a && a < x.region.end);
+      if (p && p.existing.length > 0) clearRange(a, length, p.existing);
     },
     close,
   };

@@ -21,7 +21,6 @@ import {
   FOOTER_FIELD,
   FRAME_FIELD,
   FRAME_LENGTH,
-  holeRecord,
   type ImageRecord,
   type ImageRegion,
   KIND,
@@ -188,13 +187,16 @@ async function readStream(
     }
     // 4. Frames, each verified before it is written, read by the frame reader (lib/image/reader.ts).
     const codecs = new Map<number, Codec>((opts.codecs ?? []).map((c) => [c.id, c]));
-    const codecOf = new Map<ImageRecord, Codec | undefined>();
+    const codecOf = (
+      r: ImageRecord,
+    ) => (r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec));
     // One chunk is authenticated and decoded (on pool threads) while the next is read; writes stay in order,
     // each after its chunk verified, and none after a chunk that failed. Decoded chunks use a ring of two.
     const ring = [{ buf: new Uint8Array(0) }, { buf: new Uint8Array(0) }];
     // Stored bytes too: chunk i is read into slot i % 2 once chunk i - 2 has been written (or has failed).
     const storedRing: Uint8Array<ArrayBuffer>[] = [new Uint8Array(0), new Uint8Array(0)];
     let pending: Promise<void> = Promise.resolve();
+    let queued = 0, written = 0; // chunks handed to `pending`, and written by it
     let walk: FrameWalk;
     const frameInfos: FrameInfo[] = [];
     const check = new IndexCheck();
@@ -226,28 +228,43 @@ async function readStream(
           held.splice(0, done);
         },
         prepare: (r, ordinal) => {
-          const codec = r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec);
-          if (r.codec !== 0 && !codec) throw new ImageError(path, r.fileOffset, `unknown codec ${r.codec}`);
-          codecOf.set(r, codec);
+          if (r.codec !== 0 && !codecOf(r)) {
+            throw new ImageError(path, r.fileOffset, `unknown codec ${r.codec}`);
+          }
           // checkRecord has bounded it: at most MAX_RECORD_LENGTH bytes (+ the seal's nonce and tag).
           const slot = ordinal % 2;
           if (storedRing[slot].length < r.storedLength) storedRing[slot] = new Uint8Array(r.storedLength);
           return storedRing[slot];
         },
-        onRecord: async (r, stored, ordinal) => {
-          const codec = codecOf.get(r);
-          codecOf.delete(r);
+        onRecord: (r, stored, ordinal) => {
+          const codec = codecOf(r);
+          if (!codec && !sealer && written === queued) {
+            // A plain raw record is its decoded bytes, its checksum checked (walkFrames): written now, with no
+            // promise of its own. (A promise chain per record made V8's young generation grow to tens of MiB
+            // over an image of half a million single-page records.)
+            if (stored.length !== r.length) {
+              throw new ImageError(
+                path,
+                r.fileOffset,
+                `raw record holds ${stored.length} of ${r.length} bytes`,
+              );
+            }
+            sink?.write(r, 0, stored);
+            opts.onChunk?.(r);
+            return;
+          }
           const job = openChunk(path, r, stored, ordinal, codec, sealer, digest, ring[ordinal % 2]);
           job.catch(() => {}); // observed through `pending`
-          const previous = pending;
+          const previous = pending, n = ++queued;
           pending = (async () => {
             await previous;
             const decoded = await job;
             sink?.write(r, 0, decoded);
             opts.onChunk?.(r);
+            written = n;
           })();
           pending.catch(() => {}); // observed below
-          await previous; // the chunk before this one is written (or failed): its ring slot is free again
+          return previous; // the chunk before this one is written (or failed): its ring slot is free again
         },
       });
       await pending;
@@ -319,12 +336,13 @@ async function readStream(
     }
     // 6. Holes, now that the index is known to be good, read back a piece at a time.
     let holeBytes = 0;
+    const words = new Uint32Array(pairs.buffer); // read as numbers: no bigint per hole
     for (let at = 0; at < holes.length; at += pairs.byteLength) {
       const n = Math.min(pairs.byteLength, holes.length - at);
       holes.read(at, n, new Uint8Array(pairs.buffer));
       for (let k = 0; k < n / 8; k += 3) {
-        const length = Number(pairs[k + 1]);
-        sink?.zero(holeRecord(pairs[k], length, Number(pairs[k + 2])));
+        const length = words[2 * k + 2] + words[2 * k + 3] * 4294967296;
+        sink?.zero(words[2 * k] + words[2 * k + 1] * 4294967296, length, words[2 * k + 4]);
         holeBytes += length;
       }
     }

@@ -124,6 +124,8 @@ export class Pagemap implements Disposable {
   readonly path: string;
   #fd: number;
   #scanner = new PagemapScan();
+  /** The buffer of {@link runNumbers}. */
+  readonly #numbers = new RunBuilder();
   #chunk = new Uint32Array(2 * CHUNK_PAGES);
   #chunkPtr = Deno.UnsafePointer.of(this.#chunk);
 
@@ -196,8 +198,7 @@ export class Pagemap implements Disposable {
     }
   }
 
-  #scanRead(start: bigint, end: bigint, anonOnly: boolean): BigUint64Array {
-    const runs = new RunBuilder();
+  #scanRead(start: bigint, end: bigint, anonOnly: boolean, runs: RunBuilder): void {
     const reject = HI_GUARD | (anonOnly ? HI_FILE : 0);
     const base = Number(start);
     let runStart = -1; // page index of the open run, or -1
@@ -213,7 +214,6 @@ export class Pagemap implements Disposable {
       }
     });
     if (runStart >= 0) runs.add(base + runStart * PAGE_SIZE, Number(end));
-    return runs.finish();
   }
 
   /**
@@ -235,10 +235,38 @@ export class Pagemap implements Disposable {
     if (method === "scan") {
       return this.#scanner.runs(this.#fd, start, end, opts.anonOnly ?? false, this.path, this.pid);
     }
-    if (method === "pagemap") return this.#scanRead(start, end, opts.anonOnly ?? false);
+    if (method === "pagemap") {
+      const runs = new RunBuilder();
+      this.#scanRead(start, end, opts.anonOnly ?? false, runs);
+      return runs.finish();
+    }
     throw new TypeError(
       `Cannot scan pages with method ${JSON.stringify(method)}: expected "scan" or "pagemap"`,
     );
+  }
+
+  /**
+   * {@link runs} as numbers (user addresses are below 2^47, exact in a double), in a buffer this pagemap keeps
+   * and reuses: no buffer per call, for a walk of many windows of address space.
+   *
+   * @param start First address, page aligned.
+   * @param end One past the last address, page aligned.
+   * @param opts As for {@link runs}.
+   * @returns `[start0, end0, …]`: a view of the pagemap's buffer, valid until its next call.
+   * @throws {SystemError} As {@link runs}.
+   */
+  runNumbers(start: bigint, end: bigint, opts: ScanOptions = {}): Float64Array {
+    const into = this.#numbers;
+    checkRange(start, end);
+    this.#checkOpen();
+    into.clear();
+    if (end > USER_TOP) end = USER_TOP;
+    if (start >= end) return into.numbers();
+    const method = opts.method ?? (pagemapScanSupported() ? "scan" : "pagemap");
+    if (method === "scan") {
+      this.#scanner.scanInto(this.#fd, start, end, opts.anonOnly ?? false, this.path, this.pid, into);
+    } else this.#scanRead(start, end, opts.anonOnly ?? false, into);
+    return into.numbers();
   }
 
   /**

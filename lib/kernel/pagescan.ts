@@ -145,6 +145,33 @@ export class PagemapScan {
     query?: ScanQuery,
   ): BigUint64Array {
     const runs = new RunBuilder();
+    this.scanInto(fd, start, end, anonOnly, path, pid, runs, query);
+    return runs.finish();
+  }
+
+  /**
+   * {@link runs} added to a builder (which a caller may reuse for many scans).
+   *
+   * @param fd An open `/proc/<pid>/pagemap`.
+   * @param start First address, page aligned.
+   * @param end One past the last address, page aligned, above `start`.
+   * @param anonOnly Leave out page-cache pages.
+   * @param path The file, for errors.
+   * @param pid The pid, for errors.
+   * @param runs Where the runs go.
+   * @param query Another query than present-or-swapped pages (see {@link call}).
+   * @throws {SystemError} When the kernel refuses, or the walk does not advance.
+   */
+  scanInto(
+    fd: number,
+    start: bigint,
+    end: bigint,
+    anonOnly: boolean,
+    path: string,
+    pid: number | "self",
+    runs: RunBuilder,
+    query?: ScanQuery,
+  ): void {
     const v = this.#vec32;
     let cur = start;
     // Each call either fills the vector or reaches `end`, so the bound is generous.
@@ -166,7 +193,6 @@ export class PagemapScan {
       }
       cur = walkEnd;
     }
-    return runs.finish();
   }
 
   /**

@@ -45,6 +45,20 @@ export class RunBuilder {
     this.#n = n + 2;
   }
 
+  /** Forget the runs added, keeping the buffer: a builder reused for many scans makes no garbage. */
+  clear(): void {
+    this.#n = 0;
+  }
+
+  /**
+   * The runs added, merged, as numbers: a view of the builder's buffer, valid until it is added to or cleared.
+   *
+   * @returns `[start0, end0, start1, end1, …]`.
+   */
+  numbers(): Float64Array {
+    return this.#pairs.subarray(0, this.#n);
+  }
+
   /**
    * The runs added, merged.
    *
