@@ -34,7 +34,6 @@ import { checkMetadataMac, headerDigest, requireSealed, sealParamsOf } from "./s
 import { openInput, StreamSource } from "./stream_input.ts";
 import { type FrameWalk, readTail, walkFrames } from "./reader.ts";
 import { BytesSource } from "./byte_source.ts";
-import { concatBytes } from "./cursor.ts";
 import {
   checkFooter,
   checkHost,
@@ -309,13 +308,7 @@ async function readStream(
     });
     checkTailLayout(path, tail, tailAt, footer, sections);
     if (sealer) {
-      await checkMetadataMac(
-        sealer,
-        path,
-        digest!,
-        concatBytes([indexBytes, tables.read(0, tables.length)]),
-        blobs,
-      );
+      await checkMetadataMac(sealer, path, digest!, indexBytes, tables, blobs);
     }
     // 6. Holes, now that the index is known to be good, read back a piece at a time.
     let holeBytes = 0;
