@@ -142,12 +142,15 @@ Deno.test("the byte sources refuse a read out of bounds, out of order or past a 
   const stream = new StreamSource(ReadableStream.from([short]), "short");
   try {
     await assertRejects(
-      () => stream.read(8, 8, "fixed header"),
+      async () => await stream.read(8, 8, "fixed header"),
       ImageError,
       "expected the fixed header at offset 8",
     );
     await stream.read(0, FIXED_HEADER_LENGTH, "fixed header");
-    const e = await assertRejects(() => stream.read(FIXED_HEADER_LENGTH, 64, "frame header"), ImageError);
+    const e = await assertRejects(
+      async () => await stream.read(FIXED_HEADER_LENGTH, 64, "frame header"),
+      ImageError,
+    );
     assert(
       e.message.includes("stream ended in the frame header") && e.offset === FIXED_HEADER_LENGTH + 10,
       e.message,

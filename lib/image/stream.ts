@@ -13,7 +13,7 @@ import { hex } from "../hex.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { codecForId } from "../codecs/select.ts";
 import { ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
-import { chunkAad, Sealer } from "../codecs/seal.ts";
+import { chunkAad, SEAL_OVERHEAD, Sealer } from "../codecs/seal.ts";
 import type { SealKey } from "../codecs/keys.ts";
 import { checksum } from "./checksum.ts";
 import {
@@ -143,7 +143,7 @@ async function readStream(
   const path = opts.path ?? "-";
   const input = new StreamSource(stream, path);
   let sink: ChunkSink | undefined;
-  // Kept until the tail is checked (in memory, past 4 MiB in a scratch file): the holes, zeroed only then, and
+  // Kept until the tail is checked (in memory, past 1 MiB in a scratch file): the holes, zeroed only then, and
   // an encrypted image's frame tables, which its metadata MAC covers. The records are checked as they are read
   // (lib/image/index.ts `IndexCheck`) and not kept.
   using holes = new Spool(`holes of ${path}`);
@@ -190,7 +190,9 @@ async function readStream(
     const codecOf = new Map<ImageRecord, Codec | undefined>();
     // One chunk is authenticated and decoded (on pool threads) while the next is read; writes stay in order,
     // each after its chunk verified, and none after a chunk that failed. Decoded chunks use a ring of two.
-    const ring = [{ buf: new Uint8Array(0) }, { buf: new Uint8Array(0) }];
+    const ring: { buf: Uint8Array; aad?: Uint8Array }[] = [{ buf: new Uint8Array(0) }, {
+      buf: new Uint8Array(0),
+    }];
     // Stored bytes too: chunk i is read into slot i % 2 once chunk i - 2 has been written (or has failed).
     const storedRing: Uint8Array<ArrayBuffer>[] = [new Uint8Array(0), new Uint8Array(0)];
     let pending: Promise<void> = Promise.resolve();
@@ -211,6 +213,26 @@ async function readStream(
         holes.append(new Uint8Array(pairs.buffer));
         paired = 0;
       }
+    };
+    // Other chunks are opened (on pool threads) while the next is read, and written in order.
+    let inFlight = 0;
+    const later = async (r: ImageRecord, stored: Uint8Array, ordinal: number, codec: Codec | undefined) => {
+      const job = openChunk(path, r, stored, ordinal, codec, sealer, digest, ring[ordinal % 2]);
+      job.catch(() => {}); // observed through `pending`
+      const previous = pending;
+      inFlight++;
+      pending = (async () => {
+        try {
+          await previous;
+          const decoded = await job;
+          sink?.write(r, 0, decoded);
+          opts.onChunk?.(r);
+        } finally {
+          inFlight--;
+        }
+      })();
+      pending.catch(() => {}); // observed below
+      await previous; // the chunk before this one is written (or failed): its ring slot is free again
     };
     try {
       walk = await walkFrames(input, {
@@ -233,20 +255,21 @@ async function readStream(
           if (storedRing[slot].length < r.storedLength) storedRing[slot] = new Uint8Array(r.storedLength);
           return storedRing[slot];
         },
-        onRecord: async (r, stored, ordinal) => {
+        onRecord: (r, stored, ordinal) => {
           const codec = codecOf.get(r);
           codecOf.delete(r);
-          const job = openChunk(path, r, stored, ordinal, codec, sealer, digest, ring[ordinal % 2]);
-          job.catch(() => {}); // observed through `pending`
-          const previous = pending;
-          pending = (async () => {
-            await previous;
-            const decoded = await job;
-            sink?.write(r, 0, decoded);
-            opts.onChunk?.(r);
-          })();
-          pending.catch(() => {}); // observed below
-          await previous; // the chunk before this one is written (or failed): its ring slot is free again
+          // A raw chunk, or a small sealed raw one, with no chunk before it still in flight: opened and written
+          // here, without a promise (an image of one-page records made several per record, and the garbage
+          // collector's young generation grew with them).
+          if (!codec && inFlight === 0) {
+            const now = openNow(path, r, stored, ordinal, sealer, digest, ring[ordinal % 2]);
+            if (now) {
+              sink?.write(r, 0, now);
+              opts.onChunk?.(r);
+              return;
+            }
+          }
+          return later(r, stored, ordinal, codec);
         },
       });
       await pending;
@@ -339,6 +362,27 @@ async function readStream(
     sink?.close();
     await input.close();
   }
+}
+
+/**
+ * A raw chunk's decoded bytes at once, without a promise: its stored bytes, or, sealed, its plaintext opened on
+ * this thread into the ring (when the sealer can: libcrypto, at most 64 KiB); undefined when it cannot.
+ */
+function openNow(
+  path: string,
+  r: ImageRecord,
+  stored: Uint8Array,
+  ordinal: number,
+  sealer: Sealer | undefined,
+  digest: Uint8Array | undefined,
+  scratch: { buf: Uint8Array; aad?: Uint8Array },
+): Uint8Array | undefined {
+  if (stored.length !== (sealer ? r.length + SEAL_OVERHEAD : r.length)) return undefined; // openChunk says why
+  if (!sealer) return stored;
+  if (scratch.buf.length < r.length) scratch.buf = new Uint8Array(r.length);
+  scratch.aad ??= new Uint8Array(72);
+  const aad = chunkAad(ordinal, r.address, r.length, r.codec, r.segment, digest, scratch.aad);
+  return sealer.openNow(stored, aad, path, r.fileOffset, scratch.buf);
 }
 
 /** Authenticate (sealed) and decode one chunk, and check its decoded checksum; the decoded bytes. */

@@ -62,10 +62,19 @@ export class StreamSource implements ByteSource {
   #notHere(offset: number, what: string): ImageError {
     return new ImageError(this.path, this.offset, `expected the ${what} at offset ${offset} here`);
   }
-  /** Exactly `n` bytes at `offset`, which must be where the stream stands (a fresh buffer, or `into`). */
-  read(offset: number, n: number, what: string, into?: Uint8Array): Promise<Uint8Array> {
+  /**
+   * Exactly `n` bytes at `offset`, which must be where the stream stands (a fresh buffer, or `into`): at once
+   * when they have been read from the stream already (a walk of many small records makes no promise per record),
+   * else once they have.
+   */
+  read(offset: number, n: number, what: string, into?: Uint8Array): Uint8Array | Promise<Uint8Array> {
     if (offset !== this.offset) return Promise.reject(this.#notHere(offset, what));
-    return this.next(n, what, into);
+    if (this.#buf.length - this.#at < n) return this.next(n, what, into);
+    const b = (into ?? new Uint8Array(n)).subarray(0, n);
+    b.set(this.#buf.subarray(this.#at, this.#at + n));
+    this.#at += n;
+    this.offset += n;
+    return b;
   }
   /** Exactly the next `n` bytes (a fresh buffer, or `into`). */
   async next(n: number, what: string, into: Uint8Array = new Uint8Array(n)): Promise<Uint8Array> {
@@ -91,9 +100,16 @@ export class StreamSource implements ByteSource {
   async checksum(offset: number, n: number, what: string): Promise<bigint> {
     return checksum(await this.read(offset, n, what));
   }
-  /** Consume `n` bytes at `offset` (where the stream stands) that must be zero. */
-  async zeros(offset: number, n: number, what: string): Promise<void> {
+  /** Consume `n` bytes at `offset` (where the stream stands) that must be zero (at once when already read). */
+  zeros(offset: number, n: number, what: string): void | Promise<void> {
     if (offset !== this.offset) throw this.#notHere(offset, what);
+    if (n > this.#buf.length - this.#at) return this.#zeros(n, what);
+    const e = nonZero(this.path, this.#buf.subarray(this.#at, this.#at + n), offset, what);
+    if (e) throw e;
+    this.#at += n;
+    this.offset += n;
+  }
+  async #zeros(n: number, what: string): Promise<void> {
     const chunk = this.#zeroScratch; // one buffer for every padding: a stream of many frames makes no garbage
     for (let left = n; left > 0;) {
       const k = Math.min(left, chunk.length);
