@@ -63,3 +63,4 @@ export {
 } from "./lib/image/targets.ts";
 export { raw } from "./lib/codecs/codec.ts";
 export { Sealer } from "./lib/codecs/seal.ts";
+export type { MacStream } from "./lib/codecs/hmac.ts";

@@ -17,7 +17,9 @@
 
 import { CryoError, ImageError, KeyError } from "../errors.ts";
 import type { SealKey } from "./keys.ts";
-import { EVP_CTRL_GCM_GET_TAG, EVP_CTRL_GCM_SET_TAG, libcrypto } from "../../ffi/crypto.ts";
+import { libcrypto } from "../../ffi/crypto.ts";
+import { NativeGcm } from "./gcm.ts";
+import { hmacStream, type MacStream } from "./hmac.ts";
 
 /** Bytes of the seal parameters an image stores: salt(16) | key check(16). */
 export const SEAL_PARAMS_SIZE = 32;
@@ -35,6 +37,7 @@ function bytes(u: Uint8Array): Uint8Array<ArrayBuffer> {
   return u as Uint8Array<ArrayBuffer>;
 }
 const enc = new TextEncoder();
+const AAD_MAGIC = enc.encode("cryochnk");
 
 /**
  * The additional authenticated data of one chunk: binds it to its place in the image and to the image's header.
@@ -45,6 +48,7 @@ const enc = new TextEncoder();
  * @param codec The codec id the plaintext is encoded with.
  * @param segment The record's segment (0 = absolute address).
  * @param header The SHA-256 of the image's header block (32 bytes), or omitted.
+ * @param into A buffer to write it into, if it fits (a reader opening chunk after chunk reuses one).
  * @returns `"cryochnk" | index u64 | address u64 | length u64 | segment u32 | codec u8 | 0 0 0 | header`.
  */
 export function chunkAad(
@@ -54,9 +58,12 @@ export function chunkAad(
   codec: number,
   segment = 0,
   header?: Uint8Array,
+  into?: Uint8Array,
 ): Uint8Array {
-  const aad = new Uint8Array(40 + (header?.length ?? 0));
-  aad.set(enc.encode("cryochnk"));
+  const n = 40 + (header?.length ?? 0);
+  const aad = into && into.length >= n && into.byteOffset === 0 ? into.subarray(0, n) : new Uint8Array(n);
+  aad.set(AAD_MAGIC);
+  aad.fill(0, 37, 40);
   const v = new DataView(aad.buffer);
   v.setBigUint64(8, BigInt(index), true);
   v.setBigUint64(16, BigInt.asUintN(64, address), true);
@@ -92,113 +99,16 @@ async function derive(key: SealKey, salt: Uint8Array<ArrayBuffer>) {
     ),
     crypto.subtle.deriveBits(hkdf("cryo v1 key check"), key.master, 128),
   ]);
-  // The same key as raw bytes, for libcrypto (HKDF's output is the key either way): only when it loads.
-  const raw = libcrypto()
-    ? new Uint8Array(await crypto.subtle.deriveBits(hkdf("cryo v1 aes-256-gcm"), key.master, 256))
-    : undefined;
-  return { aes, hmac, check: new Uint8Array(check), raw };
+  // The same keys as raw bytes, for libcrypto (HKDF's output is the key either way; WebCrypto's HMAC key is
+  // the hash's block size, 512 bits): only when it loads.
+  const bits = (info: string, n: number) => crypto.subtle.deriveBits(hkdf(info), key.master, n);
+  const [raw, hmacRaw] = libcrypto()
+    ? (await Promise.all([bits("cryo v1 aes-256-gcm", 256), bits("cryo v1 hmac-sha256", 512)])).map((b) =>
+      new Uint8Array(b)
+    )
+    : [];
+  return { aes, hmac, check: new Uint8Array(check), raw, hmacRaw };
 }
-
-/** One libcrypto AES-256-GCM context with its key set, and its output-length cell. */
-interface Gcm {
-  ctx: Deno.PointerValue;
-  outl: Int32Array<ArrayBuffer>;
-}
-
-/**
- * AES-256-GCM through libcrypto (ffi/crypto.ts): contexts keyed once, one per call in flight, reused; the bulk
- * of each chunk is encrypted or decrypted on a pool thread straight into the caller's buffer, so sealing makes
- * no copy and leaves nothing for the garbage collector but the output itself.
- */
-class NativeGcm {
-  readonly #key: Uint8Array<ArrayBuffer>;
-  readonly #free: [Gcm[], Gcm[]] = [[], []];
-  readonly #all: Deno.PointerValue[] = [];
-
-  constructor(key: Uint8Array<ArrayBuffer>) {
-    this.#key = key;
-    registry.register(this, this.#all);
-  }
-
-  #take(enc: 0 | 1): Gcm {
-    const got = this.#free[enc].pop();
-    if (got) return got;
-    const c = libcrypto()!;
-    const ctx = c.EVP_CIPHER_CTX_new();
-    if (ctx === null) throw new CryoError("Cannot create an AES-GCM context (EVP_CIPHER_CTX_new)");
-    this.#all.push(ctx);
-    if (c.EVP_CipherInit_ex(ctx, c.EVP_aes_256_gcm(), null, this.#key, null, enc) !== 1) {
-      throw new CryoError("Cannot key an AES-256-GCM context (EVP_CipherInit_ex)");
-    }
-    return { ctx, outl: new Int32Array(1) };
-  }
-
-  /** Run `iv`, `aad` and `n` bytes from `src` to `dst` through a context of direction `enc`. */
-  async #run(enc: 0 | 1, iv: Uint8Array, aad: Uint8Array, src: Uint8Array, dst: Uint8Array): Promise<Gcm> {
-    const c = libcrypto()!;
-    const g = this.#take(enc);
-    try {
-      if (c.EVP_CipherInit_ex(g.ctx, null, null, null, bytes(iv), enc) !== 1) {
-        throw new Error("EVP_CipherInit_ex");
-      }
-      if (c.EVP_CipherUpdate(g.ctx, null, g.outl, Deno.UnsafePointer.of(bytes(aad)), aad.length) !== 1) {
-        throw new Error("EVP_CipherUpdate (AAD)");
-      }
-      if (src.length) {
-        const ok = await c.EVP_CipherUpdate_nb(
-          g.ctx,
-          Deno.UnsafePointer.of(bytes(dst)),
-          g.outl,
-          Deno.UnsafePointer.of(bytes(src)),
-          src.length,
-        );
-        if (ok !== 1 || g.outl[0] !== src.length) throw new Error("EVP_CipherUpdate");
-      }
-      return g;
-    } catch (e) {
-      this.#free[enc].push(g);
-      throw e;
-    }
-  }
-
-  async seal(iv: Uint8Array, aad: Uint8Array, plain: Uint8Array, into?: Uint8Array): Promise<Uint8Array> {
-    const n = plain.length;
-    const out = into ?? new Uint8Array(NONCE_SIZE + n + TAG_SIZE);
-    out.set(iv);
-    const g = await this.#run(1, iv, aad, plain, out.subarray(NONCE_SIZE, NONCE_SIZE + n));
-    try {
-      const c = libcrypto()!;
-      const end = out.subarray(NONCE_SIZE + n);
-      if (c.EVP_CipherFinal_ex(g.ctx, Deno.UnsafePointer.of(end), g.outl) !== 1) throw new Error("final");
-      if (c.EVP_CIPHER_CTX_ctrl(g.ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, end) !== 1) throw new Error("tag");
-    } catch (e) {
-      throw new CryoError(`Cannot seal a ${n}-byte chunk with libcrypto: ${(e as Error).message} failed`);
-    } finally {
-      this.#free[1].push(g);
-    }
-    return out;
-  }
-
-  /** Whether the chunk authenticates; its plaintext is in `dst` (not to be used unless true). */
-  async open(sealed: Uint8Array, aad: Uint8Array, dst: Uint8Array): Promise<boolean> {
-    const n = sealed.length - SEAL_OVERHEAD;
-    const ct = sealed.subarray(NONCE_SIZE, NONCE_SIZE + n);
-    const g = await this.#run(0, sealed.subarray(0, NONCE_SIZE), aad, ct, dst);
-    try {
-      const c = libcrypto()!;
-      const tag = sealed.slice(NONCE_SIZE + n); // the call may write to it
-      if (c.EVP_CIPHER_CTX_ctrl(g.ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, tag) !== 1) return false;
-      return c.EVP_CipherFinal_ex(g.ctx, Deno.UnsafePointer.of(tag), g.outl) === 1;
-    } finally {
-      this.#free[0].push(g);
-    }
-  }
-}
-
-const registry = new FinalizationRegistry<Deno.PointerValue[]>((all) => {
-  const c = libcrypto();
-  for (const ctx of all.splice(0)) c?.EVP_CIPHER_CTX_free(ctx);
-});
 
 /** Seals and opens the chunks of one image under its derived key. */
 export class Sealer {
@@ -206,15 +116,17 @@ export class Sealer {
   readonly params: Uint8Array;
   readonly #aes: CryptoKey;
   readonly #hmac: CryptoKey;
+  readonly #hmacRaw: Uint8Array | undefined;
   readonly #native: NativeGcm | undefined;
   readonly #prefix = crypto.getRandomValues(new Uint8Array(8));
   #counter = 0;
 
-  private constructor(params: Uint8Array, aes: CryptoKey, hmac: CryptoKey, raw?: Uint8Array<ArrayBuffer>) {
+  private constructor(params: Uint8Array, keys: Awaited<ReturnType<typeof derive>>) {
     this.params = params;
-    this.#aes = aes;
-    this.#hmac = hmac;
-    this.#native = raw ? new NativeGcm(raw) : undefined;
+    this.#aes = keys.aes;
+    this.#hmac = keys.hmac;
+    this.#hmacRaw = keys.hmacRaw;
+    this.#native = keys.raw ? new NativeGcm(keys.raw) : undefined;
   }
 
   /**
@@ -225,11 +137,11 @@ export class Sealer {
    */
   static async create(key: SealKey): Promise<Sealer> {
     const salt = crypto.getRandomValues(new Uint8Array(16));
-    const { aes, hmac, check, raw } = await derive(key, salt);
+    const keys = await derive(key, salt);
     const params = new Uint8Array(SEAL_PARAMS_SIZE);
     params.set(salt);
-    params.set(check, 16);
-    return new Sealer(params, aes, hmac, raw);
+    params.set(keys.check, 16);
+    return new Sealer(params, keys);
   }
 
   /**
@@ -250,15 +162,15 @@ export class Sealer {
         `seal parameters are ${params.length} bytes, expected ${SEAL_PARAMS_SIZE}`,
       );
     }
-    const { aes, hmac, check, raw } = await derive(key, new Uint8Array(params.subarray(0, 16)));
+    const keys = await derive(key, new Uint8Array(params.subarray(0, 16)));
     let diff = 0;
-    for (let i = 0; i < 16; i++) diff |= check[i] ^ params[16 + i];
+    for (let i = 0; i < 16; i++) diff |= keys.check[i] ^ params[16 + i];
     if (diff !== 0) {
       throw new KeyError(
         `Cannot open image ${path}: the key (${key.source}) is not the one it was sealed with`,
       );
     }
-    return new Sealer(new Uint8Array(params), aes, hmac, raw);
+    return new Sealer(new Uint8Array(params), keys);
   }
 
   /** How many chunks this sealer has sealed. */
@@ -327,13 +239,7 @@ export class Sealer {
     if (this.#native) {
       const n = sealed.length - SEAL_OVERHEAD;
       const plain = into && into.length >= n ? into.subarray(0, n) : new Uint8Array(n);
-      if (await this.#native.open(sealed, aad, plain)) return plain;
-      plain.fill(0);
-      throw new ImageError(
-        path,
-        offset,
-        "chunk authentication failed: it was modified, moved, or belongs to another image",
-      );
+      return opened(await this.#native.open(sealed, aad, plain), plain, path, offset);
     }
     try {
       const plain = await crypto.subtle.decrypt(
@@ -359,13 +265,51 @@ export class Sealer {
   }
 
   /**
+   * {@link open} on the calling thread, without a promise, when it can be: with libcrypto, a chunk of at most
+   * 64 KiB (an image of one-page records is opened with no promise per record).
+   *
+   * @param sealed `nonce(12) | ciphertext | tag(16)`.
+   * @param aad The additional authenticated data it must have been sealed with.
+   * @param path The image, for the error.
+   * @param offset Where the sealed bytes lie in the image, for the error.
+   * @param into Where to put the plaintext (at least `sealed.length - 28` bytes).
+   * @returns The plaintext (a view of `into`), or undefined when it cannot be opened here (call {@link open}).
+   * @throws {ImageError} When the chunk was modified, moved, or belongs to another image.
+   */
+  openNow(
+    sealed: Uint8Array,
+    aad: Uint8Array,
+    path: string,
+    offset: number,
+    into: Uint8Array,
+  ): Uint8Array | undefined {
+    const n = sealed.length - SEAL_OVERHEAD;
+    if (!this.#native || n < 0 || into.length < n) return undefined;
+    const plain = into.subarray(0, n);
+    const ok = this.#native.openNow(sealed, aad, plain);
+    return ok === undefined ? undefined : opened(ok, plain, path, offset);
+  }
+
+  /**
+   * Start an HMAC-SHA256 under the image's derived key, given its message piece by piece (lib/codecs/hmac.ts:
+   * libcrypto when it loads, hashing each piece as it comes; WebCrypto otherwise).
+   *
+   * @returns The stream; {@link MacStream.digest} gives the tag {@link mac} gives for the same bytes.
+   */
+  macStream(): MacStream {
+    return hmacStream(this.#hmacRaw, this.#hmac);
+  }
+
+  /**
    * HMAC-SHA256 of metadata (header block, region table, index) under the image's derived key.
    *
    * @param data The bytes to authenticate.
    * @returns The 32-byte tag.
    */
   async mac(data: Uint8Array): Promise<Uint8Array> {
-    return new Uint8Array(await crypto.subtle.sign("HMAC", this.#hmac, bytes(data)));
+    using m = this.macStream();
+    m.update(data);
+    return await m.digest();
   }
 
   /**
@@ -376,7 +320,31 @@ export class Sealer {
    * @returns Whether the tag matches.
    */
   async verifyMac(data: Uint8Array, tag: Uint8Array): Promise<boolean> {
-    if (tag.length !== MAC_SIZE) return false;
-    return await crypto.subtle.verify("HMAC", this.#hmac, bytes(tag), bytes(data));
+    return sameTag(await this.mac(data), tag);
   }
+}
+
+/** The plaintext of a chunk that authenticated; else it is wiped and an {@link ImageError} thrown. */
+function opened(ok: boolean, plain: Uint8Array, path: string, offset: number | undefined): Uint8Array {
+  if (ok) return plain;
+  plain.fill(0);
+  throw new ImageError(
+    path,
+    offset,
+    "chunk authentication failed: it was modified, moved, or belongs to another image",
+  );
+}
+
+/**
+ * Whether two MAC tags are equal, in constant time (every byte compared, whatever differs first).
+ *
+ * @param a A tag.
+ * @param b Another.
+ * @returns Whether both are {@link MAC_SIZE} bytes and equal.
+ */
+export function sameTag(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== MAC_SIZE || b.length !== MAC_SIZE) return false;
+  let diff = 0;
+  for (let i = 0; i < MAC_SIZE; i++) diff |= a[i] ^ b[i];
+  return diff === 0;
 }

@@ -43,8 +43,14 @@ export class ChunkWriter {
   /** Buffers sealed chunks are written into, back here once written (see `returnsTo`). */
   readonly #sealedPool: Uint8Array<ArrayBuffer>[] = [];
 
-  /** A view of `plain + SEAL_OVERHEAD` bytes of a pooled buffer (one of the chunk size, or a larger one). */
+  /**
+   * A buffer for a sealed chunk of `plain` bytes: a view of `plain + SEAL_OVERHEAD` bytes of a pooled buffer of
+   * the chunk size (or a larger one), or, for a chunk under half the chunk size, a buffer of its own, exactly
+   * that size, freed once written (a pooled buffer would be held by a small chunk until its frame is written:
+   * the one-page records of a fragmented image held a chunk-size buffer each, up to 1,024 a frame).
+   */
   #sealedBuffer(plain: number): Uint8Array<ArrayBuffer> {
+    if (2 * plain < this.#opts.chunkSize) return new Uint8Array(plain + SEAL_OVERHEAD);
     const size = Math.max(plain, this.#opts.chunkSize) + SEAL_OVERHEAD;
     let b = this.#sealedPool.pop();
     if (!b || b.length < size) {
@@ -183,7 +189,10 @@ export class ChunkWriter {
       const plain = enc ?? src;
       const into = this.#sealedBuffer(plain.length);
       const sealed = await sealer.seal(plain, chunkAad(it.ordinal, a, n, codec, segment, digest), into);
-      if (sealed !== into) this.#sealedPool.push(new Uint8Array(into.buffer)); // WebCrypto: a buffer of its own
+      // WebCrypto: a buffer of its own; a pooled one goes back.
+      if (sealed !== into && into.buffer.byteLength >= chunkSize + SEAL_OVERHEAD) {
+        this.#sealedPool.push(new Uint8Array(into.buffer));
+      }
       return { it, codec, enc: sealed, decoded };
     };
     try {

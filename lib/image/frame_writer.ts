@@ -22,6 +22,7 @@ import {
   MAX_FRAME_RECORDS,
 } from "./frames.ts";
 import { alignUp, holeRecord, type ImageRecord, KIND, MAX_RECORD_LENGTH } from "./format.ts";
+import type { Spool } from "./spool.ts";
 import type { WriteQueue } from "./write_queue.ts";
 
 /** The frame being filled: its range so far, its records and where their stored bytes are. */
@@ -56,12 +57,11 @@ export interface RecordTotals {
 /** Builds the frames of one image and queues each for writing once it is complete. */
 export class FrameWriter {
   readonly #queue: WriteQueue;
-  readonly #keepTables: boolean;
   #frame: OpenFrame | undefined;
   /** The directory entries of the frames queued so far. */
   readonly frames: FrameInfo[] = [];
-  /** The tables of the frames queued so far (kept for a sealed image's metadata MAC). */
-  readonly tables: Uint8Array[] = [];
+  /** The tables of the frames queued so far, in file order (kept for a sealed image's metadata MAC). */
+  readonly tables: Spool | undefined;
   /** Totals of the records stored so far. */
   readonly totals: RecordTotals = { records: 0, dataRecords: 0, dataBytes: 0, holeBytes: 0, storedBytes: 0 };
   /** The last record (a hole may extend it). */
@@ -75,17 +75,17 @@ export class FrameWriter {
    * Make the frame writer of one image.
    *
    * @param queue Where complete frames are queued.
-   * @param keepTables Keep each frame's table in `tables` (sealed images).
+   * @param tables Where to keep each frame's table (a sealed image's), if anywhere.
    * @param bridge For an incremental image (holes are entries, gaps are the parent's): whether the open frame
    *   of `segment` may grow over the gap `[from, to)` to reach the next record.
    */
   constructor(
     queue: WriteQueue,
-    keepTables: boolean,
+    tables: Spool | undefined,
     bridge?: (segment: number, from: bigint, to: bigint) => boolean,
   ) {
     this.#queue = queue;
-    this.#keepTables = keepTables;
+    this.tables = tables;
     this.#bridge = bridge;
   }
 
@@ -207,7 +207,7 @@ export class FrameWriter {
     });
     q.free(f.keep); // encoded chunks and copies: ours alone, freed once written
     this.frames.push(info);
-    if (this.#keepTables) this.tables.push(table);
+    this.tables?.append(table);
   }
 
   /**

@@ -22,6 +22,7 @@ import { alignUp, ARCH_X86_64, MAX_CHUNK_LENGTH, MAX_SECTIONS_LENGTH, OPTIONAL, 
 import { encodeHeaderBlock, type SourceInfo } from "./header.ts";
 import { headerDigest } from "./sealing.ts";
 import { type MemorySource, selfSource } from "./sources.ts";
+import { Spool } from "./spool.ts";
 import { encodeTail } from "./tail.ts";
 import { WriteQueue } from "./write_queue.ts";
 import { RegionTable } from "./region_table.ts";
@@ -129,7 +130,12 @@ export class MemoryPersister implements AsyncDisposable {
       ? (segment: number, from: bigint, to: bigint) =>
         segment === 0 && insideRegions(this.#table.regions ?? [], from, to)
       : undefined;
-    this.#frames = new FrameWriter(this.#queue, !!opts.sealer, bridge);
+    // A sealed image's frame tables, for its metadata MAC at finalize: past 4 MiB in an unnamed scratch file, in
+    // the image's directory (writable, and where the user made room) or, for a stream, in $TMPDIR.
+    const tables = opts.sealer
+      ? new Spool(`frame tables of ${path}`, ownsFd ? dirOf(path) : undefined)
+      : undefined;
+    this.#frames = new FrameWriter(this.#queue, tables, bridge);
     this.#chunks = new ChunkWriter(this.#frames, {
       codec: this.#codec,
       chunkSize,
@@ -381,6 +387,7 @@ export class MemoryPersister implements AsyncDisposable {
         dataBytes: t.dataBytes,
         seal: sealer ? { sealer, digest: await this.#chunks.digest! } : undefined,
       });
+      this.#frames.tables?.close();
       this.#queue.zerosTo(offset);
       this.#queue.bytes(frameHeader);
       this.#queue.bytes(data);
@@ -415,6 +422,7 @@ export class MemoryPersister implements AsyncDisposable {
     this.#done = true;
     await this.#queue.writing.catch(() => {}); // no write may still use the fd
     this.#pool.clear();
+    this.#frames.tables?.close();
     if (this.#fd >= 0 && this.#ownsFd) libc.close(this.#fd);
     this.#fd = -1;
     if (this.#temp !== undefined) libc.unlink(cstr(this.#temp));

@@ -90,8 +90,18 @@ export class RemoteWriter implements Disposable {
    */
   write(addr: bigint, bytes: Uint8Array): void {
     if (bytes.length === 0) return;
-    this.#writeAt(addr, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes))), bytes.length);
+    // The address of the buffer written last is kept: a stream reader writes chunk after chunk from the same
+    // two buffers, and `Deno.UnsafePointer.of()` per chunk kept garbage alive across scavenges (V8's young
+    // generation then grew by tens of MiB over an image of one-page records).
+    if (bytes.buffer !== this.#lastBuffer) {
+      this.#lastBuffer = bytes.buffer;
+      this.#lastBase = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes))) -
+        BigInt(bytes.byteOffset);
+    }
+    this.#writeAt(addr, this.#lastBase + BigInt(bytes.byteOffset), bytes.length);
   }
+  #lastBuffer: ArrayBufferLike | undefined;
+  #lastBase = 0n;
 
   /**
    * Write the file's contents over `[a, e)` of a private file mapping, where the process wrote its pages since

@@ -13,7 +13,7 @@ import { hex } from "../hex.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { codecForId } from "../codecs/select.ts";
 import { ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
-import { chunkAad, Sealer } from "../codecs/seal.ts";
+import { chunkAad, SEAL_OVERHEAD, Sealer } from "../codecs/seal.ts";
 import type { SealKey } from "../codecs/keys.ts";
 import { checksum } from "./checksum.ts";
 import {
@@ -33,7 +33,6 @@ import { checkMetadataMac, headerDigest, requireSealed, sealParamsOf } from "./s
 import { openInput, StreamSource } from "./stream_input.ts";
 import { type FrameWalk, readTail, walkFrames } from "./reader.ts";
 import { BytesSource } from "./byte_source.ts";
-import { concatBytes } from "./cursor.ts";
 import {
   checkFooter,
   checkHost,
@@ -143,7 +142,7 @@ async function readStream(
   const path = opts.path ?? "-";
   const input = new StreamSource(stream, path);
   let sink: ChunkSink | undefined;
-  // Kept until the tail is checked (in memory, past 4 MiB in a scratch file): the holes, zeroed only then, and
+  // Kept until the tail is checked (in memory, past 1 MiB in a scratch file): the holes, zeroed only then, and
   // an encrypted image's frame tables, which its metadata MAC covers. The records are checked as they are read
   // (lib/image/index.ts `IndexCheck`) and not kept.
   using holes = new Spool(`holes of ${path}`);
@@ -192,11 +191,12 @@ async function readStream(
     ) => (r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec));
     // One chunk is authenticated and decoded (on pool threads) while the next is read; writes stay in order,
     // each after its chunk verified, and none after a chunk that failed. Decoded chunks use a ring of two.
-    const ring = [{ buf: new Uint8Array(0) }, { buf: new Uint8Array(0) }];
+    const ring: { buf: Uint8Array; aad?: Uint8Array }[] = [{ buf: new Uint8Array(0) }, {
+      buf: new Uint8Array(0),
+    }];
     // Stored bytes too: chunk i is read into slot i % 2 once chunk i - 2 has been written (or has failed).
     const storedRing: Uint8Array<ArrayBuffer>[] = [new Uint8Array(0), new Uint8Array(0)];
     let pending: Promise<void> = Promise.resolve();
-    let queued = 0, written = 0; // chunks handed to `pending`, and written by it
     let walk: FrameWalk;
     const frameInfos: FrameInfo[] = [];
     const check = new IndexCheck();
@@ -214,6 +214,26 @@ async function readStream(
         holes.append(new Uint8Array(pairs.buffer));
         paired = 0;
       }
+    };
+    // Other chunks are opened (on pool threads) while the next is read, and written in order.
+    let inFlight = 0;
+    const later = async (r: ImageRecord, stored: Uint8Array, ordinal: number, codec: Codec | undefined) => {
+      const job = openChunk(path, r, stored, ordinal, codec, sealer, digest, ring[ordinal % 2]);
+      job.catch(() => {}); // observed through `pending`
+      const previous = pending;
+      inFlight++;
+      pending = (async () => {
+        try {
+          await previous;
+          const decoded = await job;
+          sink?.write(r, 0, decoded);
+          opts.onChunk?.(r);
+        } finally {
+          inFlight--;
+        }
+      })();
+      pending.catch(() => {}); // observed below
+      await previous; // the chunk before this one is written (or failed): its ring slot is free again
     };
     try {
       walk = await walkFrames(input, {
@@ -237,34 +257,19 @@ async function readStream(
           return storedRing[slot];
         },
         onRecord: (r, stored, ordinal) => {
-          const codec = codecOf(r);
-          if (!codec && !sealer && written === queued) {
-            // A plain raw record is its decoded bytes, its checksum checked (walkFrames): written now, with no
-            // promise of its own. (A promise chain per record made V8's young generation grow to tens of MiB
-            // over an image of half a million single-page records.)
-            if (stored.length !== r.length) {
-              throw new ImageError(
-                path,
-                r.fileOffset,
-                `raw record holds ${stored.length} of ${r.length} bytes`,
-              );
+          const codec = codecOf(r); // looked up again, not kept in a map set and emptied per record
+          // A raw chunk, or a small sealed raw one, with no chunk before it still in flight: opened and written
+          // here, without a promise (an image of one-page records made several per record, and the garbage
+          // collector's young generation grew with them).
+          if (!codec && inFlight === 0) {
+            const now = openNow(path, r, stored, ordinal, sealer, digest, ring[ordinal % 2]);
+            if (now) {
+              sink?.write(r, 0, now);
+              opts.onChunk?.(r);
+              return;
             }
-            sink?.write(r, 0, stored);
-            opts.onChunk?.(r);
-            return;
           }
-          const job = openChunk(path, r, stored, ordinal, codec, sealer, digest, ring[ordinal % 2]);
-          job.catch(() => {}); // observed through `pending`
-          const previous = pending, n = ++queued;
-          pending = (async () => {
-            await previous;
-            const decoded = await job;
-            sink?.write(r, 0, decoded);
-            opts.onChunk?.(r);
-            written = n;
-          })();
-          pending.catch(() => {}); // observed below
-          return previous; // the chunk before this one is written (or failed): its ring slot is free again
+          return later(r, stored, ordinal, codec);
         },
       });
       await pending;
@@ -326,13 +331,7 @@ async function readStream(
     });
     checkTailLayout(path, tail, tailAt, footer, sections);
     if (sealer) {
-      await checkMetadataMac(
-        sealer,
-        path,
-        digest!,
-        concatBytes([indexBytes, tables.read(0, tables.length)]),
-        blobs,
-      );
+      await checkMetadataMac(sealer, path, digest!, indexBytes, tables, blobs);
     }
     // 6. Holes, now that the index is known to be good, read back a piece at a time.
     let holeBytes = 0;
@@ -364,6 +363,27 @@ async function readStream(
     sink?.close();
     await input.close();
   }
+}
+
+/**
+ * A raw chunk's decoded bytes at once, without a promise: its stored bytes, or, sealed, its plaintext opened on
+ * this thread into the ring (when the sealer can: libcrypto, at most 64 KiB); undefined when it cannot.
+ */
+function openNow(
+  path: string,
+  r: ImageRecord,
+  stored: Uint8Array,
+  ordinal: number,
+  sealer: Sealer | undefined,
+  digest: Uint8Array | undefined,
+  scratch: { buf: Uint8Array; aad?: Uint8Array },
+): Uint8Array | undefined {
+  if (stored.length !== (sealer ? r.length + SEAL_OVERHEAD : r.length)) return undefined; // openChunk says why
+  if (!sealer) return stored;
+  if (scratch.buf.length < r.length) scratch.buf = new Uint8Array(r.length);
+  scratch.aad ??= new Uint8Array(72);
+  const aad = chunkAad(ordinal, r.address, r.length, r.codec, r.segment, digest, scratch.aad);
+  return sealer.openNow(stored, aad, path, r.fileOffset, scratch.buf);
 }
 
 /** Authenticate (sealed) and decode one chunk, and check its decoded checksum; the decoded bytes. */

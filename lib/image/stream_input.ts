@@ -63,24 +63,21 @@ export class StreamSource implements ByteSource {
     return new ImageError(this.path, this.offset, `expected the ${what} at offset ${offset} here`);
   }
   /**
-   * Exactly `n` bytes at `offset`, which must be where the stream stands (a fresh buffer, or `into`): at once when
-   * the bytes have arrived already, which for an image of small records is nearly every time (a promise per
-   * record was most of the garbage a streamed restore of half a million records made).
+   * Exactly `n` bytes at `offset`, which must be where the stream stands (a fresh buffer, or `into`): at once
+   * when they have been read from the stream already (a walk of many small records makes no promise per record),
+   * else once they have.
    */
   read(offset: number, n: number, what: string, into?: Uint8Array): Uint8Array | Promise<Uint8Array> {
     if (offset !== this.offset) return Promise.reject(this.#notHere(offset, what));
-    return this.next(n, what, into);
-  }
-  /** Exactly the next `n` bytes (a fresh buffer, or `into`), at once when they have arrived already. */
-  next(n: number, what: string, into?: Uint8Array): Uint8Array | Promise<Uint8Array> {
-    if (this.#buf.length - this.#at < n) return this.#nextAsync(n, what, into ?? new Uint8Array(n));
-    const out = into ? into.subarray(0, n) : new Uint8Array(n);
-    out.set(this.#buf.subarray(this.#at, this.#at + n));
+    if (this.#buf.length - this.#at < n) return this.next(n, what, into);
+    const b = (into ?? new Uint8Array(n)).subarray(0, n);
+    b.set(this.#buf.subarray(this.#at, this.#at + n));
     this.#at += n;
     this.offset += n;
-    return out;
+    return b;
   }
-  async #nextAsync(n: number, what: string, into: Uint8Array): Promise<Uint8Array> {
+  /** Exactly the next `n` bytes (a fresh buffer, or `into`). */
+  async next(n: number, what: string, into: Uint8Array = new Uint8Array(n)): Promise<Uint8Array> {
     into = into.subarray(0, n);
     let got = 0;
     while (got < n) {
@@ -100,15 +97,17 @@ export class StreamSource implements ByteSource {
     return into;
   }
   /** XXH3-64 of the `n` bytes at `offset` (where the stream stands), consumed. */
-  checksum(offset: number, n: number, what: string): bigint | Promise<bigint> {
-    const got = this.read(offset, n, what);
-    return got instanceof Uint8Array ? checksum(got) : got.then(checksum);
+  async checksum(offset: number, n: number, what: string): Promise<bigint> {
+    return checksum(await this.read(offset, n, what));
   }
-  /** Consume `n` bytes at `offset` (where the stream stands) that must be zero; at once when there are none. */
+  /** Consume `n` bytes at `offset` (where the stream stands) that must be zero (at once when already read). */
   zeros(offset: number, n: number, what: string): void | Promise<void> {
     if (offset !== this.offset) throw this.#notHere(offset, what);
-    if (n === 0) return;
-    return this.#zeros(n, what);
+    if (n > this.#buf.length - this.#at) return this.#zeros(n, what);
+    const e = nonZero(this.path, this.#buf.subarray(this.#at, this.#at + n), offset, what);
+    if (e) throw e;
+    this.#at += n;
+    this.offset += n;
   }
   async #zeros(n: number, what: string): Promise<void> {
     const chunk = this.#zeroScratch; // one buffer for every padding: a stream of many frames makes no garbage

@@ -5,7 +5,6 @@
  * @module
  */
 
-import { concatBytes } from "./cursor.ts";
 import type { Sealer } from "../codecs/seal.ts";
 import { checksum } from "./checksum.ts";
 import { encodeDirectory, encodeFrameHeader, type FrameInfo } from "./frames.ts";
@@ -13,7 +12,7 @@ import { alignUp, FOOTER_LENGTH, FRAME_LENGTH } from "./format.ts";
 import { encodeFooter } from "./footer.ts";
 import type { HeaderFields } from "./header.ts";
 import { encodeSectionTable, type SectionEntry } from "./sections.ts";
-import { metadataMac, SEAL_SECTION } from "./sealing.ts";
+import { bytesPieces, metadataMac, type PieceSource, SEAL_SECTION } from "./sealing.ts";
 
 /** What {@link encodeTail} needs to know of the image. */
 export interface TailInput {
@@ -21,8 +20,8 @@ export interface TailInput {
   pos: number;
   /** The directory entries of every frame written. */
   frames: readonly FrameInfo[];
-  /** Every frame's table (sealed images). */
-  tables: readonly Uint8Array[];
+  /** Every frame's table, in file order (sealed images). */
+  tables?: PieceSource;
   /** The sections, in order (a sealed image's MAC section is replaced). */
   sections: Map<string, Uint8Array>;
   /** The header block's fields. */
@@ -61,12 +60,8 @@ export async function encodeTail(input: TailInput): Promise<Tail> {
       name,
       data,
     }));
-    const mac = await metadataMac(
-      input.seal.sealer,
-      input.seal.digest,
-      concatBytes([index, ...input.tables]),
-      others,
-    );
+    const tables = input.tables ?? bytesPieces(new Uint8Array(0));
+    const mac = await metadataMac(input.seal.sealer, input.seal.digest, index, tables, others);
     sections.delete(SEAL_SECTION);
     sections.set(SEAL_SECTION, mac);
   }
