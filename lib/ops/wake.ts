@@ -123,7 +123,7 @@ type Found = { abs: string; marker: HibernationMarker; resume: boolean };
  * Every check before the wake: marker, image path and identity, stopped state. `resume` says that a lazy wake
  * whose cryo died left its userfaultfd in the target: the wake continues it.
  */
-async function checkHibernated(pid: number, path: string, codecs?: readonly Codec[]): Promise<Found> {
+async function checkHibernated(pid: number, path: string): Promise<Found> {
   const marker = readHibernationMarker(pid);
   if (!marker) {
     throw new CryoError(
@@ -136,8 +136,8 @@ async function checkHibernated(pid: number, path: string, codecs?: readonly Code
     throw new CryoError(`Cannot wake pid ${pid} from ${abs}: it was hibernated into ${marker.image}`);
   }
   {
-    using loader = await MemoryLoader.open(abs, { codecs });
-    if (imageIdentity(loader) !== marker.identity) {
+    // Its footer only (opening it checks every record: the wake opens it once, to verify it).
+    if (imageIdentity(await MemoryLoader.head(abs)) !== marker.identity) {
       throw new CryoError(
         `Cannot wake pid ${pid} from ${abs}: the image is not the one it was hibernated into (it was replaced)`,
       );
@@ -189,7 +189,7 @@ function closeTargetFd(pid: number, fd: number): void {
  */
 export async function wake(pid: number, path: string, opts: WakeOptions = {}): Promise<WakeResult> {
   const started = performance.now();
-  const found = await checkHibernated(pid, path, opts.codecs);
+  const found = await checkHibernated(pid, path);
   const abs = found.abs;
   if (found.resume) return await lazyWake(pid, abs, opts, started, found.marker.uffdFd);
   if (!opts.lazy) {
