@@ -473,6 +473,15 @@ export class MemoryLoader implements Disposable {
     return summary;
   }
 
+  /**
+   * Drop the pages of the read-only mapping of the image (through which {@link readRecord} and
+   * {@link storedBytes} read) from this process: they stay in the page cache and are read again when touched,
+   * and stop counting in this process's RSS. Views handed out before stay valid.
+   */
+  releaseView(): void {
+    if (this.#base !== 0n) libc.madvise(ptrOf(this.#base), BigInt(this.fileSize), MADV.DONTNEED);
+  }
+
   #unmapView(): void {
     if (this.#base !== 0n) munmap(this.#base, BigInt(this.fileSize));
     this.#base = 0n;
