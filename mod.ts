@@ -42,7 +42,8 @@ export {
   readHibernationMarker,
 } from "./lib/ops/hibernate.ts";
 export { type ProcessMemory, processMemory } from "./lib/kernel/process_status.ts";
-export { wake, type WakeOptions, type WakeResult } from "./lib/ops/wake.ts";
+export { wake } from "./lib/ops/wake.ts";
+export type { WakeOptions, WakeResult } from "./lib/ops/wake_options.ts";
 export {
   type HibernationStatus,
   hibernationStatus,

@@ -9,11 +9,11 @@
  */
 
 import { HelperNotFoundError } from "../lib/errors.ts";
-import { buf, int, long, ptr, size_t, uint } from "./types.ts";
+import { buf, int, long, ptr, size_t, uint, ulong } from "./types.ts";
 import { cachedHelper, HELPER_FILE } from "./helper_build.ts";
 
 /** The ABI version this TypeScript expects; must equal `CRYO_HELPER_ABI` in ffi/helper/helper.h. */
-export const HELPER_ABI = 7;
+export const HELPER_ABI = 8;
 
 const symbols = {
   // int cryo_helper_abi(void);
@@ -85,10 +85,20 @@ const symbols = {
   // void *cryo_fault_server_start(int uffd, const uint64_t *runs, size_t nruns, size_t page, size_t max_window,
   //                               size_t readahead_pages, int64_t *err);  (starts a native thread that serves faults)
   cryo_fault_server_start: { parameters: [int, buf, size_t, size_t, size_t, size_t, buf], result: ptr },
+  // void *cryo_fault_server_start_file(int uffd, int srcfd, int tablefd, const uint64_t *dir, size_t nruns,
+  //                                    size_t page, size_t max_window, size_t readahead_pages, int64_t *err);
+  //   (the same, the runs in tablefd, their sources read from srcfd with pread; dir kept until stop)
+  cryo_fault_server_start_file: {
+    parameters: [int, int, int, buf, size_t, size_t, size_t, size_t, buf],
+    result: ptr,
+  },
+  // long cryo_fault_server_fill(void *server, uint64_t from, uint64_t max, uint64_t chunk, uint64_t *out);
+  //   (a slice of the background fill, on the calling thread)
+  cryo_fault_server_fill: { parameters: [ptr, ulong, ulong, ulong, buf], result: long },
   // long cryo_fault_server_stats(void *server, uint64_t *out);
   cryo_fault_server_stats: { parameters: [ptr, buf], result: long },
-  // long cryo_fault_server_stop(void *server, int complete, uint64_t *out);  (joins the thread)
-  cryo_fault_server_stop: { parameters: [ptr, int, buf], result: long },
+  // long cryo_fault_server_stop(void *server, int complete, uint64_t from, uint64_t *out);  (joins the thread)
+  cryo_fault_server_stop: { parameters: [ptr, int, ulong, buf], result: long },
   // void *cryo_live_start(int uffd, int pid, int pagemap, const uint64_t *runs, size_t nruns, size_t page,
   //                       size_t neighbours, int64_t *err);  (starts a native thread that serves write faults)
   cryo_live_start: { parameters: [int, int, int, buf, size_t, size_t, size_t, buf], result: ptr },

@@ -16,6 +16,8 @@ export interface Cost {
   code: number;
   /** What it wrote to stderr. */
   stderr: string;
+  /** What it wrote to stdout (unless `opts.shell` redirects it). */
+  stdout: string;
 }
 
 /**
@@ -23,7 +25,7 @@ export interface Cost {
  *
  * @param args The CLI's arguments.
  * @param opts `shell`: a redirection, run through `sh -c` (e.g. `> /dev/null`); `stdin`: a file fed to it.
- * @returns Its peak RSS, exit code and stderr.
+ * @returns Its peak RSS, exit code, stderr and stdout.
  */
 export async function peakRss(args: string[], opts: { shell?: string; stdin?: string } = {}): Promise<Cost> {
   const report = await Deno.makeTempFile();
@@ -34,7 +36,7 @@ export async function peakRss(args: string[], opts: { shell?: string; stdin?: st
     const child = new Deno.Command(rusage, {
       args: [report, ...cmd],
       stdin: opts.stdin ? "piped" : "null",
-      stdout: "null",
+      stdout: "piped",
       stderr: "piped",
       env: { NO_COLOR: "1" },
     }).spawn();
@@ -44,7 +46,8 @@ export async function peakRss(args: string[], opts: { shell?: string; stdin?: st
     const out = await child.output();
     await fed;
     const [kib] = (await Deno.readTextFile(report)).split(" ").map(Number);
-    return { rss: kib * 1024, code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+    const text = (b: Uint8Array) => new TextDecoder().decode(b);
+    return { rss: kib * 1024, code: out.code, stderr: text(out.stderr), stdout: text(out.stdout) };
   } finally {
     await Deno.remove(report);
   }

@@ -24,7 +24,7 @@
 
 // The version of the exported interface. Bump it (and HELPER_ABI in ffi/helper.ts) whenever a function is
 // added, removed or changes its prototype or meaning: ffi/helper.ts refuses a helper built from another version.
-#define CRYO_HELPER_ABI 7
+#define CRYO_HELPER_ABI 8
 
 // ---- abi.c ----
 int cryo_helper_abi(void);

@@ -33,7 +33,7 @@ import { fileStamp } from "./file_stamp.ts";
 import { helper } from "../../ffi/helper.ts";
 
 const EIO = 5;
-import { type ImageIndex, readImageIndex } from "./reader.ts";
+import { type ImageHead, type ImageIndex, readImageHead, readImageIndex } from "./reader.ts";
 import { checkStructure, verifyDecoded, verifyImage } from "./verify.ts";
 import { refuseIncremental } from "./rules.ts";
 import { compareTarget, type LoadTarget, type RegionPlan, segmentBytes, targetName } from "./targets.ts";
@@ -154,6 +154,25 @@ export class MemoryLoader implements Disposable {
     } catch (e) {
       libc.close(fd);
       throw e;
+    }
+  }
+
+  /**
+   * Read what an image file is (its footer) and which regions it holds (its header block), checked, without
+   * opening it: {@link open} checks every record, which for an image of half a million records costs tens of MiB
+   * of this process's memory in passing.
+   *
+   * @param path The image file.
+   * @returns Its footer, header fields and region table.
+   * @throws {ImageError} When they are damaged.
+   */
+  static async head(path: string): Promise<ImageHead> {
+    const fd = open(path, O.RDONLY | O.CLOEXEC);
+    try {
+      const size = Deno.statSync(path).size;
+      return await readImageHead(new FileSource(path, fd, size), size);
+    } finally {
+      libc.close(fd);
     }
   }
 
@@ -452,6 +471,15 @@ export class MemoryLoader implements Disposable {
       }
     }
     return summary;
+  }
+
+  /**
+   * Drop the pages of the read-only mapping of the image (through which {@link readRecord} and
+   * {@link storedBytes} read) from this process: they stay in the page cache and are read again when touched,
+   * and stop counting in this process's RSS. Views handed out before stay valid.
+   */
+  releaseView(): void {
+    if (this.#base !== 0n) libc.madvise(ptrOf(this.#base), BigInt(this.fileSize), MADV.DONTNEED);
   }
 
   #unmapView(): void {

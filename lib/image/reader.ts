@@ -156,6 +156,31 @@ export async function readTail(src: ByteSource, fileSize: number, from = 0): Pro
   return { footer, footerAt, index, directory, sections };
 }
 
+/** What an image's footer and header block say: what it is and which regions it holds. */
+export interface ImageHead {
+  /** The footer (its checksums and size make the image's identity). */
+  footer: Footer;
+  /** The fixed header's fields. */
+  header: HeaderFields;
+  /** The region table. */
+  regions: ImageRegion[];
+}
+
+/**
+ * Read an image's tail ({@link readTail}) and its header block (checksum checked), not its frames: cheap
+ * whatever the image's count of records, where opening it (lib/image/loader.ts) checks every record.
+ *
+ * @param src A positional source over the whole file.
+ * @param fileSize The file's size.
+ * @returns The footer, the header's fields and the region table.
+ * @throws {ImageError} Naming the file, the offset and what was expected.
+ */
+export async function readImageHead(src: ByteSource, fileSize: number): Promise<ImageHead> {
+  const { footer } = await readTail(src, fileSize);
+  const h = decodeHeaderBlock(src.path, await src.read(0, footer.headerLength, "header block"));
+  return { footer, header: h.fields, regions: h.regions };
+}
+
 /** What the header block, the index and the footer of an image say (no data read). */
 export interface ImageIndex {
   /** The footer. */

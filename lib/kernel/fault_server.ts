@@ -2,13 +2,16 @@
  * Serve a process's missing pages lazily: a native thread in the helper (`ffi/helper/fault_server.c`) reads
  * the page faults of a userfaultfd and fills each with `UFFDIO_COPY` from the runs given here (or zeros for
  * addresses no run covers), prefetching a window that starts at one page and doubles while the faults come
- * sequentially. Faults never wait on the JavaScript thread.
+ * sequentially. Faults never wait on the JavaScript thread. Runs whose bytes lie in a file
+ * ({@link FaultServer.fromFile}; the runs themselves in a file too, lib/kernel/fault_runs.ts) are read with `pread`
+ * into a buffer of the server's before each copy: no page of either file enters this process's RSS.
  *
  * @module
  */
 
 import { CryoError } from "../errors.ts";
 import type { Userfaultfd } from "./uffd.ts";
+import type { FaultRunTable } from "./fault_runs.ts";
 import { helper } from "../../ffi/helper.ts";
 import { addrOf, PAGE_SIZE, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
@@ -61,6 +64,13 @@ export interface FaultServerStats {
   readAhead: number;
 }
 
+/** The prefetch window and the read-ahead, in pages, of {@link FaultServerOptions}. */
+function windows(opts: FaultServerOptions): [number, number] {
+  const maxWindow = Math.max(1, Math.floor((opts.maxPrefetch ?? 4 << 20) / PAGE_SIZE));
+  const readAhead = Math.max(0, Math.floor((opts.readAhead ?? 4 * maxWindow * PAGE_SIZE) / PAGE_SIZE));
+  return [maxWindow, readAhead];
+}
+
 function toStats(s: BigUint64Array): FaultServerStats {
   const n = (i: number) => Number(s[i]);
   return {
@@ -84,10 +94,16 @@ export class FaultServer implements Disposable {
   /** Whose faults it serves. */
   readonly pid: number | "self";
   readonly #handle: Deno.PointerObject;
-  readonly #keep: Uint8Array[];
+  readonly #keep: (Uint8Array | BigUint64Array)[];
+  readonly #out = new BigUint64Array(10);
+  readonly #fillOut = new BigUint64Array(3);
   #final: FaultServerStats | undefined;
 
-  private constructor(pid: number | "self", handle: Deno.PointerObject, keep: Uint8Array[]) {
+  private constructor(
+    pid: number | "self",
+    handle: Deno.PointerObject,
+    keep: (Uint8Array | BigUint64Array)[],
+  ) {
     this.pid = pid;
     this.#handle = handle;
     this.#keep = keep;
@@ -140,8 +156,7 @@ export class FaultServer implements Disposable {
       if (src === 0n) throw new RangeError(`Cannot serve run ${hex(r.start)}: its source is a null address`);
       table.set([r.start, r.length, src], 3 * i);
     }
-    const maxWindow = Math.max(1, Math.floor((opts.maxPrefetch ?? 4 << 20) / PAGE_SIZE));
-    const readAhead = Math.max(0, Math.floor((opts.readAhead ?? 4 * maxWindow * PAGE_SIZE) / PAGE_SIZE));
+    const [maxWindow, readAhead] = windows(opts);
     const err = new BigInt64Array(1);
     const h = helper().cryo_fault_server_start(
       uffd.fd,
@@ -156,12 +171,81 @@ export class FaultServer implements Disposable {
     return new FaultServer(uffd.pid, h, keep);
   }
 
+  /**
+   * Start serving the faults of `uffd` from the runs of `table`, whose bytes are in file `fd` at the offsets the
+   * table gives: each piece is read with `pread` into a buffer of the server's (as large as the largest piece,
+   * `maxPrefetch` or 1 MiB) and copied from there, so the file's pages never count in this process's RSS. Faults
+   * outside every run get zero pages. The runs are read from the table's file a block at a time. The table and
+   * `fd` must stay open until the server stops.
+   *
+   * @example Serve a released region from an image's raw record
+   * ```ts ignore
+   * using table = new FaultRunTable(scratchFile("/tmp"));
+   * table.append(record.address, record.length, record.fileOffset);
+   * using server = FaultServer.fromFile(uffd, imageFd, table);
+   * ```
+   *
+   * @param uffd A userfaultfd (non-blocking, as {@link Userfaultfd} creates it).
+   * @param fd The file the runs' bytes are in, open for reading.
+   * @param table The runs (page aligned, in address order: {@link FaultRunTable} keeps them so); finished here.
+   * @param opts Prefetch.
+   * @returns The running server.
+   */
+  static fromFile(
+    uffd: Userfaultfd,
+    fd: number,
+    table: FaultRunTable,
+    opts: FaultServerOptions = {},
+  ): FaultServer {
+    if (uffd.closed) throw new CryoError(`Cannot serve faults of ${uffd.pid}: the userfaultfd is closed`);
+    const dir = table.finish();
+    const [maxWindow, readAhead] = windows(opts);
+    const err = new BigInt64Array(1);
+    const h = helper().cryo_fault_server_start_file(
+      uffd.fd,
+      fd,
+      table.fd,
+      dir,
+      BigInt(table.length),
+      BigInt(PAGE_SIZE),
+      BigInt(maxWindow),
+      BigInt(readAhead),
+      err,
+    );
+    if (h === null) throw systemError("start the fault server", -Number(err[0]), `for ${uffd.pid}`);
+    return new FaultServer(uffd.pid, h, [dir]);
+  }
+
   /** The counters so far (the final ones once stopped). */
   stats(): FaultServerStats {
     if (this.#final) return this.#final;
-    const out = new BigUint64Array(10);
-    helper().cryo_fault_server_stats(this.#handle, out);
-    return toStats(out);
+    helper().cryo_fault_server_stats(this.#handle, this.#out);
+    return toStats(this.#out);
+  }
+
+  /**
+   * Copy the runs' pages that are still missing from address `from` on, on this thread while the server serves
+   * faults, `chunk` bytes per `UFFDIO_COPY` (at most the server's buffer for a file), stepping over the pages that
+   * exist, until `max` bytes of the runs have been passed over: one slice of a background fill.
+   *
+   * @param from Where to start (0: the first run).
+   * @param max Bytes of the runs to pass over in this call.
+   * @param chunk Bytes per copy.
+   * @returns Where it stopped (`done` once no run is left), bytes copied and passed over (copied or there
+   *   already).
+   * @throws {SystemError} When a copy fails (`ESRCH`: the process is gone); nothing past `from` is lost.
+   */
+  fill(
+    from: bigint,
+    max: number,
+    chunk: number,
+  ): { next: bigint; copied: number; passed: number; done: boolean } {
+    if (this.#final) throw new CryoError(`Cannot fill pages of ${this.pid}: the fault server has stopped`);
+    const out = this.#fillOut;
+    const r = Number(helper().cryo_fault_server_fill(this.#handle, from, BigInt(max), BigInt(chunk), out));
+    if (r < 0) throw systemError("UFFDIO_COPY", -r, `at ${hex(out[0])} of ${this.pid}`);
+    const passed = Number(out[2]);
+    return { next: out[0], copied: Number(out[1]), passed, done: passed < max };
   }
 
   /** Whether {@link stop} has run. */
@@ -175,13 +259,14 @@ export class FaultServer implements Disposable {
    * (or closes the userfaultfd) the process sees all its data. Without it, faults still pending stay waiting
    * until the ranges are unregistered (then they fault again, unhandled: zero pages). Idempotent.
    *
-   * @param opts Whether to complete.
+   * @param opts Whether to complete; `from`: the caller put every page of the runs below this address in place
+   *   already (a background fill), so the completion starts there (default 0: every run).
    * @returns The final counters.
    */
-  stop(opts: { complete?: boolean } = {}): FaultServerStats {
+  stop(opts: { complete?: boolean; from?: bigint } = {}): FaultServerStats {
     if (this.#final) return this.#final;
     const out = new BigUint64Array(10);
-    helper().cryo_fault_server_stop(this.#handle, opts.complete ?? true ? 1 : 0, out);
+    helper().cryo_fault_server_stop(this.#handle, opts.complete ?? true ? 1 : 0, opts.from ?? 0n, out);
     this.#final = toStats(out);
     this.#keep.length = 0;
     return this.#final;
