@@ -94,7 +94,8 @@ still stopped, verifies IMAGE (every checksum and record; a key means it must be
   created inside PID) while the rest is copied in the background; the command ends when every page is back.
   Ctrl-C or SIGTERM finishes the loading eagerly before cryo exits. An encrypted image is refused with --lazy
   (wake it eagerly); a compressed one is decoded into a scratch file beside it first. If cryo is killed
-  (SIGKILL) during a lazy wake, pages not yet loaded read as zero: see docs/HIBERNATE.md.
+  (SIGKILL) during a lazy wake, a thread that touches a page not yet loaded waits (PID keeps a copy of the
+  userfaultfd) until wake is run again, which loads the rest: see docs/HIBERNATE.md.
 
 options:
   --pid PID          the hibernated process
