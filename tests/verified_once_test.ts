@@ -11,7 +11,7 @@ import { restore } from "../lib/ops/restore.ts";
 import { snapshot } from "../lib/ops/snapshot.ts";
 import { removeTrackingMark } from "../lib/ops/tracked.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
-import { KIND } from "../lib/image/format.ts";
+import { ENTRY_FIELD, FRAME_LENGTH, KIND } from "../lib/image/format.ts";
 import { Target } from "./_target.ts";
 
 const MiB = 1n << 20n;
@@ -81,6 +81,35 @@ Deno.test("an incremental checkpoint over a tracked parent does not read its dat
     assert(untracked.message.includes("checksum"), untracked.message);
   } finally {
     removeTrackingMark(t.pid);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("an image opened before and changed in place since is read and checked again when opened: its index and structure are not reused", async () => {
+  await using t = Target.start();
+  const dir = await Deno.makeTempDir();
+  try {
+    const a = await t.map(Number(4n * MiB));
+    await t.fill(a, Number(4n * MiB), "random", 3);
+    const path = `${dir}/once.cryo`;
+    await checkpoint(t.pid, path, { fsync: false });
+    let entryAt: number;
+    {
+      using l = await MemoryLoader.open(path); // read, checked and kept for the next open of the same file
+      const f = l.frames[0];
+      entryAt = f.offset + FRAME_LENGTH + ENTRY_FIELD.LENGTH; // the frame's first table entry: its length
+      using again = await MemoryLoader.open(path); // unchanged: the kept index
+      assertEquals(again.records.length, l.records.length);
+    }
+    using f = await Deno.open(path, { read: true, write: true });
+    const b = new Uint8Array(1);
+    await f.seek(entryAt, Deno.SeekMode.Start);
+    await f.read(b);
+    b[0] ^= 0x01;
+    await f.seek(entryAt, Deno.SeekMode.Start);
+    await f.write(b);
+    await assertRejects(() => MemoryLoader.open(path), ImageError);
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -53,6 +53,12 @@ import type { FrameInfo } from "./frames.ts";
  */
 const indexes = new Map<string, ImageIndex>();
 const INDEXES = 256;
+/**
+ * The cached indexes whose structure (`checkStructure`: bounds, frame ranges, every record's fields and order)
+ * has been checked: it depends on nothing but the index, so a file opened again unchanged is not walked again
+ * (for a chain's full image of 1 GiB, 6-7 ms of each incremental checkpoint's opening of its chain).
+ */
+const structureChecked = new WeakSet<ImageIndex>();
 
 /** Raw runs shorter than this are copied, not mapped, by a lazy load (each mapping costs a VMA). */
 export const LAZY_MAP_MIN = 64 << 10;
@@ -123,7 +129,10 @@ export class MemoryLoader implements Disposable {
       uncovered,
     );
     this.sections = index.sections;
-    checkStructure(this.#parts());
+    if (!structureChecked.has(index)) {
+      checkStructure(this.#parts());
+      structureChecked.add(index);
+    }
     this.#structureChecked = true;
   }
 
