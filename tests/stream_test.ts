@@ -5,6 +5,7 @@ import { ImageError, KeyError, LayoutMismatchError } from "../lib/errors.ts";
 import { MemoryPersister, type PersisterOptions } from "../lib/image/persister.ts";
 import { MemoryLoader } from "../lib/image/loader.ts";
 import { pidSource } from "../lib/image/sources.ts";
+import { RemoteWriter } from "../lib/image/remote.ts";
 import { pidTarget } from "../lib/image/targets.ts";
 import { loadStream, loadVerified, verifyStream } from "../lib/image/stream.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
@@ -441,6 +442,23 @@ Deno.test("a streamed and a file load make zero again each page a child populate
     using img = await MemoryLoader.open(path);
     await img.load(pidTarget(t.pid));
     assertEquals(await t.sum(addr, len), want, "after the file load");
+    // Two zeroers of one writer share its pagemap's buffer: one's scan in between must not stand for the
+    // other's window (zeroer A's second hole lies in the window it read first, after B read another).
+    await populate();
+    using w = new RemoteWriter(t.pid);
+    const regions = [regionAt(addr, len)];
+    const zeroA = w.holeZeroerAt(regions), zeroB = w.holeZeroerAt(regions);
+    const at = Number(addr);
+    zeroA(at + MiB, 10 * MiB);
+    zeroB(at + 100 * MiB, 10 * MiB);
+    zeroA(at + 11 * MiB, 50 * MiB);
+    const zeros = await t.map(60 * MiB); // never touched: reads as zero
+    assertEquals(await t.sum(addr + BigInt(MiB), 60 * MiB), await t.sum(zeros, 60 * MiB), "zeroer A's holes");
+    assertEquals(
+      await t.sum(addr + BigInt(100 * MiB), 10 * MiB),
+      await t.sum(zeros, 10 * MiB),
+      "zeroer B's hole",
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

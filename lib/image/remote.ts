@@ -15,11 +15,11 @@ import { readRegions } from "../kernel/maps.ts";
 import type { Region } from "../kernel/region.ts";
 import { findZeroPages } from "../kernel/zero.ts";
 import { transferRemote } from "./sources.ts";
+import { Pagemap } from "../kernel/pagemap.ts";
+import type { RestoreJournal } from "../kernel/journal.ts";
 
 /** Bytes of address space whose pages a hole zeroer reads at a time ({@link RemoteWriter.holeZeroerAt}). */
 const HOLE_WINDOW = 64 << 20;
-import { Pagemap } from "../kernel/pagemap.ts";
-import type { RestoreJournal } from "../kernel/journal.ts";
 
 /**
  * Whether every region that overlaps `[start, end)` is private anonymous memory, where a page that is not
@@ -102,6 +102,8 @@ export class RemoteWriter implements Disposable {
   }
   #lastBuffer: ArrayBufferLike | undefined;
   #lastBase = 0n;
+  /** The hole zeroer whose window the pagemap's run buffer holds ({@link holeZeroerAt}). */
+  #scanned: object | undefined;
 
   /**
    * Write the file's contents over `[a, e)` of a private file mapping, where the process wrote its pages since
@@ -169,8 +171,10 @@ export class RemoteWriter implements Disposable {
     // of address space at a time (all of a 2 GiB region with every other page present were 4 MiB of runs, 8
     // MiB with their numbers).
     let gi = 0, runs: Float64Array = new Float64Array(0), r = 0, windowEnd = 0, file = false;
+    const me = {}; // the pagemap's run buffer is shared: another zeroer's scan since means scanning again
     return (hole, length) => {
       const end = hole + length;
+      if (this.#scanned !== me) windowEnd = 0;
       for (let at = hole; at < end;) {
         while (gi < absolute.length && ends[gi] <= at) {
           gi++;
@@ -193,6 +197,7 @@ export class RemoteWriter implements Disposable {
           windowEnd = Math.min(ends[gi], at + HOLE_WINDOW);
           this.#pagemap ??= Pagemap.open(this.pid);
           runs = this.#pagemap.runNumbers(BigInt(at), BigInt(windowEnd), { anonOnly: file });
+          this.#scanned = me;
           r = 0;
         }
         // Intersect the hole with the pages the process has (both sorted): two cursors.
