@@ -17,6 +17,17 @@ import { Target } from "./_target.ts";
 const MiB = 1n << 20n;
 const P = BigInt(PAGE_SIZE);
 
+/** Flip the bits of `mask` in the byte at `at` of a file, in place (same file, same size). */
+async function flip(path: string, at: number, mask: number): Promise<void> {
+  using f = await Deno.open(path, { read: true, write: true });
+  const b = new Uint8Array(1);
+  await f.seek(at, Deno.SeekMode.Start);
+  await f.read(b);
+  b[0] ^= mask;
+  await f.seek(at, Deno.SeekMode.Start);
+  await f.write(b);
+}
+
 /** Flip one byte in the middle of the image's largest data record, in place (same file, same size). */
 async function corrupt(path: string): Promise<void> {
   let at: number;
@@ -26,13 +37,7 @@ async function corrupt(path: string): Promise<void> {
       l.records.filter((r) => r.kind === KIND.DATA).sort((a, b) => b.storedLength - a.storedLength)[0];
     at = r.fileOffset + Math.floor(r.storedLength / 2);
   }
-  using f = await Deno.open(path, { read: true, write: true });
-  const b = new Uint8Array(1);
-  await f.seek(at, Deno.SeekMode.Start);
-  await f.read(b);
-  b[0] ^= 0xff;
-  await f.seek(at, Deno.SeekMode.Start);
-  await f.write(b);
+  await flip(path, at, 0xff);
 }
 
 Deno.test("a snapshot's image changed after it was verified is verified again: the rollback is refused, nothing written", async () => {
@@ -101,13 +106,7 @@ Deno.test("an image opened before and changed in place since is read and checked
       using again = await MemoryLoader.open(path); // unchanged: the kept index
       assertEquals(again.records.length, l.records.length);
     }
-    using f = await Deno.open(path, { read: true, write: true });
-    const b = new Uint8Array(1);
-    await f.seek(entryAt, Deno.SeekMode.Start);
-    await f.read(b);
-    b[0] ^= 0x01;
-    await f.seek(entryAt, Deno.SeekMode.Start);
-    await f.write(b);
+    await flip(path, entryAt, 0x01);
     await assertRejects(() => MemoryLoader.open(path), ImageError);
   } finally {
     await Deno.remove(dir, { recursive: true });
