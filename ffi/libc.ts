@@ -148,6 +148,33 @@ export function systemError(call: string, e: number, detail?: string): SystemErr
 }
 
 /**
+ * `pread` (`call` "pread") or `pwrite` (`call` "pwrite") all of `bytes` at `offset` of `fd`, a short transfer
+ * continued where it stopped.
+ *
+ * @param call Which.
+ * @param fd The file.
+ * @param bytes Where the bytes come from or go.
+ * @param offset The file offset.
+ * @param what What the file holds, for errors (the offset reached is added).
+ * @throws {SystemError} When the kernel refuses, or transfers nothing (EIO: the file ends before).
+ */
+export function transferAll(
+  call: "pread" | "pwrite",
+  fd: number,
+  bytes: Uint8Array,
+  offset: number,
+  what: string,
+): void {
+  if (bytes.length === 0) return;
+  const at = addrOf(Deno.UnsafePointer.of(bytes));
+  for (let done = 0; done < bytes.length;) {
+    const n = libc[call](fd, ptrOf(at + BigInt(done)), BigInt(bytes.length - done), BigInt(offset + done));
+    if (n <= 0n) throw systemError(call, n < 0n ? errno() : 5, `${what} at ${offset + done}`);
+    done += Number(n);
+  }
+}
+
+/**
  * Check a libc return value: `-1` means failure with errno set. Returns the value otherwise.
  *
  * @param ret What the call returned.

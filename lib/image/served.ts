@@ -10,7 +10,7 @@
  */
 
 import { O } from "../../ffi/constants.ts";
-import { addrOf, close, errno, libc, open, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
+import { close, open, PAGE_SIZE, transferAll } from "../../ffi/libc.ts";
 import { FaultRunTable } from "../kernel/fault_runs.ts";
 import { FileSource } from "./byte_source.ts";
 import { type ImageRecord, KIND, REQUIRED } from "./format.ts";
@@ -70,7 +70,7 @@ export class ServedData implements Disposable {
         } else {
           if (buf.length < r.length) buf = new Uint8Array(r.length);
           const dst = await loader.readRecord(r, buf.subarray(0, r.length));
-          writeAll(fd, dst, size, loader.path);
+          transferAll("pwrite", fd, dst, size, `decoded records of ${loader.path} in a scratch file`);
           table.append(r.address, r.length, size);
           size += r.length;
           sinceRelease += r.storedLength;
@@ -126,16 +126,5 @@ export class ServedData implements Disposable {
   /** Same as {@link close}. */
   [Symbol.dispose](): void {
     this.close();
-  }
-}
-
-function writeAll(fd: number, b: Uint8Array, offset: number, path: string): void {
-  const at = addrOf(Deno.UnsafePointer.of(b as Uint8Array<ArrayBuffer>));
-  for (let done = 0; done < b.length;) {
-    const n = Number(
-      libc.pwrite(fd, ptrOf(at + BigInt(done)), BigInt(b.length - done), BigInt(offset + done)),
-    );
-    if (n < 0) throw systemError("pwrite", errno(), `decoded records of ${path} to a scratch file`);
-    done += n;
   }
 }

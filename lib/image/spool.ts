@@ -8,7 +8,7 @@
  * @module
  */
 
-import { addrOf, errno, libc, ptrOf, systemError } from "../../ffi/libc.ts";
+import { libc, transferAll } from "../../ffi/libc.ts";
 import { scratchFile } from "./tempfile.ts";
 
 /**
@@ -87,12 +87,7 @@ export class Spool implements Disposable {
       b.set(this.#mem.subarray(at, at + len));
       return b;
     }
-    const addr = addrOf(Deno.UnsafePointer.of(b));
-    for (let done = 0; done < len;) {
-      const n = libc.pread(this.#fd, ptrOf(addr + BigInt(done)), BigInt(len - done), BigInt(at + done));
-      if (n <= 0n) throw systemError("pread", n < 0n ? errno() : 5, `the ${this.what} kept at ${at + done}`);
-      done += Number(n);
-    }
+    transferAll("pread", this.#fd, b, at, `the ${this.what} kept`);
     return b;
   }
 
@@ -109,13 +104,7 @@ export class Spool implements Disposable {
   }
 
   #pwrite(b: Uint8Array, at: number): void {
-    if (b.length === 0) return;
-    const addr = addrOf(Deno.UnsafePointer.of(b));
-    for (let done = 0; done < b.length;) {
-      const n = libc.pwrite(this.#fd, ptrOf(addr + BigInt(done)), BigInt(b.length - done), BigInt(at + done));
-      if (n <= 0n) throw systemError("pwrite", n < 0n ? errno() : 5, `the ${this.what} at ${at + done}`);
-      done += Number(n);
-    }
+    transferAll("pwrite", this.#fd, b, at, `the ${this.what}`);
   }
 
   #toFile(): void {

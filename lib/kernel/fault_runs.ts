@@ -10,7 +10,7 @@
  */
 
 import { hex } from "../hex.ts";
-import { addrOf, close, errno, libc, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
+import { close, PAGE_SIZE, transferAll } from "../../ffi/libc.ts";
 
 /** Runs per block of the table file; must equal `FS_BLOCK_RUNS` in ffi/helper/fault_server.c. */
 export const BLOCK_RUNS = 128;
@@ -160,31 +160,11 @@ export class FaultRunTable implements Disposable {
     if (this.#inBlock === 0) return;
     const first = this.#written - this.#inBlock;
     const b = new Uint8Array(this.#block.buffer, 0, this.#inBlock * RUN_BYTES);
-    const at = addrOf(Deno.UnsafePointer.of(b));
-    for (let done = 0; done < b.length;) {
-      const n = Number(
-        libc.pwrite(
-          this.#fd,
-          ptrOf(at + BigInt(done)),
-          BigInt(b.length - done),
-          BigInt(first * RUN_BYTES + done),
-        ),
-      );
-      if (n <= 0) throw systemError("pwrite", n < 0 ? errno() : 5, "the fault server's table of runs");
-      done += n;
-    }
+    transferAll("pwrite", this.#fd, b, first * RUN_BYTES, "the fault server's table of runs");
     this.#inBlock = 0;
   }
 
   #pread(words: BigUint64Array, offset: number): void {
-    const b = new Uint8Array(words.buffer);
-    const at = addrOf(Deno.UnsafePointer.of(b));
-    for (let done = 0; done < b.length;) {
-      const n = Number(
-        libc.pread(this.#fd, ptrOf(at + BigInt(done)), BigInt(b.length - done), BigInt(offset + done)),
-      );
-      if (n <= 0) throw systemError("pread", n < 0 ? errno() : 5, "the fault server's table of runs");
-      done += n;
-    }
+    transferAll("pread", this.#fd, new Uint8Array(words.buffer), offset, "the fault server's table of runs");
   }
 }
