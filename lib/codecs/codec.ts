@@ -5,6 +5,9 @@
  * @module
  */
 
+/** Chunks under this many bytes are encoded and decoded on the calling thread; larger ones on pool threads. */
+export const INLINE_BYTES = 64 * 1024;
+
 /** One chunk codec. Ids are written into the image: 0 raw, 1 zstd, 2 lz4. */
 export interface Codec {
   /** The id written into the image: 0 raw, 1 zstd, 2 lz4. */
@@ -18,6 +21,15 @@ export interface Codec {
    * @returns The encoded chunk, or null.
    */
   encode(src: Uint8Array): Promise<Uint8Array | null>;
+  /**
+   * {@link encode} on the calling thread, without a promise, for a chunk under {@link INLINE_BYTES}: what the
+   * writer uses for small chunks, where a promise chain per chunk cost more than the encoding (a checkpoint of
+   * half a million one-page chunks). Optional: a codec without it is always awaited.
+   *
+   * @param src The chunk.
+   * @returns The encoded chunk, or null; undefined (nothing done) when the chunk is too large for this.
+   */
+  encodeNow?(src: Uint8Array): Uint8Array | null | undefined;
   /**
    * Decode `src` into exactly `dst.length` bytes.
    *
@@ -33,6 +45,9 @@ export const raw: Codec = {
   name: "raw",
   encode(_src: Uint8Array): Promise<Uint8Array | null> {
     return Promise.resolve(null);
+  },
+  encodeNow(_src: Uint8Array): null {
+    return null;
   },
   decode(src: Uint8Array, dst: Uint8Array): void {
     if (src.length !== dst.length) {

@@ -117,7 +117,27 @@ export class NativeGcm {
     const n = plain.length;
     const out = into ?? new Uint8Array(NONCE + n + TAG);
     out.set(iv);
-    const g = await this.#run(1, iv, aad, plain, out.subarray(NONCE, NONCE + n));
+    return this.#sealed(await this.#run(1, iv, aad, plain, out.subarray(NONCE, NONCE + n)), out, n);
+  }
+
+  /**
+   * {@link seal} on the calling thread, without a promise, for a chunk of at most {@link SYNC_BYTES}.
+   *
+   * @param iv The nonce (12 bytes).
+   * @param aad The additional authenticated data.
+   * @param plain The chunk.
+   * @param into Where to write `nonce | ciphertext | tag` (`plain.length` + 28 bytes).
+   * @returns `into`; undefined (nothing done) when the chunk is larger.
+   */
+  sealNow(iv: Uint8Array, aad: Uint8Array, plain: Uint8Array, into: Uint8Array): Uint8Array | undefined {
+    const n = plain.length;
+    if (n > SYNC_BYTES) return undefined;
+    into.set(iv);
+    return this.#sealed(this.#start(1, iv, aad, plain, into.subarray(NONCE, NONCE + n), true), into, n);
+  }
+
+  /** Finish sealing `n` bytes into `out` on `g`: the tag after the ciphertext; `g` goes back to its list. */
+  #sealed(g: Gcm, out: Uint8Array, n: number): Uint8Array {
     try {
       const c = libcrypto()!;
       const end = out.subarray(NONCE + n);

@@ -7,12 +7,12 @@
  * @module
  */
 
-import type { Codec } from "./codec.ts";
+import { type Codec, INLINE_BYTES } from "./codec.ts";
 import { CryoError } from "../errors.ts";
 import { lz4 } from "../../ffi/lz4.ts";
 
 /** Chunks at least this large are (de)compressed on a pool thread; smaller ones inline. */
-const NONBLOCKING_MIN = 64 * 1024;
+const NONBLOCKING_MIN = INLINE_BYTES;
 
 /** `LZ4_MAX_INPUT_SIZE`. */
 const MAX_INPUT = 0x7e000000;
@@ -59,35 +59,56 @@ export class Lz4Codec implements Codec {
    * @throws {RangeError} When `src` is larger than lz4 accepts.
    */
   async encode(src: Uint8Array): Promise<Uint8Array | null> {
+    if (src.length < NONBLOCKING_MIN) return this.encodeNow(src)!;
     if (src.length > MAX_INPUT) {
       throw new RangeError(`Cannot compress ${src.length} bytes with lz4: at most ${MAX_INPUT}`);
     }
-    if (src.length < 2) return null;
     const cap = src.length - 1;
-    let slot = this.#free.pop();
-    if (!slot || slot.out.length < cap) {
-      const out = new Uint8Array(cap);
-      slot = { out, outPtr: Deno.UnsafePointer.of(out) };
-    }
+    const slot = this.#take(cap);
     try {
-      const l = lz4();
-      const srcPtr = Deno.UnsafePointer.of(src);
-      const nb = src.length >= NONBLOCKING_MIN;
-      let n: number;
-      if (this.level >= 2) {
-        n = nb
-          ? await l.LZ4_compress_HC_nb(srcPtr, slot.outPtr, src.length, cap, this.level)
-          : l.LZ4_compress_HC(srcPtr, slot.outPtr, src.length, cap, this.level);
-      } else {
-        const accel = this.level === 1 ? 1 : -this.level;
-        n = nb
-          ? await l.LZ4_compress_fast_nb(srcPtr, slot.outPtr, src.length, cap, accel)
-          : l.LZ4_compress_fast(srcPtr, slot.outPtr, src.length, cap, accel);
-      }
+      const l = lz4(), srcPtr = Deno.UnsafePointer.of(src);
+      const n = this.level >= 2
+        ? await l.LZ4_compress_HC_nb(srcPtr, slot.outPtr, src.length, cap, this.level)
+        : await l.LZ4_compress_fast_nb(srcPtr, slot.outPtr, src.length, cap, this.#accel);
       return n <= 0 ? null : slot.out.slice(0, n);
     } finally {
       this.#free.push(slot);
     }
+  }
+
+  /**
+   * {@link encode} on the calling thread, for a chunk under 64 KiB (lib/codecs/codec.ts `INLINE_BYTES`).
+   *
+   * @param src The chunk.
+   * @returns The lz4 block, or null when it would not be smaller; undefined for a larger chunk.
+   */
+  encodeNow(src: Uint8Array): Uint8Array | null | undefined {
+    if (src.length >= NONBLOCKING_MIN) return undefined;
+    if (src.length < 2) return null;
+    const cap = src.length - 1;
+    const slot = this.#take(cap);
+    try {
+      const l = lz4(), srcPtr = Deno.UnsafePointer.of(src);
+      const n = this.level >= 2
+        ? l.LZ4_compress_HC(srcPtr, slot.outPtr, src.length, cap, this.level)
+        : l.LZ4_compress_fast(srcPtr, slot.outPtr, src.length, cap, this.#accel);
+      return n <= 0 ? null : slot.out.slice(0, n);
+    } finally {
+      this.#free.push(slot);
+    }
+  }
+
+  /** The fast mode's acceleration: 1 for level 1, `-level` for a negative one. */
+  get #accel(): number {
+    return this.level === 1 ? 1 : -this.level;
+  }
+
+  /** An output buffer of at least `cap` bytes from the free list, or a new one. */
+  #take(cap: number): Slot {
+    const slot = this.#free.pop();
+    if (slot && slot.out.length >= cap) return slot;
+    const out = new Uint8Array(cap);
+    return { out, outPtr: Deno.UnsafePointer.of(out) };
   }
 
   /**

@@ -18,7 +18,7 @@
 import { CryoError, ImageError, KeyError } from "../errors.ts";
 import type { SealKey } from "./keys.ts";
 import { libcrypto } from "../../ffi/crypto.ts";
-import { NativeGcm } from "./gcm.ts";
+import { NativeGcm, SYNC_BYTES } from "./gcm.ts";
 import { hmacStream, type MacStream } from "./hmac.ts";
 
 /** Bytes of the seal parameters an image stores: salt(16) | key check(16). */
@@ -194,10 +194,7 @@ export class Sealer {
         `Cannot seal ${plain.length} bytes into ${into.length}: expected plain + ${SEAL_OVERHEAD}`,
       );
     }
-    if (this.#counter > 0xffffffff) throw new CryoError("Cannot seal more than 2^32 chunks with one sealer");
-    const iv = new Uint8Array(NONCE_SIZE);
-    iv.set(this.#prefix);
-    new DataView(iv.buffer).setUint32(8, this.#counter++, false);
+    const iv = this.#nextIv();
     if (this.#native) return await this.#native.seal(iv, aad, plain, into);
     const ct = await crypto.subtle.encrypt(
       { name: "AES-GCM", iv, additionalData: bytes(aad), tagLength: TAG_SIZE * 8 },
@@ -209,6 +206,41 @@ export class Sealer {
     out.set(new Uint8Array(ct), NONCE_SIZE);
     ct.transfer(0); // freed now, not when the collector gets to it (a chunk is up to 4 MiB)
     return out;
+  }
+
+  /**
+   * {@link seal} on the calling thread, without a promise: with libcrypto, for a chunk of at most 64 KiB
+   * (lib/codecs/gcm.ts `SYNC_BYTES`). A checkpoint of half a million one-page chunks made a promise chain per
+   * chunk otherwise.
+   *
+   * @param plain The chunk (encoded or raw); not modified.
+   * @param aad Its additional authenticated data ({@link chunkAad}).
+   * @param into Where to put the sealed chunk (`plain.length` + {@link SEAL_OVERHEAD} bytes).
+   * @returns `into`, sealed; undefined (nothing done, no nonce used) for a larger chunk or without libcrypto.
+   * @throws {CryoError} After 2^32 chunks (a nonce would repeat).
+   */
+  sealNow(plain: Uint8Array, aad: Uint8Array, into: Uint8Array): Uint8Array | undefined {
+    if (!this.#native || plain.length > SYNC_BYTES) return undefined;
+    if (into.length !== plain.length + SEAL_OVERHEAD) {
+      throw new RangeError(
+        `Cannot seal ${plain.length} bytes into ${into.length}: expected plain + ${SEAL_OVERHEAD}`,
+      );
+    }
+    return this.#native.sealNow(this.#nextIv(), aad, plain, into);
+  }
+
+  /** Whether {@link sealNow} seals chunks of up to 64 KiB (libcrypto is loaded); else it always declines. */
+  get sealsNow(): boolean {
+    return this.#native !== undefined;
+  }
+
+  /** The next chunk's nonce: the sealer's random prefix, then its counter (big-endian). */
+  #nextIv(): Uint8Array<ArrayBuffer> {
+    if (this.#counter > 0xffffffff) throw new CryoError("Cannot seal more than 2^32 chunks with one sealer");
+    const iv = new Uint8Array(NONCE_SIZE);
+    iv.set(this.#prefix);
+    new DataView(iv.buffer).setUint32(8, this.#counter++, false);
+    return iv;
   }
 
   /**

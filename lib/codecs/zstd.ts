@@ -7,12 +7,12 @@
  * @module
  */
 
-import type { Codec } from "./codec.ts";
+import { type Codec, INLINE_BYTES } from "./codec.ts";
 import { CryoError } from "../errors.ts";
 import { zstd, ZSTD_ERROR_DST_SIZE_TOO_SMALL, zstdErrorCode, zstdErrorName } from "../../ffi/zstd.ts";
 
 /** Chunks at least this large are (de)compressed on a pool thread; smaller ones inline. */
-const NONBLOCKING_MIN = 64 * 1024;
+const NONBLOCKING_MIN = INLINE_BYTES;
 
 interface Slot {
   ctx: Deno.PointerValue;
@@ -77,28 +77,52 @@ export class ZstdCodec implements Codec {
    * @throws {CryoError} When libzstd reports an error other than "does not fit".
    */
   async encode(src: Uint8Array): Promise<Uint8Array | null> {
-    if (src.length < 2) return null;
+    if (src.length < NONBLOCKING_MIN) return this.encodeNow(src)!;
     const slot = this.#takeC(src.length - 1);
     try {
-      const args = [
-        slot.ctx,
-        slot.outPtr,
-        BigInt(src.length - 1),
-        Deno.UnsafePointer.of(src),
-        BigInt(src.length),
-      ] as const;
-      const z = zstd();
-      const ret = src.length >= NONBLOCKING_MIN
-        ? await z.ZSTD_compressCCtx_nb(...args, this.level)
-        : z.ZSTD_compressCCtx(...args, this.level);
-      if (z.ZSTD_isError(BigInt(ret))) {
-        if (zstdErrorCode(ret) === ZSTD_ERROR_DST_SIZE_TOO_SMALL) return null;
-        throw new CryoError(`Cannot compress ${src.length} bytes with zstd: ${zstdErrorName(ret)}`);
-      }
-      return slot.out.slice(0, Number(ret));
+      const ret = await zstd().ZSTD_compressCCtx_nb(...this.#args(slot, src), this.level);
+      return this.#encoded(ret, src, slot);
     } finally {
       this.#give(slot);
     }
+  }
+
+  /**
+   * {@link encode} on the calling thread, for a chunk under 64 KiB (lib/codecs/codec.ts `INLINE_BYTES`).
+   *
+   * @param src The chunk.
+   * @returns The zstd frame, or null when it would not be smaller; undefined for a larger chunk.
+   * @throws {CryoError} When libzstd reports an error other than "does not fit".
+   */
+  encodeNow(src: Uint8Array): Uint8Array | null | undefined {
+    if (src.length >= NONBLOCKING_MIN) return undefined;
+    if (src.length < 2) return null;
+    const slot = this.#takeC(src.length - 1);
+    try {
+      return this.#encoded(zstd().ZSTD_compressCCtx(...this.#args(slot, src), this.level), src, slot);
+    } finally {
+      this.#give(slot);
+    }
+  }
+
+  /** The arguments of a compression of `src` into `slot` (capacity one byte less than `src`), but the level. */
+  #args(slot: Slot, src: Uint8Array) {
+    return [
+      slot.ctx,
+      slot.outPtr,
+      BigInt(src.length - 1),
+      Deno.UnsafePointer.of(src),
+      BigInt(src.length),
+    ] as const;
+  }
+
+  /** What a compression of `src` into `slot` that returned `ret` gives: its frame, or null when too large. */
+  #encoded(ret: number | bigint, src: Uint8Array, slot: Slot): Uint8Array | null {
+    if (zstd().ZSTD_isError(BigInt(ret))) {
+      if (zstdErrorCode(ret) === ZSTD_ERROR_DST_SIZE_TOO_SMALL) return null;
+      throw new CryoError(`Cannot compress ${src.length} bytes with zstd: ${zstdErrorName(ret)}`);
+    }
+    return slot.out.slice(0, Number(ret));
   }
 
   /**

@@ -7,9 +7,10 @@
  */
 
 import { addrOf, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
-import type { Codec } from "../codecs/codec.ts";
+import { type Codec, INLINE_BYTES } from "../codecs/codec.ts";
 import { ordered } from "../codecs/pool.ts";
 import { chunkAad, SEAL_OVERHEAD, type Sealer } from "../codecs/seal.ts";
+import { SYNC_BYTES } from "../codecs/gcm.ts";
 import { findZeroPages } from "../kernel/zero.ts";
 import { checksum, checksumAt, checksumAtAsync } from "./checksum.ts";
 import { MAX_RECORD_LENGTH, RECORD_FLAG } from "./format.ts";
@@ -40,6 +41,8 @@ export class ChunkWriter {
   #ordinal = 0;
   /** The header block's digest, set once the header is written (sealed images). */
   digest: Promise<Uint8Array> | undefined;
+  /** The AAD of the chunk sealed on this thread last (reused: `chunkAad` writes into it when it fits). */
+  #aad: Uint8Array | undefined;
   /** Buffers sealed chunks are written into, back here once written (see `returnsTo`). */
   readonly #sealedPool: Uint8Array<ArrayBuffer>[] = [];
 
@@ -156,8 +159,63 @@ export class ChunkWriter {
   }
 
   async #encodedPieces(pieces: readonly LocalPiece[], segment: number, stable: boolean): Promise<void> {
+    const digest = this.#opts.sealer ? await this.digest! : undefined;
+    // Holes, and data pieces of one chunk under INLINE_BYTES, are stored on this thread without a promise: the
+    // codecs and libcrypto run such chunks here anyway, and the one-page records of a fragmented image made a
+    // work closure, an ordered() slot, a Promise.all and a promise chain each (a zstd:1 checkpoint of 262,144
+    // of them allocated 880 MiB in its transcode, and V8's heap grew to 70 MiB). Runs of larger pieces go to the
+    // pool threads, a window at a time.
+    for (let i = 0; i < pieces.length;) {
+      if (this.#storedNow(pieces[i], segment, stable, digest)) {
+        i++;
+        continue;
+      }
+      let j = i + 1;
+      while (j < pieces.length && pieces[j].local !== undefined && !this.#now(pieces[j].len)) j++;
+      await this.#pooled(pieces.slice(i, j), segment, stable, digest);
+      i = j;
+    }
+  }
+
+  /** Whether a data piece of `len` bytes is one chunk that the codec and the sealer take on this thread. */
+  #now(len: number): boolean {
+    const { codec, sealer, chunkSize } = this.#opts;
+    return len < INLINE_BYTES && len <= chunkSize && codec.encodeNow !== undefined &&
+      (!sealer || (sealer.sealsNow && len <= SYNC_BYTES));
+  }
+
+  /** Store `p` on this thread, if it is a hole or {@link #now} says so: whether it was stored. */
+  #storedNow(p: LocalPiece, segment: number, stable: boolean, digest: Uint8Array | undefined): boolean {
+    if (p.local === undefined) {
+      this.#frames.hole(p.addr, p.len, segment);
+      return true;
+    }
+    if (!this.#now(p.len)) return false;
+    const { codec, sealer } = this.#opts, n = p.len;
+    const src = p.bytes ?? new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(p.local)!, n));
+    let enc = codec.encodeNow!(src) ?? null;
+    if (enc !== null && enc.length >= n) enc = null;
+    const id = enc === null ? 0 : codec.id;
+    const ordinal = this.#ordinal++;
+    if (sealer) {
+      const plain = enc ?? src;
+      const aad = chunkAad(ordinal, p.addr, n, id, segment, digest, this.#aad); // used at once: one buffer
+      this.#aad = aad;
+      enc = sealer.sealNow(plain, aad, this.#sealedBuffer(plain.length))!;
+    }
+    const decoded = sealer ? 0n : p.checksum ?? checksumAt(p.local, BigInt(n));
+    this.#append(p.local, p.addr, n, segment, id, enc, decoded, stable);
+    return true;
+  }
+
+  /** Encode (and seal) `pieces` on pool threads, `window` chunks at once; records are added in input order. */
+  async #pooled(
+    pieces: readonly LocalPiece[],
+    segment: number,
+    stable: boolean,
+    digest: Uint8Array | undefined,
+  ): Promise<void> {
     const { codec: theCodec, chunkSize, sealer } = this.#opts;
-    const digest = sealer ? await this.digest! : undefined;
     // One item per chunk of a data piece (with its ordinal among the image's data records), one per hole.
     const items: { local?: bigint; addr: bigint; n: number; ordinal: number; sum?: bigint }[] = [];
     let ordinal = this.#ordinal;
@@ -172,7 +230,6 @@ export class ChunkWriter {
         items.push({ local: p.local + BigInt(off), addr: p.addr + BigInt(off), n, ordinal: ordinal++, sum });
       }
     }
-    // Encode (and seal) on pool threads, `window` chunks at once; records are added in input order.
     const work = async (it: typeof items[number]) => {
       const { local: p, n, addr: a } = it;
       if (p === undefined) return { it, codec: 0, enc: null, decoded: 0n };
@@ -199,21 +256,40 @@ export class ChunkWriter {
       for await (const c of ordered(items, work, this.#opts.window)) {
         const { local, addr: a, n } = c.it;
         if (local === undefined) this.#frames.hole(a, n, segment);
-        else if (c.enc === null && stable && !sealer) {
-          const r = dataRecord(a, n, segment, 0, n, c.decoded, c.decoded);
-          this.#frames.append(r, local, undefined, true);
-        } else if (c.enc === null) {
-          const copy = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(local)!, n)).slice();
-          const r = dataRecord(a, n, segment, 0, n, c.decoded, c.decoded);
-          this.#frames.append(r, addrOf(Deno.UnsafePointer.of(copy)), copy); // a copy: the source may be a bounce buffer
-        } else {
-          const r = dataRecord(a, n, segment, c.codec, c.enc.length, checksum(c.enc), c.decoded);
-          r.flags = sealer ? RECORD_FLAG.ENCRYPTED : 0;
-          this.#frames.append(r, addrOf(Deno.UnsafePointer.of(c.enc)), c.enc);
-        }
+        else this.#append(local, a, n, segment, c.codec, c.enc, c.decoded, stable);
       }
     } finally {
       this.#ordinal = ordinal;
+    }
+  }
+
+  /**
+   * Add the record of a chunk of `n` bytes at `local`, stored as `enc` (encoded and/or sealed) or, when null,
+   * raw: from `local` itself when it is stable, else from a copy (`local` may be a bounce buffer).
+   */
+  #append(
+    local: bigint,
+    addr: bigint,
+    n: number,
+    segment: number,
+    codec: number,
+    enc: Uint8Array | null,
+    decoded: bigint,
+    stable: boolean,
+  ): void {
+    if (enc === null && stable && !this.#opts.sealer) {
+      this.#frames.append(dataRecord(addr, n, segment, 0, n, decoded, decoded), local, undefined, true);
+    } else if (enc === null) {
+      const copy = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(local)!, n)).slice();
+      this.#frames.append(
+        dataRecord(addr, n, segment, 0, n, decoded, decoded),
+        addrOf(Deno.UnsafePointer.of(copy)),
+        copy,
+      );
+    } else {
+      const r = dataRecord(addr, n, segment, codec, enc.length, checksum(enc), decoded);
+      r.flags = this.#opts.sealer ? RECORD_FLAG.ENCRYPTED : 0;
+      this.#frames.append(r, addrOf(Deno.UnsafePointer.of(enc)), enc);
     }
   }
 }
@@ -228,4 +304,10 @@ export interface LocalPiece {
   len: number;
   /** The XXH3-64 of the bytes, when known (a raw image's record): not computed again. */
   checksum?: bigint;
+  /**
+   * The same bytes as an array (a `subarray` of the caller's buffer), when it has them so: a piece encoded on
+   * the calling thread is then read through it instead of a new view of `local`, whose native backing store
+   * lives until V8 collects it (a view per one-page piece of a fragmented image grew the C heap by ~20 MiB).
+   */
+  bytes?: Uint8Array;
 }

@@ -29,7 +29,6 @@ import { RegionTable } from "./region_table.ts";
 import { insideRegions } from "./rules.ts";
 import { dirOf, linkUnnamed, openUnnamed, sweepStale, tempName } from "./tempfile.ts";
 
-export { covered } from "./region_table.ts";
 export type { LocalPiece } from "./chunks.ts";
 
 /** Options of {@link MemoryPersister.create}. */

@@ -9,6 +9,7 @@
 import { hex } from "../hex.ts";
 import type { Region } from "../kernel/region.ts";
 import type { ImageRegion } from "./format.ts";
+import { insideRegions } from "./rules.ts";
 import type { MemorySource } from "./sources.ts";
 
 /** The region table of one image being written, and where each segment's stores have reached. */
@@ -79,7 +80,7 @@ export class RegionTable {
         `Cannot ${what} at ${hex(addr)}: out of order or overlapping (previous ends at ${hex(last)})`,
       );
     }
-    if (segment === 0 && !covered(this.#regions, addr, end)) {
+    if (segment === 0 && !insideRegions(this.#regions, addr, end)) {
       throw new RangeError(`Cannot ${what} ${hex(addr)}-${hex(end)}: not inside the image's regions`);
     }
     this.#lastEnd.set(segment, end);
@@ -92,27 +93,4 @@ export class RegionTable {
     if (i < 0) throw new TypeError(`Cannot store segment "${source.name}": not declared in \`segments\``);
     return (this.#regions?.length ?? 0) - this.#segments.length + i + 1;
   }
-}
-
-/**
- * Whether `[start, end)` is covered by `regions` (absolute ones), allowing adjacent regions.
- *
- * @param regions The regions.
- * @param start First address.
- * @param end One past the last.
- * @returns True when every byte is inside some region.
- */
-export function covered(regions: readonly ImageRegion[], start: bigint, end: bigint): boolean {
-  let at = start;
-  const abs = regions.filter((r) => !r.relocatable);
-  for (let progress = true; at < end && progress;) {
-    progress = false;
-    for (const r of abs) {
-      if (r.start <= at && at < r.end) {
-        at = r.end;
-        progress = true;
-      }
-    }
-  }
-  return at >= end;
 }

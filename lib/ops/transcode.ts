@@ -100,7 +100,8 @@ export async function transcode(
           const local = addrOf(Deno.UnsafePointer.of(ring[turn])) + BigInt(used);
           readAt(fd, local, n, r.fileOffset + off, rawPath);
           const checksum = n === r.length ? r.checksum : undefined; // a raw record's checksum is of its bytes
-          batch.push({ local, addr: r.address + BigInt(off), len: n, checksum });
+          const bytes = ring[turn].subarray(used, used + n);
+          batch.push({ local, addr: r.address + BigInt(off), len: n, checksum, bytes });
           // The raw bytes are ours now: give the file's pages back (a memfd's memory, or page cache the new
           // image's writes then reuse). Advice only: a file system without hole punching keeps them.
           libc.fallocate(fd, FALLOC.PUNCH_HOLE | FALLOC.KEEP_SIZE, BigInt(r.fileOffset + off), BigInt(n));
