@@ -41,6 +41,8 @@ export class ChunkWriter {
   #ordinal = 0;
   /** The header block's digest, set once the header is written (sealed images). */
   digest: Promise<Uint8Array> | undefined;
+  /** {@link digest}, once resolved. */
+  #digest: Uint8Array | undefined;
   /** The AAD of the chunk sealed on this thread last (reused: `chunkAad` writes into it when it fits). */
   #aad: Uint8Array | undefined;
   /** Buffers sealed chunks are written into, back here once written (see `returnsTo`). */
@@ -90,6 +92,7 @@ export class ChunkWriter {
    * @param segment Its segment (0 for absolute addresses).
    */
   async storeDetecting(local: bigint, addr: bigint, len: number, segment: number): Promise<void> {
+    if (this.#opts.sealer && !this.#digest) this.#digest = await this.digest!;
     const pages = Math.floor(len / PAGE_SIZE);
     if (this.#zeroScratch.length < pages) this.#zeroScratch = new Uint8Array(pages);
     const zero = findZeroPages(local, pages * PAGE_SIZE, PAGE_SIZE, this.#zeroScratch);
@@ -99,7 +102,10 @@ export class ChunkWriter {
       while (j < pages && zero[j] === zero[i]) j++;
       const off = i * PAGE_SIZE, l = (j - i) * PAGE_SIZE;
       if (zero[i]) this.#frames.hole(addr + BigInt(off), l, segment);
-      else await this.data(local + BigInt(off), addr + BigInt(off), l, segment);
+      else if (!this.encoding) this.#raw(local + BigInt(off), addr + BigInt(off), l, segment);
+      else if (!this.#storedNow(local + BigInt(off), addr + BigInt(off), l, segment)) {
+        await this.#encoded(local + BigInt(off), addr + BigInt(off), l, segment, false);
+      }
       i = j;
     }
     const tail = len - pages * PAGE_SIZE;
@@ -159,21 +165,23 @@ export class ChunkWriter {
   }
 
   async #encodedPieces(pieces: readonly LocalPiece[], segment: number, stable: boolean): Promise<void> {
-    const digest = this.#opts.sealer ? await this.digest! : undefined;
+    if (this.#opts.sealer && !this.#digest) this.#digest = await this.digest!;
     // Holes, and data pieces of one chunk under INLINE_BYTES, are stored on this thread without a promise: the
     // codecs and libcrypto run such chunks here anyway, and the one-page records of a fragmented image made a
     // work closure, an ordered() slot, a Promise.all and a promise chain each (a zstd:1 checkpoint of 262,144
     // of them allocated 880 MiB in its transcode, and V8's heap grew to 70 MiB). Runs of larger pieces go to the
     // pool threads, a window at a time.
     for (let i = 0; i < pieces.length;) {
-      if (this.#storedNow(pieces[i], segment, stable, digest)) {
-        i++;
+      const p = pieces[i];
+      if (p.local === undefined) this.#frames.hole(p.addr, p.len, segment);
+      else if (!this.#storedNow(p.local, p.addr, p.len, segment, stable, p.checksum, p.bytes)) {
+        let j = i + 1;
+        while (j < pieces.length && pieces[j].local !== undefined && !this.#now(pieces[j].len)) j++;
+        await this.#pooled(pieces.slice(i, j), segment, stable, this.#digest);
+        i = j;
         continue;
       }
-      let j = i + 1;
-      while (j < pieces.length && pieces[j].local !== undefined && !this.#now(pieces[j].len)) j++;
-      await this.#pooled(pieces.slice(i, j), segment, stable, digest);
-      i = j;
+      i++;
     }
   }
 
@@ -184,27 +192,34 @@ export class ChunkWriter {
       (!sealer || (sealer.sealsNow && len <= SYNC_BYTES));
   }
 
-  /** Store `p` on this thread, if it is a hole or {@link #now} says so: whether it was stored. */
-  #storedNow(p: LocalPiece, segment: number, stable: boolean, digest: Uint8Array | undefined): boolean {
-    if (p.local === undefined) {
-      this.#frames.hole(p.addr, p.len, segment);
-      return true;
-    }
-    if (!this.#now(p.len)) return false;
-    const { codec, sealer } = this.#opts, n = p.len;
-    const src = p.bytes ?? new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(p.local)!, n));
+  /**
+   * Store the `n` bytes at `local` as one chunk on this thread, if {@link #now} says so (the header's digest
+   * resolved already, for a sealed image): whether it was stored.
+   */
+  #storedNow(
+    local: bigint,
+    addr: bigint,
+    n: number,
+    segment: number,
+    stable = false,
+    sum?: bigint,
+    bytes?: Uint8Array,
+  ): boolean {
+    if (!this.#now(n)) return false;
+    const { codec, sealer } = this.#opts;
+    const src = bytes ?? new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(local)!, n));
     let enc = codec.encodeNow!(src) ?? null;
     if (enc !== null && enc.length >= n) enc = null;
     const id = enc === null ? 0 : codec.id;
     const ordinal = this.#ordinal++;
     if (sealer) {
       const plain = enc ?? src;
-      const aad = chunkAad(ordinal, p.addr, n, id, segment, digest, this.#aad); // used at once: one buffer
+      const aad = chunkAad(ordinal, addr, n, id, segment, this.#digest, this.#aad); // used at once: one buffer
       this.#aad = aad;
       enc = sealer.sealNow(plain, aad, this.#sealedBuffer(plain.length))!;
     }
-    const decoded = sealer ? 0n : p.checksum ?? checksumAt(p.local, BigInt(n));
-    this.#append(p.local, p.addr, n, segment, id, enc, decoded, stable);
+    const decoded = sealer ? 0n : sum ?? checksumAt(local, BigInt(n));
+    this.#append(local, addr, n, segment, id, enc, decoded, stable);
     return true;
   }
 
@@ -280,7 +295,8 @@ export class ChunkWriter {
     if (enc === null && stable && !this.#opts.sealer) {
       this.#frames.append(dataRecord(addr, n, segment, 0, n, decoded, decoded), local, undefined, true);
     } else if (enc === null) {
-      const copy = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(local)!, n)).slice();
+      const copy = new Uint8Array(n); // copied without a view of `local` (a native object per view until GC)
+      new Deno.UnsafePointerView(ptrOf(local)!).copyInto(copy);
       this.#frames.append(
         dataRecord(addr, n, segment, 0, n, decoded, decoded),
         addrOf(Deno.UnsafePointer.of(copy)),

@@ -175,6 +175,11 @@ export class FrameWriter {
     return this.#cover(segment, addr);
   }
 
+  /** Stored bytes of the records of the open frame (held in memory until it is queued and written). */
+  get openBytes(): number {
+    return this.#frame?.stored ?? 0;
+  }
+
   /** Queue the open frame: zero padding, header, table, then each record's padding and data. */
   flush(): void {
     const f = this.#frame;
