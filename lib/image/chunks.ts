@@ -176,7 +176,8 @@ export class ChunkWriter {
       if (p.local === undefined) this.#frames.hole(p.addr, p.len, segment);
       else if (!this.#storedNow(p.local, p.addr, p.len, segment, stable, p.checksum, p.bytes)) {
         let j = i + 1;
-        while (j < pieces.length && pieces[j].local !== undefined && !this.#now(pieces[j].len)) j++;
+        // The holes between larger pieces go with them: a run cut at every hole would encode one chunk at a time.
+        while (j < pieces.length && (pieces[j].local === undefined || !this.#now(pieces[j].len))) j++;
         await this.#pooled(pieces.slice(i, j), segment, stable, this.#digest);
         i = j;
         continue;
