@@ -27,7 +27,8 @@ export interface Codec {
    * half a million one-page chunks). Optional: a codec without it is always awaited.
    *
    * @param src The chunk.
-   * @returns The encoded chunk, or null; undefined (nothing done) when the chunk is too large for this.
+   * @returns The encoded chunk in the codec's own buffer, valid until its next call (the caller copies it where
+   *   it is kept), or null; undefined (nothing done) when the chunk is too large for this.
    */
   encodeNow?(src: Uint8Array): Uint8Array | null | undefined;
   /**

@@ -59,7 +59,7 @@ export class Lz4Codec implements Codec {
    * @throws {RangeError} When `src` is larger than lz4 accepts.
    */
   async encode(src: Uint8Array): Promise<Uint8Array | null> {
-    if (src.length < NONBLOCKING_MIN) return this.encodeNow(src)!;
+    if (src.length < NONBLOCKING_MIN) return this.encodeNow(src)?.slice() ?? null;
     if (src.length > MAX_INPUT) {
       throw new RangeError(`Cannot compress ${src.length} bytes with lz4: at most ${MAX_INPUT}`);
     }
@@ -80,7 +80,8 @@ export class Lz4Codec implements Codec {
    * {@link encode} on the calling thread, for a chunk under 64 KiB (lib/codecs/codec.ts `INLINE_BYTES`).
    *
    * @param src The chunk.
-   * @returns The lz4 block, or null when it would not be smaller; undefined for a larger chunk.
+   * @returns The lz4 block (in the codec's buffer, until its next call), or null when it would not be smaller;
+   *   undefined for a larger chunk.
    */
   encodeNow(src: Uint8Array): Uint8Array | null | undefined {
     if (src.length >= NONBLOCKING_MIN) return undefined;
@@ -92,7 +93,7 @@ export class Lz4Codec implements Codec {
       const n = this.level >= 2
         ? l.LZ4_compress_HC(srcPtr, slot.outPtr, src.length, cap, this.level)
         : l.LZ4_compress_fast(srcPtr, slot.outPtr, src.length, cap, this.#accel);
-      return n <= 0 ? null : slot.out.slice(0, n);
+      return n <= 0 ? null : slot.out.subarray(0, n);
     } finally {
       this.#free.push(slot);
     }

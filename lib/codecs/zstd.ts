@@ -77,11 +77,11 @@ export class ZstdCodec implements Codec {
    * @throws {CryoError} When libzstd reports an error other than "does not fit".
    */
   async encode(src: Uint8Array): Promise<Uint8Array | null> {
-    if (src.length < NONBLOCKING_MIN) return this.encodeNow(src)!;
+    if (src.length < NONBLOCKING_MIN) return this.encodeNow(src)?.slice() ?? null;
     const slot = this.#takeC(src.length - 1);
     try {
       const ret = await zstd().ZSTD_compressCCtx_nb(...this.#args(slot, src), this.level);
-      return this.#encoded(ret, src, slot);
+      return this.#encoded(ret, src, slot)?.slice() ?? null;
     } finally {
       this.#give(slot);
     }
@@ -91,7 +91,8 @@ export class ZstdCodec implements Codec {
    * {@link encode} on the calling thread, for a chunk under 64 KiB (lib/codecs/codec.ts `INLINE_BYTES`).
    *
    * @param src The chunk.
-   * @returns The zstd frame, or null when it would not be smaller; undefined for a larger chunk.
+   * @returns The zstd frame (in the codec's buffer, until its next call), or null when it would not be smaller;
+   *   undefined for a larger chunk.
    * @throws {CryoError} When libzstd reports an error other than "does not fit".
    */
   encodeNow(src: Uint8Array): Uint8Array | null | undefined {
@@ -116,13 +117,13 @@ export class ZstdCodec implements Codec {
     ] as const;
   }
 
-  /** What a compression of `src` into `slot` that returned `ret` gives: its frame, or null when too large. */
+  /** What a compression of `src` into `slot` that returned `ret` gives: its frame (a view), or null. */
   #encoded(ret: number | bigint, src: Uint8Array, slot: Slot): Uint8Array | null {
     if (zstd().ZSTD_isError(BigInt(ret))) {
       if (zstdErrorCode(ret) === ZSTD_ERROR_DST_SIZE_TOO_SMALL) return null;
       throw new CryoError(`Cannot compress ${src.length} bytes with zstd: ${zstdErrorName(ret)}`);
     }
-    return slot.out.slice(0, Number(ret));
+    return slot.out.subarray(0, Number(ret));
   }
 
   /**
