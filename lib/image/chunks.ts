@@ -20,7 +20,7 @@ import { returnsTo } from "./write_queue.ts";
 /** Sealed-chunk buffers kept for reuse, at most (the chunks in flight and those waiting for their write). */
 const MAX_POOLED = 32;
 /** Bytes of a slab that small encoded and sealed chunks are cut from, and idle slabs kept at most. */
-const SLAB = 1 << 20, MAX_SLABS = 16;
+const SLAB = 1 << 20, MAX_SLABS = 4;
 
 /** A buffer small chunks are cut from: `used` bytes given out, `out` chunks not written yet. */
 interface Slab {
@@ -85,8 +85,8 @@ export class ChunkWriter {
   /**
    * `size` bytes cut from the current slab (or a new one), for a chunk of at most 64 KiB once encoded or sealed:
    * a buffer of its own per one-page chunk (an `ArrayBuffer`, with its native backing store) took an encrypted
-   * checkpoint of 262,144 of them from 126-128 to 146-164 MiB of peak RSS. A slab goes back to the idle ones
-   * once every chunk cut from it is written (`returnsTo`).
+   * checkpoint of 262,144 of them to 146-164 MiB of peak RSS, against 123-135 MiB. A slab goes back to the idle
+   * ones (at most four) once every chunk cut from it is written (`returnsTo`).
    */
   #cut(size: number): Uint8Array<ArrayBuffer> {
     let s = this.#slab;
