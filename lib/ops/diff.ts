@@ -124,7 +124,7 @@ export async function diff(
       return [...l.index.segment(0)].map((r) => ({ ...r, record: r, loader: l }));
     }
     const chain = chains.use(await ImageChain.open(l.path, { codecs: opts.codecs, verify: false }));
-    return chain.records().map((c) => ({ ...c, loader: chain.images[c.image] }));
+    return [...chain.records()].map((c) => ({ ...c, loader: chain.images[c.image] }));
   };
   const a: Cursor = { records: await piecesOf(la), i: 0 };
   const b: Cursor = { records: await piecesOf(lb), i: 0 };

@@ -236,17 +236,17 @@ export async function mapImage(
     zeroBytes: 0,
     holeBytes: 0,
   }));
-  // Records and regions are both in address order: a cursor. An incremental image's bytes are its chain's (the
-  // ones it leaves to its parent are its parent's, docs/FORMAT.md): its chain gives the records.
-  let records: readonly { address: bigint; length: number; kind: number; segment?: number }[] =
-    loader.records;
-  if (isIncremental(loader)) {
-    using chain = await ImageChain.open(path, { codecs: opts.codecs, verify: false });
-    records = chain.records();
-  }
+  // Records and regions are both in address order: a cursor, over the records walked a frame at a time. An
+  // incremental image's bytes are its chain's (the ones it leaves to its parent are its parent's,
+  // docs/FORMAT.md): its chain gives the records.
+  using chain = isIncremental(loader)
+    ? await ImageChain.open(path, { codecs: opts.codecs, verify: false })
+    : undefined;
+  const records: Iterable<{ address: bigint; length: number; kind: number }> = chain
+    ? chain.records()
+    : loader.index.segment(0);
   let k = 0;
   for (const r of records) {
-    if (r.segment) continue;
     while (k < regions.length && regions[k].end <= r.address) k++;
     const g = regions[k];
     if (!g || r.address < g.start) continue;
