@@ -13,29 +13,22 @@
  * @module
  */
 
-import { CryoError, ImageError } from "../errors.ts";
-import { hex } from "../hex.ts";
+import { ImageError } from "../errors.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { intersectRuns, type Runs, runsOf, subtractRuns, unionRuns } from "../kernel/run_sets.ts";
 import { RunBuilder } from "../kernel/runs.ts";
 import { KIND, REQUIRED } from "./format.ts";
 import { MemoryLoader } from "./loader.ts";
 import { type ImageSummary, MemoryPersister } from "./persister.ts";
-import type { MemorySource } from "./sources.ts";
 import { dirOf } from "./tempfile.ts";
 import { type ChainRecord, walkChain } from "./chain_records.ts";
+import { type ChainSource, chainSource, storeChain } from "./chain_flatten.ts";
 
 /** The section of an incremental image that names its parent. */
 export const PARENT_SECTION = "parent";
 
 /** Longest chain followed (a loop of images naming each other is refused long before). */
 export const MAX_CHAIN_LENGTH = 4096;
-
-/**
- * Bytes of an image read through its mapping by {@link ImageChain.source} between two releases of its pages:
- * without them a flatten kept every page it read in its RSS (1.45 GiB for a chain over a 1 GiB image).
- */
-const RELEASE_EVERY = 16 << 20;
 
 /** Images whose {@link ImageChain.dataRuns} below them are kept, by their file's stamp (the newest). */
 const DATA_BELOW = 64;
@@ -283,58 +276,13 @@ export class ImageChain implements Disposable {
   }
 
   /**
-   * A memory source that reads the chain's bytes from the record last given to `prepare()` (the persister
-   * reads a range while it stores it): raw records are read in place, others decoded.
+   * A memory source that reads the chain's bytes from the records given to its `prepare()`
+   * (lib/image/chain_flatten.ts).
    *
    * @returns The source; valid while the chain is open.
    */
   source(): ChainSource {
-    const bounce = new Uint8Array(16 << 20);
-    const bounceAt = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bounce)));
-    let current: ChainRecord | undefined;
-    const read = this.images.map(() => 0); // bytes read through each image's mapping since its pages were released
-    // The record decoded last, by image and file offset (records are made afresh each time the index is walked).
-    let cached: { image: number; fileOffset: number; bytes: Uint8Array } | undefined;
-    const isCached = (c: ChainRecord) =>
-      cached?.image === c.image && cached.fileOffset === c.record.fileOffset;
-    const find = (addr: bigint, len: number) => {
-      const c = current;
-      if (c && addr >= c.address && addr + BigInt(len) <= c.address + BigInt(c.length)) return c;
-      throw new RangeError(
-        `Cannot read ${len} bytes at ${hex(addr)} of the chain: not inside the data record prepared`,
-      );
-    };
-    const images = this.images;
-    return {
-      kind: "image",
-      pid: this.tip.source.pid,
-      detectZeros: false,
-      window: bounce.length,
-      direct(addr, len) {
-        const c = find(addr, len);
-        if (c.record.codec !== 0) return null;
-        const stored = images[c.image].storedBytes(c.record);
-        return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(stored))) + (addr - c.record.address);
-      },
-      read(addr, len) {
-        const c = find(addr, len);
-        if (!isCached(c)) throw new CryoError(`Cannot read ${hex(addr)}: decode its record first`);
-        const off = Number(addr - c.record.address);
-        bounce.set(cached!.bytes.subarray(off, off + len));
-        return bounceAt;
-      },
-      async prepare(c) {
-        current = c.kind === KIND.DATA ? c : undefined;
-        if ((read[c.image] += c.length) >= RELEASE_EVERY) {
-          images[c.image].releaseView(); // views handed out stay valid: a write behind reads them again
-          read[c.image] = 0;
-        }
-        if (current && c.record.codec !== 0 && !isCached(c)) {
-          const bytes = await images[c.image].readRecord(c.record);
-          cached = { image: c.image, fileOffset: c.record.fileOffset, bytes };
-        }
-      },
-    };
+    return chainSource(this.images);
   }
 
   /** Close every image. Idempotent. */
@@ -346,19 +294,6 @@ export class ImageChain implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
-}
-
-/**
- * The chain's bytes as a memory source. It reads from one record at a time, the one `prepare()` was given last
- * (so that it holds no index of the chain); `read()` is synchronous, so a compressed record is decoded there.
- */
-export interface ChainSource extends MemorySource {
-  /**
-   * Make `c` the record reads come from, and decode its record if it is compressed (raw ones are read in place).
-   *
-   * @param c The chain record about to be stored (a data record).
-   */
-  prepare(c: ChainRecord): Promise<void>;
 }
 
 /**
@@ -383,13 +318,7 @@ export async function flattenChain(
     fsync: opts.fsync ?? true,
     detectZeros: false,
   });
-  for (const c of chain.records()) {
-    if (c.kind === KIND.HOLE) await persister.storeGap(c.address, c.length);
-    else {
-      await source.prepare(c);
-      await persister.store(c.address, c.length);
-    }
-  }
+  await storeChain(chain.records(), source, persister);
   for (const s of chain.tip.sections) {
     if (s.name !== PARENT_SECTION) persister.addSection(s.name, chain.tip.section(s.name)!);
   }
