@@ -16,8 +16,8 @@ import {
   tableRow,
   tableWidths,
 } from "../format.ts";
-import { jsonDocument } from "../json.ts";
-import { type Command, out, UsageError } from "../main.ts";
+import { jsonDocument, jsonDocumentPieces } from "../json.ts";
+import { type Command, out, outPieces, UsageError } from "../main.ts";
 import { EXIT } from "../exit.ts";
 import { keyFrom, keyOptions } from "../secure.ts";
 import { progressBar } from "../progress.ts";
@@ -202,7 +202,7 @@ examples:
     });
     const status = result.differentPages > 0 ? EXIT.no.exit : EXIT.ok.exit;
     if (values.json) {
-      out(jsonDocument({ ...result, same: status === 0 }));
+      outPieces(jsonDocumentPieces({ ...result, same: status === 0 })); // as many runs as pages differ
       return status;
     }
     out(
