@@ -36,8 +36,6 @@ export type { IndexRecords } from "./lib/image/records.ts";
 export { releaseMemory } from "./lib/image/lazy.ts";
 export {
   type ChainPiece,
-  type ChainRecord,
-  type ChainSource,
   decodeParentSection,
   encodeParentSection,
   ImageChain,
@@ -47,6 +45,8 @@ export {
   type ParentLink,
   parentLink,
 } from "./lib/image/chain.ts";
+export type { ChainRecord } from "./lib/image/chain_records.ts";
+export type { ChainSource } from "./lib/image/chain_flatten.ts";
 export type { ImageRecord, ImageRegion } from "./lib/image/format.ts";
 export type { HeaderFields, SourceInfo } from "./lib/image/header.ts";
 export type { SectionEntry } from "./lib/image/sections.ts";

@@ -35,11 +35,32 @@ export function humanRate(bytes: number, ms: number): string {
 
 /** Format rows as a left-aligned table with two spaces between columns. */
 export function table(rows: string[][]): string {
+  const widths = tableWidths(rows);
+  return rows.map((r) => tableRow(r, widths)).join("\n");
+}
+
+/**
+ * The widths of a {@link table}'s columns: a first pass, so that rows made one at a time can be printed as they
+ * are made (a table of many rows need not be held).
+ *
+ * @param rows The rows.
+ * @returns Each column's width.
+ */
+export function tableWidths(rows: Iterable<readonly string[]>): number[] {
   const widths: number[] = [];
   for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
-  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join("  ")).join(
-    "\n",
-  );
+  return widths;
+}
+
+/**
+ * One line of a {@link table}.
+ *
+ * @param r The row.
+ * @param widths The columns' widths ({@link tableWidths}).
+ * @returns Its cells padded to them (all but the last), two spaces apart.
+ */
+export function tableRow(r: readonly string[], widths: readonly number[]): string {
+  return r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join("  ");
 }
 
 /**

@@ -47,6 +47,20 @@ export function out(text: string): void {
   console.log(text);
 }
 
+/**
+ * Print text made in pieces to stdout as {@link out} prints it whole (a line feed after it), a piece at a time.
+ *
+ * @param pieces The text's pieces.
+ */
+export function outPieces(pieces: Iterable<string>): void {
+  const encoder = new TextEncoder();
+  const write = (b: Uint8Array) => {
+    for (let off = 0; off < b.length;) off += Deno.stdout.writeSync(b.subarray(off));
+  };
+  for (const p of pieces) write(encoder.encode(p));
+  write(encoder.encode("\n"));
+}
+
 /** What a failed command that wrote an image to stdout adds to its error. */
 const INCOMPLETE = "the image on stdout is incomplete and its reader will refuse it";
 

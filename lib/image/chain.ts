@@ -13,16 +13,16 @@
  * @module
  */
 
-import { CryoError, ImageError } from "../errors.ts";
-import { hex } from "../hex.ts";
+import { ImageError } from "../errors.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { intersectRuns, type Runs, runsOf, subtractRuns, unionRuns } from "../kernel/run_sets.ts";
 import { RunBuilder } from "../kernel/runs.ts";
-import { type ImageRecord, KIND, REQUIRED } from "./format.ts";
+import { KIND, REQUIRED } from "./format.ts";
 import { MemoryLoader } from "./loader.ts";
 import { type ImageSummary, MemoryPersister } from "./persister.ts";
-import type { MemorySource } from "./sources.ts";
 import { dirOf } from "./tempfile.ts";
+import { type ChainRecord, walkChain } from "./chain_records.ts";
+import { type ChainSource, chainSource, storeChain } from "./chain_flatten.ts";
 
 /** The section of an incremental image that names its parent. */
 export const PARENT_SECTION = "parent";
@@ -219,33 +219,18 @@ export class ImageChain implements Disposable {
    * Which image holds each byte of the tip's absolute regions: the newest one whose records (data or hole)
    * cover it.
    *
-   * @returns Pieces sorted by address, not overlapping.
+   * @returns Pieces sorted by address, not overlapping (touching pieces of one image merged).
    * @throws {ImageError} When some byte of the tip's regions is covered by no image of the chain.
    */
   pieces(): ChainPiece[] {
-    let remaining: Runs = runsOf(this.tip.regions.filter((g) => !g.relocatable));
     const pieces: ChainPiece[] = [];
-    this.images.forEach((img, i) => {
-      if (!remaining.length) return;
-      // The image's own bytes are its records' (uncovered bytes of an incremental image are its parent's).
-      const covered = runsOf(
-        [...img.index.segment(0)].map((r) => ({
-          start: r.address,
-          end: r.address + BigInt(r.length),
-        })),
-      );
-      const take = intersectRuns(remaining, covered);
-      for (let k = 0; k < take.length; k += 2) pieces.push({ start: take[k], end: take[k + 1], image: i });
-      remaining = subtractRuns(remaining, covered);
-    });
-    if (remaining.length) {
-      throw new ImageError(
-        this.tip.path,
-        0,
-        `${hex(remaining[0])}-${hex(remaining[1])} is in no image of its chain`,
-      );
+    for (const c of walkChain(this.images)) {
+      const last = pieces[pieces.length - 1];
+      const end = c.address + BigInt(c.length);
+      if (last && last.image === c.image && last.end === c.address) last.end = end;
+      else pieces.push({ start: c.address, end, image: c.image });
     }
-    return pieces.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+    return pieces;
   }
 
   /**
@@ -279,86 +264,25 @@ export class ImageChain implements Disposable {
 
   /**
    * The chain's records, as one image's: each piece clipped from the records of the image that holds it
-   * (data records clipped are still read through their image, see {@link ChainRecord}).
+   * (data records clipped are still read through their image, see {@link ChainRecord}). Each walk of them reads
+   * the images' indexes again, a frame at a time (lib/image/chain_records.ts): none is held.
    *
-   * @returns Records sorted by address.
+   * @returns Records in address order, walked afresh each time they are iterated.
+   * @throws {ImageError} When the walk reaches a byte of the tip's regions that no image covers.
    */
-  records(): ChainRecord[] {
-    const out: ChainRecord[] = [];
-    // Pieces are in address order, and so are each image's records (segment 0 first): one cursor per image.
-    const cursors = this.images.map(() => 0);
-    const all = this.images.map((img) => img.records); // each made once: a record is one object throughout
-    for (const p of this.pieces()) {
-      const recs = all[p.image];
-      let k = cursors[p.image];
-      while (
-        k < recs.length && recs[k].segment === 0 && recs[k].address + BigInt(recs[k].length) <= p.start
-      ) k++;
-      cursors[p.image] = k;
-      for (; k < recs.length && recs[k].segment === 0 && recs[k].address < p.end; k++) {
-        const r = recs[k];
-        const rs = r.address, re = r.address + BigInt(r.length);
-        const s = rs > p.start ? rs : p.start, e = re < p.end ? re : p.end;
-        out.push({ address: s, length: Number(e - s), kind: r.kind, image: p.image, record: r });
-      }
-    }
-    return out;
+  records(): Iterable<ChainRecord> {
+    const images = this.images;
+    return { [Symbol.iterator]: () => walkChain(images) };
   }
 
   /**
-   * A memory source that reads the chain's bytes: each range must lie inside one data record of one image
-   * ({@link records}); raw records are read in place, others decoded.
+   * A memory source that reads the chain's bytes from the records given to its `prepare()`
+   * (lib/image/chain_flatten.ts).
    *
    * @returns The source; valid while the chain is open.
    */
   source(): ChainSource {
-    const bounce = new Uint8Array(16 << 20);
-    const bounceAt = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bounce)));
-    // The record decoded last, by image and file offset (records are made afresh each time the index is walked).
-    let cached: { image: number; fileOffset: number; bytes: Uint8Array } | undefined;
-    const isCached = (c: ChainRecord) =>
-      cached?.image === c.image && cached.fileOffset === c.record.fileOffset;
-    const index = this.records().filter((r) => r.kind === KIND.DATA);
-    const find = (addr: bigint, len: number) => {
-      let lo = 0, hi = index.length - 1;
-      while (lo <= hi) {
-        const mid = (lo + hi) >> 1;
-        const c = index[mid];
-        if (addr < c.address) hi = mid - 1;
-        else if (addr >= c.address + BigInt(c.length)) lo = mid + 1;
-        else if (addr + BigInt(len) <= c.address + BigInt(c.length)) return c;
-        else break;
-      }
-      throw new RangeError(
-        `Cannot read ${len} bytes at ${hex(addr)} of the chain: not inside one data record`,
-      );
-    };
-    const images = this.images;
-    return {
-      kind: "image",
-      pid: this.tip.source.pid,
-      detectZeros: false,
-      window: bounce.length,
-      direct(addr, len) {
-        const c = find(addr, len);
-        if (c.record.codec !== 0) return null;
-        const stored = images[c.image].storedBytes(c.record);
-        return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(stored))) + (addr - c.record.address);
-      },
-      read(addr, len) {
-        const c = find(addr, len);
-        if (!isCached(c)) throw new CryoError(`Cannot read ${hex(addr)}: decode its record first`);
-        const off = Number(addr - c.record.address);
-        bounce.set(cached!.bytes.subarray(off, off + len));
-        return bounceAt;
-      },
-      async prepare(c) {
-        if (c.record.codec !== 0 && !isCached(c)) {
-          const bytes = await images[c.image].readRecord(c.record);
-          cached = { image: c.image, fileOffset: c.record.fileOffset, bytes };
-        }
-      },
-    };
+    return chainSource(this.images);
   }
 
   /** Close every image. Idempotent. */
@@ -370,33 +294,6 @@ export class ImageChain implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
-}
-
-/**
- * The chain's bytes as a memory source. `read()` is synchronous, so a compressed record is decoded by
- * `prepare()` before its pieces are stored.
- */
-export interface ChainSource extends MemorySource {
-  /**
-   * Decode `c`'s record if it is compressed (a no-op for raw ones, which are read in place).
-   *
-   * @param c The chain record about to be stored.
-   */
-  prepare(c: ChainRecord): Promise<void>;
-}
-
-/** A record of the resolved chain: a piece of one image's record. */
-export interface ChainRecord {
-  /** First address. */
-  address: bigint;
-  /** Bytes. */
-  length: number;
-  /** Data or hole. */
-  kind: number;
-  /** The image holding it (index into {@link ImageChain.images}). */
-  image: number;
-  /** The record it is a piece of. */
-  record: ImageRecord;
 }
 
 /**
@@ -421,13 +318,7 @@ export async function flattenChain(
     fsync: opts.fsync ?? true,
     detectZeros: false,
   });
-  for (const c of chain.records()) {
-    if (c.kind === KIND.HOLE) await persister.storeGap(c.address, c.length);
-    else {
-      await source.prepare(c);
-      await persister.store(c.address, c.length);
-    }
-  }
+  await storeChain(chain.records(), source, persister);
   for (const s of chain.tip.sections) {
     if (s.name !== PARENT_SECTION) persister.addSection(s.name, chain.tip.section(s.name)!);
   }

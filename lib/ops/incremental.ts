@@ -33,13 +33,8 @@ import { RunBuilder } from "../kernel/runs.ts";
 import type { ProcessTracking } from "../kernel/tracking.ts";
 import { trackingUnavailable, trackProcess } from "../kernel/tracking.ts";
 import type { Codec } from "../codecs/codec.ts";
-import {
-  type ChainRecord,
-  encodeParentSection,
-  ImageChain,
-  type ParentLink,
-  parentLink,
-} from "../image/chain.ts";
+import { encodeParentSection, ImageChain, type ParentLink, parentLink } from "../image/chain.ts";
+import type { ChainRecord } from "../image/chain_records.ts";
 import { KIND } from "../image/format.ts";
 import {
   encodeTrackingSection,
@@ -240,18 +235,21 @@ export class IncrementalPlan implements Disposable {
     pid: number,
   ): Promise<Runs> {
     const chain = this.#chain!;
-    const records = chain.records();
+    const records = chain.records()[Symbol.iterator](); // walked once, forward, with the pages
+    const next = () => {
+      const n = records.next();
+      return n.done ? undefined : n.value;
+    };
     const page = PAGE_SIZE, P = BigInt(page);
     const window = new Uint8Array(4 << 20);
     const windowAt = addrOf(Deno.UnsafePointer.of(window));
     const zero = new Uint8Array(page);
     const zeroAt = ptrOf(addrOf(Deno.UnsafePointer.of(zero)));
     const out = new RunBuilder();
-    let rec = 0;
+    let c = next();
     let decoded: { c: ChainRecord; bytes: Uint8Array } | undefined;
     const parentPage = async (a: bigint): Promise<Deno.PointerValue | undefined> => {
-      while (rec < records.length && records[rec].address + BigInt(records[rec].length) <= a) rec++;
-      const c = records[rec];
+      while (c && c.address + BigInt(c.length) <= a) c = next();
       if (!c || c.address > a) return undefined; // not in the parent: counted as changed by the caller
       if (c.kind === KIND.HOLE) return zeroAt;
       const img = chain.images[c.image];

@@ -236,32 +236,30 @@ export async function mapImage(
     zeroBytes: 0,
     holeBytes: 0,
   }));
-  // Records and regions are both in address order: a cursor. An incremental image's bytes are its chain's (the
-  // ones it leaves to its parent are its parent's, docs/FORMAT.md): its chain gives the records.
-  let records: readonly { address: bigint; length: number; kind: number; segment?: number }[] =
-    loader.records;
-  if (isIncremental(loader)) {
-    using chain = await ImageChain.open(path, { codecs: opts.codecs, verify: false });
-    records = chain.records();
-  }
+  // Records and regions are both in address order: a cursor, over the records walked a frame at a time. An
+  // incremental image's bytes are its chain's (the ones it leaves to its parent are its parent's,
+  // docs/FORMAT.md): its chain gives the records.
+  using chain = isIncremental(loader)
+    ? await ImageChain.open(path, { codecs: opts.codecs, verify: false })
+    : undefined;
+  const records: Iterable<{ address: bigint; length: number; kind: number }> = chain
+    ? chain.records()
+    : loader.index.segment(0);
+  // Each region's runs are made in one pass, the bytes no record covers as holes (nothing was there): a second
+  // pass over runs made first held both arrays at once (two objects per record).
+  const ats = regions.map((g) => g.start); // where each region's runs end so far
   let k = 0;
   for (const r of records) {
-    if (r.segment) continue;
     while (k < regions.length && regions[k].end <= r.address) k++;
     const g = regions[k];
     if (!g || r.address < g.start) continue;
-    push(g.runs, r.address, r.address + BigInt(r.length), r.kind === KIND.DATA ? "data" : "hole");
+    const end = r.address + BigInt(r.length);
+    push(g.runs, ats[k], r.address, "hole");
+    push(g.runs, r.address, end, r.kind === KIND.DATA ? "data" : "hole");
+    ats[k] = end;
   }
-  for (const g of regions) {
-    const runs = g.runs;
-    g.runs = [];
-    let at = g.start;
-    for (const r of runs) {
-      push(g.runs, at, r.start, "hole"); // not recorded: nothing was there
-      push(g.runs, r.start, r.end, r.kind);
-      at = r.end;
-    }
-    push(g.runs, at, g.end, "hole");
+  for (const [i, g] of regions.entries()) {
+    push(g.runs, ats[i], g.end, "hole");
     sums(g);
   }
   // The regions not held: the layout section records every region of the process at the checkpoint.

@@ -7,8 +7,8 @@
 import { mapImage, mapProcess } from "../../ops/map.ts";
 import { parse, parsePid } from "../args.ts";
 import { humanBytes, printable as p } from "../format.ts";
-import { jsonDocument } from "../json.ts";
-import { type Command, out, UsageError } from "../main.ts";
+import { jsonDocumentPieces } from "../json.ts";
+import { type Command, out, outPieces, UsageError } from "../main.ts";
 import { renderMapHtml } from "../map_html.ts";
 import { progressBar } from "../progress.ts";
 import { filterOptions, parseFilter } from "./checkpoint.ts";
@@ -76,7 +76,7 @@ examples:
       name = `${image.replace(/^.*\//, "").replace(/\.cryo$/, "")}.html`;
     }
     if (values.json) {
-      out(jsonDocument(map));
+      outPieces(jsonDocumentPieces(map)); // half a million runs are tens of MB of JSON: not made whole
       return 0;
     }
     const html = renderMapHtml(map);
