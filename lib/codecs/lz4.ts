@@ -120,7 +120,7 @@ export class Lz4Codec implements Codec {
       );
     }
     if (dst.length >= DECODE_NOW_BELOW) return false;
-    const n = lz4().LZ4_decompress_safe_buf(
+    const n = lz4().LZ4_decompress_safe(
       src as Uint8Array<ArrayBuffer>,
       dst as Uint8Array<ArrayBuffer>,
       src.length,

@@ -143,7 +143,7 @@ export class ZstdCodec implements Codec {
     if (dst.length >= DECODE_NOW_BELOW) return false;
     const ctx = this.#takeD();
     try {
-      const ret = zstd().ZSTD_decompressDCtx_buf(
+      const ret = zstd().ZSTD_decompressDCtx(
         ctx,
         view(dst),
         BigInt(dst.length),
