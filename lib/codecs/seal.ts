@@ -61,7 +61,8 @@ export function chunkAad(
   into?: Uint8Array,
 ): Uint8Array {
   const n = 40 + (header?.length ?? 0);
-  const aad = into && into.length >= n && into.byteOffset === 0 ? into.subarray(0, n) : new Uint8Array(n);
+  const fits = into && into.length >= n && into.byteOffset === 0;
+  const aad = fits ? (into.length === n ? into : into.subarray(0, n)) : new Uint8Array(n);
   aad.set(AAD_MAGIC);
   aad.fill(0, 37, 40);
   const v = new DataView(aad.buffer);
@@ -285,7 +286,7 @@ export class Sealer {
   ): Uint8Array | undefined {
     const n = sealed.length - SEAL_OVERHEAD;
     if (!this.#native || n < 0 || into.length < n) return undefined;
-    const plain = into.subarray(0, n);
+    const plain = into.length === n ? into : into.subarray(0, n);
     const ok = this.#native.openNow(sealed, aad, plain);
     return ok === undefined ? undefined : opened(ok, plain, path, offset);
   }
