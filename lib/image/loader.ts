@@ -445,7 +445,8 @@ export class MemoryLoader implements Disposable {
             }
             return true;
           },
-          work: (r) => this.readRecord(r, slot(r)),
+          work: async (r) =>
+            r.kind !== KIND.DATA || r.codec === 0 ? undefined : await this.readRecord(r, slot(r)),
           use: put,
         }, window);
       } else {
