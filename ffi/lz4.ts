@@ -34,7 +34,8 @@ const symbols = {
     nonblocking: true,
   },
   // int LZ4_decompress_safe(const char *src, char *dst, int compressedSize, int dstCapacity);
-  LZ4_decompress_safe: { parameters: [ptr, ptr, int, int], result: int },
+  // (given views, not pointers: no pointer object per call)
+  LZ4_decompress_safe: { parameters: ["buffer", "buffer", int, int], result: int },
   // (the same, on a pool thread)
   LZ4_decompress_safe_nb: {
     name: "LZ4_decompress_safe",

@@ -44,7 +44,8 @@ const symbols = {
     nonblocking: true,
   },
   // size_t ZSTD_decompressDCtx(ZSTD_DCtx *dctx, void *dst, size_t dstCapacity, const void *src, size_t srcSize);
-  ZSTD_decompressDCtx: { parameters: [ptr, ptr, size_t, ptr, size_t], result: size_t },
+  // (given views, not pointers: no pointer object per call)
+  ZSTD_decompressDCtx: { parameters: [ptr, "buffer", size_t, "buffer", size_t], result: size_t },
   // (the same, on a pool thread)
   ZSTD_decompressDCtx_nb: {
     name: "ZSTD_decompressDCtx",

@@ -3,10 +3,10 @@ import { Target } from "./_target.ts";
 import { addrOf, mmap, munmap } from "../ffi/libc.ts";
 import { MAP, PROT } from "../ffi/constants.ts";
 import { CryoError } from "../lib/errors.ts";
-import { type Codec, raw } from "../lib/codecs/codec.ts";
+import { type Codec, INLINE_BYTES, raw } from "../lib/codecs/codec.ts";
 import { ZstdCodec } from "../lib/codecs/zstd.ts";
 import { Lz4Codec } from "../lib/codecs/lz4.ts";
-import { encodeOrdered, ordered } from "../lib/codecs/pool.ts";
+import { encodeOrdered, forEachOrdered, ordered } from "../lib/codecs/pool.ts";
 import { codecForId, parseCodec } from "../lib/codecs/select.ts";
 import { processVmRead } from "../ffi/libc.ts";
 
@@ -126,6 +126,50 @@ Deno.test("`decode()` refuses a corrupt chunk or one of another size with CryoEr
     );
   }
   assertThrows(() => raw.decode(new Uint8Array(3), new Uint8Array(4)), RangeError);
+});
+
+Deno.test("`decodeNow()` decodes a chunk under 64 KiB on the calling thread and declines a larger one", async () => {
+  const mem = await childMemory(["text"]);
+  for (const codec of [new ZstdCodec(1), new Lz4Codec()]) {
+    const small = mem.subarray(0, INLINE_BYTES - 1);
+    const enc = (await codec.encode(small))!;
+    const dst = new Uint8Array(small.length);
+    assert(codec.decodeNow(enc, dst), `${codec.name} declined a small chunk`);
+    assert(dst.every((b, i) => b === small[i]), `${codec.name} decodeNow differs`);
+    assertThrows(() => codec.decodeNow(enc, new Uint8Array(small.length - 1)), CryoError, "Cannot decode");
+    const big = (await codec.encode(mem))!;
+    const out = new Uint8Array(MiB);
+    assertEquals(codec.decodeNow(big, out), false);
+    assert(out.every((b) => b === 0), "nothing written when declined");
+  }
+});
+
+Deno.test("`forEachOrdered()` does small items at once when no large one is in flight and uses every result in input order", async () => {
+  let inFlight = 0, most = 0, now = 0;
+  const used: number[] = [];
+  await forEachOrdered(Array.from({ length: 60 }, (_, i) => i), {
+    small: (n) => n % 10 !== 0, // every tenth is large
+    now: (n) => {
+      if (n === 4) return false; // a small one the worker must do after all
+      now++;
+      used.push(n);
+      return true;
+    },
+    work: async (n) => {
+      inFlight++;
+      most = Math.max(most, inFlight);
+      await new Promise((r) => setTimeout(r, (n * 7) % 5));
+      inFlight--;
+      return n;
+    },
+    use: (n, result) => {
+      assertEquals(result, n);
+      used.push(n);
+    },
+  }, 4);
+  assertEquals(used, Array.from({ length: 60 }, (_, i) => i));
+  assert(now > 0 && now < 53, `${now} done at once`); // some small ones waited in line behind large ones
+  assert(most <= 4, `${most} in flight`);
 });
 
 Deno.test("`ordered()` yields results in input order with at most `window` in flight", async () => {

@@ -38,6 +38,15 @@ export interface Codec {
    * @param dst Where the decoded bytes go; its length is the decoded size.
    */
   decode(src: Uint8Array, dst: Uint8Array): Promise<void> | void;
+  /**
+   * Decode on the calling thread, without a promise, when the chunk is small enough to (a codec without it is
+   * always asked through {@link decode}).
+   *
+   * @param src The encoded chunk.
+   * @param dst Where the decoded bytes go; its length is the decoded size.
+   * @returns Whether it was decoded; false (nothing done) when it should go through {@link decode}.
+   */
+  decodeNow?(src: Uint8Array, dst: Uint8Array): boolean;
 }
 
 /** The raw codec: chunks are stored as they are. */
@@ -55,5 +64,9 @@ export const raw: Codec = {
       throw new RangeError(`Cannot decode raw chunk: ${src.length} bytes, expected ${dst.length}`);
     }
     dst.set(src);
+  },
+  decodeNow(src: Uint8Array, dst: Uint8Array): boolean {
+    raw.decode(src, dst);
+    return true;
   },
 };

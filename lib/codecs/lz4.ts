@@ -113,28 +113,52 @@ export class Lz4Codec implements Codec {
   }
 
   /**
-   * Decompress one chunk straight into `dst`.
+   * Decompress one chunk straight into `dst` (a chunk under 64 KiB on the calling thread, see
+   * {@link decodeNow}; a larger one on a pool thread).
    *
    * @param src One lz4 block.
    * @param dst Where the bytes go; the block must decode to exactly `dst.length` bytes.
    * @throws {CryoError} When the block is malformed or decodes to another size.
    */
   async decode(src: Uint8Array, dst: Uint8Array): Promise<void> {
+    if (this.decodeNow(src, dst)) return;
+    const s = Deno.UnsafePointer.of(src), d = Deno.UnsafePointer.of(dst);
+    decoded(await lz4().LZ4_decompress_safe_nb(s, d, src.length, dst.length), src, dst);
+  }
+
+  /**
+   * {@link decode} on the calling thread, without a promise, for a chunk under 64 KiB: the views go to liblz4
+   * as they are, with no pointer object per chunk.
+   *
+   * @param src One lz4 block.
+   * @param dst Where the bytes go; the block must decode to exactly `dst.length` bytes.
+   * @returns Whether it was decoded (false, nothing done, for a chunk of 64 KiB or more: call {@link decode}).
+   * @throws {CryoError} When the block is malformed or decodes to another size.
+   */
+  decodeNow(src: Uint8Array, dst: Uint8Array): boolean {
     if (src.length > MAX_INPUT || dst.length > MAX_INPUT) {
       throw new CryoError(
         `Cannot decode ${src.length}-byte lz4 chunk into ${dst.length} bytes: at most ${MAX_INPUT}`,
       );
     }
-    const l = lz4();
-    const args = [Deno.UnsafePointer.of(src), Deno.UnsafePointer.of(dst), src.length, dst.length] as const;
-    const n = dst.length >= NONBLOCKING_MIN
-      ? await l.LZ4_decompress_safe_nb(...args)
-      : l.LZ4_decompress_safe(...args);
-    if (n < 0) {
-      throw new CryoError(`Cannot decode ${src.length}-byte lz4 chunk: malformed at input byte ${-n - 1}`);
-    }
-    if (n !== dst.length) {
-      throw new CryoError(`Cannot decode ${src.length}-byte lz4 chunk: ${n} bytes, expected ${dst.length}`);
-    }
+    if (dst.length >= INLINE_BYTES) return false;
+    const n = lz4().LZ4_decompress_safe(
+      src as Uint8Array<ArrayBuffer>,
+      dst as Uint8Array<ArrayBuffer>,
+      src.length,
+      dst.length,
+    );
+    decoded(n, src, dst);
+    return true;
+  }
+}
+
+/** Check what `LZ4_decompress_safe` returned for `src` into `dst`. */
+function decoded(n: number, src: Uint8Array, dst: Uint8Array): void {
+  if (n < 0) {
+    throw new CryoError(`Cannot decode ${src.length}-byte lz4 chunk: malformed at input byte ${-n - 1}`);
+  }
+  if (n !== dst.length) {
+    throw new CryoError(`Cannot decode ${src.length}-byte lz4 chunk: ${n} bytes, expected ${dst.length}`);
   }
 }

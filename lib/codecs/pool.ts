@@ -77,6 +77,64 @@ export async function* ordered<T, R>(
   }
 }
 
+/** What {@link forEachOrdered} does with each item. */
+export interface OrderedSteps<T, R> {
+  /** Whether `item` may be done on this thread (when no other kind of item is in flight: results stay in order). */
+  small(item: T): boolean;
+  /** Do `item` at once, without a promise, handing its result to `use`; false (nothing done) when it cannot. */
+  now(item: T): boolean;
+  /** Do `item` in the background (on a pool thread). */
+  work(item: T): Promise<R>;
+  /** Take the result of `item` done by `work`, in input order. */
+  use(item: T, result: R): void;
+}
+
+/**
+ * {@link ordered} for a walk of many small items: those `steps.small` picks are done on this thread without a
+ * promise, the others at most `window` in flight; every result is used in input order. A small item behind a
+ * large one in flight waits in line (so that a mix keeps the pool busy); once no large one is, the line is
+ * emptied and small items are done at once again. A zstd image of 524,288 one-page records went through an
+ * async generator and promises per record (185 MiB of garbage per GiB of memory restored), and V8 grew its
+ * young generation with them.
+ *
+ * @param items The inputs.
+ * @param steps How each item is done and used.
+ * @param window How many items may be in flight (default {@link defaultWindow}).
+ */
+export async function forEachOrdered<T, R>(
+  items: Iterable<T>,
+  steps: OrderedSteps<T, R>,
+  window: number = defaultWindow(),
+): Promise<void> {
+  const queued: T[] = [], inFlight: Promise<R>[] = [], large: boolean[] = [];
+  let largeInFlight = 0;
+  const useFirst = async () => {
+    const item = queued.shift()!, result = await inFlight.shift()!;
+    if (large.shift()) largeInFlight--;
+    steps.use(item, result);
+  };
+  try {
+    for (const item of items) {
+      const small = steps.small(item);
+      if (small && largeInFlight === 0) {
+        while (inFlight.length) await useFirst(); // small ones, settled already
+        if (steps.now(item)) continue;
+      }
+      const p = steps.work(item);
+      p.catch(() => {}); // observed below, in order; never an unhandled rejection
+      queued.push(item);
+      inFlight.push(p);
+      const isLarge = !small || largeInFlight === 0; // a small one here could not be done now
+      large.push(isLarge);
+      if (isLarge) largeInFlight++;
+      if (inFlight.length >= window) await useFirst();
+    }
+    while (inFlight.length) await useFirst();
+  } finally {
+    await Promise.allSettled(inFlight);
+  }
+}
+
 /** One chunk after encoding: `encoded` is null when the chunk is stored raw. */
 export interface EncodedChunk<T> {
   /** The item the chunk came from. */

@@ -38,6 +38,8 @@ function bytes(u: Uint8Array): Uint8Array<ArrayBuffer> {
 }
 const enc = new TextEncoder();
 const AAD_MAGIC = enc.encode("cryochnk");
+/** The view {@link chunkAad} wrote last through. */
+let aadView: DataView | undefined;
 
 /**
  * The additional authenticated data of one chunk: binds it to its place in the image and to the image's header.
@@ -61,13 +63,17 @@ export function chunkAad(
   into?: Uint8Array,
 ): Uint8Array {
   const n = 40 + (header?.length ?? 0);
-  const aad = into && into.length >= n && into.byteOffset === 0 ? into.subarray(0, n) : new Uint8Array(n);
+  const fits = into && into.length >= n && into.byteOffset === 0;
+  const aad = fits ? (into.length === n ? into : into.subarray(0, n)) : new Uint8Array(n);
   aad.set(AAD_MAGIC);
   aad.fill(0, 37, 40);
-  const v = new DataView(aad.buffer);
-  v.setBigUint64(8, BigInt(index), true);
+  // The view of a reused buffer is kept, and the numbers written as two words: no DataView or bigints per chunk.
+  const v = aad.buffer === aadView?.buffer ? aadView : (aadView = new DataView(aad.buffer));
+  v.setUint32(8, index >>> 0, true);
+  v.setUint32(12, Math.floor(index / 2 ** 32), true);
   v.setBigUint64(16, BigInt.asUintN(64, address), true);
-  v.setBigUint64(24, BigInt(length), true);
+  v.setUint32(24, length >>> 0, true);
+  v.setUint32(28, Math.floor(length / 2 ** 32), true);
   v.setUint32(32, segment, true);
   v.setUint8(36, codec);
   if (header) aad.set(header, 40);
@@ -317,7 +323,7 @@ export class Sealer {
   ): Uint8Array | undefined {
     const n = sealed.length - SEAL_OVERHEAD;
     if (!this.#native || n < 0 || into.length < n) return undefined;
-    const plain = into.subarray(0, n);
+    const plain = into.length === n ? into : into.subarray(0, n);
     const ok = this.#native.openNow(sealed, aad, plain);
     return ok === undefined ? undefined : opened(ok, plain, path, offset);
   }

@@ -14,6 +14,11 @@ import { zstd, ZSTD_ERROR_DST_SIZE_TOO_SMALL, zstdErrorCode, zstdErrorName } fro
 /** Chunks at least this large are (de)compressed on a pool thread; smaller ones inline. */
 const NONBLOCKING_MIN = INLINE_BYTES;
 
+/** A view as the FFI's `buffer` type wants it (no copy). */
+function view(u: Uint8Array): Uint8Array<ArrayBuffer> {
+  return u as Uint8Array<ArrayBuffer>;
+}
+
 interface Slot {
   ctx: Deno.PointerValue;
   out: Uint8Array<ArrayBuffer>;
@@ -127,43 +132,78 @@ export class ZstdCodec implements Codec {
   }
 
   /**
-   * Decompress one chunk straight into `dst`.
+   * Decompress one chunk straight into `dst` (a chunk under 64 KiB on the calling thread, see
+   * {@link decodeNow}; a larger one on a pool thread).
    *
    * @param src One zstd frame.
    * @param dst Where the bytes go; the frame must decode to exactly `dst.length` bytes.
    * @throws {CryoError} When the frame is corrupt or decodes to another size.
    */
   async decode(src: Uint8Array, dst: Uint8Array): Promise<void> {
-    if (this.#closed) throw new CryoError("Cannot decode with zstd: the codec is closed");
-    const z = zstd();
-    const ctx = this.#dfree.pop() ?? this.#newD();
+    if (this.decodeNow(src, dst)) return;
+    const ctx = this.#takeD();
     try {
-      const args = [
-        ctx,
-        Deno.UnsafePointer.of(dst),
-        BigInt(dst.length),
-        Deno.UnsafePointer.of(src),
-        BigInt(src.length),
-      ] as const;
-      const ret = dst.length >= NONBLOCKING_MIN
-        ? await z.ZSTD_decompressDCtx_nb(...args)
-        : z.ZSTD_decompressDCtx(...args);
-      if (z.ZSTD_isError(BigInt(ret))) {
-        throw new CryoError(`Cannot decode ${src.length}-byte zstd chunk: ${zstdErrorName(ret)}`);
-      }
-      if (Number(ret) !== dst.length) {
-        throw new CryoError(
-          `Cannot decode ${src.length}-byte zstd chunk: ${ret} bytes, expected ${dst.length}`,
-        );
-      }
+      const s = Deno.UnsafePointer.of(src), d = Deno.UnsafePointer.of(dst);
+      this.#decoded(
+        await zstd().ZSTD_decompressDCtx_nb(ctx, d, BigInt(dst.length), s, BigInt(src.length)),
+        src,
+        dst,
+      );
     } finally {
-      if (this.#closed) {
-        z.ZSTD_freeDCtx(ctx);
-        this.#forget(this.#all.d, ctx);
-      } else {
-        this.#dfree.push(ctx);
-      }
+      this.#giveD(ctx);
     }
+  }
+
+  /**
+   * {@link decode} on the calling thread, without a promise, for a chunk under 64 KiB: the views go to libzstd
+   * as they are, with no pointer object per chunk (an image of one-page records is decoded with no garbage per
+   * record that outlives it).
+   *
+   * @param src One zstd frame.
+   * @param dst Where the bytes go; the frame must decode to exactly `dst.length` bytes.
+   * @returns Whether it was decoded (false, nothing done, for a chunk of 64 KiB or more: call {@link decode}).
+   * @throws {CryoError} When the frame is corrupt or decodes to another size.
+   */
+  decodeNow(src: Uint8Array, dst: Uint8Array): boolean {
+    if (dst.length >= INLINE_BYTES) return false;
+    const ctx = this.#takeD();
+    try {
+      const ret = zstd().ZSTD_decompressDCtx(
+        ctx,
+        view(dst),
+        BigInt(dst.length),
+        view(src),
+        BigInt(src.length),
+      );
+      this.#decoded(ret, src, dst);
+      return true;
+    } finally {
+      this.#giveD(ctx);
+    }
+  }
+
+  /** Check what `ZSTD_decompressDCtx` returned for `src` into `dst`. */
+  #decoded(ret: number | bigint, src: Uint8Array, dst: Uint8Array): void {
+    const z = zstd();
+    if (z.ZSTD_isError(BigInt(ret))) {
+      throw new CryoError(`Cannot decode ${src.length}-byte zstd chunk: ${zstdErrorName(ret)}`);
+    }
+    if (Number(ret) !== dst.length) {
+      throw new CryoError(
+        `Cannot decode ${src.length}-byte zstd chunk: ${ret} bytes, expected ${dst.length}`,
+      );
+    }
+  }
+
+  #takeD(): Deno.PointerValue {
+    if (this.#closed) throw new CryoError("Cannot decode with zstd: the codec is closed");
+    return this.#dfree.pop() ?? this.#newD();
+  }
+
+  #giveD(ctx: Deno.PointerValue): void {
+    if (!this.#closed) return void this.#dfree.push(ctx);
+    zstd().ZSTD_freeDCtx(ctx);
+    this.#forget(this.#all.d, ctx);
   }
 
   /** Free the native contexts. Idempotent; calls in flight finish first and free theirs. */

@@ -147,6 +147,7 @@ const zeroPtr = (): Deno.PointerValue => (zeroPtr_ ??= Deno.UnsafePointer.of(ZER
 
 /** Positional, zero-copy views of a read-only mapping of a whole file. */
 export class MappedSource implements ByteSource {
+  #bytes: Uint8Array | undefined;
   /**
    * @param path The file, for errors.
    * @param base The mapping's address (it must stay mapped while the source is used).
@@ -160,7 +161,10 @@ export class MappedSource implements ByteSource {
       throw pastEnd(this.path, offset, len, what, this.size);
     }
     if (len === 0) return new Uint8Array(0);
-    return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(this.base + BigInt(offset))!, len));
+    // Views of one buffer over the whole mapping: an ArrayBuffer per read (`getArrayBuffer`) outlived V8's
+    // scavenges, and a decode of an image of one-page records grew the young generation with them.
+    this.#bytes ??= new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(this.base)!, this.size));
+    return this.#bytes.subarray(offset, offset + len);
   }
 
   /** XXH3-64 of `len` bytes at `offset`, computed in the mapping (no view). */

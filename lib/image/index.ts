@@ -49,6 +49,8 @@ export function indexProblem(records: Iterable<ImageRecord>): { at: number; mess
 export class IndexCheck {
   #i = 0;
   #p: ImageRecord | undefined;
+  /** Where {@link #p} ends: computed once a record (the bigints per record were garbage of a long walk). */
+  #pEnd = 0n;
   /** Bytes of the data records added. */
   dataBytes = 0;
   /** The first problem found (records added after it are not checked). */
@@ -85,7 +87,8 @@ export class IndexCheck {
   #check(r: ImageRecord): { at: number; message: string } | undefined {
     const i = this.#i, p = this.#p;
     if (r.length <= 0) return { at: i, message: `record ${i} at ${hex(r.address)} is empty` };
-    if (recordEnd(r) > U64_END) return { at: i, message: `record ${i} at ${hex(r.address)} wraps past 2^64` };
+    const end = recordEnd(r);
+    if (end > U64_END) return { at: i, message: `record ${i} at ${hex(r.address)} wraps past 2^64` };
     if (p) {
       const c = compareRecord(p, r);
       if (c > 0) {
@@ -94,16 +97,17 @@ export class IndexCheck {
           message: `record ${i} at ${hex(r.address)} is out of order (after ${hex(p.address)})`,
         };
       }
-      if (p.segment === r.segment && recordEnd(p) > r.address) {
+      if (p.segment === r.segment && this.#pEnd > r.address) {
         return {
           at: i,
           message: `record ${i} at ${hex(r.address)} overlaps record ${i - 1} ` +
-            `(${hex(p.address)}-${hex(recordEnd(p))})`,
+            `(${hex(p.address)}-${hex(this.#pEnd)})`,
         };
       }
     }
     if (r.kind === KIND.DATA) this.dataBytes += r.length;
     this.#p = r;
+    this.#pEnd = end;
     this.#i++;
     return undefined;
   }

@@ -11,9 +11,9 @@
 import { MADV, MAP, O, PROT } from "../../ffi/constants.ts";
 import { errno, libc, mmap, munmap, open, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
-import { type Codec, raw } from "../codecs/codec.ts";
+import { type Codec, INLINE_BYTES, raw } from "../codecs/codec.ts";
 import { codecForId } from "../codecs/select.ts";
-import { defaultWindow, ordered } from "../codecs/pool.ts";
+import { defaultWindow, forEachOrdered } from "../codecs/pool.ts";
 import { CryoError, ImageError, KeyError, LayoutMismatchError } from "../errors.ts";
 import { checksum } from "./checksum.ts";
 import {
@@ -28,7 +28,7 @@ import { IndexRecords } from "./records.ts";
 import type { Footer } from "./footer.ts";
 import type { HeaderFields, SourceInfo } from "./header.ts";
 import type { SectionEntry } from "./sections.ts";
-import { FileSource } from "./byte_source.ts";
+import { FileSource, MappedSource } from "./byte_source.ts";
 import { fileStamp } from "./file_stamp.ts";
 import { helper } from "../../ffi/helper.ts";
 
@@ -101,6 +101,8 @@ export class MemoryLoader implements Disposable {
   #fd: number;
   readonly #src: FileSource;
   #base = 0n;
+  /** Views of the mapping at {@link #base}, made on first use. */
+  #view: MappedSource | undefined;
   #verified = false;
   #structureChecked = false;
   readonly #codecs: Map<number, Codec>;
@@ -218,12 +220,13 @@ export class MemoryLoader implements Disposable {
   async verify(onProgress?: (pass: "verify" | "decode", bytes: number) => void): Promise<void> {
     if (this.#verified) return;
     const parts = this.#parts();
-    await verifyImage(parts, onProgress && ((n) => onProgress("verify", n)));
+    const longest = await verifyImage(parts, onProgress && ((n) => onProgress("verify", n)));
     await verifyDecoded(
       parts,
       (id) => this.#codecs.get(id),
       undefined,
       onProgress && ((n) => onProgress("decode", n)),
+      longest,
     );
     this.#verified = true;
   }
@@ -327,12 +330,31 @@ export class MemoryLoader implements Disposable {
       const at = hex(r.address);
       throw new KeyError(`Cannot read ${this.path} at ${at}: the record is encrypted (read it with the key)`);
     }
+    await this.#decode(r, this.#checked(r), dst);
+    return dst;
+  }
+
+  /** {@link readRecord} of a data record on this thread, when its codec can (`decodeNow`): whether it did. */
+  #readNow(r: ImageRecord, dst: Uint8Array): boolean {
+    if (r.flags & RECORD_FLAG.ENCRYPTED) return false; // readRecord says why
+    const stored = this.#checked(r);
+    let done: boolean;
+    try {
+      done = this.#codec(r).decodeNow?.(stored, dst) ?? false;
+    } catch (e) {
+      throw this.#undecodable(r, e);
+    }
+    if (done) this.#checkDecoded(r, dst);
+    return done;
+  }
+
+  /** A data record's stored bytes, their checksum checked. */
+  #checked(r: ImageRecord): Uint8Array {
     const stored = this.#stored(r);
     if (checksum(stored) !== r.checksum) {
       throw new ImageError(this.path, r.fileOffset, "data checksum mismatch");
     }
-    await this.#decode(r, stored, dst);
-    return dst;
+    return stored;
   }
 
   /**
@@ -366,11 +388,7 @@ export class MemoryLoader implements Disposable {
     // Without the features CODEC and ENCRYPTED no record is compressed or encrypted (checked at open).
     const compressed = (this.header.requiredFeatures & REQUIRED.CODEC) !== 0n;
     if (this.encrypted) throw new CryoError(`Cannot load ${this.path}: records are encrypted`);
-    for (const r of compressed ? this.index : []) {
-      if (!this.#codecs.has(r.codec)) {
-        throw new CryoError(`Cannot load ${this.path}: codec ${r.codec} not given`);
-      }
-    }
+    // A record whose codec is not given was refused by verify() (it decodes them all), before anything here.
     const summary: LoadSummary = { copiedBytes: 0, mappedBytes: 0, holeBytes: 0, mappedRegions: 0 };
     const segBase = new Map<number, Uint8Array>();
     this.regions.forEach((g, i) => {
@@ -393,11 +411,10 @@ export class MemoryLoader implements Disposable {
       const window = defaultWindow();
       const ring: Uint8Array[] = [];
       let started = 0;
-      const decode = async (r: ImageRecord) => {
-        if (r.kind !== KIND.DATA || r.codec === 0) return [r, undefined] as const;
-        const slot = started++ % (window + 1);
-        if (!(ring[slot]?.length >= r.length)) ring[slot] = new Uint8Array(r.length);
-        return [r, await this.readRecord(r, ring[slot].subarray(0, r.length))] as const;
+      const slot = (r: ImageRecord) => {
+        const i = started++ % (window + 1);
+        if (!(ring[i]?.length >= r.length)) ring[i] = new Uint8Array(r.length);
+        return ring[i].subarray(0, r.length);
       };
       const base = compressed ? this.#mapped() : 0n;
       // Raw records are read with pread into a small buffer and written from there (lib/image/bounce.ts).
@@ -428,8 +445,22 @@ export class MemoryLoader implements Disposable {
         else bounced.add(r.address, r.fileOffset, r.length);
         summary.copiedBytes += r.length;
       };
-      if (compressed) {
-        for await (const [r, decoded] of ordered(this.index.segment(0), decode, window)) put(r, decoded);
+      if (compressed) { // small records, holes and raw ones without a promise (lib/codecs/pool.ts)
+        await forEachOrdered(this.index.segment(0), {
+          small: (r) => r.kind !== KIND.DATA || r.codec === 0 || r.length < INLINE_BYTES,
+          now: (r) => {
+            if (r.kind !== KIND.DATA || r.codec === 0) put(r, undefined);
+            else {
+              const dst = slot(r);
+              if (!this.#readNow(r, dst)) return false;
+              put(r, dst);
+            }
+            return true;
+          },
+          work: async (r) =>
+            r.kind !== KIND.DATA || r.codec === 0 ? undefined : await this.readRecord(r, slot(r)),
+          use: put,
+        }, window);
       } else {
         for (const r of this.index.segment(0)) put(r, undefined); // nothing to decode: no pipeline per record
       }
@@ -506,6 +537,7 @@ export class MemoryLoader implements Disposable {
   #unmapView(): void {
     if (this.#base !== 0n) munmap(this.#base, BigInt(this.fileSize));
     this.#base = 0n;
+    this.#view = undefined;
   }
 
   /** Close the file and unmap the verification mapping. Idempotent. */
@@ -546,29 +578,41 @@ export class MemoryLoader implements Disposable {
 
   #stored(r: ImageRecord): Uint8Array {
     if (r.storedLength === 0) return new Uint8Array(0);
-    const base = this.#mapped();
-    return new Uint8Array(
-      Deno.UnsafePointerView.getArrayBuffer(ptrOf(base + BigInt(r.fileOffset))!, r.storedLength),
-    );
+    this.#view ??= new MappedSource(this.path, this.#mapped(), this.fileSize); // views of one buffer
+    return this.#view.read(r.fileOffset, r.storedLength, "data");
   }
 
   async #decode(r: ImageRecord, stored: Uint8Array, dst: Uint8Array): Promise<void> {
+    const codec = this.#codec(r);
+    try {
+      await codec.decode(stored, dst);
+    } catch (e) {
+      throw this.#undecodable(r, e);
+    }
+    this.#checkDecoded(r, dst);
+  }
+
+  #codec(r: ImageRecord): Codec {
     const codec = this.#codecs.get(r.codec);
     if (!codec) {
       throw new CryoError(
         `Cannot decode ${this.path} record at ${hex(r.address)}: codec ${r.codec} not given`,
       );
     }
-    try {
-      await codec.decode(stored, dst);
-    } catch (e) {
-      if (!(e instanceof CryoError || e instanceof RangeError)) throw e;
-      throw new ImageError(
-        this.path,
-        r.fileOffset,
-        `record at ${hex(r.address)} does not decode: ${e.message}`,
-      );
-    }
+    return codec;
+  }
+
+  /** The error of a record that did not decode (`e` thrown by its codec). */
+  #undecodable(r: ImageRecord, e: unknown): unknown {
+    if (!(e instanceof CryoError || e instanceof RangeError)) return e;
+    return new ImageError(
+      this.path,
+      r.fileOffset,
+      `record at ${hex(r.address)} does not decode: ${e.message}`,
+    );
+  }
+
+  #checkDecoded(r: ImageRecord, dst: Uint8Array): void {
     if (r.codec !== 0 && checksum(dst) !== r.decodedChecksum) {
       throw new ImageError(
         this.path,

@@ -62,7 +62,7 @@ export function openSink(
     let zero: ((address: number, length: number) => void) | undefined;
     return {
       write(r, off, bytes) {
-        if (r.segment === 0) remote.write(r.address + BigInt(off), bytes);
+        if (r.segment === 0) remote.write(off ? r.address + BigInt(off) : r.address, bytes);
       },
       zero(address, length, segment) {
         if (segment === 0) (zero ??= remote.holeZeroerAt(regions))(address, length);

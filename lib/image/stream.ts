@@ -191,7 +191,7 @@ async function readStream(
     ) => (r.codec === 0 ? undefined : codecs.get(r.codec) ?? codecForId(r.codec));
     // One chunk is authenticated and decoded (on pool threads) while the next is read; writes stay in order,
     // each after its chunk verified, and none after a chunk that failed. Decoded chunks use a ring of two.
-    const ring: { buf: Uint8Array; aad?: Uint8Array }[] = [{ buf: new Uint8Array(0) }, {
+    const ring: { buf: Uint8Array }[] = [{ buf: new Uint8Array(0) }, {
       buf: new Uint8Array(0),
     }];
     // Stored bytes too: chunk i is read into slot i % 2 once chunk i - 2 has been written (or has failed).
@@ -365,6 +365,9 @@ async function readStream(
   }
 }
 
+/** The AAD of the chunk {@link openNow} opens (one at a time, on this thread): one buffer, whose view chunkAad keeps. */
+const OPEN_AAD = new Uint8Array(72);
+
 /**
  * A raw chunk's decoded bytes at once, without a promise: its stored bytes, or, sealed, its plaintext opened on
  * this thread into the ring (when the sealer can: libcrypto, at most 64 KiB); undefined when it cannot.
@@ -376,13 +379,12 @@ function openNow(
   ordinal: number,
   sealer: Sealer | undefined,
   digest: Uint8Array | undefined,
-  scratch: { buf: Uint8Array; aad?: Uint8Array },
+  scratch: { buf: Uint8Array },
 ): Uint8Array | undefined {
   if (stored.length !== (sealer ? r.length + SEAL_OVERHEAD : r.length)) return undefined; // openChunk says why
   if (!sealer) return stored;
   if (scratch.buf.length < r.length) scratch.buf = new Uint8Array(r.length);
-  scratch.aad ??= new Uint8Array(72);
-  const aad = chunkAad(ordinal, r.address, r.length, r.codec, r.segment, digest, scratch.aad);
+  const aad = chunkAad(ordinal, r.address, r.length, r.codec, r.segment, digest, OPEN_AAD);
   return sealer.openNow(stored, aad, path, r.fileOffset, scratch.buf);
 }
 

@@ -9,10 +9,10 @@
  */
 
 import { MADV } from "../../ffi/constants.ts";
-import { addrOf, madvise, PAGE_SIZE } from "../../ffi/libc.ts";
+import { addressOf, madvise, PAGE_SIZE } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
-import type { Codec } from "../codecs/codec.ts";
-import { defaultWindow, ordered } from "../codecs/pool.ts";
+import { type Codec, INLINE_BYTES } from "../codecs/codec.ts";
+import { defaultWindow, forEachOrdered } from "../codecs/pool.ts";
 import { CryoError, ImageError } from "../errors.ts";
 import { checksum, checksumAtAsync } from "./checksum.ts";
 import { FileSource, MappedSource } from "./byte_source.ts";
@@ -68,10 +68,6 @@ export interface ImageParts {
   fd: number;
   /** Address of a read-only mapping of the whole file, made on first use. */
   mapped(): bigint;
-}
-
-function view(p: ImageParts, offset: number, len: number): Uint8Array {
-  return new MappedSource(p.path, p.mapped(), p.fileSize).read(offset, len, "bytes");
 }
 
 /**
@@ -144,21 +140,21 @@ function* eachChecked(p: ImageParts, dataEnd: number): Generator<ImageRecord> {
   const h = p.header, indexAt = p.footer.indexOffset;
   let n = 0;
   for (const r of p.records) {
-    const i = n++;
-    const bad = (m: string) => badRecord(p.path, r, i, indexAt, m);
+    const i = n++; // no closure per record: its garbage grew V8's young generation on a walk of many
     if (r.kind === KIND.HOLE) {
       if (r.fileOffset || r.storedLength || r.checksum || r.decodedChecksum || r.codec || r.flags) {
-        throw bad("a hole with file data");
+        throw badRecord(p.path, r, i, indexAt, "a hole with file data");
       }
       yield r;
       continue;
     }
     checkRecord(p.path, r, h, p.regions);
     if (r.codec === 0 && r.flags === 0 && r.fileOffset % h.pageSize !== 0) {
-      throw bad(`raw data offset ${r.fileOffset} not page aligned`);
+      throw badRecord(p.path, r, i, indexAt, `raw data offset ${r.fileOffset} not page aligned`);
     }
     if (r.fileOffset < h.headerLength + FRAME_LENGTH || r.fileOffset + r.storedLength > dataEnd) {
-      throw bad(`data [${r.fileOffset}, ${r.fileOffset + r.storedLength}) outside the data area`);
+      const m = `data [${r.fileOffset}, ${r.fileOffset + r.storedLength}) outside the data area`;
+      throw badRecord(p.path, r, i, indexAt, m);
     }
     yield r;
   }
@@ -172,8 +168,13 @@ function* eachChecked(p: ImageParts, dataEnd: number): Generator<ImageRecord> {
  *
  * @param p The image.
  * @param onProgress Called as the walk goes with the file offset it has checked up to (`p.fileSize` at the end).
+ * @returns The longest decoded length of a record {@link verifyDecoded} decodes (0 when there is none), seen on
+ *   the way: it need not walk the records to size its buffers.
  */
-export async function verifyImage(p: ImageParts, onProgress?: (checkedBytes: number) => void): Promise<void> {
+export async function verifyImage(
+  p: ImageParts,
+  onProgress?: (checkedBytes: number) => void,
+): Promise<number> {
   const f = p.footer;
   const src = new FileSource(p.path, p.fd, p.fileSize);
   decodeHeaderBlock(p.path, src.read(0, f.headerLength, "header block")); // its checksum and every byte
@@ -182,12 +183,16 @@ export async function verifyImage(p: ImageParts, onProgress?: (checkedBytes: num
   if (checksum(src.read(f.indexOffset, f.indexLength, "index")) !== f.indexChecksum) {
     throw new ImageError(p.path, f.indexOffset, "index checksum mismatch");
   }
+  let longest = 0;
   const walk = await walkFrames(src, {
     header: p.header,
     regions: p.regions,
     directory: p.frames,
     endAt: f.indexOffset - FRAME_LENGTH,
-    onChecked: (r) => onProgress?.(r.fileOffset + r.storedLength),
+    onChecked: (r) => {
+      if (decodable(r) && r.length > longest) longest = r.length;
+      onProgress?.(r.fileOffset + r.storedLength);
+    },
     collect: false,
   });
   if (walk.end.dataLength !== p.fileSize - f.indexOffset) {
@@ -205,6 +210,12 @@ export async function verifyImage(p: ImageParts, onProgress?: (checkedBytes: num
     throw new ImageError(p.path, f.sectionsOffset, "section table checksum mismatch");
   }
   onProgress?.(p.fileSize);
+  return longest;
+}
+
+/** Whether {@link verifyDecoded} decodes `r`: a compressed, unencrypted data record. */
+function decodable(r: ImageRecord): boolean {
+  return r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0;
 }
 
 /** Most bytes of decode buffers {@link verifyDecoded} holds at once (a window of records in flight). */
@@ -220,6 +231,8 @@ export const DECODE_BUDGET = 32 << 20;
  * @param codecOf The codec of a codec id.
  * @param window Records decoded at once (default {@link defaultWindow}, fewer when records are large).
  * @param onProgress Called with the decoded bytes checked so far, in file order.
+ * @param longest The longest decoded length of a record to decode, when known ({@link verifyImage} returns
+ *   it); else the records are walked to find it.
  * @throws {ImageError} At the first record that does not decode to its length and decoded checksum.
  */
 export async function verifyDecoded(
@@ -227,59 +240,79 @@ export async function verifyDecoded(
   codecOf: (id: number) => Codec | undefined,
   window: number = defaultWindow(),
   onProgress?: (decodedBytes: number) => void,
+  longest?: number,
 ): Promise<void> {
   if (!(p.header.requiredFeatures & REQUIRED.CODEC)) return; // no record is compressed (a rule checked at open)
-  const decodable = (r: ImageRecord) => r.kind === KIND.DATA && r.codec !== 0 && r.flags === 0;
-  let longest = 0;
-  for (const r of p.records) if (decodable(r)) longest = Math.max(longest, r.length);
+  if (longest === undefined) {
+    longest = 0;
+    for (const r of p.records) if (decodable(r)) longest = Math.max(longest, r.length);
+  }
   if (longest === 0) return;
   function* todo() { // walked again, not held
     for (const r of p.records) if (decodable(r)) yield r;
   }
   const inFlight = Math.max(1, Math.min(window, Math.floor(DECODE_BUDGET / longest)));
-  const free: Uint8Array<ArrayBuffer>[] = [];
-  const decode = async (r: ImageRecord) => {
-    const codec = codecOf(r.codec);
-    if (!codec) {
+  const mapped = new MappedSource(p.path, p.mapped(), p.fileSize);
+  const codec = (r: ImageRecord) => {
+    const c = codecOf(r.codec);
+    if (!c) {
       throw new ImageError(p.path, r.fileOffset, `record at ${hex(r.address)}: codec ${r.codec} not given`);
     }
+    return c;
+  };
+  const undecodable = (r: ImageRecord, e: unknown) =>
+    e instanceof CryoError || e instanceof RangeError
+      ? new ImageError(p.path, r.fileOffset, `record at ${hex(r.address)} does not decode: ${e.message}`)
+      : e;
+  const mismatch = (r: ImageRecord) =>
+    new ImageError(p.path, r.fileOffset, `decoded bytes of the record at ${hex(r.address)} do not match`);
+  const free: Uint8Array<ArrayBuffer>[] = [];
+  const decode = async (r: ImageRecord) => {
+    const c = codec(r);
     const buf = free.pop() ?? new Uint8Array(longest);
     try {
       const dst = buf.subarray(0, r.length);
       try {
-        await codec.decode(view(p, r.fileOffset, r.storedLength), dst);
+        await c.decode(mapped.read(r.fileOffset, r.storedLength, "bytes"), dst);
       } catch (e) {
-        if (e instanceof CryoError || e instanceof RangeError) {
-          throw new ImageError(
-            p.path,
-            r.fileOffset,
-            `record at ${hex(r.address)} does not decode: ${e.message}`,
-          );
-        }
-        throw e;
+        throw undecodable(r, e);
       }
-      const sum = await checksumAtAsync(addrOf(Deno.UnsafePointer.of(dst)), BigInt(r.length));
-      if (sum !== r.decodedChecksum) {
-        throw new ImageError(
-          p.path,
-          r.fileOffset,
-          `decoded bytes of the record at ${hex(r.address)} do not match`,
-        );
-      }
+      if (await checksumAtAsync(addressOf(dst), BigInt(r.length)) !== r.decodedChecksum) throw mismatch(r);
       return r;
     } finally {
       free.push(buf);
     }
   };
+  let scratch: Uint8Array | undefined; // for the records decoded on this thread
   let released = 0;
   let decoded = 0;
-  for await (const r of ordered(todo(), decode, inFlight)) { // in file order: the first failure is thrown
+  const checked = (r: ImageRecord) => {
     decoded += r.length;
     onProgress?.(decoded);
     if (r.fileOffset - released >= RELEASE_EVERY) {
       release(p, released, r.fileOffset);
       released = r.fileOffset;
     }
-  }
+  };
+  // In file order, small records without a promise (lib/codecs/pool.ts): the first failure is thrown.
+  await forEachOrdered(todo(), {
+    small: (r) => r.length < INLINE_BYTES,
+    now: (r) => {
+      scratch ??= new Uint8Array(INLINE_BYTES);
+      const dst = scratch.subarray(0, r.length);
+      let done: boolean;
+      try {
+        done = codec(r).decodeNow?.(mapped.read(r.fileOffset, r.storedLength, "bytes"), dst) ?? false;
+      } catch (e) {
+        throw undecodable(r, e);
+      }
+      if (!done) return false;
+      if (checksum(dst) !== r.decodedChecksum) throw mismatch(r);
+      checked(r);
+      return true;
+    },
+    work: decode,
+    use: checked,
+  }, inFlight);
   release(p, released, p.fileSize);
 }

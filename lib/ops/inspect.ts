@@ -283,13 +283,11 @@ export async function verify(
         ms: performance.now() - started,
       };
     }
-    using loader = await MemoryLoader.open(path, opts);
-    bytes = loader.fileSize;
-    await verifyWithProgress(loader, progress);
-    const encrypted = loader.encrypted;
-    requireSealed(encrypted, opts.key, path); // a key means only a sealed image is sound
-    if (encrypted && opts.key) {
-      startPhase(progress, "decode", loader.fileSize); // authenticated and decrypted as a stream
+    if (opts.key && (await MemoryLoader.head(path)).header.requiredFeatures & REQUIRED.ENCRYPTED) {
+      // Checked in full by the stream reader alone (each frame, record and padding byte, the tail, every chunk
+      // authenticated): opening the file too walked every record twice more (524,288 records: 108 -> 93 MiB).
+      bytes = (await Deno.stat(path)).size;
+      startPhase(progress, "verify", bytes);
       let read = 0;
       await verifyStream(await openInput(path), {
         ...opts,
@@ -299,9 +297,14 @@ export async function verify(
           progress.advance(r.storedLength);
         },
       });
-      progress.advance(Math.max(0, loader.fileSize - read));
+      progress.advance(Math.max(0, bytes - read));
+      return { path, ok: true, authenticated: true, bytes, ms: performance.now() - started };
     }
-    return { path, ok: true, authenticated: encrypted && !!opts.key, bytes, ms: performance.now() - started };
+    using loader = await MemoryLoader.open(path, opts);
+    bytes = loader.fileSize;
+    await verifyWithProgress(loader, progress);
+    requireSealed(loader.encrypted, opts.key, path); // a key means only a sealed image is sound
+    return { path, ok: true, authenticated: false, bytes, ms: performance.now() - started };
   } catch (e) {
     if (e instanceof ImageError) {
       return {
