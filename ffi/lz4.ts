@@ -16,7 +16,8 @@ const symbols = {
   // int LZ4_compressBound(int inputSize);
   LZ4_compressBound: { parameters: [int], result: int },
   // int LZ4_compress_fast(const char *src, char *dst, int srcSize, int dstCapacity, int acceleration);
-  LZ4_compress_fast: { parameters: [ptr, ptr, int, int, int], result: int },
+  // (given views, not pointers: no pointer object per call)
+  LZ4_compress_fast: { parameters: ["buffer", "buffer", int, int, int], result: int },
   // (the same, on a pool thread)
   LZ4_compress_fast_nb: {
     name: "LZ4_compress_fast",
@@ -25,7 +26,8 @@ const symbols = {
     nonblocking: true,
   },
   // int LZ4_compress_HC(const char *src, char *dst, int srcSize, int dstCapacity, int compressionLevel);
-  LZ4_compress_HC: { parameters: [ptr, ptr, int, int, int], result: int },
+  // (given views, not pointers)
+  LZ4_compress_HC: { parameters: ["buffer", "buffer", int, int, int], result: int },
   // (the same, on a pool thread)
   LZ4_compress_HC_nb: {
     name: "LZ4_compress_HC",

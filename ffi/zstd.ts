@@ -35,7 +35,8 @@ const symbols = {
   ZSTD_freeDCtx: { parameters: [ptr], result: size_t },
   // size_t ZSTD_compressCCtx(ZSTD_CCtx *cctx, void *dst, size_t dstCapacity, const void *src, size_t srcSize,
   //                          int compressionLevel);
-  ZSTD_compressCCtx: { parameters: [ptr, ptr, size_t, ptr, size_t, int], result: size_t },
+  // (given views, not pointers: no pointer object per call)
+  ZSTD_compressCCtx: { parameters: [ptr, "buffer", size_t, "buffer", size_t, int], result: size_t },
   // (the same, on a pool thread)
   ZSTD_compressCCtx_nb: {
     name: "ZSTD_compressCCtx",

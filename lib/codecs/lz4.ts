@@ -89,10 +89,11 @@ export class Lz4Codec implements Codec {
     const cap = src.length - 1;
     const slot = this.#take(cap);
     try {
-      const l = lz4(), srcPtr = Deno.UnsafePointer.of(src);
+      // Views, not pointers: no pointer object per chunk (see ffi/libc.ts `addressOf`).
+      const l = lz4(), s = src as Uint8Array<ArrayBuffer>;
       const n = this.level >= 2
-        ? l.LZ4_compress_HC(srcPtr, slot.outPtr, src.length, cap, this.level)
-        : l.LZ4_compress_fast(srcPtr, slot.outPtr, src.length, cap, this.#accel);
+        ? l.LZ4_compress_HC(s, slot.out, src.length, cap, this.level)
+        : l.LZ4_compress_fast(s, slot.out, src.length, cap, this.#accel);
       return n <= 0 ? null : slot.out.subarray(0, n);
     } finally {
       this.#free.push(slot);

@@ -105,7 +105,10 @@ export class ZstdCodec implements Codec {
     if (src.length < 2) return null;
     const slot = this.#takeC(src.length - 1);
     try {
-      return this.#encoded(zstd().ZSTD_compressCCtx(...this.#args(slot, src), this.level), src, slot);
+      // Views, not pointers: no pointer object per chunk (see ffi/libc.ts `addressOf`).
+      const z = zstd(), n = BigInt(src.length);
+      const ret = z.ZSTD_compressCCtx(slot.ctx, slot.out, n - 1n, view(src), n, this.level);
+      return this.#encoded(ret, src, slot);
     } finally {
       this.#give(slot);
     }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { addrOf, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
+import { addressOf, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
 import { type Codec, INLINE_BYTES } from "../codecs/codec.ts";
 import { ordered } from "../codecs/pool.ts";
 import { chunkAad, SEAL_OVERHEAD, type Sealer } from "../codecs/seal.ts";
@@ -132,8 +132,16 @@ export class ChunkWriter {
    * @param addr First address (offset, for a segment).
    * @param len Bytes.
    * @param segment Its segment (0 for absolute addresses).
+   * @param bytes The same bytes as a view, when the caller has one (a bounce buffer's): a small chunk is encoded
+   *   from a `subarray` of it rather than a new view of its own.
    */
-  async storeDetecting(local: bigint, addr: bigint, len: number, segment: number): Promise<void> {
+  async storeDetecting(
+    local: bigint,
+    addr: bigint,
+    len: number,
+    segment: number,
+    bytes?: Uint8Array,
+  ): Promise<void> {
     if (this.#opts.sealer && !this.#digest) this.#digest = await this.digest!;
     const pages = Math.floor(len / PAGE_SIZE);
     if (this.#zeroScratch.length < pages) this.#zeroScratch = new Uint8Array(pages);
@@ -145,7 +153,17 @@ export class ChunkWriter {
       const off = i * PAGE_SIZE, l = (j - i) * PAGE_SIZE;
       if (zero[i]) this.#frames.hole(addr + BigInt(off), l, segment);
       else if (!this.encoding) this.#raw(local + BigInt(off), addr + BigInt(off), l, segment);
-      else if (!this.#storedNow(local + BigInt(off), addr + BigInt(off), l, segment)) {
+      else if (
+        !this.#storedNow(
+          local + BigInt(off),
+          addr + BigInt(off),
+          l,
+          segment,
+          false,
+          undefined,
+          bytes?.subarray(off, off + l),
+        )
+      ) {
         await this.#encoded(local + BigInt(off), addr + BigInt(off), l, segment, false);
       }
       i = j;
@@ -347,13 +365,13 @@ export class ChunkWriter {
       new Deno.UnsafePointerView(ptrOf(local)!).copyInto(copy);
       this.#frames.append(
         dataRecord(addr, n, segment, 0, n, decoded, decoded),
-        addrOf(Deno.UnsafePointer.of(copy)),
+        addressOf(copy),
         copy,
       );
     } else {
       const r = dataRecord(addr, n, segment, codec, enc.length, checksum(enc), decoded);
       r.flags = this.#opts.sealer ? RECORD_FLAG.ENCRYPTED : 0;
-      this.#frames.append(r, addrOf(Deno.UnsafePointer.of(enc)), enc);
+      this.#frames.append(r, addressOf(enc), enc);
     }
   }
 }

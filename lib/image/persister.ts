@@ -10,7 +10,7 @@
  */
 
 import { O } from "../../ffi/constants.ts";
-import { check, close, cstr, libc, open, PAGE_SIZE } from "../../ffi/libc.ts";
+import { check, close, cstr, libc, open, PAGE_SIZE, ptrOf } from "../../ffi/libc.ts";
 import { hex } from "../hex.ts";
 import { type Codec, raw } from "../codecs/codec.ts";
 import type { Region } from "../kernel/region.ts";
@@ -100,6 +100,8 @@ export class MemoryPersister implements AsyncDisposable {
   readonly #queue: WriteQueue;
   readonly #frames: FrameWriter;
   readonly #chunks: ChunkWriter;
+  /** A view of each pid source's bounce buffer (`#bounceBytes`). */
+  readonly #bounces = new WeakMap<MemorySource, { at: bigint; bytes: Uint8Array }>();
   /** Bounce buffers of `storeRuns()`. */
   readonly #pool = new BouncePool();
   #sections = new Map<string, Uint8Array>();
@@ -475,6 +477,22 @@ export class MemoryPersister implements AsyncDisposable {
   }
 
   /** Store `[addr, addr + n)` window by window: zero pages become holes, data becomes records. */
+  /**
+   * The `w` bytes at `local` in `source`'s bounce buffer as a `subarray` of one view of it, made once per source:
+   * a view made per read (per run of a fragmented process) keeps a native backing store until V8 collects it.
+   */
+  #bounceBytes(source: MemorySource, local: bigint, w: number): Uint8Array | undefined {
+    if (!source.bounce || !Number.isFinite(source.window)) return undefined;
+    let b = this.#bounces.get(source);
+    if (!b) {
+      const at = source.bounce();
+      b = { at, bytes: new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptrOf(at)!, source.window)) };
+      this.#bounces.set(source, b);
+    }
+    const off = Number(local - b.at);
+    return off >= 0 && off + w <= b.bytes.length ? b.bytes.subarray(off, off + w) : undefined;
+  }
+
   async #storeRange(
     addr: bigint,
     n: number,
@@ -486,7 +504,7 @@ export class MemoryPersister implements AsyncDisposable {
     for (let off = 0; off < n;) {
       const w = Math.min(n - off, source.window);
       const a = addr + BigInt(off);
-      let local = source.direct(a, w);
+      let local = source.direct(a, w), bytes: Uint8Array | undefined;
       if (local === null) {
         if (this.#codec.id !== 0 || this.#opts.sealer) {
           // Encoded chunks (and raw ones, copied by the ChunkWriter) are our own buffers, so the open frame stays
@@ -504,8 +522,9 @@ export class MemoryPersister implements AsyncDisposable {
           this.#queue.drain();
         }
         local = source.read(a, w);
+        bytes = this.#bounceBytes(source, local, w);
       }
-      if (detect) await this.#chunks.storeDetecting(local, a, w, segment);
+      if (detect) await this.#chunks.storeDetecting(local, a, w, segment, bytes);
       else await this.#chunks.data(local, a, w, segment, source.stable);
       off += w;
       progress?.(w);
