@@ -14,12 +14,11 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { Target } from "./_target.ts";
 import { peakRss } from "./_peak_rss.ts";
+import { fragmented } from "./_fragmented.ts";
 import { removeTrackingMark } from "../lib/ops/tracked.ts";
 
 const MiB = 2 ** 20;
 const BYTES = 2 * 2 ** 30;
-/** The child fills and sums 2 GiB: a minute or more when the suite runs in parallel on a loaded machine. */
-const SUM_MS = 600_000;
 /** Bounds per command until each meets the goal of 96 MiB, with room for a loaded machine. */
 const BOUND = { diff: 184 * MiB, "map --json": 232 * MiB, flatten: 224 * MiB, restore: 216 * MiB };
 
@@ -27,13 +26,9 @@ Deno.test("cryo diff, map --json, flatten and restore of a chain over an image o
   const dir = await Deno.makeTempDir();
   await using target = Target.start();
   try {
-    const a = await target.map(BYTES);
-    const fill = (seed: number, bytes = BYTES, stride = 2) =>
-      target.cmd(`fill 0x${a.toString(16)} ${bytes} stride:${stride} ${seed}`, SUM_MS);
-    const sum = () => target.cmd(`sum 0x${a.toString(16)} ${BYTES}`, SUM_MS);
+    const { fill, sum } = await fragmented(target, BYTES);
     const pid = String(target.pid);
     const base = `${dir}/base.cryo`, tip = `${dir}/tip.cryo`;
-    await fill(1);
     const taken = await peakRss(["checkpoint", "--pid", pid, "-o", base, "--track", "--no-fsync", "-q"]);
     assertEquals(taken.code, 0, taken.stderr);
     await fill(2, BYTES / 2, 4); // every fourth page of the first half: 65,536 one-page records

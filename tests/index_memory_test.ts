@@ -7,13 +7,12 @@
 import { assert, assertEquals } from "./_assert.ts";
 import { Target } from "./_target.ts";
 import { peakRss } from "./_peak_rss.ts";
+import { fragmented } from "./_fragmented.ts";
 
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 const MiB = 2 ** 20;
 const GOAL = 96 * MiB;
 const BYTES = 2 * 2 ** 30;
-/** The child fills and sums 2 GiB: a minute or more when the suite runs in parallel on a loaded machine. */
-const SUM_MS = 600_000;
 /**
  * The streamed restore's bound: it peaked at 320-338 MiB, then at 141-150 MiB, then at 93-112 MiB (V8's young
  * generation grew to 16 MiB), now at 77-80 MiB (no `Deno.UnsafePointer.of()` of a view per record); with room
@@ -31,9 +30,7 @@ Deno.test("cryo inspect, verify, restore, a streamed restore and a restore of a 
   const dir = await Deno.makeTempDir();
   await using target = Target.start();
   try {
-    const a = await target.map(BYTES);
-    await target.cmd(`fill 0x${a.toString(16)} ${BYTES} stride:2 1`, SUM_MS);
-    const sum = () => target.cmd(`sum 0x${a.toString(16)} ${BYTES}`, SUM_MS);
+    const { fill, sum } = await fragmented(target, BYTES);
     const original = await sum();
     const image = `${dir}/fragmented.cryo`;
     const pid = String(target.pid);
@@ -42,7 +39,7 @@ Deno.test("cryo inspect, verify, restore, a streamed restore and a restore of a 
     const info = new Deno.Command(Deno.execPath(), { args: ["run", "-A", cli, "inspect", "--json", image] });
     const totals = JSON.parse(new TextDecoder().decode((await info.output()).stdout)).totals;
     assert(totals.records >= 524_288, `${totals.records} records`);
-    await target.cmd(`fill 0x${a.toString(16)} ${BYTES} stride:2 2`, SUM_MS); // every data page changed: all written back
+    await fill(2); // every data page changed: all written back
     for (const args of [["inspect", image], ["verify", image], ["restore", "--pid", pid, "-q", image]]) {
       const c = await peakRss(args);
       assertEquals(c.code, 0, c.stderr);
@@ -54,7 +51,7 @@ Deno.test("cryo inspect, verify, restore, a streamed restore and a restore of a 
     // it keeps the holes and (encrypted) tables in a spool (143 MiB), reads records without a promise each and
     // zeroes holes without an object each or all of a region's page runs at once (100-108 MiB), writes them
     // without a pointer object per record (77 MiB).
-    await target.cmd(`fill 0x${a.toString(16)} ${BYTES} stride:2 2`, SUM_MS);
+    await fill(2);
     const streamed = await peakRss(["restore", "--pid", pid, "-q", "-"], { stdin: image });
     assertEquals(streamed.code, 0, streamed.stderr);
     console.log(`cryo restore -: peak RSS ${(streamed.rss / MiB).toFixed(1)} MiB`);
@@ -76,7 +73,7 @@ Deno.test("cryo inspect, verify, restore, a streamed restore and a restore of a 
     ]);
     assertEquals(zstd.code, 0, zstd.stderr);
     await Deno.remove(image); // room on a small /tmp
-    await target.cmd(`fill 0x${a.toString(16)} ${BYTES} stride:2 2`, SUM_MS);
+    await fill(2);
     const decoded = await peakRss(["restore", "--pid", pid, "-q", coded]);
     assertEquals(decoded.code, 0, decoded.stderr);
     console.log(`cryo restore of the zstd image: peak RSS ${(decoded.rss / MiB).toFixed(1)} MiB`);
