@@ -15,10 +15,13 @@ import { fragmented } from "./_fragmented.ts";
 
 const MiB = 2 ** 20;
 const BYTES = 2 * 2 ** 30;
-/** The bound until the goal of 96 MiB is met, with room for a loaded machine: the old code took 238 MiB or more. */
-const BOUND = 168 * MiB;
+/**
+ * The bound until the goal of 96 MiB is met: 113-118 MiB measured on a quiet machine, 164 MiB once under the
+ * whole suite and two busy loops (the young generation fills at another moment); the old code took 235 or more.
+ */
+const BOUND = 200 * MiB;
 
-Deno.test("cryo checkpoint --compress zstd:1 and lz4 of 524,288 records stay under 168 MiB of RSS, and the zstd image restores the memory", async () => {
+Deno.test("cryo checkpoint --compress zstd:1 and lz4 of 524,288 records stay under 200 MiB of RSS, and the zstd image restores the memory", async () => {
   const dir = await Deno.makeTempDir();
   await using target = Target.start();
   try {
