@@ -166,7 +166,8 @@ export function transferAll(
   what: string,
 ): void {
   if (bytes.length === 0) return;
-  const at = addrOf(Deno.UnsafePointer.of(bytes));
+  const at = addressOf(bytes); // a view per call (a window of a buffer) leaves no pointer behind
+
   for (let done = 0; done < bytes.length;) {
     const n = libc[call](fd, ptrOf(at + BigInt(done)), BigInt(bytes.length - done), BigInt(offset + done));
     if (n <= 0n) throw systemError(call, n < 0n ? errno() : 5, `${what} at ${offset + done}`);

@@ -476,7 +476,6 @@ export class MemoryPersister implements AsyncDisposable {
     return this.#table.claim(addr, n, source, what);
   }
 
-  /** Store `[addr, addr + n)` window by window: zero pages become holes, data becomes records. */
   /**
    * The `w` bytes at `local` in `source`'s bounce buffer as a `subarray` of one view of it, made once per source:
    * a view made per read (per run of a fragmented process) keeps a native backing store until V8 collects it.
@@ -493,6 +492,7 @@ export class MemoryPersister implements AsyncDisposable {
     return off >= 0 && off + w <= b.bytes.length ? b.bytes.subarray(off, off + w) : undefined;
   }
 
+  /** Store `[addr, addr + n)` window by window: zero pages become holes, data becomes records. */
   async #storeRange(
     addr: bigint,
     n: number,

@@ -11,7 +11,7 @@
  */
 
 import { FALLOC, O } from "../../ffi/constants.ts";
-import { addrOf, close, errno, libc, open, PAGE_SIZE, ptrOf, systemError } from "../../ffi/libc.ts";
+import { addressOf, close, errno, libc, open, PAGE_SIZE, systemError, transferAll } from "../../ffi/libc.ts";
 import type { Codec } from "../codecs/codec.ts";
 import type { Sealer } from "../codecs/seal.ts";
 import { MemoryLoader } from "../image/loader.ts";
@@ -97,10 +97,9 @@ export async function transcode(
         for (let off = 0; off < r.length;) {
           if (used === window) await flush();
           const n = Math.min(r.length - off, window - used);
-          const local = addrOf(Deno.UnsafePointer.of(ring[turn])) + BigInt(used);
-          readAt(fd, local, n, r.fileOffset + off, rawPath);
+          const bytes = ring[turn].subarray(used, used + n), local = addressOf(bytes);
+          transferAll("pread", fd, bytes, r.fileOffset + off, rawPath);
           const checksum = n === r.length ? r.checksum : undefined; // a raw record's checksum is of its bytes
-          const bytes = ring[turn].subarray(used, used + n);
           batch.push({ local, addr: r.address + BigInt(off), len: n, checksum, bytes });
           // The raw bytes are ours now: give the file's pages back (a memfd's memory, or page cache the new
           // image's writes then reuse). Advice only: a file system without hole punching keeps them.
@@ -122,20 +121,6 @@ export async function transcode(
     }
   } finally {
     close(fd);
-  }
-}
-
-/** `pread` exactly `n` bytes at `offset` of `fd` into `local`. */
-function readAt(fd: number, local: bigint, n: number, offset: number, path: string): void {
-  for (let done = 0; done < n;) {
-    const got = Number(libc.pread(fd, ptrOf(local + BigInt(done)), BigInt(n - done), BigInt(offset + done)));
-    if (got < 0) {
-      const e = errno();
-      if (e === 4 /* EINTR */) continue;
-      throw systemError("pread", e, `${path} at ${offset + done}`);
-    }
-    if (got === 0) throw new RangeError(`Cannot read ${path} at ${offset + done}: the file ends there`);
-    done += got;
   }
 }
 
@@ -162,12 +147,11 @@ export async function incompressible(rawPath: string, codec: Codec): Promise<boo
   const fd = open(rawPath, O.RDONLY | O.CLOEXEC);
   try {
     const sample = new Uint8Array(SAMPLE_BYTES);
-    const at = addrOf(Deno.UnsafePointer.of(sample));
     let raw = 0, stored = 0, seen = 0, next = 0;
     for (const r of loader.index) {
       if (r.kind === KIND.HOLE) continue;
       if (seen >= next && r.length >= SAMPLE_BYTES) {
-        readAt(fd, at, SAMPLE_BYTES, r.fileOffset, rawPath);
+        transferAll("pread", fd, sample, r.fileOffset, rawPath);
         raw += SAMPLE_BYTES;
         stored += (await codec.encode(sample))?.length ?? SAMPLE_BYTES;
         if (raw === SAMPLES * SAMPLE_BYTES) break;
